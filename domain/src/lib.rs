@@ -1,0 +1,32 @@
+//! # taskwire-domain
+//!
+//! The pure heart of Taskwire: identifiers, validated inputs, the task state machine, the
+//! retry policy, authorization rules, the Kafka wire schema and the stable error codes.
+//!
+//! This crate must never do I/O: no HTTP, GraphQL, SQL, Redis or Kafka types appear here.
+//! Adapters in `taskwire-api` convert to and from these types at the edges, so the rules
+//! can be unit-tested without any infrastructure.
+
+pub mod auth;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod input;
+pub mod machine;
+pub mod ports;
+pub mod retry;
+pub mod status;
+pub mod task;
+
+pub use auth::{Principal, Role};
+pub use error::{DomainError, ErrorCode};
+pub use event::{EnvelopeType, TaskEnvelope};
+pub use ids::{LeaseToken, TaskId};
+pub use input::{
+    CreateTaskInput, IdempotencyKey, MaxAttempts, NewTask, Payload, Priority, QueueName, TaskKind,
+};
+pub use machine::{Command, Effect, Transition, transition};
+pub use ports::{Clock, SystemClock};
+pub use retry::RetryPolicy;
+pub use status::TaskStatus;
+pub use task::Task;

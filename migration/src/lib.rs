@@ -1,0 +1,22 @@
+//! # taskwire-migration
+//!
+//! The schema, as timestamped sea-orm-migration files that run unchanged on
+//! MySQL/MariaDB and SQLite. `taskwire migrate [up|down|status|fresh]` drives them, and
+//! `taskwire serve` applies pending ones at start unless told not to.
+//!
+//! Never edit a migration that has shipped: add a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_initial_schema;
+
+/// All migrations, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_initial_schema::Migration)]
+    }
+}
