@@ -1,1 +1,21 @@
-//! x
+//! # taskwire-api
+//!
+//! The Taskwire service. `main.rs` is a thin shell around [`cli`]; everything else is a
+//! library so the black-box tests can start the real application on port 0.
+//!
+//! - [`config`]: one `Config`, layered defaults → TOML file → environment
+//! - [`startup`]: `Application::build(config)`, the bound port, `run_until_stopped`
+//! - [`auth`]: JWT verification and dev-token minting
+//! - [`graphql`]: the schema (queries, mutations, types, loaders, guards)
+//! - [`http`]: the axum router and handlers
+//! - [`store`]: the SeaORM repository (the only module that speaks SQL)
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,259 @@
+//! Token verification and (HS256 only) minting.
+
+use std::{path::Path, time::Duration};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use taskwire_domain::{Principal, Role};
+
+use crate::config::{ConfigError, JwtConfig};
+
+/// Clock skew tolerated on `exp`, in seconds.
+const LEEWAY_SECS: u64 = 30;
+/// File in the data dir holding the embedded-mode dev secret.
+const DEV_SECRET_FILE: &str = "jwt-secret";
+
+/// Why a token was rejected (logged; the client only learns `UNAUTHENTICATED`).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The `Authorization` value is not `Bearer <token>`.
+    #[error("authorization is not a bearer token")]
+    NotBearer,
+    /// Signature, algorithm, expiry, issuer, audience or claims were rejected.
+    #[error("token rejected: {0}")]
+    Rejected(#[from] jsonwebtoken::errors::Error),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// The keys and rules for verifying (and, with a secret, minting) tokens.
+pub struct JwtKeys {
+    decoding: DecodingKey,
+    encoding: Option<EncodingKey>,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeys")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtKeys {
+    /// Loads keys from configuration. Without a secret or key file (embedded mode only;
+    /// production refuses earlier) the dev secret in `data_dir` is used, created on first
+    /// start.
+    pub fn load(config: &JwtConfig, data_dir: &Path) -> Result<JwtKeys, ConfigError> {
+        let (decoding, encoding, algorithm) = if let Some(path) = &config.public_key_file {
+            let pem = std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                key: "JWT_PUBLIC_KEY_FILE",
+                reason: format!("{}: {e}", path.display()),
+            })?;
+            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                (key, None, Algorithm::RS256)
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                (key, None, Algorithm::ES256)
+            } else {
+                return Err(ConfigError::Invalid {
+                    key: "JWT_PUBLIC_KEY_FILE",
+                    reason: "not an RSA or EC (P-256) public key in PEM".into(),
+                });
+            }
+        } else {
+            let secret = match &config.secret {
+                Some(secret) => secret.clone(),
+                None => dev_secret(data_dir)?,
+            };
+            let bytes = secret.expose_secret().as_bytes();
+            (
+                DecodingKey::from_secret(bytes),
+                Some(EncodingKey::from_secret(bytes)),
+                Algorithm::HS256,
+            )
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(JwtKeys {
+            decoding,
+            encoding,
+            validation,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        })
+    }
+
+    /// Verifies `token` and returns its principal. Unknown role names are ignored.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = decode::<Claims>(token, &self.decoding, &self.validation)?;
+        let roles = data
+            .claims
+            .roles
+            .iter()
+            .filter_map(|r| r.parse::<Role>().ok());
+        Ok(Principal::new(data.claims.sub, roles))
+    }
+
+    /// Mints a token for `subject` with `roles`, valid for `ttl`, carrying the configured
+    /// issuer and audience. `None` when tokens are verified with a public key (the
+    /// private key lives with the identity provider, not here).
+    pub fn mint(&self, subject: &str, roles: &[Role], ttl: Duration) -> Option<String> {
+        let key = self.encoding.as_ref()?;
+        let claims = Claims {
+            sub: subject.to_owned(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, key).ok()
+    }
+}
+
+/// The token in an `Authorization: Bearer <token>` value (scheme case-insensitive).
+pub fn bearer_token(value: &str) -> Result<&str, AuthError> {
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::NotBearer)?;
+    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+        Ok(token.trim())
+    } else {
+        Err(AuthError::NotBearer)
+    }
+}
+
+/// Reads the embedded dev secret, creating it (owner-only permissions) on first use.
+fn dev_secret(data_dir: &Path) -> Result<SecretString, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        key: "JWT_SECRET",
+        reason,
+    };
+    let path = data_dir.join(DEV_SECRET_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let trimmed = existing.trim();
+        if !trimmed.is_empty() {
+            return Ok(SecretString::from(trimmed.to_owned()));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| invalid(format!("creating {}: {e}", data_dir.display())))?;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = hex::encode(bytes);
+    write_private(&path, &secret)
+        .map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated a development JWT secret");
+    Ok(SecretString::from(secret))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(issuer: Option<&str>, audience: Option<&str>) -> JwtKeys {
+        let config = JwtConfig {
+            secret: Some(SecretString::from("test-secret".to_owned())),
+            public_key_file: None,
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+        };
+        JwtKeys::load(&config, Path::new("unused")).expect("keys load")
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_their_roles() {
+        let keys = keys(Some("taskwire"), Some("frontends"));
+        let token = keys
+            .mint(
+                "alice",
+                &[Role::Client, Role::Operator],
+                Duration::from_secs(60),
+            )
+            .expect("mint");
+        let principal = keys.verify(&token).expect("verifies");
+        assert_eq!(
+            principal,
+            Principal::new("alice", [Role::Client, Role::Operator])
+        );
+    }
+
+    #[test]
+    fn tokens_for_another_issuer_or_audience_are_rejected() {
+        let other = keys(Some("someone-else"), None)
+            .mint("a", &[Role::Client], Duration::from_secs(60))
+            .expect("mint");
+        assert!(keys(Some("taskwire"), None).verify(&other).is_err());
+        let other = keys(None, Some("other-app"))
+            .mint("a", &[Role::Client], Duration::from_secs(60))
+            .expect("mint");
+        assert!(keys(None, Some("frontends")).verify(&other).is_err());
+    }
+
+    #[test]
+    fn bearer_values_are_parsed_strictly() {
+        assert_eq!(bearer_token("Bearer abc").ok(), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc ").ok(), Some("abc"));
+        assert!(bearer_token("Basic abc").is_err());
+        assert!(bearer_token("Bearer").is_err());
+        assert!(bearer_token("abc").is_err());
+    }
+
+    #[test]
+    fn the_dev_secret_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = JwtConfig {
+            secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+        };
+        let first = JwtKeys::load(&config, dir.path()).expect("first load");
+        let token = first
+            .mint("alice", &[Role::Admin], Duration::from_secs(60))
+            .expect("mint");
+        let second = JwtKeys::load(&config, dir.path()).expect("second load");
+        assert!(
+            second.verify(&token).is_ok(),
+            "a restart keeps tokens valid"
+        );
+    }
+}

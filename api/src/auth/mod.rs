@@ -1,0 +1,10 @@
+//! Authentication: JSON web tokens in, [`Principal`]s out.
+//!
+//! Algorithms are pinned by configuration (HS256 with a secret, or RS256/ES256 with a
+//! public key, never both, never `none`); `exp` is required; `iss`/`aud` are checked when
+//! configured. What a principal may do is decided by `taskwire_domain::auth`.
+
+mod jwt;
+
+pub use jwt::{AuthError, JwtKeys, bearer_token};
+pub use taskwire_domain::{Principal, Role};

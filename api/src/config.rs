@@ -1,0 +1,447 @@
+//! Configuration: one [`Config`], loaded in layers — built-in defaults, then an optional
+//! TOML file (`--config`), then `TASKWIRE_*` environment variables.
+//!
+//! The file uses the variable names without the prefix, lower-cased
+//! (`database_url = "mysql://…"` sets what `TASKWIRE_DATABASE_URL` sets). Unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+
+/// Every key, with its default and meaning; also printed by `taskwire --help`.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("LISTEN", "127.0.0.1:8080", "bind address"),
+    (
+        "DATABASE_URL",
+        "sqlite://data/taskwire.db?mode=rwc",
+        "mysql://… for MySQL/MariaDB (production mode)",
+    ),
+    (
+        "DATABASE_MAX_CONNECTIONS",
+        "8 (MySQL) / 4 (SQLite)",
+        "database pool size",
+    ),
+    (
+        "DATABASE_ACQUIRE_TIMEOUT_MS",
+        "2000",
+        "wait for a pooled connection before UNAVAILABLE",
+    ),
+    ("REDIS_URL", "unset (in-process cache only)", "redis://…"),
+    (
+        "KAFKA_TOPIC_PREFIX",
+        "taskwire",
+        "topics <prefix>.tasks.dispatch, .status, .dead",
+    ),
+    (
+        "JWT_SECRET",
+        "embedded: generated once into the data dir",
+        "HS256 secret",
+    ),
+    (
+        "JWT_PUBLIC_KEY_FILE",
+        "unset",
+        "PEM public key for RS256/ES256 (then HS256 is refused)",
+    ),
+    ("JWT_ISSUER", "unset", "required `iss` when set"),
+    ("JWT_AUDIENCE", "unset", "required `aud` when set"),
+    (
+        "INTROSPECTION",
+        "true embedded, false with MySQL",
+        "GraphQL introspection",
+    ),
+    (
+        "GRAPHIQL",
+        "true embedded, false with MySQL",
+        "serve GraphiQL at /graphiql",
+    ),
+    ("LOG_FORMAT", "pretty", "pretty | json; levels via RUST_LOG"),
+    ("DATA_DIR", "data", "where the embedded dev secret lives"),
+    (
+        "MIGRATE",
+        "true",
+        "apply pending migrations when `serve` starts",
+    ),
+    ("MAX_BODY_BYTES", "2097152", "largest accepted request body"),
+    (
+        "MAX_BATCH_OPERATIONS",
+        "10",
+        "operations in one batched HTTP request",
+    ),
+    ("REQUEST_TIMEOUT_MS", "10000", "per-request time limit"),
+];
+
+/// A configuration value that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A value has the wrong shape.
+    #[error("TASKWIRE_{key}: {reason}")]
+    Invalid {
+        /// The key, without prefix.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A combination of settings is refused.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How JSON web tokens are verified.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// HS256 secret. Default: embedded mode generates one into the data dir.
+    pub secret: Option<SecretString>,
+    /// PEM public key (RS256 or ES256); when set, HS256 tokens are refused.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable (default).
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole service configuration. Defaults are the embedded ones.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bind address. Default `127.0.0.1:8080`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Database URL. Default `sqlite://data/taskwire.db?mode=rwc`.
+    pub database_url: String,
+    /// Pool size. Default 8 for MySQL, 4 for SQLite.
+    pub database_max_connections: u32,
+    /// How long a request waits for a pooled connection. Default 2 s.
+    pub database_acquire_timeout: Duration,
+    /// Redis URL. Default unset: in-process cache only.
+    pub redis_url: Option<String>,
+    /// Kafka topic prefix. Default `taskwire`.
+    pub kafka_topic_prefix: String,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// GraphQL introspection. Default: on when embedded, off with MySQL.
+    pub introspection: bool,
+    /// GraphiQL at `/graphiql`. Default: on when embedded, off with MySQL.
+    pub graphiql: bool,
+    /// Log format. Default pretty.
+    pub log_format: LogFormat,
+    /// Directory for embedded-mode files (the dev JWT secret). Default `data`.
+    pub data_dir: PathBuf,
+    /// Apply pending migrations when serving. Default true.
+    pub migrate: bool,
+    /// Largest request body in bytes. Default 2 MiB.
+    pub max_body_bytes: usize,
+    /// Operations in one batched HTTP request. Default 10.
+    pub max_batch_operations: usize,
+    /// Per-request time limit. Default 10 s.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Whether this is production mode (a MySQL/MariaDB database).
+    pub fn is_production(&self) -> bool {
+        is_mysql(&self.database_url)
+    }
+
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Config::load_from(file, &env)
+    }
+
+    /// Like [`Config::load`], with an explicit environment (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut values = BTreeMap::new();
+        if let Some(path) = file {
+            values.extend(read_file(path)?);
+        }
+        for (key, _, _) in KEYS {
+            if let Some(v) = env.get(&format!("TASKWIRE_{key}")) {
+                values.insert(*key, v.clone());
+            }
+        }
+        Config::from_values(&values)
+    }
+
+    fn from_values(values: &BTreeMap<&'static str, String>) -> Result<Config, ConfigError> {
+        let get = |key: &str| {
+            values
+                .get(key)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let database_url = get("DATABASE_URL")
+            .unwrap_or("sqlite://data/taskwire.db?mode=rwc")
+            .to_owned();
+        let production = is_mysql(&database_url);
+        if !production && !database_url.starts_with("sqlite:") {
+            return Err(ConfigError::Invalid {
+                key: "DATABASE_URL",
+                reason: "must start with mysql:// or sqlite:".into(),
+            });
+        }
+        let config = Config {
+            listen: parse(get("LISTEN"), "LISTEN", "127.0.0.1:8080".parse().ok())?,
+            database_max_connections: parse(
+                get("DATABASE_MAX_CONNECTIONS"),
+                "DATABASE_MAX_CONNECTIONS",
+                Some(if production { 8 } else { 4 }),
+            )?,
+            database_acquire_timeout: Duration::from_millis(parse(
+                get("DATABASE_ACQUIRE_TIMEOUT_MS"),
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                Some(2000),
+            )?),
+            database_url,
+            redis_url: get("REDIS_URL").map(str::to_owned),
+            kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or("taskwire").to_owned(),
+            jwt: JwtConfig {
+                secret: get("JWT_SECRET").map(|s| SecretString::from(s.to_owned())),
+                public_key_file: get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from),
+                issuer: get("JWT_ISSUER").map(str::to_owned),
+                audience: get("JWT_AUDIENCE").map(str::to_owned),
+            },
+            introspection: parse_bool(get("INTROSPECTION"), "INTROSPECTION", !production)?,
+            graphiql: parse_bool(get("GRAPHIQL"), "GRAPHIQL", !production)?,
+            log_format: match get("LOG_FORMAT").unwrap_or("pretty") {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "LOG_FORMAT",
+                        reason: format!("{other:?} is not pretty or json"),
+                    });
+                }
+            },
+            data_dir: PathBuf::from(get("DATA_DIR").unwrap_or("data")),
+            migrate: parse_bool(get("MIGRATE"), "MIGRATE", true)?,
+            max_body_bytes: parse(
+                get("MAX_BODY_BYTES"),
+                "MAX_BODY_BYTES",
+                Some(2 * 1024 * 1024),
+            )?,
+            max_batch_operations: parse(
+                get("MAX_BATCH_OPERATIONS"),
+                "MAX_BATCH_OPERATIONS",
+                Some(10),
+            )?,
+            request_timeout: Duration::from_millis(parse(
+                get("REQUEST_TIMEOUT_MS"),
+                "REQUEST_TIMEOUT_MS",
+                Some(10_000),
+            )?),
+        };
+        if config.jwt.secret.is_some() && config.jwt.public_key_file.is_some() {
+            return Err(ConfigError::Refused(
+                "set TASKWIRE_JWT_SECRET or TASKWIRE_JWT_PUBLIC_KEY_FILE, not both: algorithms are pinned to one".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Checks what serving needs beyond well-formed values: production mode (a MySQL
+    /// database) refuses to start without a JWT secret or key, rather than invent one.
+    pub fn check_serving(&self) -> Result<(), ConfigError> {
+        if self.is_production() && self.jwt.secret.is_none() && self.jwt.public_key_file.is_none() {
+            return Err(ConfigError::Refused(
+                "production mode (a MySQL database) needs TASKWIRE_JWT_SECRET or TASKWIRE_JWT_PUBLIC_KEY_FILE".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The help text listing every variable, for `taskwire --help`.
+    pub fn help() -> String {
+        let mut out = String::from(
+            "Configuration (environment; `--config FILE` takes the same keys in TOML, lower-case, without the prefix):\n",
+        );
+        for (key, default, meaning) in KEYS {
+            out.push_str(&format!(
+                "  TASKWIRE_{key:<28} {meaning} [default: {default}]\n"
+            ));
+        }
+        out.push_str(
+            "  RUST_LOG                              log levels, e.g. info,taskwire_api=debug\n",
+        );
+        out
+    }
+}
+
+fn is_mysql(url: &str) -> bool {
+    url.starts_with("mysql://") || url.starts_with("mariadb://")
+}
+
+fn parse<T: std::str::FromStr>(
+    raw: Option<&str>,
+    key: &'static str,
+    default: Option<T>,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match raw {
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+            key,
+            reason: format!("{v:?}: {e}"),
+        }),
+        None => default.ok_or(ConfigError::Invalid {
+            key,
+            reason: "missing".into(),
+        }),
+    }
+}
+
+fn parse_bool(raw: Option<&str>, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            key,
+            reason: format!("{other:?} is not a boolean"),
+        }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<&'static str, String>, ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, value) in table {
+        let key = KEYS
+            .iter()
+            .map(|(k, _, _)| *k)
+            .find(|k| k.eq_ignore_ascii_case(&name))
+            .ok_or_else(|| err(format!("unknown key {name:?}")))?;
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => return Err(err(format!("{name}: unsupported value {other}"))),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_need_no_configuration() {
+        let config = Config::load_from(None, &env(&[])).expect("defaults load");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://data/taskwire.db?mode=rwc");
+        assert!(!config.is_production());
+        assert!(config.introspection && config.graphiql);
+        assert!(config.migrate);
+    }
+
+    #[test]
+    fn production_mode_refuses_to_start_without_a_jwt_key() {
+        let keyless = Config::load_from(
+            None,
+            &env(&[("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t")]),
+        )
+        .expect("loads: migrations and schema printing need no key");
+        assert!(matches!(
+            keyless.check_serving(),
+            Err(ConfigError::Refused(_))
+        ));
+        let ok = Config::load_from(
+            None,
+            &env(&[
+                ("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t"),
+                ("TASKWIRE_JWT_SECRET", "s3cret"),
+            ]),
+        )
+        .expect("loads");
+        assert!(ok.is_production());
+        assert!(ok.check_serving().is_ok());
+        assert!(
+            !ok.introspection && !ok.graphiql,
+            "production turns exploration off by default"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("taskwire.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ngraphiql = false\nmax_batch_operations = 3\n",
+        )
+        .expect("write");
+        let config = Config::load_from(Some(&path), &env(&[("TASKWIRE_LISTEN", "127.0.0.1:9001")]))
+            .expect("loads");
+        assert_eq!(config.listen.port(), 9001, "environment wins over the file");
+        assert!(!config.graphiql, "the file wins over the default");
+        assert_eq!(config.max_batch_operations, 3);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("taskwire.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").expect("write");
+        assert!(matches!(
+            Config::load_from(Some(&path), &env(&[])),
+            Err(ConfigError::File { .. })
+        ));
+        let bad = Config::load_from(None, &env(&[("TASKWIRE_GRAPHIQL", "maybe")]));
+        assert!(matches!(
+            bad,
+            Err(ConfigError::Invalid {
+                key: "GRAPHIQL",
+                ..
+            })
+        ));
+        let bad_db = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_URL", "postgres://x")]));
+        assert!(matches!(
+            bad_db,
+            Err(ConfigError::Invalid {
+                key: "DATABASE_URL",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,212 @@
+//! The API error type: every failure a resolver or handler can return, each mapped to a
+//! stable code of DESIGN.md §4.
+//!
+//! Infrastructure errors are logged here, with their whole cause chain, at the moment
+//! they become an `ApiError`; the client only ever sees `INTERNAL` or `UNAVAILABLE` and
+//! the request id (added to every error by the HTTP layer) to quote to an operator.
+
+use std::ops::Deref;
+
+use async_graphql::ErrorExtensions;
+use sea_orm::{DbErr, RuntimeErr, SqlErr, sqlx};
+use taskwire_domain::{DomainError, ErrorCode};
+
+/// Result alias for the API layer.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A failure, as the API reports it.
+///
+/// Deliberately not `Display`/`std::error::Error`: async-graphql converts *any* `Display`
+/// type into a GraphQL error by its message alone, which would let a `?` silently drop
+/// `extensions.code`. Without `Display`, the only conversion is ours, which sets it.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    /// `UNAUTHENTICATED`: no token was presented where one is needed.
+    Unauthenticated,
+    /// `UNAUTHENTICATED`: the token was rejected (the reason is logged, not returned).
+    InvalidToken,
+    /// `FORBIDDEN`: the caller's roles do not allow this.
+    Forbidden,
+    /// `NOT_FOUND`: missing or invisible to the caller (indistinguishable on purpose).
+    NotFound(&'static str),
+    /// A broken domain rule; its code comes from [`DomainError::code`].
+    Domain(DomainError),
+    /// `CONFLICT`: the write lost a race too many times or does not fit the state.
+    Conflict(String),
+    /// `BATCH_TOO_LARGE`: too many operations in one HTTP request.
+    BatchTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `PAYLOAD_TOO_LARGE`: the request body exceeds the limit.
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `UNAVAILABLE`: a dependency is down or saturated; retrying later can succeed.
+    Unavailable,
+    /// `INTERNAL`: a bug or an unexpected dependency answer (details in the log).
+    Internal,
+}
+
+impl ApiError {
+    /// The message shown to the client (never internal details).
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Unauthenticated => "authentication required".into(),
+            ApiError::InvalidToken => "invalid or expired token".into(),
+            ApiError::Forbidden => "not allowed for the caller's roles".into(),
+            ApiError::NotFound(what) => format!("{what} not found"),
+            ApiError::Domain(e) => e.to_string(),
+            ApiError::Conflict(message) => message.clone(),
+            ApiError::BatchTooLarge { limit } => {
+                format!("a batch may hold at most {limit} operations")
+            }
+            ApiError::PayloadTooLarge { limit } => format!("request body exceeds {limit} bytes"),
+            ApiError::Unavailable => "service temporarily unavailable; retry later".into(),
+            ApiError::Internal => "internal error; quote the requestId to an operator".into(),
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Unauthenticated | ApiError::InvalidToken => ErrorCode::Unauthenticated,
+            ApiError::Forbidden => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Domain(e) => e.code(),
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::Unavailable => ErrorCode::Unavailable,
+            ApiError::Internal => ErrorCode::Internal,
+        }
+    }
+
+    /// Logs an unexpected error with its cause chain and returns `INTERNAL`.
+    pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> ApiError {
+        tracing::error!(error = %chain(err), "{context}");
+        ApiError::Internal
+    }
+
+    /// The GraphQL error, with `extensions.code` (and `field` for input errors).
+    pub fn to_graphql(&self) -> async_graphql::Error {
+        let mut error = async_graphql::Error::new(self.message());
+        error = error.extend_with(|_, ext| ext.set("code", self.code().as_str()));
+        if let ApiError::Domain(DomainError::InvalidInput { field, .. }) = self {
+            let field = field.clone();
+            error = error.extend_with(|_, ext| ext.set("field", field));
+        }
+        error
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        self.to_graphql()
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(err: ApiError) -> Self {
+        err.to_graphql()
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(err: DomainError) -> Self {
+        ApiError::Domain(err)
+    }
+}
+
+impl From<DbErr> for ApiError {
+    fn from(err: DbErr) -> Self {
+        if is_unavailable(&err) {
+            tracing::warn!(error = %chain(&err), "database unavailable");
+            ApiError::Unavailable
+        } else {
+            ApiError::internal("database error", &err)
+        }
+    }
+}
+
+/// Whether the database error means "try again later" rather than a bug: the pool is
+/// exhausted or closed, the connection broke, or the row lock could not be had in time.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.deref() {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                        // 1205 lock wait timeout, 1213 deadlock.
+                        return matches!(mysql.number(), 1205 | 1213);
+                    }
+                    // SQLite BUSY (5, and its extended 261/517) and LOCKED (6).
+                    matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517"))
+                        && !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// `error: cause: cause…` on one line, for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_its_contract_code() {
+        let cases = [
+            (ApiError::Unauthenticated, "UNAUTHENTICATED"),
+            (ApiError::InvalidToken, "UNAUTHENTICATED"),
+            (ApiError::Forbidden, "FORBIDDEN"),
+            (ApiError::NotFound("task"), "NOT_FOUND"),
+            (
+                DomainError::invalid("input.queue", "bad").into(),
+                "BAD_USER_INPUT",
+            ),
+            (
+                DomainError::IdempotencyConflict.into(),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            (DomainError::LeaseLost.into(), "LEASE_LOST"),
+            (ApiError::Conflict("x".into()), "CONFLICT"),
+            (ApiError::BatchTooLarge { limit: 1 }, "BATCH_TOO_LARGE"),
+            (ApiError::PayloadTooLarge { limit: 1 }, "PAYLOAD_TOO_LARGE"),
+            (ApiError::Unavailable, "UNAVAILABLE"),
+            (ApiError::Internal, "INTERNAL"),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code().as_str(), code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn pool_timeouts_are_unavailable_not_internal() {
+        let err = DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        assert_eq!(ApiError::from(err).code(), ErrorCode::Unavailable);
+        assert_eq!(
+            ApiError::from(DbErr::Custom("bug".into())).code(),
+            ErrorCode::Internal
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! What a resolver knows about the request: the caller and the shared handles.
+
+use async_graphql::Context;
+use taskwire_domain::Principal;
+
+use crate::{error::ApiError, graphql::Loaders, store::Store};
+
+/// Per-request data inserted by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The authenticated caller, `None` for anonymous requests.
+    pub principal: Option<Principal>,
+    /// Correlates client-visible errors with server logs.
+    pub request_id: String,
+}
+
+/// The authenticated caller, or `UNAUTHENTICATED`.
+pub fn principal<'a>(ctx: &'a Context<'_>) -> Result<&'a Principal, ApiError> {
+    ctx.data_opt::<RequestContext>()
+        .and_then(|r| r.principal.as_ref())
+        .ok_or(ApiError::Unauthenticated)
+}
+
+/// The store (schema data).
+pub fn store<'a>(ctx: &'a Context<'_>) -> Result<&'a Store, ApiError> {
+    ctx.data_opt::<Store>().ok_or_else(|| missing("Store"))
+}
+
+/// This request's DataLoaders.
+pub fn loaders<'a>(ctx: &'a Context<'_>) -> Result<&'a Loaders, ApiError> {
+    ctx.data_opt::<std::sync::Arc<Loaders>>()
+        .map(|l| l.as_ref())
+        .ok_or_else(|| missing("Loaders"))
+}
+
+fn missing(what: &str) -> ApiError {
+    tracing::error!("{what} missing from the GraphQL context: the HTTP layer must insert it");
+    ApiError::Internal
+}

@@ -1,0 +1,98 @@
+//! Per-request DataLoaders: every `Task.events`, `Task.worker` and `TaskEvent.task` of a
+//! response is loaded in one batched statement per kind, however many tasks it lists.
+//! A fresh set is made for every request, so nothing leaks between callers.
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use taskwire_domain::{
+    TaskId,
+    task::{Task, TaskEvent},
+};
+
+use crate::{
+    error::ApiError,
+    store::{Store, WorkerRecord},
+};
+
+/// The loaders of one request.
+pub struct Loaders {
+    /// Tasks by id.
+    pub tasks: DataLoader<TaskLoader>,
+    /// The latest N events by (task, N).
+    pub events: DataLoader<EventsLoader>,
+    /// Workers by id.
+    pub workers: DataLoader<WorkerLoader>,
+}
+
+impl std::fmt::Debug for Loaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loaders")
+    }
+}
+
+impl Loaders {
+    /// A fresh set over `store`.
+    pub fn new(store: &Store) -> Arc<Loaders> {
+        Arc::new(Loaders {
+            tasks: DataLoader::new(TaskLoader(store.clone()), tokio::spawn),
+            events: DataLoader::new(EventsLoader(store.clone()), tokio::spawn),
+            workers: DataLoader::new(WorkerLoader(store.clone()), tokio::spawn),
+        })
+    }
+}
+
+/// Loads tasks by id (`WHERE id IN (…)`).
+#[derive(Debug)]
+pub struct TaskLoader(Store);
+
+impl Loader<TaskId> for TaskLoader {
+    type Value = Task;
+    type Error = ApiError;
+
+    async fn load(&self, keys: &[TaskId]) -> Result<HashMap<TaskId, Task>, ApiError> {
+        let tasks = self.0.tasks_by_ids(keys).await?;
+        Ok(tasks.into_iter().map(|t| (t.id, t)).collect())
+    }
+}
+
+/// Loads the latest `n` events of tasks, one windowed statement per distinct `n`.
+#[derive(Debug)]
+pub struct EventsLoader(Store);
+
+impl Loader<(TaskId, u32)> for EventsLoader {
+    type Value = Vec<TaskEvent>;
+    type Error = ApiError;
+
+    async fn load(
+        &self,
+        keys: &[(TaskId, u32)],
+    ) -> Result<HashMap<(TaskId, u32), Vec<TaskEvent>>, ApiError> {
+        let mut by_last: HashMap<u32, Vec<TaskId>> = HashMap::new();
+        for (id, last) in keys {
+            by_last.entry(*last).or_default().push(*id);
+        }
+        let mut out = HashMap::with_capacity(keys.len());
+        for (last, ids) in by_last {
+            let mut events = self.0.latest_events(&ids, last).await?;
+            for id in ids {
+                out.insert((id, last), events.remove(&id).unwrap_or_default());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Loads workers by id.
+#[derive(Debug)]
+pub struct WorkerLoader(Store);
+
+impl Loader<String> for WorkerLoader {
+    type Value = WorkerRecord;
+    type Error = ApiError;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, WorkerRecord>, ApiError> {
+        let workers = self.0.workers_by_ids(keys).await?;
+        Ok(workers.into_iter().map(|w| (w.id.clone(), w)).collect())
+    }
+}

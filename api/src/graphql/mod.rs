@@ -1,0 +1,52 @@
+//! The GraphQL schema: one `MergedObject` per area, guards for roles, per-request
+//! DataLoaders. Resolvers stay thin: they check who may do what, call the store, and
+//! convert domain values into the API types of [`types`].
+
+pub mod context;
+pub mod guards;
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod types;
+
+use async_graphql::{EmptySubscription, Schema};
+
+pub use context::RequestContext;
+pub use loaders::Loaders;
+
+use crate::store::Store;
+
+/// The executable schema.
+pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+
+/// Schema-level switches.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaOptions {
+    /// Allow introspection queries.
+    pub introspection: bool,
+}
+
+/// Builds the schema around `store`.
+pub fn build_schema(store: Store, options: SchemaOptions) -> TaskwireSchema {
+    let mut builder = Schema::build(
+        query::Query::default(),
+        mutation::Mutation::default(),
+        EmptySubscription,
+    )
+    .data(store);
+    if !options.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The SDL of the schema (what `taskwire schema` prints and `frontend-schema` checks in).
+pub fn sdl() -> String {
+    Schema::build(
+        query::Query::default(),
+        mutation::Mutation::default(),
+        EmptySubscription,
+    )
+    .finish()
+    .sdl()
+}

@@ -1,0 +1,344 @@
+//! The public API types. They wrap domain values and are converted explicitly; entities
+//! never appear here.
+
+use async_graphql::{Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use taskwire_domain::{
+    self as domain, DomainError,
+    task::{Task, TaskEvent},
+};
+
+use super::context::loaders;
+use crate::{error::ApiError, store::WorkerRecord};
+
+/// Largest `last` accepted by `Task.events`.
+pub const MAX_EVENTS_PER_TASK: i32 = 100;
+
+/// Where a task is in its lifecycle.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "TaskStatus")]
+pub enum TaskStatusGql {
+    /// Waiting for `runAt` (also while backing off before a retry).
+    Scheduled,
+    /// Ready, waiting for a worker.
+    Queued,
+    /// Offered to one worker under a lease.
+    Assigned,
+    /// Accepted by a worker.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Cancelled by its owner or an operator.
+    Cancelled,
+    /// Attempts exhausted, non-retryable failure or deadline passed.
+    Dead,
+}
+
+impl From<domain::TaskStatus> for TaskStatusGql {
+    fn from(s: domain::TaskStatus) -> Self {
+        use domain::TaskStatus as S;
+        match s {
+            S::Scheduled => Self::Scheduled,
+            S::Queued => Self::Queued,
+            S::Assigned => Self::Assigned,
+            S::Running => Self::Running,
+            S::Succeeded => Self::Succeeded,
+            S::Cancelled => Self::Cancelled,
+            S::Dead => Self::Dead,
+        }
+    }
+}
+
+impl From<TaskStatusGql> for domain::TaskStatus {
+    fn from(s: TaskStatusGql) -> Self {
+        use domain::TaskStatus as S;
+        match s {
+            TaskStatusGql::Scheduled => S::Scheduled,
+            TaskStatusGql::Queued => S::Queued,
+            TaskStatusGql::Assigned => S::Assigned,
+            TaskStatusGql::Running => S::Running,
+            TaskStatusGql::Succeeded => S::Succeeded,
+            TaskStatusGql::Cancelled => S::Cancelled,
+            TaskStatusGql::Dead => S::Dead,
+        }
+    }
+}
+
+/// A role from the caller's token.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "Role")]
+pub enum RoleGql {
+    /// Creates tasks and sees its own.
+    Client,
+    /// Runs tasks leased to it.
+    Worker,
+    /// Reads everything, cancels and retries any task.
+    Operator,
+    /// Operator plus queue and worker administration.
+    Admin,
+}
+
+impl From<domain::Role> for RoleGql {
+    fn from(r: domain::Role) -> Self {
+        match r {
+            domain::Role::Client => Self::Client,
+            domain::Role::Worker => Self::Worker,
+            domain::Role::Operator => Self::Operator,
+            domain::Role::Admin => Self::Admin,
+        }
+    }
+}
+
+/// Whether a worker takes new tasks.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum WorkerStatus {
+    /// Connected or heartbeating; receives offers.
+    Online,
+    /// Finishes its running tasks, receives no new offers.
+    Draining,
+    /// Gone; its offers and leases are reclaimed.
+    Offline,
+}
+
+/// The authenticated caller.
+#[derive(SimpleObject, Debug)]
+pub struct Viewer {
+    /// The token's subject.
+    pub subject: String,
+    /// The recognised roles.
+    pub roles: Vec<RoleGql>,
+}
+
+/// A unit of work.
+#[derive(Debug, Clone)]
+pub struct TaskObject(pub Task);
+
+#[Object(name = "Task")]
+impl TaskObject {
+    /// Opaque, unguessable, time-ordered id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn queue(&self) -> &str {
+        &self.0.queue
+    }
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn payload(&self) -> Option<Json<Value>> {
+        self.0.payload.clone().map(Json)
+    }
+    /// 0–9; 9 is dispatched first.
+    async fn priority(&self) -> i32 {
+        i32::from(self.0.priority)
+    }
+    async fn status(&self) -> TaskStatusGql {
+        self.0.status.into()
+    }
+    /// Runs started so far.
+    async fn attempts(&self) -> i32 {
+        self.0.attempts as i32
+    }
+    async fn max_attempts(&self) -> i32 {
+        self.0.max_attempts as i32
+    }
+    /// When the task is (or becomes) ready.
+    async fn run_at(&self) -> DateTime<Utc> {
+        self.0.run_at
+    }
+    async fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.0.deadline
+    }
+    /// Subject that created the task.
+    async fn created_by(&self) -> &str {
+        &self.0.created_by
+    }
+    /// The worker holding (or that last held) the task.
+    async fn worker(&self, ctx: &Context<'_>) -> Result<Option<WorkerObject>> {
+        let Some(worker_id) = &self.0.worker_id else {
+            return Ok(None);
+        };
+        let worker = loaders(ctx)?.workers.load_one(worker_id.clone()).await?;
+        Ok(worker.map(WorkerObject))
+    }
+    /// When the current offer or lease expires.
+    async fn lease_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.lease_expires_at
+    }
+    async fn result(&self) -> Option<Json<Value>> {
+        self.0.result.clone().map(Json)
+    }
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+    /// The latest `last` events (at most 100), oldest first.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] last: i32,
+    ) -> Result<Vec<TaskEventObject>> {
+        if !(0..=MAX_EVENTS_PER_TASK).contains(&last) {
+            return Err(
+                ApiError::from(DomainError::invalid("last", "must be between 0 and 100")).into(),
+            );
+        }
+        let events = loaders(ctx)?
+            .events
+            .load_one((self.0.id, last as u32))
+            .await?;
+        Ok(events
+            .unwrap_or_default()
+            .into_iter()
+            .map(TaskEventObject)
+            .collect())
+    }
+    /// Optimistic-lock version; grows with every change.
+    async fn version(&self) -> i32 {
+        self.0.version as i32
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+}
+
+/// One entry of a task's history.
+#[derive(Debug, Clone)]
+pub struct TaskEventObject(pub TaskEvent);
+
+#[Object(name = "TaskEvent")]
+impl TaskEventObject {
+    async fn task_id(&self) -> ID {
+        ID(self.0.task_id.to_string())
+    }
+    /// Per-task sequence number, gapless from 1.
+    async fn seq(&self) -> i32 {
+        self.0.seq as i32
+    }
+    async fn status(&self) -> TaskStatusGql {
+        self.0.status.into()
+    }
+    async fn previous_status(&self) -> Option<TaskStatusGql> {
+        self.0.previous_status.map(Into::into)
+    }
+    async fn attempt(&self) -> i32 {
+        self.0.attempt as i32
+    }
+    async fn worker_id(&self) -> Option<ID> {
+        self.0.worker_id.clone().map(ID)
+    }
+    async fn message(&self) -> Option<&str> {
+        self.0.message.as_deref()
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+    /// The task as it is now (events are only reachable through visible tasks).
+    async fn task(&self, ctx: &Context<'_>) -> Result<TaskObject> {
+        let task = loaders(ctx)?.tasks.load_one(self.0.task_id).await?;
+        task.map(TaskObject)
+            .ok_or_else(|| ApiError::NotFound("task").into())
+    }
+}
+
+/// A registered worker.
+#[derive(Debug, Clone)]
+pub struct WorkerObject(pub WorkerRecord);
+
+#[Object(name = "Worker")]
+impl WorkerObject {
+    /// The worker's id: its token's subject.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Queues it serves.
+    async fn queues(&self) -> &[String] {
+        &self.0.queues
+    }
+    /// Concurrent tasks it accepts.
+    async fn capacity(&self) -> i32 {
+        self.0.capacity as i32
+    }
+    /// Tasks currently offered to or running on it.
+    async fn active_tasks(&self) -> i32 {
+        self.0.active as i32
+    }
+    async fn status(&self) -> WorkerStatus {
+        match self.0.status.as_str() {
+            "ONLINE" => WorkerStatus::Online,
+            "DRAINING" => WorkerStatus::Draining,
+            _ => WorkerStatus::Offline,
+        }
+    }
+    async fn last_seen_at(&self) -> DateTime<Utc> {
+        self.0.last_seen_at
+    }
+}
+
+/// Input of `createTask`.
+#[derive(InputObject, Debug, Clone)]
+pub struct CreateTaskInput {
+    /// Target queue, `^[a-z0-9][a-z0-9._-]{0,63}$`.
+    pub queue: String,
+    /// Task kind, same pattern as `queue`.
+    pub kind: String,
+    /// Any JSON up to 64 KiB serialized.
+    pub payload: Option<Json<Value>>,
+    /// 0–9, 9 first.
+    #[graphql(default = 0)]
+    pub priority: i32,
+    /// Earliest start, at most 30 days ahead; default now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Past this instant the task is `DEAD` instead of run.
+    pub deadline: Option<DateTime<Utc>>,
+    /// 1–100; default from the queue, else 5.
+    pub max_attempts: Option<i32>,
+    /// Up to 128 characters, unique per creator: a retry with the same key and input
+    /// returns the original task with `created: false`.
+    pub idempotency_key: Option<String>,
+}
+
+impl From<CreateTaskInput> for domain::CreateTaskInput {
+    fn from(input: CreateTaskInput) -> Self {
+        domain::CreateTaskInput {
+            queue: input.queue,
+            kind: input.kind,
+            payload: input.payload.map(|j| j.0),
+            priority: Some(i64::from(input.priority)),
+            run_at: input.run_at,
+            deadline: input.deadline,
+            max_attempts: input.max_attempts.map(i64::from),
+            idempotency_key: input.idempotency_key,
+        }
+    }
+}
+
+/// Result of `createTask`.
+#[derive(SimpleObject, Debug)]
+pub struct CreateTaskPayload {
+    /// The task (the original one when an idempotency key matched).
+    pub task: TaskObject,
+    /// `false` when an idempotency key matched an earlier identical request.
+    pub created: bool,
+}
+
+/// Filters of the `tasks` connection.
+#[derive(InputObject, Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Any of these statuses.
+    pub status: Option<Vec<TaskStatusGql>>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    /// Only tasks of this creator (operators; clients may only name themselves).
+    pub created_by: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,73 @@
+//! Liveness and readiness.
+//!
+//! `/healthz` answers 200 while the process runs. `/readyz` checks each dependency and
+//! answers 200 when the database is usable (Redis down only degrades: reads fall back to
+//! the database), 503 otherwise, with a JSON body naming each dependency's state.
+
+use std::time::{Duration, Instant};
+
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// How long one dependency check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness: the process is up.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: can this process serve traffic now?
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (database, redis) = tokio::join!(check_database(&state), check_redis(&state));
+    let database_up = database["state"] == "up";
+    let redis_degraded = redis["state"] == "down";
+    let status = match (database_up, redis_degraded) {
+        (false, _) => "unavailable",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
+    let code = if database_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({ "status": status, "dependencies": { "database": database, "redis": redis } })),
+    )
+}
+
+async fn check_database(state: &AppState) -> Value {
+    let started = Instant::now();
+    match tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => {
+            json!({ "state": "up", "backend": format!("{:?}", state.store.backend()), "latencyMs": started.elapsed().as_millis() as u64 })
+        }
+        Ok(Err(_)) => json!({ "state": "down", "backend": format!("{:?}", state.store.backend()) }),
+        Err(_) => {
+            json!({ "state": "down", "backend": format!("{:?}", state.store.backend()), "error": "timeout" })
+        }
+    }
+}
+
+async fn check_redis(state: &AppState) -> Value {
+    let Some(client) = &state.redis else {
+        return json!({ "state": "disabled" });
+    };
+    let started = Instant::now();
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
+        Ok(Ok(_)) => json!({ "state": "up", "latencyMs": started.elapsed().as_millis() as u64 }),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "redis readiness check failed");
+            json!({ "state": "down" })
+        }
+        Err(_) => json!({ "state": "down", "error": "timeout" }),
+    }
+}

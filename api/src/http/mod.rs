@@ -1,0 +1,82 @@
+//! The HTTP surface: the axum router and its handlers.
+//!
+//! | path | handler |
+//! |---|---|
+//! | `POST/GET /graphql` | [`graphql::post`], [`graphql::get`] |
+//! | `GET /graphiql` | [`graphql::graphiql`] (when enabled) |
+//! | `GET /healthz`, `GET /readyz` | [`health`] |
+//! | `GET /schema.graphql` | the SDL |
+
+pub mod graphql;
+pub mod health;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    http::header,
+    response::IntoResponse,
+    routing::get,
+};
+
+use crate::{auth::JwtKeys, graphql::TaskwireSchema, store::Store};
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The executable schema.
+    pub schema: TaskwireSchema,
+    /// The repository.
+    pub store: Store,
+    /// Token verification.
+    pub keys: Arc<JwtKeys>,
+    /// The SDL, rendered once.
+    pub sdl: Arc<str>,
+    /// Redis, when configured (readiness reports it).
+    pub redis: Option<redis::Client>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HTTP-level limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Operations in one batched request.
+    pub max_batch_operations: usize,
+    /// Per-request time limit.
+    pub request_timeout: Duration,
+}
+
+/// The router. GraphiQL is mounted only when `graphiql` is true.
+pub fn router(state: AppState, graphiql: bool) -> Router {
+    let mut router = Router::new()
+        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/schema.graphql", get(schema_sdl));
+    if graphiql {
+        router = router.route("/graphiql", get(graphql::graphiql));
+    }
+    router
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+async fn schema_sdl(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        state.sdl.to_string(),
+    )
+}

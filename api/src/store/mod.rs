@@ -1,0 +1,204 @@
+//! The SeaORM repository: the only place that speaks SQL.
+//!
+//! Every state change of a task is one transaction that updates the row conditionally
+//! on its version, appends the event and writes the outbox rows (DESIGN.md §2,
+//! invariant 1). The same code runs on MySQL/MariaDB and SQLite; on SQLite, write
+//! transactions are serialised in-process (SQLite has one writer anyway, and this turns
+//! `SQLITE_BUSY` upgrade failures into orderly waiting).
+
+mod convert;
+mod tasks;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use sea_orm::{
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter,
+};
+use taskwire_domain::EnvelopeType;
+use taskwire_entity::worker;
+use tokio::sync::{Mutex, MutexGuard};
+
+pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
+
+use crate::{config::Config, error::ApiResult};
+
+/// Counters about the database traffic of this process.
+#[derive(Debug, Default)]
+pub struct DbStats {
+    statements: AtomicU64,
+}
+
+impl DbStats {
+    /// SQL statements executed so far (including `BEGIN`/`COMMIT` where the driver issues them).
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+}
+
+/// Kafka topic names derived from the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Topics `<prefix>.tasks.dispatch`, `.status` and `.dead`.
+    pub fn new(prefix: &str) -> Self {
+        Topics {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The topic an envelope of `kind` goes to.
+    pub fn for_envelope(&self, kind: EnvelopeType) -> String {
+        format!("{}.{}", self.prefix, kind.topic_suffix())
+    }
+}
+
+/// A registered worker, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRecord {
+    /// The worker's id (its token's `sub`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Queues it serves.
+    pub queues: Vec<String>,
+    /// Concurrent tasks it accepts.
+    pub capacity: u32,
+    /// Tasks currently offered to or running on it.
+    pub active: u32,
+    /// `ONLINE`, `DRAINING` or `OFFLINE`.
+    pub status: String,
+    /// Last heartbeat or connection.
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    topics: Topics,
+    write_gate: Option<Arc<Mutex<()>>>,
+    stats: Arc<DbStats>,
+}
+
+impl Store {
+    /// Connects with the configured pool; creates the SQLite file's directory if needed.
+    pub async fn connect(config: &Config) -> Result<Store, DbErr> {
+        let url = &config.database_url;
+        let sqlite = url.starts_with("sqlite:");
+        if sqlite {
+            if let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_owned)) {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(&parent).map_err(|e| {
+                        DbErr::Custom(format!("creating {}: {e}", parent.display()))
+                    })?;
+                }
+            }
+        }
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(config.database_max_connections)
+            .min_connections(1)
+            .acquire_timeout(config.database_acquire_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        if sqlite {
+            options.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+            });
+        }
+        let mut db = Database::connect(options).await?;
+        let stats = Arc::new(DbStats::default());
+        let counter = stats.clone();
+        db.set_metric_callback(move |_| {
+            counter.statements.fetch_add(1, Ordering::Relaxed);
+        });
+        Ok(Store {
+            db,
+            topics: Topics::new(&config.kafka_topic_prefix),
+            write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
+            stats,
+        })
+    }
+
+    /// The underlying connection (for migrations).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Statement counters.
+    pub fn stats(&self) -> &Arc<DbStats> {
+        &self.stats
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> ApiResult<()> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Serialises writers on SQLite; a no-op on MySQL, which has row locks.
+    async fn write_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.write_gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        }
+    }
+
+    /// Workers by id (missing ids are simply absent).
+    pub async fn workers_by_ids(&self, ids: &[String]) -> ApiResult<Vec<WorkerRecord>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = worker::Entity::find()
+            .filter(worker::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(convert::worker_from_row).collect()
+    }
+}
+
+/// The file path of a `sqlite:` URL, if it names a file.
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_are_extracted_from_urls() {
+        assert_eq!(
+            sqlite_path("sqlite://data/taskwire.db?mode=rwc"),
+            Some(Path::new("data/taskwire.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/x.db"),
+            Some(Path::new("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

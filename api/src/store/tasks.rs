@@ -1,0 +1,412 @@
+//! Task reads and writes.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+};
+use taskwire_domain::{
+    DomainError, EnvelopeType, MaxAttempts, NewTask, TaskEnvelope, TaskId, TaskStatus,
+    machine::{self, Effect, Transition},
+    task::{Task, TaskEvent},
+};
+use taskwire_entity::{outbox, queue, task, task_event};
+
+use super::{Store, convert};
+use crate::error::{ApiError, ApiResult};
+
+/// How often a conditional update is retried after losing an optimistic-lock race.
+const MAX_OPTIMISTIC_RETRIES: usize = 5;
+
+/// Which tasks a caller may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskScope {
+    /// Operators and admins: every task.
+    All,
+    /// Tasks created by `created_by` or leased to `worker_id` (either may be absent).
+    Restricted {
+        /// The caller's subject, when it has the client role.
+        created_by: Option<String>,
+        /// The caller's subject, when it has the worker role.
+        worker_id: Option<String>,
+    },
+}
+
+/// A page request for [`Store::list_tasks`]. Results are ordered newest first (id desc).
+#[derive(Debug, Clone)]
+pub struct TaskListQuery {
+    /// Visibility.
+    pub scope: TaskScope,
+    /// Only these statuses (empty: any).
+    pub statuses: Vec<TaskStatus>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only tasks created by this subject.
+    pub created_by: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Exclusive cursor: only tasks older than this one.
+    pub after: Option<TaskId>,
+    /// Rows to return.
+    pub limit: u64,
+}
+
+/// What happened to one input of a create batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// A new task was created.
+    Created(Task),
+    /// The idempotency key matched an earlier identical input: the original task.
+    Existing(Task),
+    /// The idempotency key was used before with a different input.
+    Conflict,
+}
+
+/// Whether a batch fails as a whole when one of its inputs conflicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// Any idempotency conflict aborts the batch; nothing is created.
+    AllOrNothing,
+    /// Each input stands alone (used when independent callers' creates are coalesced).
+    PerInput,
+}
+
+impl Store {
+    /// One task by id, whoever may see it (callers check visibility).
+    pub async fn task(&self, id: TaskId) -> ApiResult<Option<Task>> {
+        let row = task::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await?;
+        row.map(convert::task_from_row).transpose()
+    }
+
+    /// Tasks by id; missing ids are simply absent.
+    pub async fn tasks_by_ids(&self, ids: &[TaskId]) -> ApiResult<Vec<Task>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = task::Entity::find()
+            .filter(task::Column::Id.is_in(ids.iter().map(ToString::to_string)))
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(convert::task_from_row).collect()
+    }
+
+    /// A page of tasks, newest first.
+    pub async fn list_tasks(&self, query: &TaskListQuery) -> ApiResult<Vec<Task>> {
+        let mut condition = Condition::all();
+        if let TaskScope::Restricted {
+            created_by,
+            worker_id,
+        } = &query.scope
+        {
+            let mut visible = Condition::any();
+            if let Some(creator) = created_by {
+                visible = visible.add(task::Column::CreatedBy.eq(creator.as_str()));
+            }
+            if let Some(worker) = worker_id {
+                visible = visible.add(task::Column::WorkerId.eq(worker.as_str()));
+            }
+            if created_by.is_none() && worker_id.is_none() {
+                return Ok(vec![]);
+            }
+            condition = condition.add(visible);
+        }
+        if !query.statuses.is_empty() {
+            condition = condition
+                .add(task::Column::Status.is_in(query.statuses.iter().map(|s| s.as_str())));
+        }
+        if let Some(queue) = &query.queue {
+            condition = condition.add(task::Column::Queue.eq(queue.as_str()));
+        }
+        if let Some(kind) = &query.kind {
+            condition = condition.add(task::Column::Kind.eq(kind.as_str()));
+        }
+        if let Some(creator) = &query.created_by {
+            condition = condition.add(task::Column::CreatedBy.eq(creator.as_str()));
+        }
+        if let Some(after) = query.created_after {
+            condition = condition.add(task::Column::CreatedAt.gte(convert::to_ms(after)));
+        }
+        if let Some(before) = query.created_before {
+            condition = condition.add(task::Column::CreatedAt.lt(convert::to_ms(before)));
+        }
+        if let Some(cursor) = query.after {
+            condition = condition.add(task::Column::Id.lt(cursor.to_string()));
+        }
+        let rows = task::Entity::find()
+            .filter(condition)
+            .order_by_desc(task::Column::Id)
+            .limit(query.limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(convert::task_from_row).collect()
+    }
+
+    /// The latest `last` events of each task, oldest first, in one statement.
+    pub async fn latest_events(
+        &self,
+        ids: &[TaskId],
+        last: u32,
+    ) -> ApiResult<HashMap<TaskId, Vec<TaskEvent>>> {
+        let mut out: HashMap<TaskId, Vec<TaskEvent>> = HashMap::new();
+        if ids.is_empty() || last == 0 {
+            return Ok(out);
+        }
+        // A window function keeps the result bounded however long a task's history is.
+        // MySQL 8, MariaDB 10.2+ and SQLite 3.25+ all support it.
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        let sql = format!(
+            "SELECT id, task_id, seq, status, previous_status, attempt, worker_id, message, `at` FROM (\
+               SELECT e.*, ROW_NUMBER() OVER (PARTITION BY task_id ORDER BY seq DESC) AS rn \
+               FROM task_events e WHERE task_id IN ({placeholders})\
+             ) ranked WHERE rn <= ? ORDER BY task_id, seq"
+        );
+        let mut values: Vec<sea_orm::Value> = ids.iter().map(|id| id.to_string().into()).collect();
+        values.push(i64::from(last).into());
+        let stmt = Statement::from_sql_and_values(self.backend(), sql, values);
+        let rows = task_event::Model::find_by_statement(stmt)
+            .all(&self.db)
+            .await?;
+        for row in rows {
+            let event = convert::event_from_row(row)?;
+            out.entry(event.task_id).or_default().push(event);
+        }
+        Ok(out)
+    }
+
+    /// Creates a batch of tasks in one transaction (multi-row inserts), honouring
+    /// idempotency keys per creator. Outcomes are in input order.
+    pub async fn create_tasks(
+        &self,
+        batch: Vec<NewTask>,
+        mode: CreateMode,
+    ) -> ApiResult<Vec<CreateOutcome>> {
+        let _gate = self.write_lock().await;
+        for _ in 0..MAX_OPTIMISTIC_RETRIES {
+            match self.try_create_tasks(&batch, mode).await {
+                // Another transaction committed the same key between our read and our
+                // insert: run again, and the read will find it.
+                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+                Ok(result) => return result,
+            }
+        }
+        Err(ApiError::Conflict(
+            "too much contention on idempotency keys; retry".into(),
+        ))
+    }
+
+    async fn try_create_tasks(
+        &self,
+        batch: &[NewTask],
+        mode: CreateMode,
+    ) -> Result<ApiResult<Vec<CreateOutcome>>, DbErr> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let defaults = queue_max_attempts(&txn, batch).await?;
+        let mut existing = existing_by_key(&txn, batch).await?;
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut transitions = Vec::with_capacity(batch.len());
+        for new in batch {
+            let key = new
+                .idempotency_key
+                .as_ref()
+                .map(|k| (new.created_by.clone(), k.as_str().to_owned()));
+            if let Some((hash, task)) = key.as_ref().and_then(|k| existing.get(k)) {
+                outcomes.push(if *hash == new.fingerprint {
+                    CreateOutcome::Existing(task.clone())
+                } else {
+                    CreateOutcome::Conflict
+                });
+                continue;
+            }
+            let default = defaults
+                .get(new.queue.as_str())
+                .copied()
+                .unwrap_or(MaxAttempts::DEFAULT);
+            let transition = machine::create(new.clone(), TaskId::generate(now), default, now);
+            if let Some(key) = key {
+                // A repeat of the key later in this same batch resolves to this task.
+                existing.insert(key, (new.fingerprint.clone(), transition.task.clone()));
+            }
+            rows.push(convert::task_to_row(&transition.task, &new.fingerprint));
+            outcomes.push(CreateOutcome::Created(transition.task.clone()));
+            transitions.push(transition);
+        }
+        if mode == CreateMode::AllOrNothing
+            && outcomes.iter().any(|o| *o == CreateOutcome::Conflict)
+        {
+            txn.rollback().await?;
+            return Ok(Err(DomainError::IdempotencyConflict.into()));
+        }
+        if !rows.is_empty() {
+            task::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await?;
+            self.append_history(&txn, &transitions).await?;
+        }
+        txn.commit().await?;
+        Ok(Ok(outcomes))
+    }
+
+    /// Applies a state change to one task under the optimistic lock.
+    ///
+    /// `decide` sees the current task and returns the transition (or an error, such as
+    /// `NOT_FOUND` for a task the caller may not see). On a lost race it is called again
+    /// with the fresh state.
+    pub async fn transition<F>(&self, id: TaskId, decide: F) -> ApiResult<Task>
+    where
+        F: Fn(&Task) -> ApiResult<Transition>,
+    {
+        let _gate = self.write_lock().await;
+        for _ in 0..MAX_OPTIMISTIC_RETRIES {
+            let txn = self.db.begin().await?;
+            let Some(row) = task::Entity::find_by_id(id.to_string()).one(&txn).await? else {
+                return Err(ApiError::NotFound("task"));
+            };
+            let current = convert::task_from_row(row)?;
+            let transition = decide(&current)?;
+            let updated = task::Entity::update_many()
+                .set(convert::task_changes(&transition.task))
+                .filter(task::Column::Id.eq(id.to_string()))
+                .filter(task::Column::Version.eq(current.version as i32))
+                .exec(&txn)
+                .await?;
+            if updated.rows_affected != 1 {
+                txn.rollback().await?;
+                continue;
+            }
+            self.append_history(&txn, std::slice::from_ref(&transition))
+                .await?;
+            txn.commit().await?;
+            return Ok(transition.task);
+        }
+        Err(ApiError::Conflict(
+            "the task changed concurrently too many times; retry".into(),
+        ))
+    }
+
+    /// Appends the events and outbox rows of `transitions` (multi-row inserts).
+    async fn append_history(
+        &self,
+        txn: &DatabaseTransaction,
+        transitions: &[Transition],
+    ) -> Result<(), DbErr> {
+        let mut events = Vec::with_capacity(transitions.len());
+        let mut messages = Vec::with_capacity(transitions.len() * 2);
+        for t in transitions {
+            let Some(event) = &t.event else { continue };
+            events.push(convert::event_to_row(event));
+            let mut kinds = vec![EnvelopeType::Status];
+            kinds.extend(t.effects.iter().map(|e| match e {
+                Effect::Dispatch => EnvelopeType::Dispatch,
+                Effect::DeadLetter => EnvelopeType::Dead,
+            }));
+            for kind in kinds {
+                let envelope = TaskEnvelope::new(kind, &t.task, event);
+                messages.push(outbox::ActiveModel {
+                    topic: Set(self.topics.for_envelope(kind)),
+                    message_key: Set(t.task.id.to_string()),
+                    payload: Set(
+                        serde_json::to_string(&envelope).map_err(|e| DbErr::Json(e.to_string()))?
+                    ),
+                    traceparent: Set(None),
+                    created_at: Set(convert::to_ms(event.at)),
+                    published_at: Set(None),
+                    ..Default::default()
+                });
+            }
+        }
+        if !events.is_empty() {
+            task_event::Entity::insert_many(events)
+                .exec_without_returning(txn)
+                .await?;
+            outbox::Entity::insert_many(messages)
+                .exec_without_returning(txn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The configured `maxAttempts` of the queues of inputs that do not set their own.
+async fn queue_max_attempts(
+    txn: &DatabaseTransaction,
+    batch: &[NewTask],
+) -> Result<HashMap<String, MaxAttempts>, DbErr> {
+    let names: HashSet<&str> = batch
+        .iter()
+        .filter(|n| n.max_attempts.is_none())
+        .map(|n| n.queue.as_str())
+        .collect();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = queue::Entity::find()
+        .filter(queue::Column::Name.is_in(names))
+        .all(txn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|q| {
+            let max = q
+                .max_attempts
+                .and_then(|m| MaxAttempts::try_from(i64::from(m)).ok())?;
+            Some((q.name, max))
+        })
+        .collect())
+}
+
+/// Tasks already holding one of the batch's `(creator, idempotency key)` pairs, with
+/// the fingerprint of the input that created them.
+async fn existing_by_key(
+    txn: &DatabaseTransaction,
+    batch: &[NewTask],
+) -> Result<HashMap<(String, String), (String, Task)>, DbErr> {
+    let mut by_creator: HashMap<&str, Vec<&str>> = HashMap::new();
+    for new in batch {
+        if let Some(key) = &new.idempotency_key {
+            by_creator
+                .entry(new.created_by.as_str())
+                .or_default()
+                .push(key.as_str());
+        }
+    }
+    if by_creator.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut condition = Condition::any();
+    for (creator, keys) in by_creator {
+        condition = condition.add(
+            Condition::all()
+                .add(task::Column::CreatedBy.eq(creator))
+                .add(task::Column::IdempotencyKey.is_in(keys)),
+        );
+    }
+    let rows = task::Entity::find().filter(condition).all(txn).await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (creator, key, hash) = (
+            row.created_by.clone(),
+            row.idempotency_key.clone(),
+            row.input_hash.clone(),
+        );
+        let task =
+            convert::task_from_row(row).map_err(|_| DbErr::Custom("corrupt task row".into()))?;
+        if let Some(key) = key {
+            out.insert((creator, key), (hash, task));
+        }
+    }
+    Ok(out)
+}
