@@ -95,6 +95,18 @@ enum Outbox {
 /// Subject names (JWT `sub`) are bounded so composite indexes stay within InnoDB limits.
 const SUBJECT_LEN: u32 = 255;
 
+/// Creates a table; on MySQL/MariaDB with a binary collation, so idempotency keys,
+/// ids and names compare exactly (the server default is often case-insensitive).
+async fn create_table(
+    manager: &SchemaManager<'_>,
+    mut stmt: TableCreateStatement,
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::MySql {
+        stmt.character_set("utf8mb4").collate("utf8mb4_bin");
+    }
+    manager.create_table(stmt).await
+}
+
 fn medium_text<T: IntoIden>(col: T) -> ColumnDef {
     ColumnDef::new(col)
         .custom(Alias::new("MEDIUMTEXT"))
@@ -113,48 +125,48 @@ fn index(table: impl IntoIden, name: &str, cols: Vec<DynIden>) -> IndexCreateSta
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(Tasks::Table)
-                    .col(
-                        ColumnDef::new(Tasks::Id)
-                            .string_len(36)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(Tasks::Queue).string_len(64).not_null())
-                    .col(ColumnDef::new(Tasks::Kind).string_len(64).not_null())
-                    .col(medium_text(Tasks::Payload).null())
-                    .col(ColumnDef::new(Tasks::Priority).small_integer().not_null())
-                    .col(ColumnDef::new(Tasks::Status).string_len(16).not_null())
-                    .col(ColumnDef::new(Tasks::Attempts).integer().not_null())
-                    .col(ColumnDef::new(Tasks::MaxAttempts).integer().not_null())
-                    .col(ColumnDef::new(Tasks::RunAt).big_integer().not_null())
-                    .col(ColumnDef::new(Tasks::Deadline).big_integer().null())
-                    .col(
-                        ColumnDef::new(Tasks::CreatedBy)
-                            .string_len(SUBJECT_LEN)
-                            .not_null(),
-                    )
-                    .col(ColumnDef::new(Tasks::IdempotencyKey).string_len(128).null())
-                    .col(ColumnDef::new(Tasks::InputHash).string_len(64).not_null())
-                    .col(
-                        ColumnDef::new(Tasks::WorkerId)
-                            .string_len(SUBJECT_LEN)
-                            .null(),
-                    )
-                    .col(ColumnDef::new(Tasks::LeaseToken).string_len(64).null())
-                    .col(ColumnDef::new(Tasks::LeaseExpiresAt).big_integer().null())
-                    .col(medium_text(Tasks::Result).null())
-                    .col(ColumnDef::new(Tasks::LastError).text().null())
-                    .col(ColumnDef::new(Tasks::Version).integer().not_null())
-                    .col(ColumnDef::new(Tasks::LastSeq).integer().not_null())
-                    .col(ColumnDef::new(Tasks::CreatedAt).big_integer().not_null())
-                    .col(ColumnDef::new(Tasks::UpdatedAt).big_integer().not_null())
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            Table::create()
+                .table(Tasks::Table)
+                .col(
+                    ColumnDef::new(Tasks::Id)
+                        .string_len(36)
+                        .not_null()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(Tasks::Queue).string_len(64).not_null())
+                .col(ColumnDef::new(Tasks::Kind).string_len(64).not_null())
+                .col(medium_text(Tasks::Payload).null())
+                .col(ColumnDef::new(Tasks::Priority).small_integer().not_null())
+                .col(ColumnDef::new(Tasks::Status).string_len(16).not_null())
+                .col(ColumnDef::new(Tasks::Attempts).integer().not_null())
+                .col(ColumnDef::new(Tasks::MaxAttempts).integer().not_null())
+                .col(ColumnDef::new(Tasks::RunAt).big_integer().not_null())
+                .col(ColumnDef::new(Tasks::Deadline).big_integer().null())
+                .col(
+                    ColumnDef::new(Tasks::CreatedBy)
+                        .string_len(SUBJECT_LEN)
+                        .not_null(),
+                )
+                .col(ColumnDef::new(Tasks::IdempotencyKey).string_len(128).null())
+                .col(ColumnDef::new(Tasks::InputHash).string_len(64).not_null())
+                .col(
+                    ColumnDef::new(Tasks::WorkerId)
+                        .string_len(SUBJECT_LEN)
+                        .null(),
+                )
+                .col(ColumnDef::new(Tasks::LeaseToken).string_len(64).null())
+                .col(ColumnDef::new(Tasks::LeaseExpiresAt).big_integer().null())
+                .col(medium_text(Tasks::Result).null())
+                .col(ColumnDef::new(Tasks::LastError).text().null())
+                .col(ColumnDef::new(Tasks::Version).integer().not_null())
+                .col(ColumnDef::new(Tasks::LastSeq).integer().not_null())
+                .col(ColumnDef::new(Tasks::CreatedAt).big_integer().not_null())
+                .col(ColumnDef::new(Tasks::UpdatedAt).big_integer().not_null())
+                .to_owned(),
+        )
+        .await?;
         // Dispatch: ready tasks of a queue in priority order.
         manager
             .create_index(index(
@@ -221,36 +233,36 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(TaskEvents::Table)
-                    .col(
-                        ColumnDef::new(TaskEvents::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(TaskEvents::TaskId).string_len(36).not_null())
-                    .col(ColumnDef::new(TaskEvents::Seq).integer().not_null())
-                    .col(ColumnDef::new(TaskEvents::Status).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(TaskEvents::PreviousStatus)
-                            .string_len(16)
-                            .null(),
-                    )
-                    .col(ColumnDef::new(TaskEvents::Attempt).integer().not_null())
-                    .col(
-                        ColumnDef::new(TaskEvents::WorkerId)
-                            .string_len(SUBJECT_LEN)
-                            .null(),
-                    )
-                    .col(ColumnDef::new(TaskEvents::Message).text().null())
-                    .col(ColumnDef::new(TaskEvents::At).big_integer().not_null())
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            Table::create()
+                .table(TaskEvents::Table)
+                .col(
+                    ColumnDef::new(TaskEvents::Id)
+                        .big_integer()
+                        .not_null()
+                        .auto_increment()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(TaskEvents::TaskId).string_len(36).not_null())
+                .col(ColumnDef::new(TaskEvents::Seq).integer().not_null())
+                .col(ColumnDef::new(TaskEvents::Status).string_len(16).not_null())
+                .col(
+                    ColumnDef::new(TaskEvents::PreviousStatus)
+                        .string_len(16)
+                        .null(),
+                )
+                .col(ColumnDef::new(TaskEvents::Attempt).integer().not_null())
+                .col(
+                    ColumnDef::new(TaskEvents::WorkerId)
+                        .string_len(SUBJECT_LEN)
+                        .null(),
+                )
+                .col(ColumnDef::new(TaskEvents::Message).text().null())
+                .col(ColumnDef::new(TaskEvents::At).big_integer().not_null())
+                .to_owned(),
+        )
+        .await?;
         // One event per (task, seq): a duplicate append fails instead of forking history.
         manager
             .create_index(
@@ -264,28 +276,28 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(Workers::Table)
-                    .col(
-                        ColumnDef::new(Workers::Id)
-                            .string_len(SUBJECT_LEN)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(Workers::Name).string_len(128).not_null())
-                    .col(ColumnDef::new(Workers::Queues).text().not_null())
-                    .col(ColumnDef::new(Workers::Capacity).integer().not_null())
-                    .col(ColumnDef::new(Workers::Active).integer().not_null())
-                    .col(ColumnDef::new(Workers::Status).string_len(16).not_null())
-                    .col(ColumnDef::new(Workers::LastSeenAt).big_integer().not_null())
-                    .col(ColumnDef::new(Workers::Version).integer().not_null())
-                    .col(ColumnDef::new(Workers::CreatedAt).big_integer().not_null())
-                    .col(ColumnDef::new(Workers::UpdatedAt).big_integer().not_null())
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            Table::create()
+                .table(Workers::Table)
+                .col(
+                    ColumnDef::new(Workers::Id)
+                        .string_len(SUBJECT_LEN)
+                        .not_null()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(Workers::Name).string_len(128).not_null())
+                .col(ColumnDef::new(Workers::Queues).text().not_null())
+                .col(ColumnDef::new(Workers::Capacity).integer().not_null())
+                .col(ColumnDef::new(Workers::Active).integer().not_null())
+                .col(ColumnDef::new(Workers::Status).string_len(16).not_null())
+                .col(ColumnDef::new(Workers::LastSeenAt).big_integer().not_null())
+                .col(ColumnDef::new(Workers::Version).integer().not_null())
+                .col(ColumnDef::new(Workers::CreatedAt).big_integer().not_null())
+                .col(ColumnDef::new(Workers::UpdatedAt).big_integer().not_null())
+                .to_owned(),
+        )
+        .await?;
         manager
             .create_index(index(
                 Workers::Table,
@@ -294,49 +306,49 @@ impl MigrationTrait for Migration {
             ))
             .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(Queues::Table)
-                    .col(
-                        ColumnDef::new(Queues::Name)
-                            .string_len(64)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(Queues::Paused).boolean().not_null())
-                    .col(ColumnDef::new(Queues::RateLimitPerSecond).double().null())
-                    .col(ColumnDef::new(Queues::MaxConcurrency).integer().null())
-                    .col(ColumnDef::new(Queues::MaxAttempts).integer().null())
-                    .col(ColumnDef::new(Queues::LeaseSeconds).integer().null())
-                    .col(ColumnDef::new(Queues::BackoffBaseMs).big_integer().null())
-                    .col(ColumnDef::new(Queues::BackoffMaxMs).big_integer().null())
-                    .col(ColumnDef::new(Queues::CreatedAt).big_integer().not_null())
-                    .col(ColumnDef::new(Queues::UpdatedAt).big_integer().not_null())
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            Table::create()
+                .table(Queues::Table)
+                .col(
+                    ColumnDef::new(Queues::Name)
+                        .string_len(64)
+                        .not_null()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(Queues::Paused).boolean().not_null())
+                .col(ColumnDef::new(Queues::RateLimitPerSecond).double().null())
+                .col(ColumnDef::new(Queues::MaxConcurrency).integer().null())
+                .col(ColumnDef::new(Queues::MaxAttempts).integer().null())
+                .col(ColumnDef::new(Queues::LeaseSeconds).integer().null())
+                .col(ColumnDef::new(Queues::BackoffBaseMs).big_integer().null())
+                .col(ColumnDef::new(Queues::BackoffMaxMs).big_integer().null())
+                .col(ColumnDef::new(Queues::CreatedAt).big_integer().not_null())
+                .col(ColumnDef::new(Queues::UpdatedAt).big_integer().not_null())
+                .to_owned(),
+        )
+        .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(Outbox::Table)
-                    .col(
-                        ColumnDef::new(Outbox::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(Outbox::Topic).string_len(255).not_null())
-                    .col(ColumnDef::new(Outbox::MessageKey).string_len(64).not_null())
-                    .col(ColumnDef::new(Outbox::Payload).text().not_null())
-                    .col(ColumnDef::new(Outbox::Traceparent).string_len(64).null())
-                    .col(ColumnDef::new(Outbox::CreatedAt).big_integer().not_null())
-                    .col(ColumnDef::new(Outbox::PublishedAt).big_integer().null())
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            Table::create()
+                .table(Outbox::Table)
+                .col(
+                    ColumnDef::new(Outbox::Id)
+                        .big_integer()
+                        .not_null()
+                        .auto_increment()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(Outbox::Topic).string_len(255).not_null())
+                .col(ColumnDef::new(Outbox::MessageKey).string_len(64).not_null())
+                .col(ColumnDef::new(Outbox::Payload).text().not_null())
+                .col(ColumnDef::new(Outbox::Traceparent).string_len(64).null())
+                .col(ColumnDef::new(Outbox::CreatedAt).big_integer().not_null())
+                .col(ColumnDef::new(Outbox::PublishedAt).big_integer().null())
+                .to_owned(),
+        )
+        .await?;
         // The relay scans unpublished rows in id order.
         manager
             .create_index(index(

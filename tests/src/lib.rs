@@ -1,1 +1,300 @@
-//! placeholder
+//! # taskwire-tests
+//!
+//! Black-box test support: [`TestApp`] starts the real application on port 0 with its
+//! own fresh database and talks to it over HTTP, like a frontend would.
+//!
+//! Database per test: a new SQLite file in a temp dir by default; with
+//! `TASKWIRE_TEST_DATABASE_URL=mysql://user@host:port` a fresh MySQL/MariaDB schema,
+//! dropped when the `TestApp` is dropped. Logs are silent unless `TEST_LOG` is set.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use taskwire_api::{config::Config, startup::Application, store::DbStats};
+use tokio_util::sync::CancellationToken;
+
+/// Variable naming the MySQL/MariaDB server the suite may use.
+pub const DATABASE_URL_VAR: &str = "TASKWIRE_TEST_DATABASE_URL";
+/// Variable naming the Redis server the suite may use.
+pub const REDIS_URL_VAR: &str = "TASKWIRE_TEST_REDIS_URL";
+
+/// A running application and a client for it.
+#[derive(Debug)]
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// The HS256 secret the app verifies with.
+    pub secret: String,
+    /// The database URL the app uses.
+    pub database_url: String,
+    db_stats: Arc<DbStats>,
+    shutdown: CancellationToken,
+    mysql_schema: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+/// The decoded JSON body of a GraphQL response.
+#[derive(Debug, Clone)]
+pub struct GqlResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Value,
+}
+
+impl GqlResponse {
+    /// `data`, panicking (with the body) when the response has errors.
+    pub fn data(&self) -> &Value {
+        assert!(
+            self.body.get("errors").is_none(),
+            "unexpected errors: {}",
+            self.body
+        );
+        &self.body["data"]
+    }
+
+    /// The `extensions.code` of every error.
+    pub fn codes(&self) -> Vec<String> {
+        self.errors()
+            .iter()
+            .map(|e| {
+                e["extensions"]["code"]
+                    .as_str()
+                    .unwrap_or("<none>")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// The single error's code, panicking when there is not exactly one error.
+    pub fn code(&self) -> String {
+        let codes = self.codes();
+        assert_eq!(codes.len(), 1, "expected one error: {}", self.body);
+        codes[0].clone()
+    }
+
+    /// The errors (empty when there are none).
+    pub fn errors(&self) -> Vec<Value> {
+        self.body
+            .get("errors")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Which optional real services are configured for this run.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl TestApp {
+    /// Starts the app with default test configuration.
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(&[]).await
+    }
+
+    /// Starts the app with extra `TASKWIRE_*` variables (they win over the defaults).
+    pub async fn spawn_with(vars: &[(&str, &str)]) -> TestApp {
+        if std::env::var("TEST_LOG").is_ok() {
+            taskwire_api::telemetry::init(taskwire_api::config::LogFormat::Pretty);
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
+        let (database_url, mysql_schema) = match env_var(DATABASE_URL_VAR) {
+            Some(server) => {
+                let (url, schema) = create_mysql_schema(&server).await;
+                (url, Some((server, schema)))
+            }
+            None => (
+                format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()),
+                None,
+            ),
+        };
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        let data_dir = dir.path().display().to_string();
+        for (k, v) in [
+            ("TASKWIRE_LISTEN", "127.0.0.1:0"),
+            ("TASKWIRE_DATABASE_URL", database_url.as_str()),
+            ("TASKWIRE_JWT_SECRET", secret.as_str()),
+            ("TASKWIRE_DATA_DIR", data_dir.as_str()),
+            ("TASKWIRE_INTROSPECTION", "true"),
+            ("TASKWIRE_GRAPHIQL", "true"),
+        ] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+        for (k, v) in vars {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = Config::load_from(None, &env).expect("test configuration loads");
+        let app = Application::build(config)
+            .await
+            .expect("application builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let db_stats = app.db_stats();
+        let shutdown = app.shutdown_token();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            secret,
+            database_url,
+            db_stats,
+            shutdown,
+            mysql_schema,
+            _dir: dir,
+        }
+    }
+
+    /// A valid token (1 h) for `sub` with `roles`.
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.token_with_claims(json!({ "sub": sub, "roles": roles, "exp": now_secs() + 3600 }))
+    }
+
+    /// A token with exactly these claims, signed with the app's secret.
+    pub fn token_with_claims(&self, claims: Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("token encodes")
+    }
+
+    /// POSTs a GraphQL request with an optional bearer token.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> GqlResponse {
+        self.post_json(token, &json!({ "query": query, "variables": variables }))
+            .await
+    }
+
+    /// POSTs any JSON body to `/graphql`.
+    pub async fn post_json(&self, token: Option<&str>, body: &Value) -> GqlResponse {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.address))
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let body = response.json().await.expect("JSON body");
+        GqlResponse { status, body }
+    }
+
+    /// GETs a path, returning status and body text.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// SQL statements the app has executed so far.
+    pub fn db_statements(&self) -> u64 {
+        self.db_stats.statements()
+    }
+
+    /// Runs raw SQL against the app's database on a separate connection (test set-up).
+    pub async fn sql(&self, statement: &str) {
+        let db = Database::connect(&self.database_url)
+            .await
+            .expect("test connection");
+        db.execute_unprepared(statement)
+            .await
+            .expect("test SQL runs");
+        let _ = db.close().await;
+    }
+
+    /// Creates a task as `token`'s subject and returns its id.
+    pub async fn create_task(&self, token: &str, input: Value) -> String {
+        let response = self
+            .gql(
+                Some(token),
+                "mutation($input: CreateTaskInput!) { createTask(input: $input) { task { id } } }",
+                json!({ "input": input }),
+            )
+            .await;
+        response.data()["createTask"]["task"]["id"]
+            .as_str()
+            .expect("task id")
+            .to_owned()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some((server, schema)) = self.mysql_schema.take() {
+            // Drop cannot await: clean up on a short-lived runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(async {
+                        if let Ok(db) = Database::connect(server_url(&server)).await {
+                            let _ = db
+                                .execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`"))
+                                .await;
+                            let _ = db.close().await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// The server part of a MySQL URL (any database path removed).
+fn server_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("mysql", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+async fn create_mysql_schema(server: &str) -> (String, String) {
+    let schema = format!(
+        "taskwire_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    let db = Database::connect(server_url(server))
+        .await
+        .expect("MySQL server from TASKWIRE_TEST_DATABASE_URL is reachable");
+    db.execute_unprepared(&format!(
+        "CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    ))
+    .await
+    .expect("test schema created");
+    let _ = db.close().await;
+    (format!("{}/{schema}", server_url(server)), schema)
+}
+
+/// Prints the standard skip notice and returns the variable's value when set.
+pub fn require_service(var: &str, test: &str) -> Option<String> {
+    let value = env_var(var);
+    if value.is_none() {
+        println!("SKIPPED {test}: {var} is not set (CI sets it; see README, Testing)");
+    }
+    value
+}

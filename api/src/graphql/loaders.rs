@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use taskwire_domain::{
     TaskId,
     task::{Task, TaskEvent},
@@ -17,8 +17,9 @@ use crate::{
 
 /// The loaders of one request.
 pub struct Loaders {
-    /// Tasks by id.
-    pub tasks: DataLoader<TaskLoader>,
+    /// Tasks by id, cached for the request (lists prime it, so nested `TaskEvent.task`
+    /// fields cost nothing).
+    pub tasks: DataLoader<TaskLoader, HashMapCache>,
     /// The latest N events by (task, N).
     pub events: DataLoader<EventsLoader>,
     /// Workers by id.
@@ -35,7 +36,11 @@ impl Loaders {
     /// A fresh set over `store`.
     pub fn new(store: &Store) -> Arc<Loaders> {
         Arc::new(Loaders {
-            tasks: DataLoader::new(TaskLoader(store.clone()), tokio::spawn),
+            tasks: DataLoader::with_cache(
+                TaskLoader(store.clone()),
+                tokio::spawn,
+                HashMapCache::default(),
+            ),
             events: DataLoader::new(EventsLoader(store.clone()), tokio::spawn),
             workers: DataLoader::new(WorkerLoader(store.clone()), tokio::spawn),
         })

@@ -19,6 +19,8 @@ use crate::{
 
 /// Largest page of the `tasks` connection.
 pub const MAX_PAGE_SIZE: i32 = 100;
+/// Page size when `first` is absent or null.
+pub const DEFAULT_PAGE_SIZE: i32 = 20;
 
 /// The root query type.
 #[derive(MergedObject, Default, Debug)]
@@ -66,10 +68,12 @@ impl TaskQuery {
         &self,
         ctx: &Context<'_>,
         filter: Option<TaskFilter>,
-        #[graphql(default = 20)] first: i32,
+        #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, TaskObject>> {
         let caller = principal(ctx)?;
+        // Clients often send an explicit `null` for an unset variable: treat it as absent.
+        let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(0..=MAX_PAGE_SIZE).contains(&first) {
             return Err(
                 ApiError::from(DomainError::invalid("first", "must be between 0 and 100")).into(),
@@ -102,6 +106,11 @@ impl TaskQuery {
         let mut tasks = store(ctx)?.list_tasks(&query).await?;
         let has_next = tasks.len() > first as usize;
         tasks.truncate(first as usize);
+        // Nested fields (`TaskEvent.task`) find these without another query.
+        loaders(ctx)?
+            .tasks
+            .feed_many(tasks.iter().map(|t| (t.id, t.clone())))
+            .await;
         let mut connection = Connection::new(after.is_some(), has_next);
         connection.edges.extend(
             tasks

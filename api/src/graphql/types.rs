@@ -14,6 +14,8 @@ use crate::{error::ApiError, store::WorkerRecord};
 
 /// Largest `last` accepted by `Task.events`.
 pub const MAX_EVENTS_PER_TASK: i32 = 100;
+/// `last` of `Task.events` when absent or null.
+pub const DEFAULT_EVENTS_PER_TASK: i32 = 20;
 
 /// Where a task is in its lifecycle.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -292,7 +294,7 @@ pub struct CreateTaskInput {
     pub payload: Option<Json<Value>>,
     /// 0–9, 9 first.
     #[graphql(default = 0)]
-    pub priority: i32,
+    pub priority: Option<i32>,
     /// Earliest start, at most 30 days ahead; default now.
     pub run_at: Option<DateTime<Utc>>,
     /// Past this instant the task is `DEAD` instead of run.
@@ -310,7 +312,7 @@ impl From<CreateTaskInput> for domain::CreateTaskInput {
             queue: input.queue,
             kind: input.kind,
             payload: input.payload.map(|j| j.0),
-            priority: Some(i64::from(input.priority)),
+            priority: Some(i64::from(input.priority.unwrap_or(0))),
             run_at: input.run_at,
             deadline: input.deadline,
             max_attempts: input.max_attempts.map(i64::from),
