@@ -48,6 +48,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     graphiql: bool,
+    introspection: bool,
     shutdown: CancellationToken,
 }
 
@@ -94,6 +95,7 @@ impl Application {
             listener,
             state,
             graphiql: config.graphiql,
+            introspection: config.introspection,
             shutdown: CancellationToken::new(),
         })
     }
@@ -123,7 +125,7 @@ impl Application {
 
     /// Serves until the shutdown token is cancelled, then lets in-flight requests finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let app = router(self.state, self.graphiql);
+        let app = router(self.state, self.graphiql, self.introspection);
         let shutdown = self.shutdown.clone();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

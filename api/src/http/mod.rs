@@ -59,13 +59,16 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
-/// The router. GraphiQL is mounted only when `graphiql` is true.
-pub fn router(state: AppState, graphiql: bool) -> Router {
+/// The router. GraphiQL is mounted only when `graphiql` is true, the SDL only when
+/// `introspection` is (it is the same information).
+pub fn router(state: AppState, graphiql: bool, introspection: bool) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/schema.graphql", get(schema_sdl));
+        .route("/readyz", get(health::readyz));
+    if introspection {
+        router = router.route("/schema.graphql", get(schema_sdl));
+    }
     if graphiql {
         router = router.route("/graphiql", get(graphql::graphiql));
     }

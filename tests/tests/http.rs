@@ -1,0 +1,202 @@
+//! Black-box tests of the HTTP surface: health, readiness, schema, GraphiQL, GET
+//! queries, and the request envelope limits.
+
+use serde_json::{Value, json};
+use taskwire_tests::{REDIS_URL_VAR, TestApp, require_service};
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).ok(),
+        Some(json!({ "status": "ok" }))
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_each_dependency_and_is_ready_without_redis() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get("/readyz").await;
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["dependencies"]["database"]["state"], "up");
+    assert_eq!(body["dependencies"]["redis"]["state"], "disabled");
+}
+
+#[tokio::test]
+async fn readyz_reports_an_unreachable_redis_as_degraded_but_stays_ready() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let app = TestApp::spawn_with(&[("TASKWIRE_REDIS_URL", "redis://127.0.0.1:1")]).await;
+    let (status, body) = app.get("/readyz").await;
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status, 200, "Redis down only degrades: {body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["dependencies"]["redis"]["state"], "down");
+}
+
+#[tokio::test]
+async fn readyz_reports_a_real_redis_as_up() {
+    let Some(url) = require_service(REDIS_URL_VAR, "readyz_reports_a_real_redis_as_up") else {
+        return;
+    };
+    let app = TestApp::spawn_with(&[("TASKWIRE_REDIS_URL", &url)]).await;
+    let (status, body) = app.get("/readyz").await;
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status, 200);
+    assert_eq!(body["dependencies"]["redis"]["state"], "up", "{body}");
+}
+
+#[tokio::test]
+async fn the_sdl_is_served_and_graphiql_points_at_graphql() {
+    let app = TestApp::spawn().await;
+    let (status, sdl) = app.get("/schema.graphql").await;
+    assert_eq!(status, 200);
+    assert_eq!(sdl, taskwire_api::graphql::sdl());
+    assert!(
+        sdl.contains("createTask(input: CreateTaskInput!): CreateTaskPayload!"),
+        "{sdl}"
+    );
+    let (status, page) = app.get("/graphiql").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("/graphql"),
+        "GraphiQL page names the endpoint"
+    );
+}
+
+#[tokio::test]
+async fn graphiql_and_introspection_can_be_switched_off() {
+    let app = TestApp::spawn_with(&[
+        ("TASKWIRE_GRAPHIQL", "false"),
+        ("TASKWIRE_INTROSPECTION", "false"),
+    ])
+    .await;
+    assert_eq!(app.get("/graphiql").await.0, 404);
+    let response = app
+        .gql(None, "{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert_eq!(
+        response.body["data"]["__schema"],
+        Value::Null,
+        "introspection answers nothing: {}",
+        response.body
+    );
+    let (status, _) = app.get("/schema.graphql").await;
+    assert_eq!(status, 404, "nor does the SDL endpoint");
+}
+
+#[tokio::test]
+async fn queries_work_over_get_but_mutations_do_not() {
+    let app = TestApp::spawn().await;
+    let token = app.token("alice", &["client"]);
+    let query = app
+        .client
+        .get(format!("{}/graphql", app.address))
+        .query(&[("query", "{ me { subject } }")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(query.status().as_u16(), 200);
+    let body: Value = query.json().await.expect("JSON");
+    assert_eq!(body["data"]["me"]["subject"], "alice");
+
+    let mutation = app
+        .client
+        .get(format!("{}/graphql", app.address))
+        .query(&[(
+            "query",
+            "mutation { createTask(input: {queue: \"q\", kind: \"k\"}) { created } }",
+        )])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(mutation.status().as_u16(), 405);
+    let body: Value = mutation.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    let listed = app
+        .gql(
+            Some(&token),
+            "{ tasks { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        listed.data()["tasks"]["edges"],
+        json!([]),
+        "the GET mutation did not run"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_payload_too_large() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_MAX_BODY_BYTES", "1024")]).await;
+    let token = app.token("alice", &["client"]);
+    let padding = "x".repeat(2048);
+    let response = app
+        .post_json(
+            Some(&token),
+            &json!({ "query": format!("{{ me {{ subject }} }} # {padding}") }),
+        )
+        .await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.code(), "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn batched_requests_run_up_to_the_limit() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_MAX_BATCH_OPERATIONS", "3")]).await;
+    let token = app.token("alice", &["client"]);
+    let op = json!({ "query": "{ me { subject } }" });
+    let ok = app.post_json(Some(&token), &json!([op, op, op])).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body.as_array().map(Vec::len), Some(3), "{}", ok.body);
+    assert_eq!(ok.body[2]["data"]["me"]["subject"], "alice");
+
+    let too_many = app.post_json(Some(&token), &json!([op, op, op, op])).await;
+    assert_eq!(too_many.status, 400);
+    assert_eq!(too_many.code(), "BATCH_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_graphql_request_is_bad_input() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+}
+
+#[tokio::test]
+async fn every_error_carries_a_request_id_that_matches_the_header() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .header("x-request-id", "trace-me-123")
+        .json(&json!({ "query": "{ me { subject } }" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-me-123")
+    );
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    assert_eq!(body["errors"][0]["extensions"]["requestId"], "trace-me-123");
+}
