@@ -71,10 +71,7 @@ enum MigrateAction {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("taskwire: cannot start the async runtime: {e}");
@@ -105,17 +102,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Token { sub, roles, ttl } => {
             let roles = roles
                 .iter()
-                .map(|r| {
-                    r.parse::<Role>().map_err(|_| {
-                        format!("unknown role {r:?} (client, worker, operator, admin)")
-                    })
-                })
+                .map(|r| r.parse::<Role>().map_err(|_| format!("unknown role {r:?} (client, worker, operator, admin)")))
                 .collect::<Result<Vec<_>, _>>()?;
             let ttl = parse_ttl(&ttl)?;
             let keys = JwtKeys::load(&config.jwt, &config.data_dir).map_err(|e| e.to_string())?;
-            let token = keys
-                .mint(&sub, &roles, ttl)
-                .ok_or("tokens can only be minted with an HS256 secret (TASKWIRE_JWT_SECRET or the embedded dev secret)")?;
+            let token = keys.mint(&sub, &roles, ttl).ok_or(
+                "tokens can only be minted with an HS256 secret (TASKWIRE_JWT_SECRET or the embedded dev secret)",
+            )?;
             println!("{token}");
             Ok(())
         }
@@ -127,26 +120,17 @@ async fn serve(config: Config) -> Result<(), String> {
     let embedded = !config.is_production();
     let graphiql = config.graphiql;
     let host = config.listen.ip();
-    let app = Application::build(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{host}:{}", app.port());
     println!("Taskwire is listening on {base}");
     println!("  GraphQL:  {base}/graphql");
     if graphiql {
         println!("  GraphiQL: {base}/graphiql");
     }
-    if embedded {
-        if let Some(token) =
-            app.keys()
-                .mint("dev-admin", &[Role::Admin, Role::Client], DEV_TOKEN_TTL)
-        {
-            println!(
-                "  Admin token (sub dev-admin, roles admin+client, valid 24h; paste into GraphiQL's headers as"
-            );
-            println!("  {{\"Authorization\": \"Bearer <token>\"}}):");
-            println!("{token}");
-        }
+    if embedded && let Some(token) = app.keys().mint("dev-admin", &[Role::Admin, Role::Client], DEV_TOKEN_TTL) {
+        println!("  Admin token (sub dev-admin, roles admin+client, valid 24h; paste into GraphiQL's headers as");
+        println!("  {{\"Authorization\": \"Bearer <token>\"}}):");
+        println!("{token}");
     }
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
@@ -196,13 +180,8 @@ async fn wait_for_signal() {
 /// Parses `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("bad ttl {text:?}: expected e.g. 30m, 1h, 7d"))?;
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("bad ttl {text:?}: expected e.g. 30m, 1h, 7d"))?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,

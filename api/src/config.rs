@@ -17,62 +17,22 @@ use secrecy::SecretString;
 /// Every key, with its default and meaning; also printed by `taskwire --help`.
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("LISTEN", "127.0.0.1:8080", "bind address"),
-    (
-        "DATABASE_URL",
-        "sqlite://data/taskwire.db?mode=rwc",
-        "mysql://… for MySQL/MariaDB (production mode)",
-    ),
-    (
-        "DATABASE_MAX_CONNECTIONS",
-        "8 (MySQL) / 4 (SQLite)",
-        "database pool size",
-    ),
-    (
-        "DATABASE_ACQUIRE_TIMEOUT_MS",
-        "2000",
-        "wait for a pooled connection before UNAVAILABLE",
-    ),
+    ("DATABASE_URL", "sqlite://data/taskwire.db?mode=rwc", "mysql://… for MySQL/MariaDB (production mode)"),
+    ("DATABASE_MAX_CONNECTIONS", "8 (MySQL) / 4 (SQLite)", "database pool size"),
+    ("DATABASE_ACQUIRE_TIMEOUT_MS", "2000", "wait for a pooled connection before UNAVAILABLE"),
     ("REDIS_URL", "unset (in-process cache only)", "redis://…"),
-    (
-        "KAFKA_TOPIC_PREFIX",
-        "taskwire",
-        "topics <prefix>.tasks.dispatch, .status, .dead",
-    ),
-    (
-        "JWT_SECRET",
-        "embedded: generated once into the data dir",
-        "HS256 secret",
-    ),
-    (
-        "JWT_PUBLIC_KEY_FILE",
-        "unset",
-        "PEM public key for RS256/ES256 (then HS256 is refused)",
-    ),
+    ("KAFKA_TOPIC_PREFIX", "taskwire", "topics <prefix>.tasks.dispatch, .status, .dead"),
+    ("JWT_SECRET", "embedded: generated once into the data dir", "HS256 secret"),
+    ("JWT_PUBLIC_KEY_FILE", "unset", "PEM public key for RS256/ES256 (then HS256 is refused)"),
     ("JWT_ISSUER", "unset", "required `iss` when set"),
     ("JWT_AUDIENCE", "unset", "required `aud` when set"),
-    (
-        "INTROSPECTION",
-        "true embedded, false with MySQL",
-        "GraphQL introspection",
-    ),
-    (
-        "GRAPHIQL",
-        "true embedded, false with MySQL",
-        "serve GraphiQL at /graphiql",
-    ),
+    ("INTROSPECTION", "true embedded, false with MySQL", "GraphQL introspection"),
+    ("GRAPHIQL", "true embedded, false with MySQL", "serve GraphiQL at /graphiql"),
     ("LOG_FORMAT", "pretty", "pretty | json; levels via RUST_LOG"),
     ("DATA_DIR", "data", "where the embedded dev secret lives"),
-    (
-        "MIGRATE",
-        "true",
-        "apply pending migrations when `serve` starts",
-    ),
+    ("MIGRATE", "true", "apply pending migrations when `serve` starts"),
     ("MAX_BODY_BYTES", "2097152", "largest accepted request body"),
-    (
-        "MAX_BATCH_OPERATIONS",
-        "10",
-        "operations in one batched HTTP request",
-    ),
+    ("MAX_BATCH_OPERATIONS", "10", "operations in one batched HTTP request"),
     ("REQUEST_TIMEOUT_MS", "10000", "per-request time limit"),
 ];
 
@@ -170,10 +130,7 @@ impl Config {
     }
 
     /// Like [`Config::load`], with an explicit environment (for tests).
-    pub fn load_from(
-        file: Option<&Path>,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load_from(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
         let mut values = BTreeMap::new();
         if let Some(path) = file {
             values.extend(read_file(path)?);
@@ -187,15 +144,8 @@ impl Config {
     }
 
     fn from_values(values: &BTreeMap<&'static str, String>) -> Result<Config, ConfigError> {
-        let get = |key: &str| {
-            values
-                .get(key)
-                .map(String::as_str)
-                .filter(|v| !v.is_empty())
-        };
-        let database_url = get("DATABASE_URL")
-            .unwrap_or("sqlite://data/taskwire.db?mode=rwc")
-            .to_owned();
+        let get = |key: &str| values.get(key).map(String::as_str).filter(|v| !v.is_empty());
+        let database_url = get("DATABASE_URL").unwrap_or("sqlite://data/taskwire.db?mode=rwc").to_owned();
         let production = is_mysql(&database_url);
         if !production && !database_url.starts_with("sqlite:") {
             return Err(ConfigError::Invalid {
@@ -238,16 +188,8 @@ impl Config {
             },
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or("data")),
             migrate: parse_bool(get("MIGRATE"), "MIGRATE", true)?,
-            max_body_bytes: parse(
-                get("MAX_BODY_BYTES"),
-                "MAX_BODY_BYTES",
-                Some(2 * 1024 * 1024),
-            )?,
-            max_batch_operations: parse(
-                get("MAX_BATCH_OPERATIONS"),
-                "MAX_BATCH_OPERATIONS",
-                Some(10),
-            )?,
+            max_body_bytes: parse(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", Some(2 * 1024 * 1024))?,
+            max_batch_operations: parse(get("MAX_BATCH_OPERATIONS"), "MAX_BATCH_OPERATIONS", Some(10))?,
             request_timeout: Duration::from_millis(parse(
                 get("REQUEST_TIMEOUT_MS"),
                 "REQUEST_TIMEOUT_MS",
@@ -256,7 +198,8 @@ impl Config {
         };
         if config.jwt.secret.is_some() && config.jwt.public_key_file.is_some() {
             return Err(ConfigError::Refused(
-                "set TASKWIRE_JWT_SECRET or TASKWIRE_JWT_PUBLIC_KEY_FILE, not both: algorithms are pinned to one".into(),
+                "set TASKWIRE_JWT_SECRET or TASKWIRE_JWT_PUBLIC_KEY_FILE, not both: algorithms are pinned to one"
+                    .into(),
             ));
         }
         Ok(config)
@@ -279,13 +222,9 @@ impl Config {
             "Configuration (environment; `--config FILE` takes the same keys in TOML, lower-case, without the prefix):\n",
         );
         for (key, default, meaning) in KEYS {
-            out.push_str(&format!(
-                "  TASKWIRE_{key:<28} {meaning} [default: {default}]\n"
-            ));
+            out.push_str(&format!("  TASKWIRE_{key:<28} {meaning} [default: {default}]\n"));
         }
-        out.push_str(
-            "  RUST_LOG                              log levels, e.g. info,taskwire_api=debug\n",
-        );
+        out.push_str("  RUST_LOG                              log levels, e.g. info,taskwire_api=debug\n");
         out
     }
 }
@@ -294,23 +233,13 @@ fn is_mysql(url: &str) -> bool {
     url.starts_with("mysql://") || url.starts_with("mariadb://")
 }
 
-fn parse<T: std::str::FromStr>(
-    raw: Option<&str>,
-    key: &'static str,
-    default: Option<T>,
-) -> Result<T, ConfigError>
+fn parse<T: std::str::FromStr>(raw: Option<&str>, key: &'static str, default: Option<T>) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
     match raw {
-        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
-            key,
-            reason: format!("{v:?}: {e}"),
-        }),
-        None => default.ok_or(ConfigError::Invalid {
-            key,
-            reason: "missing".into(),
-        }),
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid { key, reason: format!("{v:?}: {e}") }),
+        None => default.ok_or(ConfigError::Invalid { key, reason: "missing".into() }),
     }
 }
 
@@ -319,22 +248,14 @@ fn parse_bool(raw: Option<&str>, key: &'static str, default: bool) -> Result<boo
         None => Ok(default),
         Some("true" | "1" | "yes" | "on") => Ok(true),
         Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(other) => Err(ConfigError::Invalid {
-            key,
-            reason: format!("{other:?} is not a boolean"),
-        }),
+        Some(other) => Err(ConfigError::Invalid { key, reason: format!("{other:?} is not a boolean") }),
     }
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<&'static str, String>, ConfigError> {
-    let err = |reason: String| ConfigError::File {
-        path: path.to_owned(),
-        reason,
-    };
+    let err = |reason: String| ConfigError::File { path: path.to_owned(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| err(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, value) in table {
         let key = KEYS
@@ -359,10 +280,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -377,42 +295,26 @@ mod tests {
 
     #[test]
     fn production_mode_refuses_to_start_without_a_jwt_key() {
-        let keyless = Config::load_from(
-            None,
-            &env(&[("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t")]),
-        )
-        .expect("loads: migrations and schema printing need no key");
-        assert!(matches!(
-            keyless.check_serving(),
-            Err(ConfigError::Refused(_))
-        ));
+        let keyless = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t")]))
+            .expect("loads: migrations and schema printing need no key");
+        assert!(matches!(keyless.check_serving(), Err(ConfigError::Refused(_))));
         let ok = Config::load_from(
             None,
-            &env(&[
-                ("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t"),
-                ("TASKWIRE_JWT_SECRET", "s3cret"),
-            ]),
+            &env(&[("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t"), ("TASKWIRE_JWT_SECRET", "s3cret")]),
         )
         .expect("loads");
         assert!(ok.is_production());
         assert!(ok.check_serving().is_ok());
-        assert!(
-            !ok.introspection && !ok.graphiql,
-            "production turns exploration off by default"
-        );
+        assert!(!ok.introspection && !ok.graphiql, "production turns exploration off by default");
     }
 
     #[test]
     fn environment_overrides_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("taskwire.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\ngraphiql = false\nmax_batch_operations = 3\n",
-        )
-        .expect("write");
-        let config = Config::load_from(Some(&path), &env(&[("TASKWIRE_LISTEN", "127.0.0.1:9001")]))
-            .expect("loads");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ngraphiql = false\nmax_batch_operations = 3\n")
+            .expect("write");
+        let config = Config::load_from(Some(&path), &env(&[("TASKWIRE_LISTEN", "127.0.0.1:9001")])).expect("loads");
         assert_eq!(config.listen.port(), 9001, "environment wins over the file");
         assert!(!config.graphiql, "the file wins over the default");
         assert_eq!(config.max_batch_operations, 3);
@@ -423,25 +325,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("taskwire.toml");
         std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").expect("write");
-        assert!(matches!(
-            Config::load_from(Some(&path), &env(&[])),
-            Err(ConfigError::File { .. })
-        ));
+        assert!(matches!(Config::load_from(Some(&path), &env(&[])), Err(ConfigError::File { .. })));
         let bad = Config::load_from(None, &env(&[("TASKWIRE_GRAPHIQL", "maybe")]));
-        assert!(matches!(
-            bad,
-            Err(ConfigError::Invalid {
-                key: "GRAPHIQL",
-                ..
-            })
-        ));
+        assert!(matches!(bad, Err(ConfigError::Invalid { key: "GRAPHIQL", .. })));
         let bad_db = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_URL", "postgres://x")]));
-        assert!(matches!(
-            bad_db,
-            Err(ConfigError::Invalid {
-                key: "DATABASE_URL",
-                ..
-            })
-        ));
+        assert!(matches!(bad_db, Err(ConfigError::Invalid { key: "DATABASE_URL", .. })));
     }
 }

@@ -137,10 +137,7 @@ pub fn is_unavailable(err: &DbErr) -> bool {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             match e.deref() {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
                 sqlx::Error::Database(db) => {
                     if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
                         // 1205 lock wait timeout, 1213 deadlock.
@@ -180,14 +177,8 @@ mod tests {
             (ApiError::InvalidToken, "UNAUTHENTICATED"),
             (ApiError::Forbidden, "FORBIDDEN"),
             (ApiError::NotFound("task"), "NOT_FOUND"),
-            (
-                DomainError::invalid("input.queue", "bad").into(),
-                "BAD_USER_INPUT",
-            ),
-            (
-                DomainError::IdempotencyConflict.into(),
-                "IDEMPOTENCY_CONFLICT",
-            ),
+            (DomainError::invalid("input.queue", "bad").into(), "BAD_USER_INPUT"),
+            (DomainError::IdempotencyConflict.into(), "IDEMPOTENCY_CONFLICT"),
             (DomainError::LeaseLost.into(), "LEASE_LOST"),
             (ApiError::Conflict("x".into()), "CONFLICT"),
             (ApiError::BatchTooLarge { limit: 1 }, "BATCH_TOO_LARGE"),
@@ -204,9 +195,6 @@ mod tests {
     fn pool_timeouts_are_unavailable_not_internal() {
         let err = DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
         assert_eq!(ApiError::from(err).code(), ErrorCode::Unavailable);
-        assert_eq!(
-            ApiError::from(DbErr::Custom("bug".into())).code(),
-            ErrorCode::Internal
-        );
+        assert_eq!(ApiError::from(DbErr::Custom("bug".into())).code(), ErrorCode::Internal);
     }
 }

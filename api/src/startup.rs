@@ -61,24 +61,11 @@ impl Application {
         if config.migrate {
             Migrator::up(store.connection(), None).await?;
         }
-        let redis = config
-            .redis_url
-            .as_deref()
-            .map(redis::Client::open)
-            .transpose()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let schema = build_schema(
-            store.clone(),
-            SchemaOptions {
-                introspection: config.introspection,
-            },
-        );
+        let redis = config.redis_url.as_deref().map(redis::Client::open).transpose()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
+        let schema = build_schema(store.clone(), SchemaOptions { introspection: config.introspection });
         let state = AppState {
             schema,
             store,
@@ -102,10 +89,7 @@ impl Application {
 
     /// The bound port.
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     /// Token keys (to mint the dev token printed at start).
@@ -127,8 +111,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let app = router(self.state, self.graphiql, self.introspection);
         let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     }
 }

@@ -43,10 +43,7 @@ impl FromStr for Role {
     type Err = UnknownRole;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or(UnknownRole)
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or(UnknownRole)
     }
 }
 
@@ -70,10 +67,7 @@ impl Principal {
         let mut roles: Vec<Role> = roles.into_iter().collect();
         roles.sort();
         roles.dedup();
-        Principal {
-            subject: subject.into(),
-            roles,
-        }
+        Principal { subject: subject.into(), roles }
     }
 
     /// Whether the principal has `role`. Admins are operators too.
@@ -119,38 +113,10 @@ mod tests {
     #[test]
     fn task_visibility_follows_the_role_table() {
         let cases = [
-            (
-                Principal::new("alice", [Role::Client]),
-                "alice",
-                None,
-                true,
-                true,
-                "client, own task",
-            ),
-            (
-                Principal::new("bob", [Role::Client]),
-                "alice",
-                None,
-                false,
-                false,
-                "client, other's task",
-            ),
-            (
-                Principal::new("w1", [Role::Worker]),
-                "alice",
-                Some("w1"),
-                true,
-                false,
-                "worker, leased to it",
-            ),
-            (
-                Principal::new("w2", [Role::Worker]),
-                "alice",
-                Some("w1"),
-                false,
-                false,
-                "worker, leased to another",
-            ),
+            (Principal::new("alice", [Role::Client]), "alice", None, true, true, "client, own task"),
+            (Principal::new("bob", [Role::Client]), "alice", None, false, false, "client, other's task"),
+            (Principal::new("w1", [Role::Worker]), "alice", Some("w1"), true, false, "worker, leased to it"),
+            (Principal::new("w2", [Role::Worker]), "alice", Some("w1"), false, false, "worker, leased to another"),
             (
                 Principal::new("alice", [Role::Worker]),
                 "alice",
@@ -159,37 +125,12 @@ mod tests {
                 false,
                 "worker role grants no creator rights",
             ),
-            (
-                Principal::new("op", [Role::Operator]),
-                "alice",
-                None,
-                true,
-                true,
-                "operator",
-            ),
-            (
-                Principal::new("root", [Role::Admin]),
-                "alice",
-                None,
-                true,
-                true,
-                "admin",
-            ),
-            (
-                Principal::new("nobody", []),
-                "nobody",
-                None,
-                false,
-                false,
-                "no roles",
-            ),
+            (Principal::new("op", [Role::Operator]), "alice", None, true, true, "operator"),
+            (Principal::new("root", [Role::Admin]), "alice", None, true, true, "admin"),
+            (Principal::new("nobody", []), "nobody", None, false, false, "no roles"),
         ];
         for (principal, creator, worker, read, cancel, why) in cases {
-            assert_eq!(
-                principal.can_read_task(creator, worker),
-                read,
-                "read: {why}"
-            );
+            assert_eq!(principal.can_read_task(creator, worker), read, "read: {why}");
             assert_eq!(principal.can_cancel_task(creator), cancel, "cancel: {why}");
         }
     }

@@ -121,19 +121,15 @@ pub enum DomainError {
 impl DomainError {
     /// Shorthand for [`DomainError::InvalidInput`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        DomainError::InvalidInput {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        DomainError::InvalidInput { field: field.into(), reason: reason.into() }
     }
 
     /// The input field this error is about, with `prefix.` prepended (for nested inputs).
     pub fn in_field(self, prefix: &str) -> Self {
         match self {
-            DomainError::InvalidInput { field, reason } => DomainError::InvalidInput {
-                field: format!("{prefix}.{field}"),
-                reason,
-            },
+            DomainError::InvalidInput { field, reason } => {
+                DomainError::InvalidInput { field: format!("{prefix}.{field}"), reason }
+            }
             other => other,
         }
     }

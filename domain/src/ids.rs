@@ -16,11 +16,8 @@ pub struct TaskId(Uuid);
 impl TaskId {
     /// A fresh id whose time prefix is `now`.
     pub fn generate(now: DateTime<Utc>) -> Self {
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            now.timestamp().max(0) as u64,
-            now.timestamp_subsec_nanos(),
-        );
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, now.timestamp().max(0) as u64, now.timestamp_subsec_nanos());
         TaskId(Uuid::new_v7(ts))
     }
 
@@ -29,10 +26,7 @@ impl TaskId {
     /// Callers answer an unparsable id exactly like an unknown one (`NOT_FOUND`), so ids
     /// cannot be probed.
     pub fn parse(s: &str) -> Option<Self> {
-        Uuid::from_str(s)
-            .ok()
-            .filter(|u| u.get_version_num() == 7)
-            .map(TaskId)
+        Uuid::from_str(s).ok().filter(|u| u.get_version_num() == 7).map(TaskId)
     }
 
     /// The underlying UUID.
@@ -86,27 +80,17 @@ mod tests {
 
     #[test]
     fn task_ids_sort_by_creation_time() {
-        let earlier =
-            TaskId::generate(DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default());
-        let later =
-            TaskId::generate(DateTime::from_timestamp(1_700_000_001, 0).unwrap_or_default());
+        let earlier = TaskId::generate(DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default());
+        let later = TaskId::generate(DateTime::from_timestamp(1_700_000_001, 0).unwrap_or_default());
         assert!(earlier < later);
-        assert!(
-            earlier.to_string() < later.to_string(),
-            "string order matches time order"
-        );
+        assert!(earlier.to_string() < later.to_string(), "string order matches time order");
     }
 
     #[test]
     fn task_id_round_trips_and_rejects_other_strings() {
         let id = TaskId::generate(Utc::now());
         assert_eq!(TaskId::parse(&id.to_string()), Some(id));
-        for bad in [
-            "",
-            "1",
-            "not-a-uuid",
-            "00000000-0000-0000-0000-000000000000",
-        ] {
+        for bad in ["", "1", "not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
             assert_eq!(TaskId::parse(bad), None, "{bad:?} must not parse");
         }
         let v4 = Uuid::new_v4().to_string();

@@ -21,9 +21,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Checks `^[a-z0-9][a-z0-9._-]{0,63}$`, the rule shared by queue names and task kinds.
 fn check_name(field: &str, s: &str) -> Result<(), DomainError> {
     let mut chars = s.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
     if first_ok && rest_ok && s.len() <= 64 {
         Ok(())
@@ -131,9 +129,7 @@ pub struct Payload(Value);
 impl Payload {
     /// Accepts `value` when its compact serialization fits in 64 KiB.
     pub fn parse(value: Value) -> Result<Self, DomainError> {
-        let size = serde_json::to_vec(&value)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_PAYLOAD_BYTES {
             return Err(DomainError::invalid(
                 "payload",
@@ -266,18 +262,11 @@ pub struct NewTask {
 
 impl NewTask {
     /// Validates `input` for `created_by` at time `now`.
-    pub fn parse(
-        input: CreateTaskInput,
-        created_by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Self, DomainError> {
+    pub fn parse(input: CreateTaskInput, created_by: &str, now: DateTime<Utc>) -> Result<Self, DomainError> {
         let fingerprint = input.fingerprint();
         let run_at = match input.run_at {
             Some(at) if at > now + MAX_RUN_AT_HORIZON => {
-                return Err(DomainError::invalid(
-                    "runAt",
-                    "must be at most 30 days ahead",
-                ));
+                return Err(DomainError::invalid("runAt", "must be at most 30 days ahead"));
             }
             Some(at) => at.max(now),
             None => now,
@@ -294,19 +283,11 @@ impl NewTask {
             queue: QueueName::parse(&input.queue)?,
             kind: TaskKind::parse(&input.kind)?,
             payload: input.payload.map(Payload::parse).transpose()?,
-            priority: input
-                .priority
-                .map(Priority::try_from)
-                .transpose()?
-                .unwrap_or_default(),
+            priority: input.priority.map(Priority::try_from).transpose()?.unwrap_or_default(),
             run_at,
             deadline: input.deadline,
             max_attempts: input.max_attempts.map(MaxAttempts::try_from).transpose()?,
-            idempotency_key: input
-                .idempotency_key
-                .as_deref()
-                .map(IdempotencyKey::parse)
-                .transpose()?,
+            idempotency_key: input.idempotency_key.as_deref().map(IdempotencyKey::parse).transpose()?,
             fingerprint,
             created_by: created_by.to_owned(),
         })
@@ -319,11 +300,7 @@ mod tests {
     use serde_json::json;
 
     fn input() -> CreateTaskInput {
-        CreateTaskInput {
-            queue: "emails".into(),
-            kind: "send".into(),
-            ..Default::default()
-        }
+        CreateTaskInput { queue: "emails".into(), kind: "send".into(), ..Default::default() }
     }
 
     fn field_of(err: DomainError) -> String {
@@ -360,13 +337,7 @@ mod tests {
         for (v, ok) in [(-1, false), (0, true), (9, true), (10, false)] {
             assert_eq!(Priority::try_from(v).is_ok(), ok, "priority {v}");
         }
-        for (v, ok) in [
-            (0, false),
-            (1, true),
-            (100, true),
-            (101, false),
-            (i64::MAX, false),
-        ] {
+        for (v, ok) in [(0, false), (1, true), (100, true), (101, false), (i64::MAX, false)] {
             assert_eq!(MaxAttempts::try_from(v).is_ok(), ok, "maxAttempts {v}");
         }
     }
@@ -382,10 +353,7 @@ mod tests {
     #[test]
     fn idempotency_key_is_one_to_128_characters() {
         assert!(IdempotencyKey::parse("k").is_ok());
-        assert!(
-            IdempotencyKey::parse(&"é".repeat(128)).is_ok(),
-            "counted in characters"
-        );
+        assert!(IdempotencyKey::parse(&"é".repeat(128)).is_ok(), "counted in characters");
         assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
         assert!(IdempotencyKey::parse("").is_err());
     }
@@ -393,59 +361,26 @@ mod tests {
     #[test]
     fn run_at_is_at_most_30_days_ahead_and_never_in_the_past() {
         let now = Utc::now();
-        let ok = NewTask::parse(
-            CreateTaskInput {
-                run_at: Some(now + Duration::days(30)),
-                ..input()
-            },
-            "alice",
-            now,
-        );
+        let ok = NewTask::parse(CreateTaskInput { run_at: Some(now + Duration::days(30)), ..input() }, "alice", now);
         assert!(ok.is_ok());
-        let too_far = NewTask::parse(
-            CreateTaskInput {
-                run_at: Some(now + Duration::days(31)),
-                ..input()
-            },
-            "alice",
-            now,
-        );
+        let too_far =
+            NewTask::parse(CreateTaskInput { run_at: Some(now + Duration::days(31)), ..input() }, "alice", now);
         assert_eq!(field_of(too_far.unwrap_err()), "runAt");
-        let past = NewTask::parse(
-            CreateTaskInput {
-                run_at: Some(now - Duration::days(1)),
-                ..input()
-            },
-            "alice",
-            now,
-        );
-        assert_eq!(
-            past.map(|t| t.run_at).ok(),
-            Some(now),
-            "a past runAt means now"
-        );
+        let past = NewTask::parse(CreateTaskInput { run_at: Some(now - Duration::days(1)), ..input() }, "alice", now);
+        assert_eq!(past.map(|t| t.run_at).ok(), Some(now), "a past runAt means now");
     }
 
     #[test]
     fn deadline_must_be_future_and_not_before_run_at() {
         let now = Utc::now();
-        let past = CreateTaskInput {
-            deadline: Some(now - Duration::seconds(1)),
-            ..input()
-        };
-        assert_eq!(
-            field_of(NewTask::parse(past, "a", now).unwrap_err()),
-            "deadline"
-        );
+        let past = CreateTaskInput { deadline: Some(now - Duration::seconds(1)), ..input() };
+        assert_eq!(field_of(NewTask::parse(past, "a", now).unwrap_err()), "deadline");
         let before_run = CreateTaskInput {
             run_at: Some(now + Duration::hours(2)),
             deadline: Some(now + Duration::hours(1)),
             ..input()
         };
-        assert_eq!(
-            field_of(NewTask::parse(before_run, "a", now).unwrap_err()),
-            "deadline"
-        );
+        assert_eq!(field_of(NewTask::parse(before_run, "a", now).unwrap_err()), "deadline");
     }
 
     #[test]
@@ -460,33 +395,14 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_key_order_but_not_values() {
-        let a = CreateTaskInput {
-            payload: Some(json!({"a": 1, "b": {"c": 2, "d": 3}})),
-            ..input()
-        };
-        let b = CreateTaskInput {
-            payload: Some(json!({"b": {"d": 3, "c": 2}, "a": 1})),
-            ..input()
-        };
-        let c = CreateTaskInput {
-            payload: Some(json!({"a": 2, "b": {"c": 2, "d": 3}})),
-            ..input()
-        };
+        let a = CreateTaskInput { payload: Some(json!({"a": 1, "b": {"c": 2, "d": 3}})), ..input() };
+        let b = CreateTaskInput { payload: Some(json!({"b": {"d": 3, "c": 2}, "a": 1})), ..input() };
+        let c = CreateTaskInput { payload: Some(json!({"a": 2, "b": {"c": 2, "d": 3}})), ..input() };
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
-        let keyed = CreateTaskInput {
-            idempotency_key: Some("k".into()),
-            ..a.clone()
-        };
-        assert_eq!(
-            keyed.fingerprint(),
-            a.fingerprint(),
-            "the key itself is not part of the input"
-        );
-        let prio = CreateTaskInput {
-            priority: Some(1),
-            ..a.clone()
-        };
+        let keyed = CreateTaskInput { idempotency_key: Some("k".into()), ..a.clone() };
+        assert_eq!(keyed.fingerprint(), a.fingerprint(), "the key itself is not part of the input");
+        let prio = CreateTaskInput { priority: Some(1), ..a.clone() };
         assert_ne!(prio.fingerprint(), a.fingerprint());
     }
 }

@@ -22,9 +22,7 @@ pub use auth::{Principal, Role};
 pub use error::{DomainError, ErrorCode};
 pub use event::{EnvelopeType, TaskEnvelope};
 pub use ids::{LeaseToken, TaskId};
-pub use input::{
-    CreateTaskInput, IdempotencyKey, MaxAttempts, NewTask, Payload, Priority, QueueName, TaskKind,
-};
+pub use input::{CreateTaskInput, IdempotencyKey, MaxAttempts, NewTask, Payload, Priority, QueueName, TaskKind};
 pub use machine::{Command, Effect, Transition, transition};
 pub use ports::{Clock, SystemClock};
 pub use retry::RetryPolicy;

@@ -141,17 +141,8 @@ pub struct Transition {
 /// Builds the first state of a new task and its creation event.
 ///
 /// `default_max_attempts` is the queue's setting, used when the input has none.
-pub fn create(
-    new: NewTask,
-    id: TaskId,
-    default_max_attempts: MaxAttempts,
-    now: DateTime<Utc>,
-) -> Transition {
-    let status = if new.run_at > now {
-        TaskStatus::Scheduled
-    } else {
-        TaskStatus::Queued
-    };
+pub fn create(new: NewTask, id: TaskId, default_max_attempts: MaxAttempts, now: DateTime<Utc>) -> Transition {
+    let status = if new.run_at > now { TaskStatus::Scheduled } else { TaskStatus::Queued };
     let task = Task {
         id,
         queue: new.queue.to_string(),
@@ -185,16 +176,8 @@ pub fn create(
         message: None,
         at: now,
     };
-    let effects = if status == TaskStatus::Queued {
-        vec![Effect::Dispatch]
-    } else {
-        vec![]
-    };
-    Transition {
-        task,
-        event: Some(event),
-        effects,
-    }
+    let effects = if status == TaskStatus::Queued { vec![Effect::Dispatch] } else { vec![] };
+    Transition { task, event: Some(event), effects }
 }
 
 /// Applies `command` to `task` at time `now`.
@@ -202,16 +185,9 @@ pub fn create(
 /// Errors: [`DomainError::InvalidTransition`] when the command does not fit the status
 /// (`CONFLICT`), [`DomainError::LeaseLost`] when a worker command presents a token or
 /// worker that is not the current lease holder, or the lease has lapsed.
-pub fn transition(
-    task: &Task,
-    command: Command,
-    now: DateTime<Utc>,
-) -> Result<Transition, DomainError> {
+pub fn transition(task: &Task, command: Command, now: DateTime<Utc>) -> Result<Transition, DomainError> {
     use TaskStatus::*;
-    let invalid = |command: &Command| DomainError::InvalidTransition {
-        status: task.status,
-        command: command.name(),
-    };
+    let invalid = |command: &Command| DomainError::InvalidTransition { status: task.status, command: command.name() };
     let deadline_passed = |at: DateTime<Utc>| task.deadline.is_some_and(|d| d <= at);
     let mut next = Change::new(task, now);
 
@@ -221,11 +197,7 @@ pub fn transition(
             Scheduled if task.run_at <= now => next.queued(),
             _ => return Err(invalid(&command)),
         },
-        Command::Offer {
-            ref worker_id,
-            ref lease_token,
-            expires_at,
-        } => match task.status {
+        Command::Offer { ref worker_id, ref lease_token, expires_at } => match task.status {
             Queued => {
                 next.task.worker_id = Some(worker_id.clone());
                 next.task.lease_token = Some(lease_token.clone());
@@ -234,11 +206,7 @@ pub fn transition(
             }
             _ => return Err(invalid(&command)),
         },
-        Command::Accept {
-            ref worker_id,
-            ref lease_token,
-            lease_expires_at,
-        } => {
+        Command::Accept { ref worker_id, ref lease_token, lease_expires_at } => {
             check_lease(task, worker_id, lease_token, now)?;
             match task.status {
                 Assigned => {
@@ -249,11 +217,7 @@ pub fn transition(
                 _ => return Err(invalid(&command)),
             }
         }
-        Command::Heartbeat {
-            ref worker_id,
-            ref lease_token,
-            lease_expires_at,
-        } => {
+        Command::Heartbeat { ref worker_id, ref lease_token, lease_expires_at } => {
             check_lease(task, worker_id, lease_token, now)?;
             match task.status {
                 Running => {
@@ -263,11 +227,7 @@ pub fn transition(
                 _ => return Err(invalid(&command)),
             }
         }
-        Command::Complete {
-            ref worker_id,
-            ref lease_token,
-            ref result,
-        } => {
+        Command::Complete { ref worker_id, ref lease_token, ref result } => {
             check_lease(task, worker_id, lease_token, now)?;
             match task.status {
                 Running => {
@@ -278,13 +238,7 @@ pub fn transition(
                 _ => return Err(invalid(&command)),
             }
         }
-        Command::Fail {
-            ref worker_id,
-            ref lease_token,
-            ref error,
-            retryable,
-            retry_at,
-        } => {
+        Command::Fail { ref worker_id, ref lease_token, ref error, retryable, retry_at } => {
             check_lease(task, worker_id, lease_token, now)?;
             match task.status {
                 Running => {
@@ -299,10 +253,7 @@ pub fn transition(
                 _ => return Err(invalid(&command)),
             }
         }
-        Command::Release {
-            ref worker_id,
-            ref lease_token,
-        } => {
+        Command::Release { ref worker_id, ref lease_token } => {
             check_lease(task, worker_id, lease_token, now)?;
             next.message = Some("released by worker".into());
             match task.status {
@@ -374,24 +325,12 @@ fn lease_lapsed(task: &Task, now: DateTime<Utc>) -> bool {
 }
 
 /// Fencing: the caller must be the current holder, with the current token, in time.
-fn check_lease(
-    task: &Task,
-    worker_id: &str,
-    token: &str,
-    now: DateTime<Utc>,
-) -> Result<(), DomainError> {
+fn check_lease(task: &Task, worker_id: &str, token: &str, now: DateTime<Utc>) -> Result<(), DomainError> {
     let holds = task.status.is_leased()
         && task.worker_id.as_deref() == Some(worker_id)
-        && task
-            .lease_token
-            .as_ref()
-            .is_some_and(|t| t.as_str() == token)
+        && task.lease_token.as_ref().is_some_and(|t| t.as_str() == token)
         && !lease_lapsed(task, now);
-    if holds {
-        Ok(())
-    } else {
-        Err(DomainError::LeaseLost)
-    }
+    if holds { Ok(()) } else { Err(DomainError::LeaseLost) }
 }
 
 /// A transition under construction.
@@ -406,14 +345,7 @@ struct Change<'a> {
 
 impl<'a> Change<'a> {
     fn new(before: &'a Task, now: DateTime<Utc>) -> Self {
-        Change {
-            before,
-            task: before.clone(),
-            now,
-            message: None,
-            effects: vec![],
-            silent: false,
-        }
+        Change { before, task: before.clone(), now, message: None, effects: vec![], silent: false }
     }
 
     fn to(&mut self, status: TaskStatus) {
@@ -475,20 +407,12 @@ impl<'a> Change<'a> {
                 previous_status: Some(self.before.status),
                 attempt: self.task.attempts,
                 // The worker involved: the new holder, or the one that just let go.
-                worker_id: self
-                    .task
-                    .worker_id
-                    .clone()
-                    .or_else(|| self.before.worker_id.clone()),
+                worker_id: self.task.worker_id.clone().or_else(|| self.before.worker_id.clone()),
                 message: self.message,
                 at: self.now,
             })
         };
-        Transition {
-            task: self.task,
-            event,
-            effects: self.effects,
-        }
+        Transition { task: self.task, event, effects: self.effects }
     }
 }
 

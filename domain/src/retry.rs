@@ -19,10 +19,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 1 s base, 5 min cap.
     fn default() -> Self {
-        RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }
+        RetryPolicy { base: Duration::from_secs(1), max: Duration::from_secs(300) }
     }
 }
 
@@ -49,34 +46,18 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_per_attempt_until_the_cap() {
-        let policy = RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(10),
-        };
+        let policy = RetryPolicy { base: Duration::from_secs(1), max: Duration::from_secs(10) };
         let ceilings: Vec<u64> = (1..=6).map(|a| policy.ceiling(a).as_secs()).collect();
         assert_eq!(ceilings, [1, 2, 4, 8, 10, 10]);
-        assert_eq!(
-            policy.ceiling(0),
-            Duration::from_secs(1),
-            "attempt 0 behaves like 1"
-        );
-        assert_eq!(
-            policy.ceiling(u32::MAX),
-            Duration::from_secs(10),
-            "no overflow"
-        );
+        assert_eq!(policy.ceiling(0), Duration::from_secs(1), "attempt 0 behaves like 1");
+        assert_eq!(policy.ceiling(u32::MAX), Duration::from_secs(10), "no overflow");
     }
 
     #[test]
     fn delays_spread_over_the_whole_range() {
-        let policy = RetryPolicy {
-            base: Duration::from_millis(1000),
-            max: Duration::from_secs(60),
-        };
+        let policy = RetryPolicy { base: Duration::from_millis(1000), max: Duration::from_secs(60) };
         let mut rng = StdRng::seed_from_u64(7);
-        let delays: Vec<u128> = (0..1000)
-            .map(|_| policy.delay(1, &mut rng).as_millis())
-            .collect();
+        let delays: Vec<u128> = (0..1000).map(|_| policy.delay(1, &mut rng).as_millis()).collect();
         assert!(delays.iter().any(|d| *d < 100), "some retries come early");
         assert!(delays.iter().any(|d| *d > 900), "some retries come late");
     }

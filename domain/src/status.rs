@@ -53,10 +53,7 @@ impl TaskStatus {
 
     /// Whether no further transition happens without an operator (`SUCCEEDED`, `CANCELLED`, `DEAD`).
     pub const fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Succeeded | TaskStatus::Cancelled | TaskStatus::Dead
-        )
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Cancelled | TaskStatus::Dead)
     }
 
     /// Whether a worker currently holds the task (offer or lease).
@@ -91,25 +88,12 @@ mod tests {
         for status in TaskStatus::ALL {
             assert_eq!(status.as_str().parse::<TaskStatus>(), Ok(status));
         }
-        assert!(
-            "queued".parse::<TaskStatus>().is_err(),
-            "parsing is case-sensitive"
-        );
+        assert!("queued".parse::<TaskStatus>().is_err(), "parsing is case-sensitive");
     }
 
     #[test]
     fn exactly_three_statuses_are_terminal() {
-        let terminal: Vec<_> = TaskStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .collect();
-        assert_eq!(
-            terminal,
-            [
-                TaskStatus::Succeeded,
-                TaskStatus::Cancelled,
-                TaskStatus::Dead
-            ]
-        );
+        let terminal: Vec<_> = TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(terminal, [TaskStatus::Succeeded, TaskStatus::Cancelled, TaskStatus::Dead]);
     }
 }

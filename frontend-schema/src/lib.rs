@@ -13,5 +13,4 @@
 pub const SCHEMA: &str = include_str!("../schema.graphql");
 
 /// The checked-in operations, by file name.
-pub const OPERATIONS: &[(&str, &str)] =
-    &[("tasks.graphql", include_str!("../operations/tasks.graphql"))];
+pub const OPERATIONS: &[(&str, &str)] = &[("tasks.graphql", include_str!("../operations/tasks.graphql"))];

@@ -30,15 +30,8 @@ fn operation_names(document: &str) -> Vec<String> {
         .lines()
         .filter_map(|line| {
             let line = line.trim_start();
-            let rest = line
-                .strip_prefix("query ")
-                .or_else(|| line.strip_prefix("mutation "))?;
-            Some(
-                rest.split(['(', ' ', '{'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
+            let rest = line.strip_prefix("query ").or_else(|| line.strip_prefix("mutation "))?;
+            Some(rest.split(['(', ' ', '{']).next().unwrap_or_default().to_owned())
         })
         .collect()
 }
@@ -51,17 +44,11 @@ async fn every_checked_in_operation_runs_without_errors() {
         let names = operation_names(document);
         assert!(!names.is_empty(), "{file} holds operations");
         for name in names {
-            let task_id = app
-                .create_task(&token, json!({ "queue": "q", "kind": "k" }))
-                .await;
+            let task_id = app.create_task(&token, json!({ "queue": "q", "kind": "k" })).await;
             let body = json!({ "query": document, "operationName": name, "variables": variables_for(&name, &task_id) });
             let response = app.post_json(Some(&token), &body).await;
             assert_eq!(response.status, 200, "{file} {name}");
-            assert!(
-                response.errors().is_empty(),
-                "{file} {name}: {}",
-                response.body
-            );
+            assert!(response.errors().is_empty(), "{file} {name}: {}", response.body);
         }
     }
 }

@@ -97,10 +97,7 @@ const SUBJECT_LEN: u32 = 255;
 
 /// Creates a table; on MySQL/MariaDB with a binary collation, so idempotency keys,
 /// ids and names compare exactly (the server default is often case-insensitive).
-async fn create_table(
-    manager: &SchemaManager<'_>,
-    mut stmt: TableCreateStatement,
-) -> Result<(), DbErr> {
+async fn create_table(manager: &SchemaManager<'_>, mut stmt: TableCreateStatement) -> Result<(), DbErr> {
     if manager.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::MySql {
         stmt.character_set("utf8mb4").collate("utf8mb4_bin");
     }
@@ -108,9 +105,7 @@ async fn create_table(
 }
 
 fn medium_text<T: IntoIden>(col: T) -> ColumnDef {
-    ColumnDef::new(col)
-        .custom(Alias::new("MEDIUMTEXT"))
-        .to_owned()
+    ColumnDef::new(col).custom(Alias::new("MEDIUMTEXT")).to_owned()
 }
 
 fn index(table: impl IntoIden, name: &str, cols: Vec<DynIden>) -> IndexCreateStatement {
@@ -129,12 +124,7 @@ impl MigrationTrait for Migration {
             manager,
             Table::create()
                 .table(Tasks::Table)
-                .col(
-                    ColumnDef::new(Tasks::Id)
-                        .string_len(36)
-                        .not_null()
-                        .primary_key(),
-                )
+                .col(ColumnDef::new(Tasks::Id).string_len(36).not_null().primary_key())
                 .col(ColumnDef::new(Tasks::Queue).string_len(64).not_null())
                 .col(ColumnDef::new(Tasks::Kind).string_len(64).not_null())
                 .col(medium_text(Tasks::Payload).null())
@@ -144,18 +134,10 @@ impl MigrationTrait for Migration {
                 .col(ColumnDef::new(Tasks::MaxAttempts).integer().not_null())
                 .col(ColumnDef::new(Tasks::RunAt).big_integer().not_null())
                 .col(ColumnDef::new(Tasks::Deadline).big_integer().null())
-                .col(
-                    ColumnDef::new(Tasks::CreatedBy)
-                        .string_len(SUBJECT_LEN)
-                        .not_null(),
-                )
+                .col(ColumnDef::new(Tasks::CreatedBy).string_len(SUBJECT_LEN).not_null())
                 .col(ColumnDef::new(Tasks::IdempotencyKey).string_len(128).null())
                 .col(ColumnDef::new(Tasks::InputHash).string_len(64).not_null())
-                .col(
-                    ColumnDef::new(Tasks::WorkerId)
-                        .string_len(SUBJECT_LEN)
-                        .null(),
-                )
+                .col(ColumnDef::new(Tasks::WorkerId).string_len(SUBJECT_LEN).null())
                 .col(ColumnDef::new(Tasks::LeaseToken).string_len(64).null())
                 .col(ColumnDef::new(Tasks::LeaseExpiresAt).big_integer().null())
                 .col(medium_text(Tasks::Result).null())
@@ -211,11 +193,7 @@ impl MigrationTrait for Migration {
             ))
             .await?;
         manager
-            .create_index(index(
-                Tasks::Table,
-                "idx_tasks_queue",
-                vec![Tasks::Queue.into_iden(), Tasks::Id.into_iden()],
-            ))
+            .create_index(index(Tasks::Table, "idx_tasks_queue", vec![Tasks::Queue.into_iden(), Tasks::Id.into_iden()]))
             .await?;
         // Idempotency: a key is unique per creator (NULL keys do not collide).
         manager
@@ -223,10 +201,7 @@ impl MigrationTrait for Migration {
                 index(
                     Tasks::Table,
                     "uq_tasks_creator_idempotency_key",
-                    vec![
-                        Tasks::CreatedBy.into_iden(),
-                        Tasks::IdempotencyKey.into_iden(),
-                    ],
+                    vec![Tasks::CreatedBy.into_iden(), Tasks::IdempotencyKey.into_iden()],
                 )
                 .unique()
                 .to_owned(),
@@ -237,27 +212,13 @@ impl MigrationTrait for Migration {
             manager,
             Table::create()
                 .table(TaskEvents::Table)
-                .col(
-                    ColumnDef::new(TaskEvents::Id)
-                        .big_integer()
-                        .not_null()
-                        .auto_increment()
-                        .primary_key(),
-                )
+                .col(ColumnDef::new(TaskEvents::Id).big_integer().not_null().auto_increment().primary_key())
                 .col(ColumnDef::new(TaskEvents::TaskId).string_len(36).not_null())
                 .col(ColumnDef::new(TaskEvents::Seq).integer().not_null())
                 .col(ColumnDef::new(TaskEvents::Status).string_len(16).not_null())
-                .col(
-                    ColumnDef::new(TaskEvents::PreviousStatus)
-                        .string_len(16)
-                        .null(),
-                )
+                .col(ColumnDef::new(TaskEvents::PreviousStatus).string_len(16).null())
                 .col(ColumnDef::new(TaskEvents::Attempt).integer().not_null())
-                .col(
-                    ColumnDef::new(TaskEvents::WorkerId)
-                        .string_len(SUBJECT_LEN)
-                        .null(),
-                )
+                .col(ColumnDef::new(TaskEvents::WorkerId).string_len(SUBJECT_LEN).null())
                 .col(ColumnDef::new(TaskEvents::Message).text().null())
                 .col(ColumnDef::new(TaskEvents::At).big_integer().not_null())
                 .to_owned(),
@@ -280,12 +241,7 @@ impl MigrationTrait for Migration {
             manager,
             Table::create()
                 .table(Workers::Table)
-                .col(
-                    ColumnDef::new(Workers::Id)
-                        .string_len(SUBJECT_LEN)
-                        .not_null()
-                        .primary_key(),
-                )
+                .col(ColumnDef::new(Workers::Id).string_len(SUBJECT_LEN).not_null().primary_key())
                 .col(ColumnDef::new(Workers::Name).string_len(128).not_null())
                 .col(ColumnDef::new(Workers::Queues).text().not_null())
                 .col(ColumnDef::new(Workers::Capacity).integer().not_null())
@@ -310,12 +266,7 @@ impl MigrationTrait for Migration {
             manager,
             Table::create()
                 .table(Queues::Table)
-                .col(
-                    ColumnDef::new(Queues::Name)
-                        .string_len(64)
-                        .not_null()
-                        .primary_key(),
-                )
+                .col(ColumnDef::new(Queues::Name).string_len(64).not_null().primary_key())
                 .col(ColumnDef::new(Queues::Paused).boolean().not_null())
                 .col(ColumnDef::new(Queues::RateLimitPerSecond).double().null())
                 .col(ColumnDef::new(Queues::MaxConcurrency).integer().null())
@@ -333,13 +284,7 @@ impl MigrationTrait for Migration {
             manager,
             Table::create()
                 .table(Outbox::Table)
-                .col(
-                    ColumnDef::new(Outbox::Id)
-                        .big_integer()
-                        .not_null()
-                        .auto_increment()
-                        .primary_key(),
-                )
+                .col(ColumnDef::new(Outbox::Id).big_integer().not_null().auto_increment().primary_key())
                 .col(ColumnDef::new(Outbox::Topic).string_len(255).not_null())
                 .col(ColumnDef::new(Outbox::MessageKey).string_len(64).not_null())
                 .col(ColumnDef::new(Outbox::Payload).text().not_null())
@@ -368,9 +313,7 @@ impl MigrationTrait for Migration {
             TaskEvents::Table.into_iden(),
             Tasks::Table.into_iden(),
         ] {
-            manager
-                .drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
+            manager.drop_table(Table::drop().table(table).if_exists().to_owned()).await?;
         }
         Ok(())
     }

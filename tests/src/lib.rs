@@ -49,25 +49,13 @@ pub struct GqlResponse {
 impl GqlResponse {
     /// `data`, panicking (with the body) when the response has errors.
     pub fn data(&self) -> &Value {
-        assert!(
-            self.body.get("errors").is_none(),
-            "unexpected errors: {}",
-            self.body
-        );
+        assert!(self.body.get("errors").is_none(), "unexpected errors: {}", self.body);
         &self.body["data"]
     }
 
     /// The `extensions.code` of every error.
     pub fn codes(&self) -> Vec<String> {
-        self.errors()
-            .iter()
-            .map(|e| {
-                e["extensions"]["code"]
-                    .as_str()
-                    .unwrap_or("<none>")
-                    .to_owned()
-            })
-            .collect()
+        self.errors().iter().map(|e| e["extensions"]["code"].as_str().unwrap_or("<none>").to_owned()).collect()
     }
 
     /// The single error's code, panicking when there is not exactly one error.
@@ -79,11 +67,7 @@ impl GqlResponse {
 
     /// The errors (empty when there are none).
     pub fn errors(&self) -> Vec<Value> {
-        self.body
-            .get("errors")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
+        self.body.get("errors").and_then(Value::as_array).cloned().unwrap_or_default()
     }
 }
 
@@ -110,10 +94,7 @@ impl TestApp {
                 let (url, schema) = create_mysql_schema(&server).await;
                 (url, Some((server, schema)))
             }
-            None => (
-                format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()),
-                None,
-            ),
+            None => (format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()), None),
         };
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         let data_dir = dir.path().display().to_string();
@@ -131,19 +112,14 @@ impl TestApp {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
         let config = Config::load_from(None, &env).expect("test configuration loads");
-        let app = Application::build(config)
-            .await
-            .expect("application builds");
+        let app = Application::build(config).await.expect("application builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let db_stats = app.db_stats();
         let shutdown = app.shutdown_token();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("http client"),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
             secret,
             database_url,
             db_stats,
@@ -160,26 +136,17 @@ impl TestApp {
 
     /// A token with exactly these claims, signed with the app's secret.
     pub fn token_with_claims(&self, claims: Value) -> String {
-        encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(self.secret.as_bytes()),
-        )
-        .expect("token encodes")
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(self.secret.as_bytes())).expect("token encodes")
     }
 
     /// POSTs a GraphQL request with an optional bearer token.
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> GqlResponse {
-        self.post_json(token, &json!({ "query": query, "variables": variables }))
-            .await
+        self.post_json(token, &json!({ "query": query, "variables": variables })).await
     }
 
     /// POSTs any JSON body to `/graphql`.
     pub async fn post_json(&self, token: Option<&str>, body: &Value) -> GqlResponse {
-        let mut request = self
-            .client
-            .post(format!("{}/graphql", self.address))
-            .json(body);
+        let mut request = self.client.post(format!("{}/graphql", self.address)).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -191,12 +158,7 @@ impl TestApp {
 
     /// GETs a path, returning status and body text.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.address))
-            .send()
-            .await
-            .expect("request sent");
+        let response = self.client.get(format!("{}{path}", self.address)).send().await.expect("request sent");
         let status = response.status().as_u16();
         (status, response.text().await.expect("body"))
     }
@@ -208,12 +170,8 @@ impl TestApp {
 
     /// Runs raw SQL against the app's database on a separate connection (test set-up).
     pub async fn sql(&self, statement: &str) {
-        let db = Database::connect(&self.database_url)
-            .await
-            .expect("test connection");
-        db.execute_unprepared(statement)
-            .await
-            .expect("test SQL runs");
+        let db = Database::connect(&self.database_url).await.expect("test connection");
+        db.execute_unprepared(statement).await.expect("test SQL runs");
         let _ = db.close().await;
     }
 
@@ -226,10 +184,7 @@ impl TestApp {
                 json!({ "input": input }),
             )
             .await;
-        response.data()["createTask"]["task"]["id"]
-            .as_str()
-            .expect("task id")
-            .to_owned()
+        response.data()["createTask"]["task"]["id"].as_str().expect("task id").to_owned()
     }
 }
 
@@ -239,15 +194,11 @@ impl Drop for TestApp {
         if let Some((server, schema)) = self.mysql_schema.take() {
             // Drop cannot await: clean up on a short-lived runtime of its own.
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 if let Ok(runtime) = runtime {
                     runtime.block_on(async {
                         if let Ok(db) = Database::connect(server_url(&server)).await {
-                            let _ = db
-                                .execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`"))
-                                .await;
+                            let _ = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`")).await;
                             let _ = db.close().await;
                         }
                     });
@@ -260,10 +211,7 @@ impl Drop for TestApp {
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// The server part of a MySQL URL (any database path removed).
@@ -274,18 +222,12 @@ fn server_url(url: &str) -> String {
 }
 
 async fn create_mysql_schema(server: &str) -> (String, String) {
-    let schema = format!(
-        "taskwire_test_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..16]
-    );
-    let db = Database::connect(server_url(server))
+    let schema = format!("taskwire_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let db =
+        Database::connect(server_url(server)).await.expect("MySQL server from TASKWIRE_TEST_DATABASE_URL is reachable");
+    db.execute_unprepared(&format!("CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
         .await
-        .expect("MySQL server from TASKWIRE_TEST_DATABASE_URL is reachable");
-    db.execute_unprepared(&format!(
-        "CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    ))
-    .await
-    .expect("test schema created");
+        .expect("test schema created");
     let _ = db.close().await;
     (format!("{}/{schema}", server_url(server)), schema)
 }

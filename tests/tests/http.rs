@@ -9,10 +9,7 @@ async fn healthz_answers_ok() {
     let app = TestApp::spawn().await;
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).ok(),
-        Some(json!({ "status": "ok" }))
-    );
+    assert_eq!(serde_json::from_str::<Value>(&body).ok(), Some(json!({ "status": "ok" })));
 }
 
 #[tokio::test]
@@ -55,35 +52,18 @@ async fn the_sdl_is_served_and_graphiql_points_at_graphql() {
     let (status, sdl) = app.get("/schema.graphql").await;
     assert_eq!(status, 200);
     assert_eq!(sdl, taskwire_api::graphql::sdl());
-    assert!(
-        sdl.contains("createTask(input: CreateTaskInput!): CreateTaskPayload!"),
-        "{sdl}"
-    );
+    assert!(sdl.contains("createTask(input: CreateTaskInput!): CreateTaskPayload!"), "{sdl}");
     let (status, page) = app.get("/graphiql").await;
     assert_eq!(status, 200);
-    assert!(
-        page.contains("/graphql"),
-        "GraphiQL page names the endpoint"
-    );
+    assert!(page.contains("/graphql"), "GraphiQL page names the endpoint");
 }
 
 #[tokio::test]
 async fn graphiql_and_introspection_can_be_switched_off() {
-    let app = TestApp::spawn_with(&[
-        ("TASKWIRE_GRAPHIQL", "false"),
-        ("TASKWIRE_INTROSPECTION", "false"),
-    ])
-    .await;
+    let app = TestApp::spawn_with(&[("TASKWIRE_GRAPHIQL", "false"), ("TASKWIRE_INTROSPECTION", "false")]).await;
     assert_eq!(app.get("/graphiql").await.0, 404);
-    let response = app
-        .gql(None, "{ __schema { queryType { name } } }", json!({}))
-        .await;
-    assert_eq!(
-        response.body["data"]["__schema"],
-        Value::Null,
-        "introspection answers nothing: {}",
-        response.body
-    );
+    let response = app.gql(None, "{ __schema { queryType { name } } }", json!({})).await;
+    assert_eq!(response.body["data"]["__schema"], Value::Null, "introspection answers nothing: {}", response.body);
     let (status, _) = app.get("/schema.graphql").await;
     assert_eq!(status, 404, "nor does the SDL endpoint");
 }
@@ -107,10 +87,7 @@ async fn queries_work_over_get_but_mutations_do_not() {
     let mutation = app
         .client
         .get(format!("{}/graphql", app.address))
-        .query(&[(
-            "query",
-            "mutation { createTask(input: {queue: \"q\", kind: \"k\"}) { created } }",
-        )])
+        .query(&[("query", "mutation { createTask(input: {queue: \"q\", kind: \"k\"}) { created } }")])
         .bearer_auth(&token)
         .send()
         .await
@@ -118,18 +95,8 @@ async fn queries_work_over_get_but_mutations_do_not() {
     assert_eq!(mutation.status().as_u16(), 405);
     let body: Value = mutation.json().await.expect("JSON");
     assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
-    let listed = app
-        .gql(
-            Some(&token),
-            "{ tasks { edges { node { id } } } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        listed.data()["tasks"]["edges"],
-        json!([]),
-        "the GET mutation did not run"
-    );
+    let listed = app.gql(Some(&token), "{ tasks { edges { node { id } } } }", json!({})).await;
+    assert_eq!(listed.data()["tasks"]["edges"], json!([]), "the GET mutation did not run");
 }
 
 #[tokio::test]
@@ -137,12 +104,8 @@ async fn an_oversized_body_is_refused_with_payload_too_large() {
     let app = TestApp::spawn_with(&[("TASKWIRE_MAX_BODY_BYTES", "1024")]).await;
     let token = app.token("alice", &["client"]);
     let padding = "x".repeat(2048);
-    let response = app
-        .post_json(
-            Some(&token),
-            &json!({ "query": format!("{{ me {{ subject }} }} # {padding}") }),
-        )
-        .await;
+    let response =
+        app.post_json(Some(&token), &json!({ "query": format!("{{ me {{ subject }} }} # {padding}") })).await;
     assert_eq!(response.status, 413);
     assert_eq!(response.code(), "PAYLOAD_TOO_LARGE");
 }
@@ -189,13 +152,7 @@ async fn every_error_carries_a_request_id_that_matches_the_header() {
         .send()
         .await
         .expect("sent");
-    assert_eq!(
-        response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
-        Some("trace-me-123")
-    );
+    assert_eq!(response.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-me-123"));
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
     assert_eq!(body["errors"][0]["extensions"]["requestId"], "trace-me-123");

@@ -49,9 +49,7 @@ pub struct JwtKeys {
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKeys")
-            .field("algorithms", &self.validation.algorithms)
-            .finish_non_exhaustive()
+        f.debug_struct("JwtKeys").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
     }
 }
 
@@ -81,11 +79,7 @@ impl JwtKeys {
                 None => dev_secret(data_dir)?,
             };
             let bytes = secret.expose_secret().as_bytes();
-            (
-                DecodingKey::from_secret(bytes),
-                Some(EncodingKey::from_secret(bytes)),
-                Algorithm::HS256,
-            )
+            (DecodingKey::from_secret(bytes), Some(EncodingKey::from_secret(bytes)), Algorithm::HS256)
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;
@@ -98,23 +92,13 @@ impl JwtKeys {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(JwtKeys {
-            decoding,
-            encoding,
-            validation,
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-        })
+        Ok(JwtKeys { decoding, encoding, validation, issuer: config.issuer.clone(), audience: config.audience.clone() })
     }
 
     /// Verifies `token` and returns its principal. Unknown role names are ignored.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)?;
-        let roles = data
-            .claims
-            .roles
-            .iter()
-            .filter_map(|r| r.parse::<Role>().ok());
+        let roles = data.claims.roles.iter().filter_map(|r| r.parse::<Role>().ok());
         Ok(Principal::new(data.claims.sub, roles))
     }
 
@@ -146,10 +130,7 @@ pub fn bearer_token(value: &str) -> Result<&str, AuthError> {
 
 /// Reads the embedded dev secret, creating it (owner-only permissions) on first use.
 fn dev_secret(data_dir: &Path) -> Result<SecretString, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        key: "JWT_SECRET",
-        reason,
-    };
+    let invalid = |reason: String| ConfigError::Invalid { key: "JWT_SECRET", reason };
     let path = data_dir.join(DEV_SECRET_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let trimmed = existing.trim();
@@ -157,13 +138,11 @@ fn dev_secret(data_dir: &Path) -> Result<SecretString, ConfigError> {
             return Ok(SecretString::from(trimmed.to_owned()));
         }
     }
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| invalid(format!("creating {}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| invalid(format!("creating {}: {e}", data_dir.display())))?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = hex::encode(bytes);
-    write_private(&path, &secret)
-        .map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
+    write_private(&path, &secret).map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "generated a development JWT secret");
     Ok(SecretString::from(secret))
 }
@@ -171,12 +150,7 @@ fn dev_secret(data_dir: &Path) -> Result<SecretString, ConfigError> {
 #[cfg(unix)]
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(contents.as_bytes())
 }
 
@@ -202,29 +176,16 @@ mod tests {
     #[test]
     fn minted_tokens_verify_with_their_roles() {
         let keys = keys(Some("taskwire"), Some("frontends"));
-        let token = keys
-            .mint(
-                "alice",
-                &[Role::Client, Role::Operator],
-                Duration::from_secs(60),
-            )
-            .expect("mint");
+        let token = keys.mint("alice", &[Role::Client, Role::Operator], Duration::from_secs(60)).expect("mint");
         let principal = keys.verify(&token).expect("verifies");
-        assert_eq!(
-            principal,
-            Principal::new("alice", [Role::Client, Role::Operator])
-        );
+        assert_eq!(principal, Principal::new("alice", [Role::Client, Role::Operator]));
     }
 
     #[test]
     fn tokens_for_another_issuer_or_audience_are_rejected() {
-        let other = keys(Some("someone-else"), None)
-            .mint("a", &[Role::Client], Duration::from_secs(60))
-            .expect("mint");
+        let other = keys(Some("someone-else"), None).mint("a", &[Role::Client], Duration::from_secs(60)).expect("mint");
         assert!(keys(Some("taskwire"), None).verify(&other).is_err());
-        let other = keys(None, Some("other-app"))
-            .mint("a", &[Role::Client], Duration::from_secs(60))
-            .expect("mint");
+        let other = keys(None, Some("other-app")).mint("a", &[Role::Client], Duration::from_secs(60)).expect("mint");
         assert!(keys(None, Some("frontends")).verify(&other).is_err());
     }
 
@@ -240,20 +201,10 @@ mod tests {
     #[test]
     fn the_dev_secret_is_generated_once_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = JwtConfig {
-            secret: None,
-            public_key_file: None,
-            issuer: None,
-            audience: None,
-        };
+        let config = JwtConfig { secret: None, public_key_file: None, issuer: None, audience: None };
         let first = JwtKeys::load(&config, dir.path()).expect("first load");
-        let token = first
-            .mint("alice", &[Role::Admin], Duration::from_secs(60))
-            .expect("mint");
+        let token = first.mint("alice", &[Role::Admin], Duration::from_secs(60)).expect("mint");
         let second = JwtKeys::load(&config, dir.path()).expect("second load");
-        assert!(
-            second.verify(&token).is_ok(),
-            "a restart keeps tokens valid"
-        );
+        assert!(second.verify(&token).is_ok(), "a restart keeps tokens valid");
     }
 }

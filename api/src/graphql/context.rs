@@ -16,9 +16,7 @@ pub struct RequestContext {
 
 /// The authenticated caller, or `UNAUTHENTICATED`.
 pub fn principal<'a>(ctx: &'a Context<'_>) -> Result<&'a Principal, ApiError> {
-    ctx.data_opt::<RequestContext>()
-        .and_then(|r| r.principal.as_ref())
-        .ok_or(ApiError::Unauthenticated)
+    ctx.data_opt::<RequestContext>().and_then(|r| r.principal.as_ref()).ok_or(ApiError::Unauthenticated)
 }
 
 /// The store (schema data).
@@ -28,9 +26,7 @@ pub fn store<'a>(ctx: &'a Context<'_>) -> Result<&'a Store, ApiError> {
 
 /// This request's DataLoaders.
 pub fn loaders<'a>(ctx: &'a Context<'_>) -> Result<&'a Loaders, ApiError> {
-    ctx.data_opt::<std::sync::Arc<Loaders>>()
-        .map(|l| l.as_ref())
-        .ok_or_else(|| missing("Loaders"))
+    ctx.data_opt::<std::sync::Arc<Loaders>>().map(|l| l.as_ref()).ok_or_else(|| missing("Loaders"))
 }
 
 fn missing(what: &str) -> ApiError {

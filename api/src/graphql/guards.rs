@@ -26,10 +26,6 @@ impl RoleGuard {
 impl Guard for RoleGuard {
     async fn check(&self, ctx: &Context<'_>) -> Result<()> {
         let caller = principal(ctx)?;
-        if self.0.is_empty() || caller.has_any(self.0) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden.into())
-        }
+        if self.0.is_empty() || caller.has_any(self.0) { Ok(()) } else { Err(ApiError::Forbidden.into()) }
     }
 }

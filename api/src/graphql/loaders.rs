@@ -36,11 +36,7 @@ impl Loaders {
     /// A fresh set over `store`.
     pub fn new(store: &Store) -> Arc<Loaders> {
         Arc::new(Loaders {
-            tasks: DataLoader::with_cache(
-                TaskLoader(store.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            ),
+            tasks: DataLoader::with_cache(TaskLoader(store.clone()), tokio::spawn, HashMapCache::default()),
             events: DataLoader::new(EventsLoader(store.clone()), tokio::spawn),
             workers: DataLoader::new(WorkerLoader(store.clone()), tokio::spawn),
         })
@@ -69,10 +65,7 @@ impl Loader<(TaskId, u32)> for EventsLoader {
     type Value = Vec<TaskEvent>;
     type Error = ApiError;
 
-    async fn load(
-        &self,
-        keys: &[(TaskId, u32)],
-    ) -> Result<HashMap<(TaskId, u32), Vec<TaskEvent>>, ApiError> {
+    async fn load(&self, keys: &[(TaskId, u32)]) -> Result<HashMap<(TaskId, u32), Vec<TaskEvent>>, ApiError> {
         let mut by_last: HashMap<u32, Vec<TaskId>> = HashMap::new();
         for (id, last) in keys {
             by_last.entry(*last).or_default().push(*id);

@@ -28,12 +28,8 @@ pub struct SchemaOptions {
 
 /// Builds the schema around `store`.
 pub fn build_schema(store: Store, options: SchemaOptions) -> TaskwireSchema {
-    let mut builder = Schema::build(
-        query::Query::default(),
-        mutation::Mutation::default(),
-        EmptySubscription,
-    )
-    .data(store);
+    let mut builder =
+        Schema::build(query::Query::default(), mutation::Mutation::default(), EmptySubscription).data(store);
     if !options.introspection {
         builder = builder.disable_introspection();
     }
@@ -42,11 +38,5 @@ pub fn build_schema(store: Store, options: SchemaOptions) -> TaskwireSchema {
 
 /// The SDL of the schema (what `taskwire schema` prints and `frontend-schema` checks in).
 pub fn sdl() -> String {
-    Schema::build(
-        query::Query::default(),
-        mutation::Mutation::default(),
-        EmptySubscription,
-    )
-    .finish()
-    .sdl()
+    Schema::build(query::Query::default(), mutation::Mutation::default(), EmptySubscription).finish().sdl()
 }

@@ -36,10 +36,7 @@ impl ViewerQuery {
     #[graphql(guard = "RoleGuard::authenticated()")]
     async fn me(&self, ctx: &Context<'_>) -> Result<Viewer> {
         let caller = principal(ctx)?;
-        Ok(Viewer {
-            subject: caller.subject.clone(),
-            roles: caller.roles.iter().map(|r| (*r).into()).collect(),
-        })
+        Ok(Viewer { subject: caller.subject.clone(), roles: caller.roles.iter().map(|r| (*r).into()).collect() })
     }
 }
 
@@ -57,9 +54,7 @@ impl TaskQuery {
             return Ok(None);
         };
         let task = loaders(ctx)?.tasks.load_one(id).await?;
-        Ok(task
-            .filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref()))
-            .map(TaskObject))
+        Ok(task.filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref())).map(TaskObject))
     }
 
     /// Tasks visible to the caller, newest first (Relay connection).
@@ -75,25 +70,19 @@ impl TaskQuery {
         // Clients often send an explicit `null` for an unset variable: treat it as absent.
         let first = first.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(0..=MAX_PAGE_SIZE).contains(&first) {
-            return Err(
-                ApiError::from(DomainError::invalid("first", "must be between 0 and 100")).into(),
-            );
+            return Err(ApiError::from(DomainError::invalid("first", "must be between 0 and 100")).into());
         }
         let after = after.map(|c| decode_cursor(&c)).transpose()?;
         let filter = filter.unwrap_or_default();
-        if let Some(creator) = &filter.created_by {
-            if !caller.sees_all_tasks() && *creator != caller.subject {
-                return Err(ApiError::Forbidden.into());
-            }
+        if let Some(creator) = &filter.created_by
+            && !caller.sees_all_tasks()
+            && *creator != caller.subject
+        {
+            return Err(ApiError::Forbidden.into());
         }
         let query = TaskListQuery {
             scope: scope_of(caller),
-            statuses: filter
-                .status
-                .unwrap_or_default()
-                .into_iter()
-                .map(Into::into)
-                .collect(),
+            statuses: filter.status.unwrap_or_default().into_iter().map(Into::into).collect(),
             queue: filter.queue,
             kind: filter.kind,
             created_by: filter.created_by,
@@ -107,16 +96,9 @@ impl TaskQuery {
         let has_next = tasks.len() > first as usize;
         tasks.truncate(first as usize);
         // Nested fields (`TaskEvent.task`) find these without another query.
-        loaders(ctx)?
-            .tasks
-            .feed_many(tasks.iter().map(|t| (t.id, t.clone())))
-            .await;
+        loaders(ctx)?.tasks.feed_many(tasks.iter().map(|t| (t.id, t.clone()))).await;
         let mut connection = Connection::new(after.is_some(), has_next);
-        connection.edges.extend(
-            tasks
-                .into_iter()
-                .map(|t| Edge::new(encode_cursor(t.id), TaskObject(t))),
-        );
+        connection.edges.extend(tasks.into_iter().map(|t| Edge::new(encode_cursor(t.id), TaskObject(t))));
         Ok(connection)
     }
 }
@@ -161,23 +143,14 @@ mod tests {
 
     #[test]
     fn scope_follows_roles() {
-        assert_eq!(
-            scope_of(&Principal::new("op", [Role::Operator])),
-            TaskScope::All
-        );
+        assert_eq!(scope_of(&Principal::new("op", [Role::Operator])), TaskScope::All);
         assert_eq!(
             scope_of(&Principal::new("a", [Role::Client, Role::Worker])),
-            TaskScope::Restricted {
-                created_by: Some("a".into()),
-                worker_id: Some("a".into())
-            }
+            TaskScope::Restricted { created_by: Some("a".into()), worker_id: Some("a".into()) }
         );
         assert_eq!(
             scope_of(&Principal::new("w", [Role::Worker])),
-            TaskScope::Restricted {
-                created_by: None,
-                worker_id: Some("w".into())
-            }
+            TaskScope::Restricted { created_by: None, worker_id: Some("w".into()) }
         );
     }
 }

@@ -175,25 +175,12 @@ impl TaskObject {
         self.0.last_error.as_deref()
     }
     /// The latest `last` events (at most 100), oldest first.
-    async fn events(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(default = 20)] last: i32,
-    ) -> Result<Vec<TaskEventObject>> {
+    async fn events(&self, ctx: &Context<'_>, #[graphql(default = 20)] last: i32) -> Result<Vec<TaskEventObject>> {
         if !(0..=MAX_EVENTS_PER_TASK).contains(&last) {
-            return Err(
-                ApiError::from(DomainError::invalid("last", "must be between 0 and 100")).into(),
-            );
+            return Err(ApiError::from(DomainError::invalid("last", "must be between 0 and 100")).into());
         }
-        let events = loaders(ctx)?
-            .events
-            .load_one((self.0.id, last as u32))
-            .await?;
-        Ok(events
-            .unwrap_or_default()
-            .into_iter()
-            .map(TaskEventObject)
-            .collect())
+        let events = loaders(ctx)?.events.load_one((self.0.id, last as u32)).await?;
+        Ok(events.unwrap_or_default().into_iter().map(TaskEventObject).collect())
     }
     /// Optimistic-lock version; grows with every change.
     async fn version(&self) -> i32 {
@@ -241,8 +228,7 @@ impl TaskEventObject {
     /// The task as it is now (events are only reachable through visible tasks).
     async fn task(&self, ctx: &Context<'_>) -> Result<TaskObject> {
         let task = loaders(ctx)?.tasks.load_one(self.0.task_id).await?;
-        task.map(TaskObject)
-            .ok_or_else(|| ApiError::NotFound("task").into())
+        task.map(TaskObject).ok_or_else(|| ApiError::NotFound("task").into())
     }
 }
 

@@ -32,24 +32,13 @@ use crate::{
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// `POST /graphql`: a JSON request or an array of them.
-pub async fn post(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let request_id = request_id(&headers);
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let err = ApiError::PayloadTooLarge {
-                limit: state.limits.max_body_bytes,
-            };
-            return envelope_error(
-                &request_id,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                err.code(),
-                &err.message(),
-            );
+            let err = ApiError::PayloadTooLarge { limit: state.limits.max_body_bytes };
+            return envelope_error(&request_id, StatusCode::PAYLOAD_TOO_LARGE, err.code(), &err.message());
         }
         Err(rejection) => {
             return envelope_error(
@@ -64,12 +53,7 @@ pub async fn post(
         Ok(batch) => batch,
         Err(e) => {
             let message = format!("the body is not a GraphQL request: {e}");
-            return envelope_error(
-                &request_id,
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadUserInput,
-                &message,
-            );
+            return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
     execute(state, &headers, request_id, batch).await
@@ -78,48 +62,26 @@ pub async fn post(
 /// `GET /graphql?query=…&variables=…&operationName=…`: queries only.
 pub async fn get(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let request_id = request_id(&headers);
-    let mut request = match async_graphql::http::parse_query_string(uri.query().unwrap_or_default())
-    {
+    let mut request = match async_graphql::http::parse_query_string(uri.query().unwrap_or_default()) {
         Ok(request) => request,
         Err(e) => {
             let message = format!("the query string is not a GraphQL request: {e}");
-            return envelope_error(
-                &request_id,
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadUserInput,
-                &message,
-            );
+            return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
     if !is_query(&mut request) {
         let message = "only queries may be sent with GET; use POST for mutations";
-        return envelope_error(
-            &request_id,
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::BadUserInput,
-            message,
-        );
+        return envelope_error(&request_id, StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadUserInput, message);
     }
     execute(state, &headers, request_id, BatchRequest::Single(request)).await
 }
 
 /// `GET /graphiql`.
 pub async fn graphiql() -> impl IntoResponse {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .title("Taskwire")
-            .finish(),
-    )
+    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").title("Taskwire").finish())
 }
 
-async fn execute(
-    state: AppState,
-    headers: &HeaderMap,
-    request_id: String,
-    batch: BatchRequest,
-) -> Response {
+async fn execute(state: AppState, headers: &HeaderMap, request_id: String, batch: BatchRequest) -> Response {
     let principal = match authenticate(&state, headers) {
         Ok(principal) => principal,
         Err(err) => return envelope_error(&request_id, StatusCode::OK, err.code(), &err.message()),
@@ -129,15 +91,8 @@ async fn execute(
         BatchRequest::Batch(requests) => requests.len(),
     };
     if operations > state.limits.max_batch_operations {
-        let err = ApiError::BatchTooLarge {
-            limit: state.limits.max_batch_operations,
-        };
-        return envelope_error(
-            &request_id,
-            StatusCode::BAD_REQUEST,
-            err.code(),
-            &err.message(),
-        );
+        let err = ApiError::BatchTooLarge { limit: state.limits.max_batch_operations };
+        return envelope_error(&request_id, StatusCode::BAD_REQUEST, err.code(), &err.message());
     }
     let span = tracing::info_span!(
         "graphql",
@@ -145,31 +100,18 @@ async fn execute(
         subject = principal.as_ref().map(|p| p.subject.as_str()).unwrap_or("-"),
         operation = operation_name(&batch),
     );
-    let context = RequestContext {
-        principal,
-        request_id: request_id.clone(),
-    };
+    let context = RequestContext { principal, request_id: request_id.clone() };
     let batch = batch.data(context).data(Loaders::new(&state.store));
     let timeout = state.limits.request_timeout;
-    let result = tokio::time::timeout(timeout, state.schema.execute_batch(batch))
-        .instrument(span)
-        .await;
+    let result = tokio::time::timeout(timeout, state.schema.execute_batch(batch)).instrument(span).await;
     let Ok(mut response) = result else {
         tracing::warn!(request_id = %request_id, ?timeout, "request timed out");
         let message = "the request took too long; retry later";
-        return envelope_error(
-            &request_id,
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            message,
-        );
+        return envelope_error(&request_id, StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message);
     };
     match &mut response {
         BatchResponse::Single(r) => r.errors.iter_mut().for_each(|e| stamp(e, &request_id)),
-        BatchResponse::Batch(rs) => rs
-            .iter_mut()
-            .flat_map(|r| r.errors.iter_mut())
-            .for_each(|e| stamp(e, &request_id)),
+        BatchResponse::Batch(rs) => rs.iter_mut().flat_map(|r| r.errors.iter_mut()).for_each(|e| stamp(e, &request_id)),
     }
     let mut http = axum::Json(response).into_response();
     set_request_id(&mut http, &request_id);
@@ -202,10 +144,9 @@ fn is_query(request: &mut Request) -> bool {
     };
     let operation = match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, op)| op),
+        (DocumentOperations::Multiple(ops), Some(name)) => {
+            ops.iter().find(|(n, _)| n.as_str() == name).map(|(_, op)| op)
+        }
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
         _ => None,
     };
@@ -230,12 +171,7 @@ fn stamp(error: &mut ServerError, request_id: &str) {
 }
 
 /// A request-level failure in the GraphQL error shape.
-fn envelope_error(
-    request_id: &str,
-    status: StatusCode,
-    code: ErrorCode,
-    message: &str,
-) -> Response {
+fn envelope_error(request_id: &str, status: StatusCode, code: ErrorCode, message: &str) -> Response {
     let body = json!({
         "errors": [{ "message": message, "extensions": { "code": code.as_str(), "requestId": request_id } }]
     });

@@ -29,15 +29,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         (true, true) => "degraded",
         (true, false) => "ready",
     };
-    let code = if database_up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(json!({ "status": status, "dependencies": { "database": database, "redis": redis } })),
-    )
+    let code = if database_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({ "status": status, "dependencies": { "database": database, "redis": redis } })))
 }
 
 async fn check_database(state: &AppState) -> Value {

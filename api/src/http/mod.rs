@@ -41,10 +41,7 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("store", &self.store)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("AppState").field("store", &self.store).field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
@@ -72,14 +69,9 @@ pub fn router(state: AppState, graphiql: bool, introspection: bool) -> Router {
     if graphiql {
         router = router.route("/graphiql", get(graphql::graphiql));
     }
-    router
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .with_state(state)
+    router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes)).with_state(state)
 }
 
 async fn schema_sdl(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        state.sdl.to_string(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], state.sdl.to_string())
 }

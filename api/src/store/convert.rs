@@ -32,8 +32,7 @@ fn json_text(value: &Option<serde_json::Value>) -> Option<String> {
 }
 
 fn parse_json(text: Option<String>, id: &str) -> ApiResult<Option<serde_json::Value>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|_| corrupt("json", id)))
-        .transpose()
+    text.map(|t| serde_json::from_str(&t).map_err(|_| corrupt("json", id))).transpose()
 }
 
 fn count(value: i32) -> u32 {
@@ -123,11 +122,7 @@ pub(super) fn event_from_row(row: task_event::Model) -> ApiResult<TaskEvent> {
         task_id: TaskId::parse(&row.task_id).ok_or_else(corrupt_event)?,
         seq: count(row.seq),
         status: row.status.parse().map_err(|_| corrupt_event())?,
-        previous_status: row
-            .previous_status
-            .map(|s| s.parse())
-            .transpose()
-            .map_err(|_| corrupt_event())?,
+        previous_status: row.previous_status.map(|s| s.parse()).transpose().map_err(|_| corrupt_event())?,
         attempt: count(row.attempt),
         worker_id: row.worker_id,
         message: row.message,
@@ -136,8 +131,7 @@ pub(super) fn event_from_row(row: task_event::Model) -> ApiResult<TaskEvent> {
 }
 
 pub(super) fn worker_from_row(row: worker::Model) -> ApiResult<WorkerRecord> {
-    let queues: Vec<String> =
-        serde_json::from_str(&row.queues).map_err(|_| corrupt("worker queues", &row.id))?;
+    let queues: Vec<String> = serde_json::from_str(&row.queues).map_err(|_| corrupt("worker queues", &row.id))?;
     Ok(WorkerRecord {
         queues,
         capacity: count(row.capacity),

@@ -19,8 +19,8 @@ use std::{
 };
 
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    QueryFilter,
 };
 use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
@@ -52,9 +52,7 @@ pub struct Topics {
 impl Topics {
     /// Topics `<prefix>.tasks.dispatch`, `.status` and `.dead`.
     pub fn new(prefix: &str) -> Self {
-        Topics {
-            prefix: prefix.to_owned(),
-        }
+        Topics { prefix: prefix.to_owned() }
     }
 
     /// The topic an envelope of `kind` goes to.
@@ -96,14 +94,12 @@ impl Store {
     pub async fn connect(config: &Config) -> Result<Store, DbErr> {
         let url = &config.database_url;
         let sqlite = url.starts_with("sqlite:");
-        if sqlite {
-            if let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_owned)) {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(&parent).map_err(|e| {
-                        DbErr::Custom(format!("creating {}: {e}", parent.display()))
-                    })?;
-                }
-            }
+        if sqlite
+            && let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_owned))
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(&parent)
+                .map_err(|e| DbErr::Custom(format!("creating {}: {e}", parent.display())))?;
         }
         let mut options = ConnectOptions::new(url.clone());
         options
@@ -168,19 +164,14 @@ impl Store {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let rows = worker::Entity::find()
-            .filter(worker::Column::Id.is_in(ids.iter().cloned()))
-            .all(&self.db)
-            .await?;
+        let rows = worker::Entity::find().filter(worker::Column::Id.is_in(ids.iter().cloned())).all(&self.db).await?;
         rows.into_iter().map(convert::worker_from_row).collect()
     }
 }
 
 /// The file path of a `sqlite:` URL, if it names a file.
 fn sqlite_path(url: &str) -> Option<&Path> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
 }
@@ -191,14 +182,8 @@ mod tests {
 
     #[test]
     fn sqlite_paths_are_extracted_from_urls() {
-        assert_eq!(
-            sqlite_path("sqlite://data/taskwire.db?mode=rwc"),
-            Some(Path::new("data/taskwire.db"))
-        );
-        assert_eq!(
-            sqlite_path("sqlite:///tmp/x.db"),
-            Some(Path::new("/tmp/x.db"))
-        );
+        assert_eq!(sqlite_path("sqlite://data/taskwire.db?mode=rwc"), Some(Path::new("data/taskwire.db")));
+        assert_eq!(sqlite_path("sqlite:///tmp/x.db"), Some(Path::new("/tmp/x.db")));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
     }
 }

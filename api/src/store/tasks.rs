@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 use taskwire_domain::{
     DomainError, EnvelopeType, MaxAttempts, NewTask, TaskEnvelope, TaskId, TaskStatus,
@@ -80,9 +80,7 @@ pub enum CreateMode {
 impl Store {
     /// One task by id, whoever may see it (callers check visibility).
     pub async fn task(&self, id: TaskId) -> ApiResult<Option<Task>> {
-        let row = task::Entity::find_by_id(id.to_string())
-            .one(&self.db)
-            .await?;
+        let row = task::Entity::find_by_id(id.to_string()).one(&self.db).await?;
         row.map(convert::task_from_row).transpose()
     }
 
@@ -101,11 +99,7 @@ impl Store {
     /// A page of tasks, newest first.
     pub async fn list_tasks(&self, query: &TaskListQuery) -> ApiResult<Vec<Task>> {
         let mut condition = Condition::all();
-        if let TaskScope::Restricted {
-            created_by,
-            worker_id,
-        } = &query.scope
-        {
+        if let TaskScope::Restricted { created_by, worker_id } = &query.scope {
             let mut visible = Condition::any();
             if let Some(creator) = created_by {
                 visible = visible.add(task::Column::CreatedBy.eq(creator.as_str()));
@@ -119,8 +113,7 @@ impl Store {
             condition = condition.add(visible);
         }
         if !query.statuses.is_empty() {
-            condition = condition
-                .add(task::Column::Status.is_in(query.statuses.iter().map(|s| s.as_str())));
+            condition = condition.add(task::Column::Status.is_in(query.statuses.iter().map(|s| s.as_str())));
         }
         if let Some(queue) = &query.queue {
             condition = condition.add(task::Column::Queue.eq(queue.as_str()));
@@ -150,11 +143,7 @@ impl Store {
     }
 
     /// The latest `last` events of each task, oldest first, in one statement.
-    pub async fn latest_events(
-        &self,
-        ids: &[TaskId],
-        last: u32,
-    ) -> ApiResult<HashMap<TaskId, Vec<TaskEvent>>> {
+    pub async fn latest_events(&self, ids: &[TaskId], last: u32) -> ApiResult<HashMap<TaskId, Vec<TaskEvent>>> {
         let mut out: HashMap<TaskId, Vec<TaskEvent>> = HashMap::new();
         if ids.is_empty() || last == 0 {
             return Ok(out);
@@ -171,9 +160,7 @@ impl Store {
         let mut values: Vec<sea_orm::Value> = ids.iter().map(|id| id.to_string().into()).collect();
         values.push(i64::from(last).into());
         let stmt = Statement::from_sql_and_values(self.backend(), sql, values);
-        let rows = task_event::Model::find_by_statement(stmt)
-            .all(&self.db)
-            .await?;
+        let rows = task_event::Model::find_by_statement(stmt).all(&self.db).await?;
         for row in rows {
             let event = convert::event_from_row(row)?;
             out.entry(event.task_id).or_default().push(event);
@@ -183,11 +170,7 @@ impl Store {
 
     /// Creates a batch of tasks in one transaction (multi-row inserts), honouring
     /// idempotency keys per creator. Outcomes are in input order.
-    pub async fn create_tasks(
-        &self,
-        batch: Vec<NewTask>,
-        mode: CreateMode,
-    ) -> ApiResult<Vec<CreateOutcome>> {
+    pub async fn create_tasks(&self, batch: Vec<NewTask>, mode: CreateMode) -> ApiResult<Vec<CreateOutcome>> {
         let _gate = self.write_lock().await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
             match self.try_create_tasks(&batch, mode).await {
@@ -200,9 +183,7 @@ impl Store {
                 Ok(result) => return result,
             }
         }
-        Err(ApiError::Conflict(
-            "too much contention on idempotency keys; retry".into(),
-        ))
+        Err(ApiError::Conflict("too much contention on idempotency keys; retry".into()))
     }
 
     async fn try_create_tasks(
@@ -219,10 +200,7 @@ impl Store {
         let mut rows = Vec::with_capacity(batch.len());
         let mut transitions = Vec::with_capacity(batch.len());
         for new in batch {
-            let key = new
-                .idempotency_key
-                .as_ref()
-                .map(|k| (new.created_by.clone(), k.as_str().to_owned()));
+            let key = new.idempotency_key.as_ref().map(|k| (new.created_by.clone(), k.as_str().to_owned()));
             if let Some((hash, task)) = key.as_ref().and_then(|k| existing.get(k)) {
                 outcomes.push(if *hash == new.fingerprint {
                     CreateOutcome::Existing(task.clone())
@@ -231,10 +209,7 @@ impl Store {
                 });
                 continue;
             }
-            let default = defaults
-                .get(new.queue.as_str())
-                .copied()
-                .unwrap_or(MaxAttempts::DEFAULT);
+            let default = defaults.get(new.queue.as_str()).copied().unwrap_or(MaxAttempts::DEFAULT);
             let transition = machine::create(new.clone(), TaskId::generate(now), default, now);
             if let Some(key) = key {
                 // A repeat of the key later in this same batch resolves to this task.
@@ -244,16 +219,12 @@ impl Store {
             outcomes.push(CreateOutcome::Created(transition.task.clone()));
             transitions.push(transition);
         }
-        if mode == CreateMode::AllOrNothing
-            && outcomes.iter().any(|o| *o == CreateOutcome::Conflict)
-        {
+        if mode == CreateMode::AllOrNothing && outcomes.contains(&CreateOutcome::Conflict) {
             txn.rollback().await?;
             return Ok(Err(DomainError::IdempotencyConflict.into()));
         }
         if !rows.is_empty() {
-            task::Entity::insert_many(rows)
-                .exec_without_returning(&txn)
-                .await?;
+            task::Entity::insert_many(rows).exec_without_returning(&txn).await?;
             self.append_history(&txn, &transitions).await?;
         }
         txn.commit().await?;
@@ -287,22 +258,15 @@ impl Store {
                 txn.rollback().await?;
                 continue;
             }
-            self.append_history(&txn, std::slice::from_ref(&transition))
-                .await?;
+            self.append_history(&txn, std::slice::from_ref(&transition)).await?;
             txn.commit().await?;
             return Ok(transition.task);
         }
-        Err(ApiError::Conflict(
-            "the task changed concurrently too many times; retry".into(),
-        ))
+        Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
     }
 
     /// Appends the events and outbox rows of `transitions` (multi-row inserts).
-    async fn append_history(
-        &self,
-        txn: &DatabaseTransaction,
-        transitions: &[Transition],
-    ) -> Result<(), DbErr> {
+    async fn append_history(&self, txn: &DatabaseTransaction, transitions: &[Transition]) -> Result<(), DbErr> {
         let mut events = Vec::with_capacity(transitions.len());
         let mut messages = Vec::with_capacity(transitions.len() * 2);
         for t in transitions {
@@ -318,9 +282,7 @@ impl Store {
                 messages.push(outbox::ActiveModel {
                     topic: Set(self.topics.for_envelope(kind)),
                     message_key: Set(t.task.id.to_string()),
-                    payload: Set(
-                        serde_json::to_string(&envelope).map_err(|e| DbErr::Json(e.to_string()))?
-                    ),
+                    payload: Set(serde_json::to_string(&envelope).map_err(|e| DbErr::Json(e.to_string()))?),
                     traceparent: Set(None),
                     created_at: Set(convert::to_ms(event.at)),
                     published_at: Set(None),
@@ -329,12 +291,8 @@ impl Store {
             }
         }
         if !events.is_empty() {
-            task_event::Entity::insert_many(events)
-                .exec_without_returning(txn)
-                .await?;
-            outbox::Entity::insert_many(messages)
-                .exec_without_returning(txn)
-                .await?;
+            task_event::Entity::insert_many(events).exec_without_returning(txn).await?;
+            outbox::Entity::insert_many(messages).exec_without_returning(txn).await?;
         }
         Ok(())
     }
@@ -345,24 +303,15 @@ async fn queue_max_attempts(
     txn: &DatabaseTransaction,
     batch: &[NewTask],
 ) -> Result<HashMap<String, MaxAttempts>, DbErr> {
-    let names: HashSet<&str> = batch
-        .iter()
-        .filter(|n| n.max_attempts.is_none())
-        .map(|n| n.queue.as_str())
-        .collect();
+    let names: HashSet<&str> = batch.iter().filter(|n| n.max_attempts.is_none()).map(|n| n.queue.as_str()).collect();
     if names.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = queue::Entity::find()
-        .filter(queue::Column::Name.is_in(names))
-        .all(txn)
-        .await?;
+    let rows = queue::Entity::find().filter(queue::Column::Name.is_in(names)).all(txn).await?;
     Ok(rows
         .into_iter()
         .filter_map(|q| {
-            let max = q
-                .max_attempts
-                .and_then(|m| MaxAttempts::try_from(i64::from(m)).ok())?;
+            let max = q.max_attempts.and_then(|m| MaxAttempts::try_from(i64::from(m)).ok())?;
             Some((q.name, max))
         })
         .collect())
@@ -377,10 +326,7 @@ async fn existing_by_key(
     let mut by_creator: HashMap<&str, Vec<&str>> = HashMap::new();
     for new in batch {
         if let Some(key) = &new.idempotency_key {
-            by_creator
-                .entry(new.created_by.as_str())
-                .or_default()
-                .push(key.as_str());
+            by_creator.entry(new.created_by.as_str()).or_default().push(key.as_str());
         }
     }
     if by_creator.is_empty() {
@@ -389,21 +335,14 @@ async fn existing_by_key(
     let mut condition = Condition::any();
     for (creator, keys) in by_creator {
         condition = condition.add(
-            Condition::all()
-                .add(task::Column::CreatedBy.eq(creator))
-                .add(task::Column::IdempotencyKey.is_in(keys)),
+            Condition::all().add(task::Column::CreatedBy.eq(creator)).add(task::Column::IdempotencyKey.is_in(keys)),
         );
     }
     let rows = task::Entity::find().filter(condition).all(txn).await?;
     let mut out = HashMap::new();
     for row in rows {
-        let (creator, key, hash) = (
-            row.created_by.clone(),
-            row.idempotency_key.clone(),
-            row.input_hash.clone(),
-        );
-        let task =
-            convert::task_from_row(row).map_err(|_| DbErr::Custom("corrupt task row".into()))?;
+        let (creator, key, hash) = (row.created_by.clone(), row.idempotency_key.clone(), row.input_hash.clone());
+        let task = convert::task_from_row(row).map_err(|_| DbErr::Custom("corrupt task row".into()))?;
         if let Some(key) = key {
             out.insert((creator, key), (hash, task));
         }

@@ -11,12 +11,8 @@ fn now() -> DateTime<Utc> {
 }
 
 fn new_task(max_attempts: i64) -> Task {
-    let input = CreateTaskInput {
-        queue: "q".into(),
-        kind: "k".into(),
-        max_attempts: Some(max_attempts),
-        ..Default::default()
-    };
+    let input =
+        CreateTaskInput { queue: "q".into(), kind: "k".into(), max_attempts: Some(max_attempts), ..Default::default() };
     let parsed = NewTask::parse(input, "alice", now()).expect("valid input");
     create(parsed, TaskId::generate(now()), MaxAttempts::DEFAULT, now()).task
 }
@@ -40,26 +36,10 @@ fn every_command() -> Vec<Command> {
     let later = now() + Duration::seconds(10);
     vec![
         Command::Promote,
-        Command::Offer {
-            worker_id: WORKER.into(),
-            lease_token: LeaseToken::generate(),
-            expires_at: later,
-        },
-        Command::Accept {
-            worker_id: WORKER.into(),
-            lease_token: "tok".into(),
-            lease_expires_at: later,
-        },
-        Command::Heartbeat {
-            worker_id: WORKER.into(),
-            lease_token: "tok".into(),
-            lease_expires_at: later,
-        },
-        Command::Complete {
-            worker_id: WORKER.into(),
-            lease_token: "tok".into(),
-            result: None,
-        },
+        Command::Offer { worker_id: WORKER.into(), lease_token: LeaseToken::generate(), expires_at: later },
+        Command::Accept { worker_id: WORKER.into(), lease_token: "tok".into(), lease_expires_at: later },
+        Command::Heartbeat { worker_id: WORKER.into(), lease_token: "tok".into(), lease_expires_at: later },
+        Command::Complete { worker_id: WORKER.into(), lease_token: "tok".into(), result: None },
         Command::Fail {
             worker_id: WORKER.into(),
             lease_token: "tok".into(),
@@ -67,15 +47,10 @@ fn every_command() -> Vec<Command> {
             retryable: true,
             retry_at: later,
         },
-        Command::Release {
-            worker_id: WORKER.into(),
-            lease_token: "tok".into(),
-        },
+        Command::Release { worker_id: WORKER.into(), lease_token: "tok".into() },
         Command::ExpireOffer,
         Command::ExpireLease { retry_at: later },
-        Command::Cancel {
-            reason: Some("changed my mind".into()),
-        },
+        Command::Cancel { reason: Some("changed my mind".into()) },
         Command::Retry,
         Command::Requeue,
         Command::ExpireDeadline,
@@ -166,21 +141,7 @@ fn every_status_and_command_has_the_specified_outcome() {
         ),
         (
             Succeeded,
-            [
-                Err(C),
-                Err(C),
-                Err(L),
-                Err(L),
-                Err(L),
-                Err(L),
-                Err(L),
-                Err(C),
-                Err(C),
-                Err(C),
-                Err(C),
-                Err(C),
-                Err(C),
-            ],
+            [Err(C), Err(C), Err(L), Err(L), Err(L), Err(L), Err(L), Err(C), Err(C), Err(C), Err(C), Err(C), Err(C)],
         ),
         (
             Cancelled,
@@ -222,9 +183,7 @@ fn every_status_and_command_has_the_specified_outcome() {
     for (status, outcomes) in table {
         for (command, expected) in every_command().into_iter().zip(outcomes) {
             let name = command.name();
-            let actual = transition(&task_in(status), command, now())
-                .map(|t| t.task.status)
-                .map_err(|e| e.code());
+            let actual = transition(&task_in(status), command, now()).map(|t| t.task.status).map_err(|e| e.code());
             assert_eq!(actual, expected, "{name} on {status}");
         }
     }
@@ -243,29 +202,16 @@ fn a_new_task_is_queued_when_due_and_scheduled_otherwise() {
     let parsed = NewTask::parse(input, "alice", now()).expect("valid");
     let t = create(parsed, TaskId::generate(now()), MaxAttempts::DEFAULT, now());
     assert_eq!(t.task.status, Scheduled);
-    assert_eq!(
-        t.effects,
-        vec![],
-        "scheduled tasks are announced when promoted"
-    );
+    assert_eq!(t.effects, vec![], "scheduled tasks are announced when promoted");
     assert_eq!(t.event.map(|e| (e.seq, e.previous_status)), Some((1, None)));
 }
 
 #[test]
 fn queue_default_max_attempts_applies_only_without_an_explicit_value() {
-    let input = CreateTaskInput {
-        queue: "q".into(),
-        kind: "k".into(),
-        ..Default::default()
-    };
+    let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
     let parsed = NewTask::parse(input, "a", now()).expect("valid");
     let seven = MaxAttempts::try_from(7).expect("in range");
-    assert_eq!(
-        create(parsed, TaskId::generate(now()), seven, now())
-            .task
-            .max_attempts,
-        7
-    );
+    assert_eq!(create(parsed, TaskId::generate(now()), seven, now()).task.max_attempts, 7);
     assert_eq!(new_task(3).max_attempts, 3);
 }
 
@@ -278,25 +224,15 @@ fn worker_commands_need_the_current_token_the_same_worker_and_a_live_lease() {
         lease_token: token.into(),
         result: None,
     };
-    assert_eq!(
-        transition(&running, complete(WORKER, "old"), now()).err(),
-        Some(DomainError::LeaseLost)
-    );
-    assert_eq!(
-        transition(&running, complete("other", "tok"), now()).err(),
-        Some(DomainError::LeaseLost)
-    );
+    assert_eq!(transition(&running, complete(WORKER, "old"), now()).err(), Some(DomainError::LeaseLost));
+    assert_eq!(transition(&running, complete("other", "tok"), now()).err(), Some(DomainError::LeaseLost));
     let after_expiry = now() + Duration::seconds(31);
     assert_eq!(
         transition(&running, complete(WORKER, "tok"), after_expiry).err(),
         Some(DomainError::LeaseLost),
         "a lapsed lease is lost even before the reaper reclaims it"
     );
-    let hb = Command::Heartbeat {
-        worker_id: WORKER.into(),
-        lease_token: "tok".into(),
-        lease_expires_at: later,
-    };
+    let hb = Command::Heartbeat { worker_id: WORKER.into(), lease_token: "tok".into(), lease_expires_at: later };
     let beat = transition(&running, hb, now()).expect("heartbeat");
     assert_eq!(beat.event, None, "heartbeats leave no history");
     assert_eq!(beat.task.lease_expires_at, Some(later));
@@ -305,18 +241,10 @@ fn worker_commands_need_the_current_token_the_same_worker_and_a_live_lease() {
 
 #[test]
 fn cancel_wins_over_the_worker() {
-    let cancelled =
-        transition(&task_in(Running), Command::Cancel { reason: None }, now()).expect("cancel");
+    let cancelled = transition(&task_in(Running), Command::Cancel { reason: None }, now()).expect("cancel");
     assert_eq!(cancelled.task.lease_token, None);
-    let late = Command::Complete {
-        worker_id: WORKER.into(),
-        lease_token: "tok".into(),
-        result: None,
-    };
-    assert_eq!(
-        transition(&cancelled.task, late, now()).err(),
-        Some(DomainError::LeaseLost)
-    );
+    let late = Command::Complete { worker_id: WORKER.into(), lease_token: "tok".into(), result: None };
+    assert_eq!(transition(&cancelled.task, late, now()).err(), Some(DomainError::LeaseLost));
 }
 
 #[test]
@@ -330,10 +258,7 @@ fn failures_back_off_until_attempts_are_exhausted() {
         retry_at,
     };
     let first = transition(&task_in(Running), fail(true), now()).expect("fail");
-    assert_eq!(
-        (first.task.status, first.task.run_at),
-        (Scheduled, retry_at)
-    );
+    assert_eq!((first.task.status, first.task.run_at), (Scheduled, retry_at));
     assert_eq!(first.task.worker_id, None);
     assert_eq!(first.task.last_error.as_deref(), Some("boom"));
 
@@ -342,25 +267,17 @@ fn failures_back_off_until_attempts_are_exhausted() {
     let dead = transition(&last, fail(true), now()).expect("fail");
     assert_eq!(dead.task.status, Dead);
     assert_eq!(dead.effects, vec![Effect::DeadLetter]);
-    assert_eq!(
-        dead.event.and_then(|e| e.message).as_deref(),
-        Some("attempts exhausted: boom")
-    );
+    assert_eq!(dead.event.and_then(|e| e.message).as_deref(), Some("attempts exhausted: boom"));
 
     let fatal = transition(&task_in(Running), fail(false), now()).expect("fail");
-    assert_eq!(
-        fatal.task.status, Dead,
-        "non-retryable failures are dead at once"
-    );
+    assert_eq!(fatal.task.status, Dead, "non-retryable failures are dead at once");
 }
 
 #[test]
 fn a_deadline_before_the_retry_kills_the_task() {
     let mut task = task_in(Running);
     task.deadline = Some(now() + Duration::seconds(3));
-    let retry = Command::ExpireLease {
-        retry_at: now() + Duration::seconds(5),
-    };
+    let retry = Command::ExpireLease { retry_at: now() + Duration::seconds(5) };
     let lapsed = now() + Duration::seconds(31);
     task.lease_expires_at = Some(now());
     let t = transition(&task, retry, lapsed).expect("expire");
@@ -375,17 +292,10 @@ fn a_deadline_before_the_retry_kills_the_task() {
 #[test]
 fn expiry_commands_only_apply_once_the_lease_has_lapsed() {
     let assigned = task_in(Assigned);
-    assert!(
-        transition(&assigned, Command::ExpireOffer, now()).is_err(),
-        "offer still live"
-    );
+    assert!(transition(&assigned, Command::ExpireOffer, now()).is_err(), "offer still live");
     let lapsed = now() + Duration::seconds(30);
     let back = transition(&assigned, Command::ExpireOffer, lapsed).expect("expire offer");
-    assert_eq!(
-        (back.task.status, back.task.attempts),
-        (Queued, 0),
-        "an unaccepted offer is no attempt"
-    );
+    assert_eq!((back.task.status, back.task.attempts), (Queued, 0), "an unaccepted offer is no attempt");
     assert_eq!(back.effects, vec![Effect::Dispatch]);
 }
 
