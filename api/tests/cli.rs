@@ -1,0 +1,90 @@
+//! The `taskwire` binary, driven like an operator would.
+
+use std::process::{Command, Output};
+
+fn taskwire(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_taskwire"));
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TASKWIRE_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("taskwire runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn help_documents_every_configuration_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = taskwire(&["--help"], &[], dir.path());
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for (key, _, _) in taskwire_api::config::KEYS {
+        assert!(help.contains(&format!("TASKWIRE_{key}")), "--help lists TASKWIRE_{key}");
+    }
+    for command in ["serve", "migrate", "schema", "token"] {
+        assert!(help.contains(command), "--help lists {command}");
+    }
+}
+
+#[test]
+fn token_mints_a_jwt_that_a_standard_library_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = taskwire(
+        &["token", "--sub", "alice", "--role", "client", "--role", "operator", "--ttl", "10m"],
+        &[("TASKWIRE_JWT_SECRET", "cli-secret")],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = stdout(&output).trim().to_owned();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(b"cli-secret"),
+        &validation,
+    )
+    .expect("verifies with the configured secret");
+    assert_eq!(data.claims["sub"], "alice");
+    assert_eq!(data.claims["roles"], serde_json::json!(["client", "operator"]));
+    let ttl = data.claims["exp"].as_u64().unwrap_or_default() - jsonwebtoken::get_current_timestamp();
+    assert!((590..=600).contains(&ttl), "10 minutes, got {ttl}s");
+}
+
+#[test]
+fn token_refuses_unknown_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = taskwire(&["token", "--sub", "a", "--role", "root"], &[("TASKWIRE_JWT_SECRET", "s")], dir.path());
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown role"));
+}
+
+#[test]
+fn schema_prints_the_sdl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = taskwire(&["schema"], &[], dir.path());
+    assert!(output.status.success());
+    assert_eq!(stdout(&output), taskwire_api::graphql::sdl());
+}
+
+#[test]
+fn migrate_applies_reports_reverts_and_refreshes_the_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+    let env = [("TASKWIRE_DATABASE_URL", url.as_str())];
+    for action in ["up", "status", "down", "up", "fresh"] {
+        let output = taskwire(&["migrate", action], &env, dir.path());
+        assert!(output.status.success(), "migrate {action}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+#[test]
+fn production_mode_refuses_to_serve_without_a_jwt_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = taskwire(&["serve"], &[("TASKWIRE_DATABASE_URL", "mysql://root@127.0.0.1:1/x")], dir.path());
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TASKWIRE_JWT_SECRET"));
+}
