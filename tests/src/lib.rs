@@ -7,6 +7,8 @@
 //! `TASKWIRE_TEST_DATABASE_URL=mysql://user@host:port` a fresh MySQL/MariaDB schema,
 //! dropped when the `TestApp` is dropped. Logs are silent unless `TEST_LOG` is set.
 
+pub mod proxy;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use jsonwebtoken::{EncodingKey, Header, encode};
@@ -14,6 +16,8 @@ use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use taskwire_api::{config::Config, startup::Application, store::DbStats};
 use tokio_util::sync::CancellationToken;
+
+pub use crate::proxy::TcpProxy;
 
 /// Variable naming the MySQL/MariaDB server the suite may use.
 pub const DATABASE_URL_VAR: &str = "TASKWIRE_TEST_DATABASE_URL";
@@ -84,6 +88,24 @@ impl TestApp {
 
     /// Starts the app with extra `TASKWIRE_*` variables (they win over the defaults).
     pub async fn spawn_with(vars: &[(&str, &str)]) -> TestApp {
+        TestApp::spawn_inner(vars, None).await
+    }
+
+    /// With `TASKWIRE_TEST_DATABASE_URL` set: starts the app on MySQL/MariaDB reached
+    /// through a [`TcpProxy`] the test can cut and restore. `None` (and a skip notice)
+    /// otherwise.
+    pub async fn spawn_with_database_proxy(test: &str) -> Option<(TestApp, TcpProxy)> {
+        let server = require_service(DATABASE_URL_VAR, test)?;
+        let authority = server_url(&server);
+        let host_port = authority.rsplit('@').next().and_then(|a| a.split_once("://").map(|(_, r)| r).or(Some(a)));
+        let host_port = host_port.unwrap_or_default().to_owned();
+        let upstream = tokio::net::lookup_host(&host_port).await.ok()?.next()?;
+        let proxy = TcpProxy::start(upstream).await;
+        let app = TestApp::spawn_inner(&[], Some(proxy.port())).await;
+        Some((app, proxy))
+    }
+
+    async fn spawn_inner(vars: &[(&str, &str)], mysql_via_port: Option<u16>) -> TestApp {
         if std::env::var("TEST_LOG").is_ok() {
             taskwire_api::telemetry::init(taskwire_api::config::LogFormat::Pretty);
         }
@@ -92,6 +114,10 @@ impl TestApp {
         let (database_url, mysql_schema) = match env_var(DATABASE_URL_VAR) {
             Some(server) => {
                 let (url, schema) = create_mysql_schema(&server).await;
+                let url = match mysql_via_port {
+                    Some(port) => proxied_url(&server, port, &schema),
+                    None => url,
+                };
                 (url, Some((server, schema)))
             }
             None => (format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()), None),
@@ -221,6 +247,14 @@ fn server_url(url: &str) -> String {
     format!("{scheme}://{authority}")
 }
 
+/// `mysql://user@127.0.0.1:<port>/<schema>` with the credentials of `server`.
+fn proxied_url(server: &str, port: u16, schema: &str) -> String {
+    let authority = server_url(server);
+    let (scheme, rest) = authority.split_once("://").unwrap_or(("mysql", &authority));
+    let credentials = rest.rsplit_once('@').map(|(c, _)| format!("{c}@")).unwrap_or_default();
+    format!("{scheme}://{credentials}127.0.0.1:{port}/{schema}")
+}
+
 async fn create_mysql_schema(server: &str) -> (String, String) {
     let schema = format!("taskwire_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let db =
@@ -236,7 +270,10 @@ async fn create_mysql_schema(server: &str) -> (String, String) {
 pub fn require_service(var: &str, test: &str) -> Option<String> {
     let value = env_var(var);
     if value.is_none() {
-        println!("SKIPPED {test}: {var} is not set (CI sets it; see README, Testing)");
+        // Straight to the stderr handle: the test harness captures `println!`/`eprintln!`
+        // of passing tests, and a skip must be visible.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {var} is not set (CI sets it; see README, Testing)");
     }
     value
 }

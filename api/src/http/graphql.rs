@@ -101,7 +101,15 @@ async fn execute(state: AppState, headers: &HeaderMap, request_id: String, batch
         operation = operation_name(&batch),
     );
     let context = RequestContext { principal, request_id: request_id.clone() };
-    let batch = batch.data(context).data(Loaders::new(&state.store));
+    // One loader set per operation: a cached task from one operation of a batch must not
+    // be served to a later one that runs after a mutation changed it.
+    let batch = match batch {
+        BatchRequest::Single(r) => BatchRequest::Single(r.data(Loaders::new(&state.store))),
+        BatchRequest::Batch(rs) => {
+            BatchRequest::Batch(rs.into_iter().map(|r| r.data(Loaders::new(&state.store))).collect())
+        }
+    }
+    .data(context);
     let timeout = state.limits.request_timeout;
     let result = tokio::time::timeout(timeout, state.schema.execute_batch(batch)).instrument(span).await;
     let Ok(mut response) = result else {
