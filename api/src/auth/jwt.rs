@@ -24,18 +24,31 @@ pub enum AuthError {
     /// Signature, algorithm, expiry, issuer, audience or claims were rejected.
     #[error("token rejected: {0}")]
     Rejected(#[from] jsonwebtoken::errors::Error),
+    /// The `sub` claim is empty.
+    #[error("token has an empty subject")]
+    EmptySubject,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims Taskwire reads. `exp`, `nbf`, `iss` and `aud` are checked by
+/// jsonwebtoken from the raw claims (so `aud` may be a string or an array, and dates may
+/// be fractional, as RFC 7519 allows); other claims are ignored.
+#[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
+}
+
+/// The claims of a minted development token.
+#[derive(Debug, Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    roles: Vec<&'static str>,
     exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    iss: Option<String>,
+    iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<&'a str>,
 }
 
 /// The keys and rules for verifying (and, with a secret, minting) tokens.
@@ -83,7 +96,12 @@ impl JwtKeys {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        // A configured issuer or audience must be present, not merely correct when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(config.issuer.as_ref().map(|_| "iss"));
+        required.extend(config.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &config.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -98,6 +116,10 @@ impl JwtKeys {
     /// Verifies `token` and returns its principal. Unknown role names are ignored.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)?;
+        if data.claims.sub.trim().is_empty() {
+            // `sub` becomes a creator or worker id: an empty one would be a shared identity.
+            return Err(AuthError::EmptySubject);
+        }
         let roles = data.claims.roles.iter().filter_map(|r| r.parse::<Role>().ok());
         Ok(Principal::new(data.claims.sub, roles))
     }
@@ -107,12 +129,12 @@ impl JwtKeys {
     /// private key lives with the identity provider, not here).
     pub fn mint(&self, subject: &str, roles: &[Role], ttl: Duration) -> Option<String> {
         let key = self.encoding.as_ref()?;
-        let claims = Claims {
-            sub: subject.to_owned(),
-            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        let claims = MintedClaims {
+            sub: subject,
+            roles: roles.iter().map(|r| r.as_str()).collect(),
             exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, key).ok()
     }
