@@ -105,6 +105,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map(|r| r.parse::<Role>().map_err(|_| format!("unknown role {r:?} (client, worker, operator, admin)")))
                 .collect::<Result<Vec<_>, _>>()?;
             let ttl = parse_ttl(&ttl)?;
+            // Production never invents a secret, for serving or for minting.
+            config.check_serving().map_err(|e| e.to_string())?;
             let keys = JwtKeys::load(&config.jwt, &config.data_dir).map_err(|e| e.to_string())?;
             let token = keys.mint(&sub, &roles, ttl).ok_or(
                 "tokens can only be minted with an HS256 secret (TASKWIRE_JWT_SECRET or the embedded dev secret)",
@@ -148,11 +150,18 @@ async fn migrate(mut config: Config, action: MigrateAction) -> Result<(), String
     let result = match action {
         MigrateAction::Up => Migrator::up(db, None).await,
         MigrateAction::Down => Migrator::down(db, Some(1)).await,
-        MigrateAction::Status => Migrator::status(db).await,
         MigrateAction::Fresh => Migrator::fresh(db).await,
+        MigrateAction::Status => {
+            let migrations = Migrator::get_migration_with_status(db).await.map_err(|e| e.to_string())?;
+            for migration in migrations {
+                println!("{:<8} {}", migration.status().to_string(), migration.name());
+            }
+            return Ok(());
+        }
     };
     result.map_err(|e| e.to_string())?;
-    println!("migrate {action:?}: done");
+    let applied = Migrator::get_applied_migrations(db).await.map_err(|e| e.to_string())?.len();
+    println!("migrate {}: done ({applied} applied)", format!("{action:?}").to_lowercase());
     Ok(())
 }
 

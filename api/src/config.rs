@@ -20,7 +20,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("DATABASE_URL", "sqlite://data/taskwire.db?mode=rwc", "mysql://… for MySQL/MariaDB (production mode)"),
     ("DATABASE_MAX_CONNECTIONS", "8 (MySQL) / 4 (SQLite)", "database pool size"),
     ("DATABASE_ACQUIRE_TIMEOUT_MS", "2000", "wait for a pooled connection before UNAVAILABLE"),
-    ("REDIS_URL", "unset (in-process cache only)", "redis://…"),
+    ("REDIS_URL", "unset", "redis://… (today: reported by /readyz; the L2 cache and global rate limits will use it)"),
     ("KAFKA_TOPIC_PREFIX", "taskwire", "topics <prefix>.tasks.dispatch, .status, .dead"),
     ("JWT_SECRET", "embedded: generated once into the data dir", "HS256 secret"),
     ("JWT_PUBLIC_KEY_FILE", "unset", "PEM public key for RS256/ES256 (then HS256 is refused)"),

@@ -75,10 +75,26 @@ fn migrate_applies_reports_reverts_and_refreshes_the_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
     let env = [("TASKWIRE_DATABASE_URL", url.as_str())];
-    for action in ["up", "status", "down", "up", "fresh"] {
+    let run = |action: &str| {
         let output = taskwire(&["migrate", action], &env, dir.path());
         assert!(output.status.success(), "migrate {action}: {}", String::from_utf8_lossy(&output.stderr));
-    }
+        stdout(&output)
+    };
+    assert!(run("status").contains("Pending"), "nothing applied yet");
+    assert!(run("up").contains("done (1 applied)"));
+    assert!(run("status").contains("Applied  m20261121_000001_initial_schema"));
+    assert!(run("down").contains("done (0 applied)"));
+    assert!(run("up").contains("done (1 applied)"));
+    assert!(run("fresh").contains("done (1 applied)"));
+}
+
+#[test]
+fn production_mode_refuses_to_mint_with_an_invented_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("TASKWIRE_DATABASE_URL", "mysql://root@127.0.0.1:1/x")];
+    let output = taskwire(&["token", "--sub", "a", "--role", "client"], &env, dir.path());
+    assert!(!output.status.success());
+    assert!(!dir.path().join("data").exists(), "no dev secret was generated");
 }
 
 #[test]

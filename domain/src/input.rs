@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::DomainError;
+use crate::{DomainError, task::at_storage_precision};
 
 /// Largest serialized payload accepted, in bytes (64 KiB).
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -264,6 +264,12 @@ impl NewTask {
     /// Validates `input` for `created_by` at time `now`.
     pub fn parse(input: CreateTaskInput, created_by: &str, now: DateTime<Utc>) -> Result<Self, DomainError> {
         let fingerprint = input.fingerprint();
+        let now = at_storage_precision(now);
+        let input = CreateTaskInput {
+            run_at: input.run_at.map(at_storage_precision),
+            deadline: input.deadline.map(at_storage_precision),
+            ..input
+        };
         let run_at = match input.run_at {
             Some(at) if at > now + MAX_RUN_AT_HORIZON => {
                 return Err(DomainError::invalid("runAt", "must be at most 30 days ahead"));
@@ -367,7 +373,7 @@ mod tests {
             NewTask::parse(CreateTaskInput { run_at: Some(now + Duration::days(31)), ..input() }, "alice", now);
         assert_eq!(field_of(too_far.unwrap_err()), "runAt");
         let past = NewTask::parse(CreateTaskInput { run_at: Some(now - Duration::days(1)), ..input() }, "alice", now);
-        assert_eq!(past.map(|t| t.run_at).ok(), Some(now), "a past runAt means now");
+        assert_eq!(past.map(|t| t.run_at).ok(), Some(at_storage_precision(now)), "a past runAt means now");
     }
 
     #[test]
@@ -388,7 +394,7 @@ mod tests {
         let now = Utc::now();
         let task = NewTask::parse(input(), "alice", now).expect("valid");
         assert_eq!(task.priority.get(), 0);
-        assert_eq!(task.run_at, now);
+        assert_eq!(task.run_at, at_storage_precision(now), "now, at storage precision");
         assert_eq!(task.max_attempts, None, "queue default applies later");
         assert_eq!(task.created_by, "alice");
     }

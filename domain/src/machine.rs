@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     DomainError, LeaseToken, MaxAttempts, NewTask, TaskId, TaskStatus,
-    task::{Task, TaskEvent},
+    task::{Task, TaskEvent, at_storage_precision},
 };
 
 /// Something that may happen to a task.
@@ -96,6 +96,27 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command with its instants truncated to storage precision.
+    fn at_storage_precision(self) -> Self {
+        let p = at_storage_precision;
+        match self {
+            Command::Offer { worker_id, lease_token, expires_at } => {
+                Command::Offer { worker_id, lease_token, expires_at: p(expires_at) }
+            }
+            Command::Accept { worker_id, lease_token, lease_expires_at } => {
+                Command::Accept { worker_id, lease_token, lease_expires_at: p(lease_expires_at) }
+            }
+            Command::Heartbeat { worker_id, lease_token, lease_expires_at } => {
+                Command::Heartbeat { worker_id, lease_token, lease_expires_at: p(lease_expires_at) }
+            }
+            Command::Fail { worker_id, lease_token, error, retryable, retry_at } => {
+                Command::Fail { worker_id, lease_token, error, retryable, retry_at: p(retry_at) }
+            }
+            Command::ExpireLease { retry_at } => Command::ExpireLease { retry_at: p(retry_at) },
+            other => other,
+        }
+    }
+
     /// A short verb for messages, e.g. `cancel`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -142,6 +163,7 @@ pub struct Transition {
 ///
 /// `default_max_attempts` is the queue's setting, used when the input has none.
 pub fn create(new: NewTask, id: TaskId, default_max_attempts: MaxAttempts, now: DateTime<Utc>) -> Transition {
+    let now = at_storage_precision(now);
     let status = if new.run_at > now { TaskStatus::Scheduled } else { TaskStatus::Queued };
     let task = Task {
         id,
@@ -187,6 +209,8 @@ pub fn create(new: NewTask, id: TaskId, default_max_attempts: MaxAttempts, now: 
 /// worker that is not the current lease holder, or the lease has lapsed.
 pub fn transition(task: &Task, command: Command, now: DateTime<Utc>) -> Result<Transition, DomainError> {
     use TaskStatus::*;
+    let now = at_storage_precision(now);
+    let command = command.at_storage_precision();
     let invalid = |command: &Command| DomainError::InvalidTransition { status: task.status, command: command.name() };
     let deadline_passed = |at: DateTime<Utc>| task.deadline.is_some_and(|d| d <= at);
     let mut next = Change::new(task, now);

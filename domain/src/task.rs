@@ -5,6 +5,12 @@ use serde_json::Value;
 
 use crate::{LeaseToken, TaskId, TaskStatus};
 
+/// Truncates an instant to the precision timestamps are stored with (milliseconds), so
+/// what a mutation answers is exactly what a later read returns.
+pub fn at_storage_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
 /// A task as stored: the full record the state machine works on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
@@ -71,4 +77,15 @@ pub struct TaskEvent {
     pub message: Option<String>,
     /// When it happened.
     pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_precision_is_milliseconds() {
+        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.123456789Z").map(|d| d.to_utc()).unwrap_or_default();
+        assert_eq!(at_storage_precision(at).to_rfc3339(), "2026-01-01T00:00:00.123+00:00");
+    }
 }

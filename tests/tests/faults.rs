@@ -16,7 +16,9 @@ async fn database_outage_answers_unavailable_and_recovers_without_restart() {
 
     proxy.stop().await;
 
-    let create = app.gql(Some(&alice), "mutation { createTask(input: {queue: \"q\", kind: \"k\"}) { created } }", json!({})).await;
+    let create = app
+        .gql(Some(&alice), "mutation { createTask(input: {queue: \"q\", kind: \"k\"}) { created } }", json!({}))
+        .await;
     assert_eq!(create.codes(), ["UNAVAILABLE"], "{}", create.body);
     let read = app.gql(Some(&alice), "query($id: ID!) { task(id: $id) { id } }", json!({ "id": id })).await;
     assert_eq!(read.codes(), ["UNAVAILABLE"], "{}", read.body);
@@ -40,5 +42,9 @@ async fn database_outage_answers_unavailable_and_recovers_without_restart() {
     let (status, _) = app.get("/readyz").await;
     assert_eq!(status, 200);
     let listed = app.gql(Some(&alice), "{ tasks { edges { node { id } } } }", json!({})).await;
-    assert_eq!(listed.data()["tasks"]["edges"].as_array().map(Vec::len), Some(1), "the failed create left nothing behind");
+    assert_eq!(
+        listed.data()["tasks"]["edges"].as_array().map(Vec::len),
+        Some(1),
+        "the failed create left nothing behind"
+    );
 }

@@ -427,3 +427,34 @@ async fn events_last_is_bounded() {
         .await;
     assert_eq!(response.code(), "BAD_USER_INPUT");
 }
+
+#[tokio::test]
+async fn what_a_mutation_answers_is_exactly_what_a_read_returns() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let run_at = "2099-01-01T00:00:00.123456789Z";
+    let fields = "id runAt deadline createdAt updatedAt version status";
+    let created = app
+        .gql(
+            Some(&alice),
+            &format!("mutation($input: CreateTaskInput!) {{ createTask(input: $input) {{ task {{ {fields} }} }} }}"),
+            json!({ "input": { "queue": "q", "kind": "k", "runAt": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339(), "deadline": run_at } }),
+        )
+        .await;
+    let task = created.data()["createTask"]["task"].clone();
+    let read = app
+        .gql(Some(&alice), &format!("query($id: ID!) {{ task(id: $id) {{ {fields} }} }}"), json!({ "id": task["id"] }))
+        .await;
+    assert_eq!(read.data()["task"], task, "timestamps are answered at storage precision");
+    let cancelled = app
+        .gql(
+            Some(&alice),
+            &format!("mutation($id: ID!) {{ cancelTask(id: $id) {{ {fields} }} }}"),
+            json!({ "id": task["id"] }),
+        )
+        .await;
+    let after = app
+        .gql(Some(&alice), &format!("query($id: ID!) {{ task(id: $id) {{ {fields} }} }}"), json!({ "id": task["id"] }))
+        .await;
+    assert_eq!(after.data()["task"], cancelled.data()["cancelTask"]);
+}
