@@ -21,7 +21,17 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("DATABASE_MAX_CONNECTIONS", "8 (MySQL) / 4 (SQLite)", "database pool size"),
     ("DATABASE_ACQUIRE_TIMEOUT_MS", "2000", "wait for a pooled connection before UNAVAILABLE"),
     ("REDIS_URL", "unset", "redis://… (today: reported by /readyz; the L2 cache and global rate limits will use it)"),
+    ("KAFKA_BROKERS", "unset (embedded librdkafka mock cluster)", "host:port,… of a real Kafka-compatible cluster"),
     ("KAFKA_TOPIC_PREFIX", "taskwire", "topics <prefix>.tasks.dispatch, .status, .dead"),
+    ("KAFKA_PARTITIONS", "3", "partitions of each topic created at start"),
+    ("KAFKA_REPLICATION", "1", "replication factor of each topic created at start (real brokers)"),
+    ("SUBSCRIBER_BUFFER", "256", "events buffered per subscription before it resyncs from the database"),
+    ("WS_INIT_TIMEOUT_MS", "10000", "time to send connection_init before close 4408"),
+    ("WS_KEEPALIVE_MS", "15000", "interval of server keep-alive pings"),
+    ("WS_MAX_SUBSCRIPTIONS", "100", "subscriptions per WebSocket connection"),
+    ("WS_MAX_CONNECTIONS", "10000", "open WebSocket connections per process"),
+    ("WS_WRITE_TIMEOUT_MS", "10000", "a client that reads nothing for this long is dropped"),
+    ("WS_ALLOWED_ORIGINS", "unset (any)", "comma-separated Origin allow-list for WebSocket upgrades"),
     ("JWT_SECRET", "embedded: generated once into the data dir", "HS256 secret"),
     ("JWT_PUBLIC_KEY_FILE", "unset", "PEM public key for RS256/ES256 (then HS256 is refused)"),
     ("JWT_ISSUER", "unset", "required `iss` when set"),
@@ -95,8 +105,13 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     /// Redis URL. Default unset: in-process cache only.
     pub redis_url: Option<String>,
-    /// Kafka topic prefix. Default `taskwire`.
-    pub kafka_topic_prefix: String,
+    /// Kafka settings: brokers (default unset: embedded mock cluster), topic prefix
+    /// (default `taskwire`), partitions (default 3), replication (default 1).
+    pub kafka: crate::kafka::KafkaSettings,
+    /// Events buffered per subscription before it resyncs. Default 256.
+    pub subscriber_buffer: usize,
+    /// WebSocket limits and timers (defaults in [`KEYS`]).
+    pub ws: crate::http::ws::WsSettings,
     /// Token verification.
     pub jwt: JwtConfig,
     /// GraphQL introspection. Default: on when embedded, off with MySQL.
@@ -167,7 +182,22 @@ impl Config {
             )?),
             database_url,
             redis_url: get("REDIS_URL").map(str::to_owned),
-            kafka_topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or("taskwire").to_owned(),
+            kafka: crate::kafka::KafkaSettings {
+                brokers: get("KAFKA_BROKERS").map(str::to_owned),
+                topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or("taskwire").to_owned(),
+                partitions: parse(get("KAFKA_PARTITIONS"), "KAFKA_PARTITIONS", Some(3))?,
+                replication: parse(get("KAFKA_REPLICATION"), "KAFKA_REPLICATION", Some(1))?,
+            },
+            subscriber_buffer: parse(get("SUBSCRIBER_BUFFER"), "SUBSCRIBER_BUFFER", Some(256))?,
+            ws: crate::http::ws::WsSettings {
+                init_timeout: millis(get("WS_INIT_TIMEOUT_MS"), "WS_INIT_TIMEOUT_MS", 10_000)?,
+                keepalive: millis(get("WS_KEEPALIVE_MS"), "WS_KEEPALIVE_MS", 15_000)?,
+                max_subscriptions: parse(get("WS_MAX_SUBSCRIPTIONS"), "WS_MAX_SUBSCRIPTIONS", Some(100))?,
+                max_connections: parse(get("WS_MAX_CONNECTIONS"), "WS_MAX_CONNECTIONS", Some(10_000))?,
+                write_timeout: millis(get("WS_WRITE_TIMEOUT_MS"), "WS_WRITE_TIMEOUT_MS", 10_000)?,
+                allowed_origins: get("WS_ALLOWED_ORIGINS")
+                    .map(|v| v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect()),
+            },
             jwt: JwtConfig {
                 secret: get("JWT_SECRET").map(|s| SecretString::from(s.to_owned())),
                 public_key_file: get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from),
@@ -241,6 +271,14 @@ where
         Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid { key, reason: format!("{v:?}: {e}") }),
         None => default.ok_or(ConfigError::Invalid { key, reason: "missing".into() }),
     }
+}
+
+fn millis(raw: Option<&str>, key: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    let ms: u64 = parse(raw, key, Some(default))?;
+    if ms == 0 {
+        return Err(ConfigError::Invalid { key, reason: "must be greater than 0".into() });
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn parse_bool(raw: Option<&str>, key: &'static str, default: bool) -> Result<bool, ConfigError> {

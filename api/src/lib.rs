@@ -9,6 +9,9 @@
 //! - [`graphql`]: the schema (queries, mutations, types, loaders, guards)
 //! - [`http`]: the axum router and handlers
 //! - [`store`]: the SeaORM repository (the only module that speaks SQL)
+//! - [`kafka`]: embedded or real Kafka, the outbox relay, the status consumer
+//! - [`live`]: fan-out of status events to this process's subscriptions
+//! - [`metrics`]: the Prometheus registry behind `/metrics`
 
 pub mod auth;
 pub mod cli;
@@ -16,6 +19,9 @@ pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod kafka;
+pub mod live;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

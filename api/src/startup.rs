@@ -5,18 +5,23 @@
 //! real thing. `run_until_stopped` serves until the shutdown token is cancelled, then
 //! drains in-flight requests.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicUsize};
 
+use rdkafka::consumer::StreamConsumer;
 use sea_orm_migration::MigratorTrait;
+use taskwire_domain::EnvelopeType;
 use taskwire_migration::Migrator;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::JwtKeys,
     config::{Config, ConfigError},
     graphql::{SchemaOptions, build_schema, sdl},
     http::{AppState, Limits, router},
+    kafka::{EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
+    live::Hub,
+    metrics::Metrics,
     store::{DbStats, Store},
 };
 
@@ -40,16 +45,32 @@ pub enum StartupError {
     /// The Redis URL is malformed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Kafka could not be started or reached.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// The background work an application owns: started by `run_until_stopped`, stopped
+/// after HTTP has drained.
+struct Background {
+    relay: OutboxRelay,
+    consumer: Arc<StreamConsumer>,
+    hub: Arc<Hub>,
 }
 
 /// A built application, bound but not yet serving.
-#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     graphiql: bool,
     introspection: bool,
-    shutdown: CancellationToken,
+    background: Background,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port()).finish_non_exhaustive()
+    }
 }
 
 impl Application {
@@ -62,13 +83,27 @@ impl Application {
             Migrator::up(store.connection(), None).await?;
         }
         let redis = config.redis_url.as_deref().map(redis::Client::open).transpose()?;
+        let metrics = Metrics::new();
+        let kafka = Kafka::connect(&config.kafka).await?;
+        let producer = kafka.producer()?;
+        let hub = Hub::new(config.subscriber_buffer, metrics.clone());
+        let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
+        let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
+        let consumer = Arc::new(kafka.live_consumer(&group, &status_topic)?);
+        // Fixed before serving: every status event committed from now on reaches us.
+        consumer::assign_at_end(consumer.clone(), status_topic).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-        let schema = build_schema(store.clone(), SchemaOptions { introspection: config.introspection });
+        let schema = build_schema(
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            SchemaOptions { introspection: config.introspection },
+        );
         let state = AppState {
             schema,
-            store,
+            store: store.clone(),
             keys: Arc::new(keys),
             sdl: sdl().into(),
             redis,
@@ -77,13 +112,18 @@ impl Application {
                 max_batch_operations: config.max_batch_operations,
                 request_timeout: config.request_timeout,
             },
+            kafka,
+            metrics: metrics.clone(),
+            ws: Arc::new(config.ws.clone()),
+            ws_open: Arc::new(AtomicUsize::new(0)),
+            shutdown: CancellationToken::new(),
         };
         Ok(Application {
             listener,
             state,
             graphiql: config.graphiql,
             introspection: config.introspection,
-            shutdown: CancellationToken::new(),
+            background: Background { relay: OutboxRelay::new(store, producer, metrics), consumer, hub },
         })
     }
 
@@ -102,15 +142,37 @@ impl Application {
         self.state.store.stats().clone()
     }
 
-    /// Cancelling this token stops the server gracefully.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+    /// The embedded Kafka cluster, when running on it (fault tests take it down).
+    pub fn kafka_cluster(&self) -> Option<Arc<EmbeddedCluster>> {
+        self.state.kafka.embedded()
     }
 
-    /// Serves until the shutdown token is cancelled, then lets in-flight requests finish.
+    /// The metrics registry.
+    pub fn metrics(&self) -> Metrics {
+        self.state.metrics.clone()
+    }
+
+    /// Cancelling this token stops the server gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled: then stops accepting, closes
+    /// WebSockets with 1001, lets in-flight requests finish, and only then stops the
+    /// background tasks (the relay publishes what committed meanwhile and flushes).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let app = router(self.state, self.graphiql, self.introspection);
-        let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        let Application { listener, state, graphiql, introspection, background } = self;
+        let shutdown = state.shutdown.clone();
+        let background_stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(background.relay.run(background_stop.clone()));
+        tasks.spawn(consumer::run(background.consumer, background.hub, state.metrics.clone(), background_stop.clone()));
+        tasks.close();
+
+        let app = router(state, graphiql, introspection);
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        background_stop.cancel();
+        tasks.wait().await;
+        served
     }
 }

@@ -9,6 +9,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_initial_schema;
+mod m20261121_000002_task_events_at_index;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -17,6 +18,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261121_000001_initial_schema::Migration)]
+        vec![
+            Box::new(m20261121_000001_initial_schema::Migration),
+            Box::new(m20261121_000002_task_events_at_index::Migration),
+        ]
     }
 }

@@ -8,6 +8,7 @@
 //! dropped when the `TestApp` is dropped. Logs are silent unless `TEST_LOG` is set.
 
 pub mod proxy;
+pub mod ws;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -21,6 +22,8 @@ pub use crate::proxy::TcpProxy;
 
 /// Variable naming the MySQL/MariaDB server the suite may use.
 pub const DATABASE_URL_VAR: &str = "TASKWIRE_TEST_DATABASE_URL";
+/// Variable naming the real Kafka-compatible brokers the suite may use.
+pub const KAFKA_BROKERS_VAR: &str = "TASKWIRE_TEST_KAFKA_BROKERS";
 /// Variable naming the Redis server the suite may use.
 pub const REDIS_URL_VAR: &str = "TASKWIRE_TEST_REDIS_URL";
 
@@ -36,6 +39,7 @@ pub struct TestApp {
     /// The database URL the app uses.
     pub database_url: String,
     db_stats: Arc<DbStats>,
+    kafka_cluster: Option<Arc<taskwire_api::kafka::EmbeddedCluster>>,
     shutdown: CancellationToken,
     mysql_schema: Option<(String, String)>,
     _dir: tempfile::TempDir,
@@ -134,6 +138,14 @@ impl TestApp {
         ] {
             env.insert(k.to_owned(), v.to_owned());
         }
+        if let Some(brokers) = env_var(KAFKA_BROKERS_VAR) {
+            // A real broker is shared: give each app topics of its own.
+            env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), brokers);
+            env.insert(
+                "TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(),
+                format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            );
+        }
         for (k, v) in vars {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -141,6 +153,7 @@ impl TestApp {
         let app = Application::build(config).await.expect("application builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let db_stats = app.db_stats();
+        let kafka_cluster = app.kafka_cluster();
         let shutdown = app.shutdown_token();
         tokio::spawn(app.run_until_stopped());
         TestApp {
@@ -149,6 +162,7 @@ impl TestApp {
             secret,
             database_url,
             db_stats,
+            kafka_cluster,
             shutdown,
             mysql_schema,
             _dir: dir,
@@ -182,6 +196,41 @@ impl TestApp {
         GqlResponse { status, body }
     }
 
+    /// Starts a graceful shutdown of the app.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Opens a GraphQL WebSocket offering `protocol`.
+    pub async fn ws(&self, protocol: &str) -> ws::WsClient {
+        self.ws_with_headers(protocol, &[]).await.expect("WebSocket connects")
+    }
+
+    /// Opens a GraphQL WebSocket with extra upgrade headers.
+    pub async fn ws_with_headers(&self, protocol: &str, headers: &[(&str, &str)]) -> Result<ws::WsClient, String> {
+        let url = format!("{}/graphql", self.address.replacen("http://", "ws://", 1));
+        ws::WsClient::connect(&url, protocol, headers).await
+    }
+
+    /// The embedded Kafka cluster (always present unless `TASKWIRE_TEST_KAFKA_BROKERS` is set).
+    pub fn kafka_cluster(&self) -> Option<Arc<taskwire_api::kafka::EmbeddedCluster>> {
+        self.kafka_cluster.clone()
+    }
+
+    /// The app's metrics in Prometheus text form.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+
+    /// The value of an unlabelled series in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// GETs a path, returning status and body text.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self.client.get(format!("{}{path}", self.address)).send().await.expect("request sent");
@@ -189,9 +238,9 @@ impl TestApp {
         (status, response.text().await.expect("body"))
     }
 
-    /// SQL statements the app has executed so far.
+    /// SQL statements the app has executed so far, leaving out the outbox relay's.
     pub fn db_statements(&self) -> u64 {
-        self.db_stats.statements()
+        self.db_stats.statements_outside_outbox()
     }
 
     /// Runs raw SQL against the app's database on a separate connection (test set-up).

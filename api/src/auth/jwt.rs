@@ -1,6 +1,9 @@
 //! Token verification and (HS256 only) minting.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use rand::RngCore;
@@ -37,6 +40,10 @@ struct Claims {
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
+    /// Seconds since the epoch (possibly fractional); validated by jsonwebtoken, read
+    /// here only to close WebSockets when the token expires.
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 /// The claims of a minted development token.
@@ -115,13 +122,23 @@ impl JwtKeys {
 
     /// Verifies `token` and returns its principal. Unknown role names are ignored.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_with_expiry(token).map(|(principal, _)| principal)
+    }
+
+    /// Like [`JwtKeys::verify`], also returning when the token expires.
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(Principal, Option<SystemTime>), AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)?;
         if data.claims.sub.trim().is_empty() {
             // `sub` becomes a creator or worker id: an empty one would be a shared identity.
             return Err(AuthError::EmptySubject);
         }
         let roles = data.claims.roles.iter().filter_map(|r| r.parse::<Role>().ok());
-        Ok(Principal::new(data.claims.sub, roles))
+        let expires = data
+            .claims
+            .exp
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e12)));
+        Ok((Principal::new(data.claims.sub, roles), expires))
     }
 
     /// Mints a token for `subject` with `roles`, valid for `ttl`, carrying the configured

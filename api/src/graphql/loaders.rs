@@ -33,6 +33,14 @@ impl std::fmt::Debug for Loaders {
 }
 
 impl Loaders {
+    /// A set for one subscription: it lives as long as the stream, so nothing is cached
+    /// (each event must see the task as it is then), but loads are still batched.
+    pub fn uncached(store: &Store) -> Arc<Loaders> {
+        let loaders = Loaders::new(store);
+        loaders.tasks.enable_all_cache(false);
+        loaders
+    }
+
     /// A fresh set over `store`.
     pub fn new(store: &Store) -> Arc<Loaders> {
         Arc::new(Loaders {

@@ -7,17 +7,20 @@ pub mod guards;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod subscription;
 pub mod types;
 
-use async_graphql::{EmptySubscription, Schema};
+use std::sync::Arc;
+
+use async_graphql::Schema;
 
 pub use context::RequestContext;
 pub use loaders::Loaders;
 
-use crate::store::Store;
+use crate::{live::Hub, metrics::Metrics, store::Store};
 
 /// The executable schema.
-pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
 /// Schema-level switches.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +29,12 @@ pub struct SchemaOptions {
     pub introspection: bool,
 }
 
-/// Builds the schema around `store`.
-pub fn build_schema(store: Store, options: SchemaOptions) -> TaskwireSchema {
-    let mut builder =
-        Schema::build(query::Query::default(), mutation::Mutation::default(), EmptySubscription).data(store);
+/// Builds the schema around the store and the live hub.
+pub fn build_schema(store: Store, hub: Arc<Hub>, metrics: Metrics, options: SchemaOptions) -> TaskwireSchema {
+    let mut builder = Schema::build(query::Query::default(), mutation::Mutation::default(), subscription::Subscription)
+        .data(store)
+        .data(hub)
+        .data(metrics);
     if !options.introspection {
         builder = builder.disable_introspection();
     }
@@ -38,5 +43,5 @@ pub fn build_schema(store: Store, options: SchemaOptions) -> TaskwireSchema {
 
 /// The SDL of the schema (what `taskwire schema` prints and `frontend-schema` checks in).
 pub fn sdl() -> String {
-    Schema::build(query::Query::default(), mutation::Mutation::default(), EmptySubscription).finish().sdl()
+    Schema::build(query::Query::default(), mutation::Mutation::default(), subscription::Subscription).finish().sdl()
 }

@@ -330,3 +330,58 @@ pub struct TaskFilter {
     /// Created before.
     pub created_before: Option<DateTime<Utc>>,
 }
+
+/// Filters of the `taskEvents` subscription.
+#[derive(InputObject, Debug, Clone, Default)]
+pub struct TaskEventFilter {
+    /// Only tasks of this queue.
+    pub queue: Option<String>,
+    /// Only events that lead to one of these statuses.
+    pub status: Option<Vec<TaskStatusGql>>,
+}
+
+/// A queue's tasks by status.
+#[derive(SimpleObject, Debug, Clone)]
+#[graphql(name = "QueueStats")]
+pub struct QueueStatsObject {
+    /// The queue.
+    pub name: String,
+    pub scheduled: i32,
+    pub queued: i32,
+    pub assigned: i32,
+    pub running: i32,
+    pub succeeded: i32,
+    pub cancelled: i32,
+    pub dead: i32,
+    /// Milliseconds the oldest queued task has been ready; `null` when none is queued.
+    pub oldest_queued_age_ms: Option<i64>,
+    /// When these numbers were read.
+    pub at: DateTime<Utc>,
+}
+
+impl QueueStatsObject {
+    /// From the store's counts, read at `at`.
+    pub fn new(name: String, stats: crate::store::QueueStats, at: DateTime<Utc>) -> Self {
+        let count = |status: domain::TaskStatus| {
+            stats
+                .counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+                .unwrap_or(0)
+        };
+        use domain::TaskStatus as S;
+        QueueStatsObject {
+            scheduled: count(S::Scheduled),
+            queued: count(S::Queued),
+            assigned: count(S::Assigned),
+            running: count(S::Running),
+            succeeded: count(S::Succeeded),
+            cancelled: count(S::Cancelled),
+            dead: count(S::Dead),
+            oldest_queued_age_ms: stats.oldest_queued_run_at.map(|t| (at - t).num_milliseconds().max(0)),
+            at,
+            name,
+        }
+    }
+}

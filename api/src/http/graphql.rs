@@ -14,8 +14,8 @@ use async_graphql::{
 };
 use axum::{
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    extract::{FromRequestParts, State, rejection::BytesRejection, ws::WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
 use serde_json::json;
@@ -59,8 +59,18 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Resul
     execute(state, &headers, request_id, batch).await
 }
 
-/// `GET /graphql?query=…&variables=…&operationName=…`: queries only.
-pub async fn get(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+/// `GET /graphql`: a WebSocket upgrade (subscriptions), or
+/// `?query=…&variables=…&operationName=…` for queries only.
+pub async fn get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let headers = parts.headers.clone();
+    if super::ws::is_upgrade(&headers) {
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(ws) => super::ws::upgrade(state, &headers, ws),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let uri = parts.uri;
     let request_id = request_id(&headers);
     let mut request = match async_graphql::http::parse_query_string(uri.query().unwrap_or_default()) {
         Ok(request) => request,
@@ -170,7 +180,7 @@ fn operation_name(batch: &BatchRequest) -> String {
 
 /// Every error leaves with a code (parse and validation errors are bad input) and the
 /// request id.
-fn stamp(error: &mut ServerError, request_id: &str) {
+pub(crate) fn stamp(error: &mut ServerError, request_id: &str) {
     let extensions = error.extensions.get_or_insert_with(Default::default);
     if extensions.get("code").is_none() {
         extensions.set("code", ErrorCode::BadUserInput.as_str());
@@ -195,7 +205,7 @@ fn set_request_id(response: &mut Response, request_id: &str) {
 }
 
 /// The caller's `x-request-id` when it is short and printable, else a fresh one.
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -1,8 +1,8 @@
 //! Liveness and readiness.
 //!
 //! `/healthz` answers 200 while the process runs. `/readyz` checks each dependency and
-//! answers 200 when the database is usable (Redis down only degrades: reads fall back to
-//! the database), 503 otherwise, with a JSON body naming each dependency's state.
+//! answers 200 when the database and Kafka are usable (Redis down only degrades), 503
+//! otherwise, with a JSON body naming each dependency's state.
 
 use std::time::{Duration, Instant};
 
@@ -21,16 +21,17 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// Readiness: can this process serve traffic now?
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (database, redis) = tokio::join!(check_database(&state), check_redis(&state));
-    let database_up = database["state"] == "up";
+    let (database, redis, kafka) = tokio::join!(check_database(&state), check_redis(&state), check_kafka(&state));
+    let usable = database["state"] == "up" && kafka["state"] == "up";
     let redis_degraded = redis["state"] == "down";
-    let status = match (database_up, redis_degraded) {
+    let status = match (usable, redis_degraded) {
         (false, _) => "unavailable",
         (true, true) => "degraded",
         (true, false) => "ready",
     };
-    let code = if database_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({ "status": status, "dependencies": { "database": database, "redis": redis } })))
+    let code = if usable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let dependencies = json!({ "database": database, "kafka": kafka, "redis": redis });
+    (code, Json(json!({ "status": status, "dependencies": dependencies })))
 }
 
 async fn check_database(state: &AppState) -> Value {
@@ -42,6 +43,18 @@ async fn check_database(state: &AppState) -> Value {
         Ok(Err(_)) => json!({ "state": "down", "backend": format!("{:?}", state.store.backend()) }),
         Err(_) => {
             json!({ "state": "down", "backend": format!("{:?}", state.store.backend()), "error": "timeout" })
+        }
+    }
+}
+
+async fn check_kafka(state: &AppState) -> Value {
+    let started = Instant::now();
+    let embedded = state.kafka.embedded().is_some();
+    match state.kafka.ping(CHECK_TIMEOUT).await {
+        Ok(()) => json!({ "state": "up", "embedded": embedded, "latencyMs": started.elapsed().as_millis() as u64 }),
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka readiness check failed");
+            json!({ "state": "down", "embedded": embedded })
         }
     }
 }

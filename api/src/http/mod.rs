@@ -9,8 +9,12 @@
 
 pub mod graphql;
 pub mod health;
+pub mod ws;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -20,7 +24,9 @@ use axum::{
     routing::get,
 };
 
-use crate::{auth::JwtKeys, graphql::TaskwireSchema, store::Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::{auth::JwtKeys, graphql::TaskwireSchema, kafka::Kafka, metrics::Metrics, store::Store};
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -37,6 +43,16 @@ pub struct AppState {
     pub redis: Option<redis::Client>,
     /// Request limits.
     pub limits: Limits,
+    /// Kafka, for readiness.
+    pub kafka: Kafka,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// WebSocket settings.
+    pub ws: Arc<ws::WsSettings>,
+    /// Open WebSocket connections (for the cap).
+    pub ws_open: Arc<AtomicUsize>,
+    /// Cancelled when the server shuts down (WebSockets close with 1001).
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,7 +78,8 @@ pub fn router(state: AppState, graphiql: bool, introspection: bool) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics));
     if introspection {
         router = router.route("/schema.graphql", get(schema_sdl));
     }
@@ -70,6 +87,10 @@ pub fn router(state: AppState, graphiql: bool, introspection: bool) -> Router {
         router = router.route("/graphiql", get(graphql::graphiql));
     }
     router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes)).with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 async fn schema_sdl(State(state): State<AppState>) -> impl IntoResponse {

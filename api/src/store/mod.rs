@@ -7,6 +7,8 @@
 //! `SQLITE_BUSY` upgrade failures into orderly waiting).
 
 mod convert;
+mod events;
+mod outbox;
 mod tasks;
 
 use std::{
@@ -24,8 +26,10 @@ use sea_orm::{
 };
 use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
+pub use events::{EventScope, QueueStats};
+pub use outbox::OutboxMessage;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 
 use crate::{config::Config, error::ApiResult};
@@ -34,12 +38,19 @@ use crate::{config::Config, error::ApiResult};
 #[derive(Debug, Default)]
 pub struct DbStats {
     statements: AtomicU64,
+    outbox_statements: AtomicU64,
 }
 
 impl DbStats {
     /// SQL statements executed so far (including `BEGIN`/`COMMIT` where the driver issues them).
     pub fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Statements that touch no `outbox` table: what serving requests costs, without
+    /// the relay running beside it.
+    pub fn statements_outside_outbox(&self) -> u64 {
+        self.statements() - self.outbox_statements.load(Ordering::Relaxed)
     }
 }
 
@@ -58,6 +69,11 @@ impl Topics {
     /// The topic an envelope of `kind` goes to.
     pub fn for_envelope(&self, kind: EnvelopeType) -> String {
         format!("{}.{}", self.prefix, kind.topic_suffix())
+    }
+
+    /// All three topics.
+    pub fn all(&self) -> Vec<String> {
+        [EnvelopeType::Dispatch, EnvelopeType::Status, EnvelopeType::Dead].map(|k| self.for_envelope(k)).to_vec()
     }
 }
 
@@ -87,6 +103,7 @@ pub struct Store {
     topics: Topics,
     write_gate: Option<Arc<Mutex<()>>>,
     stats: Arc<DbStats>,
+    outbox_signal: Arc<Notify>,
 }
 
 impl Store {
@@ -119,20 +136,30 @@ impl Store {
         let mut db = Database::connect(options).await?;
         let stats = Arc::new(DbStats::default());
         let counter = stats.clone();
-        db.set_metric_callback(move |_| {
+        db.set_metric_callback(move |info| {
+            if info.statement.sql.contains("outbox") {
+                counter.outbox_statements.fetch_add(1, Ordering::Relaxed);
+            }
             counter.statements.fetch_add(1, Ordering::Relaxed);
         });
         Ok(Store {
             db,
-            topics: Topics::new(&config.kafka_topic_prefix),
+            topics: Topics::new(&config.kafka.topic_prefix),
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
             stats,
+            outbox_signal: Arc::new(Notify::new()),
         })
     }
 
     /// The underlying connection (for migrations).
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Signalled after every commit that wrote outbox rows, so the relay publishes at
+    /// once instead of waiting for its next sweep.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        self.outbox_signal.clone()
     }
 
     /// Statement counters.

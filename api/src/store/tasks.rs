@@ -228,6 +228,9 @@ impl Store {
             self.append_history(&txn, &transitions).await?;
         }
         txn.commit().await?;
+        if !transitions.is_empty() {
+            self.outbox_signal.notify_one();
+        }
         Ok(Ok(outcomes))
     }
 
@@ -260,6 +263,9 @@ impl Store {
             }
             self.append_history(&txn, std::slice::from_ref(&transition)).await?;
             txn.commit().await?;
+            if transition.event.is_some() {
+                self.outbox_signal.notify_one();
+            }
             return Ok(transition.task);
         }
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))

@@ -1,0 +1,300 @@
+//! Subscriptions: live task events over WebSocket (see `http::ws` for the protocols).
+//!
+//! Every stream registers with the hub *before* it reads the database, so nothing
+//! committed in between is missed; duplicates from that overlap (or from Kafka's
+//! at-least-once delivery) are dropped by `seq`. A gap (a `seq` further ahead than the
+//! next one) or a flagged overflow is filled from `task_events`, the source of truth:
+//! per task, a subscriber sees every event once, in order.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription};
+use chrono::Utc;
+use futures::Stream;
+use taskwire_domain::{DomainError, Role, TaskEnvelope, TaskId, task::TaskEvent};
+
+use super::{
+    context::{principal, store},
+    guards::RoleGuard,
+    types::{QueueStatsObject, TaskEventFilter, TaskEventObject},
+};
+use crate::{
+    error::ApiError,
+    live::{Hub, Route},
+    metrics::Metrics,
+    store::{EventScope, Store},
+};
+
+/// Events replayed from the database per query.
+const REPLAY_PAGE: u64 = 500;
+/// How far back (before the last delivered event) a multi-task resync looks, to cover
+/// events that committed out of timestamp order.
+const RESYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
+/// Events a multi-task resync may return; more means the subscriber cannot keep up.
+const RESYNC_LIMIT: u64 = 5_000;
+/// Tasks whose last `seq` a multi-task subscription remembers for de-duplication.
+const TRACKED_TASKS: usize = 50_000;
+/// Minimum spacing of `queueStats` updates.
+const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The root subscription type.
+#[derive(Default, Debug)]
+pub struct Subscription;
+
+#[Subscription]
+impl Subscription {
+    /// A task's events in `seq` order without gaps: those after `afterSeq` from the
+    /// history (by default the latest event only), then live.
+    #[graphql(guard = "RoleGuard::authenticated()")]
+    async fn task_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        after_seq: Option<i32>,
+    ) -> Result<impl Stream<Item = Result<TaskEventObject>> + use<>> {
+        let caller = principal(ctx)?.clone();
+        let store = store(ctx)?.clone();
+        let (hub, metrics) = live(ctx)?;
+        let id = TaskId::parse(&id).ok_or(ApiError::NotFound("task"))?;
+        let mut live = hub.subscribe(Route::task(id));
+        let task = store.task(id).await?;
+        let task = task.filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref()));
+        let task = task.ok_or(ApiError::NotFound("task"))?;
+        let mut last = match after_seq {
+            Some(seq) if seq < 0 => {
+                return Err(ApiError::from(DomainError::invalid("afterSeq", "must be 0 or more")).into());
+            }
+            Some(seq) => seq as u32,
+            None => task.last_seq.saturating_sub(1),
+        };
+        metrics.subscriptions.inc();
+        let gauge = GaugeGuard(metrics.clone());
+        Ok(async_stream::stream! {
+            let _gauge = gauge;
+            // Replay, then live. `last` is the highest seq delivered so far.
+            let mut replay = true;
+            loop {
+                if replay || live.take_lagged() {
+                    if !replay {
+                        metrics.subscriber_resyncs.inc();
+                    }
+                    replay = false;
+                    loop {
+                        match store.events_after(id, last, REPLAY_PAGE).await {
+                            Ok(events) => {
+                                let full = events.len() as u64 == REPLAY_PAGE;
+                                for event in events {
+                                    last = event.seq;
+                                    yield Ok(TaskEventObject(event));
+                                }
+                                if !full { break; }
+                            }
+                            Err(e) => { yield Err(e.into()); return; }
+                        }
+                    }
+                    continue;
+                }
+                let Some(envelope) = live.events.recv().await else { return };
+                if envelope.seq <= last {
+                    continue; // already delivered (replay overlap or redelivery)
+                }
+                if envelope.seq > last + 1 {
+                    replay = true; // a gap: the history has what Kafka has not shown us
+                    continue;
+                }
+                last = envelope.seq;
+                yield Ok(TaskEventObject(event_of(&envelope)));
+            }
+        })
+    }
+
+    /// Events of many tasks: a client's own tasks, or (operators) any queue's.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Client, Role::Operator])")]
+    async fn task_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<TaskEventFilter>,
+    ) -> Result<impl Stream<Item = Result<TaskEventObject>> + use<>> {
+        let caller = principal(ctx)?.clone();
+        let store = store(ctx)?.clone();
+        let (hub, metrics) = live(ctx)?;
+        let filter = filter.unwrap_or_default();
+        let scope = if caller.sees_all_tasks() {
+            EventScope { created_by: None, queue: filter.queue.clone() }
+        } else {
+            EventScope { created_by: Some(caller.subject.clone()), queue: filter.queue.clone() }
+        };
+        let route = match (&scope.created_by, &scope.queue) {
+            (Some(creator), _) => Route::Creator(creator.clone()),
+            (None, Some(queue)) => Route::Queue(queue.clone()),
+            (None, None) => Route::All,
+        };
+        let statuses: Vec<taskwire_domain::TaskStatus> =
+            filter.status.unwrap_or_default().into_iter().map(Into::into).collect();
+        let mut live = hub.subscribe(route);
+        metrics.subscriptions.inc();
+        let gauge = GaugeGuard(metrics.clone());
+        let mut seen = SeqTracker::default();
+        let mut resume_from = Utc::now();
+        Ok(async_stream::stream! {
+            let _gauge = gauge;
+            let wanted = |event: &TaskEvent| statuses.is_empty() || statuses.contains(&event.status);
+            loop {
+                if live.take_lagged() {
+                    metrics.subscriber_resyncs.inc();
+                    match store.events_in_scope_since(&scope, resume_from - RESYNC_OVERLAP, RESYNC_LIMIT).await {
+                        Ok(events) if events.len() as u64 == RESYNC_LIMIT => {
+                            metrics.subscribers_too_slow.inc();
+                            yield Err(too_slow());
+                            return;
+                        }
+                        Ok(events) => {
+                            for event in events {
+                                if seen.accept(&event) {
+                                    resume_from = resume_from.max(event.at);
+                                    if wanted(&event) { yield Ok(TaskEventObject(event)); }
+                                }
+                            }
+                        }
+                        Err(e) => { yield Err(e.into()); return; }
+                    }
+                    continue;
+                }
+                let Some(envelope) = live.events.recv().await else { return };
+                if scope.queue.as_ref().is_some_and(|q| *q != envelope.queue) {
+                    continue;
+                }
+                let Some(task_id) = TaskId::parse(&envelope.task_id) else { continue };
+                // Fill a gap in a task we already follow from its history.
+                if let Some(last) = seen.last(task_id).filter(|last| envelope.seq > last + 1) {
+                    match store.events_after(task_id, last, REPLAY_PAGE).await {
+                        Ok(events) => {
+                            for event in events.into_iter().filter(|e| e.seq <= envelope.seq) {
+                                if seen.accept(&event) && wanted(&event) {
+                                    yield Ok(TaskEventObject(event));
+                                }
+                            }
+                        }
+                        Err(e) => { yield Err(e.into()); return; }
+                    }
+                    continue;
+                }
+                let event = event_of(&envelope);
+                if seen.accept(&event) {
+                    resume_from = resume_from.max(event.at);
+                    if wanted(&event) { yield Ok(TaskEventObject(event)); }
+                }
+            }
+        })
+    }
+
+    /// A queue's task counts by status and its oldest queued task's age: now, then after
+    /// changes, at most once per second.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Operator])")]
+    async fn queue_stats(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> Result<impl Stream<Item = Result<QueueStatsObject>> + use<>> {
+        let store = store(ctx)?.clone();
+        let (hub, metrics) = live(ctx)?;
+        let name =
+            taskwire_domain::QueueName::parse(&name).map_err(|e| ApiError::from(e.in_field("name")))?.to_string();
+        let mut changes = hub.subscribe(Route::Queue(name.clone()));
+        metrics.subscriptions.inc();
+        let gauge = GaugeGuard(metrics.clone());
+        Ok(async_stream::stream! {
+            let _gauge = gauge;
+            loop {
+                match stats(&store, &name).await {
+                    Ok(stats) => yield Ok(stats),
+                    Err(e) => { yield Err(e); return; }
+                }
+                tokio::time::sleep(QUEUE_STATS_INTERVAL).await;
+                // Wait for a change; anything that arrived meanwhile is folded into one update.
+                let lagged = changes.take_lagged();
+                if !lagged && changes.events.try_recv().is_err() && changes.events.recv().await.is_none() {
+                    return;
+                }
+                while changes.events.try_recv().is_ok() {}
+            }
+        })
+    }
+}
+
+async fn stats(store: &Store, name: &str) -> Result<QueueStatsObject> {
+    let stats = store.queue_stats(name).await?;
+    Ok(QueueStatsObject::new(name.to_owned(), stats, Utc::now()))
+}
+
+fn live(ctx: &Context<'_>) -> Result<(Arc<Hub>, Metrics), ApiError> {
+    let hub = ctx.data_opt::<Arc<Hub>>().cloned();
+    let metrics = ctx.data_opt::<Metrics>().cloned();
+    match (hub, metrics) {
+        (Some(hub), Some(metrics)) => Ok((hub, metrics)),
+        _ => {
+            tracing::error!("the live hub is missing from the schema data");
+            Err(ApiError::Internal)
+        }
+    }
+}
+
+/// The event an envelope announces.
+fn event_of(envelope: &TaskEnvelope) -> TaskEvent {
+    TaskEvent {
+        task_id: TaskId::parse(&envelope.task_id).unwrap_or_else(|| TaskId::generate(envelope.at)),
+        seq: envelope.seq,
+        status: envelope.status,
+        previous_status: envelope.previous_status,
+        attempt: envelope.attempt,
+        worker_id: envelope.worker_id.clone(),
+        message: envelope.message.clone(),
+        at: envelope.at,
+    }
+}
+
+fn too_slow() -> async_graphql::Error {
+    async_graphql::Error::new("the subscriber fell too far behind; resubscribe (taskUpdated takes afterSeq)")
+        .extend_with(|_, e| {
+            e.set("code", taskwire_domain::ErrorCode::Unavailable.as_str());
+            e.set("reason", "SLOW_SUBSCRIBER");
+        })
+}
+
+/// The highest `seq` delivered per task, bounded in size.
+#[derive(Debug, Default)]
+struct SeqTracker {
+    last: HashMap<TaskId, u32>,
+}
+
+impl SeqTracker {
+    fn last(&self, task: TaskId) -> Option<u32> {
+        self.last.get(&task).copied()
+    }
+
+    /// Whether `event` is new (and records it). Unknown tasks start wherever they are
+    /// first seen.
+    fn accept(&mut self, event: &TaskEvent) -> bool {
+        if let Some(last) = self.last.get(&event.task_id) {
+            if event.seq <= *last {
+                return false;
+            }
+        } else if self.last.len() >= TRACKED_TASKS {
+            // Forget the tasks seen longest ago... approximately: start over. Only
+            // de-duplication of very old tasks is affected.
+            self.last.clear();
+        }
+        self.last.insert(event.task_id, event.seq);
+        true
+    }
+}
+
+/// Keeps the active-subscriptions gauge honest however the stream ends.
+#[derive(Debug)]
+struct GaugeGuard(Metrics);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.subscriptions.dec();
+    }
+}

@@ -1,0 +1,411 @@
+//! GraphQL over WebSocket: `graphql-transport-ws` and the legacy `graphql-ws`
+//! (subscriptions-transport-ws) on `GET /graphql`.
+//!
+//! async-graphql's own WebSocket handler does not enforce several rules we need, so the
+//! protocol is implemented here on top of `Schema::execute_stream`:
+//!
+//! | situation | outcome |
+//! |---|---|
+//! | no `connection_init` within the timeout | close `4408` |
+//! | `connection_init` without a valid token | close `4403` |
+//! | a second `connection_init` | close `4429` |
+//! | `subscribe` before the ack | close `4401` |
+//! | a `subscribe` id already in use | close `4409` |
+//! | more subscriptions than allowed | `error` for that id (`BAD_USER_INPUT`) |
+//! | the token expires | close `4401` |
+//! | unparsable message | close `4400` |
+//! | server shutdown | close `1001` |
+//! | the client does not read for `write_timeout` | connection dropped |
+//!
+//! Each connection has one writer task fed by a bounded queue; subscription tasks wait
+//! when it is full, which makes their hub buffers overflow and resync instead of
+//! growing: a slow socket costs bounded memory and never delays other sockets.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::Ordering,
+    time::{Duration, SystemTime},
+};
+
+use async_graphql::{Request, Response as GqlResponse};
+use axum::{
+    extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use taskwire_domain::Principal;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AppState,
+    graphql::{request_id, stamp},
+};
+use crate::{
+    auth::bearer_token,
+    graphql::{Loaders, RequestContext},
+};
+
+/// Messages waiting for the socket writer, per connection.
+const OUTBOUND_CAPACITY: usize = 64;
+
+/// WebSocket limits and timers.
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// Time allowed between the upgrade and `connection_init`.
+    pub init_timeout: Duration,
+    /// Interval of server keep-alive messages.
+    pub keepalive: Duration,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Open connections this process accepts.
+    pub max_connections: usize,
+    /// How long a frame may wait for a client that does not read.
+    pub write_timeout: Duration,
+    /// Allowed `Origin` values; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `graphql-transport-ws` (graphql-ws library).
+    Transport,
+    /// `graphql-ws` (legacy subscriptions-transport-ws).
+    Legacy,
+}
+
+const TRANSPORT_WS: &str = "graphql-transport-ws";
+const LEGACY_WS: &str = "graphql-ws";
+
+/// Whether the request asks for a WebSocket upgrade.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Accepts the upgrade when the origin and connection cap allow it.
+pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if let (Some(allowed), Some(origin)) = (&state.ws.allowed_origins, headers.get(header::ORIGIN)) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !allowed.iter().any(|a| a == origin) {
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    if state.ws_open.load(Ordering::Acquire) >= state.ws.max_connections {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many WebSocket connections").into_response();
+    }
+    let header_auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request_id = request_id(headers);
+    let ws = ws.protocols([TRANSPORT_WS, LEGACY_WS]);
+    let protocol = match ws.selected_protocol().map(HeaderValue::as_bytes) {
+        Some(b"graphql-ws") => Protocol::Legacy,
+        _ => Protocol::Transport,
+    };
+    ws.on_upgrade(move |socket| async move {
+        state.ws_open.fetch_add(1, Ordering::AcqRel);
+        state.metrics.ws_connections.inc();
+        Connection::new(state.clone(), protocol, header_auth, request_id).run(socket).await;
+        state.metrics.ws_connections.dec();
+        state.ws_open.fetch_sub(1, Ordering::AcqRel);
+    })
+}
+
+/// Why the reader loop ended.
+enum End {
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The client went away or the socket broke.
+    Gone,
+}
+
+struct Connection {
+    state: AppState,
+    protocol: Protocol,
+    header_auth: Option<String>,
+    request_id: String,
+    principal: Option<Principal>,
+    expires: Option<Instant>,
+    subscriptions: HashMap<String, CancellationToken>,
+}
+
+impl Connection {
+    fn new(state: AppState, protocol: Protocol, header_auth: Option<String>, request_id: String) -> Self {
+        Connection {
+            state,
+            protocol,
+            header_auth,
+            request_id,
+            principal: None,
+            expires: None,
+            subscriptions: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        let (sink, mut stream) = socket.split();
+        let (out, outbound) = mpsc::channel::<Message>(OUTBOUND_CAPACITY);
+        let writer = tokio::spawn(write_loop(sink, outbound, self.state.ws.write_timeout, self.state.metrics.clone()));
+        let (done_tx, mut done) = mpsc::channel::<String>(self.state.ws.max_subscriptions.max(1));
+        let shutdown = self.state.shutdown.clone();
+        let init_deadline = Instant::now() + self.state.ws.init_timeout;
+        let mut keepalive = tokio::time::interval(self.state.ws.keepalive);
+        keepalive.tick().await;
+
+        let end = loop {
+            let acked = self.principal.is_some();
+            let expiry = self.expires;
+            tokio::select! {
+                () = shutdown.cancelled() => break End::Close(1001, "server shutting down"),
+                () = tokio::time::sleep_until(init_deadline), if !acked => {
+                    break End::Close(4408, "Connection initialisation timeout");
+                }
+                () = sleep_until_opt(expiry), if acked && expiry.is_some() => break End::Close(4401, "Token expired"),
+                _ = keepalive.tick(), if acked => {
+                    let ping = match self.protocol {
+                        Protocol::Transport => json!({ "type": "ping" }),
+                        Protocol::Legacy => json!({ "type": "ka" }),
+                    };
+                    if out.send(text(&ping)).await.is_err() { break End::Gone; }
+                }
+                Some(id) = done.recv() => { self.subscriptions.remove(&id); }
+                incoming = stream.next() => {
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        _ => break End::Gone,
+                    };
+                    match message {
+                        Message::Text(body) => {
+                            if let Some(end) = self.on_text(&body, &out, &done_tx).await { break end; }
+                        }
+                        Message::Binary(_) => break End::Close(4400, "Binary messages are not supported"),
+                        Message::Close(_) => break End::Gone,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            }
+        };
+        for token in self.subscriptions.values() {
+            token.cancel();
+        }
+        if let End::Close(code, reason) = end {
+            self.state.metrics.ws_closes.with_label_values(&[&code.to_string()]).inc();
+            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+            let _ = out.send(Message::Close(Some(frame))).await;
+        }
+        drop(out);
+        let _ = tokio::time::timeout(self.state.ws.write_timeout, writer).await;
+    }
+
+    /// Handles one protocol message; `Some` ends the connection.
+    async fn on_text(&mut self, body: &str, out: &mpsc::Sender<Message>, done: &mpsc::Sender<String>) -> Option<End> {
+        let Ok(message) = serde_json::from_str::<Value>(body) else {
+            return Some(End::Close(4400, "Invalid message"));
+        };
+        let kind = message["type"].as_str().unwrap_or_default();
+        let id = message["id"].as_str().map(str::to_owned);
+        match (self.protocol, kind) {
+            (_, "connection_init") => {
+                if self.principal.is_some() {
+                    return Some(End::Close(4429, "Too many initialisation requests"));
+                }
+                match self.authenticate(&message["payload"]) {
+                    Some((principal, expires)) => {
+                        self.principal = Some(principal);
+                        self.expires = expires;
+                        let _ = out.send(text(&json!({ "type": "connection_ack" }))).await;
+                        if self.protocol == Protocol::Legacy {
+                            let _ = out.send(text(&json!({ "type": "ka" }))).await;
+                        }
+                        None
+                    }
+                    None => {
+                        if self.protocol == Protocol::Legacy {
+                            let error = json!({ "type": "connection_error", "payload": { "message": "Forbidden" } });
+                            let _ = out.send(text(&error)).await;
+                        }
+                        Some(End::Close(4403, "Forbidden"))
+                    }
+                }
+            }
+            (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
+                let Some(principal) = self.principal.clone() else {
+                    return Some(End::Close(4401, "Unauthorized"));
+                };
+                let Some(id) = id.filter(|id| !id.is_empty()) else {
+                    return Some(End::Close(4400, "Invalid message"));
+                };
+                if self.subscriptions.contains_key(&id) {
+                    return Some(End::Close(4409, "Subscriber for this id already exists"));
+                }
+                if self.subscriptions.len() >= self.state.ws.max_subscriptions {
+                    let message = format!("at most {} subscriptions per connection", self.state.ws.max_subscriptions);
+                    let errors = json!([{ "message": message, "extensions": { "code": "BAD_USER_INPUT", "requestId": self.request_id } }]);
+                    let _ = out.send(text(&error_message(self.protocol, &id, errors))).await;
+                    return None;
+                }
+                let Ok(request) = serde_json::from_value::<Request>(message["payload"].clone()) else {
+                    return Some(End::Close(4400, "Invalid message"));
+                };
+                let context = RequestContext { principal: Some(principal), request_id: self.request_id.clone() };
+                let request = request.data(context).data(Loaders::uncached(&self.state.store));
+                let cancel = CancellationToken::new();
+                self.subscriptions.insert(id.clone(), cancel.clone());
+                let task = Subscription {
+                    state: self.state.clone(),
+                    protocol: self.protocol,
+                    id,
+                    request_id: self.request_id.clone(),
+                    out: out.clone(),
+                    done: done.clone(),
+                    cancel,
+                };
+                tokio::spawn(task.run(request));
+                None
+            }
+            (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
+                if let Some(token) = id.and_then(|id| self.subscriptions.remove(&id)) {
+                    token.cancel();
+                }
+                None
+            }
+            (Protocol::Transport, "ping") => {
+                let _ = out.send(text(&json!({ "type": "pong" }))).await;
+                None
+            }
+            (Protocol::Transport, "pong") => None,
+            (Protocol::Legacy, "connection_terminate") => Some(End::Gone),
+            _ => Some(End::Close(4400, "Invalid message")),
+        }
+    }
+
+    /// The principal from the `connection_init` payload (or, failing that, the upgrade
+    /// request's `Authorization` header). `None` when absent or invalid.
+    fn authenticate(&self, payload: &Value) -> Option<(Principal, Option<Instant>)> {
+        let value = auth_value(payload).or(self.header_auth.clone())?;
+        let token = bearer_token(&value).ok().map(str::to_owned).unwrap_or(value);
+        match self.state.keys.verify_with_expiry(&token) {
+            Ok((principal, expires)) => Some((principal, expires.map(instant_of))),
+            Err(e) => {
+                tracing::info!(reason = %e, "rejected WebSocket token");
+                None
+            }
+        }
+    }
+}
+
+/// The authorization value in the forms DESIGN.md §4 accepts.
+fn auth_value(payload: &Value) -> Option<String> {
+    let object = payload.as_object()?;
+    let find = |map: &serde_json::Map<String, Value>, names: &[&str]| {
+        map.iter()
+            .find(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n)))
+            .and_then(|(_, v)| v.as_str().map(str::to_owned))
+    };
+    find(object, &["authorization", "token"])
+        .or_else(|| object.get("headers").and_then(Value::as_object).and_then(|h| find(h, &["authorization"])))
+}
+
+fn instant_of(at: SystemTime) -> Instant {
+    let remaining = at.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now() + remaining
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn text(value: &Value) -> Message {
+    Message::Text(Utf8Bytes::from(value.to_string()))
+}
+
+fn error_message(protocol: Protocol, id: &str, errors: Value) -> Value {
+    match protocol {
+        Protocol::Transport => json!({ "id": id, "type": "error", "payload": errors }),
+        Protocol::Legacy => {
+            json!({ "id": id, "type": "error", "payload": errors.get(0).cloned().unwrap_or(Value::Null) })
+        }
+    }
+}
+
+/// One running subscription of a connection.
+struct Subscription {
+    state: AppState,
+    protocol: Protocol,
+    id: String,
+    request_id: String,
+    out: mpsc::Sender<Message>,
+    done: mpsc::Sender<String>,
+    cancel: CancellationToken,
+}
+
+impl Subscription {
+    async fn run(self, request: Request) {
+        let mut stream = self.state.schema.execute_stream(request);
+        let mut first = true;
+        loop {
+            let item = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                item = stream.next() => item,
+            };
+            let Some(mut response) = item else { break };
+            response.errors.iter_mut().for_each(|e| stamp(e, &self.request_id));
+            let message = if first && failed_to_start(&response) {
+                // The operation never started (validation, authorization, not found).
+                let errors = serde_json::to_value(&response.errors).unwrap_or(Value::Null);
+                let _ = self.send(error_message(self.protocol, &self.id, errors)).await;
+                let _ = self.done.send(self.id.clone()).await;
+                return;
+            } else {
+                let kind = if self.protocol == Protocol::Transport { "next" } else { "data" };
+                json!({ "id": self.id, "type": kind, "payload": response })
+            };
+            first = false;
+            if !self.send(message).await {
+                return;
+            }
+        }
+        let _ = self.send(json!({ "id": self.id, "type": "complete" })).await;
+        let _ = self.done.send(self.id.clone()).await;
+    }
+
+    /// Queues a message for the writer; `false` once the subscription or socket is gone.
+    async fn send(&self, message: Value) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            sent = self.out.send(text(&message)) => sent.is_ok(),
+        }
+    }
+}
+
+fn failed_to_start(response: &GqlResponse) -> bool {
+    !response.errors.is_empty() && response.data == async_graphql::Value::Null
+}
+
+/// Writes queued messages; gives up on a client that stops reading.
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut outbound: mpsc::Receiver<Message>,
+    write_timeout: Duration,
+    metrics: crate::metrics::Metrics,
+) {
+    while let Some(message) = outbound.recv().await {
+        let closing = matches!(message, Message::Close(_));
+        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!("dropping a WebSocket client that stopped reading");
+                metrics.ws_slow_clients_dropped.inc();
+                return;
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+}

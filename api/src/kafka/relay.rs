@@ -1,0 +1,169 @@
+//! The outbox relay: publishes committed outbox rows to Kafka and marks them published.
+//!
+//! It wakes right after a commit (the store's outbox signal) and also sweeps every
+//! second as a safety net (a signal sent while it was busy, another process's rows).
+//! Kafka being down only delays it: rows stay in the outbox and are retried with
+//! backoff, so an acknowledged mutation is never lost (DESIGN.md §2, invariant 2).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::join_all;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    metrics::Metrics,
+    store::{OutboxMessage, Store},
+};
+
+/// Messages claimed per round.
+const BATCH: u64 = 500;
+/// Sweep interval when no signal arrives.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Longest pause between retries while Kafka is failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Published rows are kept this long (for inspection), then pruned.
+const RETENTION: chrono::Duration = chrono::Duration::hours(1);
+
+/// The relay task's state.
+pub struct OutboxRelay {
+    store: Store,
+    producer: FutureProducer,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay").finish_non_exhaustive()
+    }
+}
+
+impl OutboxRelay {
+    /// A relay publishing `store`'s outbox with `producer`.
+    pub fn new(store: Store, producer: FutureProducer, metrics: Metrics) -> Self {
+        OutboxRelay { store, producer, metrics }
+    }
+
+    /// Runs until `shutdown`, then drains what it can and flushes the producer.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let signal = self.store.outbox_signal();
+        let mut backoff = Duration::from_millis(100);
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            match self.publish_round().await {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(100);
+                    if claimed as u64 == BATCH {
+                        continue; // more is waiting
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = signal.notified() => {}
+                        () = tokio::time::sleep(SWEEP) => {}
+                    }
+                }
+                Err(()) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = std::time::Instant::now();
+                if let Err(e) = self.store.prune_outbox(Utc::now() - RETENTION, 10_000).await {
+                    tracing::warn!(code = %e.code(), "pruning the outbox failed");
+                }
+            }
+        }
+        // Last round: what committed just before shutdown goes out now if Kafka is up.
+        let _ = self.publish_round().await;
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Publishes one batch. `Err` when anything failed (the caller backs off).
+    async fn publish_round(&self) -> Result<usize, ()> {
+        let producer = &self.producer;
+        let metrics = &self.metrics;
+        let mut failed = false;
+        let failed_ref = &mut failed;
+        let result = self
+            .store
+            .publish_outbox(BATCH, move |messages| async move {
+                let attempted = messages.len();
+                let delivered = publish(producer, metrics, messages).await;
+                *failed_ref = delivered.len() < attempted;
+                delivered
+            })
+            .await;
+        if let Ok(backlog) = self.store.outbox_backlog().await {
+            self.metrics.outbox_backlog.set(backlog as i64);
+        }
+        match result {
+            Ok(claimed) if !failed => Ok(claimed),
+            Ok(_) => Err(()),
+            Err(e) => {
+                tracing::warn!(code = %e.code(), "reading the outbox failed");
+                Err(())
+            }
+        }
+    }
+}
+
+/// Sends every message and waits for the acknowledgements; returns the ids Kafka
+/// acknowledged.
+///
+/// Messages of one task share a key, hence a partition; the idempotent producer keeps
+/// their order within this batch.
+async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<OutboxMessage>) -> Vec<i64> {
+    let attempted = messages.len();
+    let sends = messages.iter().map(|message| {
+        let mut record = FutureRecord::to(&message.topic).key(&message.key).payload(&message.payload);
+        if let Some(traceparent) = &message.traceparent {
+            record =
+                record.headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(traceparent) }));
+        }
+        let id = message.id;
+        let created_at = message.created_at;
+        let delivery = producer.send_result(record);
+        async move {
+            match delivery {
+                Ok(future) => match future.await {
+                    Ok(Ok(_)) => Some((id, created_at)),
+                    Ok(Err((e, _))) => {
+                        tracing::debug!(error = %e, id, "outbox message not delivered");
+                        None
+                    }
+                    Err(_) => None,
+                },
+                Err((e, _)) => {
+                    tracing::debug!(error = %e, id, "outbox message not queued");
+                    None
+                }
+            }
+        }
+    });
+    let results = join_all(sends).await;
+    let mut delivered = Vec::with_capacity(attempted);
+    let now = Utc::now();
+    for (id, created_at) in results.into_iter().flatten() {
+        let latency = (now - created_at).to_std().unwrap_or_default();
+        metrics.outbox_publish_latency.observe(latency.as_secs_f64());
+        delivered.push(id);
+    }
+    metrics.outbox_published.inc_by(delivered.len() as u64);
+    let failures = attempted - delivered.len();
+    if failures > 0 {
+        metrics.outbox_publish_failures.inc_by(failures as u64);
+        tracing::warn!(failures, attempted, "some outbox messages were not delivered; they stay queued");
+    }
+    delivered
+}

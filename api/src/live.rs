@@ -1,0 +1,231 @@
+//! Live fan-out: routes status events from Kafka to the subscriptions of this process.
+//!
+//! Every subscriber has a bounded buffer. Publishing never waits: when a buffer is full
+//! the event is dropped *for that subscriber only* and the subscriber is flagged as
+//! lagged; it then resyncs from `task_events` (the source of truth) before taking live
+//! events again. So one slow socket never delays the others, and memory per subscriber
+//! is bounded by its buffer.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use taskwire_domain::{TaskEnvelope, TaskId};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// What a subscriber listens to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// One task.
+    Task(String),
+    /// Every task of one creator.
+    Creator(String),
+    /// Every task of one queue.
+    Queue(String),
+    /// Every task.
+    All,
+}
+
+impl Route {
+    /// The route of one task.
+    pub fn task(id: TaskId) -> Route {
+        Route::Task(id.to_string())
+    }
+}
+
+struct Subscriber {
+    tx: mpsc::Sender<Arc<TaskEnvelope>>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Routes {
+    next_id: u64,
+    by_route: HashMap<Route, HashMap<u64, Subscriber>>,
+}
+
+/// The router. Cheap to share (`Arc`).
+pub struct Hub {
+    routes: Mutex<Routes>,
+    capacity: usize,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+/// A live subscription: a bounded receiver plus the lagged flag. Unsubscribes on drop.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Events in arrival order.
+    pub events: mpsc::Receiver<Arc<TaskEnvelope>>,
+    lagged: Arc<AtomicBool>,
+    _guard: Unsubscribe,
+}
+
+impl Subscription {
+    /// Whether events were dropped since the last call (the caller must resync), and
+    /// clears the flag. Buffered events are discarded too: the resync covers them.
+    pub fn take_lagged(&mut self) -> bool {
+        let lagged = self.lagged.swap(false, Ordering::AcqRel);
+        if lagged {
+            while self.events.try_recv().is_ok() {}
+        }
+        lagged
+    }
+}
+
+#[derive(Debug)]
+struct Unsubscribe {
+    hub: Arc<Hub>,
+    route: Route,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let Ok(mut routes) = self.hub.routes.lock() else { return };
+        if let Some(subscribers) = routes.by_route.get_mut(&self.route) {
+            subscribers.remove(&self.id);
+            if subscribers.is_empty() {
+                routes.by_route.remove(&self.route);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub whose subscribers buffer at most `capacity` events each.
+    pub fn new(capacity: usize, metrics: Metrics) -> Arc<Hub> {
+        Arc::new(Hub { routes: Mutex::new(Routes::default()), capacity: capacity.max(1), metrics })
+    }
+
+    /// Registers a subscriber on `route`.
+    pub fn subscribe(self: &Arc<Self>, route: Route) -> Subscription {
+        let (tx, events) = mpsc::channel(self.capacity);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = match self.routes.lock() {
+            Ok(mut routes) => {
+                routes.next_id += 1;
+                let id = routes.next_id;
+                routes.by_route.entry(route.clone()).or_default().insert(id, Subscriber { tx, lagged: lagged.clone() });
+                id
+            }
+            // A poisoned lock means a panic elsewhere; the subscription then only
+            // resyncs from the database, which stays correct.
+            Err(_) => 0,
+        };
+        Subscription { events, lagged, _guard: Unsubscribe { hub: self.clone(), route, id } }
+    }
+
+    /// Delivers `envelope` to every subscriber of its task, creator, queue and `All`.
+    /// Never blocks: a full buffer flags its subscriber as lagged instead.
+    pub fn publish(&self, envelope: TaskEnvelope) {
+        let envelope = Arc::new(envelope);
+        let routes = [
+            Route::Task(envelope.task_id.clone()),
+            Route::Creator(envelope.created_by.clone()),
+            Route::Queue(envelope.queue.clone()),
+            Route::All,
+        ];
+        let Ok(table) = self.routes.lock() else { return };
+        for route in &routes {
+            let Some(subscribers) = table.by_route.get(route) else { continue };
+            for subscriber in subscribers.values() {
+                if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.tx.try_send(envelope.clone()) {
+                    subscriber.lagged.store(true, Ordering::Release);
+                    self.metrics.subscriber_overflows.inc();
+                }
+            }
+        }
+    }
+
+    /// Subscribers currently registered (all routes).
+    pub fn subscriber_count(&self) -> usize {
+        self.routes.lock().map(|r| r.by_route.values().map(HashMap::len).sum()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use taskwire_domain::{EnvelopeType, TaskStatus};
+
+    use super::*;
+
+    fn envelope(task: &str, seq: u32, creator: &str, queue: &str) -> TaskEnvelope {
+        TaskEnvelope {
+            v: 1,
+            kind: EnvelopeType::Status,
+            task_id: task.into(),
+            seq,
+            status: TaskStatus::Queued,
+            previous_status: None,
+            queue: queue.into(),
+            attempt: 0,
+            worker_id: None,
+            at: Utc::now(),
+            created_by: creator.into(),
+            version: seq,
+            priority: 0,
+            run_at: Utc::now(),
+            message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_task_creator_queue_and_catch_all_subscribers_only() {
+        let hub = Hub::new(8, Metrics::new());
+        let mut by_task = hub.subscribe(Route::Task("t1".into()));
+        let mut by_creator = hub.subscribe(Route::Creator("alice".into()));
+        let mut by_queue = hub.subscribe(Route::Queue("q".into()));
+        let mut all = hub.subscribe(Route::All);
+        let mut other = hub.subscribe(Route::Task("t2".into()));
+
+        hub.publish(envelope("t1", 1, "alice", "q"));
+
+        for (name, sub) in
+            [("task", &mut by_task), ("creator", &mut by_creator), ("queue", &mut by_queue), ("all", &mut all)]
+        {
+            assert_eq!(sub.events.try_recv().map(|e| e.seq).ok(), Some(1), "{name} route");
+        }
+        assert!(other.events.try_recv().is_err(), "another task's subscriber sees nothing");
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_for_that_subscriber_only_and_flags_it() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(2, metrics.clone());
+        let mut slow = hub.subscribe(Route::All);
+        let mut fast = hub.subscribe(Route::All);
+        for seq in 1..=5 {
+            hub.publish(envelope("t1", seq, "alice", "q"));
+            let got = fast.events.recv().await.map(|e| e.seq);
+            assert_eq!(got, Some(seq), "the fast subscriber gets every event in order");
+        }
+        assert_eq!(slow.events.len(), 2, "the slow buffer stays at its bound");
+        assert_eq!(metrics.subscriber_overflows.get(), 3);
+        assert!(slow.take_lagged(), "the slow subscriber must resync");
+        assert!(slow.events.try_recv().is_err(), "resync discards the stale buffer");
+        assert!(!slow.take_lagged(), "the flag clears");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unregisters_it() {
+        let hub = Hub::new(2, Metrics::new());
+        let sub = hub.subscribe(Route::Task("t1".into()));
+        assert_eq!(hub.subscriber_count(), 1);
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+        hub.publish(envelope("t1", 1, "a", "q"));
+    }
+}

@@ -1,0 +1,137 @@
+//! A small GraphQL-over-WebSocket client for tests, speaking either protocol.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue, protocol::frame::coding::CloseCode},
+};
+
+/// How long a test waits for any one message.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// `graphql-transport-ws` (the graphql-ws library's protocol).
+pub const TRANSPORT_WS: &str = "graphql-transport-ws";
+/// The legacy `graphql-ws` protocol (subscriptions-transport-ws).
+pub const LEGACY_WS: &str = "graphql-ws";
+
+/// What the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// A protocol message.
+    Json(Value),
+    /// The server closed the connection with this code and reason.
+    Closed(u16, String),
+}
+
+/// A connected client.
+#[derive(Debug)]
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The negotiated subprotocol.
+    pub protocol: String,
+}
+
+impl WsClient {
+    /// Connects to `url` offering `protocol`, with extra request headers.
+    pub async fn connect(url: &str, protocol: &str, headers: &[(&str, &str)]) -> Result<WsClient, String> {
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol).map_err(|e| e.to_string())?);
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName =
+                name.parse().map_err(|_| "bad header".to_owned())?;
+            request.headers_mut().insert(name, HeaderValue::from_str(value).map_err(|e| e.to_string())?);
+        }
+        let (stream, response) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+        let protocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(WsClient { stream, protocol })
+    }
+
+    /// Sends a JSON message.
+    pub async fn send(&mut self, message: Value) {
+        self.stream.send(Message::text(message.to_string())).await.expect("send");
+    }
+
+    /// The next protocol message or close, skipping keep-alives (`ping` is answered).
+    pub async fn recv(&mut self) -> Received {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a message within the wait");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).expect("JSON message");
+                    match value["type"].as_str() {
+                        Some("ka") | Some("pong") => continue,
+                        Some("ping") => {
+                            self.send(json!({ "type": "pong" })).await;
+                            continue;
+                        }
+                        _ => return Received::Json(value),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((u16::from(CloseCode::Status), String::new()));
+                    return Received::Closed(code, reason);
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Received::Closed(0, e.to_string()),
+                None => return Received::Closed(0, "stream ended".into()),
+            }
+        }
+    }
+
+    /// The next protocol message, panicking on close.
+    pub async fn recv_json(&mut self) -> Value {
+        match self.recv().await {
+            Received::Json(value) => value,
+            Received::Closed(code, reason) => panic!("closed with {code} {reason}"),
+        }
+    }
+
+    /// Sends `connection_init` with `payload` and expects the ack.
+    pub async fn init(&mut self, payload: Value) {
+        self.send(json!({ "type": "connection_init", "payload": payload })).await;
+        let ack = self.recv_json().await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+    }
+
+    /// Starts a subscription (`subscribe` or legacy `start`).
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = if self.protocol == LEGACY_WS { "start" } else { "subscribe" };
+        self.send(json!({ "id": id, "type": kind, "payload": { "query": query, "variables": variables } })).await;
+    }
+
+    /// The payload `data` of the next `next`/`data` message of subscription `id`.
+    pub async fn next_data(&mut self, id: &str) -> Value {
+        let message = self.recv_json().await;
+        assert_eq!(message["id"], id, "{message}");
+        assert!(matches!(message["type"].as_str(), Some("next" | "data")), "expected data, got {message}");
+        assert!(message["payload"].get("errors").is_none(), "{message}");
+        message["payload"]["data"].clone()
+    }
+
+    /// Closes the connection from the client side.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+
+    /// Reads raw frames until a close arrives; the close code.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            if let Received::Closed(code, reason) = self.recv().await {
+                return (code, reason);
+            }
+        }
+    }
+}
