@@ -273,7 +273,7 @@ impl Drop for TestApp {
                 if let Ok(runtime) = runtime {
                     runtime.block_on(async {
                         if let Ok(db) = Database::connect(server_url(&server)).await {
-                            let _ = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`")).await;
+                            drop_schema(&db, &schema).await;
                             let _ = db.close().await;
                         }
                     });
@@ -281,6 +281,26 @@ impl Drop for TestApp {
             })
             .join();
         }
+    }
+}
+
+/// Drops a test schema. The app's runtime is blocked while `Drop` runs, so a
+/// transaction it left open would hold a metadata lock forever: its connections are
+/// killed first (they belong to a stopped test), then the schema is dropped.
+async fn drop_schema(db: &sea_orm::DatabaseConnection, schema: &str) {
+    let _ = db.execute_unprepared("SET SESSION lock_wait_timeout = 10").await;
+    let sql = format!("SELECT id FROM information_schema.processlist WHERE db = '{schema}'");
+    if let Ok(rows) = db.query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await {
+        for row in rows {
+            if let Ok(id) = row.try_get_by_index::<i64>(0) {
+                let _ = db.execute_unprepared(&format!("KILL CONNECTION {id}")).await;
+            }
+        }
+    }
+    let dropped = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`")).await;
+    if let Err(e) = dropped {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "warning: test schema {schema} not dropped: {e}");
     }
 }
 

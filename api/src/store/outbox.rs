@@ -5,7 +5,8 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, DbBackend, EntityTrait, IsolationLevel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
     sea_query::{Expr, LockBehavior, LockType},
 };
 use taskwire_entity::outbox;
@@ -62,7 +63,9 @@ impl Store {
             .order_by_asc(outbox::Column::Id)
             .limit(limit);
         if self.backend() == DbBackend::MySql {
-            let txn = self.db.begin().await?;
+            // READ COMMITTED: the locking read takes record locks only, no gap locks, so
+            // task transactions keep inserting new outbox rows while this batch is out.
+            let txn = self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await?;
             let rows = pending.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked).all(&txn).await?;
             let count = rows.len();
             if count > 0 {
