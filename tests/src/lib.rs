@@ -40,6 +40,9 @@ pub struct TestApp {
     pub database_url: String,
     db_stats: Arc<DbStats>,
     kafka_cluster: Option<Arc<taskwire_api::kafka::EmbeddedCluster>>,
+    /// `bootstrap.servers` of the Kafka the app uses.
+    pub kafka_bootstrap: String,
+    topic_prefix: String,
     shutdown: CancellationToken,
     mysql_schema: Option<(String, String)>,
     _dir: tempfile::TempDir,
@@ -138,13 +141,12 @@ impl TestApp {
         ] {
             env.insert(k.to_owned(), v.to_owned());
         }
+        let mut topic_prefix = "taskwire".to_owned();
         if let Some(brokers) = env_var(KAFKA_BROKERS_VAR) {
             // A real broker is shared: give each app topics of its own.
+            topic_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), brokers);
-            env.insert(
-                "TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(),
-                format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-            );
+            env.insert("TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(), topic_prefix.clone());
         }
         for (k, v) in vars {
             env.insert((*k).to_owned(), (*v).to_owned());
@@ -154,6 +156,10 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let db_stats = app.db_stats();
         let kafka_cluster = app.kafka_cluster();
+        let kafka_bootstrap = match &kafka_cluster {
+            Some(cluster) => cluster.bootstrap_servers().to_owned(),
+            None => env_var(KAFKA_BROKERS_VAR).unwrap_or_default(),
+        };
         let shutdown = app.shutdown_token();
         tokio::spawn(app.run_until_stopped());
         TestApp {
@@ -163,6 +169,8 @@ impl TestApp {
             database_url,
             db_stats,
             kafka_cluster,
+            kafka_bootstrap,
+            topic_prefix,
             shutdown,
             mysql_schema,
             _dir: dir,
@@ -215,6 +223,11 @@ impl TestApp {
     /// The embedded Kafka cluster (always present unless `TASKWIRE_TEST_KAFKA_BROKERS` is set).
     pub fn kafka_cluster(&self) -> Option<Arc<taskwire_api::kafka::EmbeddedCluster>> {
         self.kafka_cluster.clone()
+    }
+
+    /// The full name of one of the app's topics, e.g. `topic("tasks.status")`.
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.topic_prefix)
     }
 
     /// The app's metrics in Prometheus text form.

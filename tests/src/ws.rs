@@ -121,6 +121,22 @@ impl WsClient {
         message["payload"]["data"].clone()
     }
 
+    /// Waits for a server keep-alive (`ping`, or legacy `ka`) and returns its type,
+    /// without answering it.
+    pub async fn expect_keepalive(&mut self) -> String {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a message within the wait");
+            if let Some(Ok(Message::Text(text))) = next {
+                let value: Value = serde_json::from_str(&text).expect("JSON message");
+                if let Some(kind @ ("ping" | "ka")) = value["type"].as_str() {
+                    return kind.to_owned();
+                }
+            } else if !matches!(next, Some(Ok(_))) {
+                panic!("connection ended before a keep-alive: {next:?}");
+            }
+        }
+    }
+
     /// Closes the connection from the client side.
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;

@@ -66,13 +66,13 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
 
     // Every task reaches the status topic.
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("bootstrap.servers", &app.kafka_bootstrap)
         .set("group.id", format!("verify-{}", uuid::Uuid::new_v4().simple()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    consumer.subscribe(&["taskwire.tasks.status"]).expect("subscribe");
+    consumer.subscribe(&[app.topic("tasks.status").as_str()]).expect("subscribe");
     let mut on_topic = HashSet::new();
     while on_topic.len() < created.len() {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
@@ -102,6 +102,71 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(backlog, 0.0, "the outbox drained");
+}
+
+/// Reads `topic` from the beginning while `wanted` returns true.
+async fn read_topic(
+    app: &TestApp,
+    topic: &str,
+    mut wanted: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &app.kafka_bootstrap)
+        .set("group.id", format!("verify-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the message arrives")
+            .expect("message");
+        if !wanted(&message) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_requests_trace_context_travels_in_the_kafka_headers() {
+    use rdkafka::message::Headers;
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&alice)
+        .header("traceparent", incoming)
+        .json(&json!({ "query": "mutation { createTask(input: {queue: \"q\", kind: \"k\"}) { task { id } } }" }))
+        .send()
+        .await
+        .expect("sent");
+    let body: Value = response.json().await.expect("JSON");
+    let id = body["data"]["createTask"]["task"]["id"].as_str().expect("created").to_owned();
+
+    for topic in ["tasks.status", "tasks.dispatch"] {
+        let mut traceparent = None;
+        read_topic(&app, &app.topic(topic), |message| {
+            if message.key() != Some(id.as_bytes()) {
+                return true;
+            }
+            traceparent = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            false
+        })
+        .await;
+        let traceparent = traceparent.expect("the message carries a traceparent header");
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{topic}: the caller's trace continues: {traceparent}"
+        );
+        assert_ne!(traceparent, incoming, "{topic}: with a span of our own");
+    }
 }
 
 #[tokio::test]

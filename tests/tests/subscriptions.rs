@@ -219,6 +219,16 @@ async fn origins_outside_the_allow_list_are_refused() {
 }
 
 #[tokio::test]
+async fn the_server_sends_keepalives_in_both_protocols() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_WS_KEEPALIVE_MS", "100")]).await;
+    let alice = app.token("alice", &["client"]);
+    let mut modern = connected(&app, TRANSPORT_WS, &alice).await;
+    assert_eq!(modern.expect_keepalive().await, "ping");
+    let mut legacy = connected(&app, LEGACY_WS, &alice).await;
+    assert_eq!(legacy.expect_keepalive().await, "ka");
+}
+
+#[tokio::test]
 async fn shutdown_closes_websockets_with_1001() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);

@@ -12,6 +12,13 @@ pub struct RequestContext {
     pub principal: Option<Principal>,
     /// Correlates client-visible errors with server logs.
     pub request_id: String,
+    /// W3C trace context carried into the Kafka messages this request's writes produce.
+    pub traceparent: Option<String>,
+}
+
+/// The request's trace context, if any.
+pub fn traceparent<'a>(ctx: &'a Context<'_>) -> Option<&'a str> {
+    ctx.data_opt::<RequestContext>().and_then(|r| r.traceparent.as_deref())
 }
 
 /// The authenticated caller, or `UNAUTHENTICATED`.

@@ -8,7 +8,7 @@ use taskwire_domain::{
 };
 
 use super::{
-    context::{principal, store},
+    context::{principal, store, traceparent},
     guards::RoleGuard,
     types::{CreateTaskInput, CreateTaskPayload, TaskObject},
 };
@@ -58,7 +58,7 @@ impl TaskMutation {
         }
         let id = TaskId::parse(&id).ok_or(ApiError::NotFound("task"))?;
         let task = store(ctx)?
-            .transition(id, |task| {
+            .transition(id, traceparent(ctx), |task| {
                 if !caller.can_read_task(&task.created_by, task.worker_id.as_deref()) {
                     return Err(ApiError::NotFound("task"));
                 }
@@ -87,7 +87,7 @@ async fn create(ctx: &Context<'_>, inputs: Vec<CreateTaskInput>, field: &str) ->
     if batch.is_empty() {
         return Ok(vec![]);
     }
-    let outcomes = store(ctx)?.create_tasks(batch, CreateMode::AllOrNothing).await?;
+    let outcomes = store(ctx)?.create_tasks(batch, CreateMode::AllOrNothing, traceparent(ctx)).await?;
     outcomes
         .into_iter()
         .map(|outcome| match outcome {

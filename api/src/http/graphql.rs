@@ -110,7 +110,9 @@ async fn execute(state: AppState, headers: &HeaderMap, request_id: String, batch
         subject = principal.as_ref().map(|p| p.subject.as_str()).unwrap_or("-"),
         operation = operation_name(&batch),
     );
-    let context = RequestContext { principal, request_id: request_id.clone() };
+    let incoming_trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let traceparent = crate::telemetry::traceparent(incoming_trace);
+    let context = RequestContext { principal, request_id: request_id.clone(), traceparent: Some(traceparent) };
     // One loader set per operation: a cached task from one operation of a batch must not
     // be served to a later one that runs after a mutation changed it.
     let batch = match batch {

@@ -247,7 +247,11 @@ impl Connection {
                 let Ok(request) = serde_json::from_value::<Request>(message["payload"].clone()) else {
                     return Some(End::Close(4400, "Invalid message"));
                 };
-                let context = RequestContext { principal: Some(principal), request_id: self.request_id.clone() };
+                let context = RequestContext {
+                    principal: Some(principal),
+                    request_id: self.request_id.clone(),
+                    traceparent: None,
+                };
                 let request = request.data(context).data(Loaders::uncached(&self.state.store));
                 let cancel = CancellationToken::new();
                 self.subscriptions.insert(id.clone(), cancel.clone());

@@ -170,10 +170,15 @@ impl Store {
 
     /// Creates a batch of tasks in one transaction (multi-row inserts), honouring
     /// idempotency keys per creator. Outcomes are in input order.
-    pub async fn create_tasks(&self, batch: Vec<NewTask>, mode: CreateMode) -> ApiResult<Vec<CreateOutcome>> {
+    pub async fn create_tasks(
+        &self,
+        batch: Vec<NewTask>,
+        mode: CreateMode,
+        traceparent: Option<&str>,
+    ) -> ApiResult<Vec<CreateOutcome>> {
         let _gate = self.write_lock().await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
-            match self.try_create_tasks(&batch, mode).await {
+            match self.try_create_tasks(&batch, mode, traceparent).await {
                 // Another transaction committed the same key between our read and our
                 // insert: run again, and the read will find it.
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
@@ -190,6 +195,7 @@ impl Store {
         &self,
         batch: &[NewTask],
         mode: CreateMode,
+        traceparent: Option<&str>,
     ) -> Result<ApiResult<Vec<CreateOutcome>>, DbErr> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
@@ -225,7 +231,7 @@ impl Store {
         }
         if !rows.is_empty() {
             task::Entity::insert_many(rows).exec_without_returning(&txn).await?;
-            self.append_history(&txn, &transitions).await?;
+            self.append_history(&txn, &transitions, traceparent).await?;
         }
         txn.commit().await?;
         if !transitions.is_empty() {
@@ -239,7 +245,7 @@ impl Store {
     /// `decide` sees the current task and returns the transition (or an error, such as
     /// `NOT_FOUND` for a task the caller may not see). On a lost race it is called again
     /// with the fresh state.
-    pub async fn transition<F>(&self, id: TaskId, decide: F) -> ApiResult<Task>
+    pub async fn transition<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
     where
         F: Fn(&Task) -> ApiResult<Transition>,
     {
@@ -261,7 +267,7 @@ impl Store {
                 txn.rollback().await?;
                 continue;
             }
-            self.append_history(&txn, std::slice::from_ref(&transition)).await?;
+            self.append_history(&txn, std::slice::from_ref(&transition), traceparent).await?;
             txn.commit().await?;
             if transition.event.is_some() {
                 self.outbox_signal.notify_one();
@@ -272,7 +278,12 @@ impl Store {
     }
 
     /// Appends the events and outbox rows of `transitions` (multi-row inserts).
-    async fn append_history(&self, txn: &DatabaseTransaction, transitions: &[Transition]) -> Result<(), DbErr> {
+    async fn append_history(
+        &self,
+        txn: &DatabaseTransaction,
+        transitions: &[Transition],
+        traceparent: Option<&str>,
+    ) -> Result<(), DbErr> {
         let mut events = Vec::with_capacity(transitions.len());
         let mut messages = Vec::with_capacity(transitions.len() * 2);
         for t in transitions {
@@ -289,7 +300,7 @@ impl Store {
                     topic: Set(self.topics.for_envelope(kind)),
                     message_key: Set(t.task.id.to_string()),
                     payload: Set(serde_json::to_string(&envelope).map_err(|e| DbErr::Json(e.to_string()))?),
-                    traceparent: Set(None),
+                    traceparent: Set(traceparent.map(str::to_owned)),
                     created_at: Set(convert::to_ms(event.at)),
                     published_at: Set(None),
                     ..Default::default()
