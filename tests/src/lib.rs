@@ -244,6 +244,19 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
+    /// Polls `/metrics` (up to 10 s) until series `name` satisfies `done`; its last value.
+    pub async fn wait_for_metric(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+        let mut value = self.metric(name).await;
+        for _ in 0..100 {
+            if done(value) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            value = self.metric(name).await;
+        }
+        value
+    }
+
     /// GETs a path, returning status and body text.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self.client.get(format!("{}{path}", self.address)).send().await.expect("request sent");

@@ -65,25 +65,15 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     assert_eq!(delivered, created);
 
     // Every task reaches the status topic.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &app.kafka_bootstrap)
-        .set("group.id", format!("verify-{}", uuid::Uuid::new_v4().simple()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[app.topic("tasks.status").as_str()]).expect("subscribe");
     let mut on_topic = HashSet::new();
-    while on_topic.len() < created.len() {
-        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .expect("the status topic has every task")
-            .expect("message");
+    read_topic(&app, &app.topic("tasks.status"), |message| {
         let envelope: Value = serde_json::from_slice(message.payload().unwrap_or_default()).expect("envelope");
         assert_eq!(envelope["v"], 1);
         assert_eq!(message.key(), envelope["taskId"].as_str().map(str::as_bytes), "keyed by task id");
         on_topic.insert(envelope["taskId"].as_str().unwrap_or_default().to_owned());
-    }
+        on_topic.len() < created.len()
+    })
+    .await;
     assert_eq!(on_topic, created);
 
     // The history is exact: one creation event per task, no duplicates.
@@ -93,14 +83,7 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     for edge in listed.data()["tasks"]["edges"].as_array().cloned().unwrap_or_default() {
         assert_eq!(edge["node"]["events"], json!([{ "seq": 1 }]));
     }
-    let mut backlog = f64::MAX;
-    for _ in 0..50 {
-        backlog = app.metric("taskwire_outbox_backlog").await;
-        if backlog == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let backlog = app.wait_for_metric("taskwire_outbox_backlog", |v| v == 0.0).await;
     assert_eq!(backlog, 0.0, "the outbox drained");
 }
 
@@ -174,14 +157,7 @@ async fn metrics_are_valid_prometheus_text_with_the_backbone_series() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut published = 0.0;
-    for _ in 0..50 {
-        published = app.metric("taskwire_outbox_published_total").await;
-        if published >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let published = app.wait_for_metric("taskwire_outbox_published_total", |v| v >= 2.0).await;
     assert!(published >= 2.0, "status and dispatch messages of the task were published");
     let text = app.metrics().await;
     for line in text.lines().filter(|l| !l.is_empty()) {

@@ -77,9 +77,7 @@ impl OutboxRelay {
             }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = std::time::Instant::now();
-                if let Err(e) = self.store.prune_outbox(Utc::now() - RETENTION, 10_000).await {
-                    tracing::warn!(code = %e.code(), "pruning the outbox failed");
-                }
+                self.prune().await;
             }
         }
         // Last round: what committed just before shutdown goes out now if Kafka is up.
@@ -87,6 +85,24 @@ impl OutboxRelay {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
         tracing::info!("outbox relay stopped");
+    }
+
+    /// Deletes published rows past their retention, in bounded batches so one round
+    /// never holds the database long, until none are left (or a cap per round).
+    async fn prune(&self) {
+        const BATCH: u64 = 5_000;
+        const MAX_BATCHES: usize = 100;
+        let before = Utc::now() - RETENTION;
+        for _ in 0..MAX_BATCHES {
+            match self.store.prune_outbox(before, BATCH).await {
+                Ok(deleted) if deleted == BATCH => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(code = %e.code(), "pruning the outbox failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Publishes one batch. `Err` when anything failed (the caller backs off).
