@@ -3,14 +3,17 @@
 use async_graphql::{Context, ID, MergedObject, Object, Result};
 use chrono::Utc;
 use taskwire_domain::{
-    DomainError, NewTask, Role, TaskId,
+    DomainError, NewTask, QueueName, Role, TaskId, WorkerRegistration,
     machine::{self, Command},
 };
 
 use super::{
     context::{principal, store, traceparent},
     guards::RoleGuard,
-    types::{CreateTaskInput, CreateTaskPayload, TaskObject},
+    types::{
+        ConfigureQueueInput, CreateTaskInput, CreateTaskPayload, QueueObject, RegisterWorkerInput, TaskObject,
+        WorkerObject,
+    },
 };
 use crate::{
     error::ApiError,
@@ -22,7 +25,7 @@ pub const MAX_CREATE_BATCH: usize = 500;
 
 /// The root mutation type.
 #[derive(MergedObject, Default, Debug)]
-pub struct Mutation(TaskMutation);
+pub struct Mutation(TaskMutation, WorkerMutation, QueueMutation);
 
 /// Task writes.
 #[derive(Default, Debug)]
@@ -70,6 +73,115 @@ impl TaskMutation {
             .await?;
         Ok(TaskObject(task))
     }
+}
+
+/// Worker self-service and administration.
+#[derive(Default, Debug)]
+pub struct WorkerMutation;
+
+#[Object]
+impl WorkerMutation {
+    /// Registers the calling worker (its id is the token's subject) or updates its
+    /// registration. A drained worker stays draining.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn register_worker(&self, ctx: &Context<'_>, input: RegisterWorkerInput) -> Result<WorkerObject> {
+        let caller = principal(ctx)?;
+        let registration = WorkerRegistration::parse(&input.name, &input.queues, i64::from(input.capacity))
+            .map_err(|e| ApiError::from(e.in_field("input")))?;
+        Ok(WorkerObject(store(ctx)?.register_worker(&caller.subject, &registration).await?))
+    }
+
+    /// The calling worker is alive: keeps it `ONLINE` and extends its running leases.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn heartbeat(&self, ctx: &Context<'_>) -> Result<WorkerObject> {
+        let caller = principal(ctx)?;
+        Ok(WorkerObject(store(ctx)?.heartbeat(&caller.subject).await?))
+    }
+
+    /// Stops new offers to a worker; its running tasks finish (admin).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
+    async fn drain_worker(&self, ctx: &Context<'_>, id: ID) -> Result<WorkerObject> {
+        Ok(WorkerObject(store(ctx)?.drain_worker(&id).await?))
+    }
+}
+
+/// Queue administration and operator recovery.
+#[derive(Default, Debug)]
+pub struct QueueMutation;
+
+#[Object]
+impl QueueMutation {
+    /// Stops offers from a queue; tasks keep arriving (admin).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
+    async fn pause_queue(&self, ctx: &Context<'_>, name: String) -> Result<QueueObject> {
+        set_paused(ctx, &name, true).await
+    }
+
+    /// Resumes offers from a queue (admin).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
+    async fn resume_queue(&self, ctx: &Context<'_>, name: String) -> Result<QueueObject> {
+        set_paused(ctx, &name, false).await
+    }
+
+    /// Changes a queue's limits and retry settings (admin).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
+    async fn configure_queue(&self, ctx: &Context<'_>, input: ConfigureQueueInput) -> Result<QueueObject> {
+        let store = store(ctx)?;
+        QueueName::parse(&input.name).map_err(|e| ApiError::from(e.in_field("input")))?;
+        let current = store.queue_settings(&input.name).await?;
+        let next = input.changes().apply(current).map_err(|e| ApiError::from(e.in_field("input")))?;
+        Ok(QueueObject(store.save_queue(&next).await?))
+    }
+
+    /// Runs a `DEAD`, `CANCELLED` or backing-off task again now (operators).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Operator])")]
+    async fn retry_task(&self, ctx: &Context<'_>, id: ID) -> Result<TaskObject> {
+        let id = TaskId::parse(&id).ok_or(ApiError::NotFound("task"))?;
+        let task = store(ctx)?
+            .transition(id, traceparent(ctx), |task| Ok(machine::transition(task, Command::Retry, Utc::now())?))
+            .await?;
+        Ok(TaskObject(task))
+    }
+
+    /// Requeues every `DEAD` task of a queue with a fresh attempt budget; returns how
+    /// many (admin).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
+    async fn requeue_dead_tasks(&self, ctx: &Context<'_>, queue: String) -> Result<i32> {
+        QueueName::parse(&queue).map_err(|e| ApiError::from(e.in_field("queue")))?;
+        let store = store(ctx)?;
+        let mut requeued = 0i32;
+        loop {
+            let ids = store.dead_task_ids(&queue, 500).await?;
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids.iter().filter_map(|id| TaskId::parse(id)) {
+                let result = store
+                    .transition(id, traceparent(ctx), |task| {
+                        Ok(machine::transition(task, Command::Requeue, Utc::now())?)
+                    })
+                    .await;
+                match result {
+                    Ok(_) => requeued += 1,
+                    // Requeued or changed by someone else meanwhile: not ours to count.
+                    Err(e) if e.code() == taskwire_domain::ErrorCode::Conflict => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if ids.len() < 500 {
+                break;
+            }
+        }
+        Ok(requeued)
+    }
+}
+
+async fn set_paused(ctx: &Context<'_>, name: &str, paused: bool) -> Result<QueueObject> {
+    let store = store(ctx)?;
+    QueueName::parse(name).map_err(|e| ApiError::from(e.in_field("name")))?;
+    let mut settings = store.queue_settings(name).await?;
+    settings.paused = paused;
+    Ok(QueueObject(store.save_queue(&settings).await?))
 }
 
 /// Validates and creates `inputs` (field names in errors are `field[i].…` for batches).

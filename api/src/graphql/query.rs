@@ -10,7 +10,7 @@ use taskwire_domain::{DomainError, Principal, Role, TaskId};
 use super::{
     context::{loaders, principal, store},
     guards::RoleGuard,
-    types::{TaskFilter, TaskObject, Viewer},
+    types::{QueueObject, TaskFilter, TaskObject, Viewer, WorkerObject, WorkerStatus},
 };
 use crate::{
     error::ApiError,
@@ -24,7 +24,7 @@ pub const DEFAULT_PAGE_SIZE: i32 = 20;
 
 /// The root query type.
 #[derive(MergedObject, Default, Debug)]
-pub struct Query(ViewerQuery, TaskQuery);
+pub struct Query(ViewerQuery, TaskQuery, WorkerQuery, QueueQuery);
 
 /// Who am I.
 #[derive(Default, Debug)]
@@ -100,6 +100,62 @@ impl TaskQuery {
         let mut connection = Connection::new(after.is_some(), has_next);
         connection.edges.extend(tasks.into_iter().map(|t| Edge::new(encode_cursor(t.id), TaskObject(t))));
         Ok(connection)
+    }
+}
+
+/// Worker reads: operators see every worker, a worker sees itself.
+#[derive(Default, Debug)]
+pub struct WorkerQuery;
+
+#[Object]
+impl WorkerQuery {
+    /// A worker by id; `null` when missing or not visible to the caller.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Operator, Role::Worker])")]
+    async fn worker(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WorkerObject>> {
+        let caller = principal(ctx)?;
+        if !caller.has(Role::Operator) && caller.subject != *id {
+            return Ok(None);
+        }
+        Ok(loaders(ctx)?.workers.load_one(id.to_string()).await?.map(WorkerObject))
+    }
+
+    /// Workers, optionally of one queue and/or status, by id.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Operator])")]
+    async fn workers(
+        &self,
+        ctx: &Context<'_>,
+        queue: Option<String>,
+        status: Option<WorkerStatus>,
+    ) -> Result<Vec<WorkerObject>> {
+        let workers = store(ctx)?.workers(queue.as_deref(), status.map(Into::into)).await?;
+        Ok(workers.into_iter().map(WorkerObject).collect())
+    }
+}
+
+/// Queue reads (operators).
+#[derive(Default, Debug)]
+pub struct QueueQuery;
+
+#[Object]
+impl QueueQuery {
+    /// A queue's settings; every valid name has settings (defaults until configured).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Operator])")]
+    async fn queue(&self, ctx: &Context<'_>, name: String) -> Result<Option<QueueObject>> {
+        if taskwire_domain::QueueName::parse(&name).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(QueueObject(store(ctx)?.queue_settings(&name).await?)))
+    }
+
+    /// Every queue that is configured or has tasks, by name.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Operator])")]
+    async fn queues(&self, ctx: &Context<'_>) -> Result<Vec<QueueObject>> {
+        let store = store(ctx)?;
+        let mut queues = Vec::new();
+        for name in store.queue_names().await? {
+            queues.push(QueueObject(store.queue_settings(&name).await?));
+        }
+        Ok(queues)
     }
 }
 

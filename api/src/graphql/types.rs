@@ -94,6 +94,7 @@ impl From<domain::Role> for RoleGql {
 
 /// Whether a worker takes new tasks.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "taskwire_domain::WorkerStatus")]
 pub enum WorkerStatus {
     /// Connected or heartbeating; receives offers.
     Online,
@@ -258,11 +259,7 @@ impl WorkerObject {
         self.0.active as i32
     }
     async fn status(&self) -> WorkerStatus {
-        match self.0.status.as_str() {
-            "ONLINE" => WorkerStatus::Online,
-            "DRAINING" => WorkerStatus::Draining,
-            _ => WorkerStatus::Offline,
-        }
+        domain::WorkerStatus::from_stored(&self.0.status).into()
     }
     async fn last_seen_at(&self) -> DateTime<Utc> {
         self.0.last_seen_at
@@ -382,6 +379,95 @@ impl QueueStatsObject {
             oldest_queued_age_ms: stats.oldest_queued_run_at.map(|t| (at - t).num_milliseconds().max(0)),
             at,
             name,
+        }
+    }
+}
+
+/// Input of `registerWorker`. The worker's id is its token's subject.
+#[derive(InputObject, Debug, Clone)]
+pub struct RegisterWorkerInput {
+    /// Display name, 1–128 characters.
+    pub name: String,
+    /// Queues served (1–64).
+    pub queues: Vec<String>,
+    /// Concurrent tasks accepted (1–1000).
+    pub capacity: i32,
+}
+
+/// A queue and its settings.
+#[derive(Debug, Clone)]
+pub struct QueueObject(pub domain::QueueSettings);
+
+#[Object(name = "Queue")]
+impl QueueObject {
+    async fn name(&self) -> &str {
+        self.0.name.as_str()
+    }
+    /// Paused queues keep receiving tasks but offer none to workers.
+    async fn paused(&self) -> bool {
+        self.0.paused
+    }
+    /// Offers per second at most; `null` = unlimited.
+    async fn rate_limit_per_second(&self) -> Option<f64> {
+        self.0.rate_limit_per_second
+    }
+    /// Tasks offered or running at once at most; `null` = unlimited.
+    async fn max_concurrency(&self) -> Option<i32> {
+        self.0.max_concurrency.map(|m| m as i32)
+    }
+    /// Default `maxAttempts` of new tasks; `null` = 5.
+    async fn max_attempts(&self) -> Option<i32> {
+        self.0.max_attempts.map(|m| m.get() as i32)
+    }
+    /// Lease length of offers and runs.
+    async fn lease_seconds(&self) -> i32 {
+        self.0.lease_seconds as i32
+    }
+    /// Ceiling of the first retry's delay.
+    async fn backoff_base_ms(&self) -> i64 {
+        self.0.retry.base.as_millis() as i64
+    }
+    /// Largest retry delay.
+    async fn backoff_max_ms(&self) -> i64 {
+        self.0.retry.max.as_millis() as i64
+    }
+    /// Task counts now.
+    async fn stats(&self, ctx: &Context<'_>) -> Result<QueueStatsObject> {
+        let stats = super::context::store(ctx)?.queue_stats(self.0.name.as_str()).await?;
+        Ok(QueueStatsObject::new(self.0.name.to_string(), stats, Utc::now()))
+    }
+}
+
+/// Input of `configureQueue`: only the fields given change; an explicit `null` removes
+/// an optional limit.
+#[derive(InputObject, Debug, Clone)]
+pub struct ConfigureQueueInput {
+    pub name: String,
+    pub rate_limit_per_second: async_graphql::MaybeUndefined<f64>,
+    pub max_concurrency: async_graphql::MaybeUndefined<i32>,
+    pub max_attempts: async_graphql::MaybeUndefined<i32>,
+    pub lease_seconds: Option<i32>,
+    pub backoff_base_ms: Option<i64>,
+    pub backoff_max_ms: Option<i64>,
+}
+
+impl ConfigureQueueInput {
+    /// The domain change set.
+    pub fn changes(&self) -> domain::QueueChanges {
+        fn maybe<T: Copy, U>(v: &async_graphql::MaybeUndefined<T>, f: impl Fn(T) -> U) -> Option<Option<U>> {
+            match v {
+                async_graphql::MaybeUndefined::Undefined => None,
+                async_graphql::MaybeUndefined::Null => Some(None),
+                async_graphql::MaybeUndefined::Value(v) => Some(Some(f(*v))),
+            }
+        }
+        domain::QueueChanges {
+            rate_limit_per_second: maybe(&self.rate_limit_per_second, |v| v),
+            max_concurrency: maybe(&self.max_concurrency, i64::from),
+            max_attempts: maybe(&self.max_attempts, i64::from),
+            lease_seconds: self.lease_seconds.map(i64::from),
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
         }
     }
 }

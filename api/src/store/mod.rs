@@ -6,6 +6,7 @@
 //! transactions are serialised in-process (SQLite has one writer anyway, and this turns
 //! `SQLITE_BUSY` upgrade failures into orderly waiting).
 
+mod admin;
 mod convert;
 mod events;
 mod outbox;

@@ -1,0 +1,158 @@
+//! Queue settings and their validation.
+
+use std::time::Duration;
+
+use crate::{DomainError, MaxAttempts, QueueName, RetryPolicy};
+
+/// Lease length when a queue does not set one.
+pub const DEFAULT_LEASE_SECONDS: u32 = 30;
+
+/// A queue's settings; a queue without stored settings uses [`QueueSettings::defaults`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// The queue.
+    pub name: QueueName,
+    /// Paused queues receive tasks but offer none.
+    pub paused: bool,
+    /// Offers per second at most (token bucket); `None` = unlimited.
+    pub rate_limit_per_second: Option<f64>,
+    /// Tasks offered or running at once at most; `None` = unlimited.
+    pub max_concurrency: Option<u32>,
+    /// Default `maxAttempts` of new tasks; `None` = the global default (5).
+    pub max_attempts: Option<MaxAttempts>,
+    /// Lease length of offers and runs.
+    pub lease_seconds: u32,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+}
+
+impl QueueSettings {
+    /// The settings of a queue nobody configured.
+    pub fn defaults(name: QueueName) -> Self {
+        QueueSettings {
+            name,
+            paused: false,
+            rate_limit_per_second: None,
+            max_concurrency: None,
+            max_attempts: None,
+            lease_seconds: DEFAULT_LEASE_SECONDS,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A `configureQueue` input: only the fields given change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueChanges {
+    /// New rate limit; `Some(None)` removes it.
+    pub rate_limit_per_second: Option<Option<f64>>,
+    /// New concurrency cap; `Some(None)` removes it.
+    pub max_concurrency: Option<Option<i64>>,
+    /// New default attempts; `Some(None)` removes it.
+    pub max_attempts: Option<Option<i64>>,
+    /// New lease length in seconds.
+    pub lease_seconds: Option<i64>,
+    /// New backoff base in milliseconds.
+    pub backoff_base_ms: Option<i64>,
+    /// New backoff cap in milliseconds.
+    pub backoff_max_ms: Option<i64>,
+}
+
+impl QueueChanges {
+    /// Applies the changes to `settings`, validating each field.
+    pub fn apply(&self, mut settings: QueueSettings) -> Result<QueueSettings, DomainError> {
+        if let Some(rate) = self.rate_limit_per_second {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 100_000.0)) {
+                return Err(DomainError::invalid("rateLimitPerSecond", "must be above 0 and at most 100000"));
+            }
+            settings.rate_limit_per_second = rate;
+        }
+        if let Some(max) = self.max_concurrency {
+            settings.max_concurrency = max
+                .map(|m| u32::try_from(m).ok().filter(|m| (1..=100_000).contains(m)))
+                .map(|m| m.ok_or_else(|| DomainError::invalid("maxConcurrency", "must be between 1 and 100000")))
+                .transpose()?;
+        }
+        if let Some(max) = self.max_attempts {
+            settings.max_attempts = max.map(MaxAttempts::try_from).transpose()?;
+        }
+        if let Some(lease) = self.lease_seconds {
+            settings.lease_seconds = u32::try_from(lease)
+                .ok()
+                .filter(|l| (1..=86_400).contains(l))
+                .ok_or_else(|| DomainError::invalid("leaseSeconds", "must be between 1 and 86400"))?;
+        }
+        let ms = |v: i64, field: &str| {
+            u64::try_from(v)
+                .ok()
+                .filter(|v| (1..=86_400_000).contains(v))
+                .map(Duration::from_millis)
+                .ok_or_else(|| DomainError::invalid(field, "must be between 1 and 86400000"))
+        };
+        if let Some(base) = self.backoff_base_ms {
+            settings.retry.base = ms(base, "backoffBaseMs")?;
+        }
+        if let Some(max) = self.backoff_max_ms {
+            settings.retry.max = ms(max, "backoffMaxMs")?;
+        }
+        if settings.retry.base > settings.retry.max {
+            return Err(DomainError::invalid("backoffBaseMs", "must not exceed backoffMaxMs"));
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> QueueSettings {
+        QueueSettings::defaults(QueueName::parse("q").expect("valid"))
+    }
+
+    #[test]
+    fn only_given_fields_change() {
+        let changes = QueueChanges { lease_seconds: Some(60), ..Default::default() };
+        let next = changes.apply(queue()).expect("valid");
+        assert_eq!(next.lease_seconds, 60);
+        assert_eq!(next.retry, RetryPolicy::default());
+        assert_eq!(next.rate_limit_per_second, None);
+    }
+
+    #[test]
+    fn limits_can_be_set_and_removed() {
+        let set = QueueChanges {
+            rate_limit_per_second: Some(Some(5.0)),
+            max_concurrency: Some(Some(3)),
+            ..Default::default()
+        };
+        let limited = set.apply(queue()).expect("valid");
+        assert_eq!((limited.rate_limit_per_second, limited.max_concurrency), (Some(5.0), Some(3)));
+        let unset =
+            QueueChanges { rate_limit_per_second: Some(None), max_concurrency: Some(None), ..Default::default() };
+        let free = unset.apply(limited).expect("valid");
+        assert_eq!((free.rate_limit_per_second, free.max_concurrency), (None, None));
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            (QueueChanges { rate_limit_per_second: Some(Some(0.0)), ..Default::default() }, "rateLimitPerSecond"),
+            (QueueChanges { rate_limit_per_second: Some(Some(f64::NAN)), ..Default::default() }, "rateLimitPerSecond"),
+            (QueueChanges { max_concurrency: Some(Some(0)), ..Default::default() }, "maxConcurrency"),
+            (QueueChanges { max_attempts: Some(Some(101)), ..Default::default() }, "maxAttempts"),
+            (QueueChanges { lease_seconds: Some(0), ..Default::default() }, "leaseSeconds"),
+            (QueueChanges { backoff_base_ms: Some(-1), ..Default::default() }, "backoffBaseMs"),
+            (
+                QueueChanges { backoff_base_ms: Some(10_000), backoff_max_ms: Some(1_000), ..Default::default() },
+                "backoffBaseMs",
+            ),
+        ];
+        for (changes, field) in cases {
+            match changes.apply(queue()) {
+                Err(DomainError::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected an input error, got {other:?}"),
+            }
+        }
+    }
+}
