@@ -19,7 +19,7 @@ pub const DEFAULT_EVENTS_PER_TASK: i32 = 20;
 
 /// Where a task is in its lifecycle.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-#[graphql(name = "TaskStatus")]
+#[graphql(name = "TaskStatus", remote = "taskwire_domain::TaskStatus")]
 pub enum TaskStatusGql {
     /// Waiting for `runAt` (also while backing off before a retry).
     Scheduled,
@@ -37,39 +37,9 @@ pub enum TaskStatusGql {
     Dead,
 }
 
-impl From<domain::TaskStatus> for TaskStatusGql {
-    fn from(s: domain::TaskStatus) -> Self {
-        use domain::TaskStatus as S;
-        match s {
-            S::Scheduled => Self::Scheduled,
-            S::Queued => Self::Queued,
-            S::Assigned => Self::Assigned,
-            S::Running => Self::Running,
-            S::Succeeded => Self::Succeeded,
-            S::Cancelled => Self::Cancelled,
-            S::Dead => Self::Dead,
-        }
-    }
-}
-
-impl From<TaskStatusGql> for domain::TaskStatus {
-    fn from(s: TaskStatusGql) -> Self {
-        use domain::TaskStatus as S;
-        match s {
-            TaskStatusGql::Scheduled => S::Scheduled,
-            TaskStatusGql::Queued => S::Queued,
-            TaskStatusGql::Assigned => S::Assigned,
-            TaskStatusGql::Running => S::Running,
-            TaskStatusGql::Succeeded => S::Succeeded,
-            TaskStatusGql::Cancelled => S::Cancelled,
-            TaskStatusGql::Dead => S::Dead,
-        }
-    }
-}
-
 /// A role from the caller's token.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-#[graphql(name = "Role")]
+#[graphql(name = "Role", remote = "taskwire_domain::Role")]
 pub enum RoleGql {
     /// Creates tasks and sees its own.
     Client,
@@ -79,17 +49,6 @@ pub enum RoleGql {
     Operator,
     /// Operator plus queue and worker administration.
     Admin,
-}
-
-impl From<domain::Role> for RoleGql {
-    fn from(r: domain::Role) -> Self {
-        match r {
-            domain::Role::Client => Self::Client,
-            domain::Role::Worker => Self::Worker,
-            domain::Role::Operator => Self::Operator,
-            domain::Role::Admin => Self::Admin,
-        }
-    }
 }
 
 /// Whether a worker takes new tasks.
