@@ -87,6 +87,37 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     assert_eq!(backlog, 0.0, "the outbox drained");
 }
 
+/// A subscriber whose live feed is cut (brokers down, so the event never reaches Kafka)
+/// still gets the event: after a few idle seconds it reads the history itself.
+#[tokio::test]
+async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
+    let app = TestApp::spawn().await;
+    let Some(cluster) = app.kafka_cluster() else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history: needs the embedded cluster"
+        );
+        return;
+    };
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let mut ws = app.ws(TRANSPORT_WS).await;
+    ws.init(json!({ "authorization": format!("Bearer {alice}") })).await;
+    ws.subscribe("t", "subscription($id: ID!) { taskUpdated(id: $id) { seq status } }", json!({ "id": id })).await;
+    assert_eq!(ws.next_data("t").await["taskUpdated"]["seq"], 1);
+
+    let down = cluster.clone();
+    tokio::task::spawn_blocking(move || down.set_brokers_down()).await.expect("join").expect("brokers down");
+    app.gql(Some(&alice), "mutation($id: ID!) { cancelTask(id: $id) { status } }", json!({ "id": id })).await.data();
+
+    let event = ws.next_data("t").await;
+    assert_eq!(event["taskUpdated"], json!({ "seq": 2, "status": "CANCELLED" }));
+    assert_eq!(app.metric("taskwire_subscriber_idle_catchups_total").await, 1.0);
+    let up = cluster.clone();
+    tokio::task::spawn_blocking(move || up.set_brokers_up()).await.expect("join").expect("brokers up");
+}
+
 /// Reads `topic` from the beginning while `wanted` returns true.
 async fn read_topic(
     app: &TestApp,

@@ -36,6 +36,11 @@ const RESYNC_LIMIT: u64 = 5_000;
 const TRACKED_TASKS: usize = 50_000;
 /// Minimum spacing of `queueStats` updates.
 const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Silence after which a `taskUpdated`/`taskEvents` subscriber checks the history itself
+/// (one small indexed query), and after which `queueStats` refreshes anyway. Live events normally arrive in milliseconds; this
+/// bounds how long a subscriber can wait if Kafka loses or skips one (a broker failure,
+/// an offset reset), so nothing waits forever.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// The root subscription type.
 #[derive(Default, Debug)]
@@ -73,12 +78,13 @@ impl Subscription {
             let _gauge = gauge;
             // Replay, then live. `last` is the highest seq delivered so far.
             let mut replay = true;
+            let mut idle_check = false;
             loop {
-                if replay || live.take_lagged() {
-                    if !replay {
+                if replay || idle_check || live.take_lagged() {
+                    if !replay && !idle_check {
                         metrics.subscriber_resyncs.inc();
                     }
-                    replay = false;
+                    let before = last;
                     loop {
                         match store.events_after(id, last, REPLAY_PAGE).await {
                             Ok(events) => {
@@ -92,9 +98,20 @@ impl Subscription {
                             Err(e) => { yield Err(e.into()); return; }
                         }
                     }
+                    if idle_check && last > before {
+                        // The history had events Kafka never delivered to us.
+                        metrics.subscriber_idle_catchups.inc();
+                        tracing::warn!(task = %id, from = before, to = last, "live events were missed; caught up from task_events");
+                    }
+                    replay = false;
+                    idle_check = false;
                     continue;
                 }
-                let Some(envelope) = live.events.recv().await else { return };
+                let envelope = tokio::select! {
+                    envelope = live.events.recv() => envelope,
+                    () = tokio::time::sleep(IDLE_CHECK) => { idle_check = true; continue; }
+                };
+                let Some(envelope) = envelope else { return };
                 if envelope.seq <= last {
                     continue; // already delivered (replay overlap or redelivery)
                 }
@@ -139,9 +156,14 @@ impl Subscription {
         Ok(async_stream::stream! {
             let _gauge = gauge;
             let wanted = |event: &TaskEvent| statuses.is_empty() || statuses.contains(&event.status);
+            let mut idle_check = false;
             loop {
-                if live.take_lagged() {
-                    metrics.subscriber_resyncs.inc();
+                let lagged = live.take_lagged();
+                if lagged || idle_check {
+                    if lagged {
+                        metrics.subscriber_resyncs.inc();
+                    }
+                    let mut caught_up = 0u64;
                     match store.events_in_scope_since(&scope, resume_from - RESYNC_OVERLAP, RESYNC_LIMIT).await {
                         Ok(events) if events.len() as u64 == RESYNC_LIMIT => {
                             metrics.subscribers_too_slow.inc();
@@ -151,6 +173,7 @@ impl Subscription {
                         Ok(events) => {
                             for event in events {
                                 if seen.accept(&event) {
+                                    caught_up += 1;
                                     resume_from = resume_from.max(event.at);
                                     if wanted(&event) { yield Ok(TaskEventObject(event)); }
                                 }
@@ -158,9 +181,18 @@ impl Subscription {
                         }
                         Err(e) => { yield Err(e.into()); return; }
                     }
+                    if idle_check && !lagged && caught_up > 0 {
+                        metrics.subscriber_idle_catchups.inc();
+                        tracing::warn!(events = caught_up, "live events were missed; caught up from task_events");
+                    }
+                    idle_check = false;
                     continue;
                 }
-                let Some(envelope) = live.events.recv().await else { return };
+                let envelope = tokio::select! {
+                    envelope = live.events.recv() => envelope,
+                    () = tokio::time::sleep(IDLE_CHECK) => { idle_check = true; continue; }
+                };
+                let Some(envelope) = envelope else { return };
                 if scope.queue.as_ref().is_some_and(|q| *q != envelope.queue) {
                     continue;
                 }
@@ -211,10 +243,15 @@ impl Subscription {
                     Err(e) => { yield Err(e); return; }
                 }
                 tokio::time::sleep(QUEUE_STATS_INTERVAL).await;
-                // Wait for a change; anything that arrived meanwhile is folded into one update.
+                // Wait for a change (or refresh anyway after a while: ages grow and a
+                // lost event must not freeze the numbers); fold what arrived meanwhile
+                // into one update.
                 let lagged = changes.take_lagged();
-                if !lagged && changes.events.try_recv().is_err() && changes.events.recv().await.is_none() {
-                    return;
+                if !lagged && changes.events.try_recv().is_err() {
+                    tokio::select! {
+                        change = changes.events.recv() => if change.is_none() { return },
+                        () = tokio::time::sleep(IDLE_CHECK) => {}
+                    }
                 }
                 while changes.events.try_recv().is_ok() {}
             }
