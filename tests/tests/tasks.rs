@@ -458,3 +458,26 @@ async fn what_a_mutation_answers_is_exactly_what_a_read_returns() {
         .await;
     assert_eq!(after.data()["task"], cancelled.data()["cancelTask"]);
 }
+
+#[tokio::test]
+async fn concurrent_creates_are_answered_one_by_one_even_when_committed_together() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let original = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "idempotencyKey": "taken" })).await;
+    let mut inputs: Vec<Value> =
+        (0..30).map(|i| json!({ "queue": "q", "kind": "k", "idempotencyKey": format!("k{i}") })).collect();
+    inputs.push(json!({ "queue": "q", "kind": "other", "idempotencyKey": "taken" })); // conflicting reuse
+    inputs.push(json!({ "queue": "q", "kind": "k", "idempotencyKey": "taken" })); // a retry
+    let responses =
+        futures::future::join_all(inputs.iter().map(|input| app.gql(Some(&alice), CREATE, json!({ "input": input }))))
+            .await;
+
+    for (i, response) in responses.iter().take(30).enumerate() {
+        assert_eq!(response.data()["createTask"]["created"], true, "input {i} stands alone");
+    }
+    assert_eq!(responses[30].code(), "IDEMPOTENCY_CONFLICT", "only the conflicting caller fails");
+    assert_eq!(responses[31].data()["createTask"]["created"], false);
+    assert_eq!(responses[31].data()["createTask"]["task"]["id"], original.as_str());
+    let listed = app.gql(Some(&alice), LIST, json!({ "first": 100 })).await;
+    assert_eq!(ids_of(listed.data()).len(), 31);
+}

@@ -37,8 +37,11 @@ impl TaskMutation {
     /// are committed.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Client])")]
     async fn create_task(&self, ctx: &Context<'_>, input: CreateTaskInput) -> Result<CreateTaskPayload> {
-        let mut payloads = create(ctx, vec![input], "input").await?;
-        payloads.pop().ok_or_else(|| ApiError::Internal.into())
+        let caller = principal(ctx)?;
+        let new = NewTask::parse(input.into(), &caller.subject, Utc::now())
+            .map_err(|e| ApiError::from(e.in_field("input")))?;
+        // Committed together with concurrent creates (commit coalescing).
+        payload(store(ctx)?.create_task(new, traceparent(ctx)).await?)
     }
 
     /// Creates up to 500 tasks in one transaction. All or nothing: an invalid input or
@@ -48,7 +51,7 @@ impl TaskMutation {
         if inputs.len() > MAX_CREATE_BATCH {
             return Err(ApiError::from(DomainError::invalid("inputs", "at most 500 inputs per call")).into());
         }
-        create(ctx, inputs, "inputs").await
+        create_all(ctx, inputs).await
     }
 
     /// Cancels a task that has not finished. Clients may cancel their own tasks,
@@ -184,28 +187,28 @@ async fn set_paused(ctx: &Context<'_>, name: &str, paused: bool) -> Result<Queue
     Ok(QueueObject(store.save_queue(&settings).await?))
 }
 
-/// Validates and creates `inputs` (field names in errors are `field[i].…` for batches).
-async fn create(ctx: &Context<'_>, inputs: Vec<CreateTaskInput>, field: &str) -> Result<Vec<CreateTaskPayload>> {
+/// Validates and creates a `createTasks` batch, all or nothing (errors name
+/// `inputs[i].field`).
+async fn create_all(ctx: &Context<'_>, inputs: Vec<CreateTaskInput>) -> Result<Vec<CreateTaskPayload>> {
     let caller = principal(ctx)?;
     let now = Utc::now();
-    let batched = field == "inputs";
     let mut batch = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.into_iter().enumerate() {
-        let prefix = if batched { format!("{field}[{i}]") } else { field.to_owned() };
-        let new =
-            NewTask::parse(input.into(), &caller.subject, now).map_err(|e| ApiError::from(e.in_field(&prefix)))?;
+        let new = NewTask::parse(input.into(), &caller.subject, now)
+            .map_err(|e| ApiError::from(e.in_field(&format!("inputs[{i}]"))))?;
         batch.push(new);
     }
     if batch.is_empty() {
         return Ok(vec![]);
     }
     let outcomes = store(ctx)?.create_tasks(batch, CreateMode::AllOrNothing, traceparent(ctx)).await?;
-    outcomes
-        .into_iter()
-        .map(|outcome| match outcome {
-            CreateOutcome::Created(task) => Ok(CreateTaskPayload { task: TaskObject(task), created: true }),
-            CreateOutcome::Existing(task) => Ok(CreateTaskPayload { task: TaskObject(task), created: false }),
-            CreateOutcome::Conflict => Err(ApiError::from(DomainError::IdempotencyConflict).into()),
-        })
-        .collect()
+    outcomes.into_iter().map(payload).collect()
+}
+
+fn payload(outcome: CreateOutcome) -> Result<CreateTaskPayload> {
+    match outcome {
+        CreateOutcome::Created(task) => Ok(CreateTaskPayload { task: TaskObject(task), created: true }),
+        CreateOutcome::Existing(task) => Ok(CreateTaskPayload { task: TaskObject(task), created: false }),
+        CreateOutcome::Conflict => Err(ApiError::from(DomainError::IdempotencyConflict).into()),
+    }
 }

@@ -7,6 +7,7 @@
 //! `SQLITE_BUSY` upgrade failures into orderly waiting).
 
 mod admin;
+mod coalesce;
 mod convert;
 mod events;
 mod outbox;
@@ -105,6 +106,9 @@ pub struct Store {
     write_gate: Option<Arc<Mutex<()>>>,
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
+    /// Queue of the commit-coalescing task (see `coalesce`); `None` in the handle that
+    /// task itself uses.
+    coalescer: Option<tokio::sync::mpsc::Sender<coalesce::Pending>>,
 }
 
 impl Store {
@@ -143,13 +147,16 @@ impl Store {
             }
             counter.statements.fetch_add(1, Ordering::Relaxed);
         });
-        Ok(Store {
+        let mut store = Store {
             db,
             topics: Topics::new(&config.kafka.topic_prefix),
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
             stats,
             outbox_signal: Arc::new(Notify::new()),
-        })
+            coalescer: None,
+        };
+        store.coalescer = Some(coalesce::start(store.clone()));
+        Ok(store)
     }
 
     /// The underlying connection (for migrations).

@@ -176,9 +176,20 @@ impl Store {
         mode: CreateMode,
         traceparent: Option<&str>,
     ) -> ApiResult<Vec<CreateOutcome>> {
+        let traces = vec![traceparent; batch.len()];
+        self.create_tasks_traced(batch, mode, &traces).await
+    }
+
+    /// Like [`Store::create_tasks`], with a trace context per input.
+    pub(super) async fn create_tasks_traced(
+        &self,
+        batch: Vec<NewTask>,
+        mode: CreateMode,
+        traces: &[Option<&str>],
+    ) -> ApiResult<Vec<CreateOutcome>> {
         let _gate = self.write_lock().await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
-            match self.try_create_tasks(&batch, mode, traceparent).await {
+            match self.try_create_tasks(&batch, mode, traces).await {
                 // Another transaction committed the same key between our read and our
                 // insert: run again, and the read will find it.
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
@@ -195,7 +206,7 @@ impl Store {
         &self,
         batch: &[NewTask],
         mode: CreateMode,
-        traceparent: Option<&str>,
+        traces: &[Option<&str>],
     ) -> Result<ApiResult<Vec<CreateOutcome>>, DbErr> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
@@ -205,7 +216,7 @@ impl Store {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
         let mut transitions = Vec::with_capacity(batch.len());
-        for new in batch {
+        for (new, trace) in batch.iter().zip(traces.iter().chain(std::iter::repeat(&None))) {
             let key = new.idempotency_key.as_ref().map(|k| (new.created_by.clone(), k.as_str().to_owned()));
             if let Some((hash, task)) = key.as_ref().and_then(|k| existing.get(k)) {
                 outcomes.push(if *hash == new.fingerprint {
@@ -223,7 +234,7 @@ impl Store {
             }
             rows.push(convert::task_to_row(&transition.task, &new.fingerprint));
             outcomes.push(CreateOutcome::Created(transition.task.clone()));
-            transitions.push(transition);
+            transitions.push((transition, *trace));
         }
         if mode == CreateMode::AllOrNothing && outcomes.contains(&CreateOutcome::Conflict) {
             txn.rollback().await?;
@@ -231,7 +242,7 @@ impl Store {
         }
         if !rows.is_empty() {
             task::Entity::insert_many(rows).exec_without_returning(&txn).await?;
-            self.append_history(&txn, &transitions, traceparent).await?;
+            self.append_history(&txn, &transitions).await?;
         }
         txn.commit().await?;
         if !transitions.is_empty() {
@@ -267,7 +278,7 @@ impl Store {
                 txn.rollback().await?;
                 continue;
             }
-            self.append_history(&txn, std::slice::from_ref(&transition), traceparent).await?;
+            self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
             txn.commit().await?;
             if transition.event.is_some() {
                 self.outbox_signal.notify_one();
@@ -281,12 +292,11 @@ impl Store {
     async fn append_history(
         &self,
         txn: &DatabaseTransaction,
-        transitions: &[Transition],
-        traceparent: Option<&str>,
+        transitions: &[(Transition, Option<&str>)],
     ) -> Result<(), DbErr> {
         let mut events = Vec::with_capacity(transitions.len());
         let mut messages = Vec::with_capacity(transitions.len() * 2);
-        for t in transitions {
+        for (t, traceparent) in transitions {
             let Some(event) = &t.event else { continue };
             events.push(convert::event_to_row(event));
             let mut kinds = vec![EnvelopeType::Status];
