@@ -33,23 +33,34 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// Starts the coalescing task for `store` (a handle without a coalescer of its own, so
-/// the task does not keep its own queue open).
-pub(super) fn start(store: Store) -> mpsc::Sender<Pending> {
+/// Starts `committers` coalescing tasks for `store` (a handle without a coalescer of its
+/// own, so the tasks do not keep their own queue open). SQLite has one writer, so one
+/// committer; MySQL commits several batches in parallel (its group commit shares fsyncs).
+pub(super) fn start(store: Store, committers: usize) -> mpsc::Sender<Pending> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(store, rx));
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..committers.max(1) {
+        tokio::spawn(run(store.clone(), queue.clone()));
+    }
     tx
 }
 
-async fn run(store: Store, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+/// Takes whatever is waiting (at least one, at most [`MAX_BATCH`]); `None` once closed.
+async fn next_batch(queue: &tokio::sync::Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+    let mut queue = queue.lock().await;
+    let first = queue.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
         }
+    }
+    Some(batch)
+}
+
+async fn run(store: Store, queue: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+    while let Some(batch) = next_batch(&queue).await {
         let inputs: Vec<NewTask> = batch.iter().map(|p| p.task.clone()).collect();
         let traces: Vec<Option<&str>> = batch.iter().map(|p| p.traceparent.as_deref()).collect();
         match store.create_tasks_traced(inputs, CreateMode::PerInput, &traces).await {

@@ -155,7 +155,8 @@ impl Store {
             outbox_signal: Arc::new(Notify::new()),
             coalescer: None,
         };
-        store.coalescer = Some(coalesce::start(store.clone()));
+        let committers = if sqlite { 1 } else { (config.database_max_connections as usize / 2).max(1) };
+        store.coalescer = Some(coalesce::start(store.clone(), committers));
         Ok(store)
     }
 
