@@ -84,6 +84,27 @@ impl Subscription {
     }
 }
 
+/// What [`Subscription::next_or_idle`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A live event.
+    Event(Arc<TaskEnvelope>),
+    /// Nothing arrived within the idle time.
+    Idle,
+    /// The hub is gone.
+    Closed,
+}
+
+impl Subscription {
+    /// The next live event, or [`Next::Idle`] after `idle` without one.
+    pub async fn next_or_idle(&mut self, idle: std::time::Duration) -> Next {
+        tokio::select! {
+            event = self.events.recv() => event.map_or(Next::Closed, Next::Event),
+            () = tokio::time::sleep(idle) => Next::Idle,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Unsubscribe {
     hub: Arc<Hub>,
@@ -217,6 +238,15 @@ mod tests {
         assert!(slow.take_lagged(), "the slow subscriber must resync");
         assert!(slow.events.try_recv().is_err(), "resync discards the stale buffer");
         assert!(!slow.take_lagged(), "the flag clears");
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_with_an_event_or_after_the_idle_time() {
+        let hub = Hub::new(2, Metrics::new());
+        let mut sub = hub.subscribe(Route::All);
+        assert!(matches!(sub.next_or_idle(std::time::Duration::from_millis(10)).await, Next::Idle));
+        hub.publish(envelope("t1", 1, "a", "q"));
+        assert!(matches!(sub.next_or_idle(std::time::Duration::from_secs(5)).await, Next::Event(e) if e.seq == 1));
     }
 
     #[tokio::test]

@@ -230,6 +230,18 @@ impl TestApp {
         format!("{}.{suffix}", self.topic_prefix)
     }
 
+    /// The embedded cluster, or `None` with a skip notice for `test` (a real broker's
+    /// brokers cannot be taken down from here).
+    pub fn require_embedded_cluster(&self, test: &str) -> Option<Arc<taskwire_api::kafka::EmbeddedCluster>> {
+        let cluster = self.kafka_cluster.clone();
+        if cluster.is_none() {
+            use std::io::Write;
+            let _ =
+                writeln!(std::io::stderr(), "SKIPPED {test}: needs the embedded cluster ({KAFKA_BROKERS_VAR} is set)");
+        }
+        cluster
+    }
+
     /// The app's metrics in Prometheus text form.
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.1

@@ -17,12 +17,8 @@ const CREATE_MANY: &str = "mutation($i: [CreateTaskInput!]!) { createTasks(input
 #[tokio::test]
 async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     let app = TestApp::spawn().await;
-    let Some(cluster) = app.kafka_cluster() else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED tasks_created_while_kafka_is_down_all_arrive_once_it_returns: needs the embedded cluster (TASKWIRE_TEST_KAFKA_BROKERS is set)"
-        );
+    let Some(cluster) = app.require_embedded_cluster("tasks_created_while_kafka_is_down_all_arrive_once_it_returns")
+    else {
         return;
     };
     let alice = app.token("alice", &["client"]);
@@ -92,12 +88,8 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
 #[tokio::test]
 async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
     let app = TestApp::spawn().await;
-    let Some(cluster) = app.kafka_cluster() else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history: needs the embedded cluster"
-        );
+    let Some(cluster) = app.require_embedded_cluster("a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history")
+    else {
         return;
     };
     let alice = app.token("alice", &["client"]);

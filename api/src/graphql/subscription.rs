@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     error::ApiError,
-    live::{Hub, Route},
+    live::{Hub, Next, Route},
     metrics::Metrics,
     store::{EventScope, Store},
 };
@@ -107,11 +107,11 @@ impl Subscription {
                     idle_check = false;
                     continue;
                 }
-                let envelope = tokio::select! {
-                    envelope = live.events.recv() => envelope,
-                    () = tokio::time::sleep(IDLE_CHECK) => { idle_check = true; continue; }
+                let envelope = match live.next_or_idle(IDLE_CHECK).await {
+                    Next::Event(envelope) => envelope,
+                    Next::Idle => { idle_check = true; continue; }
+                    Next::Closed => return,
                 };
-                let Some(envelope) = envelope else { return };
                 if envelope.seq <= last {
                     continue; // already delivered (replay overlap or redelivery)
                 }
@@ -188,11 +188,11 @@ impl Subscription {
                     idle_check = false;
                     continue;
                 }
-                let envelope = tokio::select! {
-                    envelope = live.events.recv() => envelope,
-                    () = tokio::time::sleep(IDLE_CHECK) => { idle_check = true; continue; }
+                let envelope = match live.next_or_idle(IDLE_CHECK).await {
+                    Next::Event(envelope) => envelope,
+                    Next::Idle => { idle_check = true; continue; }
+                    Next::Closed => return,
                 };
-                let Some(envelope) = envelope else { return };
                 if scope.queue.as_ref().is_some_and(|q| *q != envelope.queue) {
                     continue;
                 }
