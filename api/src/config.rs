@@ -44,7 +44,43 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("MAX_BODY_BYTES", "2097152", "largest accepted request body"),
     ("MAX_BATCH_OPERATIONS", "10", "operations in one batched HTTP request"),
     ("REQUEST_TIMEOUT_MS", "10000", "per-request time limit"),
+    ("ROLES", "api,dispatcher", "components this process runs: api (HTTP, GraphQL, live events), dispatcher"),
+    ("OFFER_TIMEOUT_MS", "10000", "time a worker has to accept an offer before it goes to another"),
+    ("WORKER_TTL_MS", "30000", "a worker neither subscribed nor heartbeating for this long goes OFFLINE"),
+    ("DISPATCH_READY_CAPACITY", "100000", "tasks the matcher holds in memory; when full it stops reading Kafka"),
+    ("REAPER_INTERVAL_MS", "500", "how often lapsed offers, leases, deadlines and offline workers are reaped"),
 ];
+
+/// The components a process runs (`TASKWIRE_ROLES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// HTTP API, GraphQL, WebSocket subscriptions and the status consumer feeding them.
+    pub api: bool,
+    /// Matcher, reaper and scheduler.
+    pub dispatcher: bool,
+}
+
+impl Roles {
+    fn parse(raw: Option<&str>) -> Result<Roles, ConfigError> {
+        let mut roles = Roles { api: false, dispatcher: false };
+        for part in raw.unwrap_or("api,dispatcher").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "api" => roles.api = true,
+                "dispatcher" => roles.dispatcher = true,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "ROLES",
+                        reason: format!("{other:?} is not api or dispatcher"),
+                    });
+                }
+            }
+        }
+        if !roles.api && !roles.dispatcher {
+            return Err(ConfigError::Invalid { key: "ROLES", reason: "name at least one of api, dispatcher".into() });
+        }
+        Ok(roles)
+    }
+}
 
 /// A configuration value that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +166,10 @@ pub struct Config {
     pub max_batch_operations: usize,
     /// Per-request time limit. Default 10 s.
     pub request_timeout: Duration,
+    /// Components to run. Default both.
+    pub roles: Roles,
+    /// Dispatcher timers and bounds (defaults in [`KEYS`]).
+    pub dispatch: crate::dispatch::DispatchSettings,
 }
 
 impl Config {
@@ -225,6 +265,13 @@ impl Config {
                 "REQUEST_TIMEOUT_MS",
                 Some(10_000),
             )?),
+            roles: Roles::parse(get("ROLES"))?,
+            dispatch: crate::dispatch::DispatchSettings {
+                offer_timeout: millis(get("OFFER_TIMEOUT_MS"), "OFFER_TIMEOUT_MS", 10_000)?,
+                worker_ttl: millis(get("WORKER_TTL_MS"), "WORKER_TTL_MS", 30_000)?,
+                ready_capacity: parse(get("DISPATCH_READY_CAPACITY"), "DISPATCH_READY_CAPACITY", Some(100_000))?,
+                reaper_interval: millis(get("REAPER_INTERVAL_MS"), "REAPER_INTERVAL_MS", 500)?,
+            },
         };
         if config.jwt.secret.is_some() && config.jwt.public_key_file.is_some() {
             return Err(ConfigError::Refused(

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod graphql;
 pub mod http;

@@ -28,6 +28,8 @@ pub enum Route {
     Creator(String),
     /// Every task of one queue.
     Queue(String),
+    /// Every event naming one worker (offers to it, runs ending on it).
+    Worker(String),
     /// Every task.
     All,
 }
@@ -148,16 +150,20 @@ impl Hub {
         Subscription { events, lagged, _guard: Unsubscribe { hub: self.clone(), route, id } }
     }
 
-    /// Delivers `envelope` to every subscriber of its task, creator, queue and `All`.
+    /// Delivers `envelope` to every subscriber of its task, creator, queue, worker (if
+    /// any) and `All`.
     /// Never blocks: a full buffer flags its subscriber as lagged instead.
     pub fn publish(&self, envelope: TaskEnvelope) {
         let envelope = Arc::new(envelope);
-        let routes = [
+        let mut routes = vec![
             Route::Task(envelope.task_id.clone()),
             Route::Creator(envelope.created_by.clone()),
             Route::Queue(envelope.queue.clone()),
             Route::All,
         ];
+        if let Some(worker) = &envelope.worker_id {
+            routes.push(Route::Worker(worker.clone()));
+        }
         let Ok(table) = self.routes.lock() else { return };
         for route in &routes {
             let Some(subscribers) = table.by_route.get(route) else { continue };

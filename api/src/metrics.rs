@@ -35,6 +35,19 @@ pub struct Metrics {
     pub ws_closes: IntCounterVec,
     /// WebSocket clients dropped for not reading.
     pub ws_slow_clients_dropped: IntCounter,
+    /// Tasks the matcher holds, ready to offer.
+    pub dispatch_ready: IntGauge,
+    /// Offers made by the matcher.
+    pub dispatch_offers: IntCounter,
+    /// Seconds from a task becoming `QUEUED` (its dispatch message) to its offer.
+    pub dispatch_latency: Histogram,
+    /// Dispatch messages consumed, by outcome (`queued`, `stale`, `duplicate`, `invalid`).
+    pub dispatch_messages: IntCounterVec,
+    /// Tasks moved by the reaper and scheduler, by reason (`promoted`, `offer_expired`,
+    /// `lease_expired`, `deadline`, `worker_offline`).
+    pub reaped: IntCounterVec,
+    /// Workers marked `OFFLINE` after their TTL.
+    pub workers_expired: IntCounter,
 }
 
 impl Metrics {
@@ -64,7 +77,20 @@ impl Metrics {
         )
         .unwrap_or_else(|_| unreachable_metric("outbox_publish_latency_seconds"));
         let _ = registry.register(Box::new(latency.clone()));
+        let dispatch_latency = Histogram::with_opts(
+            HistogramOpts::new("dispatch_latency_seconds", "Seconds from QUEUED to the offer").buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )
+        .unwrap_or_else(|_| unreachable_metric("dispatch_latency_seconds"));
+        let _ = registry.register(Box::new(dispatch_latency.clone()));
         Metrics {
+            dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
+            dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),
+            dispatch_latency,
+            dispatch_messages: counter_vec("dispatch_messages_total", "Dispatch messages consumed", &["outcome"]),
+            reaped: counter_vec("reaped_total", "Tasks moved by the reaper and scheduler", &["reason"]),
+            workers_expired: counter("workers_expired_total", "Workers marked OFFLINE after their TTL"),
             outbox_backlog: gauge("outbox_backlog", "Outbox rows not yet published to Kafka"),
             outbox_publish_latency: latency,
             outbox_published: counter("outbox_published_total", "Outbox messages published to Kafka"),

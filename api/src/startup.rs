@@ -17,6 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     auth::JwtKeys,
     config::{Config, ConfigError},
+    dispatch::{DispatchSettings, matcher::Matcher, reaper},
     graphql::{SchemaOptions, build_schema, sdl},
     http::{AppState, Limits, router},
     kafka::{EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
@@ -54,14 +55,18 @@ pub enum StartupError {
 /// after HTTP has drained.
 struct Background {
     relay: OutboxRelay,
-    consumer: Arc<StreamConsumer>,
+    /// The status consumer feeding live subscriptions (`api` role).
+    consumer: Option<Arc<StreamConsumer>>,
     hub: Arc<Hub>,
+    /// The matcher, reaper and scheduler (`dispatcher` role).
+    dispatcher: Option<(Matcher, DispatchSettings)>,
 }
 
 /// A built application, bound but not yet serving.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    api: bool,
     graphiql: bool,
     introspection: bool,
     background: Background,
@@ -87,11 +92,27 @@ impl Application {
         let kafka = Kafka::connect(&config.kafka).await?;
         let producer = kafka.producer()?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
-        let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
-        let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
-        let consumer = Arc::new(kafka.live_consumer(&group, &status_topic)?);
-        // Fixed before serving: every status event committed from now on reaches us.
-        consumer::assign_at_end(consumer.clone(), status_topic).await?;
+        let consumer = if config.roles.api {
+            let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
+            let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
+            let consumer = Arc::new(kafka.live_consumer(&group, &status_topic)?);
+            // Fixed before serving: every status event committed from now on reaches us.
+            consumer::assign_at_end(consumer.clone(), status_topic).await?;
+            Some(consumer)
+        } else {
+            None
+        };
+        let dispatcher = if config.roles.dispatcher {
+            let topic = kafka.topics().for_envelope(EnvelopeType::Dispatch);
+            let group = format!("{}.dispatcher", config.kafka.topic_prefix);
+            let consumer = kafka.dispatch_consumer(&group, &topic)?;
+            Some((
+                Matcher::new(store.clone(), config.dispatch.clone(), metrics.clone(), consumer, topic),
+                config.dispatch.clone(),
+            ))
+        } else {
+            None
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
@@ -99,7 +120,7 @@ impl Application {
             store.clone(),
             hub.clone(),
             metrics.clone(),
-            SchemaOptions { introspection: config.introspection },
+            SchemaOptions { introspection: config.introspection, worker_ttl: config.dispatch.worker_ttl },
         );
         let state = AppState {
             schema,
@@ -121,9 +142,10 @@ impl Application {
         Ok(Application {
             listener,
             state,
+            api: config.roles.api,
             graphiql: config.graphiql,
             introspection: config.introspection,
-            background: Background { relay: OutboxRelay::new(store, producer, metrics), consumer, hub },
+            background: Background { relay: OutboxRelay::new(store, producer, metrics), consumer, hub, dispatcher },
         })
     }
 
@@ -161,15 +183,23 @@ impl Application {
     /// WebSockets with 1001, lets in-flight requests finish, and only then stops the
     /// background tasks (the relay publishes what committed meanwhile and flushes).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { listener, state, graphiql, introspection, background } = self;
+        let Application { listener, state, api, graphiql, introspection, background } = self;
         let shutdown = state.shutdown.clone();
         let background_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(background.relay.run(background_stop.clone()));
-        tasks.spawn(consumer::run(background.consumer, background.hub, state.metrics.clone(), background_stop.clone()));
+        if let Some(status) = background.consumer {
+            tasks.spawn(consumer::run(status, background.hub, state.metrics.clone(), background_stop.clone()));
+        }
+        if let Some((matcher, settings)) = background.dispatcher {
+            let (store, metrics) = (state.store.clone(), state.metrics.clone());
+            tasks.spawn(matcher.run(background_stop.clone()));
+            tasks.spawn(reaper::run_reaper(store.clone(), settings, metrics.clone(), background_stop.clone()));
+            tasks.spawn(reaper::run_scheduler(store, metrics, background_stop.clone()));
+        }
         tasks.close();
 
-        let app = router(state, graphiql, introspection);
+        let app = router(state, api, graphiql, introspection);
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         background_stop.cancel();
         tasks.wait().await;

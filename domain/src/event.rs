@@ -98,6 +98,11 @@ impl TaskEnvelope {
             message: event.message.clone(),
         }
     }
+
+    /// The task id, parsed; `None` for a malformed envelope.
+    pub fn id(&self) -> Option<crate::TaskId> {
+        crate::TaskId::parse(&self.task_id)
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ pub enum Command {
         /// When the retry would run (now + backoff).
         retry_at: DateTime<Utc>,
     },
+    /// The lease holder went offline (no subscription, no heartbeat within its TTL):
+    /// an offer goes back to `QUEUED` (not an attempt); a run counts as a failed attempt.
+    Reclaim {
+        /// When the retry would run (now + backoff).
+        retry_at: DateTime<Utc>,
+    },
     /// Cancel a non-terminal task.
     Cancel {
         /// Optional reason, recorded in the event.
@@ -113,6 +119,7 @@ impl Command {
                 Command::Fail { worker_id, lease_token, error, retryable, retry_at: p(retry_at) }
             }
             Command::ExpireLease { retry_at } => Command::ExpireLease { retry_at: p(retry_at) },
+            Command::Reclaim { retry_at } => Command::Reclaim { retry_at: p(retry_at) },
             other => other,
         }
     }
@@ -129,6 +136,7 @@ impl Command {
             Command::Release { .. } => "release",
             Command::ExpireOffer => "expire the offer of",
             Command::ExpireLease { .. } => "expire the lease of",
+            Command::Reclaim { .. } => "reclaim",
             Command::Cancel { .. } => "cancel",
             Command::Retry => "retry",
             Command::Requeue => "requeue",
@@ -299,6 +307,18 @@ pub fn transition(task: &Task, command: Command, now: DateTime<Utc>) -> Result<T
             Running if lease_lapsed(task, now) => {
                 next.task.last_error = Some("lease expired".into());
                 next.message = Some("lease expired".into());
+                next.retry_or_die(retry_at);
+            }
+            _ => return Err(invalid(&command)),
+        },
+        Command::Reclaim { retry_at } => match task.status {
+            Assigned => {
+                next.message = Some("worker offline".into());
+                next.queued();
+            }
+            Running => {
+                next.task.last_error = Some("worker offline".into());
+                next.message = Some("worker offline".into());
                 next.retry_or_die(retry_at);
             }
             _ => return Err(invalid(&command)),

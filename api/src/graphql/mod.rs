@@ -27,6 +27,9 @@ pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, subscription:
 pub struct SchemaOptions {
     /// Allow introspection queries.
     pub introspection: bool,
+    /// A worker's TTL: an open `assignments` subscription refreshes its `lastSeenAt`
+    /// three times per TTL.
+    pub worker_ttl: std::time::Duration,
 }
 
 /// Builds the schema around the store and the live hub.
@@ -34,7 +37,8 @@ pub fn build_schema(store: Store, hub: Arc<Hub>, metrics: Metrics, options: Sche
     let mut builder = Schema::build(query::Query::default(), mutation::Mutation::default(), subscription::Subscription)
         .data(store)
         .data(hub)
-        .data(metrics);
+        .data(metrics)
+        .data(options);
     if !options.introspection {
         builder = builder.disable_introspection();
     }

@@ -1,10 +1,12 @@
 //! Mutations, one object per area, merged into `Mutation`.
 
-use async_graphql::{Context, ID, MergedObject, Object, Result};
-use chrono::Utc;
+use async_graphql::{Context, ID, Json, MergedObject, Object, Result};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use taskwire_domain::{
-    DomainError, NewTask, QueueName, Role, TaskId, WorkerRegistration,
+    DomainError, NewTask, Payload, QueueName, QueueSettings, Role, TaskId, WorkerRegistration,
     machine::{self, Command},
+    task::Task,
 };
 
 use super::{
@@ -22,6 +24,8 @@ use crate::{
 
 /// Most inputs one `createTasks` call accepts.
 pub const MAX_CREATE_BATCH: usize = 500;
+/// Longest `failTask` error message, in characters.
+pub const MAX_ERROR_CHARS: usize = 4000;
 
 /// The root mutation type.
 #[derive(MergedObject, Default, Debug)]
@@ -101,6 +105,86 @@ impl WorkerMutation {
         Ok(WorkerObject(store(ctx)?.heartbeat(&caller.subject).await?))
     }
 
+    /// Accepts an offer: `ASSIGNED` → `RUNNING`, counting an attempt. The lease then
+    /// lasts the queue's `leaseSeconds`; heartbeats extend it. `LEASE_LOST` unless the
+    /// caller holds the current offer.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn accept_task(&self, ctx: &Context<'_>, task_id: ID, lease_token: String) -> Result<TaskObject> {
+        let worker_id = principal(ctx)?.subject.clone();
+        with_lease(ctx, &task_id, |_, queue, now| Command::Accept {
+            worker_id: worker_id.clone(),
+            lease_token: lease_token.clone(),
+            lease_expires_at: now + chrono::Duration::seconds(i64::from(queue.lease_seconds)),
+        })
+        .await
+    }
+
+    /// Reports success: `RUNNING` → `SUCCEEDED` with an optional result (JSON, at most
+    /// 64 KiB). `LEASE_LOST` unless the caller holds the current lease.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn complete_task(
+        &self,
+        ctx: &Context<'_>,
+        task_id: ID,
+        lease_token: String,
+        result: Option<Json<Value>>,
+    ) -> Result<TaskObject> {
+        let worker_id = principal(ctx)?.subject.clone();
+        let result = result
+            .map(|r| Payload::parse(r.0).map(Payload::into_value))
+            .transpose()
+            .map_err(|e| ApiError::from(e.in_field("result")))?;
+        with_lease(ctx, &task_id, |_, _, _| Command::Complete {
+            worker_id: worker_id.clone(),
+            lease_token: lease_token.clone(),
+            result: result.clone(),
+        })
+        .await
+    }
+
+    /// Reports failure. A retryable failure backs off through `SCHEDULED` (the queue's
+    /// exponential backoff with full jitter) until `maxAttempts`, then `DEAD`;
+    /// `retryable: false` goes straight to `DEAD`. `LEASE_LOST` unless the caller holds
+    /// the current lease.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn fail_task(
+        &self,
+        ctx: &Context<'_>,
+        task_id: ID,
+        lease_token: String,
+        error: String,
+        #[graphql(default = true)] retryable: bool,
+    ) -> Result<TaskObject> {
+        let worker_id = principal(ctx)?.subject.clone();
+        if error.chars().count() > MAX_ERROR_CHARS {
+            return Err(ApiError::from(DomainError::invalid("error", "at most 4000 characters")).into());
+        }
+        with_lease(ctx, &task_id, |task, queue, now| {
+            let delay = queue.retry.delay(task.attempts.max(1), &mut rand::rng());
+            Command::Fail {
+                worker_id: worker_id.clone(),
+                lease_token: lease_token.clone(),
+                error: error.clone(),
+                retryable,
+                retry_at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
+            }
+        })
+        .await
+    }
+
+    /// Gives a task back without failing it: it is `QUEUED` again for another worker
+    /// (a started run keeps its attempt counted). `LEASE_LOST` unless the caller holds
+    /// the current lease.
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn release_task(&self, ctx: &Context<'_>, task_id: ID, lease_token: String) -> Result<TaskObject> {
+        let worker_id = principal(ctx)?.subject.clone();
+        with_lease(ctx, &task_id, |_, _, _| Command::Release {
+            worker_id: worker_id.clone(),
+            lease_token: lease_token.clone(),
+        })
+        .await
+    }
+
     /// Stops new offers to a worker; its running tasks finish (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
     async fn drain_worker(&self, ctx: &Context<'_>, id: ID) -> Result<WorkerObject> {
@@ -177,6 +261,22 @@ impl QueueMutation {
         }
         Ok(requeued)
     }
+}
+
+/// Applies a worker command built from the task, its queue's settings and the time.
+/// Unknown tasks are `NOT_FOUND`; a task the caller does not hold is `LEASE_LOST`.
+async fn with_lease<F>(ctx: &Context<'_>, task_id: &ID, command: F) -> Result<TaskObject>
+where
+    F: Fn(&Task, &QueueSettings, DateTime<Utc>) -> Command,
+{
+    let id = TaskId::parse(task_id).ok_or(ApiError::NotFound("task"))?;
+    let task = store(ctx)?
+        .transition_in_queue(id, traceparent(ctx), |task, queue| {
+            let now = Utc::now();
+            Ok(machine::transition(task, command(task, queue, now), now)?)
+        })
+        .await?;
+    Ok(TaskObject(task))
 }
 
 async fn set_paused(ctx: &Context<'_>, name: &str, paused: bool) -> Result<QueueObject> {

@@ -6,17 +6,21 @@
 //! next one) or a flagged overflow is filled from `task_events`, the source of truth:
 //! per task, a subscriber sees every event once, in order.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription};
 use chrono::Utc;
 use futures::Stream;
-use taskwire_domain::{DomainError, Role, TaskEnvelope, TaskId, task::TaskEvent};
+use taskwire_domain::{DomainError, Role, TaskEnvelope, TaskId, TaskStatus, task::TaskEvent};
 
 use super::{
     context::{principal, store},
     guards::RoleGuard,
-    types::{QueueStatsObject, TaskEventFilter, TaskEventObject},
+    types::{AssignmentObject, QueueStatsObject, TaskEventFilter, TaskEventObject},
 };
 use crate::{
     error::ApiError,
@@ -123,6 +127,24 @@ impl Subscription {
                 yield Ok(TaskEventObject(event_of(&envelope)));
             }
         })
+    }
+
+    /// For the calling worker: its outstanding offers first, then each new offer as it
+    /// is made. While this subscription is open the worker counts as `ONLINE`. Register
+    /// with `registerWorker` first (`NOT_FOUND` otherwise).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn assignments(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = Result<AssignmentObject>> + use<>> {
+        let worker_id = principal(ctx)?.subject.clone();
+        let store = store(ctx)?.clone();
+        let (hub, metrics) = live(ctx)?;
+        let ttl = ctx.data_opt::<super::SchemaOptions>().map(|o| o.worker_ttl).unwrap_or(Duration::from_secs(30));
+        // Registered before the first read, so no offer slips between the two.
+        let live = hub.subscribe(Route::Worker(worker_id.clone()));
+        store.touch_worker(&worker_id).await?;
+        metrics.subscriptions.inc();
+        let gauge = GaugeGuard(metrics);
+        let refresh = (ttl / 3).max(Duration::from_millis(100));
+        Ok(assignment_stream(store, live, worker_id, refresh, gauge))
     }
 
     /// Events of many tasks: a client's own tasks, or (operators) any queue's.
@@ -256,6 +278,60 @@ impl Subscription {
                 while changes.events.try_recv().is_ok() {}
             }
         })
+    }
+}
+
+/// The `assignments` stream of worker `worker_id`: outstanding offers (read from the
+/// database, which alone holds lease tokens), then each new one. An `ASSIGNED` event
+/// routed to the worker, a lag, or the periodic liveness refresh triggers a re-read;
+/// offers are delivered once each (by lease token).
+fn assignment_stream(
+    store: Store,
+    mut live: crate::live::Subscription,
+    worker_id: String,
+    refresh: Duration,
+    gauge: GaugeGuard,
+) -> impl Stream<Item = Result<AssignmentObject>> {
+    async_stream::stream! {
+        let _gauge = gauge;
+        let mut delivered: HashSet<String> = HashSet::new();
+        let mut check = true;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+        loop {
+            if check || live.take_lagged() {
+                match store.offers_for(&worker_id).await {
+                    Ok(offers) => {
+                        let current: HashSet<&str> =
+                            offers.iter().filter_map(|t| t.lease_token.as_ref().map(|l| l.as_str())).collect();
+                        delivered.retain(|token| current.contains(token.as_str()));
+                        for task in offers {
+                            let Some(token) = task.lease_token.as_ref().map(|t| t.as_str().to_owned()) else { continue };
+                            if delivered.insert(token) {
+                                yield Ok(AssignmentObject(task));
+                            }
+                        }
+                    }
+                    Err(e) => { yield Err(e.into()); return; }
+                }
+            }
+            tokio::select! {
+                next = live.next_or_idle(IDLE_CHECK) => match next {
+                    Next::Event(envelope) => {
+                        check = envelope.status == TaskStatus::Assigned
+                            && envelope.worker_id.as_deref() == Some(worker_id.as_str());
+                    }
+                    Next::Idle => check = true,
+                    Next::Closed => return,
+                },
+                _ = ticks.tick() => {
+                    // An open subscription keeps the worker ONLINE.
+                    if let Err(e) = store.touch_worker(&worker_id).await {
+                        tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness");
+                    }
+                    check = true;
+                }
+            }
+        }
     }
 }
 

@@ -342,6 +342,27 @@ impl QueueStatsObject {
     }
 }
 
+/// An offer to the calling worker: accept it with `acceptTask(taskId, leaseToken)`
+/// before `leaseExpiresAt`, or it goes to another worker.
+#[derive(Debug, Clone)]
+pub struct AssignmentObject(pub Task);
+
+#[Object(name = "Assignment")]
+impl AssignmentObject {
+    /// The task offered.
+    async fn task(&self) -> TaskObject {
+        TaskObject(self.0.clone())
+    }
+    /// The fencing token every worker call on this task must present.
+    async fn lease_token(&self) -> &str {
+        self.0.lease_token.as_ref().map(|t| t.as_str()).unwrap_or_default()
+    }
+    /// When the offer lapses unless accepted.
+    async fn lease_expires_at(&self) -> DateTime<Utc> {
+        self.0.lease_expires_at.unwrap_or(self.0.updated_at)
+    }
+}
+
 /// Input of `registerWorker`. The worker's id is its token's subject.
 #[derive(InputObject, Debug, Clone)]
 pub struct RegisterWorkerInput {

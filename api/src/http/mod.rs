@@ -74,16 +74,21 @@ pub struct Limits {
 
 /// The router. GraphiQL is mounted only when `graphiql` is true, the SDL only when
 /// `introspection` is (it is the same information).
-pub fn router(state: AppState, graphiql: bool, introspection: bool) -> Router {
+///
+/// A process without the `api` role (`TASKWIRE_ROLES=dispatcher`) serves only the
+/// health, readiness and metrics endpoints.
+pub fn router(state: AppState, api: bool, graphiql: bool, introspection: bool) -> Router {
     let mut router = Router::new()
-        .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics));
-    if introspection {
+    if api {
+        router = router.route("/graphql", get(graphql::get).post(graphql::post));
+    }
+    if api && introspection {
         router = router.route("/schema.graphql", get(schema_sdl));
     }
-    if graphiql {
+    if api && graphiql {
         router = router.route("/graphiql", get(graphql::graphiql));
     }
     router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes)).with_state(state)

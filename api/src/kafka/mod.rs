@@ -115,6 +115,26 @@ impl Kafka {
         Ok(consumer)
     }
 
+    /// The matcher's consumer of `topic`: group `group` (shared by every dispatcher
+    /// process), from the earliest offset when the group has none, offsets committed by
+    /// the matcher itself (only below the lowest task not yet placed).
+    pub fn dispatch_consumer(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<StreamConsumer<crate::dispatch::matcher::RebalanceContext>, KafkaError> {
+        let consumer: StreamConsumer<crate::dispatch::matcher::RebalanceContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(crate::dispatch::matcher::RebalanceContext::default())?;
+        consumer.subscribe(&[topic])?;
+        Ok(consumer)
+    }
+
     /// Whether the cluster answers a metadata request for the status topic in time.
     pub async fn ping(&self, timeout: Duration) -> Result<(), KafkaError> {
         let bootstrap = self.bootstrap_servers.clone();

@@ -57,7 +57,10 @@ impl Store {
                 }
             };
             match result {
-                Ok(row) => return convert::worker_from_row(row),
+                Ok(row) => {
+                    self.dispatch_signal.notify_one();
+                    return convert::worker_from_row(row);
+                }
                 // Registered concurrently by another request: update instead.
                 Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
                 Err(e) => return Err(e.into()),
@@ -80,6 +83,7 @@ impl Store {
         active.updated_at = Set(convert::to_ms(now));
         let row = active.update(&self.db).await?;
         let record = convert::worker_from_row(row)?;
+        self.dispatch_signal.notify_one();
         for queue in &record.queues {
             let lease = self.queue_settings_unlocked(queue).await?.lease_seconds;
             // Leases are extended in place: the lease token (not the row version) is what
@@ -149,6 +153,7 @@ impl Store {
             updated_at: Set(now),
         };
         let saved = if exists { row.update(&self.db).await? } else { row.insert(&self.db).await? };
+        self.dispatch_signal.notify_one();
         settings_from_row(saved)
     }
 
@@ -185,7 +190,7 @@ impl Store {
     }
 }
 
-fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
+pub(super) fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
     let name = QueueName::parse(&row.name).map_err(|_| ApiError::Internal)?;
     let defaults = RetryPolicy::default();
     let ms = |v: Option<i64>, default: std::time::Duration| {

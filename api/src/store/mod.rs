@@ -9,6 +9,7 @@
 mod admin;
 mod coalesce;
 mod convert;
+mod dispatch;
 mod events;
 mod outbox;
 mod tasks;
@@ -30,6 +31,7 @@ use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
+pub use dispatch::{Due, OfferOutcome};
 pub use events::{EventScope, QueueStats};
 pub use outbox::OutboxMessage;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
@@ -106,6 +108,7 @@ pub struct Store {
     write_gate: Option<Arc<Mutex<()>>>,
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
+    dispatch_signal: Arc<Notify>,
     /// Queue of the commit-coalescing task (see `coalesce`); `None` in the handle that
     /// task itself uses.
     coalescer: Option<tokio::sync::mpsc::Sender<coalesce::Pending>>,
@@ -153,6 +156,7 @@ impl Store {
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
             stats,
             outbox_signal: Arc::new(Notify::new()),
+            dispatch_signal: Arc::new(Notify::new()),
             coalescer: None,
         };
         let committers = if sqlite { 1 } else { (config.database_max_connections as usize / 2).max(1) };
@@ -169,6 +173,12 @@ impl Store {
     /// once instead of waiting for its next sweep.
     pub fn outbox_signal(&self) -> Arc<Notify> {
         self.outbox_signal.clone()
+    }
+
+    /// Signalled when dispatching may make progress: a worker's capacity was freed, a
+    /// worker came online, a queue was resumed or reconfigured.
+    pub fn dispatch_signal(&self) -> Arc<Notify> {
+        self.dispatch_signal.clone()
     }
 
     /// Statement counters.

@@ -8,7 +8,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 use taskwire_domain::{
-    DomainError, EnvelopeType, MaxAttempts, NewTask, TaskEnvelope, TaskId, TaskStatus,
+    DomainError, EnvelopeType, MaxAttempts, NewTask, QueueSettings, TaskEnvelope, TaskId, TaskStatus,
     machine::{self, Effect, Transition},
     task::{Task, TaskEvent},
 };
@@ -260,6 +260,32 @@ impl Store {
     where
         F: Fn(&Task) -> ApiResult<Transition>,
     {
+        self.transition_inner(id, traceparent, false, |task, _| decide(task)).await
+    }
+
+    /// Like [`Store::transition`], for decisions that need the settings of the task's
+    /// queue (lease length, backoff).
+    pub async fn transition_in_queue<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
+    where
+        F: Fn(&Task, &QueueSettings) -> ApiResult<Transition>,
+    {
+        self.transition_inner(id, traceparent, true, |task, settings| {
+            let settings = settings.ok_or(ApiError::Internal)?;
+            decide(task, settings)
+        })
+        .await
+    }
+
+    async fn transition_inner<F>(
+        &self,
+        id: TaskId,
+        traceparent: Option<&str>,
+        with_settings: bool,
+        decide: F,
+    ) -> ApiResult<Task>
+    where
+        F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
+    {
         let _gate = self.write_lock().await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
             let txn = self.db.begin().await?;
@@ -267,29 +293,43 @@ impl Store {
                 return Err(ApiError::NotFound("task"));
             };
             let current = convert::task_from_row(row)?;
-            let transition = decide(&current)?;
-            let updated = task::Entity::update_many()
-                .set(convert::task_changes(&transition.task))
-                .filter(task::Column::Id.eq(id.to_string()))
-                .filter(task::Column::Version.eq(current.version as i32))
-                .exec(&txn)
-                .await?;
-            if updated.rows_affected != 1 {
-                txn.rollback().await?;
-                continue;
+            let settings = match with_settings {
+                true => self.queue_settings_many([current.queue.as_str()]).await?.remove(&current.queue),
+                false => None,
+            };
+            let transition = decide(&current, settings.as_ref())?;
+            match apply(&txn, &current, &transition).await? {
+                Applied::Done => {}
+                Applied::Raced => {
+                    txn.rollback().await?;
+                    continue;
+                }
+                Applied::NoCapacity => {
+                    txn.rollback().await?;
+                    return Err(ApiError::Conflict("the worker has no free capacity".into()));
+                }
             }
             self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
             txn.commit().await?;
-            if transition.event.is_some() {
-                self.outbox_signal.notify_one();
-            }
+            self.after_commit(&[(&current, &transition)]);
             return Ok(transition.task);
         }
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
     }
 
+    /// Wakes the relay (new outbox rows) and the matcher (freed worker capacity) after
+    /// transitions committed.
+    pub(super) fn after_commit(&self, changes: &[(&Task, &Transition)]) {
+        if changes.iter().any(|(_, t)| t.event.is_some()) {
+            self.outbox_signal.notify_one();
+        }
+        if changes.iter().any(|(before, t)| before.status.is_leased() && !t.task.status.is_leased()) {
+            self.dispatch_signal.notify_one();
+        }
+    }
+
     /// Appends the events and outbox rows of `transitions` (multi-row inserts).
-    async fn append_history(
+    pub(super) async fn append_history(
         &self,
         txn: &DatabaseTransaction,
         transitions: &[(Transition, Option<&str>)],
@@ -323,6 +363,65 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What applying one transition inside a transaction found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// The row (and the worker's capacity count, where it changes) is updated.
+    Done,
+    /// The row's version moved since it was read: roll back and read again.
+    Raced,
+    /// The transition leases the task to a worker that is not `ONLINE` or has no free
+    /// capacity: roll back.
+    NoCapacity,
+}
+
+/// Updates the task row conditionally on the version `before` was read at, and keeps
+/// the worker's `active` count in step (DESIGN.md §2, invariant 4): a transition that
+/// leases the task reserves a slot with a conditional update (`active < capacity`, worker
+/// `ONLINE`); one that ends a lease frees the slot, in the same transaction.
+pub(super) async fn apply(txn: &DatabaseTransaction, before: &Task, next: &Transition) -> Result<Applied, DbErr> {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    use taskwire_entity::worker;
+    let updated = task::Entity::update_many()
+        .set(convert::task_changes(&next.task))
+        .filter(task::Column::Id.eq(before.id.to_string()))
+        .filter(task::Column::Version.eq(before.version as i32))
+        .exec(txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Ok(Applied::Raced);
+    }
+    let now = convert::to_ms(next.task.updated_at);
+    match (before.status.is_leased(), next.task.status.is_leased()) {
+        (false, true) => {
+            let worker_id = next.task.worker_id.clone().unwrap_or_default();
+            let reserved = worker::Entity::update_many()
+                .col_expr(worker::Column::Active, Expr::col(worker::Column::Active).add(1))
+                .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+                .filter(worker::Column::Id.eq(worker_id))
+                .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
+                .filter(Expr::col(worker::Column::Active).lt(Expr::col(worker::Column::Capacity)))
+                .exec(txn)
+                .await?;
+            if reserved.rows_affected != 1 {
+                return Ok(Applied::NoCapacity);
+            }
+        }
+        (true, false) => {
+            let worker_id = before.worker_id.clone().unwrap_or_default();
+            worker::Entity::update_many()
+                .col_expr(worker::Column::Active, Expr::col(worker::Column::Active).sub(1))
+                .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+                .filter(worker::Column::Id.eq(worker_id))
+                .filter(worker::Column::Active.gt(0))
+                .exec(txn)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(Applied::Done)
 }
 
 /// The configured `maxAttempts` of the queues of inputs that do not set their own.

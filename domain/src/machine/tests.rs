@@ -50,6 +50,7 @@ fn every_command() -> Vec<Command> {
         Command::Release { worker_id: WORKER.into(), lease_token: "tok".into() },
         Command::ExpireOffer,
         Command::ExpireLease { retry_at: later },
+        Command::Reclaim { retry_at: later },
         Command::Cancel { reason: Some("changed my mind".into()) },
         Command::Retry,
         Command::Requeue,
@@ -65,8 +66,8 @@ fn every_status_and_command_has_the_specified_outcome() {
     type Outcome = Result<TaskStatus, crate::ErrorCode>;
     let ok = Ok;
     // Columns follow every_command(): promote offer accept heartbeat complete fail release
-    // expire-offer expire-lease cancel retry requeue expire-deadline.
-    let table: [(TaskStatus, [Outcome; 13]); 7] = [
+    // expire-offer expire-lease reclaim cancel retry requeue expire-deadline.
+    let table: [(TaskStatus, [Outcome; 14]); 7] = [
         (
             Scheduled,
             [
@@ -77,6 +78,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(L),
                 Err(L),
                 Err(L),
+                Err(C),
                 Err(C),
                 Err(C),
                 ok(Cancelled),
@@ -97,6 +99,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(L),
                 Err(C),
                 Err(C),
+                Err(C),
                 ok(Cancelled),
                 Err(C),
                 Err(C),
@@ -115,6 +118,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 ok(Queued),
                 Err(C),
                 Err(C),
+                ok(Queued),
                 ok(Cancelled),
                 Err(C),
                 Err(C),
@@ -133,6 +137,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 ok(Queued),
                 Err(C),
                 Err(C),
+                ok(Scheduled),
                 ok(Cancelled),
                 Err(C),
                 Err(C),
@@ -141,7 +146,22 @@ fn every_status_and_command_has_the_specified_outcome() {
         ),
         (
             Succeeded,
-            [Err(C), Err(C), Err(L), Err(L), Err(L), Err(L), Err(L), Err(C), Err(C), Err(C), Err(C), Err(C), Err(C)],
+            [
+                Err(C),
+                Err(C),
+                Err(L),
+                Err(L),
+                Err(L),
+                Err(L),
+                Err(L),
+                Err(C),
+                Err(C),
+                Err(C),
+                Err(C),
+                Err(C),
+                Err(C),
+                Err(C),
+            ],
         ),
         (
             Cancelled,
@@ -153,6 +173,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(L),
                 Err(L),
                 Err(L),
+                Err(C),
                 Err(C),
                 Err(C),
                 Err(C),
@@ -171,6 +192,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(L),
                 Err(L),
                 Err(L),
+                Err(C),
                 Err(C),
                 Err(C),
                 Err(C),
@@ -318,7 +340,7 @@ fn requeue_gives_a_dead_task_a_fresh_attempt_budget() {
 /// One step of a random history.
 fn arb_command() -> impl Strategy<Value = (u8, bool, bool, i64)> {
     // (which command, use the right token?, retryable?, seconds to advance the clock)
-    (0u8..13, any::<bool>(), any::<bool>(), 0i64..60)
+    (0u8..14, any::<bool>(), any::<bool>(), 0i64..60)
 }
 
 proptest! {
@@ -350,6 +372,7 @@ proptest! {
                 9 => Command::Cancel { reason: None },
                 10 => Command::Retry,
                 11 => Command::Requeue,
+                12 => Command::Reclaim { retry_at: clock + Duration::seconds(2) },
                 _ => Command::ExpireDeadline,
             };
             let Ok(t) = transition(&task, command, clock) else { continue };

@@ -1,0 +1,410 @@
+//! The matcher: from the dispatch topic to offers.
+//!
+//! A loop owned by the application: it reads `<prefix>.tasks.dispatch` in the consumer
+//! group `<prefix>.dispatcher` (so dispatcher processes share partitions), keeps the
+//! announced tasks that are still `QUEUED` in a bounded [`ReadySet`], and after each
+//! batch, each wake-up (capacity freed, a worker came online, a queue changed) and each
+//! tick, runs a *round*: for every queue that is not paused, it offers tasks in dispatch
+//! order to `ONLINE` workers serving the queue with free capacity, least loaded first,
+//! within the queue's max concurrency and rate limit. Each offer is one conditional
+//! transaction (see `Store::offer`); the database, not this loop, guarantees that a task
+//! has one lease and a worker never exceeds its capacity.
+//!
+//! Offsets are committed only below the lowest task not yet placed, so a crash replays.
+//! At start, and every [`RECONCILE_EVERY`], tasks `QUEUED` in the database for a while
+//! that the set does not hold are added too: nothing waits forever for a message Kafka
+//! lost or a process that died holding it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures::FutureExt;
+use rdkafka::{
+    ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::{BorrowedMessage, Headers},
+};
+use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    DispatchSettings,
+    bucket::TokenBucket,
+    ready::{Entry, ReadySet},
+};
+use crate::{
+    metrics::Metrics,
+    store::{OfferOutcome, Store, WorkerRecord},
+};
+
+/// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
+/// capacity freed by other processes, are noticed within this).
+const TICK: Duration = Duration::from_millis(200);
+/// Messages taken from Kafka per batch at most.
+const BATCH: usize = 500;
+/// How often the ready set is reconciled with the database.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// Tasks `QUEUED` for less than this are left to their Kafka message.
+const RECONCILE_GRACE: chrono::Duration = chrono::Duration::seconds(10);
+
+/// Records partitions revoked by a consumer-group rebalance, for the matcher to drop.
+#[derive(Debug, Default, Clone)]
+pub struct RebalanceContext {
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance
+            && let Ok(mut revoked) = self.revoked.lock()
+        {
+            revoked.extend(list.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+impl RebalanceContext {
+    fn take_revoked(&self) -> Vec<i32> {
+        self.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+}
+
+/// The matcher loop's state.
+pub struct Matcher {
+    store: Store,
+    settings: DispatchSettings,
+    metrics: Metrics,
+    consumer: StreamConsumer<RebalanceContext>,
+    topic: String,
+    wake: Arc<Notify>,
+    ready: ReadySet,
+    buckets: HashMap<String, TokenBucket>,
+}
+
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matcher").field("topic", &self.topic).field("ready", &self.ready.len()).finish_non_exhaustive()
+    }
+}
+
+impl Matcher {
+    /// A matcher reading `topic` with `consumer` (subscribed, auto-commit off).
+    pub fn new(
+        store: Store,
+        settings: DispatchSettings,
+        metrics: Metrics,
+        consumer: StreamConsumer<RebalanceContext>,
+        topic: String,
+    ) -> Self {
+        let wake = store.dispatch_signal();
+        let ready = ReadySet::new(settings.ready_capacity);
+        Matcher { store, settings, metrics, consumer, topic, wake, ready, buckets: HashMap::new() }
+    }
+
+    /// Runs until `shutdown`, then commits what it placed.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.reconcile(Utc::now()).await;
+        let mut reconciled = Instant::now();
+        loop {
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                self.ready.revoke(&revoked);
+            }
+            let mut batch = Vec::new();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(TICK) => {}
+                message = self.consumer.recv(), if !self.ready.is_full() => match message {
+                    Ok(message) => {
+                        batch.push(Announcement::read(&message));
+                        while batch.len() < BATCH {
+                            match self.consumer.recv().now_or_never() {
+                                Some(Ok(message)) => batch.push(Announcement::read(&message)),
+                                _ => break,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Broker outages surface here; librdkafka reconnects by itself,
+                        // and the reconciliation covers what Kafka cannot deliver.
+                        tracing::debug!(error = %e, "dispatch consumer error");
+                    }
+                },
+            }
+            self.ingest(batch).await;
+            if reconciled.elapsed() >= RECONCILE_EVERY {
+                self.reconcile(Utc::now() - RECONCILE_GRACE).await;
+                reconciled = Instant::now();
+            }
+            self.round().await;
+            self.metrics.dispatch_ready.set(self.ready.len() as i64);
+            self.commit(CommitMode::Async);
+        }
+        self.commit(CommitMode::Sync);
+        tracing::info!("matcher stopped");
+    }
+
+    /// Adds the announced tasks that are still `QUEUED` (one query per batch).
+    async fn ingest(&mut self, batch: Vec<Announcement>) {
+        if batch.is_empty() {
+            return;
+        }
+        let ids: Vec<TaskId> = batch.iter().filter_map(|a| a.envelope.as_ref()).filter_map(|e| e.id()).collect();
+        let current = match self.store.tasks_by_ids(&ids).await {
+            Ok(tasks) => Some(tasks.into_iter().map(|t| (t.id, t)).collect::<HashMap<_, _>>()),
+            Err(e) => {
+                // Keep every announcement: the offer transaction checks the status anyway.
+                tracing::warn!(error = ?e, "cannot check announced tasks; keeping them all");
+                None
+            }
+        };
+        for announcement in batch {
+            let source = (announcement.partition, announcement.offset);
+            let Some(envelope) = announcement.envelope.filter(|e| e.kind == EnvelopeType::Dispatch) else {
+                self.metrics.dispatch_messages.with_label_values(&["invalid"]).inc();
+                self.ready.placed_on_arrival(source);
+                continue;
+            };
+            let Some(id) = envelope.id() else {
+                self.metrics.dispatch_messages.with_label_values(&["invalid"]).inc();
+                self.ready.placed_on_arrival(source);
+                continue;
+            };
+            let mut entry = Entry {
+                id,
+                queue: envelope.queue.clone(),
+                priority: envelope.priority,
+                run_at: envelope.run_at,
+                queued_at: envelope.at,
+                source: Some(source),
+                traceparent: announcement.traceparent,
+            };
+            if let Some(tasks) = &current {
+                match tasks.get(&id) {
+                    Some(task) if task.status == TaskStatus::Queued => {
+                        entry.priority = task.priority;
+                        entry.run_at = task.run_at;
+                    }
+                    _ => {
+                        self.metrics.dispatch_messages.with_label_values(&["stale"]).inc();
+                        self.ready.placed_on_arrival(source);
+                        continue;
+                    }
+                }
+            }
+            let outcome = if self.ready.insert(entry) { "queued" } else { "duplicate" };
+            self.metrics.dispatch_messages.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    /// Adds `QUEUED` tasks last changed before `cutoff` that the set does not hold.
+    async fn reconcile(&mut self, cutoff: chrono::DateTime<Utc>) {
+        let room = self.settings.ready_capacity.saturating_sub(self.ready.len()) as u64;
+        if room == 0 {
+            return;
+        }
+        match self.store.queued_tasks(cutoff, room).await {
+            Ok(tasks) => {
+                let mut found = 0;
+                for task in tasks {
+                    let entry = Entry {
+                        id: task.id,
+                        queue: task.queue,
+                        priority: task.priority,
+                        run_at: task.run_at,
+                        queued_at: task.updated_at,
+                        source: None,
+                        traceparent: None,
+                    };
+                    if self.ready.insert(entry) {
+                        found += 1;
+                    }
+                }
+                if found > 0 {
+                    tracing::info!(found, "reconciliation found queued tasks without a pending announcement");
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "reconciliation failed; retrying later"),
+        }
+    }
+
+    /// Offers what can be offered now.
+    async fn round(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        let mut workers = match self.store.available_workers(now - self.settings.worker_ttl).await {
+            Ok(workers) if workers.is_empty() => return,
+            Ok(workers) => workers,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot load workers; retrying");
+                return;
+            }
+        };
+        let queues = self.ready.queues();
+        let settings = match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot load queue settings; retrying");
+                return;
+            }
+        };
+        let capped: Vec<&str> = queues
+            .iter()
+            .filter(|q| settings.get(*q).is_some_and(|s| s.max_concurrency.is_some()))
+            .map(String::as_str)
+            .collect();
+        let active = match self.store.active_by_queue(&capped).await {
+            Ok(active) => active,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot count active tasks; retrying");
+                return;
+            }
+        };
+        let expires_at = now + self.settings.offer_timeout;
+        for queue in &queues {
+            let Some(settings) = settings.get(queue) else { continue };
+            if settings.paused {
+                continue;
+            }
+            let mut budget = match settings.max_concurrency {
+                Some(max) => max.saturating_sub(active.get(queue).copied().unwrap_or(0)),
+                None => u32::MAX,
+            };
+            let clock = Instant::now();
+            if let Some(rate) = settings.rate_limit_per_second {
+                let bucket = self.buckets.entry(queue.clone()).or_insert_with(|| TokenBucket::new(rate, clock));
+                bucket.set_rate(rate, clock);
+                budget = budget.min(bucket.available(clock));
+            } else {
+                self.buckets.remove(queue);
+            }
+            while budget > 0 {
+                let Some(entry) = self.ready.peek(queue) else { break };
+                let Some(worker) = least_loaded(&mut workers, queue) else { break };
+                let (id, traceparent, queued_at) = (entry.id, entry.traceparent.clone(), entry.queued_at);
+                match self.store.offer(id, &worker.id, expires_at, traceparent.as_deref()).await {
+                    Ok(OfferOutcome::Offered(task)) => {
+                        self.ready.remove(id);
+                        worker.active += 1;
+                        budget -= 1;
+                        if let Some(bucket) = self.buckets.get_mut(queue) {
+                            bucket.take();
+                        }
+                        self.metrics.dispatch_offers.inc();
+                        let waited = (task.updated_at - queued_at).to_std().unwrap_or_default();
+                        self.metrics.dispatch_latency.observe(waited.as_secs_f64());
+                        tracing::debug!(task = %id, worker = %task.worker_id.unwrap_or_default(), "offered");
+                    }
+                    Ok(OfferOutcome::NotQueued) => {
+                        self.ready.remove(id);
+                    }
+                    Ok(OfferOutcome::WorkerUnavailable) => {
+                        let gone = worker.id.clone();
+                        workers.retain(|w| w.id != gone);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = ?e, task = %id, "offer failed; retrying");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits the positions below which every message is placed.
+    fn commit(&mut self, mode: CommitMode) {
+        let positions = self.ready.commits();
+        if positions.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in positions {
+            if list.add_partition_offset(&self.topic, partition, Offset::Offset(offset)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, mode) {
+            // The next commit carries the same or higher positions.
+            tracing::debug!(error = %e, "offset commit failed");
+        }
+    }
+}
+
+/// The worker serving `queue` with free capacity and the lowest load (active /
+/// capacity, then active count, then id).
+fn least_loaded<'a>(workers: &'a mut [WorkerRecord], queue: &str) -> Option<&'a mut WorkerRecord> {
+    workers.iter_mut().filter(|w| w.active < w.capacity && w.queues.iter().any(|q| q == queue)).min_by(|a, b| {
+        let load = |w: &WorkerRecord| f64::from(w.active) / f64::from(w.capacity.max(1));
+        load(a).total_cmp(&load(b)).then(a.active.cmp(&b.active)).then(a.id.cmp(&b.id))
+    })
+}
+
+/// A dispatch message, decoded.
+struct Announcement {
+    partition: i32,
+    offset: i64,
+    envelope: Option<TaskEnvelope>,
+    traceparent: Option<String>,
+}
+
+impl Announcement {
+    fn read(message: &BorrowedMessage<'_>) -> Self {
+        let traceparent = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == "traceparent")
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        });
+        Announcement {
+            partition: message.partition(),
+            offset: message.offset(),
+            envelope: message.payload().and_then(|p| serde_json::from_slice(p).ok()),
+            traceparent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str, active: u32, capacity: u32, queues: &[&str]) -> WorkerRecord {
+        WorkerRecord {
+            id: id.into(),
+            name: id.into(),
+            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+            capacity,
+            active,
+            status: "ONLINE".into(),
+            last_seen_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_least_loaded_worker_serving_the_queue_is_chosen() {
+        let mut workers = vec![
+            worker("busy", 3, 4, &["q"]),
+            worker("idle-elsewhere", 0, 4, &["other"]),
+            worker("half", 2, 4, &["q"]),
+            worker("full", 1, 1, &["q"]),
+            worker("big", 2, 8, &["q", "other"]),
+        ];
+        assert_eq!(least_loaded(&mut workers, "q").map(|w| w.id.clone()).as_deref(), Some("big"));
+        assert_eq!(least_loaded(&mut workers, "other").map(|w| w.id.clone()).as_deref(), Some("idle-elsewhere"));
+        assert!(least_loaded(&mut workers, "nobody").is_none());
+        workers.retain(|w| w.id != "big" && w.id != "half" && w.id != "busy");
+        assert!(least_loaded(&mut workers, "q").is_none(), "a full worker is never chosen");
+    }
+}

@@ -1,0 +1,196 @@
+//! The dispatcher over real HTTP and WebSocket, driven by hand (one protocol step at a
+//! time): offers, acceptance, completion, fencing, capacity, priority, pause.
+//! `workers.rs` runs the same machinery with the reference worker under load and faults.
+
+use serde_json::{Value, json};
+use taskwire_tests::{
+    TestApp,
+    ws::{TRANSPORT_WS, WsClient},
+};
+
+const REGISTER: &str =
+    "mutation($input: RegisterWorkerInput!) { registerWorker(input: $input) { id status activeTasks } }";
+const ASSIGNMENTS: &str =
+    "subscription { assignments { leaseToken leaseExpiresAt task { id queue priority status attempts } } }";
+const ACCEPT: &str = "mutation($id: ID!, $lease: String!) { acceptTask(taskId: $id, leaseToken: $lease) { id status attempts leaseExpiresAt } }";
+const COMPLETE: &str = "mutation($id: ID!, $lease: String!, $result: JSON) { completeTask(taskId: $id, leaseToken: $lease, result: $result) { id status result } }";
+const FAIL: &str = "mutation($id: ID!, $lease: String!, $retryable: Boolean) { failTask(taskId: $id, leaseToken: $lease, error: \"boom\", retryable: $retryable) { id status attempts lastError runAt } }";
+const RELEASE: &str =
+    "mutation($id: ID!, $lease: String!) { releaseTask(taskId: $id, leaseToken: $lease) { id status attempts } }";
+const TASK: &str = "query($id: ID!) { task(id: $id) { id status attempts result lastError worker { id } } }";
+
+/// A worker driven step by step: registered, with its `assignments` subscription open.
+struct ManualWorker {
+    token: String,
+    ws: WsClient,
+}
+
+impl ManualWorker {
+    async fn start(app: &TestApp, id: &str, queues: &[&str], capacity: i32) -> ManualWorker {
+        let token = app.token(id, &["worker"]);
+        let input = json!({ "input": { "name": id, "queues": queues, "capacity": capacity } });
+        app.gql(Some(&token), REGISTER, input).await.data();
+        let mut ws = app.ws(TRANSPORT_WS).await;
+        ws.init(json!({ "authorization": format!("Bearer {token}") })).await;
+        ws.subscribe("a", ASSIGNMENTS, json!({})).await;
+        ManualWorker { token, ws }
+    }
+
+    /// The next offer: `(task id, lease token, the assignment)`.
+    async fn next_offer(&mut self) -> (String, String, Value) {
+        let data = self.ws.next_data("a").await;
+        let a = data["assignments"].clone();
+        (a["task"]["id"].as_str().expect("id").to_owned(), a["leaseToken"].as_str().expect("token").to_owned(), a)
+    }
+
+    async fn call(&self, app: &TestApp, query: &str, vars: Value) -> taskwire_tests::GqlResponse {
+        app.gql(Some(&self.token), query, vars).await
+    }
+}
+
+async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
+    let admin = app.token("ops", &["operator"]);
+    for _ in 0..300 {
+        let task = app.gql(Some(&admin), TASK, json!({ "id": id })).await.data()["task"].clone();
+        if task["status"] == status {
+            return task;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("task {id} never reached {status}");
+}
+
+#[tokio::test]
+async fn a_task_flows_from_queued_to_succeeded_through_an_accepted_offer() {
+    let app = TestApp::spawn().await;
+    let mut worker = ManualWorker::start(&app, "w1", &["q"], 2).await;
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "payload": { "n": 1 } })).await;
+
+    let (offered, lease, assignment) = worker.next_offer().await;
+    assert_eq!(offered, id);
+    assert_eq!(assignment["task"]["status"], "ASSIGNED");
+    assert!(assignment["leaseExpiresAt"].is_string());
+
+    let accepted = worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await;
+    assert_eq!(accepted.data()["acceptTask"]["status"], "RUNNING");
+    assert_eq!(accepted.data()["acceptTask"]["attempts"], 1);
+    let done = worker.call(&app, COMPLETE, json!({ "id": id, "lease": lease, "result": { "ok": true } })).await;
+    assert_eq!(done.data()["completeTask"]["status"], "SUCCEEDED");
+    assert_eq!(done.data()["completeTask"]["result"], json!({ "ok": true }));
+
+    // The history tells the whole story, and the worker's slot is free again.
+    let task = app
+        .gql(
+            Some(&alice),
+            "query($id: ID!) { task(id: $id) { events { status workerId } worker { id activeTasks } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let statuses: Vec<&str> =
+        task.data()["task"]["events"].as_array().expect("events").iter().filter_map(|e| e["status"].as_str()).collect();
+    assert_eq!(statuses, ["QUEUED", "ASSIGNED", "RUNNING", "SUCCEEDED"]);
+    assert_eq!(task.data()["task"]["worker"]["activeTasks"], 0);
+}
+
+#[tokio::test]
+async fn worker_calls_need_the_current_lease() {
+    let app = TestApp::spawn().await;
+    let mut worker = ManualWorker::start(&app, "w1", &["q"], 1).await;
+    let other = app.token("w2", &["worker"]);
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let (_, lease, _) = worker.next_offer().await;
+
+    let wrong_token = worker.call(&app, ACCEPT, json!({ "id": id, "lease": "not-the-token" })).await;
+    assert_eq!(wrong_token.code(), "LEASE_LOST");
+    let wrong_worker = app.gql(Some(&other), ACCEPT, json!({ "id": id, "lease": lease })).await;
+    assert_eq!(wrong_worker.code(), "LEASE_LOST", "another worker cannot use a stolen token");
+    let unknown =
+        worker.call(&app, ACCEPT, json!({ "id": "0190b1b2-0000-7000-8000-000000000000", "lease": lease })).await;
+    assert_eq!(unknown.code(), "NOT_FOUND");
+    let client = app.gql(Some(&alice), ACCEPT, json!({ "id": id, "lease": lease })).await;
+    assert_eq!(client.code(), "FORBIDDEN", "only workers accept tasks");
+
+    worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await.data();
+    // Cancel wins over the worker: its next call is LEASE_LOST.
+    app.gql(Some(&alice), "mutation($id: ID!) { cancelTask(id: $id) { status } }", json!({ "id": id })).await.data();
+    let late = worker.call(&app, COMPLETE, json!({ "id": id, "lease": lease })).await;
+    assert_eq!(late.code(), "LEASE_LOST");
+    let w = app.gql(Some(&worker.token), "query { worker(id: \"w1\") { activeTasks } }", json!({})).await;
+    assert_eq!(w.data()["worker"]["activeTasks"], 0, "cancelling freed the slot");
+}
+
+#[tokio::test]
+async fn a_worker_never_holds_more_than_its_capacity_and_gets_higher_priorities_first() {
+    let app = TestApp::spawn().await;
+    let admin = app.token("root", &["admin"]);
+    // Paused while the tasks arrive, so the order of offers is the queue's, not arrival's.
+    app.gql(Some(&admin), "mutation { pauseQueue(name: \"q\") { paused } }", json!({})).await.data();
+    let mut worker = ManualWorker::start(&app, "w1", &["q"], 2).await;
+    let alice = app.token("alice", &["client"]);
+    let low = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 1 })).await;
+    let high = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 9 })).await;
+    let mid = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 5 })).await;
+    wait_for_status(&app, &low, "QUEUED").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let w = app.gql(Some(&worker.token), "query { worker(id: \"w1\") { activeTasks } }", json!({})).await;
+    assert_eq!(w.data()["worker"]["activeTasks"], 0, "a paused queue offers nothing");
+
+    app.gql(Some(&admin), "mutation { resumeQueue(name: \"q\") { paused } }", json!({})).await.data();
+    let (first, lease_first, _) = worker.next_offer().await;
+    let (second, _, _) = worker.next_offer().await;
+    assert_eq!((first.as_str(), second.as_str()), (high.as_str(), mid.as_str()), "priority order");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = wait_for_status(&app, &low, "QUEUED").await;
+    assert_eq!(status["status"], "QUEUED", "capacity 2: the third waits");
+
+    let released = worker.call(&app, RELEASE, json!({ "id": first, "lease": lease_first })).await;
+    assert_eq!(released.data()["releaseTask"]["status"], "QUEUED");
+    // The released task is offered again (the low one may take the freed slot first:
+    // the release reaches the matcher through Kafka, the freed slot at once).
+    let mut seen = vec![];
+    loop {
+        let (offered, lease, _) = worker.next_offer().await;
+        seen.push(offered.clone());
+        if offered == high {
+            break;
+        }
+        assert_eq!(offered, low, "only the released or the waiting task can be offered");
+        worker.call(&app, ACCEPT, json!({ "id": offered, "lease": lease })).await.data();
+        worker.call(&app, COMPLETE, json!({ "id": offered, "lease": lease })).await.data();
+        assert!(seen.len() <= 2, "offers: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn failures_back_off_and_end_dead_after_max_attempts_then_requeue_revives_them() {
+    let app = TestApp::spawn().await;
+    let admin = app.token("root", &["admin"]);
+    let configure = "mutation($input: ConfigureQueueInput!) { configureQueue(input: $input) { name } }";
+    let settings = json!({ "input": { "name": "q", "backoffBaseMs": 50, "backoffMaxMs": 100 } });
+    app.gql(Some(&admin), configure, settings).await.data();
+    let mut worker = ManualWorker::start(&app, "w1", &["q"], 1).await;
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "maxAttempts": 2 })).await;
+
+    for attempt in 1..=2 {
+        let (offered, lease, _) = worker.next_offer().await;
+        assert_eq!(offered, id);
+        worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await.data();
+        let failed = worker.call(&app, FAIL, json!({ "id": id, "lease": lease, "retryable": true })).await;
+        let expected = if attempt < 2 { "SCHEDULED" } else { "DEAD" };
+        assert_eq!(failed.data()["failTask"]["status"], expected, "attempt {attempt}");
+        assert_eq!(failed.data()["failTask"]["attempts"], attempt);
+    }
+    let dead = wait_for_status(&app, &id, "DEAD").await;
+    assert_eq!(dead["lastError"], "boom");
+
+    let requeued = app.gql(Some(&admin), "mutation { requeueDeadTasks(queue: \"q\") }", json!({})).await;
+    assert_eq!(requeued.data()["requeueDeadTasks"], 1);
+    let (offered, lease, _) = worker.next_offer().await;
+    assert_eq!(offered, id, "a requeued task is dispatched again");
+    worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await.data();
+    let fatal = worker.call(&app, FAIL, json!({ "id": id, "lease": lease, "retryable": false })).await;
+    assert_eq!(fatal.data()["failTask"]["status"], "DEAD", "a non-retryable failure is final at once");
+}
