@@ -125,7 +125,10 @@ impl Matcher {
                 message = self.consumer.recv(), if !self.ready.is_full() => match message {
                     Ok(message) => {
                         batch.push(Announcement::read(&message));
-                        while batch.len() < BATCH {
+                        // Never more than the set has room for: a message read is a
+                        // message that must be held (or found stale or a duplicate).
+                        let room = self.settings.ready_capacity.saturating_sub(self.ready.len()).min(BATCH);
+                        while batch.len() < room {
                             match self.consumer.recv().now_or_never() {
                                 Some(Ok(message)) => batch.push(Announcement::read(&message)),
                                 _ => break,
@@ -186,6 +189,11 @@ impl Matcher {
                 queued_at: envelope.at,
                 source: Some(source),
                 traceparent: announcement.traceparent,
+                avoid: envelope
+                    .previous_status
+                    .is_some_and(TaskStatus::is_leased)
+                    .then(|| envelope.worker_id.clone())
+                    .flatten(),
             };
             if let Some(tasks) = &current {
                 match tasks.get(&id) {
@@ -223,6 +231,7 @@ impl Matcher {
                         queued_at: task.updated_at,
                         source: None,
                         traceparent: None,
+                        avoid: None,
                     };
                     if self.ready.insert(entry) {
                         found += 1;
@@ -290,8 +299,8 @@ impl Matcher {
             }
             while budget > 0 {
                 let Some(entry) = self.ready.peek(queue) else { break };
-                let Some(worker) = least_loaded(&mut workers, queue) else { break };
                 let (id, traceparent, queued_at) = (entry.id, entry.traceparent.clone(), entry.queued_at);
+                let Some(worker) = least_loaded(&mut workers, queue, entry.avoid.as_deref()) else { break };
                 match self.store.offer(id, &worker.id, expires_at, traceparent.as_deref()).await {
                     Ok(OfferOutcome::Offered(task)) => {
                         self.ready.remove(id);
@@ -341,11 +350,16 @@ impl Matcher {
 }
 
 /// The worker serving `queue` with free capacity and the lowest load (active /
-/// capacity, then active count, then id).
-fn least_loaded<'a>(workers: &'a mut [WorkerRecord], queue: &str) -> Option<&'a mut WorkerRecord> {
+/// capacity, then active count, then id); `avoid` only when no other worker is free.
+fn least_loaded<'a>(workers: &'a mut [WorkerRecord], queue: &str, avoid: Option<&str>) -> Option<&'a mut WorkerRecord> {
+    let load = |w: &WorkerRecord| f64::from(w.active) / f64::from(w.capacity.max(1));
+    let avoided = |w: &WorkerRecord| avoid == Some(w.id.as_str());
     workers.iter_mut().filter(|w| w.active < w.capacity && w.queues.iter().any(|q| q == queue)).min_by(|a, b| {
-        let load = |w: &WorkerRecord| f64::from(w.active) / f64::from(w.capacity.max(1));
-        load(a).total_cmp(&load(b)).then(a.active.cmp(&b.active)).then(a.id.cmp(&b.id))
+        avoided(a)
+            .cmp(&avoided(b))
+            .then(load(a).total_cmp(&load(b)))
+            .then(a.active.cmp(&b.active))
+            .then(a.id.cmp(&b.id))
     })
 }
 
@@ -401,10 +415,17 @@ mod tests {
             worker("full", 1, 1, &["q"]),
             worker("big", 2, 8, &["q", "other"]),
         ];
-        assert_eq!(least_loaded(&mut workers, "q").map(|w| w.id.clone()).as_deref(), Some("big"));
-        assert_eq!(least_loaded(&mut workers, "other").map(|w| w.id.clone()).as_deref(), Some("idle-elsewhere"));
-        assert!(least_loaded(&mut workers, "nobody").is_none());
-        workers.retain(|w| w.id != "big" && w.id != "half" && w.id != "busy");
-        assert!(least_loaded(&mut workers, "q").is_none(), "a full worker is never chosen");
+        let pick = |workers: &mut Vec<WorkerRecord>, queue: &str, avoid: Option<&str>| {
+            least_loaded(workers, queue, avoid).map(|w| w.id.clone())
+        };
+        assert_eq!(pick(&mut workers, "q", None).as_deref(), Some("big"));
+        assert_eq!(pick(&mut workers, "other", None).as_deref(), Some("idle-elsewhere"));
+        assert_eq!(pick(&mut workers, "q", Some("big")).as_deref(), Some("half"), "the last holder goes last");
+        assert_eq!(pick(&mut workers, "other", Some("idle-elsewhere")).as_deref(), Some("big"));
+        assert!(pick(&mut workers, "nobody", None).is_none());
+        workers.retain(|w| w.id != "half" && w.id != "busy");
+        assert_eq!(pick(&mut workers, "q", Some("big")).as_deref(), Some("big"), "when nobody else is free");
+        workers.retain(|w| w.id != "big");
+        assert!(pick(&mut workers, "q", None).is_none(), "a full worker is never chosen");
     }
 }

@@ -35,6 +35,9 @@ pub struct Entry {
     pub source: Option<Source>,
     /// W3C trace context of the message, continued by the offer.
     pub traceparent: Option<String>,
+    /// The worker that just let the task go (its offer lapsed, it released the task or
+    /// went offline): offered to another worker when one is free.
+    pub avoid: Option<String>,
 }
 
 type Key = (Reverse<u8>, DateTime<Utc>, TaskId);
@@ -49,8 +52,8 @@ struct Partition {
     unplaced: BTreeSet<i64>,
     /// One past the highest offset seen.
     next: i64,
-    /// The last position committed (or reported for commit).
-    committed: i64,
+    /// The last position reported for commit, if any.
+    committed: Option<i64>,
 }
 
 /// The ready set. See the module docs.
@@ -101,7 +104,8 @@ impl ReadySet {
     }
 
     /// Adds a task. Returns `false` (and places its message at once) when the task is
-    /// already held or the set is full.
+    /// already held or the set is full. The matcher never reads more messages than the
+    /// set has room for, so only reconciliation (which needs no message) meets a full set.
     pub fn insert(&mut self, entry: Entry) -> bool {
         if self.index.contains_key(&entry.id) || self.is_full() {
             if let Some(source) = entry.source {
@@ -172,8 +176,8 @@ impl ReadySet {
         let mut out = Vec::new();
         for (partition, p) in &mut self.partitions {
             let position = p.unplaced.first().copied().unwrap_or(p.next);
-            if position > p.committed {
-                p.committed = position;
+            if p.committed.is_none_or(|c| position > c) {
+                p.committed = Some(position);
                 out.push((*partition, position));
             }
         }
@@ -196,6 +200,7 @@ mod tests {
             queued_at: at,
             source,
             traceparent: None,
+            avoid: None,
         }
     }
 
