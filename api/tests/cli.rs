@@ -81,11 +81,11 @@ fn migrate_applies_reports_reverts_and_refreshes_the_schema() {
         stdout(&output)
     };
     assert!(run("status").contains("Pending"), "nothing applied yet");
-    assert!(run("up").contains("done (2 applied)"));
+    assert!(run("up").contains("done (3 applied)"));
     assert!(run("status").contains("Applied  m20261121_000001_initial_schema"));
-    assert!(run("down").contains("done (1 applied)"), "down reverts only the latest");
-    assert!(run("up").contains("done (2 applied)"));
-    assert!(run("fresh").contains("done (2 applied)"));
+    assert!(run("down").contains("done (2 applied)"), "down reverts only the latest");
+    assert!(run("up").contains("done (3 applied)"));
+    assert!(run("fresh").contains("done (3 applied)"));
 }
 
 #[test]

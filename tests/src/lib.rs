@@ -8,6 +8,7 @@
 //! dropped when the `TestApp` is dropped. Logs are silent unless `TEST_LOG` is set.
 
 pub mod proxy;
+pub mod worker;
 pub mod ws;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};

@@ -132,8 +132,8 @@ async fn a_worker_never_holds_more_than_its_capacity_and_gets_higher_priorities_
     let low = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 1 })).await;
     let high = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 9 })).await;
     let mid = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 5 })).await;
-    wait_for_status(&app, &low, "QUEUED").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // All three announced and held by the matcher, none offered.
+    app.wait_for_metric("taskwire_dispatch_ready", |n| n >= 3.0).await;
     let w = app.gql(Some(&worker.token), "query { worker(id: \"w1\") { activeTasks } }", json!({})).await;
     assert_eq!(w.data()["worker"]["activeTasks"], 0, "a paused queue offers nothing");
 
