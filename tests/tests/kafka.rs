@@ -204,3 +204,37 @@ async fn metrics_are_valid_prometheus_text_with_the_backbone_series() {
         assert!(text.contains(series), "missing {series}");
     }
 }
+
+/// A task that dies is published to the dead-letter topic, with its last status.
+#[tokio::test]
+async fn a_dead_task_is_published_to_the_dead_letter_topic() {
+    use futures::FutureExt;
+    use taskwire_tests::worker::{Outcome, Worker, WorkerConfig};
+    let app = TestApp::spawn().await;
+    let config = WorkerConfig {
+        url: app.address.clone(),
+        token: app.token("w1", &["worker"]),
+        name: "w1".into(),
+        queues: vec!["q".into()],
+        capacity: 1,
+        heartbeat_every: Duration::from_secs(1),
+    };
+    let fatal =
+        std::sync::Arc::new(|_| async { Outcome::Fail { error: "bad input".into(), retryable: false } }.boxed());
+    let worker = Worker::start(config, fatal).await.expect("worker starts");
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let mut dead = None;
+    read_topic(&app, &app.topic("tasks.dead"), |message| {
+        if message.key() != Some(id.as_bytes()) {
+            return true;
+        }
+        dead = message.payload().and_then(|p| serde_json::from_slice::<Value>(p).ok());
+        false
+    })
+    .await;
+    let dead = dead.expect("a dead-letter message");
+    assert_eq!((dead["status"].as_str(), dead["taskId"].as_str()), (Some("DEAD"), Some(id.as_str())));
+    assert_eq!(dead["message"], "bad input");
+    worker.stop().await;
+}

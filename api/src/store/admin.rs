@@ -2,7 +2,8 @@
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr, TransactionTrait,
 };
 use taskwire_domain::{
     MaxAttempts, QueueName, QueueSettings, RetryPolicy, WorkerRegistration, WorkerStatus, queue::DEFAULT_LEASE_SECONDS,
@@ -75,30 +76,40 @@ impl Store {
         let now = Utc::now();
         let _gate = self.write_lock().await;
         let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
+        let came_back = row.status == WorkerStatus::Offline.as_str();
         let mut active: worker::ActiveModel = row.clone().into();
-        if row.status == WorkerStatus::Offline.as_str() {
+        if came_back {
             active.status = Set(WorkerStatus::Online.as_str().to_owned());
         }
         active.last_seen_at = Set(convert::to_ms(now));
         active.updated_at = Set(convert::to_ms(now));
         let row = active.update(&self.db).await?;
         let record = convert::worker_from_row(row)?;
-        self.dispatch_signal.notify_one();
-        for queue in &record.queues {
-            let lease = self.queue_settings_unlocked(queue).await?.lease_seconds;
+        if came_back {
+            self.dispatch_signal.notify_one();
+        }
+        // READ COMMITTED on MySQL: the range update takes no gap locks, so it cannot
+        // deadlock with transitions that move tasks in and out of this worker's range.
+        let txn = match self.backend() {
+            DbBackend::MySql => self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await?,
+            _ => self.db.begin().await?,
+        };
+        let settings = super::dispatch::queue_settings_in(&txn, record.queues.iter().map(String::as_str)).await?;
+        for (queue, settings) in settings {
             // Leases are extended in place: the lease token (not the row version) is what
-            // fences a worker, and extending a lease changes no visible state.
+            // fences a worker, and extending a lease changes no visible state. A lease
+            // that already lapsed stays lapsed: the reaper counts it as a failed attempt.
+            let until = now + chrono::Duration::seconds(i64::from(settings.lease_seconds));
             task::Entity::update_many()
-                .col_expr(
-                    task::Column::LeaseExpiresAt,
-                    sea_orm::sea_query::Expr::value(convert::to_ms(now + chrono::Duration::seconds(i64::from(lease)))),
-                )
+                .col_expr(task::Column::LeaseExpiresAt, sea_orm::sea_query::Expr::value(convert::to_ms(until)))
                 .filter(task::Column::WorkerId.eq(id))
                 .filter(task::Column::Queue.eq(queue.as_str()))
                 .filter(task::Column::Status.eq("RUNNING"))
-                .exec(&self.db)
+                .filter(task::Column::LeaseExpiresAt.gt(convert::to_ms(now)))
+                .exec(&txn)
                 .await?;
         }
+        txn.commit().await?;
         Ok(record)
     }
 

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 use taskwire_domain::{
@@ -167,7 +167,7 @@ impl Store {
             return Ok(vec![]);
         }
         let tasks = rows.into_iter().map(convert::task_from_row).collect::<ApiResult<Vec<_>>>()?;
-        let settings = self.queue_settings_many(tasks.iter().map(|t| t.queue.as_str())).await?;
+        let settings = queue_settings_in(&txn, tasks.iter().map(|t| t.queue.as_str())).await?;
         let mut changes: Vec<(Task, Transition)> = Vec::with_capacity(tasks.len());
         for current in tasks {
             let Some(queue) = settings.get(&current.queue) else { continue };
@@ -300,23 +300,32 @@ impl Store {
         &self,
         names: impl IntoIterator<Item = &'a str>,
     ) -> ApiResult<HashMap<String, QueueSettings>> {
-        let names: HashSet<&str> = names.into_iter().collect();
-        if names.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = queue::Entity::find().filter(queue::Column::Name.is_in(names.iter().copied())).all(&self.db).await?;
-        let mut out = HashMap::with_capacity(names.len());
-        for row in rows {
-            let settings = settings_from_row(row)?;
-            out.insert(settings.name.to_string(), settings);
-        }
-        for name in names {
-            if !out.contains_key(name)
-                && let Ok(parsed) = QueueName::parse(name)
-            {
-                out.insert(name.to_owned(), QueueSettings::defaults(parsed));
-            }
-        }
-        Ok(out)
+        queue_settings_in(&self.db, names).await
     }
+}
+
+/// The settings of each queue named, read on `conn` (inside a transaction, so it never
+/// needs a second pooled connection while holding one).
+pub(super) async fn queue_settings_in<'a, C: ConnectionTrait>(
+    conn: &C,
+    names: impl IntoIterator<Item = &'a str>,
+) -> ApiResult<HashMap<String, QueueSettings>> {
+    let names: HashSet<&str> = names.into_iter().collect();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = queue::Entity::find().filter(queue::Column::Name.is_in(names.iter().copied())).all(conn).await?;
+    let mut out = HashMap::with_capacity(names.len());
+    for row in rows {
+        let settings = settings_from_row(row)?;
+        out.insert(settings.name.to_string(), settings);
+    }
+    for name in names {
+        if !out.contains_key(name)
+            && let Ok(parsed) = QueueName::parse(name)
+        {
+            out.insert(name.to_owned(), QueueSettings::defaults(parsed));
+        }
+    }
+    Ok(out)
 }

@@ -294,7 +294,9 @@ impl Store {
             };
             let current = convert::task_from_row(row)?;
             let settings = match with_settings {
-                true => self.queue_settings_many([current.queue.as_str()]).await?.remove(&current.queue),
+                true => {
+                    super::dispatch::queue_settings_in(&txn, [current.queue.as_str()]).await?.remove(&current.queue)
+                }
                 false => None,
             };
             let transition = decide(&current, settings.as_ref())?;
