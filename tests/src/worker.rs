@@ -618,8 +618,23 @@ impl Shared {
     }
 
     /// POSTs one operation; its `data`, or the answer's error code (and a description,
-    /// also noted as the last error).
+    /// also noted as the last error). `UNAVAILABLE` means the server changed nothing
+    /// (its transaction rolled back, e.g. on a database deadlock): the call is retried a
+    /// few times with backoff, as every client should.
     async fn graphql(&self, query: &str, variables: Value) -> Result<Value, (String, String)> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.graphql_once(query, variables.clone()).await {
+                Err((code, _)) if code == "UNAVAILABLE" && backoff <= Duration::from_secs(2) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn graphql_once(&self, query: &str, variables: Value) -> Result<Value, (String, String)> {
         let response = self
             .http
             .post(&self.graphql_url)

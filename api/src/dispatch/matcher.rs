@@ -13,7 +13,9 @@
 //! Offsets are committed only below the lowest task not yet placed, so a crash replays.
 //! At start, and every [`RECONCILE_EVERY`], tasks `QUEUED` in the database for a while
 //! that the set does not hold are added too: nothing waits forever for a message Kafka
-//! lost or a process that died holding it.
+//! lost or a process that died holding it. While the matcher owns no partition (Kafka
+//! down, or the group not joined yet) it reconciles every second instead: dispatching
+//! degrades to database polling rather than stopping.
 
 use std::{
     collections::HashMap,
@@ -49,6 +51,8 @@ const TICK: Duration = Duration::from_millis(200);
 const BATCH: usize = 500;
 /// How often the ready set is reconciled with the database.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How often the ready set is reconciled while the matcher owns no partition.
+const UNASSIGNED_RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// Tasks `QUEUED` for less than this are left to their Kafka message.
 const RECONCILE_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 
@@ -143,8 +147,16 @@ impl Matcher {
                 },
             }
             self.ingest(batch).await;
-            if reconciled.elapsed() >= RECONCILE_EVERY {
-                self.reconcile(Utc::now() - RECONCILE_GRACE).await;
+            // Without partitions (Kafka down, or the group not yet joined) dispatching
+            // falls back to polling the database every second, so it never stalls.
+            let assigned = self.consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+            let (every, grace) = if assigned {
+                (RECONCILE_EVERY, RECONCILE_GRACE)
+            } else {
+                (UNASSIGNED_RECONCILE_EVERY, chrono::Duration::zero())
+            };
+            if reconciled.elapsed() >= every {
+                self.reconcile(Utc::now() - grace).await;
                 reconciled = Instant::now();
             }
             self.round().await;
