@@ -302,6 +302,15 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Creates `count` tasks in `queue` (kinds `k0`, `k1`, …) with one `createTasks` call.
+    pub async fn create_tasks(&self, token: &str, queue: &str, count: usize) {
+        let inputs: Vec<Value> = (0..count).map(|i| json!({ "queue": queue, "kind": format!("k{i}") })).collect();
+        let create = "mutation($inputs: [CreateTaskInput!]!) { createTasks(inputs: $inputs) { created } }";
+        self.gql(Some(token), create, json!({ "inputs": inputs })).await.data();
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();

@@ -258,14 +258,7 @@ async fn a_rate_limited_queue_offers_no_faster_than_its_limit() {
     app.gql(Some(&admin), configure, json!({ "input": { "name": "q", "rateLimitPerSecond": 4.0 } })).await.data();
     let mut worker = ManualWorker::start(&app, "w1", &["q"], 50).await;
     let alice = app.token("alice", &["client"]);
-    let inputs: Vec<Value> = (0..12).map(|i| json!({ "queue": "q", "kind": format!("k{i}") })).collect();
-    app.gql(
-        Some(&alice),
-        "mutation($inputs: [CreateTaskInput!]!) { createTasks(inputs: $inputs) { created } }",
-        json!({ "inputs": inputs }),
-    )
-    .await
-    .data();
+    app.create_tasks(&alice, "q", 12).await;
 
     let started = std::time::Instant::now();
     for _ in 0..12 {
@@ -309,14 +302,7 @@ async fn a_matcher_with_a_tiny_ready_set_still_dispatches_everything() {
     let app = TestApp::spawn_with(&[("TASKWIRE_DISPATCH_READY_CAPACITY", "2")]).await;
     let mut worker = ManualWorker::start(&app, "w1", &["q"], 100).await;
     let alice = app.token("alice", &["client"]);
-    let inputs: Vec<Value> = (0..30).map(|i| json!({ "queue": "q", "kind": format!("k{i}") })).collect();
-    app.gql(
-        Some(&alice),
-        "mutation($inputs: [CreateTaskInput!]!) { createTasks(inputs: $inputs) { created } }",
-        json!({ "inputs": inputs }),
-    )
-    .await
-    .data();
+    app.create_tasks(&alice, "q", 30).await;
     let mut offered = std::collections::HashSet::new();
     while offered.len() < 30 {
         let (id, _, _) = worker.next_offer().await;

@@ -21,12 +21,9 @@ use super::{
     Store, WorkerRecord,
     admin::settings_from_row,
     convert,
-    tasks::{Applied, apply},
+    tasks::{Applied, Committed, apply},
 };
 use crate::error::{ApiError, ApiResult};
-
-/// How often an offer is retried after losing an optimistic-lock race.
-const MAX_OFFER_RETRIES: usize = 3;
 
 /// What became of an offer.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,35 +62,18 @@ impl Store {
         expires_at: DateTime<Utc>,
         traceparent: Option<&str>,
     ) -> ApiResult<OfferOutcome> {
-        let _gate = self.write_lock().await;
-        for _ in 0..MAX_OFFER_RETRIES {
-            let txn = self.db.begin().await?;
-            let Some(row) = task::Entity::find_by_id(id.to_string()).one(&txn).await? else {
-                return Ok(OfferOutcome::NotQueued);
-            };
-            let current = convert::task_from_row(row)?;
-            let command =
-                Command::Offer { worker_id: worker_id.to_owned(), lease_token: LeaseToken::generate(), expires_at };
-            let Ok(transition) = machine::transition(&current, command, Utc::now()) else {
-                return Ok(OfferOutcome::NotQueued);
-            };
-            match apply(&txn, &current, &transition).await? {
-                Applied::Done => {}
-                Applied::Raced => {
-                    txn.rollback().await?;
-                    continue;
-                }
-                Applied::NoCapacity => {
-                    txn.rollback().await?;
-                    return Ok(OfferOutcome::WorkerUnavailable);
-                }
-            }
-            self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
-            txn.commit().await?;
-            self.after_commit(&[(&current, &transition)]);
-            return Ok(OfferOutcome::Offered(Box::new(transition.task)));
+        let offer = |task: &Task, _: Option<&QueueSettings>| {
+            let lease_token = LeaseToken::generate();
+            let command = Command::Offer { worker_id: worker_id.to_owned(), lease_token, expires_at };
+            Ok(machine::transition(task, command, Utc::now())?)
+        };
+        match self.transition_inner(id, traceparent, false, offer).await {
+            Ok(Committed::Task(task)) => Ok(OfferOutcome::Offered(task)),
+            Ok(Committed::NoCapacity) => Ok(OfferOutcome::WorkerUnavailable),
+            // Gone, no longer `QUEUED`, or changed under us too often: not ours to offer.
+            Err(ApiError::NotFound(_) | ApiError::Conflict(_) | ApiError::Domain(_)) => Ok(OfferOutcome::NotQueued),
+            Err(e) => Err(e),
         }
-        Ok(OfferOutcome::NotQueued)
     }
 
     /// Claims up to `limit` tasks that are `due` and applies to each the command

@@ -260,7 +260,7 @@ impl Store {
     where
         F: Fn(&Task) -> ApiResult<Transition>,
     {
-        self.transition_inner(id, traceparent, false, |task, _| decide(task)).await
+        self.transition_inner(id, traceparent, false, |task, _| decide(task)).await?.or_no_capacity()
     }
 
     /// Like [`Store::transition`], for decisions that need the settings of the task's
@@ -273,16 +273,20 @@ impl Store {
             let settings = settings.ok_or(ApiError::Internal)?;
             decide(task, settings)
         })
-        .await
+        .await?
+        .or_no_capacity()
     }
 
-    async fn transition_inner<F>(
+    /// The one optimistic-lock loop behind every single-task change (`transition`,
+    /// `transition_in_queue`, `offer`): read, decide, conditional update with the worker
+    /// slot accounting of [`apply`], history, commit; again on a lost race.
+    pub(super) async fn transition_inner<F>(
         &self,
         id: TaskId,
         traceparent: Option<&str>,
         with_settings: bool,
         decide: F,
-    ) -> ApiResult<Task>
+    ) -> ApiResult<Committed>
     where
         F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
     {
@@ -308,13 +312,13 @@ impl Store {
                 }
                 Applied::NoCapacity => {
                     txn.rollback().await?;
-                    return Err(ApiError::Conflict("the worker has no free capacity".into()));
+                    return Ok(Committed::NoCapacity);
                 }
             }
             self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
             txn.commit().await?;
             self.after_commit(&[(&current, &transition)]);
-            return Ok(transition.task);
+            return Ok(Committed::Task(Box::new(transition.task)));
         }
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
     }
@@ -364,6 +368,26 @@ impl Store {
             outbox::Entity::insert_many(messages).exec_without_returning(txn).await?;
         }
         Ok(())
+    }
+}
+
+/// How a single-task change ended.
+#[derive(Debug)]
+pub(super) enum Committed {
+    /// Committed: the task as it is now.
+    Task(Box<Task>),
+    /// Nothing changed: the transition leases the task to a worker that is not `ONLINE`
+    /// or has no free capacity.
+    NoCapacity,
+}
+
+impl Committed {
+    /// The task, or `CONFLICT` when the worker had no room.
+    fn or_no_capacity(self) -> ApiResult<Task> {
+        match self {
+            Committed::Task(task) => Ok(*task),
+            Committed::NoCapacity => Err(ApiError::Conflict("the worker has no free capacity".into())),
+        }
     }
 }
 
