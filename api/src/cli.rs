@@ -118,7 +118,14 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
-    telemetry::init(config.log_format);
+    let guard = telemetry::init(config.log_format, config.otlp_endpoint.as_deref());
+    let served = serve_with(config).await;
+    // The last spans leave before the process does; flushing waits for the collector.
+    let _ = tokio::task::spawn_blocking(move || guard.shutdown()).await;
+    served
+}
+
+async fn serve_with(config: Config) -> Result<(), String> {
     let embedded = !config.is_production();
     let graphiql = config.graphiql;
     let host = config.listen.ip();

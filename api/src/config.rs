@@ -20,7 +20,19 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("DATABASE_URL", "sqlite://data/taskwire.db?mode=rwc", "mysql://… for MySQL/MariaDB (production mode)"),
     ("DATABASE_MAX_CONNECTIONS", "8 (MySQL) / 4 (SQLite)", "database pool size"),
     ("DATABASE_ACQUIRE_TIMEOUT_MS", "2000", "wait for a pooled connection before UNAVAILABLE"),
-    ("REDIS_URL", "unset", "redis://… (today: reported by /readyz; the L2 cache and global rate limits will use it)"),
+    (
+        "REDIS_URL",
+        "unset (in-process cache and rate limits only)",
+        "redis://… for the L2 cache, global rate limits and shared persisted queries",
+    ),
+    ("REDIS_TIMEOUT_MS", "250", "time limit of one Redis command; slower counts as a failure"),
+    ("REDIS_BREAKER_COOLDOWN_MS", "2000", "after 3 failures in a row Redis is skipped this long, then probed"),
+    ("REDIS_KEY_PREFIX", "taskwire", "prefix of every Redis key, so deployments can share one Redis"),
+    ("CACHE_L1_CAPACITY", "100000", "tasks held in the in-process (L1) cache"),
+    ("CACHE_L1_TTL_MS", "5000", "how long a task stays in L1 (a leased task: at most this long behind a heartbeat)"),
+    ("CACHE_L2_TTL_MS", "300000", "how long a settled task stays in Redis (L2), ±10% jitter"),
+    ("CACHE_NULL_TTL_MS", "2000", "how long a missing task id is remembered as missing"),
+    ("CACHE_DB_CONCURRENCY", "4", "concurrent cache-miss loads from the database (the cap while Redis is down)"),
     ("KAFKA_BROKERS", "unset (embedded librdkafka mock cluster)", "host:port,… of a real Kafka-compatible cluster"),
     ("KAFKA_TOPIC_PREFIX", "taskwire", "topics <prefix>.tasks.dispatch, .status, .dead"),
     ("KAFKA_PARTITIONS", "3", "partitions of each topic created at start"),
@@ -44,11 +56,23 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("MAX_BODY_BYTES", "2097152", "largest accepted request body"),
     ("MAX_BATCH_OPERATIONS", "10", "operations in one batched HTTP request"),
     ("REQUEST_TIMEOUT_MS", "10000", "per-request time limit"),
+    ("LIMIT_DEPTH", "12", "deepest field nesting of an operation (QUERY_TOO_DEEP)"),
+    (
+        "LIMIT_COMPLEXITY",
+        "10000",
+        "largest operation cost; a list field costs first × its selection (QUERY_TOO_COMPLEX)",
+    ),
+    ("LIMIT_ALIASES", "30", "aliases per operation (TOO_MANY_ALIASES)"),
+    ("LIMIT_DIRECTIVES", "50", "directives per operation (QUERY_TOO_COMPLEX)"),
+    ("LIMIT_LIST_SIZE", "20", "cost multiplier of a list field without first/last"),
+    ("RATE_LIMIT_OPERATIONS", "200", "operations per second per subject (burst: one second's worth); 0 = off"),
+    ("RATE_LIMIT_MUTATIONS", "50", "mutations per second per subject, within the operations budget; 0 = off"),
     ("ROLES", "api,dispatcher", "components this process runs: api (HTTP, GraphQL, live events), dispatcher"),
     ("OFFER_TIMEOUT_MS", "10000", "time a worker has to accept an offer before it goes to another"),
     ("WORKER_TTL_MS", "30000", "a worker neither subscribed nor heartbeating for this long goes OFFLINE"),
     ("DISPATCH_READY_CAPACITY", "100000", "tasks the matcher holds in memory; when full it stops reading Kafka"),
     ("REAPER_INTERVAL_MS", "500", "how often lapsed offers, leases, deadlines and offline workers are reaped"),
+    ("OTLP_ENDPOINT", "unset", "OpenTelemetry collector (OTLP over HTTP, e.g. http://127.0.0.1:4318) for traces"),
 ];
 
 /// The components a process runs (`TASKWIRE_ROLES`).
@@ -141,6 +165,12 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     /// Redis URL. Default unset: in-process cache only.
     pub redis_url: Option<String>,
+    /// Redis timeouts, breaker and key prefix (defaults in [`KEYS`]).
+    pub redis: crate::redis_link::RedisSettings,
+    /// Task cache sizes and lifetimes (defaults in [`KEYS`]).
+    pub cache: crate::cache::CacheSettings,
+    /// OpenTelemetry collector for traces (OTLP/HTTP). Default unset: no export.
+    pub otlp_endpoint: Option<String>,
     /// Kafka settings: brokers (default unset: embedded mock cluster), topic prefix
     /// (default `taskwire`), partitions (default 3), replication (default 1).
     pub kafka: crate::kafka::KafkaSettings,
@@ -166,6 +196,10 @@ pub struct Config {
     pub max_batch_operations: usize,
     /// Per-request time limit. Default 10 s.
     pub request_timeout: Duration,
+    /// Static limits on every operation (defaults in [`KEYS`]).
+    pub query_limits: crate::graphql::limits::QueryLimits,
+    /// Per-subject rate limits (defaults in [`KEYS`]).
+    pub rate_limits: crate::ratelimit::RateLimits,
     /// Components to run. Default both.
     pub roles: Roles,
     /// Dispatcher timers and bounds (defaults in [`KEYS`]).
@@ -222,6 +256,19 @@ impl Config {
             )?),
             database_url,
             redis_url: get("REDIS_URL").map(str::to_owned),
+            redis: crate::redis_link::RedisSettings {
+                timeout: millis(get("REDIS_TIMEOUT_MS"), "REDIS_TIMEOUT_MS", 250)?,
+                cooldown: millis(get("REDIS_BREAKER_COOLDOWN_MS"), "REDIS_BREAKER_COOLDOWN_MS", 2000)?,
+                key_prefix: get("REDIS_KEY_PREFIX").unwrap_or("taskwire").to_owned(),
+            },
+            cache: crate::cache::CacheSettings {
+                l1_capacity: parse(get("CACHE_L1_CAPACITY"), "CACHE_L1_CAPACITY", Some(100_000))?,
+                l1_ttl: millis(get("CACHE_L1_TTL_MS"), "CACHE_L1_TTL_MS", 5_000)?,
+                l2_ttl: millis(get("CACHE_L2_TTL_MS"), "CACHE_L2_TTL_MS", 300_000)?,
+                null_ttl: millis(get("CACHE_NULL_TTL_MS"), "CACHE_NULL_TTL_MS", 2_000)?,
+                db_concurrency: parse(get("CACHE_DB_CONCURRENCY"), "CACHE_DB_CONCURRENCY", Some(4))?,
+            },
+            otlp_endpoint: get("OTLP_ENDPOINT").map(str::to_owned),
             kafka: crate::kafka::KafkaSettings {
                 brokers: get("KAFKA_BROKERS").map(str::to_owned),
                 topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or("taskwire").to_owned(),
@@ -265,6 +312,17 @@ impl Config {
                 "REQUEST_TIMEOUT_MS",
                 Some(10_000),
             )?),
+            query_limits: crate::graphql::limits::QueryLimits {
+                max_depth: parse(get("LIMIT_DEPTH"), "LIMIT_DEPTH", Some(12))?,
+                max_complexity: parse(get("LIMIT_COMPLEXITY"), "LIMIT_COMPLEXITY", Some(10_000))?,
+                max_aliases: parse(get("LIMIT_ALIASES"), "LIMIT_ALIASES", Some(30))?,
+                max_directives: parse(get("LIMIT_DIRECTIVES"), "LIMIT_DIRECTIVES", Some(50))?,
+                default_list_size: parse(get("LIMIT_LIST_SIZE"), "LIMIT_LIST_SIZE", Some(20))?,
+            },
+            rate_limits: crate::ratelimit::RateLimits {
+                operations_per_second: parse(get("RATE_LIMIT_OPERATIONS"), "RATE_LIMIT_OPERATIONS", Some(200))?,
+                mutations_per_second: parse(get("RATE_LIMIT_MUTATIONS"), "RATE_LIMIT_MUTATIONS", Some(50))?,
+            },
             roles: Roles::parse(get("ROLES"))?,
             dispatch: crate::dispatch::DispatchSettings {
                 offer_timeout: millis(get("OFFER_TIMEOUT_MS"), "OFFER_TIMEOUT_MS", 10_000)?,

@@ -43,6 +43,33 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// `QUERY_TOO_DEEP`: the operation nests deeper than allowed.
+    QueryTooDeep {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `QUERY_TOO_COMPLEX`: the operation's computed cost (lists cost `first × child`)
+    /// or its directive count exceeds the limit.
+    QueryTooComplex {
+        /// What was measured, e.g. "cost 12000" or "60 directives".
+        measured: String,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `TOO_MANY_ALIASES`: the operation uses more aliases than allowed.
+    TooManyAliases {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `RATE_LIMITED`: the caller used up its budget; `extensions.retryAfterMs` says
+    /// when the next operation will be allowed.
+    RateLimited {
+        /// Milliseconds until a retry can succeed (at least 1).
+        retry_after_ms: u64,
+    },
+    /// `PERSISTED_QUERY_NOT_FOUND`: an APQ hash the server does not know; the client
+    /// sends the full query with the hash next.
+    PersistedQueryNotFound,
     /// `UNAVAILABLE`: a dependency is down or saturated; retrying later can succeed.
     Unavailable,
     /// `INTERNAL`: a bug or an unexpected dependency answer (details in the log).
@@ -63,6 +90,14 @@ impl ApiError {
                 format!("a batch may hold at most {limit} operations")
             }
             ApiError::PayloadTooLarge { limit } => format!("request body exceeds {limit} bytes"),
+            ApiError::QueryTooDeep { limit } => format!("the query nests deeper than {limit} levels"),
+            ApiError::QueryTooComplex { measured, limit } => {
+                format!("the query is too complex ({measured}; the limit is {limit})")
+            }
+            ApiError::TooManyAliases { limit } => format!("the query uses more than {limit} aliases"),
+            ApiError::RateLimited { retry_after_ms } => format!("rate limit exceeded; retry in {retry_after_ms} ms"),
+            // Apollo clients recognise this exact message (and the code).
+            ApiError::PersistedQueryNotFound => "PersistedQueryNotFound".into(),
             ApiError::Unavailable => "service temporarily unavailable; retry later".into(),
             ApiError::Internal => "internal error; quote the requestId to an operator".into(),
         }
@@ -78,6 +113,11 @@ impl ApiError {
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::QueryTooDeep { .. } => ErrorCode::QueryTooDeep,
+            ApiError::QueryTooComplex { .. } => ErrorCode::QueryTooComplex,
+            ApiError::TooManyAliases { .. } => ErrorCode::TooManyAliases,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::PersistedQueryNotFound => ErrorCode::PersistedQueryNotFound,
             ApiError::Unavailable => ErrorCode::Unavailable,
             ApiError::Internal => ErrorCode::Internal,
         }
@@ -96,6 +136,10 @@ impl ApiError {
         if let ApiError::Domain(DomainError::InvalidInput { field, .. }) = self {
             let field = field.clone();
             error = error.extend_with(|_, ext| ext.set("field", field));
+        }
+        if let ApiError::RateLimited { retry_after_ms } = self {
+            let retry_after_ms = *retry_after_ms;
+            error = error.extend_with(|_, ext| ext.set("retryAfterMs", retry_after_ms));
         }
         error
     }
@@ -183,6 +227,11 @@ mod tests {
             (ApiError::Conflict("x".into()), "CONFLICT"),
             (ApiError::BatchTooLarge { limit: 1 }, "BATCH_TOO_LARGE"),
             (ApiError::PayloadTooLarge { limit: 1 }, "PAYLOAD_TOO_LARGE"),
+            (ApiError::QueryTooDeep { limit: 1 }, "QUERY_TOO_DEEP"),
+            (ApiError::QueryTooComplex { measured: "cost 2".into(), limit: 1 }, "QUERY_TOO_COMPLEX"),
+            (ApiError::TooManyAliases { limit: 1 }, "TOO_MANY_ALIASES"),
+            (ApiError::RateLimited { retry_after_ms: 5 }, "RATE_LIMITED"),
+            (ApiError::PersistedQueryNotFound, "PERSISTED_QUERY_NOT_FOUND"),
             (ApiError::Unavailable, "UNAVAILABLE"),
             (ApiError::Internal, "INTERNAL"),
         ];

@@ -12,8 +12,12 @@
 //! - [`kafka`]: embedded or real Kafka, the outbox relay, the status consumer
 //! - [`live`]: fan-out of status events to this process's subscriptions
 //! - [`metrics`]: the Prometheus registry behind `/metrics`
+//! - [`redis_link`]: the shared Redis connection behind a circuit breaker
+//! - [`cache`]: task reads through L1 (moka) and L2 (Redis)
+//! - [`ratelimit`]: per-subject token buckets, global through Redis when configured
 
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -23,6 +27,8 @@ pub mod http;
 pub mod kafka;
 pub mod live;
 pub mod metrics;
+pub mod ratelimit;
+pub mod redis_link;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

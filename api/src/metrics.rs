@@ -3,7 +3,10 @@
 //! Series are named `taskwire_*`. Each application instance owns its registry (no global
 //! state), so tests running several apps in one process do not mix their numbers.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every series Taskwire exports.
 #[derive(Debug, Clone)]
@@ -48,7 +51,40 @@ pub struct Metrics {
     pub reaped: IntCounterVec,
     /// Workers marked `OFFLINE` after their TTL.
     pub workers_expired: IntCounter,
+    /// GraphQL operations, by operation name, type and result code (`OK` when no error).
+    pub operations: IntCounterVec,
+    /// Seconds per GraphQL operation, by operation name and type.
+    pub operation_duration: HistogramVec,
+    /// Task cache lookups that found the task, by level (`l1`, `l2`).
+    pub cache_hits: IntCounterVec,
+    /// Task cache lookups that missed, by level (`l1`, `l2`).
+    pub cache_misses: IntCounterVec,
+    /// Batched task loads that reached the database (one per single-flight batch).
+    pub cache_db_loads: IntCounter,
+    /// Cache writes refused because the cache already held a newer version.
+    pub cache_stale_writes: IntCounter,
+    /// Whether the Redis circuit breaker is open (1) or closed (0).
+    pub redis_breaker_open: IntGauge,
+    /// Redis commands that failed or timed out.
+    pub redis_errors: IntCounter,
+    /// Operations refused by the rate limiter, by bucket (`operations`, `mutations`).
+    pub rate_limited: IntCounterVec,
+    /// Operations rejected by the query limits, by code.
+    pub query_limit_rejections: IntCounterVec,
+    /// Automatic persisted queries, by outcome (`hit`, `miss`, `registered`).
+    pub persisted_queries: IntCounterVec,
+    /// Database pool connections, by state (`in_use`, `idle`), sampled when rendered.
+    pub db_pool_connections: IntGaugeVec,
+    /// Kafka consumer lag in messages, by consumer (`status`, `dispatch`).
+    pub consumer_lag: IntGaugeVec,
+    /// Tasks by status, sampled periodically from the database.
+    pub tasks_by_status: IntGaugeVec,
+    operation_names: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Distinct operation names kept as label values; later names are reported as `other`,
+/// so a client cannot grow the registry without bound.
+const MAX_OPERATION_NAMES: usize = 200;
 
 impl Metrics {
     /// A fresh registry with every series registered.
@@ -84,7 +120,45 @@ impl Metrics {
         )
         .unwrap_or_else(|_| unreachable_metric("dispatch_latency_seconds"));
         let _ = registry.register(Box::new(dispatch_latency.clone()));
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let operation_duration = HistogramVec::new(
+            HistogramOpts::new("graphql_operation_duration_seconds", "Seconds per GraphQL operation")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["operation", "type"],
+        )
+        .unwrap_or_else(|_| unreachable_metric("graphql_operation_duration_seconds"));
+        let _ = registry.register(Box::new(operation_duration.clone()));
         Metrics {
+            operations: counter_vec(
+                "graphql_operations_total",
+                "GraphQL operations by name, type and result code",
+                &["operation", "type", "code"],
+            ),
+            operation_duration,
+            cache_hits: counter_vec("cache_hits_total", "Task cache hits by level", &["level"]),
+            cache_misses: counter_vec("cache_misses_total", "Task cache misses by level", &["level"]),
+            cache_db_loads: counter("cache_db_loads_total", "Batched task loads that reached the database"),
+            cache_stale_writes: counter(
+                "cache_stale_writes_total",
+                "Cache writes refused because a newer version was cached",
+            ),
+            redis_breaker_open: gauge("redis_breaker_open", "1 while the Redis circuit breaker is open"),
+            redis_errors: counter("redis_errors_total", "Redis commands that failed or timed out"),
+            rate_limited: counter_vec("rate_limited_total", "Operations refused by the rate limiter", &["bucket"]),
+            query_limit_rejections: counter_vec(
+                "query_limit_rejections_total",
+                "Operations rejected by the query limits",
+                &["code"],
+            ),
+            persisted_queries: counter_vec("persisted_queries_total", "Automatic persisted queries", &["outcome"]),
+            db_pool_connections: gauge_vec("db_pool_connections", "Database pool connections", &["state"]),
+            consumer_lag: gauge_vec("kafka_consumer_lag", "Kafka consumer lag in messages", &["consumer"]),
+            tasks_by_status: gauge_vec("tasks", "Tasks by status (sampled)", &["status"]),
+            operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),
             dispatch_latency,
@@ -114,6 +188,21 @@ impl Metrics {
         }
     }
 
+    /// The label value for a client-chosen operation name: the name while fewer than
+    /// [`MAX_OPERATION_NAMES`] distinct ones were seen, `other` after that, `-` for none.
+    pub fn operation_label(&self, name: Option<&str>) -> String {
+        let Some(name) = name.filter(|n| !n.is_empty()) else { return "-".into() };
+        let Ok(mut names) = self.operation_names.lock() else { return "other".into() };
+        if names.contains(name) {
+            return name.to_owned();
+        }
+        if names.len() < MAX_OPERATION_NAMES && name.len() <= 64 {
+            names.insert(name.to_owned());
+            return name.to_owned();
+        }
+        "other".into()
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -139,6 +228,18 @@ fn unreachable_metric<T>(name: &str) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_names_are_bounded_label_values() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.operation_label(None), "-");
+        assert_eq!(metrics.operation_label(Some("GetTask")), "GetTask");
+        for i in 0..MAX_OPERATION_NAMES {
+            metrics.operation_label(Some(&format!("op{i}")));
+        }
+        assert_eq!(metrics.operation_label(Some("GetTask")), "GetTask", "known names stay");
+        assert_eq!(metrics.operation_label(Some("brand_new")), "other", "new names past the bound are folded");
+    }
 
     #[test]
     fn every_series_renders_with_the_prefix() {

@@ -16,14 +16,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::JwtKeys,
+    cache::TaskCache,
     config::{Config, ConfigError},
     dispatch::{DispatchSettings, matcher::Matcher, reaper},
     graphql::{SchemaOptions, build_schema, sdl},
-    http::{AppState, Limits, router},
+    http::{AppState, Limits, apq::PersistedQueries, protect::Protection, router},
     kafka::{EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
     live::Hub,
     metrics::Metrics,
-    store::{DbStats, Store},
+    ratelimit::RateLimiter,
+    redis_link::RedisLink,
+    store::{CommitHook, DbStats, Store},
 };
 
 /// Why the application could not start.
@@ -89,6 +92,10 @@ impl Application {
         }
         let redis = config.redis_url.as_deref().map(redis::Client::open).transpose()?;
         let metrics = Metrics::new();
+        let redis_link = Arc::new(RedisLink::new(redis.clone(), config.redis.clone(), metrics.clone()));
+        let cache = TaskCache::new(config.cache.clone(), redis_link.clone(), metrics.clone());
+        let write_through = cache.clone();
+        store.on_commit(CommitHook(Box::new(move |task| write_through.committed(task))));
         let kafka = Kafka::connect(&config.kafka).await?;
         let producer = kafka.producer()?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
@@ -122,12 +129,23 @@ impl Application {
             metrics.clone(),
             SchemaOptions { introspection: config.introspection, worker_ttl: config.dispatch.worker_ttl },
         );
+        let protection = Protection::new(
+            &sdl(),
+            config.query_limits,
+            PersistedQueries::new(redis_link.clone(), metrics.clone()),
+            RateLimiter::new(config.rate_limits, redis_link.clone(), metrics.clone()),
+            metrics.clone(),
+        )
+        .map_err(|reason| StartupError::Config(ConfigError::Refused(format!("query limits: {reason}"))))?;
         let state = AppState {
+            protection: Arc::new(protection),
             schema,
             store: store.clone(),
             keys: Arc::new(keys),
             sdl: sdl().into(),
             redis,
+            redis_link,
+            cache,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
                 max_batch_operations: config.max_batch_operations,
@@ -169,6 +187,11 @@ impl Application {
         self.state.kafka.embedded()
     }
 
+    /// The task cache (tests empty its L1 to measure cold reads).
+    pub fn task_cache(&self) -> TaskCache {
+        self.state.cache.clone()
+    }
+
     /// The metrics registry.
     pub fn metrics(&self) -> Metrics {
         self.state.metrics.clone()
@@ -189,17 +212,27 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(background.relay.run(background_stop.clone()));
         if let Some(status) = background.consumer {
-            tasks.spawn(consumer::run(status, background.hub, state.metrics.clone(), background_stop.clone()));
+            let cache = state.cache.clone();
+            tasks.spawn(consumer::run(
+                status,
+                background.hub,
+                cache.clone(),
+                state.metrics.clone(),
+                background_stop.clone(),
+            ));
+            tasks.spawn(cache.run_invalidation_writer(background_stop.clone()));
         }
         if let Some((matcher, settings)) = background.dispatcher {
             let (store, metrics) = (state.store.clone(), state.metrics.clone());
             tasks.spawn(matcher.run(background_stop.clone()));
             tasks.spawn(reaper::run_reaper(store.clone(), settings, metrics.clone(), background_stop.clone()));
+            tasks.spawn(reaper::run_status_sampler(store.clone(), metrics.clone(), background_stop.clone()));
             tasks.spawn(reaper::run_scheduler(store, metrics, background_stop.clone()));
         }
         tasks.close();
 
         let app = router(state, api, graphiql, introspection);
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         background_stop.cancel();
         tasks.wait().await;

@@ -40,6 +40,8 @@ pub struct TestApp {
     /// The database URL the app uses.
     pub database_url: String,
     db_stats: Arc<DbStats>,
+    /// The app's task cache (to empty its L1 before measuring cold reads).
+    pub task_cache: taskwire_api::cache::TaskCache,
     kafka_cluster: Option<Arc<taskwire_api::kafka::EmbeddedCluster>>,
     /// `bootstrap.servers` of the Kafka the app uses.
     pub kafka_bootstrap: String,
@@ -83,6 +85,32 @@ impl GqlResponse {
     }
 }
 
+/// The test process's telemetry, installed by the first app that wants any: logs when
+/// `TEST_LOG` is set, span export when that app's configuration names an OTLP collector
+/// (`TASKWIRE_OTLP_ENDPOINT`). The subscriber is global, so a test of the export runs alone
+/// in its own test binary.
+static TELEMETRY: std::sync::OnceLock<taskwire_api::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+
+fn init_telemetry(otlp_endpoint: Option<&str>) {
+    use taskwire_api::{config::LogFormat, telemetry};
+    let logs = std::env::var("TEST_LOG").is_ok();
+    if !logs && otlp_endpoint.is_none() {
+        return;
+    }
+    TELEMETRY.get_or_init(|| match otlp_endpoint {
+        Some(endpoint) if !logs => telemetry::init_traces_only(endpoint),
+        endpoint => telemetry::init(LogFormat::Pretty, endpoint),
+    });
+}
+
+/// Exports the spans ended so far and waits for the collector. Blocking: call it from
+/// `spawn_blocking`.
+pub fn flush_traces() {
+    if let Some(telemetry) = TELEMETRY.get() {
+        telemetry.force_flush();
+    }
+}
+
 /// Which optional real services are configured for this run.
 pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -114,9 +142,6 @@ impl TestApp {
     }
 
     async fn spawn_inner(vars: &[(&str, &str)], mysql_via_port: Option<u16>) -> TestApp {
-        if std::env::var("TEST_LOG").is_ok() {
-            taskwire_api::telemetry::init(taskwire_api::config::LogFormat::Pretty);
-        }
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
         let (database_url, mysql_schema) = match env_var(DATABASE_URL_VAR) {
@@ -139,6 +164,9 @@ impl TestApp {
             ("TASKWIRE_DATA_DIR", data_dir.as_str()),
             ("TASKWIRE_INTROSPECTION", "true"),
             ("TASKWIRE_GRAPHIQL", "true"),
+            // Tests drive one subject hard; the rate-limit tests turn the limits back on.
+            ("TASKWIRE_RATE_LIMIT_OPERATIONS", "0"),
+            ("TASKWIRE_RATE_LIMIT_MUTATIONS", "0"),
         ] {
             env.insert(k.to_owned(), v.to_owned());
         }
@@ -149,13 +177,20 @@ impl TestApp {
             env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), brokers);
             env.insert("TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(), topic_prefix.clone());
         }
+        if let Some(redis) = env_var(REDIS_URL_VAR) {
+            // A real Redis is shared: give each app keys of its own.
+            env.insert("TASKWIRE_REDIS_URL".to_owned(), redis);
+            env.insert("TASKWIRE_REDIS_KEY_PREFIX".to_owned(), format!("t{}", uuid::Uuid::new_v4().simple()));
+        }
         for (k, v) in vars {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
         let config = Config::load_from(None, &env).expect("test configuration loads");
+        init_telemetry(config.otlp_endpoint.as_deref());
         let app = Application::build(config).await.expect("application builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let db_stats = app.db_stats();
+        let task_cache = app.task_cache();
         let kafka_cluster = app.kafka_cluster();
         let kafka_bootstrap = match &kafka_cluster {
             Some(cluster) => cluster.bootstrap_servers().to_owned(),
@@ -169,6 +204,7 @@ impl TestApp {
             secret,
             database_url,
             db_stats,
+            task_cache,
             kafka_cluster,
             kafka_bootstrap,
             topic_prefix,

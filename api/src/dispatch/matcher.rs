@@ -30,7 +30,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     message::{BorrowedMessage, Headers},
 };
-use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus};
+use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus, task::Task};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,7 @@ use super::{
 use crate::{
     metrics::Metrics,
     store::{OfferOutcome, Store, WorkerRecord},
+    telemetry,
 };
 
 /// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
@@ -85,7 +86,7 @@ pub struct Matcher {
     store: Store,
     settings: DispatchSettings,
     metrics: Metrics,
-    consumer: StreamConsumer<RebalanceContext>,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
     topic: String,
     wake: Arc<Notify>,
     ready: ReadySet,
@@ -109,7 +110,12 @@ impl Matcher {
     ) -> Self {
         let wake = store.dispatch_signal();
         let ready = ReadySet::new(settings.ready_capacity);
-        Matcher { store, settings, metrics, consumer, topic, wake, ready, buckets: HashMap::new() }
+        Matcher { store, settings, metrics, consumer: Arc::new(consumer), topic, wake, ready, buckets: HashMap::new() }
+    }
+
+    /// The dispatch consumer, shared (the lag sampler reads its positions).
+    pub fn consumer(&self) -> Arc<StreamConsumer<RebalanceContext>> {
+        self.consumer.clone()
     }
 
     /// Runs until `shutdown`, then commits what it placed.
@@ -167,7 +173,9 @@ impl Matcher {
         tracing::info!("matcher stopped");
     }
 
-    /// Adds the announced tasks that are still `QUEUED` (one query per batch).
+    /// Adds the announced tasks that are still `QUEUED` (one query per batch). Each
+    /// message is handled in a `kafka.dispatch` span, a child of the trace context in its
+    /// headers when spans are exported.
     async fn ingest(&mut self, batch: Vec<Announcement>) {
         if batch.is_empty() {
             return;
@@ -182,47 +190,61 @@ impl Matcher {
             }
         };
         for announcement in batch {
-            let source = (announcement.partition, announcement.offset);
-            let Some(envelope) = announcement.envelope.filter(|e| e.kind == EnvelopeType::Dispatch) else {
-                self.metrics.dispatch_messages.with_label_values(&["invalid"]).inc();
-                self.ready.placed_on_arrival(source);
-                continue;
-            };
-            let Some(id) = envelope.id() else {
-                self.metrics.dispatch_messages.with_label_values(&["invalid"]).inc();
-                self.ready.placed_on_arrival(source);
-                continue;
-            };
-            let mut entry = Entry {
-                id,
-                queue: envelope.queue.clone(),
-                priority: envelope.priority,
-                run_at: envelope.run_at,
-                queued_at: envelope.at,
-                source: Some(source),
-                traceparent: announcement.traceparent,
-                avoid: envelope
-                    .previous_status
-                    .is_some_and(TaskStatus::is_leased)
-                    .then(|| envelope.worker_id.clone())
-                    .flatten(),
-            };
-            if let Some(tasks) = &current {
-                match tasks.get(&id) {
-                    Some(task) if task.status == TaskStatus::Queued => {
-                        entry.priority = task.priority;
-                        entry.run_at = task.run_at;
-                    }
-                    _ => {
-                        self.metrics.dispatch_messages.with_label_values(&["stale"]).inc();
-                        self.ready.placed_on_arrival(source);
-                        continue;
-                    }
-                }
+            let span = tracing::info_span!(
+                "kafka.dispatch",
+                otel.kind = "consumer",
+                task_id = announcement.envelope.as_ref().map(|e| e.task_id.as_str()),
+                partition = announcement.partition,
+                offset = announcement.offset,
+                outcome = tracing::field::Empty,
+            );
+            if let Some(traceparent) = &announcement.traceparent {
+                telemetry::set_remote_parent(&span, traceparent);
             }
-            let outcome = if self.ready.insert(entry) { "queued" } else { "duplicate" };
+            let outcome = span.in_scope(|| self.place(announcement, current.as_ref()));
+            span.record("outcome", outcome);
             self.metrics.dispatch_messages.with_label_values(&[outcome]).inc();
         }
+    }
+
+    /// Holds one announced task, or marks its message placed; returns the outcome.
+    fn place(&mut self, announcement: Announcement, current: Option<&HashMap<TaskId, Task>>) -> &'static str {
+        let source = (announcement.partition, announcement.offset);
+        let Some(envelope) = announcement.envelope.filter(|e| e.kind == EnvelopeType::Dispatch) else {
+            self.ready.placed_on_arrival(source);
+            return "invalid";
+        };
+        let Some(id) = envelope.id() else {
+            self.ready.placed_on_arrival(source);
+            return "invalid";
+        };
+        let mut entry = Entry {
+            id,
+            queue: envelope.queue.clone(),
+            priority: envelope.priority,
+            run_at: envelope.run_at,
+            queued_at: envelope.at,
+            source: Some(source),
+            traceparent: announcement.traceparent,
+            avoid: envelope
+                .previous_status
+                .is_some_and(TaskStatus::is_leased)
+                .then(|| envelope.worker_id.clone())
+                .flatten(),
+        };
+        if let Some(tasks) = current {
+            match tasks.get(&id) {
+                Some(task) if task.status == TaskStatus::Queued => {
+                    entry.priority = task.priority;
+                    entry.run_at = task.run_at;
+                }
+                _ => {
+                    self.ready.placed_on_arrival(source);
+                    return "stale";
+                }
+            }
+        }
+        if self.ready.insert(entry) { "queued" } else { "duplicate" }
     }
 
     /// Adds `QUEUED` tasks last changed before `cutoff` that the set does not hold.

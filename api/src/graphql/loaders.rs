@@ -1,6 +1,9 @@
 //! Per-request DataLoaders: every `Task.events`, `Task.worker` and `TaskEvent.task` of a
 //! response is loaded in one batched statement per kind, however many tasks it lists.
-//! A fresh set is made for every request, so nothing leaks between callers.
+//! A fresh set is made for every request, so nothing leaks between callers. Tasks by id
+//! come through the shared [`TaskCache`] (L1 → L2 → database) for requests; a
+//! subscription's loaders read the database directly, so every event resolves the task
+//! as it is then.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -11,6 +14,7 @@ use taskwire_domain::{
 };
 
 use crate::{
+    cache::TaskCache,
     error::ApiError,
     store::{Store, WorkerRecord},
 };
@@ -36,32 +40,51 @@ impl Loaders {
     /// A set for one subscription: it lives as long as the stream, so nothing is cached
     /// (each event must see the task as it is then), but loads are still batched.
     pub fn uncached(store: &Store) -> Arc<Loaders> {
-        let loaders = Loaders::new(store);
+        let loaders = Loaders::build(store, None);
         loaders.tasks.enable_all_cache(false);
         loaders
     }
 
-    /// A fresh set over `store`.
-    pub fn new(store: &Store) -> Arc<Loaders> {
+    /// A fresh set for one request over `store`, reading tasks through `cache`.
+    pub fn new(store: &Store, cache: &TaskCache) -> Arc<Loaders> {
+        Loaders::build(store, Some(cache.clone()))
+    }
+
+    fn build(store: &Store, cache: Option<TaskCache>) -> Arc<Loaders> {
         Arc::new(Loaders {
-            tasks: DataLoader::with_cache(TaskLoader(store.clone()), tokio::spawn, HashMapCache::default()),
+            tasks: DataLoader::with_cache(
+                TaskLoader { store: store.clone(), cache },
+                tokio::spawn,
+                HashMapCache::default(),
+            ),
             events: DataLoader::new(EventsLoader(store.clone()), tokio::spawn),
             workers: DataLoader::new(WorkerLoader(store.clone()), tokio::spawn),
         })
     }
 }
 
-/// Loads tasks by id (`WHERE id IN (…)`).
+/// Loads tasks by id: through the cache, or `WHERE id IN (…)` without one.
 #[derive(Debug)]
-pub struct TaskLoader(Store);
+pub struct TaskLoader {
+    store: Store,
+    cache: Option<TaskCache>,
+}
 
 impl Loader<TaskId> for TaskLoader {
     type Value = Task;
     type Error = ApiError;
 
     async fn load(&self, keys: &[TaskId]) -> Result<HashMap<TaskId, Task>, ApiError> {
-        let tasks = self.0.tasks_by_ids(keys).await?;
-        Ok(tasks.into_iter().map(|t| (t.id, t)).collect())
+        match &self.cache {
+            Some(cache) => {
+                let tasks = cache.get_many(&self.store, keys).await?;
+                Ok(tasks.into_iter().map(|(id, task)| (id, Task::clone(&task))).collect())
+            }
+            None => {
+                let tasks = self.store.tasks_by_ids(keys).await?;
+                Ok(tasks.into_iter().map(|t| (t.id, t)).collect())
+            }
+        }
     }
 }
 

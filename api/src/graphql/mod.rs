@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod guards;
+pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
@@ -23,6 +24,9 @@ use crate::{live::Hub, metrics::Metrics, store::Store};
 pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
 /// Schema-level switches.
+///
+/// The query limits (depth, complexity, aliases, directives) are not set on the schema:
+/// [`limits`] checks them before execution, so each is answered with its own code.
 #[derive(Debug, Clone, Copy)]
 pub struct SchemaOptions {
     /// Allow introspection queries.
@@ -40,7 +44,8 @@ pub fn build_schema(store: Store, hub: Arc<Hub>, metrics: Metrics, options: Sche
         .data(metrics)
         .data(options);
     if !options.introspection {
-        builder = builder.disable_introspection();
+        // Without introspection, "did you mean …" hints would leak the schema piecemeal.
+        builder = builder.disable_introspection().disable_suggestions();
     }
     builder.finish()
 }

@@ -1,20 +1,21 @@
 //! GraphQL over HTTP: POST (single or batched JSON) and GET (queries only), plus GraphiQL.
 //!
 //! The handler owns the request envelope: it authenticates the bearer token, enforces the
-//! body and batch limits, creates the per-request DataLoaders, applies the request
-//! timeout, and makes sure every error leaves with an `extensions.code` and the request
-//! id. Responses are `application/json` with status 200 for anything GraphQL executed
+//! body and batch limits, resolves persisted queries and applies the query limits and
+//! the caller's rate limit ([`super::protect`]), creates the per-operation DataLoaders,
+//! applies the request timeout, counts and times every operation, and makes sure every
+//! error leaves with an `extensions.code` and the request id. Responses are `application/json` with status 200 for anything GraphQL executed
 //! (errors included, as the GraphQL-over-HTTP spec prescribes for that media type);
 //! envelope failures use 4xx/5xx with the same JSON error shape.
 
+use std::net::SocketAddr;
+
 use async_graphql::{
-    BatchRequest, BatchResponse, Request, ServerError,
-    http::GraphiQLSource,
-    parser::types::{DocumentOperations, OperationType},
+    BatchRequest, BatchResponse, Request, ServerError, http::GraphiQLSource, parser::types::OperationType,
 };
 use axum::{
     body::Bytes,
-    extract::{FromRequestParts, State, rejection::BytesRejection, ws::WebSocketUpgrade},
+    extract::{ConnectInfo, FromRequestParts, State, rejection::BytesRejection, ws::WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
@@ -22,7 +23,7 @@ use serde_json::json;
 use taskwire_domain::{ErrorCode, Principal};
 use tracing::Instrument;
 
-use super::AppState;
+use super::{AppState, protect::Operation};
 use crate::{
     auth::bearer_token,
     error::ApiError,
@@ -32,7 +33,12 @@ use crate::{
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// `POST /graphql`: a JSON request or an array of them.
-pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn post(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let request_id = request_id(&headers);
     let body = match body {
         Ok(body) => body,
@@ -56,11 +62,12 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Resul
             return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
-    execute(state, &headers, request_id, batch).await
+    execute(state, &headers, peer, request_id, batch, false).await
 }
 
 /// `GET /graphql`: a WebSocket upgrade (subscriptions), or
-/// `?query=…&variables=…&operationName=…` for queries only.
+/// `?query=…&variables=…&operationName=…&extensions=…` for queries only (and persisted
+/// queries by hash).
 pub async fn get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (mut parts, _) = request.into_parts();
     let headers = parts.headers.clone();
@@ -70,72 +77,158 @@ pub async fn get(State(state): State<AppState>, request: axum::extract::Request)
             Err(rejection) => rejection.into_response(),
         };
     }
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
     let uri = parts.uri;
     let request_id = request_id(&headers);
-    let mut request = match async_graphql::http::parse_query_string(uri.query().unwrap_or_default()) {
+    let request = match async_graphql::http::parse_query_string(uri.query().unwrap_or_default()) {
         Ok(request) => request,
         Err(e) => {
             let message = format!("the query string is not a GraphQL request: {e}");
             return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
-    if !is_query(&mut request) {
-        let message = "only queries may be sent with GET; use POST for mutations";
-        return envelope_error(&request_id, StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadUserInput, message);
-    }
-    execute(state, &headers, request_id, BatchRequest::Single(request)).await
+    execute(state, &headers, peer, request_id, BatchRequest::Single(request), true).await
 }
+
+const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// `GET /graphiql`.
 pub async fn graphiql() -> impl IntoResponse {
     Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").title("Taskwire").finish())
 }
 
-async fn execute(state: AppState, headers: &HeaderMap, request_id: String, batch: BatchRequest) -> Response {
+/// Authenticates, checks every operation (persisted query, limits), spends the caller's
+/// rate budget, then executes the operations in order, each with its own loaders.
+async fn execute(
+    state: AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    request_id: String,
+    batch: BatchRequest,
+    via_get: bool,
+) -> Response {
     let principal = match authenticate(&state, headers) {
         Ok(principal) => principal,
         Err(err) => return envelope_error(&request_id, StatusCode::OK, err.code(), &err.message()),
     };
-    let operations = match &batch {
-        BatchRequest::Single(_) => 1,
-        BatchRequest::Batch(requests) => requests.len(),
+    let (requests, batched) = match batch {
+        BatchRequest::Single(r) => (vec![r], false),
+        BatchRequest::Batch(rs) => (rs, true),
     };
-    if operations > state.limits.max_batch_operations {
+    if requests.len() > state.limits.max_batch_operations {
         let err = ApiError::BatchTooLarge { limit: state.limits.max_batch_operations };
         return envelope_error(&request_id, StatusCode::BAD_REQUEST, err.code(), &err.message());
+    }
+    let mut prepared = Vec::with_capacity(requests.len());
+    for mut request in requests {
+        let outcome = state.protection.prepare(&mut request).await;
+        prepared.push(outcome.map(|ty| (request, ty)));
+    }
+    if via_get && prepared.iter().any(|p| matches!(p, Ok((_, Some(op))) if op.ty != OperationType::Query)) {
+        let message = "only queries may be sent with GET; use POST for mutations";
+        return envelope_error(&request_id, StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadUserInput, message);
+    }
+    // Anonymous callers can do nothing but fail; they share a budget per address.
+    let subject = match &principal {
+        Some(p) => format!("sub:{}", p.subject),
+        None => format!("ip:{}", peer.ip()),
+    };
+    let mutations =
+        prepared.iter().filter(|p| matches!(p, Ok((_, Some(op))) if op.ty == OperationType::Mutation)).count();
+    if let Err(err) = state.protection.admit(&subject, prepared.len() as u32, mutations as u32).await {
+        let mut response = envelope_error_with(&request_id, StatusCode::TOO_MANY_REQUESTS, &err);
+        if let ApiError::RateLimited { retry_after_ms } = err
+            && let Ok(value) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let span = tracing::info_span!(
         "graphql",
         request_id = %request_id,
         subject = principal.as_ref().map(|p| p.subject.as_str()).unwrap_or("-"),
-        operation = operation_name(&batch),
+        operation = operation_name(&prepared),
     );
     let incoming_trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let traceparent = crate::telemetry::traceparent(incoming_trace);
     let context = RequestContext { principal, request_id: request_id.clone(), traceparent: Some(traceparent) };
-    // One loader set per operation: a cached task from one operation of a batch must not
-    // be served to a later one that runs after a mutation changed it.
-    let batch = match batch {
-        BatchRequest::Single(r) => BatchRequest::Single(r.data(Loaders::new(&state.store))),
-        BatchRequest::Batch(rs) => {
-            BatchRequest::Batch(rs.into_iter().map(|r| r.data(Loaders::new(&state.store))).collect())
+    let run = async {
+        let mut responses = Vec::with_capacity(prepared.len());
+        for outcome in prepared {
+            let response = match outcome {
+                // One loader set per operation: a cached task from one operation of a batch
+                // must not be served to a later one that runs after a mutation changed it.
+                Ok((request, operation)) => {
+                    let name = operation.as_ref().and_then(|op| op.name.as_deref());
+                    let name = state.metrics.operation_label(name.or(request.operation_name.as_deref()));
+                    let ty = operation.map(|op| op.ty);
+                    let request = request.data(Loaders::new(&state.store, &state.cache)).data(context.clone());
+                    let started = std::time::Instant::now();
+                    let response = state.schema.execute(request).await;
+                    record(&state, &name, ty, &response, started.elapsed());
+                    response
+                }
+                Err(err) => {
+                    let response = async_graphql::Response::from_errors(vec![
+                        err.to_graphql().into_server_error(async_graphql::Pos::default()),
+                    ]);
+                    record(&state, "-", None, &response, std::time::Duration::ZERO);
+                    response
+                }
+            };
+            responses.push(response);
         }
-    }
-    .data(context);
+        responses
+    };
     let timeout = state.limits.request_timeout;
-    let result = tokio::time::timeout(timeout, state.schema.execute_batch(batch)).instrument(span).await;
-    let Ok(mut response) = result else {
+    let Ok(mut responses) = tokio::time::timeout(timeout, run).instrument(span).await else {
         tracing::warn!(request_id = %request_id, ?timeout, "request timed out");
         let message = "the request took too long; retry later";
         return envelope_error(&request_id, StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message);
     };
-    match &mut response {
-        BatchResponse::Single(r) => r.errors.iter_mut().for_each(|e| stamp(e, &request_id)),
-        BatchResponse::Batch(rs) => rs.iter_mut().flat_map(|r| r.errors.iter_mut()).for_each(|e| stamp(e, &request_id)),
-    }
+    responses.iter_mut().flat_map(|r| r.errors.iter_mut()).for_each(|e| stamp(e, &request_id));
+    let response = match (batched, responses.pop()) {
+        (false, Some(single)) => BatchResponse::Single(single),
+        (_, last) => BatchResponse::Batch(responses.into_iter().chain(last).collect()),
+    };
     let mut http = axum::Json(response).into_response();
     set_request_id(&mut http, &request_id);
     http
+}
+
+/// Counts and times one operation by name, type and result code.
+fn record(
+    state: &AppState,
+    name: &str,
+    ty: Option<OperationType>,
+    response: &async_graphql::Response,
+    elapsed: std::time::Duration,
+) {
+    let ty = match ty {
+        Some(OperationType::Query) => "query",
+        Some(OperationType::Mutation) => "mutation",
+        Some(OperationType::Subscription) => "subscription",
+        None => "-",
+    };
+    let code = response
+        .errors
+        .first()
+        .map(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|ext| ext.get("code"))
+                .and_then(|code| match code {
+                    async_graphql::Value::String(code) => Some(code.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| ErrorCode::BadUserInput.as_str().to_owned())
+        })
+        .unwrap_or_else(|| "OK".to_owned());
+    state.metrics.operations.with_label_values(&[name, ty, &code]).inc();
+    if !elapsed.is_zero() {
+        state.metrics.operation_duration.with_label_values(&[name, ty]).observe(elapsed.as_secs_f64());
+    }
 }
 
 /// Verifies the bearer token, if any. No header means anonymous (resolvers then answer
@@ -155,28 +248,12 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Principa
     })
 }
 
-/// Whether the request's selected operation is a query (GET must not mutate).
-fn is_query(request: &mut Request) -> bool {
-    let name = request.operation_name.clone();
-    let Ok(document) = request.parsed_query() else {
-        // Let execution report the syntax error with its code.
-        return true;
-    };
-    let operation = match (&document.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => {
-            ops.iter().find(|(n, _)| n.as_str() == name).map(|(_, op)| op)
-        }
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        _ => None,
-    };
-    operation.is_none_or(|op| op.node.ty == OperationType::Query)
-}
-
-fn operation_name(batch: &BatchRequest) -> String {
-    match batch {
-        BatchRequest::Single(r) => r.operation_name.clone().unwrap_or_else(|| "-".into()),
-        BatchRequest::Batch(rs) => format!("batch[{}]", rs.len()),
+fn operation_name(prepared: &[Result<(Request, Option<Operation>), ApiError>]) -> String {
+    match prepared {
+        [Ok((_, Some(Operation { name: Some(name), .. })))] => name.clone(),
+        [Ok((r, _))] => r.operation_name.clone().unwrap_or_else(|| "-".into()),
+        [_] => "-".into(),
+        many => format!("batch[{}]", many.len()),
     }
 }
 
@@ -188,6 +265,16 @@ pub(crate) fn stamp(error: &mut ServerError, request_id: &str) {
         extensions.set("code", ErrorCode::BadUserInput.as_str());
     }
     extensions.set("requestId", request_id);
+}
+
+/// A request-level failure of `err`, with its extensions (e.g. `retryAfterMs`).
+fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> Response {
+    let mut error = err.to_graphql().into_server_error(async_graphql::Pos::default());
+    stamp(&mut error, request_id);
+    let body = json!({ "errors": [error] });
+    let mut response = (status, axum::Json(body)).into_response();
+    set_request_id(&mut response, request_id);
+    response
 }
 
 /// A request-level failure in the GraphQL error shape.

@@ -7,8 +7,10 @@
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /schema.graphql` | the SDL |
 
+pub mod apq;
 pub mod graphql;
 pub mod health;
+pub mod protect;
 pub mod ws;
 
 use std::{
@@ -41,6 +43,12 @@ pub struct AppState {
     pub sdl: Arc<str>,
     /// Redis, when configured (readiness reports it).
     pub redis: Option<redis::Client>,
+    /// The shared Redis link (cache, rate limits, persisted queries).
+    pub redis_link: Arc<crate::redis_link::RedisLink>,
+    /// The task read cache.
+    pub cache: crate::cache::TaskCache,
+    /// Persisted queries, query limits and rate limits.
+    pub protection: Arc<protect::Protection>,
     /// Request limits.
     pub limits: Limits,
     /// Kafka, for readiness.
@@ -95,6 +103,9 @@ pub fn router(state: AppState, api: bool, graphiql: bool, introspection: bool) -
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (in_use, idle) = state.store.pool_state();
+    state.metrics.db_pool_connections.with_label_values(&["in_use"]).set(i64::from(in_use));
+    state.metrics.db_pool_connections.with_label_values(&["idle"]).set(i64::from(idle));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 

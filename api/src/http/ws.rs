@@ -244,9 +244,22 @@ impl Connection {
                     let _ = out.send(text(&error_message(self.protocol, &id, errors))).await;
                     return None;
                 }
-                let Ok(request) = serde_json::from_value::<Request>(message["payload"].clone()) else {
+                let Ok(mut request) = serde_json::from_value::<Request>(message["payload"].clone()) else {
                     return Some(End::Close(4400, "Invalid message"));
                 };
+                // The same checks as over HTTP: persisted query, limits, the caller's budget.
+                let protection = &self.state.protection;
+                let checked = match protection.prepare(&mut request).await {
+                    Ok(_) => protection.admit(&format!("sub:{}", principal.subject), 1, 0).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = checked {
+                    let mut error = err.to_graphql().into_server_error(async_graphql::Pos::default());
+                    super::graphql::stamp(&mut error, &self.request_id);
+                    let errors = json!([error]);
+                    let _ = out.send(text(&error_message(self.protocol, &id, errors))).await;
+                    return None;
+                }
                 let context = RequestContext {
                     principal: Some(principal),
                     request_id: self.request_id.clone(),

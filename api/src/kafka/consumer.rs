@@ -1,10 +1,13 @@
 //! The status consumer: feeds this process's live subscriptions from
-//! `<prefix>.tasks.status`.
+//! `<prefix>.tasks.status`, and invalidates the task cache on every event.
 //!
 //! Every api process reads the whole topic with a group of its own, starting at the end
 //! as it was when the process started (offsets fixed before serving, so nothing
 //! committed after start-up is missed). Offsets are never committed: a restarted process
 //! has no subscribers to catch up; subscribers resume from `task_events` with `afterSeq`.
+//!
+//! Each message is handled in a `kafka.status` span, a child of the trace context in the
+//! message's headers when spans are exported.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,10 +16,11 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
 };
-use taskwire_domain::TaskEnvelope;
+use taskwire_domain::{TaskEnvelope, TaskId};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::{live::Hub, metrics::Metrics};
+use crate::{cache::TaskCache, live::Hub, metrics::Metrics};
 
 /// Assigns every partition of `topic` at its current end offset.
 pub async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> Result<(), KafkaError> {
@@ -35,7 +39,13 @@ pub async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> Resu
 }
 
 /// Routes every status event to the hub until `shutdown`.
-pub async fn run(consumer: Arc<StreamConsumer>, hub: Arc<Hub>, metrics: Metrics, shutdown: CancellationToken) {
+pub async fn run(
+    consumer: Arc<StreamConsumer>,
+    hub: Arc<Hub>,
+    cache: TaskCache,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -44,19 +54,38 @@ pub async fn run(consumer: Arc<StreamConsumer>, hub: Arc<Hub>, metrics: Metrics,
         match message {
             Ok(message) => {
                 let envelope = message.payload().and_then(|p| serde_json::from_slice::<TaskEnvelope>(p).ok());
-                match envelope {
-                    Some(envelope) => {
-                        metrics.status_events.with_label_values(&["routed"]).inc();
-                        hub.publish(envelope);
-                    }
-                    None => {
-                        metrics.status_events.with_label_values(&["invalid"]).inc();
-                        tracing::warn!(
-                            offset = message.offset(),
-                            "ignoring a status message that is not a task envelope"
-                        );
+                let span = tracing::info_span!(
+                    "kafka.status",
+                    otel.kind = "consumer",
+                    task_id = envelope.as_ref().map(|e| e.task_id.as_str()),
+                    seq = envelope.as_ref().map(|e| e.seq),
+                    status = envelope.as_ref().map(|e| e.status.as_str()),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                );
+                super::set_parent_from_headers(&span, message.headers());
+                async {
+                    match envelope {
+                        Some(envelope) => {
+                            metrics.status_events.with_label_values(&["routed"]).inc();
+                            // Before the subscribers hear of it, so one that reads the task at
+                            // once cannot be served the previous version from the cache.
+                            if let Some(id) = TaskId::parse(&envelope.task_id) {
+                                cache.invalidate(id, envelope.version).await;
+                            }
+                            hub.publish(envelope);
+                        }
+                        None => {
+                            metrics.status_events.with_label_values(&["invalid"]).inc();
+                            tracing::warn!(
+                                offset = message.offset(),
+                                "ignoring a status message that is not a task envelope"
+                            );
+                        }
                     }
                 }
+                .instrument(span)
+                .await;
             }
             Err(e) => {
                 // Broker outages surface here; librdkafka reconnects by itself.

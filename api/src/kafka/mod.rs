@@ -1,4 +1,5 @@
-//! Kafka: connection set-up, topics, the outbox relay and the status consumer.
+//! Kafka: connection set-up, topics, the outbox relay, the status consumer, the trace
+//! context carried in message headers and the consumer-lag sampler.
 //!
 //! With `TASKWIRE_KAFKA_BROKERS` unset the process starts librdkafka's mock cluster
 //! in-process ([`embedded`]); otherwise it connects to the given brokers and creates the
@@ -11,18 +12,20 @@ pub mod relay;
 use std::{sync::Arc, time::Duration};
 
 use rdkafka::{
-    ClientConfig,
+    ClientConfig, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
+    message::Headers,
     producer::FutureProducer,
 };
 use taskwire_domain::EnvelopeType;
+use tokio_util::sync::CancellationToken;
 
 pub use embedded::EmbeddedCluster;
 
-use crate::store::Topics;
+use crate::{metrics::Metrics, store::Topics, telemetry};
 
 /// Brokers in the embedded mock cluster.
 const EMBEDDED_BROKERS: i32 = 3;
@@ -166,4 +169,144 @@ async fn create_topics(brokers: &str, names: &[String], partitions: i32, replica
         }
     }
     Ok(())
+}
+
+/// The trace-context headers of a Kafka message, for [`telemetry::set_parent_from`]. Reads
+/// the headers in place: nothing is copied.
+pub struct HeaderCarrier<'a, H: Headers>(pub &'a H);
+
+impl<H: Headers> std::fmt::Debug for HeaderCarrier<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderCarrier").field("headers", &self.0.count()).finish()
+    }
+}
+
+impl<H: Headers> opentelemetry::propagation::Extractor for HeaderCarrier<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key).collect()
+    }
+}
+
+/// Makes `span` a child of the trace context in a message's headers, when spans are
+/// exported (free otherwise).
+pub fn set_parent_from_headers<H: Headers>(span: &tracing::Span, headers: Option<&H>) {
+    if let Some(headers) = headers
+        && telemetry::exporting()
+    {
+        telemetry::set_parent_from(span, &HeaderCarrier(headers));
+    }
+}
+
+/// How often [`run_lag_sampler`] samples.
+pub const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How long one high-watermark request may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A consumer whose lag can be measured.
+pub trait ConsumerLag: Send + Sync {
+    /// Σ(high watermark − position) over the partitions assigned to this consumer. A
+    /// partition it has not read from since its assignment counts from the group's
+    /// committed offset, or else from where its `auto.offset.reset` starts it. Blocking
+    /// (asks the brokers): call it from `spawn_blocking`.
+    fn lag(&self, timeout: Duration) -> Result<i64, KafkaError>;
+}
+
+/// The live consumers of [`Kafka::live_consumer`] start at the end (`latest`).
+impl ConsumerLag for StreamConsumer {
+    fn lag(&self, timeout: Duration) -> Result<i64, KafkaError> {
+        lag_of(self, Reset::Latest, timeout)
+    }
+}
+
+/// The matcher's consumer of [`Kafka::dispatch_consumer`] starts at the beginning
+/// (`earliest`).
+impl ConsumerLag for StreamConsumer<crate::dispatch::matcher::RebalanceContext> {
+    fn lag(&self, timeout: Duration) -> Result<i64, KafkaError> {
+        lag_of(self, Reset::Earliest, timeout)
+    }
+}
+
+/// A consumer's `auto.offset.reset`.
+#[derive(Debug, Clone, Copy)]
+enum Reset {
+    Earliest,
+    Latest,
+}
+
+fn lag_of<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    reset: Reset,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let positions = consumer.position()?;
+    // (topic, partition, next offset to read; `None`: the low watermark)
+    let mut starts: Vec<(String, i32, Option<i64>)> = Vec::with_capacity(positions.count());
+    let mut unread = TopicPartitionList::new();
+    for element in positions.elements() {
+        match element.offset() {
+            Offset::Offset(position) => starts.push((element.topic().to_owned(), element.partition(), Some(position))),
+            _ => {
+                unread.add_partition(element.topic(), element.partition());
+            }
+        }
+    }
+    if unread.count() > 0 {
+        for element in consumer.committed_offsets(unread, timeout)?.elements() {
+            let start = match (element.offset(), reset) {
+                (Offset::Offset(committed), _) => Some(committed),
+                (_, Reset::Earliest) => None,
+                (_, Reset::Latest) => continue,
+            };
+            starts.push((element.topic().to_owned(), element.partition(), start));
+        }
+    }
+    let mut lag = 0;
+    for (topic, partition, start) in starts {
+        let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+        lag += (high - start.unwrap_or(low).max(low)).max(0);
+    }
+    Ok(lag)
+}
+
+/// Every [`LAG_SAMPLE_EVERY`], sets `kafka_consumer_lag{consumer=<label>}` for each
+/// consumer, until `shutdown`. A sample that fails (brokers down) leaves the last value.
+pub async fn run_lag_sampler(
+    consumers: Vec<(&'static str, Arc<dyn ConsumerLag>)>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    if consumers.is_empty() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(LAG_SAMPLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'sampling: loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        for (label, consumer) in &consumers {
+            let consumer = consumer.clone();
+            let sample = tokio::task::spawn_blocking(move || consumer.lag(WATERMARK_TIMEOUT));
+            // Shutdown does not wait for the brokers: the blocking call ends on its own.
+            let sample = tokio::select! {
+                () = shutdown.cancelled() => break 'sampling,
+                sample = sample => sample,
+            };
+            match sample {
+                Ok(Ok(lag)) => metrics.consumer_lag.with_label_values(&[*label]).set(lag),
+                Ok(Err(e)) => tracing::debug!(consumer = *label, error = %e, "cannot sample the consumer lag"),
+                Err(e) => tracing::debug!(consumer = *label, error = %e, "the lag sample task failed"),
+            }
+        }
+    }
+    tracing::debug!("consumer lag sampler stopped");
 }

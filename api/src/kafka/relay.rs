@@ -4,6 +4,7 @@
 //! second as a safety net (a signal sent while it was busy, another process's rows).
 //! Kafka being down only delays it: rows stay in the outbox and are retried with
 //! backoff, so an acknowledged mutation is never lost (DESIGN.md §2, invariant 2).
+//! Each message carries the trace context of the request that wrote it (see [`publish`]).
 
 use std::time::Duration;
 
@@ -15,10 +16,12 @@ use rdkafka::{
     util::Timeout,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     metrics::Metrics,
     store::{OutboxMessage, Store},
+    telemetry,
 };
 
 /// Messages claimed per round.
@@ -139,13 +142,31 @@ impl OutboxRelay {
 ///
 /// Messages of one task share a key, hence a partition; the idempotent producer keeps
 /// their order within this batch.
+///
+/// Each send runs in a `kafka.publish` span, a child of the row's stored trace context
+/// (the request that committed it). The message carries that stored `traceparent`; when
+/// spans are exported it carries the publish span's own context instead (same trace id),
+/// so the consumers' spans hang under the publish in the exported trace.
 async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<OutboxMessage>) -> Vec<i64> {
     let attempted = messages.len();
     let sends = messages.iter().map(|message| {
+        // No ambient parent: the relay's spans belong to the requests that wrote the rows.
+        let span = tracing::info_span!(
+            parent: None,
+            "kafka.publish",
+            otel.kind = "producer",
+            topic = message.topic.as_str(),
+            task_id = message.key.as_str(),
+            outbox_id = message.id,
+        );
+        if let Some(stored) = &message.traceparent {
+            telemetry::set_remote_parent(&span, stored);
+        }
+        let exported = telemetry::span_traceparent(&span);
         let mut record = FutureRecord::to(&message.topic).key(&message.key).payload(&message.payload);
-        if let Some(traceparent) = &message.traceparent {
-            record =
-                record.headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(traceparent) }));
+        if let Some(traceparent) = exported.as_ref().or(message.traceparent.as_ref()) {
+            record = record
+                .headers(OwnedHeaders::new().insert(Header { key: telemetry::TRACEPARENT, value: Some(traceparent) }));
         }
         let id = message.id;
         let created_at = message.created_at;
@@ -166,6 +187,7 @@ async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<Out
                 }
             }
         }
+        .instrument(span)
     });
     let results = join_all(sends).await;
     let mut delivered = Vec::with_capacity(attempted);

@@ -103,6 +103,16 @@ impl Store {
             .collect()
     }
 
+    /// Task counts by status over the whole table (for the `tasks` gauge).
+    pub async fn status_counts(&self) -> ApiResult<Vec<(TaskStatus, u64)>> {
+        let sql = "SELECT status, COUNT(*) AS n, NULL AS oldest FROM tasks GROUP BY status";
+        let rows = StatusCount::find_by_statement(Statement::from_string(self.backend(), sql)).all(&self.db).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| Some((row.status.parse::<TaskStatus>().ok()?, u64::try_from(row.n).unwrap_or_default())))
+            .collect())
+    }
+
     /// Task counts of `queue` by status, and the oldest queued task's `runAt`.
     pub async fn queue_stats(&self, queue: &str) -> ApiResult<QueueStats> {
         let sql = "SELECT status, COUNT(*) AS n, MIN(run_at) AS oldest FROM tasks WHERE queue = ? GROUP BY status";

@@ -112,6 +112,17 @@ pub struct Store {
     /// Queue of the commit-coalescing task (see `coalesce`); `None` in the handle that
     /// task itself uses.
     coalescer: Option<tokio::sync::mpsc::Sender<coalesce::Pending>>,
+    /// Told about every task a transition committed (the cache's write-through).
+    on_commit: Arc<std::sync::OnceLock<CommitHook>>,
+}
+
+/// What [`Store::on_commit`] calls with each task a transition committed.
+pub struct CommitHook(pub Box<dyn Fn(&taskwire_domain::task::Task) + Send + Sync>);
+
+impl std::fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 impl Store {
@@ -158,6 +169,7 @@ impl Store {
             outbox_signal: Arc::new(Notify::new()),
             dispatch_signal: Arc::new(Notify::new()),
             coalescer: None,
+            on_commit: Arc::new(std::sync::OnceLock::new()),
         };
         let committers = if sqlite { 1 } else { (config.database_max_connections as usize / 2).max(1) };
         store.coalescer = Some(coalesce::start(store.clone(), committers));
@@ -181,9 +193,32 @@ impl Store {
         self.dispatch_signal.clone()
     }
 
+    /// Registers the hook told about every task a transition commits, in this process,
+    /// right after the commit (before the status event exists). Only the first
+    /// registration counts.
+    pub fn on_commit(&self, hook: CommitHook) {
+        let _ = self.on_commit.set(hook);
+    }
+
     /// Statement counters.
     pub fn stats(&self) -> &Arc<DbStats> {
         &self.stats
+    }
+
+    /// Connections of the pool: (in use, idle).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let (size, idle) = match self.backend() {
+            DbBackend::MySql => {
+                let pool = self.db.get_mysql_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        (size.saturating_sub(idle), idle)
     }
 
     /// Whether the database answers a trivial query.

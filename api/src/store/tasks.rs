@@ -323,9 +323,12 @@ impl Store {
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
     }
 
-    /// Wakes the relay (new outbox rows) and the matcher (freed worker capacity) after
-    /// transitions committed.
+    /// Tells the commit hook (the cache), wakes the relay (new outbox rows) and the
+    /// matcher (freed worker capacity) after transitions committed.
     pub(super) fn after_commit(&self, changes: &[(&Task, &Transition)]) {
+        if let Some(hook) = self.on_commit.get() {
+            changes.iter().for_each(|(_, t)| (hook.0)(&t.task));
+        }
         if changes.iter().any(|(_, t)| t.event.is_some()) {
             self.outbox_signal.notify_one();
         }

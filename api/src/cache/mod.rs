@@ -1,0 +1,453 @@
+//! The task read cache: L1 in process (moka) → L2 Redis → database (DESIGN.md §5).
+//!
+//! What it guarantees:
+//! - **One load per key at a time.** Concurrent misses on one task share one load
+//!   (single-flight); a batch of misses is one `MGET` and at most one `WHERE id IN (…)`.
+//! - **An old read never overwrites a newer state.** Every entry carries a *rank* derived
+//!   from the task's row version: a task at version `v` ranks `2v`, a tombstone saying
+//!   "version `v` exists, reload" ranks `2v − 1`, and "no such task" ranks 0. A write,
+//!   in L1 or L2, only replaces an entry of lower rank. A reader that loaded version 3
+//!   while version 4 committed can therefore not undo the tombstone (rank 7) that the
+//!   status consumer wrote for version 4, wherever the writes interleave.
+//! - **Redis is optional and may fail.** Every Redis command goes through
+//!   [`RedisLink`], which answers `None` when Redis is absent, slow or failing (and then
+//!   opens its circuit breaker); reads then go to the database, at most
+//!   `db_concurrency` batch loads at a time, and never fail because of Redis.
+//!
+//! How entries change: this process's own commits write the new task into L1 at once
+//! ([`TaskCache::committed`], so a client reads its own writes); the status consumer
+//! turns every status event, from any process, into a tombstone in L1 and then L2
+//! ([`TaskCache::invalidate`]). Lists (`tasks(…)`) are not cached, only reads by id.
+//!
+//! Staleness that remains, by design: a heartbeat extends `leaseExpiresAt` in place
+//! without a version bump or an event, so a leased task may be served up to the L1 TTL
+//! behind it; that is why leased and other unsettled tasks are kept in L2 no longer than
+//! in L1, and only settled tasks (`SUCCEEDED`, `CANCELLED`, `DEAD`) stay for the long L2
+//! TTL. Lease tokens are never cached.
+//!
+//! What it must never do: serve a task without the caller's visibility check (the
+//! resolvers do that on what it returns), or answer an error because Redis failed.
+
+mod codec;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use moka::{Expiry, ops::compute::Op};
+use rand::Rng;
+use taskwire_domain::{TaskId, task::Task};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{error::ApiResult, metrics::Metrics, redis_link::RedisLink, store::Store};
+
+/// How long a tombstone blocks stale fills. Longer than any request may take.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
+/// Pending L2 invalidations; when full, the status consumer waits (backpressure).
+const INVALIDATION_QUEUE: usize = 4096;
+/// L2 invalidations written per Redis round trip.
+const INVALIDATION_BATCH: usize = 256;
+
+/// Sizes and lifetimes of the cache (`TASKWIRE_CACHE_*`).
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Tasks held in L1. Default 100,000.
+    pub l1_capacity: u64,
+    /// Lifetime of an L1 entry. Default 5 s.
+    pub l1_ttl: Duration,
+    /// Lifetime of a settled task in L2, ±10% jitter. Default 5 min.
+    pub l2_ttl: Duration,
+    /// Lifetime of a "no such task" entry (L1 and L2). Default 2 s.
+    pub null_ttl: Duration,
+    /// Concurrent batch loads from the database. Default 4.
+    pub db_concurrency: usize,
+}
+
+/// What an entry says about a task.
+#[derive(Debug, Clone)]
+enum Value {
+    /// The task as of its version.
+    Task(Arc<Task>),
+    /// No such task (when loaded).
+    Missing,
+    /// A newer version exists than any value cached before; reload.
+    Tombstone,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    rank: u64,
+    value: Value,
+}
+
+impl Entry {
+    fn task(task: Arc<Task>) -> Entry {
+        Entry { rank: 2 * u64::from(task.version), value: Value::Task(task) }
+    }
+
+    fn missing() -> Entry {
+        Entry { rank: 0, value: Value::Missing }
+    }
+
+    fn tombstone(version: u32) -> Entry {
+        Entry { rank: (2 * u64::from(version)).saturating_sub(1), value: Value::Tombstone }
+    }
+}
+
+/// Per-entry L1 lifetimes.
+struct L1Expiry {
+    ttl: Duration,
+    null_ttl: Duration,
+}
+
+impl L1Expiry {
+    fn for_entry(&self, entry: &Entry) -> Duration {
+        match entry.value {
+            Value::Task(_) => self.ttl,
+            Value::Missing => self.null_ttl.min(self.ttl),
+            Value::Tombstone => TOMBSTONE_TTL,
+        }
+    }
+}
+
+impl Expiry<TaskId, Entry> for L1Expiry {
+    fn expire_after_create(&self, _: &TaskId, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(self.for_entry(entry))
+    }
+
+    fn expire_after_update(&self, _: &TaskId, entry: &Entry, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(self.for_entry(entry))
+    }
+}
+
+/// Results of one batch load: `None` for ids that do not exist.
+type Loaded = Arc<HashMap<TaskId, Option<Arc<Task>>>>;
+type LoadFuture = Shared<BoxFuture<'static, ApiResult<Loaded>>>;
+
+struct Inflight {
+    generation: u64,
+    load: LoadFuture,
+}
+
+struct Inner {
+    l1: moka::sync::Cache<TaskId, Entry>,
+    redis: Arc<RedisLink>,
+    settings: CacheSettings,
+    metrics: Metrics,
+    inflight: Mutex<HashMap<TaskId, Inflight>>,
+    generation: AtomicU64,
+    db_permits: Semaphore,
+    invalidations: mpsc::Sender<(TaskId, u32)>,
+    invalidation_queue: Mutex<Option<mpsc::Receiver<(TaskId, u32)>>>,
+}
+
+/// The task cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskCache(Arc<Inner>);
+
+impl std::fmt::Debug for TaskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskCache").field("l1_entries", &self.0.l1.entry_count()).finish_non_exhaustive()
+    }
+}
+
+impl TaskCache {
+    /// An empty cache over `redis` (which may be unconfigured: then L1 only).
+    pub fn new(settings: CacheSettings, redis: Arc<RedisLink>, metrics: Metrics) -> TaskCache {
+        let l1 = moka::sync::Cache::builder()
+            .max_capacity(settings.l1_capacity)
+            .expire_after(L1Expiry { ttl: settings.l1_ttl, null_ttl: settings.null_ttl })
+            .build();
+        let (tx, rx) = mpsc::channel(INVALIDATION_QUEUE);
+        TaskCache(Arc::new(Inner {
+            l1,
+            redis,
+            db_permits: Semaphore::new(settings.db_concurrency.max(1)),
+            settings,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            invalidations: tx,
+            invalidation_queue: Mutex::new(Some(rx)),
+        }))
+    }
+
+    /// The tasks among `ids` that exist, through L1, L2 and the database.
+    pub async fn get_many(&self, store: &Store, ids: &[TaskId]) -> ApiResult<HashMap<TaskId, Arc<Task>>> {
+        let inner = &self.0;
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missed = Vec::new();
+        for id in ids {
+            match inner.l1.get(id).map(|e| e.value) {
+                Some(Value::Task(task)) => {
+                    found.insert(*id, task);
+                }
+                Some(Value::Missing) => {}
+                Some(Value::Tombstone) | None => missed.push(*id),
+            }
+        }
+        let hits = (ids.len() - missed.len()) as u64;
+        inner.metrics.cache_hits.with_label_values(&["l1"]).inc_by(hits);
+        if missed.is_empty() {
+            return Ok(found);
+        }
+        inner.metrics.cache_misses.with_label_values(&["l1"]).inc_by(missed.len() as u64);
+        for loaded in futures::future::join_all(self.join_or_load(store, &missed)).await {
+            for (id, task) in loaded?.iter() {
+                if let Some(task) = task
+                    && missed.contains(id)
+                {
+                    found.insert(*id, task.clone());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Joins the loads already running for some of `ids` and starts one load for the
+    /// rest; returns every load's result.
+    fn join_or_load(&self, store: &Store, ids: &[TaskId]) -> Vec<LoadFuture> {
+        let inner = &self.0;
+        let Ok(mut inflight) = inner.inflight.lock() else {
+            // A poisoned map only loses the de-duplication, never a read.
+            return vec![self.load_future(store, ids.to_vec(), None)];
+        };
+        let mut joined: Vec<LoadFuture> = Vec::new();
+        let mut mine = Vec::new();
+        for id in ids {
+            match inflight.get(id) {
+                Some(running) => {
+                    if !joined.iter().any(|f| f.ptr_eq(&running.load)) {
+                        joined.push(running.load.clone());
+                    }
+                }
+                None => mine.push(*id),
+            }
+        }
+        if !mine.is_empty() {
+            let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
+            let load = self.load_future(store, mine.clone(), Some(generation));
+            for id in mine {
+                inflight.insert(id, Inflight { generation, load: load.clone() });
+            }
+            joined.push(load);
+        }
+        joined
+    }
+
+    /// One shared batch load. It removes its own in-flight entries when it ends, so
+    /// whoever drives it to completion (the starter, or a joiner if the starter's request
+    /// was dropped) cleans up; L1 is filled before that, so a late reader finds the value.
+    fn load_future(&self, store: &Store, ids: Vec<TaskId>, generation: Option<u64>) -> LoadFuture {
+        let cache = self.clone();
+        let store = store.clone();
+        async move {
+            let result = cache.load(&store, &ids).await;
+            if let Some(generation) = generation
+                && let Ok(mut inflight) = cache.0.inflight.lock()
+            {
+                for id in &ids {
+                    if inflight.get(id).is_some_and(|f| f.generation == generation) {
+                        inflight.remove(id);
+                    }
+                }
+            }
+            result
+        }
+        .boxed()
+        .shared()
+    }
+
+    async fn load(&self, store: &Store, ids: &[TaskId]) -> ApiResult<Loaded> {
+        let inner = &self.0;
+        let mut out: HashMap<TaskId, Option<Arc<Task>>> = HashMap::with_capacity(ids.len());
+        let mut from_db = Vec::new();
+        match self.l2_get(ids).await {
+            Some(entries) => {
+                for (id, entry) in ids.iter().zip(entries) {
+                    // A tombstone in L1 says which version must at least be served.
+                    let floor = inner.l1.get(id).map_or(0, |e| e.rank);
+                    match entry {
+                        Some(entry) if entry.rank >= floor && !matches!(entry.value, Value::Tombstone) => {
+                            inner.metrics.cache_hits.with_label_values(&["l2"]).inc();
+                            out.insert(
+                                *id,
+                                match &entry.value {
+                                    Value::Task(task) => Some(task.clone()),
+                                    _ => None,
+                                },
+                            );
+                            self.l1_put(*id, entry);
+                        }
+                        _ => {
+                            inner.metrics.cache_misses.with_label_values(&["l2"]).inc();
+                            from_db.push(*id);
+                        }
+                    }
+                }
+            }
+            None => from_db = ids.to_vec(),
+        }
+        if from_db.is_empty() {
+            return Ok(Arc::new(out));
+        }
+        let tasks = {
+            // Bounds the database work cache misses can cause, above all while Redis is
+            // down and every miss would otherwise reach the database.
+            let _permit = inner.db_permits.acquire().await.map_err(|_| crate::error::ApiError::Unavailable)?;
+            inner.metrics.cache_db_loads.inc();
+            store.tasks_by_ids(&from_db).await?
+        };
+        let mut by_id: HashMap<TaskId, Arc<Task>> = tasks.into_iter().map(|t| (t.id, Arc::new(t))).collect();
+        let mut fills = Vec::with_capacity(from_db.len());
+        for id in from_db {
+            let entry = match by_id.remove(&id) {
+                Some(task) => Entry::task(task),
+                None => Entry::missing(),
+            };
+            out.insert(
+                id,
+                match &entry.value {
+                    Value::Task(task) => Some(task.clone()),
+                    _ => None,
+                },
+            );
+            self.l1_put(id, entry.clone());
+            fills.push((id, entry));
+        }
+        self.l2_put(fills).await;
+        Ok(Arc::new(out))
+    }
+
+    /// A task this process just committed: L1 holds it at once (read-your-writes). L2
+    /// learns through the status event, like every other process.
+    pub fn committed(&self, task: &Task) {
+        self.l1_put(task.id, Entry::task(Arc::new(task.clone())));
+    }
+
+    /// A status event: version `version` of task `id` exists. L1 gets a tombstone at once;
+    /// L2 gets it from the invalidation writer. Waits when the writer is
+    /// [`INVALIDATION_QUEUE`] behind (backpressure on the status consumer, never a drop:
+    /// a dropped L2 invalidation could leave a stale settled task in Redis).
+    pub async fn invalidate(&self, id: TaskId, version: u32) {
+        self.l1_put(id, Entry::tombstone(version));
+        if self.0.redis.is_configured() {
+            let _ = self.0.invalidations.send((id, version)).await;
+        }
+    }
+
+    /// Drops every L1 entry (tests use it to start from a cold cache).
+    pub fn clear_local(&self) {
+        self.0.l1.invalidate_all();
+    }
+
+    /// Writes tombstones queued by [`TaskCache::invalidate`] to L2 until `shutdown`, in
+    /// batches of one round trip each. Runs once per cache (the first call takes the
+    /// queue; later calls return at once).
+    pub async fn run_invalidation_writer(self, shutdown: CancellationToken) {
+        let queue = self.0.invalidation_queue.lock().ok().and_then(|mut q| q.take());
+        let Some(mut queue) = queue else { return };
+        let mut batch = Vec::with_capacity(INVALIDATION_BATCH);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                received = queue.recv_many(&mut batch, INVALIDATION_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    let fills = batch.drain(..).map(|(id, version)| (id, Entry::tombstone(version))).collect();
+                    self.l2_put(fills).await;
+                }
+            }
+        }
+    }
+
+    /// Compare-and-set into L1: only a higher rank replaces an entry.
+    fn l1_put(&self, id: TaskId, entry: Entry) {
+        let metrics = &self.0.metrics;
+        self.0.l1.entry(id).and_compute_with(|current| match current {
+            Some(current) if current.value().rank >= entry.rank => {
+                if current.value().rank > entry.rank {
+                    metrics.cache_stale_writes.inc();
+                }
+                Op::Nop
+            }
+            _ => Op::Put(entry),
+        });
+    }
+
+    async fn l2_get(&self, ids: &[TaskId]) -> Option<Vec<Option<Entry>>> {
+        let link = &self.0.redis;
+        if !link.is_configured() {
+            return None;
+        }
+        let keys: Vec<String> = ids.iter().map(|id| link.key(&format!("task:{id}"))).collect();
+        let raw: Vec<Option<Vec<u8>>> =
+            link.call(|mut conn| async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await }).await?;
+        Some(raw.into_iter().map(|value| value.and_then(|bytes| codec::decode(&bytes))).collect())
+    }
+
+    /// Set-if-higher-rank into L2, all in one pipelined round trip.
+    async fn l2_put(&self, fills: Vec<(TaskId, Entry)>) {
+        let link = &self.0.redis;
+        if fills.is_empty() || !link.is_configured() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let script = &*codec::SET_IF_HIGHER;
+        for (id, entry) in &fills {
+            let ttl = self.l2_ttl(entry).as_millis() as u64;
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1)
+                .arg(link.key(&format!("task:{id}")))
+                .arg(entry.rank)
+                .arg(codec::encode(entry))
+                .arg(ttl)
+                .ignore();
+        }
+        let outcome = link
+            .call(|mut conn| async move {
+                match pipe.query_async::<()>(&mut conn).await {
+                    // The script is not loaded yet (fresh or restarted Redis): load it once.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        script.load_async(&mut conn).await?;
+                        pipe.query_async::<()>(&mut conn).await
+                    }
+                    other => other,
+                }
+            })
+            .await;
+        if outcome.is_none() {
+            tracing::debug!(entries = fills.len(), "L2 write skipped (redis unavailable)");
+        }
+    }
+
+    /// Settled tasks live long in L2; anything that can still change (or whose lease a
+    /// heartbeat extends in place) no longer than in L1.
+    fn l2_ttl(&self, entry: &Entry) -> Duration {
+        let settings = &self.0.settings;
+        match &entry.value {
+            Value::Task(task) if task.status.is_terminal() => {
+                let jitter = rand::rng().random_range(0.9..1.1);
+                settings.l2_ttl.mul_f64(jitter)
+            }
+            Value::Task(_) => settings.l1_ttl,
+            Value::Missing => settings.null_ttl,
+            Value::Tombstone => TOMBSTONE_TTL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use taskwire_domain::{LeaseToken, TaskStatus};
+
+use super::*;
+use crate::{config::Config, redis_link::RedisSettings};
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        l1_capacity: 1000,
+        l1_ttl: Duration::from_secs(5),
+        l2_ttl: Duration::from_secs(60),
+        null_ttl: Duration::from_secs(2),
+        db_concurrency: 2,
+    }
+}
+
+fn link(url: Option<&str>, prefix: &str) -> Arc<RedisLink> {
+    let client = url.map(|u| redis::Client::open(u).expect("redis url"));
+    let settings = RedisSettings {
+        timeout: Duration::from_millis(500),
+        cooldown: Duration::from_secs(1),
+        key_prefix: prefix.into(),
+    };
+    Arc::new(RedisLink::new(client, settings, Metrics::new()))
+}
+
+fn task(version: u32, status: TaskStatus) -> Task {
+    let now = taskwire_domain::task::at_storage_precision(Utc::now());
+    Task {
+        id: TaskId::generate(now),
+        queue: "q".into(),
+        kind: "k".into(),
+        payload: Some(serde_json::json!({"n": 1})),
+        priority: 3,
+        status,
+        attempts: 1,
+        max_attempts: 5,
+        run_at: now,
+        deadline: None,
+        created_by: "alice".into(),
+        idempotency_key: Some("key".into()),
+        worker_id: Some("w1".into()),
+        lease_token: Some(LeaseToken::generate()),
+        lease_expires_at: Some(now),
+        result: None,
+        last_error: Some("boom".into()),
+        version,
+        last_seq: version,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn with_version(t: &Task, version: u32) -> Task {
+    Task { version, ..t.clone() }
+}
+
+fn cached_version(cache: &TaskCache, id: TaskId) -> Option<u32> {
+    match cache.0.l1.get(&id).map(|e| e.value) {
+        Some(Value::Task(t)) => Some(t.version),
+        _ => None,
+    }
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+    let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
+    let config = Config::load_from(None, &env).expect("config");
+    let store = Store::connect(&config).await.expect("store");
+    use sea_orm_migration::MigratorTrait;
+    taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
+    store
+}
+
+#[test]
+fn the_l2_format_round_trips_without_the_lease_token() {
+    let original = task(4, TaskStatus::Running);
+    let decoded = codec::decode(&codec::encode(&Entry::task(Arc::new(original.clone())))).expect("decodes");
+    assert_eq!(decoded.rank, 8);
+    let Value::Task(back) = decoded.value else { panic!("a task") };
+    assert_eq!(back.lease_token, None, "fencing tokens never reach Redis");
+    assert_eq!(Task { lease_token: original.lease_token.clone(), ..(*back).clone() }, original);
+    let tombstone = codec::decode(&codec::encode(&Entry::tombstone(4))).expect("decodes");
+    assert!(matches!(tombstone.value, Value::Tombstone) && tombstone.rank == 7);
+    assert!(matches!(codec::decode(&codec::encode(&Entry::missing())).map(|e| e.value), Some(Value::Missing)));
+    for garbage in [&b""[..], b"x|T|{}", b"3|T|not json", b"3|Q|", b"3"] {
+        assert!(codec::decode(garbage).is_none(), "{:?} is a miss", String::from_utf8_lossy(garbage));
+    }
+}
+
+#[test]
+fn a_tombstone_refuses_older_versions_and_takes_the_version_it_names() {
+    let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
+    let v3 = task(3, TaskStatus::Queued);
+    let id = v3.id;
+    cache.l1_put(id, Entry::tombstone(4));
+    cache.l1_put(id, Entry::task(Arc::new(v3.clone())));
+    assert_eq!(cached_version(&cache, id), None, "a read of version 3 cannot undo the news of version 4");
+    cache.l1_put(id, Entry::task(Arc::new(with_version(&v3, 4))));
+    assert_eq!(cached_version(&cache, id), Some(4), "version 4 replaces its own tombstone");
+    cache.l1_put(id, Entry::missing());
+    assert_eq!(cached_version(&cache, id), Some(4), "'missing' never replaces a task");
+    assert!(cache.0.metrics.cache_stale_writes.get() >= 2);
+}
+
+#[test]
+fn a_commit_in_this_process_beats_a_slower_read_of_the_previous_version() {
+    let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
+    let v1 = task(1, TaskStatus::Queued);
+    cache.committed(&with_version(&v1, 2));
+    cache.l1_put(v1.id, Entry::task(Arc::new(v1.clone())));
+    assert_eq!(cached_version(&cache, v1.id), Some(2));
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_misses_on_one_id_load_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = sqlite_store(&dir).await;
+    let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
+    let id = TaskId::generate(Utc::now());
+    let reads = (0..1000).map(|_| {
+        let (cache, store) = (cache.clone(), store.clone());
+        tokio::spawn(async move { cache.get_many(&store, &[id]).await })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert!(read.expect("joins").expect("reads").is_empty(), "no such task");
+    }
+    assert_eq!(cache.0.metrics.cache_db_loads.get(), 1, "one load for a thousand readers");
+    assert!(cache.0.inflight.lock().expect("lock").is_empty(), "in-flight entries are cleaned up");
+}
+
+#[tokio::test]
+async fn with_redis_a_second_process_reads_from_l2_and_respects_tombstones() {
+    let Some(url) = std::env::var("TASKWIRE_TEST_REDIS_URL").ok().filter(|v| !v.is_empty()) else {
+        eprintln!("skipped: set TASKWIRE_TEST_REDIS_URL to run with_redis_a_second_process_reads_from_l2…");
+        return;
+    };
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let one = TaskCache::new(settings(), link(Some(&url), &prefix), Metrics::new());
+    let two = TaskCache::new(settings(), link(Some(&url), &prefix), Metrics::new());
+    let settled = task(5, TaskStatus::Succeeded);
+    let id = settled.id;
+
+    one.l2_put(vec![(id, Entry::task(Arc::new(settled.clone())))]).await;
+    let read = two.l2_get(&[id]).await.expect("redis answers");
+    assert!(matches!(&read[0], Some(Entry { rank: 10, value: Value::Task(_) })), "process two sees the fill");
+
+    two.l2_put(vec![(id, Entry::tombstone(6))]).await;
+    one.l2_put(vec![(id, Entry::task(Arc::new(settled.clone())))]).await;
+    let read = one.l2_get(&[id]).await.expect("redis answers");
+    assert!(
+        matches!(&read[0], Some(Entry { rank: 11, value: Value::Tombstone })),
+        "a stale fill cannot overwrite the tombstone of a newer version"
+    );
+    one.l2_put(vec![(id, Entry::task(Arc::new(with_version(&settled, 6))))]).await;
+    let read = two.l2_get(&[id]).await.expect("redis answers");
+    assert!(matches!(&read[0], Some(Entry { rank: 12, .. })), "the newer version replaces its tombstone");
+}
