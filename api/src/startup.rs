@@ -102,7 +102,7 @@ impl Application {
         let consumer = if config.roles.api {
             let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
             let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
-            let consumer = Arc::new(kafka.live_consumer(&group, &status_topic)?);
+            let consumer = Arc::new(kafka.live_consumer(&group)?);
             // Fixed before serving: every status event committed from now on reaches us.
             consumer::assign_at_end(consumer.clone(), status_topic).await?;
             Some(consumer)
@@ -211,7 +211,9 @@ impl Application {
         let background_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(background.relay.run(background_stop.clone()));
+        let mut lagging: Vec<(&'static str, Arc<dyn crate::kafka::ConsumerLag>)> = Vec::new();
         if let Some(status) = background.consumer {
+            lagging.push(("status", status.clone()));
             let cache = state.cache.clone();
             tasks.spawn(consumer::run(
                 status,
@@ -223,12 +225,14 @@ impl Application {
             tasks.spawn(cache.run_invalidation_writer(background_stop.clone()));
         }
         if let Some((matcher, settings)) = background.dispatcher {
+            lagging.push(("dispatch", matcher.consumer()));
             let (store, metrics) = (state.store.clone(), state.metrics.clone());
             tasks.spawn(matcher.run(background_stop.clone()));
             tasks.spawn(reaper::run_reaper(store.clone(), settings, metrics.clone(), background_stop.clone()));
             tasks.spawn(reaper::run_status_sampler(store.clone(), metrics.clone(), background_stop.clone()));
             tasks.spawn(reaper::run_scheduler(store, metrics, background_stop.clone()));
         }
+        tasks.spawn(crate::kafka::run_lag_sampler(lagging, state.metrics.clone(), background_stop.clone()));
         tasks.close();
 
         let app = router(state, api, graphiql, introspection);

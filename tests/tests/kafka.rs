@@ -73,9 +73,8 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     assert_eq!(on_topic, created);
 
     // The history is exact: one creation event per task, no duplicates.
-    let listed = app
-        .gql(Some(&alice), "{ tasks(first: 100) { edges { node { events(last: 5) { seq } } } } }", json!({}))
-        .await;
+    let listed =
+        app.gql(Some(&alice), "{ tasks(first: 100) { edges { node { events(last: 5) { seq } } } } }", json!({})).await;
     for edge in listed.data()["tasks"]["edges"].as_array().cloned().unwrap_or_default() {
         assert_eq!(edge["node"]["events"], json!([{ "seq": 1 }]));
     }

@@ -151,7 +151,7 @@ async fn execute(
         operation = operation_name(&prepared),
     );
     let incoming_trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let traceparent = crate::telemetry::traceparent(incoming_trace);
+    let traceparent = crate::telemetry::request_traceparent(&span, incoming_trace);
     let context = RequestContext { principal, request_id: request_id.clone(), traceparent: Some(traceparent) };
     let run = async {
         let mut responses = Vec::with_capacity(prepared.len());

@@ -95,3 +95,21 @@ pub fn selected_operation(document: &ExecutableDocument, name: Option<&str>) -> 
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_selected_operation_carries_its_name_and_type() {
+        let document = parse_query("query GetTask($id: ID!) { task(id: $id) { id } }").expect("parses");
+        let operation = selected_operation(&document, None).expect("selected");
+        assert_eq!((operation.ty, operation.name.as_deref()), (OperationType::Query, Some("GetTask")));
+        let document = parse_query("query A { me { subject } } mutation B { heartbeat { id } }").expect("parses");
+        assert_eq!(selected_operation(&document, None), None, "two operations need a name");
+        let b = selected_operation(&document, Some("B")).expect("selected");
+        assert_eq!((b.ty, b.name.as_deref()), (OperationType::Mutation, Some("B")));
+        let anonymous = parse_query("{ me { subject } }").expect("parses");
+        assert_eq!(selected_operation(&anonymous, None).and_then(|op| op.name), None);
+    }
+}

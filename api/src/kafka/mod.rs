@@ -103,9 +103,12 @@ impl Kafka {
             .create()
     }
 
-    /// A consumer of `topic` in group `group`, starting at the latest offset when the
-    /// group has none, without committing (an api process only fans out live events).
-    pub fn live_consumer(&self, group: &str, topic: &str) -> Result<StreamConsumer, KafkaError> {
+    /// A consumer with group id `group`, never committing (an api process
+    /// only fans out live events). It does not subscribe: the caller assigns partitions
+    /// explicitly ([`consumer::assign_at_end`]). A subscription as well would make the
+    /// group's first rebalance replace that assignment with offsets taken later, and the
+    /// events committed in between would never reach this process.
+    pub fn live_consumer(&self, group: &str) -> Result<StreamConsumer, KafkaError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", group)
@@ -114,7 +117,6 @@ impl Kafka {
             .set("session.timeout.ms", "10000")
             .set("fetch.wait.max.ms", "10")
             .create()?;
-        consumer.subscribe(&[topic])?;
         Ok(consumer)
     }
 
