@@ -28,7 +28,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("REDIS_TIMEOUT_MS", "250", "time limit of one Redis command; slower counts as a failure"),
     ("REDIS_BREAKER_COOLDOWN_MS", "2000", "after 3 failures in a row Redis is skipped this long, then probed"),
     ("REDIS_KEY_PREFIX", "taskwire", "prefix of every Redis key, so deployments can share one Redis"),
-    ("CACHE_L1_CAPACITY", "100000", "tasks held in the in-process (L1) cache"),
+    ("CACHE_L1_MAX_BYTES", "134217728", "memory the in-process (L1) cache may use, by an estimate of each task's size"),
     ("CACHE_L1_TTL_MS", "5000", "how long a task stays in L1 (a leased task: at most this long behind a heartbeat)"),
     ("CACHE_L2_TTL_MS", "300000", "how long a settled task stays in Redis (L2), ±10% jitter"),
     ("CACHE_NULL_TTL_MS", "2000", "how long a missing task id is remembered as missing"),
@@ -242,6 +242,7 @@ impl Config {
                 reason: "must start with mysql:// or sqlite:".into(),
             });
         }
+        let max_body_bytes = parse(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", Some(2 * 1024 * 1024))?;
         let config = Config {
             listen: parse(get("LISTEN"), "LISTEN", "127.0.0.1:8080".parse().ok())?,
             database_max_connections: parse(
@@ -262,7 +263,7 @@ impl Config {
                 key_prefix: get("REDIS_KEY_PREFIX").unwrap_or("taskwire").to_owned(),
             },
             cache: crate::cache::CacheSettings {
-                l1_capacity: parse(get("CACHE_L1_CAPACITY"), "CACHE_L1_CAPACITY", Some(100_000))?,
+                l1_max_bytes: parse(get("CACHE_L1_MAX_BYTES"), "CACHE_L1_MAX_BYTES", Some(128 * 1024 * 1024))?,
                 l1_ttl: millis(get("CACHE_L1_TTL_MS"), "CACHE_L1_TTL_MS", 5_000)?,
                 l2_ttl: millis(get("CACHE_L2_TTL_MS"), "CACHE_L2_TTL_MS", 300_000)?,
                 null_ttl: millis(get("CACHE_NULL_TTL_MS"), "CACHE_NULL_TTL_MS", 2_000)?,
@@ -284,6 +285,7 @@ impl Config {
                 write_timeout: millis(get("WS_WRITE_TIMEOUT_MS"), "WS_WRITE_TIMEOUT_MS", 10_000)?,
                 allowed_origins: get("WS_ALLOWED_ORIGINS")
                     .map(|v| v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect()),
+                max_message_bytes: max_body_bytes,
             },
             jwt: JwtConfig {
                 secret: get("JWT_SECRET").map(|s| SecretString::from(s.to_owned())),
@@ -305,7 +307,7 @@ impl Config {
             },
             data_dir: PathBuf::from(get("DATA_DIR").unwrap_or("data")),
             migrate: parse_bool(get("MIGRATE"), "MIGRATE", true)?,
-            max_body_bytes: parse(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", Some(2 * 1024 * 1024))?,
+            max_body_bytes,
             max_batch_operations: parse(get("MAX_BATCH_OPERATIONS"), "MAX_BATCH_OPERATIONS", Some(10))?,
             request_timeout: Duration::from_millis(parse(
                 get("REQUEST_TIMEOUT_MS"),

@@ -277,3 +277,40 @@ async fn metrics_are_valid_prometheus_text_with_the_operational_series() {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn with_redis_a_query_persisted_through_one_process_is_known_to_another() {
+    let test = "with_redis_a_query_persisted_through_one_process_is_known_to_another";
+    let Some(url) = require_service(REDIS_URL_VAR, test) else { return };
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let vars = [("TASKWIRE_REDIS_URL", url.as_str()), ("TASKWIRE_REDIS_KEY_PREFIX", prefix.as_str())];
+    let one = TestApp::spawn_with(&vars).await;
+    let two = TestApp::spawn_with(&vars).await;
+    let query = "query Shared { me { subject } }";
+    let extensions = json!({ "persistedQuery": { "version": 1, "sha256Hash": sha256(query) } });
+
+    let registered = one
+        .post_json(Some(&one.token("alice", &["client"])), &json!({ "query": query, "extensions": extensions }))
+        .await;
+    assert!(registered.errors().is_empty(), "{registered:?}");
+    let hit = two.post_json(Some(&two.token("alice", &["client"])), &json!({ "extensions": extensions })).await;
+
+    assert_eq!(hit.data()["me"]["subject"], "alice", "the other process found it in Redis: {hit:?}");
+}
+
+#[tokio::test]
+async fn with_introspection_off_errors_suggest_no_field_names() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_INTROSPECTION", "false")]).await;
+    let token = app.token("alice", &["client"]);
+
+    let typo = app.gql(Some(&token), "{ tsks { edges { node { id } } } }", json!({})).await;
+    let introspection = app.gql(Some(&token), "{ __schema { types { name } } }", json!({})).await;
+
+    assert_eq!(typo.code(), "BAD_USER_INPUT");
+    let message = typo.errors()[0]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(!message.contains("Did you mean"), "no hints about the schema: {message}");
+    assert!(
+        introspection.data()["__schema"].is_null() || !introspection.errors().is_empty(),
+        "introspection answers nothing: {introspection:?}"
+    );
+}

@@ -50,10 +50,11 @@ async fn fast_queue(app: &TestApp, max_attempts: i64) {
     app.gql(Some(&admin), CONFIGURE, input).await.data();
 }
 
-/// Every task with its full history, via the API (pages of 100).
+/// Every task with its full history, via the API (pages of 10: with up to 100 events
+/// each, a page costs about 5,000, within the default complexity limit).
 async fn all_tasks(app: &TestApp) -> Vec<Value> {
     let ops = app.token("ops", &["operator"]);
-    let query = "query($after: String) { tasks(first: 100, after: $after) { pageInfo { hasNextPage endCursor } edges { node { id status attempts maxAttempts events(last: 100) { seq status previousStatus workerId message } } } } }";
+    let query = "query($after: String) { tasks(first: 10, after: $after) { pageInfo { hasNextPage endCursor } edges { node { id status attempts maxAttempts events(last: 100) { seq status previousStatus workerId message } } } } }";
     let mut out = vec![];
     let mut after = Value::Null;
     loop {

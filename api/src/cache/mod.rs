@@ -61,8 +61,8 @@ const INVALIDATION_BATCH: usize = 256;
 /// Sizes and lifetimes of the cache (`TASKWIRE_CACHE_*`).
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// Tasks held in L1. Default 100,000.
-    pub l1_capacity: u64,
+    /// Memory L1 may use, by an estimate of each entry's size. Default 128 MiB.
+    pub l1_max_bytes: u64,
     /// Lifetime of an L1 entry. Default 5 s.
     pub l1_ttl: Duration,
     /// Lifetime of a settled task in L2, ±10% jitter. Default 5 min.
@@ -101,6 +101,32 @@ impl Entry {
 
     fn tombstone(version: u32) -> Entry {
         Entry { rank: (2 * u64::from(version)).saturating_sub(1), value: Value::Tombstone }
+    }
+}
+
+/// Roughly the bytes an entry holds, so L1 is bounded by memory rather than by a count
+/// of tasks whose payloads range from nothing to 64 KiB.
+fn estimated_size(entry: &Entry) -> usize {
+    const OVERHEAD: usize = 256;
+    let Value::Task(task) = &entry.value else { return OVERHEAD };
+    let strings = [&task.queue, &task.kind, &task.created_by].iter().map(|s| s.len()).sum::<usize>()
+        + [&task.idempotency_key, &task.worker_id, &task.last_error]
+            .iter()
+            .filter_map(|s| s.as_ref())
+            .map(String::len)
+            .sum::<usize>();
+    let json = [&task.payload, &task.result].iter().filter_map(|v| v.as_ref()).map(json_size).sum::<usize>();
+    OVERHEAD + std::mem::size_of::<Task>() + strings + json
+}
+
+fn json_size(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => 16,
+        serde_json::Value::String(s) => 24 + s.len(),
+        serde_json::Value::Array(items) => 24 + items.iter().map(json_size).sum::<usize>(),
+        serde_json::Value::Object(fields) => {
+            48 + fields.iter().map(|(k, v)| 32 + k.len() + json_size(v)).sum::<usize>()
+        }
     }
 }
 
@@ -165,7 +191,8 @@ impl TaskCache {
     /// An empty cache over `redis` (which may be unconfigured: then L1 only).
     pub fn new(settings: CacheSettings, redis: Arc<RedisLink>, metrics: Metrics) -> TaskCache {
         let l1 = moka::sync::Cache::builder()
-            .max_capacity(settings.l1_capacity)
+            .max_capacity(settings.l1_max_bytes)
+            .weigher(|_, entry: &Entry| u32::try_from(estimated_size(entry)).unwrap_or(u32::MAX))
             .expire_after(L1Expiry { ttl: settings.l1_ttl, null_ttl: settings.null_ttl })
             .build();
         let (tx, rx) = mpsc::channel(INVALIDATION_QUEUE);

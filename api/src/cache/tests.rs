@@ -8,7 +8,7 @@ use crate::{config::Config, redis_link::RedisSettings};
 
 fn settings() -> CacheSettings {
     CacheSettings {
-        l1_capacity: 1000,
+        l1_max_bytes: 1 << 20,
         l1_ttl: Duration::from_secs(5),
         l2_ttl: Duration::from_secs(60),
         null_ttl: Duration::from_secs(2),
@@ -157,4 +157,26 @@ async fn with_redis_a_second_process_reads_from_l2_and_respects_tombstones() {
     one.l2_put(vec![(id, Entry::task(Arc::new(with_version(&settled, 6))))]).await;
     let read = two.l2_get(&[id]).await.expect("redis answers");
     assert!(matches!(&read[0], Some(Entry { rank: 12, .. })), "the newer version replaces its tombstone");
+}
+
+#[test]
+fn l1_is_bounded_by_memory_not_by_a_count_of_tasks() {
+    let small = Entry::task(Arc::new(task(1, TaskStatus::Queued)));
+    let mut big_task = task(1, TaskStatus::Queued);
+    big_task.payload = Some(serde_json::json!({ "blob": "x".repeat(60_000) }));
+    let big = Entry::task(Arc::new(big_task));
+    assert!(estimated_size(&big) > 60_000, "a 60 KB payload weighs what it holds");
+    assert!(estimated_size(&small) < 2_000);
+
+    let mut tight = settings();
+    tight.l1_max_bytes = 1 << 20;
+    let cache = TaskCache::new(tight, link(None, "t"), Metrics::new());
+    for _ in 0..100 {
+        let mut t = task(1, TaskStatus::Queued);
+        t.payload = Some(serde_json::json!({ "blob": "x".repeat(60_000) }));
+        cache.committed(&t);
+    }
+    cache.0.l1.run_pending_tasks();
+    assert!(cache.0.l1.weighted_size() <= 1 << 20, "100 × 60 KB never exceed 1 MiB");
+    assert!(cache.0.l1.entry_count() < 100);
 }

@@ -66,6 +66,8 @@ pub struct WsSettings {
     pub write_timeout: Duration,
     /// Allowed `Origin` values; `None` allows any.
     pub allowed_origins: Option<Vec<String>>,
+    /// Largest message a client may send (the HTTP body limit, `TASKWIRE_MAX_BODY_BYTES`).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +99,16 @@ pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Re
     }
     let header_auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let request_id = request_id(headers);
-    let ws = ws.protocols([TRANSPORT_WS, LEGACY_WS]);
+    // tungstenite's defaults (128 KiB read and write buffers per socket, 64 MiB messages)
+    // would cost ~130 KiB per idle subscriber; GraphQL messages are small. The read
+    // buffer is the chunk size (a bigger frame still arrives whole, up to the message
+    // limit), and with no write buffer every message is written out as it is sent.
+    let ws = ws
+        .protocols([TRANSPORT_WS, LEGACY_WS])
+        .read_buffer_size(WS_READ_CHUNK)
+        .write_buffer_size(0)
+        .max_message_size(state.ws.max_message_bytes)
+        .max_frame_size(state.ws.max_message_bytes);
     let protocol = match ws.selected_protocol().map(HeaderValue::as_bytes) {
         Some(b"graphql-ws") => Protocol::Legacy,
         _ => Protocol::Transport,
@@ -110,6 +121,9 @@ pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Re
         state.ws_open.fetch_sub(1, Ordering::AcqRel);
     })
 }
+
+/// Bytes read from a socket at a time.
+const WS_READ_CHUNK: usize = 4096;
 
 /// Why the reader loop ended.
 enum End {
