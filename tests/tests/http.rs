@@ -14,7 +14,8 @@ async fn healthz_answers_ok() {
 
 #[tokio::test]
 async fn readyz_names_each_dependency_and_is_ready_without_redis() {
-    let app = TestApp::spawn().await;
+    // Explicitly without Redis: with TASKWIRE_TEST_REDIS_URL set, test apps use it.
+    let app = TestApp::spawn_with(&[("TASKWIRE_REDIS_URL", "")]).await;
     let (status, body) = app.get("/readyz").await;
     let body: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(status, 200, "{body}");

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs the load-generator scenarios of docs/BENCHMARKS.md against a fresh release server.
+#
+#   tests/bench/run-benchmarks.sh embedded|real [scenario…]
+#
+# Scenarios: query-hot query-uniform create create-batch dispatch fanout fanout-10k
+# (default: all but fanout-10k). Each scenario gets a freshly started server with an empty
+# database, so one run's backlog never slows the next; the server is stopped afterwards.
+# `real` needs MariaDB on 127.0.0.1:3306 (root, no password), Redis on 6379 and a
+# Kafka-compatible broker on 9092 (see .ci/run). Rate limits are off: the load generator
+# drives one subject hard on purpose. Results: one line per scenario on stdout, JSON in
+# $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+stack=${1:?usage: run-benchmarks.sh embedded|real [scenario…]}
+shift
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(query-hot query-uniform create create-batch dispatch fanout)
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target}"
+cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin loadgen
+bin="$CARGO_TARGET_DIR/release"
+out="$CARGO_TARGET_DIR/bench"
+mkdir -p "$out"
+port=18100
+url="http://127.0.0.1:$port"
+secret=bench-secret
+
+start_server() {
+  local data
+  data=$(mktemp -d /tmp/taskwire-bench.XXXXXX)
+  local env=(
+    TASKWIRE_LISTEN=127.0.0.1:$port TASKWIRE_JWT_SECRET=$secret RUST_LOG=warn
+    TASKWIRE_RATE_LIMIT_OPERATIONS=0 TASKWIRE_RATE_LIMIT_MUTATIONS=0 TASKWIRE_DATA_DIR="$data"
+    TASKWIRE_WS_MAX_CONNECTIONS=20000
+  )
+  if [ "$stack" = real ]; then
+    mysql --protocol=tcp -h127.0.0.1 -uroot -e \
+      "DROP DATABASE IF EXISTS taskwire_bench; CREATE DATABASE taskwire_bench CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    env+=(
+      TASKWIRE_DATABASE_URL=mysql://root@127.0.0.1:3306/taskwire_bench
+      TASKWIRE_KAFKA_BROKERS=127.0.0.1:9092
+      TASKWIRE_KAFKA_TOPIC_PREFIX="bench$RANDOM$RANDOM"
+      TASKWIRE_REDIS_URL=redis://127.0.0.1:6379
+      TASKWIRE_REDIS_KEY_PREFIX="bench$RANDOM$RANDOM"
+    )
+  else
+    env+=(TASKWIRE_DATABASE_URL="sqlite://$data/taskwire.db?mode=rwc")
+  fi
+  env "${env[@]}" "$bin/taskwire" >"$data/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 120); do
+    if curl -fs "$url/readyz" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "server did not become ready; log: $data/server.log" >&2
+  return 1
+}
+
+stop_server() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+}
+trap stop_server EXIT
+
+lg() { "$bin/loadgen" "$@" --url "$url" --secret "$secret"; }
+
+for scenario in "${scenarios[@]}"; do
+  start_server
+  json="$out/$stack-$scenario.json"
+  case "$scenario" in
+    query-hot) lg query --connections 64 --duration 15 --distribution hot --working-set 1000 --out "$json" ;;
+    query-uniform) lg query --connections 64 --duration 15 --distribution uniform --working-set 10000 --out "$json" ;;
+    create) lg create --connections 64 --duration 15 --out "$json" ;;
+    create-batch) lg create --connections 16 --duration 15 --batch 50 --out "$json" ;;
+    dispatch) lg dispatch --workers 50 --capacity 4 --rate 500 --connections 32 --duration 20 --out "$json" ;;
+    fanout) lg fanout --subscribers 1000 --events 100 --rate 20 --pid "$server_pid" --out "$json" ;;
+    fanout-10k) lg fanout --subscribers 10000 --events 20 --rate 5 --pid "$server_pid" --out "$json" ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+  stop_server
+done
