@@ -367,7 +367,13 @@ impl TaskCache {
     /// [`INVALIDATION_QUEUE`] behind (backpressure on the status consumer, never a drop:
     /// a dropped L2 invalidation could leave a stale settled task in Redis).
     pub async fn invalidate(&self, id: TaskId, version: u32) {
-        self.l1_put(id, Entry::tombstone(version));
+        // L1 needs a tombstone only where a stale value could land: an entry, or a load
+        // in flight. A load that starts after this check reads after the commit the event
+        // announces, so it cannot be stale; skipping the rest keeps a burst of creations
+        // from filling L1 with tombstones nobody reads.
+        if self.0.l1.contains_key(&id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(&id)) {
+            self.l1_put(id, Entry::tombstone(version));
+        }
         if self.0.redis.is_configured() {
             let _ = self.0.invalidations.send((id, version)).await;
         }

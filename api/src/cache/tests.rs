@@ -180,3 +180,17 @@ fn l1_is_bounded_by_memory_not_by_a_count_of_tasks() {
     assert!(cache.0.l1.weighted_size() <= 1 << 20, "100 × 60 KB never exceed 1 MiB");
     assert!(cache.0.l1.entry_count() < 100);
 }
+
+#[tokio::test]
+async fn an_event_for_a_task_nobody_reads_leaves_no_tombstone_but_one_for_a_cached_task_does() {
+    let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
+    let cold = task(1, TaskStatus::Queued);
+    let warm = task(1, TaskStatus::Queued);
+    cache.committed(&warm);
+
+    cache.invalidate(cold.id, 2).await;
+    cache.invalidate(warm.id, 2).await;
+
+    assert!(!cache.0.l1.contains_key(&cold.id), "nothing cached, nothing loading: no tombstone");
+    assert!(matches!(cache.0.l1.get(&warm.id).map(|e| e.value), Some(Value::Tombstone)));
+}
