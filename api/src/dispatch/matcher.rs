@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
@@ -41,13 +41,15 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    store::{OfferOutcome, Store, WorkerRecord},
+    store::{OfferOutcome, PlannedOffer, Store, WorkerRecord},
     telemetry,
 };
 
 /// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
 /// capacity freed by other processes, are noticed within this).
 const TICK: Duration = Duration::from_millis(200);
+/// Offers made in one transaction (a round makes more in several).
+const OFFERS_PER_TRANSACTION: usize = 100;
 /// Messages taken from Kafka per batch at most.
 const BATCH: usize = 500;
 /// How often the ready set is reconciled with the database.
@@ -314,6 +316,9 @@ impl Matcher {
             }
         };
         let expires_at = now + self.settings.offer_timeout;
+        // Plan the whole round first, against the capacities read above; then make the
+        // offers in as few transactions as possible.
+        let mut plan: Vec<(PlannedOffer, DateTime<Utc>, String)> = Vec::new();
         for queue in &queues {
             let Some(settings) = settings.get(queue) else { continue };
             if settings.paused {
@@ -331,34 +336,45 @@ impl Matcher {
             } else {
                 self.buckets.remove(queue);
             }
-            while budget > 0 {
-                let Some(entry) = self.ready.peek(queue) else { break };
-                let (id, traceparent, queued_at) = (entry.id, entry.traceparent.clone(), entry.queued_at);
+            for entry in self.ready.in_order(queue) {
+                if budget == 0 {
+                    break;
+                }
                 let Some(worker) = least_loaded(&mut workers, queue, entry.avoid.as_deref()) else { break };
-                match self.store.offer(id, &worker.id, expires_at, traceparent.as_deref()).await {
-                    Ok(OfferOutcome::Offered(task)) => {
-                        self.ready.remove(id);
-                        worker.active += 1;
-                        budget -= 1;
+                worker.active += 1;
+                budget -= 1;
+                let offer =
+                    PlannedOffer { id: entry.id, worker_id: worker.id.clone(), traceparent: entry.traceparent.clone() };
+                plan.push((offer, entry.queued_at, queue.clone()));
+            }
+        }
+        for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
+            let offers: Vec<PlannedOffer> = chunk.iter().map(|(offer, _, _)| offer.clone()).collect();
+            let outcomes = match self.store.offer_many(&offers, expires_at).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
+                    return;
+                }
+            };
+            for ((offer, queued_at, queue), outcome) in chunk.iter().zip(outcomes) {
+                match outcome {
+                    OfferOutcome::Offered(task) => {
+                        self.ready.remove(offer.id);
                         if let Some(bucket) = self.buckets.get_mut(queue) {
                             bucket.take();
                         }
                         self.metrics.dispatch_offers.inc();
-                        let waited = (task.updated_at - queued_at).to_std().unwrap_or_default();
+                        let waited = (task.updated_at - *queued_at).to_std().unwrap_or_default();
                         self.metrics.dispatch_latency.observe(waited.as_secs_f64());
-                        tracing::debug!(task = %id, worker = %task.worker_id.unwrap_or_default(), "offered");
+                        tracing::debug!(task = %offer.id, worker = %offer.worker_id, "offered");
                     }
-                    Ok(OfferOutcome::NotQueued) => {
-                        self.ready.remove(id);
+                    OfferOutcome::NotQueued => {
+                        self.ready.remove(offer.id);
                     }
-                    Ok(OfferOutcome::WorkerUnavailable) => {
-                        let gone = worker.id.clone();
-                        workers.retain(|w| w.id != gone);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = ?e, task = %id, "offer failed; retrying");
-                        return;
-                    }
+                    // Drained, offline or full since it was read: the task stays ready and
+                    // the next round (at most a tick away) offers it elsewhere.
+                    OfferOutcome::WorkerUnavailable => {}
                 }
             }
         }

@@ -129,6 +129,11 @@ impl ReadySet {
         self.queues.get(queue).and_then(|q| q.values().next())
     }
 
+    /// The tasks of `queue` in dispatch order.
+    pub fn in_order<'a>(&'a self, queue: &str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.queues.get(queue).into_iter().flat_map(|q| q.values())
+    }
+
     /// Removes `id` (offered, or no longer `QUEUED`) and places its message.
     pub fn remove(&mut self, id: TaskId) -> Option<Entry> {
         let (queue, k) = self.index.remove(&id)?;

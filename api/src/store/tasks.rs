@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// The one optimistic-lock loop behind every single-task change (`transition`,
-    /// `transition_in_queue`, `offer`): read, decide, conditional update with the worker
+    /// `transition_in_queue`): read, decide, conditional update with the worker
     /// slot accounting of [`apply`], history, commit; again on a lost race.
     pub(super) async fn transition_inner<F>(
         &self,
