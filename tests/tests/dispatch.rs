@@ -232,8 +232,13 @@ async fn max_concurrency_caps_a_queue_across_workers() {
     let mut one = ManualWorker::start(&app, "w1", &["q"], 5).await;
     let mut two = ManualWorker::start(&app, "w2", &["q"], 5).await;
     let alice = app.token("alice", &["client"]);
+    // Paused while both announcements arrive: on a real broker they travel on different
+    // partitions, and the matcher must hold both before it picks by priority.
+    app.gql(Some(&admin), "mutation { pauseQueue(name: \"q\") { paused } }", json!({})).await.data();
     let first = app.create_task(&alice, json!({ "queue": "q", "kind": "k", "priority": 9 })).await;
     let second = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    app.wait_for_metric("taskwire_dispatch_ready", |n| n >= 2.0).await;
+    app.gql(Some(&admin), "mutation { resumeQueue(name: \"q\") { paused } }", json!({})).await.data();
 
     let (offered, lease, _) = one.next_offer().await;
     assert_eq!(offered, first);
