@@ -16,6 +16,10 @@
 //! - [`cache`]: task reads through L1 (moka) and L2 (Redis)
 //! - [`ratelimit`]: per-subject token buckets, global through Redis when configured
 
+// A panic on anything a user, the network or a dependency can reach is an outage:
+// production code returns errors instead (tests may panic; see clippy.toml).
+#![warn(clippy::expect_used)]
+
 pub mod auth;
 pub mod cache;
 pub mod cli;

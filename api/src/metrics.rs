@@ -5,7 +5,7 @@
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    TextEncoder, core::Collector,
 };
 
 /// Every series Taskwire exports.
@@ -79,7 +79,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Tasks by status, sampled periodically from the database.
     pub tasks_by_status: IntGaugeVec,
-    operation_names: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    operation_names: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 /// Distinct operation names kept as label values; later names are reported as `other`,
@@ -90,48 +90,37 @@ impl Metrics {
     /// A fresh registry with every series registered.
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("taskwire".into()), None).unwrap_or_default();
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
-            let _ = registry.register(Box::new(g.clone()));
-            g
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric(name));
-            let _ = registry.register(Box::new(c.clone()));
-            c
-        };
+        let gauge = |name: &str, help: &str| register(&registry, name, IntGauge::new(name, help));
+        let counter = |name: &str, help: &str| register(&registry, name, IntCounter::new(name, help));
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name));
-            let _ = registry.register(Box::new(c.clone()));
-            c
+            register(&registry, name, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let latency = Histogram::with_opts(
-            HistogramOpts::new("outbox_publish_latency_seconds", "Seconds from commit to Kafka acknowledgement")
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ]),
-        )
-        .unwrap_or_else(|_| unreachable_metric("outbox_publish_latency_seconds"));
-        let _ = registry.register(Box::new(latency.clone()));
-        let dispatch_latency = Histogram::with_opts(
-            HistogramOpts::new("dispatch_latency_seconds", "Seconds from QUEUED to the offer").buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
-        )
-        .unwrap_or_else(|_| unreachable_metric("dispatch_latency_seconds"));
-        let _ = registry.register(Box::new(dispatch_latency.clone()));
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric(name));
-            let _ = registry.register(Box::new(g.clone()));
-            g
+            register(&registry, name, IntGaugeVec::new(Opts::new(name, help), labels))
         };
-        let operation_duration = HistogramVec::new(
-            HistogramOpts::new("graphql_operation_duration_seconds", "Seconds per GraphQL operation")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            &["operation", "type"],
-        )
-        .unwrap_or_else(|_| unreachable_metric("graphql_operation_duration_seconds"));
-        let _ = registry.register(Box::new(operation_duration.clone()));
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            register(&registry, name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
+        };
+        let latency = histogram(
+            "outbox_publish_latency_seconds",
+            "Seconds from commit to Kafka acknowledgement",
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        );
+        let dispatch_latency = histogram(
+            "dispatch_latency_seconds",
+            "Seconds from QUEUED to the offer",
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        );
+        let operation_duration = register(
+            &registry,
+            "graphql_operation_duration_seconds",
+            HistogramVec::new(
+                HistogramOpts::new("graphql_operation_duration_seconds", "Seconds per GraphQL operation").buckets(
+                    vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                ),
+                &["operation", "type"],
+            ),
+        );
         Metrics {
             operations: counter_vec(
                 "graphql_operations_total",
@@ -192,7 +181,11 @@ impl Metrics {
     /// [`MAX_OPERATION_NAMES`] distinct ones were seen, `other` after that, `-` for none.
     pub fn operation_label(&self, name: Option<&str>) -> String {
         let Some(name) = name.filter(|n| !n.is_empty()) else { return "-".into() };
-        let Ok(mut names) = self.operation_names.lock() else { return "other".into() };
+        // Known names take only the shared lock: this runs for every operation.
+        if self.operation_names.read().is_ok_and(|names| names.contains(name)) {
+            return name.to_owned();
+        }
+        let Ok(mut names) = self.operation_names.write() else { return "other".into() };
         if names.contains(name) {
             return name.to_owned();
         }
@@ -219,8 +212,17 @@ impl Default for Metrics {
     }
 }
 
+/// Registers a freshly built series and returns it.
+///
 /// Metric names and help texts are constants; a failure to build one is a programming
 /// error caught by the first test run.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, name: &str, built: prometheus::Result<C>) -> C {
+    let collector = built.unwrap_or_else(|_| unreachable_metric(name));
+    let _ = registry.register(Box::new(collector.clone()));
+    collector
+}
+
+/// Panics naming the metric that could not be built (see [`register`]).
 fn unreachable_metric<T>(name: &str) -> T {
     panic!("invalid metric definition {name}")
 }

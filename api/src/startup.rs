@@ -49,6 +49,9 @@ pub enum StartupError {
     /// The Redis URL is malformed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The query limits cannot read the schema (a bug: the SDL is generated).
+    #[error("query limits: {0}")]
+    Schema(#[from] crate::graphql::limits::SchemaShapeError),
     /// Kafka could not be started or reached.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -129,20 +132,21 @@ impl Application {
             metrics.clone(),
             SchemaOptions { introspection: config.introspection, worker_ttl: config.dispatch.worker_ttl },
         );
+        let schema_sdl = sdl();
         let protection = Protection::new(
-            &sdl(),
+            &schema_sdl,
             config.query_limits,
             PersistedQueries::new(redis_link.clone(), metrics.clone()),
             RateLimiter::new(config.rate_limits, redis_link.clone(), metrics.clone()),
             metrics.clone(),
         )
-        .map_err(|reason| StartupError::Config(ConfigError::Refused(format!("query limits: {reason}"))))?;
+        .map_err(StartupError::Schema)?;
         let state = AppState {
             protection: Arc::new(protection),
             schema,
             store: store.clone(),
             keys: Arc::new(keys),
-            sdl: sdl().into(),
+            sdl: schema_sdl.into(),
             redis,
             redis_link,
             cache,

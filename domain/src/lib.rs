@@ -7,6 +7,10 @@
 //! Adapters in `taskwire-api` convert to and from these types at the edges, so the rules
 //! can be unit-tested without any infrastructure.
 
+// A panic on anything a user, the network or a dependency can reach is an outage:
+// production code returns errors instead (tests may panic; see clippy.toml).
+#![warn(clippy::expect_used)]
+
 pub mod auth;
 pub mod error;
 pub mod event;

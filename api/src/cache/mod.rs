@@ -230,10 +230,10 @@ impl TaskCache {
         }
         inner.metrics.cache_misses.with_label_values(&["l1"]).inc_by(missed.len() as u64);
         for loaded in futures::future::join_all(self.join_or_load(store, &missed)).await {
-            for (id, task) in loaded?.iter() {
-                if let Some(task) = task
-                    && missed.contains(id)
-                {
+            // A joined load may cover other readers' ids too: take only ours.
+            let loaded = loaded?;
+            for id in &missed {
+                if let Some(Some(task)) = loaded.get(id) {
                     found.insert(*id, task.clone());
                 }
             }

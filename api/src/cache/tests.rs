@@ -1,10 +1,8 @@
-use std::collections::BTreeMap;
-
 use chrono::Utc;
 use taskwire_domain::{LeaseToken, TaskStatus};
 
 use super::*;
-use crate::{config::Config, redis_link::RedisSettings};
+use crate::redis_link::RedisSettings;
 
 fn settings() -> CacheSettings {
     CacheSettings {
@@ -64,16 +62,6 @@ fn cached_version(cache: &TaskCache, id: TaskId) -> Option<u32> {
     }
 }
 
-async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
-    let config = Config::load_from(None, &env).expect("config");
-    let store = Store::connect(&config).await.expect("store");
-    use sea_orm_migration::MigratorTrait;
-    taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
-    store
-}
-
 #[test]
 fn the_l2_format_round_trips_without_the_lease_token() {
     let original = task(4, TaskStatus::Running);
@@ -117,7 +105,7 @@ fn a_commit_in_this_process_beats_a_slower_read_of_the_previous_version() {
 #[tokio::test]
 async fn a_thousand_concurrent_misses_on_one_id_load_it_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = sqlite_store(&dir).await;
+    let store = crate::store::test_store(dir.path()).await;
     let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
     let id = TaskId::generate(Utc::now());
     let reads = (0..1000).map(|_| {
@@ -193,4 +181,25 @@ async fn an_event_for_a_task_nobody_reads_leaves_no_tombstone_but_one_for_a_cach
 
     assert!(!cache.0.l1.contains_key(&cold.id), "nothing cached, nothing loading: no tombstone");
     assert!(matches!(cache.0.l1.get(&warm.id).map(|e| e.value), Some(Value::Tombstone)));
+}
+
+#[tokio::test]
+async fn a_full_invalidation_queue_makes_the_status_consumer_wait_instead_of_dropping() {
+    // Redis configured (nothing listens there) and no writer yet: the queue only fills.
+    let cache = TaskCache::new(settings(), link(Some("redis://127.0.0.1:1"), "t"), Metrics::new());
+    let id = TaskId::generate(Utc::now());
+    for version in 1..=INVALIDATION_QUEUE as u32 {
+        cache.invalidate(id, version).await;
+    }
+
+    let blocked = tokio::time::timeout(Duration::from_millis(200), cache.invalidate(id, 9_999)).await;
+    assert!(blocked.is_err(), "one more invalidation waits for room rather than being dropped");
+
+    let shutdown = CancellationToken::new();
+    let writer = tokio::spawn(cache.clone().run_invalidation_writer(shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(10), cache.invalidate(id, 10_000))
+        .await
+        .expect("once the writer drains the queue, there is room again");
+    shutdown.cancel();
+    writer.await.expect("the writer stops on shutdown");
 }

@@ -18,7 +18,7 @@ use async_graphql::{
 use super::apq::PersistedQueries;
 use crate::{
     error::ApiError,
-    graphql::limits::{QueryLimits, SchemaShape, check},
+    graphql::limits::{QueryLimits, SchemaShape, SchemaShapeError, check},
     metrics::Metrics,
     ratelimit::RateLimiter,
 };
@@ -41,8 +41,8 @@ impl Protection {
         apq: PersistedQueries,
         rate: RateLimiter,
         metrics: Metrics,
-    ) -> Result<Protection, String> {
-        let shape = SchemaShape::from_sdl(sdl).map_err(|e| e.to_string())?;
+    ) -> Result<Protection, SchemaShapeError> {
+        let shape = SchemaShape::from_sdl(sdl)?;
         Ok(Protection { shape, limits, apq, rate, metrics })
     }
 

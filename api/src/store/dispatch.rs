@@ -367,21 +367,10 @@ pub(super) async fn queue_settings_in<'a, C: ConnectionTrait>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use sea_orm_migration::MigratorTrait;
     use taskwire_domain::{CreateTaskInput, NewTask, WorkerRegistration};
 
     use super::*;
-    use crate::{config::Config, store::CreateMode};
-
-    async fn store(dir: &tempfile::TempDir) -> Store {
-        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-        let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
-        let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
-        taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
-        store
-    }
+    use crate::store::{CreateMode, test_store};
 
     async fn queued(store: &Store, n: usize) -> Vec<Task> {
         let inputs = (0..n)
@@ -403,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn one_transaction_of_offers_commits_those_that_fit_and_rolls_back_only_the_others() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = store(&dir).await;
+        let store = test_store(dir.path()).await;
         let registration = WorkerRegistration::parse("w", &["q".to_owned()], 1).expect("registration");
         store.register_worker("w1", &registration).await.expect("registered");
         let tasks = queued(&store, 3).await;

@@ -250,6 +250,17 @@ impl Store {
     }
 }
 
+/// A migrated SQLite store in `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_store(dir: &Path) -> Store {
+    use sea_orm_migration::MigratorTrait;
+    let url = format!("sqlite://{}/t.db?mode=rwc", dir.display());
+    let env = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
+    let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
+    taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
+    store
+}
+
 /// The file path of a `sqlite:` URL, if it names a file.
 fn sqlite_path(url: &str) -> Option<&Path> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;

@@ -260,7 +260,7 @@ impl Store {
     where
         F: Fn(&Task) -> ApiResult<Transition>,
     {
-        self.transition_inner(id, traceparent, false, |task, _| decide(task)).await?.or_no_capacity()
+        self.transition_inner(id, traceparent, false, |task, _| decide(task)).await
     }
 
     /// Like [`Store::transition`], for decisions that need the settings of the task's
@@ -273,20 +273,19 @@ impl Store {
             let settings = settings.ok_or(ApiError::Internal)?;
             decide(task, settings)
         })
-        .await?
-        .or_no_capacity()
+        .await
     }
 
     /// The one optimistic-lock loop behind every single-task change (`transition`,
     /// `transition_in_queue`): read, decide, conditional update with the worker
     /// slot accounting of [`apply`], history, commit; again on a lost race.
-    pub(super) async fn transition_inner<F>(
+    async fn transition_inner<F>(
         &self,
         id: TaskId,
         traceparent: Option<&str>,
         with_settings: bool,
         decide: F,
-    ) -> ApiResult<Committed>
+    ) -> ApiResult<Task>
     where
         F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
     {
@@ -310,15 +309,17 @@ impl Store {
                     txn.rollback().await?;
                     continue;
                 }
+                // Only an offer leases a task, and offers go through `offer_many`; kept
+                // so a future leasing transition fails cleanly instead of overbooking.
                 Applied::NoCapacity => {
                     txn.rollback().await?;
-                    return Ok(Committed::NoCapacity);
+                    return Err(ApiError::Conflict("the worker has no free capacity".into()));
                 }
             }
             self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
             txn.commit().await?;
             self.after_commit(&[(&current, &transition)]);
-            return Ok(Committed::Task(Box::new(transition.task)));
+            return Ok(transition.task);
         }
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
     }
@@ -371,26 +372,6 @@ impl Store {
             outbox::Entity::insert_many(messages).exec_without_returning(txn).await?;
         }
         Ok(())
-    }
-}
-
-/// How a single-task change ended.
-#[derive(Debug)]
-pub(super) enum Committed {
-    /// Committed: the task as it is now.
-    Task(Box<Task>),
-    /// Nothing changed: the transition leases the task to a worker that is not `ONLINE`
-    /// or has no free capacity.
-    NoCapacity,
-}
-
-impl Committed {
-    /// The task, or `CONFLICT` when the worker had no room.
-    fn or_no_capacity(self) -> ApiResult<Task> {
-        match self {
-            Committed::Task(task) => Ok(*task),
-            Committed::NoCapacity => Err(ApiError::Conflict("the worker has no free capacity".into())),
-        }
     }
 }
 
