@@ -83,6 +83,22 @@ async fn ordinary_queries_and_the_introspection_query_pass_the_limits() {
 }
 
 #[tokio::test]
+async fn a_document_parsed_before_is_still_checked_against_each_requests_variables() {
+    let app = TestApp::spawn().await;
+    let operator = app.token("ops", &["operator"]);
+    // The cost of this document depends on `$n`: the parse cache must not cache a verdict.
+    let query = "query Page($n: Int!) { tasks(first: $n) { nodes { events(last: 100) { seq status at } } } }";
+    let cheap = app.gql(Some(&operator), query, json!({ "n": 1 })).await;
+    assert!(cheap.errors().is_empty(), "{cheap:?}");
+    let costly = app.gql(Some(&operator), query, json!({ "n": 100 })).await;
+    assert_eq!(costly.codes(), vec!["QUERY_TOO_COMPLEX".to_owned()], "{costly:?}");
+    let cheap_again = app.gql(Some(&operator), query, json!({ "n": 1 })).await;
+    assert!(cheap_again.errors().is_empty(), "{cheap_again:?}");
+    let broken = app.gql(Some(&operator), "query Page($n: Int!) { tasks(first: $n) {", json!({ "n": 1 })).await;
+    assert_eq!(broken.code(), "BAD_USER_INPUT", "{broken:?}");
+}
+
+#[tokio::test]
 async fn limits_are_configurable() {
     let app = TestApp::spawn_with(&[("TASKWIRE_LIMIT_ALIASES", "2"), ("TASKWIRE_LIMIT_DEPTH", "3")]).await;
     let client = app.token("alice", &["client"]);

@@ -111,7 +111,7 @@ impl WorkerMutation {
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
     async fn accept_task(&self, ctx: &Context<'_>, task_id: ID, lease_token: String) -> Result<TaskObject> {
         let worker_id = principal(ctx)?.subject.clone();
-        with_lease(ctx, &task_id, |_, queue, now| Command::Accept {
+        with_lease(ctx, &task_id, move |_, queue, now| Command::Accept {
             worker_id: worker_id.clone(),
             lease_token: lease_token.clone(),
             lease_expires_at: now + chrono::Duration::seconds(i64::from(queue.lease_seconds)),
@@ -134,7 +134,7 @@ impl WorkerMutation {
             .map(|r| Payload::parse(r.0).map(Payload::into_value))
             .transpose()
             .map_err(|e| ApiError::from(e.in_field("result")))?;
-        with_lease(ctx, &task_id, |_, _, _| Command::Complete {
+        with_lease(ctx, &task_id, move |_, _, _| Command::Complete {
             worker_id: worker_id.clone(),
             lease_token: lease_token.clone(),
             result: result.clone(),
@@ -159,7 +159,7 @@ impl WorkerMutation {
         if error.chars().count() > MAX_ERROR_CHARS {
             return Err(ApiError::from(DomainError::invalid("error", "at most 4000 characters")).into());
         }
-        with_lease(ctx, &task_id, |task, queue, now| {
+        with_lease(ctx, &task_id, move |task, queue, now| {
             let delay = queue.retry.delay(task.attempts.max(1), &mut rand::rng());
             Command::Fail {
                 worker_id: worker_id.clone(),
@@ -178,7 +178,7 @@ impl WorkerMutation {
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
     async fn release_task(&self, ctx: &Context<'_>, task_id: ID, lease_token: String) -> Result<TaskObject> {
         let worker_id = principal(ctx)?.subject.clone();
-        with_lease(ctx, &task_id, |_, _, _| Command::Release {
+        with_lease(ctx, &task_id, move |_, _, _| Command::Release {
             worker_id: worker_id.clone(),
             lease_token: lease_token.clone(),
         })
@@ -267,11 +267,11 @@ impl QueueMutation {
 /// Unknown tasks are `NOT_FOUND`; a task the caller does not hold is `LEASE_LOST`.
 async fn with_lease<F>(ctx: &Context<'_>, task_id: &ID, command: F) -> Result<TaskObject>
 where
-    F: Fn(&Task, &QueueSettings, DateTime<Utc>) -> Command,
+    F: Fn(&Task, &QueueSettings, DateTime<Utc>) -> Command + Send + Sync + 'static,
 {
     let id = TaskId::parse(task_id).ok_or(ApiError::NotFound("task"))?;
     let task = store(ctx)?
-        .transition_in_queue(id, traceparent(ctx), |task, queue| {
+        .transition_in_queue(id, traceparent(ctx), move |task, queue| {
             let now = Utc::now();
             Ok(machine::transition(task, command(task, queue, now), now)?)
         })

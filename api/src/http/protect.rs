@@ -2,7 +2,8 @@
 //! query limits (depth, complexity, aliases, directives) and the per-subject rate limit.
 //!
 //! Each check answers with its own code before any resolver runs, for HTTP and
-//! WebSocket alike. What it must never do: execute anything, or fail a request because
+//! WebSocket alike. Parsed documents are kept by query text (bounded), so an operation
+//! that clients send again and again is parsed once (DESIGN.md §8). What it must never do: execute anything, or fail a request because
 //! Redis (behind the persisted queries and the rate limits) failed.
 
 use std::sync::Arc;
@@ -23,6 +24,11 @@ use crate::{
     ratelimit::RateLimiter,
 };
 
+/// Query text kept in the parse cache, at most (bytes, counted by text length).
+const PARSE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Longer documents are parsed every time rather than cached.
+const PARSE_CACHE_MAX_QUERY: usize = 32 * 1024;
+
 /// The checks, built once at start-up.
 #[derive(Debug)]
 pub struct Protection {
@@ -31,6 +37,9 @@ pub struct Protection {
     apq: PersistedQueries,
     rate: RateLimiter,
     metrics: Metrics,
+    /// Parsed documents by query text. Only documents that parse are kept; the limits
+    /// are checked on every request (they depend on the variables).
+    parsed: moka::sync::Cache<String, Arc<ExecutableDocument>>,
 }
 
 impl Protection {
@@ -43,7 +52,11 @@ impl Protection {
         metrics: Metrics,
     ) -> Result<Protection, SchemaShapeError> {
         let shape = SchemaShape::from_sdl(sdl)?;
-        Ok(Protection { shape, limits, apq, rate, metrics })
+        let parsed = moka::sync::Cache::builder()
+            .max_capacity(PARSE_CACHE_BYTES)
+            .weigher(|query: &String, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
+            .build();
+        Ok(Protection { shape, limits, apq, rate, metrics, parsed })
     }
 
     /// Resolves a persisted query, parses the document once (execution reuses it) and
@@ -52,7 +65,7 @@ impl Protection {
     /// then reports as bad input without running anything.
     pub async fn prepare(&self, request: &mut Request) -> Result<Option<Operation>, ApiError> {
         self.apq.resolve(request).await?;
-        let Ok(document) = parse_query(&request.query) else { return Ok(None) };
+        let Some(document) = self.parse(&request.query) else { return Ok(None) };
         let name = request.operation_name.as_deref();
         if let Err(err) = check(&self.shape, &document, name, &request.variables, &self.limits) {
             self.metrics.query_limit_rejections.with_label_values(&[err.code().as_str()]).inc();
@@ -61,6 +74,19 @@ impl Protection {
         let operation = selected_operation(&document, name);
         request.set_parsed_query(document);
         Ok(operation)
+    }
+
+    /// The parsed document of `query`, from the parse cache when it was seen before;
+    /// `None` when it does not parse.
+    fn parse(&self, query: &str) -> Option<ExecutableDocument> {
+        if let Some(document) = self.parsed.get(query) {
+            return Some(ExecutableDocument::clone(&document));
+        }
+        let document = parse_query(query).ok()?;
+        if query.len() <= PARSE_CACHE_MAX_QUERY {
+            self.parsed.insert(query.to_owned(), Arc::new(document.clone()));
+        }
+        Some(document)
     }
 
     /// Spends `operations` (of which `mutations` are mutations) from `subject`'s budget.

@@ -1,4 +1,4 @@
-//! Commit coalescing for single creates (DESIGN.md §8).
+//! Commit coalescing for single creates and for workers' task transitions (DESIGN.md §8).
 //!
 //! Concurrent `createTask` calls queue here; one task takes everything waiting and
 //! commits it as one transaction with multi-row inserts, answering each caller only
@@ -9,8 +9,17 @@
 //!
 //! The queue is bounded ([`QUEUE`]): when full, callers wait (and their request timeout
 //! bounds the wait). The task ends when the last `Store` handle is dropped.
+//!
+//! Workers' lease transitions (`acceptTask`, `completeTask`, `failTask`, `releaseTask`)
+//! are coalesced the same way on SQLite, where every write transaction waits for the
+//! previous one: a batch reads its tasks and queue settings once, applies each decision
+//! conditionally on the task's version, and commits once (`Store::transition_many`). A
+//! decision that fails answers its own caller; one that lost a race to another writer is
+//! retried alone. On MySQL each transition stays its own transaction: transitions of
+//! different tasks commit in parallel there (group commit shares the fsyncs), and batches
+//! committed side by side would lock worker rows in different orders and deadlock.
 
-use taskwire_domain::NewTask;
+use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task::Task};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CreateMode, CreateOutcome, Store};
@@ -89,5 +98,230 @@ impl Store {
         let pending = Pending { task, traceparent: traceparent.map(str::to_owned), reply };
         queue.send(pending).await.map_err(|_| ApiError::Unavailable)?;
         answer.await.map_err(|_| ApiError::Internal)?
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Task transitions (SQLite)
+
+/// A transition decision: the task's next state from its current state and its queue's
+/// settings.
+pub(super) type Decide = Box<dyn Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync>;
+
+/// One caller's transition, waiting to be committed with others.
+pub(super) struct PendingTransition {
+    pub(super) id: TaskId,
+    pub(super) traceparent: Option<String>,
+    pub(super) decide: Decide,
+    reply: oneshot::Sender<ApiResult<Task>>,
+}
+
+impl std::fmt::Debug for PendingTransition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTransition").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// What became of one transition of a batch.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Committed: the task's new state.
+    Done(Task),
+    /// Refused (the decision's error, `NOT_FOUND`, …); nothing changed.
+    Failed(ApiError),
+    /// The task changed under the batch (another writer): try again alone.
+    Raced,
+}
+
+/// Starts the transition committer for `store` (SQLite: one).
+pub(super) fn start_transitions(store: Store) -> mpsc::Sender<PendingTransition> {
+    let (tx, mut rx) = mpsc::channel::<PendingTransition>(QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            commit_transitions(&store, batch).await;
+        }
+    });
+    tx
+}
+
+async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
+    let steps = match store.transition_many(&batch).await {
+        Ok(steps) => steps,
+        Err(e) => {
+            for pending in batch {
+                let _ = pending.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for (pending, step) in batch.into_iter().zip(steps) {
+        let answer = match step {
+            Step::Done(task) => Ok(task),
+            Step::Failed(e) => Err(e),
+            Step::Raced => {
+                let decide = pending.decide;
+                store.transition_inner(pending.id, pending.traceparent.as_deref(), true, |task, settings| {
+                    decide(task, settings.ok_or(ApiError::Internal)?)
+                })
+                .await
+            }
+        };
+        let _ = pending.reply.send(answer);
+    }
+}
+
+impl Store {
+    /// Applies a state change that needs the task's queue settings (lease length,
+    /// backoff) under the optimistic lock: `decide` sees the current task and returns the
+    /// transition or an error; on a lost race it is called again with the fresh state.
+    /// Committed together with concurrent transitions on SQLite (see the module docs).
+    pub async fn transition_in_queue<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
+    where
+        F: Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static,
+    {
+        let Some(queue) = &self.transitions else {
+            return self
+                .transition_inner(id, traceparent, true, |task, settings| {
+                    decide(task, settings.ok_or(ApiError::Internal)?)
+                })
+                .await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending =
+            PendingTransition { id, traceparent: traceparent.map(str::to_owned), decide: Box::new(decide), reply };
+        queue.send(pending).await.map_err(|_| ApiError::Unavailable)?;
+        answer.await.map_err(|_| ApiError::Internal)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use taskwire_domain::{
+        CreateTaskInput, TaskStatus, WorkerRegistration,
+        machine::{self, Command},
+    };
+
+    use super::*;
+    use crate::store::{OfferOutcome, PlannedOffer, test_store};
+
+    /// Two tasks offered to worker `w1` (capacity 2); their lease tokens.
+    async fn offered(store: &Store) -> Vec<(TaskId, String)> {
+        let registration = WorkerRegistration::parse("w", &["q".to_owned()], 2).expect("registration");
+        store.register_worker("w1", &registration).await.expect("registered");
+        let inputs = (0..2)
+            .map(|_| {
+                let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+                NewTask::parse(input, "alice", Utc::now()).expect("valid input")
+            })
+            .collect();
+        let created = store.create_tasks(inputs, CreateMode::AllOrNothing, None).await.expect("created");
+        let offers: Vec<PlannedOffer> = created
+            .iter()
+            .map(|c| match c {
+                CreateOutcome::Created(task) => PlannedOffer { id: task.id, worker_id: "w1".into(), traceparent: None },
+                other => panic!("created, not {other:?}"),
+            })
+            .collect();
+        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(30)).await.expect("offers");
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                OfferOutcome::Offered(task) => {
+                    (task.id, task.lease_token.as_ref().expect("leased").as_str().to_owned())
+                }
+                other => panic!("offered, not {other:?}"),
+            })
+            .collect()
+    }
+
+    fn accept(token: &str) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+        let token = token.to_owned();
+        move |task, queue| {
+            let now = Utc::now();
+            let expires = now + chrono::Duration::seconds(i64::from(queue.lease_seconds));
+            let command =
+                Command::Accept { worker_id: "w1".into(), lease_token: token.clone(), lease_expires_at: expires };
+            Ok(machine::transition(task, command, now)?)
+        }
+    }
+
+    fn complete(token: &str) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+        let token = token.to_owned();
+        move |task, _| {
+            let command = Command::Complete { worker_id: "w1".into(), lease_token: token.clone(), result: None };
+            Ok(machine::transition(task, command, Utc::now())?)
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_lease_transitions_commit_together_and_a_refusal_answers_only_its_caller() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        assert!(store.transitions.is_some(), "SQLite coalesces transitions");
+        let tasks = offered(&store).await;
+        let ((a, token_a), (b, token_b)) = (tasks[0].clone(), tasks[1].clone());
+
+        let (first, second, stale) = tokio::join!(
+            store.transition_in_queue(a, None, accept(&token_a)),
+            store.transition_in_queue(b, None, accept(&token_b)),
+            store.transition_in_queue(b, None, accept("not-the-token")),
+        );
+        assert_eq!(first.expect("accepted").status, TaskStatus::Running);
+        assert_eq!(second.expect("accepted").status, TaskStatus::Running);
+        assert_eq!(stale.expect_err("refused").code().as_str(), "LEASE_LOST");
+
+        let (first, second) = tokio::join!(
+            store.transition_in_queue(a, None, complete(&token_a)),
+            store.transition_in_queue(b, None, complete(&token_b)),
+        );
+        assert_eq!(first.expect("completed").status, TaskStatus::Succeeded);
+        assert_eq!(second.expect("completed").status, TaskStatus::Succeeded);
+        for (id, _) in &tasks {
+            let events = store.events_after(*id, 0, 10).await.expect("events");
+            let statuses: Vec<TaskStatus> = events.iter().map(|e| e.status).collect();
+            assert_eq!(
+                statuses,
+                [TaskStatus::Queued, TaskStatus::Assigned, TaskStatus::Running, TaskStatus::Succeeded],
+                "one event per committed transition, none for the refused one"
+            );
+        }
+        let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
+        assert_eq!(worker[0].active, 0, "both slots freed");
+    }
+
+    #[tokio::test]
+    async fn a_batch_applies_a_task_twice_in_order_and_refuses_unknown_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let tasks = offered(&store).await;
+        let (a, token) = tasks[0].clone();
+        let pending = |id: TaskId, decide: Decide| {
+            let (reply, _answer) = oneshot::channel();
+            PendingTransition { id, traceparent: None, decide, reply }
+        };
+        let batch = vec![
+            pending(a, Box::new(accept(&token))),
+            pending(TaskId::generate(Utc::now()), Box::new(accept(&token))),
+            pending(a, Box::new(complete(&token))),
+        ];
+
+        let steps = store.transition_many(&batch).await.expect("committed");
+
+        assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Running), "{steps:?}");
+        assert!(matches!(&steps[1], Step::Failed(ApiError::NotFound(_))), "{steps:?}");
+        assert!(matches!(&steps[2], Step::Done(t) if t.status == TaskStatus::Succeeded), "{steps:?}");
+        let stored = store.task(a).await.expect("read").expect("exists");
+        assert_eq!((stored.status, stored.last_seq), (TaskStatus::Succeeded, 4));
+        let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
+        assert_eq!(worker[0].active, 1, "task a's slot freed, task b still offered");
     }
 }

@@ -112,6 +112,9 @@ pub struct Store {
     /// Queue of the commit-coalescing task (see `coalesce`); `None` in the handle that
     /// task itself uses.
     coalescer: Option<tokio::sync::mpsc::Sender<coalesce::Pending>>,
+    /// Queue of the transition-coalescing task (SQLite only, see `coalesce`); `None` in
+    /// the handle that task itself uses, and on MySQL.
+    transitions: Option<tokio::sync::mpsc::Sender<coalesce::PendingTransition>>,
     /// Told about every task a transition committed (the cache's write-through).
     on_commit: Arc<std::sync::OnceLock<CommitHook>>,
 }
@@ -169,10 +172,17 @@ impl Store {
             outbox_signal: Arc::new(Notify::new()),
             dispatch_signal: Arc::new(Notify::new()),
             coalescer: None,
+            transitions: None,
             on_commit: Arc::new(std::sync::OnceLock::new()),
         };
         let committers = if sqlite { 1 } else { (config.database_max_connections as usize / 2).max(1) };
-        store.coalescer = Some(coalesce::start(store.clone(), committers));
+        // The committers get handles without queues of their own, so that each queue
+        // closes (and its committer ends) when the last outside handle is dropped.
+        let base = store.clone();
+        store.coalescer = Some(coalesce::start(base.clone(), committers));
+        if sqlite {
+            store.transitions = Some(coalesce::start_transitions(base));
+        }
         Ok(store)
     }
 

@@ -14,7 +14,11 @@ use taskwire_domain::{
 };
 use taskwire_entity::{outbox, queue, task, task_event};
 
-use super::{Store, convert};
+use super::{
+    Store,
+    coalesce::{PendingTransition, Step},
+    convert,
+};
 use crate::error::{ApiError, ApiResult};
 
 /// How often a conditional update is retried after losing an optimistic-lock race.
@@ -263,23 +267,10 @@ impl Store {
         self.transition_inner(id, traceparent, false, |task, _| decide(task)).await
     }
 
-    /// Like [`Store::transition`], for decisions that need the settings of the task's
-    /// queue (lease length, backoff).
-    pub async fn transition_in_queue<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
-    where
-        F: Fn(&Task, &QueueSettings) -> ApiResult<Transition>,
-    {
-        self.transition_inner(id, traceparent, true, |task, settings| {
-            let settings = settings.ok_or(ApiError::Internal)?;
-            decide(task, settings)
-        })
-        .await
-    }
-
     /// The one optimistic-lock loop behind every single-task change (`transition`,
     /// `transition_in_queue`): read, decide, conditional update with the worker
     /// slot accounting of [`apply`], history, commit; again on a lost race.
-    async fn transition_inner<F>(
+    pub(super) async fn transition_inner<F>(
         &self,
         id: TaskId,
         traceparent: Option<&str>,
@@ -322,6 +313,82 @@ impl Store {
             return Ok(transition.task);
         }
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
+    }
+
+    /// Applies the transitions of a coalesced batch in one transaction: the tasks and
+    /// their queues' settings are read once, each decision is applied conditionally on
+    /// the version read (a task appearing twice sees its first change), and everything
+    /// commits together with its history. One [`Step`] per transition, in order; an error
+    /// means nothing was committed.
+    pub(super) async fn transition_many(&self, batch: &[PendingTransition]) -> ApiResult<Vec<Step>> {
+        let _gate = self.write_lock().await;
+        let txn = self.db.begin().await?;
+        let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
+        let rows = task::Entity::find().filter(task::Column::Id.is_in(ids)).all(&txn).await?;
+        let mut current = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let task = convert::task_from_row(row)?;
+            current.insert(task.id, task);
+        }
+        let settings =
+            super::dispatch::queue_settings_in(&txn, current.values().map(|t| t.queue.as_str())).await?;
+        let mut steps = Vec::with_capacity(batch.len());
+        let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
+        for pending in batch {
+            let Some(before) = current.get(&pending.id).cloned() else {
+                steps.push(Step::Failed(ApiError::NotFound("task")));
+                continue;
+            };
+            let Some(queue) = settings.get(&before.queue) else {
+                steps.push(Step::Failed(ApiError::Internal));
+                continue;
+            };
+            let transition = match (pending.decide)(&before, queue) {
+                Ok(transition) => transition,
+                Err(e) => {
+                    steps.push(Step::Failed(e));
+                    continue;
+                }
+            };
+            // Only a transition that takes a worker slot can fail half-way (task updated,
+            // worker full); it alone needs a savepoint to undo its task update.
+            let leases = !before.status.is_leased() && transition.task.status.is_leased();
+            let savepoint = if leases { Some(txn.begin().await?) } else { None };
+            let applied = match &savepoint {
+                Some(savepoint) => apply(savepoint, &before, &transition).await?,
+                None => apply(&txn, &before, &transition).await?,
+            };
+            match applied {
+                Applied::Done => {
+                    if let Some(savepoint) = savepoint {
+                        savepoint.commit().await?;
+                    }
+                    current.insert(pending.id, transition.task.clone());
+                    steps.push(Step::Done(transition.task.clone()));
+                    made.push((before, transition, pending.traceparent.as_deref()));
+                }
+                Applied::Raced => {
+                    if let Some(savepoint) = savepoint {
+                        savepoint.rollback().await?;
+                    }
+                    steps.push(Step::Raced);
+                }
+                Applied::NoCapacity => {
+                    if let Some(savepoint) = savepoint {
+                        savepoint.rollback().await?;
+                    }
+                    steps.push(Step::Failed(ApiError::Conflict("the worker has no free capacity".into())));
+                }
+            }
+        }
+        if !made.is_empty() {
+            let history: Vec<(Transition, Option<&str>)> = made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
+            self.append_history(&txn, &history).await?;
+        }
+        txn.commit().await?;
+        let changes: Vec<(&Task, &Transition)> = made.iter().map(|(before, t, _)| (before, t)).collect();
+        self.after_commit(&changes);
+        Ok(steps)
     }
 
     /// Tells the commit hook (the cache), wakes the relay (new outbox rows) and the

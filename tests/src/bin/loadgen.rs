@@ -38,18 +38,20 @@ use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header, encode};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use taskwire_tests::worker::{Handler, Outcome, Worker, WorkerConfig, WorkerStats};
+use taskwire_tests::{
+    load::{self, add_errors, brief, latency_ms, lock, post},
+    worker::{Handler, Outcome, Worker, WorkerConfig, WorkerStats},
+};
 use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
@@ -234,10 +236,7 @@ impl Clock {
 /// A token for `sub` with `roles`, valid well past the end of the run.
 fn mint(o: &Options, sub: &str, roles: &[&str]) -> Result<String, String> {
     let lifetime = o.duration + o.grace + CONNECT_PHASE_LIMIT + Duration::from_secs(3600);
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + lifetime;
-    let claims = json!({ "sub": sub, "roles": roles, "exp": exp.as_secs() });
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(o.secret.as_bytes()))
-        .map_err(|e| format!("minting a token: {e}"))
+    load::mint(&o.secret, sub, roles, lifetime)
 }
 
 /// Latencies and error codes of one worker.
@@ -245,16 +244,6 @@ fn mint(o: &Options, sub: &str, roles: &[&str]) -> Result<String, String> {
 struct Tally {
     micros: Vec<u32>,
     errors: BTreeMap<String, u64>,
-}
-
-async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> Result<Value, String> {
-    let response =
-        client.post(url).bearer_auth(token).json(body).send().await.map_err(|e| format!("transport: {e}"))?;
-    let value: Value = response.json().await.map_err(|e| format!("body: {e}"))?;
-    match value["errors"][0]["extensions"]["code"].as_str() {
-        Some(code) => Err(code.to_owned()),
-        None => Ok(value),
-    }
 }
 
 #[tokio::main]
@@ -344,14 +333,9 @@ async fn requests(options: &Options, target: &Target) -> Result<(Value, String),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    micros.sort_unstable();
-    let pct = |p: f64| {
-        micros.get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1))).copied().unwrap_or(0)
-            as f64
-            / 1000.0
-    };
     let requests = micros.len() as f64;
     let per_request = if options.scenario == "create" { options.batch as f64 } else { 1.0 };
+    let latency = latency_ms(micros.into_iter().map(i64::from).collect());
     let result = json!({
         "scenario": options.scenario,
         "connections": options.connections,
@@ -359,23 +343,20 @@ async fn requests(options: &Options, target: &Target) -> Result<(Value, String),
         "distribution": options.distribution,
         "working_set": options.working_set,
         "seconds": elapsed,
-        "requests": micros.len(),
+        "requests": requests as u64,
         "requests_per_second": requests / elapsed,
         "items_per_second": requests * per_request / elapsed,
-        "latency_ms": { "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": micros.last().copied().unwrap_or(0) as f64 / 1000.0 },
+        "latency_ms": latency,
         "errors": errors,
     });
     let line = format!(
-        "{} c={} batch={}: {:.0} req/s ({:.0} items/s), p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {:?}",
+        "{} c={} batch={}: {:.0} req/s ({:.0} items/s), p50/p95/p99/max {}, errors {}",
         options.scenario,
         options.connections,
         options.batch,
         requests / elapsed,
         requests * per_request / elapsed,
-        pct(0.5),
-        pct(0.95),
-        pct(0.99),
-        micros.last().copied().unwrap_or(0) as f64 / 1000.0,
+        brief(&result["latency_ms"]),
         result["errors"]
     );
     Ok((result, line))
@@ -1311,29 +1292,4 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
     line.trim().trim_end_matches("kB").trim().parse().ok()
-}
-
-/// Count, p50, p95, p99 and max of latencies given in µs, in ms (`null` when empty).
-fn latency_ms(mut micros: Vec<i64>) -> Value {
-    micros.sort_unstable();
-    let ms = |v: &i64| *v as f64 / 1000.0;
-    let pct = |p: f64| micros.get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1))).map(ms);
-    json!({ "count": micros.len(), "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": micros.last().map(ms) })
-}
-
-/// `p50/p95/p99/max ms` of a [`latency_ms`] value.
-fn brief(latency: &Value) -> String {
-    let at = |key: &str| latency[key].as_f64().map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
-    format!("{}/{}/{}/{} ms", at("p50"), at("p95"), at("p99"), at("max"))
-}
-
-fn add_errors(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
-    for (reason, n) in from {
-        *into.entry(reason).or_default() += n;
-    }
-}
-
-/// Locks a mutex, ignoring poisoning (counters and maps, always usable).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

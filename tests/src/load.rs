@@ -1,0 +1,107 @@
+//! Pieces shared by the load tools (`loadgen`, `drill`, `plot`): a GraphQL POST that
+//! answers the error code, token minting, latency summaries and small helpers.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+/// Percentiles of the latency curve in [`latency_ms`] (what `plot` draws).
+pub const CURVE_PERCENTILES: [f64; 14] =
+    [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0];
+
+/// POSTs a GraphQL request; the response body, or the first error's `extensions.code`
+/// (`transport: …` / `body: …` when there is no GraphQL answer).
+pub async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> Result<Value, String> {
+    let response =
+        client.post(url).bearer_auth(token).json(body).send().await.map_err(|e| format!("transport: {e}"))?;
+    let value: Value = response.json().await.map_err(|e| format!("body: {e}"))?;
+    match value["errors"][0]["extensions"]["code"].as_str() {
+        Some(code) => Err(code.to_owned()),
+        None => Ok(value),
+    }
+}
+
+/// An HS256 token for `sub` with `roles`, valid for `lifetime`.
+pub fn mint(secret: &str, sub: &str, roles: &[&str], lifetime: Duration) -> Result<String, String> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + lifetime;
+    let claims = json!({ "sub": sub, "roles": roles, "exp": exp.as_secs() });
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|e| format!("minting a token: {e}"))
+}
+
+/// Count, p50, p95, p99, max and the percentile curve ([`CURVE_PERCENTILES`], as
+/// `[percentile, ms]` pairs) of latencies given in µs, in ms (`null`s when empty).
+pub fn latency_ms(mut micros: Vec<i64>) -> Value {
+    micros.sort_unstable();
+    let ms = |v: &i64| *v as f64 / 1000.0;
+    let at = |p: f64| {
+        let rank = ((micros.len() as f64 * p / 100.0) as usize).min(micros.len().saturating_sub(1));
+        micros.get(rank).map(ms)
+    };
+    let curve: Vec<Value> =
+        CURVE_PERCENTILES.iter().filter_map(|&p| at(p).map(|v| json!([p, v]))).collect();
+    json!({
+        "count": micros.len(),
+        "p50": at(50.0),
+        "p95": at(95.0),
+        "p99": at(99.0),
+        "max": micros.last().map(ms),
+        "curve": curve,
+    })
+}
+
+/// `p50/p95/p99/max ms` of a [`latency_ms`] value.
+pub fn brief(latency: &Value) -> String {
+    let at = |key: &str| latency[key].as_f64().map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    format!("{}/{}/{}/{} ms", at("p50"), at("p95"), at("p99"), at("max"))
+}
+
+/// Adds error counts by reason.
+pub fn add_errors(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
+    for (reason, n) in from {
+        *into.entry(reason).or_default() += n;
+    }
+}
+
+/// Shortens an error reason to its kind, so that counts group: `transport: error sending
+/// request for url (…)` becomes `transport`; GraphQL codes stay as they are.
+pub fn error_kind(reason: &str) -> String {
+    reason.split(':').next().unwrap_or(reason).trim().to_owned()
+}
+
+/// Locks a mutex, ignoring poisoning (counters and maps, always usable).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_summary_and_curve() {
+        let summary = latency_ms((1..=1000).map(|ms| ms * 1000).collect());
+        assert_eq!(summary["count"], 1000);
+        assert_eq!(summary["p50"], 501.0);
+        assert_eq!(summary["p99"], 991.0);
+        assert_eq!(summary["max"], 1000.0);
+        let curve = summary["curve"].as_array().cloned().unwrap_or_default();
+        assert_eq!(curve.len(), CURVE_PERCENTILES.len());
+        assert_eq!(curve[0], json!([0.0, 1.0]));
+        assert_eq!(curve[curve.len() - 1], json!([100.0, 1000.0]));
+        let empty = latency_ms(vec![]);
+        assert!(empty["p50"].is_null());
+        assert_eq!(empty["curve"], json!([]));
+    }
+
+    #[test]
+    fn error_kinds_group_transport_failures() {
+        assert_eq!(error_kind("transport: error sending request for url (http://x)"), "transport");
+        assert_eq!(error_kind("UNAVAILABLE"), "UNAVAILABLE");
+    }
+}
