@@ -20,6 +20,8 @@ pub struct Metrics {
     pub outbox_published: IntCounter,
     /// Outbox publish attempts that failed (retried later).
     pub outbox_publish_failures: IntCounter,
+    /// Kafka producers replaced after a fatal error (e.g. fenced).
+    pub outbox_producer_restarts: IntCounter,
     /// Status events consumed from Kafka, by outcome (`routed`, `invalid`).
     pub status_events: IntCounterVec,
     /// Events dropped from a full subscriber buffer (the subscriber resyncs from the DB).
@@ -158,6 +160,10 @@ impl Metrics {
             outbox_publish_latency: latency,
             outbox_published: counter("outbox_published_total", "Outbox messages published to Kafka"),
             outbox_publish_failures: counter("outbox_publish_failures_total", "Outbox publish attempts that failed"),
+            outbox_producer_restarts: counter(
+                "outbox_producer_restarts_total",
+                "Kafka producers the relay replaced after a fatal error (fenced, failed idempotence)",
+            ),
             status_events: counter_vec("status_events_total", "Status events consumed from Kafka", &["outcome"]),
             subscriber_overflows: counter("subscriber_overflows_total", "Events dropped from full subscriber buffers"),
             subscriber_resyncs: counter("subscriber_resyncs_total", "Subscriber resyncs from task_events"),

@@ -100,7 +100,8 @@ impl Application {
         let write_through = cache.clone();
         store.on_commit(CommitHook(Box::new(move |task| write_through.committed(task))));
         let kafka = Kafka::connect(&config.kafka).await?;
-        let producer = kafka.producer()?;
+        let producer_kafka = kafka.clone();
+        let relay = OutboxRelay::new(store.clone(), Box::new(move || producer_kafka.producer()), metrics.clone())?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
         let consumer = if config.roles.api {
             let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
@@ -167,7 +168,7 @@ impl Application {
             api: config.roles.api,
             graphiql: config.graphiql,
             introspection: config.introspection,
-            background: Background { relay: OutboxRelay::new(store, producer, metrics), consumer, hub, dispatcher },
+            background: Background { relay, consumer, hub, dispatcher },
         })
     }
 

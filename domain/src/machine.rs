@@ -28,7 +28,9 @@ pub enum Command {
         /// When the offer lapses if not accepted.
         expires_at: DateTime<Utc>,
     },
-    /// The worker accepts its offer: `ASSIGNED` → `RUNNING`; counts an attempt.
+    /// The worker accepts its offer: `ASSIGNED` → `RUNNING`; counts an attempt. The
+    /// holder accepting a task it already runs changes nothing (a retry whose first
+    /// answer was lost).
     Accept {
         /// Calling worker.
         worker_id: String,
@@ -246,6 +248,9 @@ pub fn transition(task: &Task, command: Command, now: DateTime<Utc>) -> Result<T
                     next.task.lease_expires_at = Some(lease_expires_at);
                     next.to(Running);
                 }
+                // The holder accepting again (its first answer was lost on the way):
+                // idempotent, nothing changes and no event is written.
+                Running => next.silent = true,
                 _ => return Err(invalid(&command)),
             }
         }

@@ -88,7 +88,7 @@ fresh_server() { # a new data dir / schema / topic prefix for every drill
 trap stop_server EXIT
 
 tansu_pid() { pgrep -f 'tansu broker' | head -1; }
-redis_start='redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log'
+redis_start='mkdir -p /var/lib/redis /var/log/redis; redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log'
 mariadb_start='start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql;
   for i in $(seq 120); do mysqladmin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1'
 

@@ -43,8 +43,7 @@ pub fn latency_ms(mut micros: Vec<i64>) -> Value {
         let rank = ((micros.len() as f64 * p / 100.0) as usize).min(micros.len().saturating_sub(1));
         micros.get(rank).map(ms)
     };
-    let curve: Vec<Value> =
-        CURVE_PERCENTILES.iter().filter_map(|&p| at(p).map(|v| json!([p, v]))).collect();
+    let curve: Vec<Value> = CURVE_PERCENTILES.iter().filter_map(|&p| at(p).map(|v| json!([p, v]))).collect();
     json!({
         "count": micros.len(),
         "p50": at(50.0),

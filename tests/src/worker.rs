@@ -117,6 +117,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const SEEN_LIMIT: usize = 100_000;
 /// How many records [`Worker::log`] keeps (the oldest are dropped first).
 const LOG_LIMIT: usize = 100_000;
+/// How long a task mutation whose answer was lost is retried.
+const REPORT_RETRY_LIMIT: Duration = Duration::from_secs(60);
 /// The shortest heartbeat period honoured.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
@@ -365,6 +367,7 @@ impl Worker {
             partition_started: Notify::new(),
             connected: connected_tx,
             config,
+            intake: CancellationToken::new(),
         };
         shared.worker_id = shared.register().await?;
         let shared = Arc::new(shared);
@@ -372,6 +375,13 @@ impl Worker {
 
         let root = CancellationToken::new();
         let intake = root.child_token();
+        // Stopping ends the retries of lost answers, so that `stop` is prompt.
+        let stopping = shared.intake.clone();
+        let on_stop = intake.clone();
+        tokio::spawn(async move {
+            on_stop.cancelled().await;
+            stopping.cancel();
+        });
         let handlers = TaskTracker::new();
         let connection =
             tokio::spawn(connection_loop(shared.clone(), stream, root.clone(), intake.clone(), handlers.clone()));
@@ -518,6 +528,8 @@ struct Shared {
     partition_started: Notify,
     /// When the subscription was last (re)opened.
     connected: watch::Sender<Option<Instant>>,
+    /// Cancelled when the worker stops or is killed: ends retries of lost answers.
+    intake: CancellationToken,
 }
 
 #[derive(Default)]
@@ -681,9 +693,30 @@ impl Shared {
     }
 
     /// A task mutation (after any partition), counted: `Ok`, or the error code.
+    /// A task mutation (accept or a report). When the answer is lost (`TRANSPORT`, or an
+    /// HTTP error without a GraphQL answer: the server may or may not have committed),
+    /// it is sent again with backoff for up to [`REPORT_RETRY_LIMIT`]: every task
+    /// mutation is fenced by the lease token, accepting again is idempotent for the
+    /// holder, and a report that did commit answers `LEASE_LOST` when repeated. Without
+    /// this, a worker that lost the answer to `completeTask` would forget a task its
+    /// heartbeats keep leased.
     async fn task_mutation(&self, query: &str, variables: Value, success: &AtomicU64) -> Answer {
         self.wait_for_network().await;
-        match self.graphql(query, variables).await {
+        let give_up = tokio::time::Instant::now() + REPORT_RETRY_LIMIT;
+        let mut backoff = BACKOFF_MIN;
+        let answer = loop {
+            let answer = self.graphql(query, variables.clone()).await;
+            let lost = matches!(&answer, Err((code, _)) if code == "TRANSPORT" || code.starts_with("HTTP_"));
+            if !lost || tokio::time::Instant::now() + backoff > give_up || self.intake.is_cancelled() {
+                break answer;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.intake.cancelled() => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
+        match answer {
             Ok(_) => {
                 bump(success);
                 Ok(())

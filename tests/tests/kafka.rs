@@ -82,6 +82,48 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     assert_eq!(backlog, 0.0, "the outbox drained");
 }
 
+/// A broker that fences the relay's producer (`PRODUCER_FENCED`, which librdkafka treats
+/// as fatal for an idempotent producer: every later message would fail) does not stall
+/// the outbox: the relay replaces its producer and every task still reaches a live
+/// subscriber.
+#[tokio::test]
+async fn a_fenced_producer_is_replaced_and_the_outbox_still_drains() {
+    let app = TestApp::spawn().await;
+    let Some(cluster) = app.require_embedded_cluster("a_fenced_producer_is_replaced_and_the_outbox_still_drains")
+    else {
+        return;
+    };
+    let alice = app.token("alice", &["client"]);
+    let mut ws = app.ws(TRANSPORT_WS).await;
+    ws.init(json!({ "authorization": format!("Bearer {alice}") })).await;
+    ws.subscribe("all", "subscription { taskEvents { taskId seq } }", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let fence = cluster.clone();
+    tokio::task::spawn_blocking(move || fence.fence_producers(3)).await.expect("join").expect("fenced");
+    let inputs: Vec<Value> = (0..20).map(|_| json!({ "queue": "q", "kind": "k" })).collect();
+    let response = app.gql(Some(&alice), CREATE_MANY, json!({ "i": inputs })).await;
+    let created: HashSet<String> = response.data()["createTasks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p["task"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(created.len(), 20);
+
+    let mut delivered = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while delivered.len() < created.len() {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of 20 delivered", delivered.len());
+        let data = ws.next_data("all").await;
+        delivered.insert(data["taskEvents"]["taskId"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(delivered, created);
+    assert!(app.metric("taskwire_outbox_producer_restarts_total").await >= 1.0, "the fenced producer was replaced");
+    assert_eq!(app.wait_for_metric("taskwire_outbox_backlog", |v| v == 0.0).await, 0.0, "the outbox drained");
+}
+
 /// A subscriber whose live feed is cut (brokers down, so the event never reaches Kafka)
 /// still gets the event: after a few idle seconds it reads the history itself.
 #[tokio::test]

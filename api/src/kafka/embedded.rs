@@ -18,6 +18,11 @@ enum Request {
         up: bool,
         reply: mpsc::Sender<Result<(), KafkaError>>,
     },
+    /// Answer the next `count` produce requests with `PRODUCER_FENCED`.
+    FenceProducers {
+        count: usize,
+        reply: mpsc::Sender<()>,
+    },
     Stop,
 }
 
@@ -33,6 +38,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::SetBrokers { up, .. } => write!(f, "SetBrokers({up})"),
+            Request::FenceProducers { count, .. } => write!(f, "FenceProducers({count})"),
             Request::Stop => f.write_str("Stop"),
         }
     }
@@ -68,6 +74,11 @@ impl EmbeddedCluster {
                             let result = if up { cluster.broker_up(-1) } else { cluster.broker_down(-1) };
                             let _ = reply.send(result);
                         }
+                        Request::FenceProducers { count, reply } => {
+                            let fenced = vec![rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; count];
+                            cluster.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &fenced);
+                            let _ = reply.send(());
+                        }
                         Request::Stop => break,
                     }
                 }
@@ -91,6 +102,15 @@ impl EmbeddedCluster {
     /// Brings every broker back.
     pub fn set_brokers_up(&self) -> Result<(), KafkaError> {
         self.set_brokers(true)
+    }
+
+    /// Answers the next `count` produce requests with `PRODUCER_FENCED`, as a broker
+    /// does to a producer it no longer accepts — for fault tests.
+    pub fn fence_producers(&self, count: usize) -> Result<(), KafkaError> {
+        let (reply, answer) = mpsc::channel();
+        let fail = || KafkaError::MockCluster(rdkafka::types::RDKafkaErrorCode::Fail);
+        self.requests.lock().map_err(|_| fail())?.send(Request::FenceProducers { count, reply }).map_err(|_| fail())?;
+        answer.recv().map_err(|_| fail())
     }
 
     fn set_brokers(&self, up: bool) -> Result<(), KafkaError> {

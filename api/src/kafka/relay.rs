@@ -5,12 +5,20 @@
 //! Kafka being down only delays it: rows stay in the outbox and are retried with
 //! backoff, so an acknowledged mutation is never lost (DESIGN.md §2, invariant 2).
 //! Each message carries the trace context of the request that wrote it (see [`publish`]).
+//!
+//! An idempotent producer can fail for good: after a broker outage the broker may
+//! answer `PRODUCER_FENCED` (seen with tansu after its process was frozen for 30 s), and
+//! librdkafka then fails every later message. The relay notices such a fatal error and
+//! replaces the producer with a new one (a new producer id); the rows it could not
+//! deliver are still in the outbox and go out through the new producer. Consumers
+//! tolerate the duplicates that at-least-once delivery can bring.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
 use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
@@ -35,10 +43,14 @@ const BACKLOG_SAMPLE: Duration = Duration::from_secs(1);
 /// Published rows are kept this long (for inspection), then pruned.
 const RETENTION: chrono::Duration = chrono::Duration::hours(1);
 
+/// Builds the relay's producer (again, after a fatal error).
+pub type MakeProducer = Box<dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync>;
+
 /// The relay task's state.
 pub struct OutboxRelay {
     store: Store,
     producer: FutureProducer,
+    make_producer: MakeProducer,
     metrics: Metrics,
 }
 
@@ -49,13 +61,15 @@ impl std::fmt::Debug for OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// A relay publishing `store`'s outbox with `producer`.
-    pub fn new(store: Store, producer: FutureProducer, metrics: Metrics) -> Self {
-        OutboxRelay { store, producer, metrics }
+    /// A relay publishing `store`'s outbox with the producers `make_producer` builds
+    /// (the first one now).
+    pub fn new(store: Store, make_producer: MakeProducer, metrics: Metrics) -> Result<Self, KafkaError> {
+        let producer = make_producer()?;
+        Ok(OutboxRelay { store, producer, make_producer, metrics })
     }
 
     /// Runs until `shutdown`, then drains what it can and flushes the producer.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let signal = self.store.outbox_signal();
         let mut backoff = Duration::from_millis(100);
         let mut last_prune = std::time::Instant::now();
@@ -73,7 +87,10 @@ impl OutboxRelay {
                         () = tokio::time::sleep(SWEEP) => {}
                     }
                 }
-                Err(()) => {
+                Err(fatal) => {
+                    if fatal {
+                        self.replace_producer();
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}
@@ -119,28 +136,45 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes one batch. `Err` when anything failed (the caller backs off).
-    async fn publish_round(&self) -> Result<usize, ()> {
+    /// Publishes one batch. `Err` when anything failed (the caller backs off), with
+    /// `true` when the producer failed for good and must be replaced.
+    async fn publish_round(&self) -> Result<usize, bool> {
         let producer = &self.producer;
         let metrics = &self.metrics;
         let mut failed = false;
-        let failed_ref = &mut failed;
+        let mut fatal = false;
+        let (failed_ref, fatal_ref) = (&mut failed, &mut fatal);
         let result = self
             .store
             .publish_outbox(BATCH, move |messages| async move {
                 let attempted = messages.len();
-                let delivered = publish(producer, metrics, messages).await;
-                *failed_ref = delivered.len() < attempted;
-                delivered
+                let published = publish(producer, metrics, messages).await;
+                *failed_ref = published.delivered.len() < attempted;
+                *fatal_ref = published.fatal || producer.client().fatal_error().is_some();
+                published.delivered
             })
             .await;
         match result {
             Ok(claimed) if !failed => Ok(claimed),
-            Ok(_) => Err(()),
+            Ok(_) => Err(fatal),
             Err(e) => {
                 tracing::warn!(code = %e.code(), "reading the outbox failed");
-                Err(())
+                Err(false)
             }
+        }
+    }
+
+    /// Swaps in a new producer after a fatal error (the old one is dropped: everything
+    /// it held failed already). Keeps the old one if a new one cannot be built.
+    fn replace_producer(&mut self) {
+        let reason = self.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"));
+        match (self.make_producer)() {
+            Ok(producer) => {
+                self.producer = producer;
+                self.metrics.outbox_producer_restarts.inc();
+                tracing::error!(?reason, "the Kafka producer failed for good; replaced it with a new one");
+            }
+            Err(e) => tracing::error!(error = %e, "the Kafka producer failed for good and a new one cannot be built"),
         }
     }
 }
@@ -155,7 +189,7 @@ impl OutboxRelay {
 /// (the request that committed it). The message carries that stored `traceparent`; when
 /// spans are exported it carries the publish span's own context instead (same trace id),
 /// so the consumers' spans hang under the publish in the exported trace.
-async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<OutboxMessage>) -> Vec<i64> {
+async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<OutboxMessage>) -> Published {
     let attempted = messages.len();
     let sends = messages.iter().map(|message| {
         // No ambient parent: the relay's spans belong to the requests that wrote the rows.
@@ -182,22 +216,23 @@ async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<Out
         async move {
             match delivery {
                 Ok(future) => match future.await {
-                    Ok(Ok(_)) => Some((id, created_at)),
+                    Ok(Ok(_)) => Ok((id, created_at)),
                     Ok(Err((e, _))) => {
                         tracing::debug!(error = %e, id, "outbox message not delivered");
-                        None
+                        Err(is_fatal(&e))
                     }
-                    Err(_) => None,
+                    Err(_) => Err(false),
                 },
                 Err((e, _)) => {
                     tracing::debug!(error = %e, id, "outbox message not queued");
-                    None
+                    Err(is_fatal(&e))
                 }
             }
         }
         .instrument(span)
     });
     let results = join_all(sends).await;
+    let fatal = results.iter().any(|r| matches!(r, Err(true)));
     let mut delivered = Vec::with_capacity(attempted);
     let now = Utc::now();
     for (id, created_at) in results.into_iter().flatten() {
@@ -211,5 +246,21 @@ async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<Out
         metrics.outbox_publish_failures.inc_by(failures as u64);
         tracing::warn!(failures, attempted, "some outbox messages were not delivered; they stay queued");
     }
-    delivered
+    Published { delivered, fatal }
+}
+
+/// What [`publish`] achieved.
+struct Published {
+    /// Outbox ids Kafka acknowledged.
+    delivered: Vec<i64>,
+    /// Some message failed with an error that no retry through this producer can fix.
+    fatal: bool,
+}
+
+/// Whether `e` means the producer is unusable from now on.
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
 }

@@ -168,10 +168,11 @@ async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
             Step::Failed(e) => Err(e),
             Step::Raced => {
                 let decide = pending.decide;
-                store.transition_inner(pending.id, pending.traceparent.as_deref(), true, |task, settings| {
-                    decide(task, settings.ok_or(ApiError::Internal)?)
-                })
-                .await
+                store
+                    .transition_inner(pending.id, pending.traceparent.as_deref(), true, |task, settings| {
+                        decide(task, settings.ok_or(ApiError::Internal)?)
+                    })
+                    .await
             }
         };
         let _ = pending.reply.send(answer);

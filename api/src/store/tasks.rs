@@ -330,8 +330,7 @@ impl Store {
             let task = convert::task_from_row(row)?;
             current.insert(task.id, task);
         }
-        let settings =
-            super::dispatch::queue_settings_in(&txn, current.values().map(|t| t.queue.as_str())).await?;
+        let settings = super::dispatch::queue_settings_in(&txn, current.values().map(|t| t.queue.as_str())).await?;
         let mut steps = Vec::with_capacity(batch.len());
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
         for pending in batch {
@@ -382,7 +381,8 @@ impl Store {
             }
         }
         if !made.is_empty() {
-            let history: Vec<(Transition, Option<&str>)> = made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
+            let history: Vec<(Transition, Option<&str>)> =
+                made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
             self.append_history(&txn, &history).await?;
         }
         txn.commit().await?;

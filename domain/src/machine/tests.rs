@@ -130,7 +130,7 @@ fn every_status_and_command_has_the_specified_outcome() {
             [
                 Err(C),
                 Err(C),
-                Err(C),
+                ok(Running),
                 ok(Running),
                 ok(Succeeded),
                 ok(Scheduled),
@@ -259,6 +259,22 @@ fn worker_commands_need_the_current_token_the_same_worker_and_a_live_lease() {
     assert_eq!(beat.event, None, "heartbeats leave no history");
     assert_eq!(beat.task.lease_expires_at, Some(later));
     assert_eq!(beat.task.version, running.version + 1);
+}
+
+#[test]
+fn accepting_again_is_idempotent_for_the_holder_only() {
+    let running = task_in(Running);
+    let accept = |worker: &str, token: &str| Command::Accept {
+        worker_id: worker.into(),
+        lease_token: token.into(),
+        lease_expires_at: now() + Duration::seconds(60),
+    };
+    let again = transition(&running, accept(WORKER, "tok"), now()).expect("the holder's retry succeeds");
+    assert_eq!(again.event, None, "no history for a repeat");
+    assert_eq!(again.task.attempts, running.attempts, "no second attempt");
+    assert_eq!(again.task.lease_expires_at, running.lease_expires_at, "the lease is not extended by a repeat");
+    assert_eq!(transition(&running, accept("other", "tok"), now()).err(), Some(DomainError::LeaseLost));
+    assert_eq!(transition(&running, accept(WORKER, "old"), now()).err(), Some(DomainError::LeaseLost));
 }
 
 #[test]

@@ -31,7 +31,8 @@
 //!   *fenced*, which is the system working);
 //! - with `--strict`, any failed create or read also fails the drill (for outages the
 //!   clients must not see, such as Redis's);
-//! - at least one task must have been acknowledged.
+//! - at least one task must have been acknowledged, and the fault and restore commands (when
+//!   given) must have succeeded: a drill whose fault did not happen proves nothing.
 //!
 //! The JSON also holds a per-second timeline (creates and reads: successes, errors, p99)
 //! and the fault window, which `plot` draws.
@@ -336,7 +337,7 @@ async fn drill(o: Options) -> Result<bool, String> {
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let lifetime = o.duration + o.settle + Duration::from_secs(3600);
-    let operator = mint(&o.secret, &format!("{}-operator", o.queue), &["operator", "admin"], lifetime)?;
+    let operator = mint(&o.secret, &format!("{}-operator", o.queue), &["operator", "admin", "client"], lifetime)?;
 
     if let Some(lease) = o.lease_seconds {
         let input = json!({ "name": o.queue, "leaseSeconds": lease });
@@ -345,10 +346,11 @@ async fn drill(o: Options) -> Result<bool, String> {
             .map_err(|e| format!("configureQueue: {e}"))?;
     }
     let reads_queue = format!("{}-reads", o.queue);
-    let working_set =
-        if o.readers > 0 { Arc::new(seed(&http, &graphql, &operator, &reads_queue, o.working_set).await?) } else {
-            Arc::new(vec![])
-        };
+    let working_set = if o.readers > 0 {
+        Arc::new(seed(&http, &graphql, &operator, &reads_queue, o.working_set).await?)
+    } else {
+        Arc::new(vec![])
+    };
 
     let workers = start_workers(&o, lifetime).await?;
     let total = o.duration + o.settle + Duration::from_secs(5);
@@ -402,8 +404,15 @@ async fn drill(o: Options) -> Result<bool, String> {
     let slots = Arc::new(AtomicU64::new(0));
     let creators: Vec<_> = (0..o.connections)
         .map(|j| {
-            let (http, graphql, timeline, acked, slots, queue, rate) =
-                (http.clone(), graphql.clone(), timeline.clone(), acked.clone(), slots.clone(), o.queue.clone(), o.rate);
+            let (http, graphql, timeline, acked, slots, queue, rate) = (
+                http.clone(),
+                graphql.clone(),
+                timeline.clone(),
+                acked.clone(),
+                slots.clone(),
+                o.queue.clone(),
+                o.rate,
+            );
             let token = mint(&o.secret, &format!("{queue}-creator-{j}"), &["client"], lifetime);
             tokio::spawn(async move {
                 let mut tally = Tally::default();
@@ -417,11 +426,15 @@ async fn drill(o: Options) -> Result<bool, String> {
                     tokio::time::sleep_until(due.into()).await;
                     let input = json!({ "queue": queue, "kind": "drill", "payload": { "n": slot } });
                     let t0 = Instant::now();
-                    let answer = post(&http, &graphql, &token, &json!({ "query": CREATE, "variables": { "i": input } }))
-                        .await
-                        .and_then(|v| {
-                            v["data"]["createTask"]["task"]["id"].as_str().map(str::to_owned).ok_or("NO_TASK_ID".into())
-                        });
+                    let answer =
+                        post(&http, &graphql, &token, &json!({ "query": CREATE, "variables": { "i": input } }))
+                            .await
+                            .and_then(|v| {
+                                v["data"]["createTask"]["task"]["id"]
+                                    .as_str()
+                                    .map(str::to_owned)
+                                    .ok_or("NO_TASK_ID".into())
+                            });
                     let took = t0.elapsed();
                     timeline.record(Op::Create, answer.is_ok(), took);
                     match answer {
@@ -500,7 +513,12 @@ async fn drill(o: Options) -> Result<bool, String> {
     });
     let unfinished_count: u64 = unfinished.values().sum();
     let client_errors = creates.failed() + reads.failed();
-    let pass = !acked.is_empty()
+    // A drill whose fault or restore did not run proves nothing.
+    let injected = o.fault_cmd.is_none() || window.fault_status.as_deref() == Some("ok");
+    let restored = o.restore_cmd.is_none() || window.restore_status.as_deref() == Some("ok");
+    let pass = injected
+        && restored
+        && !acked.is_empty()
         && lost.is_empty()
         && unfinished_count == 0
         && runs.run_twice == 0
@@ -510,7 +528,7 @@ async fn drill(o: Options) -> Result<bool, String> {
     let read_latency = latency_ms(reads.micros.clone());
     let line = format!(
         "drill {}: {verdict} — acknowledged {}, lost {}, unfinished {}, run twice {}, fenced {}; creates failed {} {}, \
-         reads {} failed {} {} (p50/p95/p99/max {}); fault {} at {:.1} s, restored at {} s; settled at {:.1} s",
+         reads {} failed {} {} (p50/p95/p99/max {}); fault {} at {:.1} s, restore {} at {} s; settled at {:.1} s",
         o.name,
         acked.len(),
         lost.len(),
@@ -525,6 +543,7 @@ async fn drill(o: Options) -> Result<bool, String> {
         brief(&read_latency),
         window.fault_status.as_deref().unwrap_or("none"),
         window.fault_at.unwrap_or_default(),
+        window.restore_status.as_deref().unwrap_or("none"),
         window.restore_done_at.map_or_else(|| "-".to_owned(), |t| format!("{t:.1}")),
         settled_at,
     );
@@ -608,7 +627,13 @@ async fn start_workers(o: &Options, lifetime: Duration) -> Result<Vec<Worker>, S
 }
 
 /// Creates `count` tasks in `queue` (nobody serves it) for the readers; their ids.
-async fn seed(http: &reqwest::Client, url: &str, token: &str, queue: &str, count: usize) -> Result<Vec<String>, String> {
+async fn seed(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    queue: &str,
+    count: usize,
+) -> Result<Vec<String>, String> {
     let mut ids = Vec::with_capacity(count);
     while ids.len() < count {
         let inputs: Vec<Value> =
