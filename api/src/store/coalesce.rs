@@ -126,7 +126,7 @@ impl std::fmt::Debug for PendingTransition {
 #[derive(Debug)]
 pub(super) enum Step {
     /// Committed: the task's new state.
-    Done(Task),
+    Done(Box<Task>),
     /// Refused (the decision's error, `NOT_FOUND`, …); nothing changed.
     Failed(ApiError),
     /// The task changed under the batch (another writer): try again alone.
@@ -164,7 +164,7 @@ async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
     };
     for (pending, step) in batch.into_iter().zip(steps) {
         let answer = match step {
-            Step::Done(task) => Ok(task),
+            Step::Done(task) => Ok(*task),
             Step::Failed(e) => Err(e),
             Step::Raced => {
                 let decide = pending.decide;

@@ -363,7 +363,7 @@ impl Store {
                         savepoint.commit().await?;
                     }
                     current.insert(pending.id, transition.task.clone());
-                    steps.push(Step::Done(transition.task.clone()));
+                    steps.push(Step::Done(Box::new(transition.task.clone())));
                     made.push((before, transition, pending.traceparent.as_deref()));
                 }
                 Applied::Raced => {

@@ -26,6 +26,8 @@ const MAX_NINES: f64 = 4.0;
 const SIZE: (u32, u32) = (1000, 620);
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
+/// A named latency curve: `(series name, [(nines, ms)])`.
+type Curve = (String, Vec<(f64, f64)>);
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -56,7 +58,7 @@ fn run() -> Result<Vec<String>> {
     std::fs::create_dir_all(out_dir)?;
 
     // Scenario → [(series name, curve)].
-    let mut latency: BTreeMap<String, Vec<(String, Vec<(f64, f64)>)>> = BTreeMap::new();
+    let mut latency: BTreeMap<String, Vec<Curve>> = BTreeMap::new();
     let mut written = Vec::new();
     for input in inputs {
         let text = std::fs::read_to_string(input).map_err(|e| format!("reading {input}: {e}"))?;
@@ -86,7 +88,7 @@ fn run() -> Result<Vec<String>> {
 
 /// Every `curve` under `value` (a `latency_ms` summary, or an object of them), as
 /// `(nines, ms)` points named by their key.
-fn collect_curves(value: &Value, name: &str, into: &mut Vec<(String, Vec<(f64, f64)>)>) {
+fn collect_curves(value: &Value, name: &str, into: &mut Vec<Curve>) {
     if let Some(curve) = value["curve"].as_array() {
         let points: Vec<(f64, f64)> = curve
             .iter()
@@ -117,7 +119,7 @@ fn percentile_label(x: &f64) -> String {
     if p < 0.5 { "0".to_owned() } else { format!("{}", (p * 100.0).round() / 100.0) }
 }
 
-fn latency_curves(path: &str, scenario: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+fn latency_curves(path: &str, scenario: &str, series: &[Curve]) -> Result<()> {
     let all = series.iter().flat_map(|(_, points)| points.iter().map(|(_, ms)| *ms));
     let (low, high) = all.fold((f64::MAX, 0f64), |(lo, hi), ms| (lo.min(ms), hi.max(ms)));
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
