@@ -120,14 +120,7 @@ impl Store {
                 }
             }
         }
-        if !made.is_empty() {
-            let history: Vec<(Transition, Option<&str>)> =
-                made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
-            self.append_history(&txn, &history).await?;
-        }
-        txn.commit().await?;
-        let changes: Vec<(&Task, &Transition)> = made.iter().map(|(before, t, _)| (before, t)).collect();
-        self.after_commit(&changes);
+        self.commit_changes(txn, &made).await?;
         Ok(outcomes)
     }
 

@@ -380,6 +380,17 @@ impl Store {
                 }
             }
         }
+        self.commit_changes(txn, &made).await?;
+        Ok(steps)
+    }
+
+    /// Commits a batch of applied changes (`(before, transition, traceparent)`) with their
+    /// events and outbox rows, then runs the after-commit hooks.
+    pub(super) async fn commit_changes(
+        &self,
+        txn: DatabaseTransaction,
+        made: &[(Task, Transition, Option<&str>)],
+    ) -> ApiResult<()> {
         if !made.is_empty() {
             let history: Vec<(Transition, Option<&str>)> =
                 made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
@@ -388,7 +399,7 @@ impl Store {
         txn.commit().await?;
         let changes: Vec<(&Task, &Transition)> = made.iter().map(|(before, t, _)| (before, t)).collect();
         self.after_commit(&changes);
-        Ok(steps)
+        Ok(())
     }
 
     /// Tells the commit hook (the cache), wakes the relay (new outbox rows) and the
