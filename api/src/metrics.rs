@@ -28,8 +28,8 @@ pub struct Metrics {
     pub subscriber_overflows: IntCounter,
     /// Subscriber resyncs from `task_events`.
     pub subscriber_resyncs: IntCounter,
-    /// Idle subscribers that found events in the history that Kafka never delivered.
-    pub subscriber_idle_catchups: IntCounter,
+    /// Status events Kafka did not deliver in time, routed from the history by the sweep.
+    pub live_events_recovered: IntCounter,
     /// Subscriptions ended because the subscriber could not keep up at all.
     pub subscribers_too_slow: IntCounter,
     /// Open WebSocket connections.
@@ -167,9 +167,9 @@ impl Metrics {
             status_events: counter_vec("status_events_total", "Status events consumed from Kafka", &["outcome"]),
             subscriber_overflows: counter("subscriber_overflows_total", "Events dropped from full subscriber buffers"),
             subscriber_resyncs: counter("subscriber_resyncs_total", "Subscriber resyncs from task_events"),
-            subscriber_idle_catchups: counter(
-                "subscriber_idle_catchups_total",
-                "Idle subscribers that caught up from the history on events Kafka did not deliver",
+            live_events_recovered: counter(
+                "live_events_recovered_total",
+                "Status events Kafka did not deliver within the grace time, routed from task_events",
             ),
             subscribers_too_slow: counter("subscribers_too_slow_total", "Subscriptions ended for not keeping up"),
             ws_connections: gauge("ws_connections", "Open WebSocket connections"),

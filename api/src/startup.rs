@@ -22,7 +22,7 @@ use crate::{
     graphql::{SchemaOptions, build_schema, sdl},
     http::{AppState, Limits, apq::PersistedQueries, protect::Protection, router},
     kafka::{EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
-    live::Hub,
+    live::{Hub, sweep::Sweeper},
     metrics::Metrics,
     ratelimit::RateLimiter,
     redis_link::RedisLink,
@@ -220,6 +220,9 @@ impl Application {
         if let Some(status) = background.consumer {
             lagging.push(("status", status.clone()));
             let cache = state.cache.clone();
+            let sweeper =
+                Sweeper::new(background.hub.clone(), state.store.clone(), cache.clone(), state.metrics.clone());
+            tasks.spawn(sweeper.run(background_stop.clone()));
             tasks.spawn(consumer::run(
                 status,
                 background.hub,

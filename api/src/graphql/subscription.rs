@@ -4,7 +4,9 @@
 //! committed in between is missed; duplicates from that overlap (or from Kafka's
 //! at-least-once delivery) are dropped by `seq`. A gap (a `seq` further ahead than the
 //! next one) or a flagged overflow is filled from `task_events`, the source of truth:
-//! per task, a subscriber sees every event once, in order.
+//! per task, a subscriber sees every event once, in order. An event Kafka loses at the
+//! end of a task's history (nothing later reveals the gap) reaches the hub through its
+//! history sweep (`live::sweep`) a few seconds later.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,6 +31,10 @@ use crate::{
     store::{EventScope, Store},
 };
 
+// Every database read inside a stream below is boxed: a stream's state is as large as
+// its largest await point, and an inline query future would make every idle
+// subscription carry a few KiB it only needs while the query runs.
+
 /// Events replayed from the database per query.
 const REPLAY_PAGE: u64 = 500;
 /// How far back (before the last delivered event) a multi-task resync looks, to cover
@@ -40,10 +46,9 @@ const RESYNC_LIMIT: u64 = 5_000;
 const TRACKED_TASKS: usize = 50_000;
 /// Minimum spacing of `queueStats` updates.
 const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
-/// Silence after which a `taskUpdated`/`taskEvents` subscriber checks the history itself
-/// (one small indexed query), and after which `queueStats` refreshes anyway. Live events normally arrive in milliseconds; this
-/// bounds how long a subscriber can wait if Kafka loses or skips one (a broker failure,
-/// an offset reset), so nothing waits forever.
+/// Silence after which an `assignments` subscriber re-reads its offers and `queueStats`
+/// refreshes anyway. (`taskUpdated` and `taskEvents` need no timer of their own: the
+/// hub's history sweep, `live::sweep`, routes whatever Kafka loses or skips.)
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// The root subscription type.
@@ -82,15 +87,13 @@ impl Subscription {
             let _gauge = gauge;
             // Replay, then live. `last` is the highest seq delivered so far.
             let mut replay = true;
-            let mut idle_check = false;
             loop {
-                if replay || idle_check || live.take_lagged() {
-                    if !replay && !idle_check {
+                if replay || live.take_lagged() {
+                    if !replay {
                         metrics.subscriber_resyncs.inc();
                     }
-                    let before = last;
                     loop {
-                        match store.events_after(id, last, REPLAY_PAGE).await {
+                        match Box::pin(store.events_after(id, last, REPLAY_PAGE)).await {
                             Ok(events) => {
                                 let full = events.len() as u64 == REPLAY_PAGE;
                                 for event in events {
@@ -102,20 +105,10 @@ impl Subscription {
                             Err(e) => { yield Err(e.into()); return; }
                         }
                     }
-                    if idle_check && last > before {
-                        // The history had events Kafka never delivered to us.
-                        metrics.subscriber_idle_catchups.inc();
-                        tracing::warn!(task = %id, from = before, to = last, "live events were missed; caught up from task_events");
-                    }
                     replay = false;
-                    idle_check = false;
                     continue;
                 }
-                let envelope = match live.next_or_idle(IDLE_CHECK).await {
-                    Next::Event(envelope) => envelope,
-                    Next::Idle => { idle_check = true; continue; }
-                    Next::Closed => return,
-                };
+                let Some(envelope) = live.events.recv().await else { return };
                 if envelope.seq <= last {
                     continue; // already delivered (replay overlap or redelivery)
                 }
@@ -178,15 +171,10 @@ impl Subscription {
         Ok(async_stream::stream! {
             let _gauge = gauge;
             let wanted = |event: &TaskEvent| statuses.is_empty() || statuses.contains(&event.status);
-            let mut idle_check = false;
             loop {
-                let lagged = live.take_lagged();
-                if lagged || idle_check {
-                    if lagged {
-                        metrics.subscriber_resyncs.inc();
-                    }
-                    let mut caught_up = 0u64;
-                    match store.events_in_scope_since(&scope, resume_from - RESYNC_OVERLAP, RESYNC_LIMIT).await {
+                if live.take_lagged() {
+                    metrics.subscriber_resyncs.inc();
+                    match Box::pin(store.events_in_scope_since(&scope, resume_from - RESYNC_OVERLAP, RESYNC_LIMIT)).await {
                         Ok(events) if events.len() as u64 == RESYNC_LIMIT => {
                             metrics.subscribers_too_slow.inc();
                             yield Err(too_slow());
@@ -195,7 +183,6 @@ impl Subscription {
                         Ok(events) => {
                             for event in events {
                                 if seen.accept(&event) {
-                                    caught_up += 1;
                                     resume_from = resume_from.max(event.at);
                                     if wanted(&event) { yield Ok(TaskEventObject(event)); }
                                 }
@@ -203,25 +190,16 @@ impl Subscription {
                         }
                         Err(e) => { yield Err(e.into()); return; }
                     }
-                    if idle_check && !lagged && caught_up > 0 {
-                        metrics.subscriber_idle_catchups.inc();
-                        tracing::warn!(events = caught_up, "live events were missed; caught up from task_events");
-                    }
-                    idle_check = false;
                     continue;
                 }
-                let envelope = match live.next_or_idle(IDLE_CHECK).await {
-                    Next::Event(envelope) => envelope,
-                    Next::Idle => { idle_check = true; continue; }
-                    Next::Closed => return,
-                };
+                let Some(envelope) = live.events.recv().await else { return };
                 if scope.queue.as_ref().is_some_and(|q| *q != envelope.queue) {
                     continue;
                 }
                 let Some(task_id) = TaskId::parse(&envelope.task_id) else { continue };
                 // Fill a gap in a task we already follow from its history.
                 if let Some(last) = seen.last(task_id).filter(|last| envelope.seq > last + 1) {
-                    match store.events_after(task_id, last, REPLAY_PAGE).await {
+                    match Box::pin(store.events_after(task_id, last, REPLAY_PAGE)).await {
                         Ok(events) => {
                             for event in events.into_iter().filter(|e| e.seq <= envelope.seq) {
                                 if seen.accept(&event) && wanted(&event) {
@@ -260,7 +238,7 @@ impl Subscription {
         Ok(async_stream::stream! {
             let _gauge = gauge;
             loop {
-                match stats(&store, &name).await {
+                match Box::pin(stats(&store, &name)).await {
                     Ok(stats) => yield Ok(stats),
                     Err(e) => { yield Err(e); return; }
                 }
@@ -299,7 +277,7 @@ fn assignment_stream(
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
         loop {
             if check || live.take_lagged() {
-                match store.offers_for(&worker_id).await {
+                match Box::pin(store.offers_for(&worker_id)).await {
                     Ok(offers) => {
                         let current: HashSet<&str> =
                             offers.iter().filter_map(|t| t.lease_token.as_ref().map(|l| l.as_str())).collect();
@@ -325,7 +303,7 @@ fn assignment_stream(
                 },
                 _ = ticks.tick() => {
                     // An open subscription keeps the worker ONLINE.
-                    if let Err(e) = store.touch_worker(&worker_id).await {
+                    if let Err(e) = Box::pin(store.touch_worker(&worker_id)).await {
                         tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness");
                     }
                     check = true;

@@ -23,7 +23,7 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -114,6 +114,9 @@ pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Re
         _ => Protocol::Transport,
     };
     ws.on_upgrade(move |socket| async move {
+        // Shared by the connection and its subscriptions: one pointer each, not a copy
+        // of the whole state per subscription.
+        let state = Arc::new(state);
         state.ws_open.fetch_add(1, Ordering::AcqRel);
         state.metrics.ws_connections.inc();
         Connection::new(state.clone(), protocol, header_auth, request_id).run(socket).await;
@@ -123,7 +126,7 @@ pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Re
 }
 
 /// Bytes read from a socket at a time.
-const WS_READ_CHUNK: usize = 4096;
+const WS_READ_CHUNK: usize = 1024;
 
 /// Why the reader loop ended.
 enum End {
@@ -134,7 +137,7 @@ enum End {
 }
 
 struct Connection {
-    state: AppState,
+    state: Arc<AppState>,
     protocol: Protocol,
     header_auth: Option<String>,
     request_id: String,
@@ -144,7 +147,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(state: AppState, protocol: Protocol, header_auth: Option<String>, request_id: String) -> Self {
+    fn new(state: Arc<AppState>, protocol: Protocol, header_auth: Option<String>, request_id: String) -> Self {
         Connection {
             state,
             protocol,
@@ -190,7 +193,9 @@ impl Connection {
                     };
                     match message {
                         Message::Text(body) => {
-                            if let Some(end) = self.on_text(&body, &out, &done_tx).await { break end; }
+                            // Boxed: handling a message (parsing, limits, rate limits) needs a
+                            // few KiB of future state that an idle connection should not carry.
+                            if let Some(end) = Box::pin(self.on_text(&body, &out, &done_tx)).await { break end; }
                         }
                         Message::Binary(_) => break End::Close(4400, "Binary messages are not supported"),
                         Message::Close(_) => break End::Gone,
@@ -364,7 +369,7 @@ fn error_message(protocol: Protocol, id: &str, errors: Value) -> Value {
 
 /// One running subscription of a connection.
 struct Subscription {
-    state: AppState,
+    state: Arc<AppState>,
     protocol: Protocol,
     id: String,
     request_id: String,

@@ -40,6 +40,27 @@ struct ScopedEvent {
     at: i64,
 }
 
+/// Where one event sits in the history, for the live sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHead {
+    /// Row id (the page key, with `at`).
+    pub id: i64,
+    /// The task.
+    pub task_id: String,
+    /// The event's `seq`.
+    pub seq: u32,
+    /// When it happened, in milliseconds since the epoch.
+    pub at: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct HeadRow {
+    id: i64,
+    task_id: String,
+    seq: i32,
+    at: i64,
+}
+
 #[derive(Debug, FromQueryResult)]
 struct StatusCount {
     status: String,
@@ -58,6 +79,30 @@ impl Store {
             .all(&self.db)
             .await?;
         rows.into_iter().map(convert::event_from_row).collect()
+    }
+
+    /// Which events happened in `[from, until)`, in `(at, id)` order after the page key
+    /// `after`, at most `limit`.
+    pub async fn event_heads(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        after: Option<(i64, i64)>,
+        limit: u64,
+    ) -> ApiResult<Vec<EventHead>> {
+        let (from, until) = (convert::to_ms(from), convert::to_ms(until));
+        let (after_at, after_id) = after.unwrap_or((from, i64::MIN));
+        let sql = "SELECT id, task_id, seq, `at` FROM task_events \
+                   WHERE `at` >= ? AND `at` < ? AND (`at` > ? OR id > ?) ORDER BY `at`, id LIMIT ?";
+        let values: Vec<sea_orm::Value> =
+            vec![after_at.max(from).into(), until.into(), after_at.into(), after_id.into(), (limit as i64).into()];
+        let rows = HeadRow::find_by_statement(Statement::from_sql_and_values(self.backend(), sql, values))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| EventHead { id: r.id, task_id: r.task_id, seq: r.seq.max(0) as u32, at: r.at })
+            .collect())
     }
 
     /// Events of tasks in `scope` that happened at or after `since`, in time order, at

@@ -32,7 +32,7 @@ use taskwire_entity::worker;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 pub use dispatch::{Due, OfferOutcome, PlannedOffer};
-pub use events::{EventScope, QueueStats};
+pub use events::{EventHead, EventScope, QueueStats};
 pub use outbox::OutboxMessage;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 

@@ -5,6 +5,13 @@
 //! lagged; it then resyncs from `task_events` (the source of truth) before taking live
 //! events again. So one slow socket never delays the others, and memory per subscriber
 //! is bounded by its buffer.
+//!
+//! The hub also remembers, per task, the highest `seq` it has routed without a gap
+//! ([`Hub::unheard`]); the [`sweep`] task compares that with `task_events` every few
+//! seconds and routes whatever Kafka lost or has not delivered, so a subscriber never
+//! waits forever and no subscriber has to poll the database itself.
+
+pub mod sweep;
 
 use std::{
     collections::HashMap,
@@ -12,6 +19,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use taskwire_domain::{TaskEnvelope, TaskId};
@@ -50,7 +58,20 @@ struct Subscriber {
 struct Routes {
     next_id: u64,
     by_route: HashMap<Route, HashMap<u64, Subscriber>>,
+    /// Per task: the highest `seq` routed with every earlier one routed too (as far as
+    /// this process knows), and when the task was last heard of.
+    heard: HashMap<String, Heard>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    seq: u32,
+    at: Instant,
+}
+
+/// Tasks the hub remembers in [`Hub::unheard`]; past this it forgets them all, which only
+/// makes the next sweep re-route a few events that subscribers then drop as duplicates.
+const MAX_HEARD: usize = 200_000;
 
 /// The router. Cheap to share (`Arc`).
 pub struct Hub {
@@ -164,7 +185,8 @@ impl Hub {
         if let Some(worker) = &envelope.worker_id {
             routes.push(Route::Worker(worker.clone()));
         }
-        let Ok(table) = self.routes.lock() else { return };
+        let Ok(mut table) = self.routes.lock() else { return };
+        remember(&mut table.heard, &envelope.task_id, envelope.seq);
         for route in &routes {
             let Some(subscribers) = table.by_route.get(route) else { continue };
             for subscriber in subscribers.values() {
@@ -176,9 +198,50 @@ impl Hub {
         }
     }
 
+    /// Of `tasks` (task id, highest `seq` in the history), those this hub has not routed
+    /// every event of, each with the highest `seq` it routed without a gap (`None`: none
+    /// at all).
+    pub fn unheard<'a>(&self, tasks: impl IntoIterator<Item = (&'a str, u32)>) -> Vec<(String, Option<u32>)> {
+        let Ok(table) = self.routes.lock() else { return Vec::new() };
+        tasks
+            .into_iter()
+            .filter_map(|(task, seq)| match table.heard.get(task) {
+                Some(heard) if heard.seq >= seq => None,
+                heard => Some((task.to_owned(), heard.map(|h| h.seq))),
+            })
+            .collect()
+    }
+
+    /// Forgets tasks not heard of for `age`.
+    pub fn forget_heard(&self, age: Duration) {
+        let Ok(mut table) = self.routes.lock() else { return };
+        let now = Instant::now();
+        table.heard.retain(|_, heard| now.duration_since(heard.at) < age);
+    }
+
     /// Subscribers currently registered (all routes).
     pub fn subscriber_count(&self) -> usize {
         self.routes.lock().map(|r| r.by_route.values().map(HashMap::len).sum()).unwrap_or_default()
+    }
+}
+
+/// Records that `seq` of `task` was routed.
+fn remember(heard: &mut HashMap<String, Heard>, task: &str, seq: u32) {
+    let now = Instant::now();
+    match heard.get_mut(task) {
+        Some(known) => {
+            known.at = now;
+            // A gap stays open until the missing events are routed (by the sweep).
+            if seq == known.seq + 1 {
+                known.seq = seq;
+            }
+        }
+        None => {
+            if heard.len() >= MAX_HEARD {
+                heard.clear();
+            }
+            heard.insert(task.to_owned(), Heard { seq, at: now });
+        }
     }
 }
 
@@ -253,6 +316,24 @@ mod tests {
         assert!(matches!(sub.next_or_idle(std::time::Duration::from_millis(10)).await, Next::Idle));
         hub.publish(envelope("t1", 1, "a", "q"));
         assert!(matches!(sub.next_or_idle(std::time::Duration::from_secs(5)).await, Next::Event(e) if e.seq == 1));
+    }
+
+    #[tokio::test]
+    async fn the_hub_knows_which_events_it_routed_without_a_gap() {
+        let hub = Hub::new(8, Metrics::new());
+        hub.publish(envelope("t1", 1, "a", "q"));
+        hub.publish(envelope("t1", 2, "a", "q"));
+        assert!(hub.unheard([("t1", 2)]).is_empty(), "everything up to 2 was routed");
+        assert_eq!(hub.unheard([("t1", 3), ("t2", 1)]), [("t1".to_owned(), Some(2)), ("t2".to_owned(), None)]);
+
+        hub.publish(envelope("t1", 4, "a", "q"));
+        assert_eq!(hub.unheard([("t1", 4)]), [("t1".to_owned(), Some(2))], "3 is missing: the gap stays open");
+        hub.publish(envelope("t1", 3, "a", "q"));
+        hub.publish(envelope("t1", 4, "a", "q"));
+        assert!(hub.unheard([("t1", 4)]).is_empty(), "the gap is filled");
+
+        hub.forget_heard(std::time::Duration::ZERO);
+        assert_eq!(hub.unheard([("t1", 4)]), [("t1".to_owned(), None)], "forgotten tasks count as unheard");
     }
 
     #[tokio::test]
