@@ -169,6 +169,40 @@ async fn a_duplicate_subscription_id_is_closed_with_4409() {
 }
 
 #[tokio::test]
+async fn a_completed_id_can_be_reused_at_once_and_the_new_subscription_keeps_it() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    ws.subscribe("x", TASK_UPDATED, json!({ "id": id })).await;
+    ws.next_data("x").await;
+    ws.send(json!({ "id": "x", "type": "complete" })).await;
+    ws.subscribe("x", TASK_UPDATED, json!({ "id": id })).await;
+    assert_eq!(ws.next_data("x").await["taskUpdated"]["seq"], 1, "the id is free again");
+    // Once the first subscription's task has ended, the id still belongs to the second.
+    // (That the old task's end cannot free a reused id, whenever it comes, is ensured by
+    // the serial in `http::ws`; the race itself is not reproducible from outside.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws.subscribe("x", TASK_UPDATED, json!({ "id": id })).await;
+    assert_eq!(ws.expect_close().await.0, 4409, "the second subscription still holds the id");
+}
+
+#[tokio::test]
+async fn a_subscription_that_fails_to_start_frees_its_id() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let unknown = "01JZZZZZZZZZZZZZZZZZZZZZZZ";
+    ws.subscribe("y", TASK_UPDATED, json!({ "id": unknown })).await;
+    let refused = ws.recv_json().await;
+    assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("error"), Some("y")), "{refused}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws.subscribe("y", TASK_UPDATED, json!({ "id": id })).await;
+    assert_eq!(ws.next_data("y").await["taskUpdated"]["seq"], 1);
+}
+
+#[tokio::test]
 async fn a_second_connection_init_is_closed_with_4429() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);

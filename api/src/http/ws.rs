@@ -17,7 +17,8 @@
 //! | server shutdown | close `1001` |
 //! | the client does not read for `write_timeout` | connection dropped |
 //!
-//! Each connection has one writer task fed by a bounded queue; subscription tasks wait
+//! Each connection owns its subscription tasks (a `JoinSet`, aborted when the connection
+//! ends) and one writer task fed by a bounded queue; subscription tasks wait
 //! when it is full, which makes their hub buffers overflow and resync instead of
 //! growing: a slow socket costs bounded memory and never delays other sockets.
 
@@ -36,7 +37,7 @@ use axum::{
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use taskwire_domain::Principal;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -143,7 +144,10 @@ struct Connection {
     request_id: String,
     principal: Option<Principal>,
     expires: Option<Instant>,
-    subscriptions: HashMap<String, CancellationToken>,
+    /// Open subscriptions by id: the serial of the one running, and its cancel token.
+    subscriptions: HashMap<String, (u64, CancellationToken)>,
+    /// Subscriptions started so far (serials).
+    serial: u64,
 }
 
 impl Connection {
@@ -156,6 +160,7 @@ impl Connection {
             principal: None,
             expires: None,
             subscriptions: HashMap::new(),
+            serial: 0,
         }
     }
 
@@ -163,7 +168,9 @@ impl Connection {
         let (sink, mut stream) = socket.split();
         let (out, outbound) = mpsc::channel::<Message>(OUTBOUND_CAPACITY);
         let writer = tokio::spawn(write_loop(sink, outbound, self.state.ws.write_timeout, self.state.metrics.clone()));
-        let (done_tx, mut done) = mpsc::channel::<String>(self.state.ws.max_subscriptions.max(1));
+        // The connection owns its subscriptions' tasks: they end with it (aborted on drop),
+        // and each reports its `(id, serial)` here when it ends by itself.
+        let mut running: JoinSet<(String, u64)> = JoinSet::new();
         let shutdown = self.state.shutdown.clone();
         let init_deadline = Instant::now() + self.state.ws.init_timeout;
         let mut keepalive = tokio::time::interval(self.state.ws.keepalive);
@@ -185,7 +192,14 @@ impl Connection {
                     };
                     if out.send(text(&ping)).await.is_err() { break End::Gone; }
                 }
-                Some(id) = done.recv() => { self.subscriptions.remove(&id); }
+                Some(ended) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((id, serial)) = ended {
+                        // Only if the id was not completed and reused meanwhile.
+                        if self.subscriptions.get(&id).is_some_and(|(current, _)| *current == serial) {
+                            self.subscriptions.remove(&id);
+                        }
+                    }
+                }
                 incoming = stream.next() => {
                     let message = match incoming {
                         Some(Ok(message)) => message,
@@ -195,7 +209,7 @@ impl Connection {
                         Message::Text(body) => {
                             // Boxed: handling a message (parsing, limits, rate limits) needs a
                             // few KiB of future state that an idle connection should not carry.
-                            if let Some(end) = Box::pin(self.on_text(&body, &out, &done_tx)).await { break end; }
+                            if let Some(end) = Box::pin(self.on_text(&body, &out, &mut running)).await { break end; }
                         }
                         Message::Binary(_) => break End::Close(4400, "Binary messages are not supported"),
                         Message::Close(_) => break End::Gone,
@@ -204,9 +218,10 @@ impl Connection {
                 }
             }
         };
-        for token in self.subscriptions.values() {
+        for (_, token) in self.subscriptions.values() {
             token.cancel();
         }
+        drop(running); // aborts whatever has not ended yet
         if let End::Close(code, reason) = end {
             self.state.metrics.ws_closes.with_label_values(&[&code.to_string()]).inc();
             let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
@@ -217,7 +232,12 @@ impl Connection {
     }
 
     /// Handles one protocol message; `Some` ends the connection.
-    async fn on_text(&mut self, body: &str, out: &mpsc::Sender<Message>, done: &mpsc::Sender<String>) -> Option<End> {
+    async fn on_text(
+        &mut self,
+        body: &str,
+        out: &mpsc::Sender<Message>,
+        running: &mut JoinSet<(String, u64)>,
+    ) -> Option<End> {
         let Ok(message) = serde_json::from_str::<Value>(body) else {
             return Some(End::Close(4400, "Invalid message"));
         };
@@ -286,21 +306,22 @@ impl Connection {
                 };
                 let request = request.data(context).data(Loaders::uncached(&self.state.store));
                 let cancel = CancellationToken::new();
-                self.subscriptions.insert(id.clone(), cancel.clone());
+                self.serial += 1;
+                self.subscriptions.insert(id.clone(), (self.serial, cancel.clone()));
                 let task = Subscription {
                     state: self.state.clone(),
                     protocol: self.protocol,
                     id,
+                    serial: self.serial,
                     request_id: self.request_id.clone(),
                     out: out.clone(),
-                    done: done.clone(),
                     cancel,
                 };
-                tokio::spawn(task.run(request));
+                running.spawn(task.run(request));
                 None
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
-                if let Some(token) = id.and_then(|id| self.subscriptions.remove(&id)) {
+                if let Some((_, token)) = id.and_then(|id| self.subscriptions.remove(&id)) {
                     token.cancel();
                 }
                 None
@@ -372,14 +393,21 @@ struct Subscription {
     state: Arc<AppState>,
     protocol: Protocol,
     id: String,
+    /// Tells this subscription from a later one reusing its id.
+    serial: u64,
     request_id: String,
     out: mpsc::Sender<Message>,
-    done: mpsc::Sender<String>,
     cancel: CancellationToken,
 }
 
 impl Subscription {
-    async fn run(self, request: Request) {
+    /// Streams the operation's results to the socket; returns its `(id, serial)`.
+    async fn run(self, request: Request) -> (String, u64) {
+        self.stream(request).await;
+        (self.id, self.serial)
+    }
+
+    async fn stream(&self, request: Request) {
         let mut stream = self.state.schema.execute_stream(request);
         let mut first = true;
         loop {
@@ -393,7 +421,6 @@ impl Subscription {
                 // The operation never started (validation, authorization, not found).
                 let errors = serde_json::to_value(&response.errors).unwrap_or(Value::Null);
                 let _ = self.send(error_message(self.protocol, &self.id, errors)).await;
-                let _ = self.done.send(self.id.clone()).await;
                 return;
             } else {
                 let kind = if self.protocol == Protocol::Transport { "next" } else { "data" };
@@ -405,7 +432,6 @@ impl Subscription {
             }
         }
         let _ = self.send(json!({ "id": self.id, "type": "complete" })).await;
-        let _ = self.done.send(self.id.clone()).await;
     }
 
     /// Queues a message for the writer; `false` once the subscription or socket is gone.
