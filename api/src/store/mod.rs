@@ -154,6 +154,12 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
             });
+        } else {
+            // Every distinct statement text is prepared once per connection and cached;
+            // the default (100) is too small for multi-row inserts and `IN` lists of
+            // every length, and replacing an evicted statement stalls a commit.
+            let cache = config.database_statement_cache;
+            options.map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache));
         }
         let mut db = Database::connect(options).await?;
         let stats = Arc::new(DbStats::default());
