@@ -264,7 +264,7 @@ impl Config {
                 "DATABASE_ACQUIRE_TIMEOUT_MS",
                 Some(2000),
             )?),
-            database_statement_cache: parse(get("DATABASE_STATEMENT_CACHE"), "DATABASE_STATEMENT_CACHE", Some(512))?,
+            database_statement_cache: positive(get("DATABASE_STATEMENT_CACHE"), "DATABASE_STATEMENT_CACHE", 512)?,
             database_url,
             redis_url: get("REDIS_URL").map(str::to_owned),
             redis: crate::redis_link::RedisSettings {
@@ -391,11 +391,20 @@ where
 }
 
 fn millis(raw: Option<&str>, key: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    let ms: u64 = parse(raw, key, Some(default))?;
-    if ms == 0 {
+    positive(raw, key, default).map(Duration::from_millis)
+}
+
+/// A number greater than 0.
+fn positive<T>(raw: Option<&str>, key: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    let value: T = parse(raw, key, Some(default))?;
+    if value == T::default() {
         return Err(ConfigError::Invalid { key, reason: "must be greater than 0".into() });
     }
-    Ok(Duration::from_millis(ms))
+    Ok(value)
 }
 
 fn parse_bool(raw: Option<&str>, key: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -485,5 +494,11 @@ mod tests {
         assert!(matches!(bad, Err(ConfigError::Invalid { key: "GRAPHIQL", .. })));
         let bad_db = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_URL", "postgres://x")]));
         assert!(matches!(bad_db, Err(ConfigError::Invalid { key: "DATABASE_URL", .. })));
+        for value in ["0", "lots"] {
+            let bad_cache = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_STATEMENT_CACHE", value)]));
+            assert!(matches!(bad_cache, Err(ConfigError::Invalid { key: "DATABASE_STATEMENT_CACHE", .. })), "{value}");
+        }
+        let cache = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_STATEMENT_CACHE", "64")])).expect("loads");
+        assert_eq!(cache.database_statement_cache, 64);
     }
 }

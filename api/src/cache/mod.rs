@@ -483,4 +483,4 @@ impl TaskCache {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

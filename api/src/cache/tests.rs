@@ -4,7 +4,7 @@ use taskwire_domain::{LeaseToken, TaskStatus};
 use super::*;
 use crate::redis_link::RedisSettings;
 
-fn settings() -> CacheSettings {
+pub(crate) fn settings() -> CacheSettings {
     CacheSettings {
         l1_max_bytes: 1 << 20,
         l1_ttl: Duration::from_secs(5),
@@ -14,7 +14,7 @@ fn settings() -> CacheSettings {
     }
 }
 
-fn link(url: Option<&str>, prefix: &str) -> Arc<RedisLink> {
+pub(crate) fn link(url: Option<&str>, prefix: &str) -> Arc<RedisLink> {
     let client = url.map(|u| redis::Client::open(u).expect("redis url"));
     let settings = RedisSettings {
         timeout: Duration::from_millis(500),

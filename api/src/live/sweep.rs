@@ -154,26 +154,13 @@ mod tests {
 
     use super::*;
     use crate::{
-        cache::CacheSettings,
+        cache,
         live::Route,
-        redis_link::{RedisLink, RedisSettings},
         store::{CreateMode, CreateOutcome, test_store},
     };
 
     fn cache(metrics: &Metrics) -> TaskCache {
-        let settings = CacheSettings {
-            l1_max_bytes: 1 << 20,
-            l1_ttl: Duration::from_secs(5),
-            l2_ttl: Duration::from_secs(60),
-            null_ttl: Duration::from_secs(2),
-            db_concurrency: 2,
-        };
-        let redis = RedisSettings {
-            timeout: Duration::from_millis(500),
-            cooldown: Duration::from_secs(1),
-            key_prefix: "t".into(),
-        };
-        TaskCache::new(settings, Arc::new(RedisLink::new(None, redis, metrics.clone())), metrics.clone())
+        TaskCache::new(cache::tests::settings(), cache::tests::link(None, "t"), metrics.clone())
     }
 
     /// A store, a hub and its sweeper.
