@@ -168,9 +168,10 @@ pub struct Config {
     pub database_max_connections: u32,
     /// How long a request waits for a pooled connection. Default 2 s.
     pub database_acquire_timeout: Duration,
-    /// Prepared statements cached per MySQL connection. Multi-row inserts and `IN` lists
-    /// of every length are distinct statements; replacing an evicted one stalled a commit
-    /// for ~130 ms on MariaDB (docs/BENCHMARKS.md).
+    /// Prepared statements cached per MySQL connection. The store keeps its statement
+    /// texts bounded (`store/shape.rs`: a few dozen per connection), so this is headroom;
+    /// when the cache churned, replacing an evicted statement stalled a MariaDB commit
+    /// ~130 ms (docs/BENCHMARKS.md).
     pub database_statement_cache: usize,
     /// Redis URL. Default unset: in-process cache only.
     pub redis_url: Option<String>,

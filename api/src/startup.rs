@@ -97,12 +97,21 @@ impl Application {
         let metrics = Metrics::new();
         let redis_link = Arc::new(RedisLink::new(redis.clone(), config.redis.clone(), metrics.clone()));
         let cache = TaskCache::new(config.cache.clone(), redis_link.clone(), metrics.clone());
-        let write_through = cache.clone();
-        store.on_commit(CommitHook(Box::new(move |task| write_through.committed(task))));
         let kafka = Kafka::connect(&config.kafka).await?;
         let producer_kafka = kafka.clone();
         let relay = OutboxRelay::new(store.clone(), Box::new(move || producer_kafka.producer()), metrics.clone())?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
+        // After a transition commits: the cache is written through, and this process's
+        // subscribers hear of the event at once instead of after the relay → Kafka →
+        // consumer round trip. The Kafka copy still comes; subscribers drop it by `seq`,
+        // and it is what other processes (and this one, for other writers) route.
+        let (write_through, local) = (cache.clone(), config.roles.api.then(|| hub.clone()));
+        store.on_commit(CommitHook(Box::new(move |task, event| {
+            write_through.committed(task);
+            if let (Some(hub), Some(event)) = (&local, event) {
+                hub.publish(taskwire_domain::TaskEnvelope::new(EnvelopeType::Status, task, event));
+            }
+        })));
         let consumer = if config.roles.api {
             let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
             let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
@@ -157,6 +166,7 @@ impl Application {
                 request_timeout: config.request_timeout,
             },
             kafka,
+            dispatch_group: dispatcher.as_ref().map(|(matcher, _)| matcher.membership()),
             metrics: metrics.clone(),
             ws: Arc::new(config.ws.clone()),
             ws_open: Arc::new(AtomicUsize::new(0)),

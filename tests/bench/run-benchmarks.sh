@@ -9,7 +9,7 @@
 # `real` needs MariaDB on 127.0.0.1:3306 (root, no password), Redis on 6379 and a
 # Kafka-compatible broker on 9092 (see .ci/run). Rate limits are off: the load generator
 # drives one subject hard on purpose. Results: one line per scenario on stdout, JSON in
-# $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json.
+# $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json (or $TASKWIRE_BENCH_OUT/…).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -19,9 +19,15 @@ scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(query-hot query-uniform create create-batch dispatch fanout)
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target}"
-cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin loadgen
-bin="$CARGO_TARGET_DIR/release"
-out="$CARGO_TARGET_DIR/bench"
+# TASKWIRE_BENCH_BIN: a directory holding prebuilt `taskwire` and `loadgen` binaries, used
+# instead of building this checkout (to compare two builds on the same machine state).
+if [ -n "${TASKWIRE_BENCH_BIN:-}" ]; then
+  bin=$TASKWIRE_BENCH_BIN
+else
+  cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin loadgen
+  bin="$CARGO_TARGET_DIR/release"
+fi
+out="${TASKWIRE_BENCH_OUT:-$CARGO_TARGET_DIR/bench}"
 mkdir -p "$out"
 port=18100
 url="http://127.0.0.1:$port"
@@ -50,8 +56,12 @@ start_server() {
   fi
   env "${env[@]}" "$bin/taskwire" >"$data/server.log" 2>&1 &
   server_pid=$!
+  # Ready, and the dispatcher has joined its consumer group: a fresh group assigns its
+  # first member only after the broker's initial rebalance delay (3 s), and until then
+  # the matcher dispatches by polling the database. The figures are for steady state;
+  # docs/BENCHMARKS.md measures that start-up window on its own.
   for _ in $(seq 120); do
-    if curl -fs "$url/readyz" >/dev/null 2>&1; then return 0; fi
+    if curl -fs "$url/readyz" 2>/dev/null | grep -q '"state":"joined"'; then return 0; fi
     sleep 0.5
   done
   echo "server did not become ready; log: $data/server.log" >&2

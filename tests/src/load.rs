@@ -54,6 +54,25 @@ pub fn latency_ms(mut micros: Vec<i64>) -> Value {
     })
 }
 
+/// Latencies grouped by the second (since `start`, µs) their sample began in: one
+/// `[second, count, p50 ms, p99 ms, max ms]` row per second that has samples. Shows
+/// whether a tail is spread out or comes in bursts, and when.
+pub fn timeline(start: i64, samples: &[(i64, i64)]) -> Value {
+    let mut by_second: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for &(began, micros) in samples {
+        by_second.entry((began - start).div_euclid(1_000_000)).or_default().push(micros);
+    }
+    let rows: Vec<Value> = by_second
+        .into_iter()
+        .map(|(second, mut micros)| {
+            micros.sort_unstable();
+            let at = |p: usize| micros[(micros.len() * p / 100).min(micros.len() - 1)] as f64 / 1000.0;
+            json!([second, micros.len(), at(50), at(99), at(100)])
+        })
+        .collect();
+    Value::Array(rows)
+}
+
 /// `p50/p95/p99/max ms` of a [`latency_ms`] value.
 pub fn brief(latency: &Value) -> String {
     let at = |key: &str| latency[key].as_f64().map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));

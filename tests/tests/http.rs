@@ -25,6 +25,33 @@ async fn readyz_names_each_dependency_and_is_ready_without_redis() {
 }
 
 #[tokio::test]
+async fn readyz_says_when_the_dispatcher_has_joined_its_group_without_making_it_a_condition() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get("/readyz").await;
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status, 200, "ready while the group is still forming: {body}");
+    let state = body["dispatcher"]["state"].as_str().unwrap_or_default().to_owned();
+    assert!(state == "joining" || state == "joined", "{body}");
+    // The group assigns its first member after the broker's initial rebalance delay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = app.get("/readyz").await;
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        if body["dispatcher"]["state"] == "joined" {
+            assert!(body["dispatcher"]["partitions"].as_u64().is_some_and(|p| p > 0), "the only member: {body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never joined: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let api_only = TestApp::spawn_with(&[("TASKWIRE_ROLES", "api")]).await;
+    let (_, body) = api_only.get("/readyz").await;
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert!(body.get("dispatcher").is_none(), "a process that does not dispatch says nothing: {body}");
+}
+
+#[tokio::test]
 async fn readyz_reports_an_unreachable_redis_as_degraded_but_stays_ready() {
     // Port 1 on loopback: nothing listens there, the connection is refused at once.
     let app = TestApp::spawn_with(&[("TASKWIRE_REDIS_URL", "redis://127.0.0.1:1")]).await;

@@ -124,8 +124,10 @@ async fn a_fenced_producer_is_replaced_and_the_outbox_still_drains() {
     assert_eq!(app.wait_for_metric("taskwire_outbox_backlog", |v| v == 0.0).await, 0.0, "the outbox drained");
 }
 
-/// A subscriber whose live feed is cut (brokers down, so the event never reaches Kafka)
-/// still gets the event: a few seconds later the hub's history sweep routes it.
+/// A subscriber whose live feed is cut (brokers down, so an event another writer commits
+/// never reaches Kafka) still gets the event: a few seconds later the hub's history sweep
+/// routes it. The other writer is played by raw SQL, as another Taskwire process would
+/// commit it: task row and `task_events` row together.
 #[tokio::test]
 async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
     let app = TestApp::spawn().await;
@@ -142,13 +144,59 @@ async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
 
     let down = cluster.clone();
     tokio::task::spawn_blocking(move || down.set_brokers_down()).await.expect("join").expect("brokers down");
-    app.gql(Some(&alice), "mutation($id: ID!) { cancelTask(id: $id) { status } }", json!({ "id": id })).await.data();
+    let now = chrono::Utc::now().timestamp_millis();
+    app.sql(&format!(
+        "UPDATE tasks SET status = 'CANCELLED', version = version + 1, last_seq = 2, updated_at = {now} WHERE id = '{id}'"
+    ))
+    .await;
+    app.sql(&format!(
+        "INSERT INTO task_events (task_id, seq, status, previous_status, attempt, at) \
+         VALUES ('{id}', 2, 'CANCELLED', 'QUEUED', 0, {now})"
+    ))
+    .await;
 
     let event = ws.next_data("t").await;
     assert_eq!(event["taskUpdated"], json!({ "seq": 2, "status": "CANCELLED" }));
     assert!(app.metric("taskwire_live_events_recovered_total").await >= 1.0, "the sweep routed the event");
     let up = cluster.clone();
     tokio::task::spawn_blocking(move || up.set_brokers_up()).await.expect("join").expect("brokers up");
+}
+
+/// A change this process commits reaches this process's subscribers at commit, without
+/// the Kafka round trip: with every broker down, the subscriber still hears of it, and
+/// not from the history sweep. The Kafka copy that follows once the brokers return is
+/// dropped by `seq`, so nothing is delivered twice.
+#[tokio::test]
+async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
+    let app = TestApp::spawn().await;
+    let Some(cluster) = app.require_embedded_cluster("a_change_committed_here_reaches_subscribers_here_without_kafka")
+    else {
+        return;
+    };
+    let alice = app.token("alice", &["client"]);
+    let first = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let second = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    const ROUTED: &str = "taskwire_status_events_total{outcome=\"routed\"}";
+    app.wait_for_metric(ROUTED, |v| v >= 2.0).await;
+    let mut ws = app.ws(TRANSPORT_WS).await;
+    ws.init(json!({ "authorization": format!("Bearer {alice}") })).await;
+    ws.subscribe("mine", "subscription { taskEvents { taskId seq status } }", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
+
+    let down = cluster.clone();
+    tokio::task::spawn_blocking(move || down.set_brokers_down()).await.expect("join").expect("brokers down");
+    app.gql(Some(&alice), cancel, json!({ "id": first })).await.data();
+    let event = ws.next_data("mine").await;
+    assert_eq!(event["taskEvents"], json!({ "taskId": first, "seq": 2, "status": "CANCELLED" }));
+    assert_eq!(app.metric("taskwire_live_events_recovered_total").await, 0.0, "not routed by the sweep");
+
+    let up = cluster.clone();
+    tokio::task::spawn_blocking(move || up.set_brokers_up()).await.expect("join").expect("brokers up");
+    assert!(app.wait_for_metric(ROUTED, |v| v >= 3.0).await >= 3.0, "the Kafka copy was routed too");
+    app.gql(Some(&alice), cancel, json!({ "id": second })).await.data();
+    let event = ws.next_data("mine").await;
+    assert_eq!(event["taskEvents"], json!({ "taskId": second, "seq": 2, "status": "CANCELLED" }), "no duplicate");
 }
 
 /// Reads `topic` from the beginning while `wanted` returns true.

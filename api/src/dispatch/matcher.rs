@@ -14,12 +14,15 @@
 //! At start, and every [`RECONCILE_EVERY`], tasks `QUEUED` in the database for a while
 //! that the set does not hold are added too: nothing waits forever for a message Kafka
 //! lost or a process that died holding it. While the matcher owns no partition (Kafka
-//! down, or the group not joined yet) it reconciles every second instead: dispatching
+//! down, or the group not joined yet) it reconciles every 250 ms instead: dispatching
 //! degrades to database polling rather than stopping.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -54,15 +57,48 @@ const OFFERS_PER_TRANSACTION: usize = 100;
 const BATCH: usize = 500;
 /// How often the ready set is reconciled with the database.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
-/// How often the ready set is reconciled while the matcher owns no partition.
-const UNASSIGNED_RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How often the ready set is reconciled while the matcher owns no partition (start-up
+/// until the group assigns it, rebalances, Kafka down): the dispatch latency then.
+const UNASSIGNED_RECONCILE_EVERY: Duration = Duration::from_millis(250);
 /// Tasks `QUEUED` for less than this are left to their Kafka message.
 const RECONCILE_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 
-/// Records partitions revoked by a consumer-group rebalance, for the matcher to drop.
+/// This process's place in the dispatcher consumer group: whether it has joined yet,
+/// and how many partitions it holds (`/readyz` reports it).
+///
+/// A fresh group assigns its first member only after the broker's initial rebalance
+/// delay (3 s by default, on Kafka and on the embedded mock alike); until then, and
+/// during later rebalances, the matcher dispatches by polling the database.
+#[derive(Debug, Clone)]
+pub struct GroupMembership {
+    /// -1 until the first assignment, then the partitions held.
+    partitions: Arc<AtomicI64>,
+}
+
+impl Default for GroupMembership {
+    fn default() -> Self {
+        GroupMembership { partitions: Arc::new(AtomicI64::new(-1)) }
+    }
+}
+
+impl GroupMembership {
+    /// `None` until the group has assigned this process (possibly nothing), then the
+    /// number of partitions it holds.
+    pub fn partitions(&self) -> Option<u32> {
+        u32::try_from(self.partitions.load(Ordering::Relaxed)).ok()
+    }
+
+    fn set(&self, partitions: usize) {
+        self.partitions.store(i64::try_from(partitions).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Records partitions revoked by a consumer-group rebalance, for the matcher to drop,
+/// and the assignment, for [`GroupMembership`].
 #[derive(Debug, Default, Clone)]
 pub struct RebalanceContext {
     revoked: Arc<Mutex<Vec<i32>>>,
+    membership: GroupMembership,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -73,6 +109,21 @@ impl ConsumerContext for RebalanceContext {
             && let Ok(mut revoked) = self.revoked.lock()
         {
             revoked.extend(list.elements().iter().map(|e| e.partition()));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                self.membership.set(partitions.len());
+                tracing::info!(?partitions, "dispatch partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                self.membership.set(0);
+                tracing::info!(partitions = list.count(), "dispatch partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "dispatch consumer rebalance failed"),
         }
     }
 }
@@ -113,6 +164,11 @@ impl Matcher {
         let wake = store.dispatch_signal();
         let ready = ReadySet::new(settings.ready_capacity);
         Matcher { store, settings, metrics, consumer: Arc::new(consumer), topic, wake, ready, buckets: HashMap::new() }
+    }
+
+    /// This process's membership in the dispatcher group (for `/readyz`).
+    pub fn membership(&self) -> GroupMembership {
+        self.consumer.context().membership.clone()
     }
 
     /// The dispatch consumer, shared (the lag sampler reads its positions).

@@ -44,6 +44,9 @@ const RESYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
 const RESYNC_LIMIT: u64 = 5_000;
 /// Tasks whose last `seq` a multi-task subscription remembers for de-duplication.
 const TRACKED_TASKS: usize = 50_000;
+/// Tasks whose offer events an `assignments` subscription remembers (so that the second
+/// copy of an offer event reads nothing); a worker holds at most its capacity at once.
+const OFFERS_TRACKED: usize = 1_024;
 /// Minimum spacing of `queueStats` updates.
 const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Silence after which an `assignments` subscriber re-reads its offers and `queueStats`
@@ -273,6 +276,7 @@ fn assignment_stream(
     async_stream::stream! {
         let _gauge = gauge;
         let mut delivered: HashSet<String> = HashSet::new();
+        let mut offers_heard = SeqTracker::bounded(OFFERS_TRACKED);
         let mut check = true;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
         loop {
@@ -295,8 +299,11 @@ fn assignment_stream(
             tokio::select! {
                 next = live.next_or_idle(IDLE_CHECK) => match next {
                     Next::Event(envelope) => {
+                        // Each offer is announced twice in the process that made it (at
+                        // commit, then from Kafka): only the first copy costs a read.
                         check = envelope.status == TaskStatus::Assigned
-                            && envelope.worker_id.as_deref() == Some(worker_id.as_str());
+                            && envelope.worker_id.as_deref() == Some(worker_id.as_str())
+                            && offers_heard.accept(&event_of(&envelope));
                     }
                     Next::Idle => check = true,
                     Next::Closed => return,
@@ -353,12 +360,24 @@ fn too_slow() -> async_graphql::Error {
 }
 
 /// The highest `seq` delivered per task, bounded in size.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SeqTracker {
     last: HashMap<TaskId, u32>,
+    limit: usize,
+}
+
+impl Default for SeqTracker {
+    fn default() -> Self {
+        SeqTracker::bounded(TRACKED_TASKS)
+    }
 }
 
 impl SeqTracker {
+    /// A tracker that remembers at most `limit` tasks.
+    fn bounded(limit: usize) -> Self {
+        SeqTracker { last: HashMap::new(), limit }
+    }
+
     fn last(&self, task: TaskId) -> Option<u32> {
         self.last.get(&task).copied()
     }
@@ -370,7 +389,7 @@ impl SeqTracker {
             if event.seq <= *last {
                 return false;
             }
-        } else if self.last.len() >= TRACKED_TASKS {
+        } else if self.last.len() >= self.limit {
             // Forget the tasks seen longest ago... approximately: start over. Only
             // de-duplication of very old tasks is affected.
             self.last.clear();

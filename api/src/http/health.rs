@@ -2,7 +2,8 @@
 //!
 //! `/healthz` answers 200 while the process runs. `/readyz` checks each dependency and
 //! answers 200 when the database and Kafka are usable (Redis down only degrades), 503
-//! otherwise, with a JSON body naming each dependency's state.
+//! otherwise, with a JSON body naming each dependency's state, and, in a process that
+//! dispatches, whether the dispatcher has joined its consumer group yet.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let code = if usable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let dependencies = json!({ "database": database, "kafka": kafka, "redis": redis });
-    (code, Json(json!({ "status": status, "dependencies": dependencies })))
+    let mut body = json!({ "status": status, "dependencies": dependencies });
+    if let Some(group) = &state.dispatch_group {
+        body["dispatcher"] = dispatcher(group);
+    }
+    (code, Json(body))
+}
+
+/// Informational, not part of the verdict: until the dispatcher group assigns this
+/// process (a few seconds after start), it dispatches by polling the database.
+fn dispatcher(group: &crate::dispatch::matcher::GroupMembership) -> Value {
+    match group.partitions() {
+        None => json!({ "state": "joining" }),
+        Some(partitions) => json!({ "state": "joined", "partitions": partitions }),
+    }
 }
 
 async fn check_database(state: &AppState) -> Value {

@@ -53,6 +53,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Kafka, for readiness.
     pub kafka: Kafka,
+    /// The dispatcher's consumer-group membership, for readiness (`dispatcher` role).
+    pub dispatch_group: Option<crate::dispatch::matcher::GroupMembership>,
     /// Metrics registry.
     pub metrics: Metrics,
     /// WebSocket settings.

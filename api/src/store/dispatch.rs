@@ -20,7 +20,7 @@ use taskwire_entity::{queue, task, worker};
 use super::{
     Store, WorkerRecord,
     admin::settings_from_row,
-    convert,
+    convert, shape,
     tasks::{Applied, apply},
 };
 use crate::error::{ApiError, ApiResult};
@@ -79,7 +79,7 @@ impl Store {
         let _gate = self.write_lock().await;
         let txn = self.db.begin().await?;
         let rows = task::Entity::find()
-            .filter(task::Column::Id.is_in(offers.iter().map(|o| o.id.to_string())))
+            .filter(task::Column::Id.is_in(shape::padded(offers.iter().map(|o| o.id.to_string()))))
             .all(&txn)
             .await?;
         let mut current = HashMap::with_capacity(rows.len());
@@ -315,7 +315,7 @@ impl Store {
             .column(task::Column::Queue)
             .column_as(task::Column::Id.count(), "n")
             .filter(task::Column::Status.is_in([TaskStatus::Assigned.as_str(), TaskStatus::Running.as_str()]))
-            .filter(task::Column::Queue.is_in(queues.iter().copied()))
+            .filter(task::Column::Queue.is_in(shape::padded(queues.iter().copied())))
             .group_by(task::Column::Queue)
             .into_tuple()
             .all(&self.db)
@@ -342,7 +342,8 @@ pub(super) async fn queue_settings_in<'a, C: ConnectionTrait>(
     if names.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = queue::Entity::find().filter(queue::Column::Name.is_in(names.iter().copied())).all(conn).await?;
+    let rows =
+        queue::Entity::find().filter(queue::Column::Name.is_in(shape::padded(names.iter().copied()))).all(conn).await?;
     let mut out = HashMap::with_capacity(names.len());
     for row in rows {
         let settings = settings_from_row(row)?;

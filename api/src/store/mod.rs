@@ -12,6 +12,7 @@ mod convert;
 mod dispatch;
 mod events;
 mod outbox;
+mod shape;
 mod tasks;
 
 use std::{
@@ -41,20 +42,21 @@ use crate::{config::Config, error::ApiResult};
 /// Counters about the database traffic of this process.
 #[derive(Debug, Default)]
 pub struct DbStats {
-    statements: AtomicU64,
     outbox_statements: AtomicU64,
+    other_statements: AtomicU64,
 }
 
 impl DbStats {
     /// SQL statements executed so far (including `BEGIN`/`COMMIT` where the driver issues them).
     pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+        self.outbox_statements.load(Ordering::Relaxed) + self.statements_outside_outbox()
     }
 
     /// Statements that touch no `outbox` table: what serving requests costs, without
-    /// the relay running beside it.
+    /// the relay running beside it. A counter of its own, so that reading it while the
+    /// relay runs cannot be off by one.
     pub fn statements_outside_outbox(&self) -> u64 {
-        self.statements() - self.outbox_statements.load(Ordering::Relaxed)
+        self.other_statements.load(Ordering::Relaxed)
     }
 }
 
@@ -115,12 +117,17 @@ pub struct Store {
     /// Queue of the transition-coalescing task (SQLite only, see `coalesce`); `None` in
     /// the handle that task itself uses, and on MySQL.
     transitions: Option<tokio::sync::mpsc::Sender<coalesce::PendingTransition>>,
-    /// Told about every task a transition committed (the cache's write-through).
+    /// Told about every task a transition committed (the cache's write-through and the
+    /// local hub).
     on_commit: Arc<std::sync::OnceLock<CommitHook>>,
 }
 
-/// What [`Store::on_commit`] calls with each task a transition committed.
-pub struct CommitHook(pub Box<dyn Fn(&taskwire_domain::task::Task) + Send + Sync>);
+/// What [`Store::on_commit`] calls with each task a transition committed, and the event
+/// the transition appended (a heartbeat-style change appends none).
+#[allow(clippy::type_complexity)]
+pub struct CommitHook(
+    pub Box<dyn Fn(&taskwire_domain::task::Task, Option<&taskwire_domain::task::TaskEvent>) + Send + Sync>,
+);
 
 impl std::fmt::Debug for CommitHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,9 +162,9 @@ impl Store {
                     .foreign_keys(true)
             });
         } else {
-            // Every distinct statement text is prepared once per connection and cached;
-            // the default (100) is too small for multi-row inserts and `IN` lists of
-            // every length, and replacing an evicted statement stalls a commit.
+            // Every distinct statement text is prepared once per connection and cached.
+            // `shape` keeps the texts to a few dozen; the cache size is headroom above that
+            // (replacing an evicted statement stalled MariaDB commits, see `shape`).
             let cache = config.database_statement_cache;
             options.map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache));
         }
@@ -165,10 +172,12 @@ impl Store {
         let stats = Arc::new(DbStats::default());
         let counter = stats.clone();
         db.set_metric_callback(move |info| {
-            if info.statement.sql.contains("outbox") {
-                counter.outbox_statements.fetch_add(1, Ordering::Relaxed);
-            }
-            counter.statements.fetch_add(1, Ordering::Relaxed);
+            let kind = if info.statement.sql.contains("outbox") {
+                &counter.outbox_statements
+            } else {
+                &counter.other_statements
+            };
+            kind.fetch_add(1, Ordering::Relaxed);
         });
         let mut store = Store {
             db,
@@ -210,8 +219,8 @@ impl Store {
     }
 
     /// Registers the hook told about every task a transition commits, in this process,
-    /// right after the commit (before the status event exists). Only the first
-    /// registration counts.
+    /// right after the commit (before the relay has published its status event). Only
+    /// the first registration counts.
     pub fn on_commit(&self, hook: CommitHook) {
         let _ = self.on_commit.set(hook);
     }
@@ -261,7 +270,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let rows = worker::Entity::find().filter(worker::Column::Id.is_in(ids.iter().cloned())).all(&self.db).await?;
+        let rows = worker::Entity::find()
+            .filter(worker::Column::Id.is_in(shape::padded(ids.iter().cloned())))
+            .all(&self.db)
+            .await?;
         rows.into_iter().map(convert::worker_from_row).collect()
     }
 }

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use taskwire_entity::outbox;
 
-use super::{Store, convert};
+use super::{Store, convert, shape};
 use crate::error::ApiResult;
 
 /// A message waiting to be published.
@@ -106,7 +106,8 @@ impl Store {
             return Ok(0);
         }
         let _gate = self.write_lock().await;
-        let deleted = outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(ids)).exec(&self.db).await?;
+        let deleted =
+            outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(shape::padded(ids))).exec(&self.db).await?;
         Ok(deleted.rows_affected)
     }
 }
@@ -117,7 +118,7 @@ async fn mark_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> Res
     }
     outbox::Entity::update_many()
         .col_expr(outbox::Column::PublishedAt, Expr::value(convert::to_ms(Utc::now())))
-        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .filter(outbox::Column::Id.is_in(shape::padded(ids.iter().copied())))
         .exec(db)
         .await?;
     Ok(())

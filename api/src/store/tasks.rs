@@ -1,6 +1,6 @@
 //! Task reads and writes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -17,7 +17,7 @@ use taskwire_entity::{outbox, queue, task, task_event};
 use super::{
     Store,
     coalesce::{PendingTransition, Step},
-    convert,
+    convert, shape,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -94,7 +94,7 @@ impl Store {
             return Ok(vec![]);
         }
         let rows = task::Entity::find()
-            .filter(task::Column::Id.is_in(ids.iter().map(ToString::to_string)))
+            .filter(task::Column::Id.is_in(shape::padded(ids.iter().map(ToString::to_string))))
             .all(&self.db)
             .await?;
         rows.into_iter().map(convert::task_from_row).collect()
@@ -154,6 +154,7 @@ impl Store {
         }
         // A window function keeps the result bounded however long a task's history is.
         // MySQL 8, MariaDB 10.2+ and SQLite 3.25+ all support it.
+        let ids = shape::padded(ids.iter().map(ToString::to_string));
         let placeholders = vec!["?"; ids.len()].join(", ");
         let sql = format!(
             "SELECT id, task_id, seq, status, previous_status, attempt, worker_id, message, `at` FROM (\
@@ -161,7 +162,7 @@ impl Store {
                FROM task_events e WHERE task_id IN ({placeholders})\
              ) ranked WHERE rn <= ? ORDER BY task_id, seq"
         );
-        let mut values: Vec<sea_orm::Value> = ids.iter().map(|id| id.to_string().into()).collect();
+        let mut values: Vec<sea_orm::Value> = ids.into_iter().map(Into::into).collect();
         values.push(i64::from(last).into());
         let stmt = Statement::from_sql_and_values(self.backend(), sql, values);
         let rows = task_event::Model::find_by_statement(stmt).all(&self.db).await?;
@@ -245,7 +246,7 @@ impl Store {
             return Ok(Err(DomainError::IdempotencyConflict.into()));
         }
         if !rows.is_empty() {
-            task::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+            shape::insert_all(&txn, rows).await?;
             self.append_history(&txn, &transitions).await?;
         }
         txn.commit().await?;
@@ -324,7 +325,7 @@ impl Store {
         let _gate = self.write_lock().await;
         let txn = self.db.begin().await?;
         let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
-        let rows = task::Entity::find().filter(task::Column::Id.is_in(ids)).all(&txn).await?;
+        let rows = task::Entity::find().filter(task::Column::Id.is_in(shape::padded(ids))).all(&txn).await?;
         let mut current = HashMap::with_capacity(rows.len());
         for row in rows {
             let task = convert::task_from_row(row)?;
@@ -406,7 +407,7 @@ impl Store {
     /// matcher (freed worker capacity) after transitions committed.
     pub(super) fn after_commit(&self, changes: &[(&Task, &Transition)]) {
         if let Some(hook) = self.on_commit.get() {
-            changes.iter().for_each(|(_, t)| (hook.0)(&t.task));
+            changes.iter().for_each(|(_, t)| (hook.0)(&t.task, t.event.as_ref()));
         }
         if changes.iter().any(|(_, t)| t.event.is_some()) {
             self.outbox_signal.notify_one();
@@ -446,8 +447,8 @@ impl Store {
             }
         }
         if !events.is_empty() {
-            task_event::Entity::insert_many(events).exec_without_returning(txn).await?;
-            outbox::Entity::insert_many(messages).exec_without_returning(txn).await?;
+            shape::insert_all(txn, events).await?;
+            shape::insert_all(txn, messages).await?;
         }
         Ok(())
     }
@@ -521,7 +522,7 @@ async fn queue_max_attempts(
     if names.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = queue::Entity::find().filter(queue::Column::Name.is_in(names)).all(txn).await?;
+    let rows = queue::Entity::find().filter(queue::Column::Name.is_in(shape::padded(names))).all(txn).await?;
     Ok(rows
         .into_iter()
         .filter_map(|q| {
@@ -537,29 +538,74 @@ async fn existing_by_key(
     txn: &DatabaseTransaction,
     batch: &[NewTask],
 ) -> Result<HashMap<(String, String), (String, Task)>, DbErr> {
-    let mut by_creator: HashMap<&str, Vec<&str>> = HashMap::new();
-    for new in batch {
-        if let Some(key) = &new.idempotency_key {
-            by_creator.entry(new.created_by.as_str()).or_default().push(key.as_str());
-        }
-    }
-    if by_creator.is_empty() {
+    let wanted: HashSet<(&str, &str)> = batch
+        .iter()
+        .filter_map(|new| Some((new.created_by.as_str(), new.idempotency_key.as_ref()?.as_str())))
+        .collect();
+    if wanted.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut condition = Condition::any();
-    for (creator, keys) in by_creator {
-        condition = condition.add(
-            Condition::all().add(task::Column::CreatedBy.eq(creator)).add(task::Column::IdempotencyKey.is_in(keys)),
-        );
-    }
-    let rows = task::Entity::find().filter(condition).all(txn).await?;
+    // Two `IN` lists (a range scan of the unique (creator, key) index) instead of one
+    // condition per creator, so the statement's shape does not depend on how the keys
+    // are spread over creators; pairs crossing creators are dropped below.
+    let creators: BTreeSet<&str> = wanted.iter().map(|(creator, _)| *creator).collect();
+    let keys: BTreeSet<&str> = wanted.iter().map(|(_, key)| *key).collect();
+    let rows = task::Entity::find()
+        .filter(task::Column::CreatedBy.is_in(shape::padded(creators)))
+        .filter(task::Column::IdempotencyKey.is_in(shape::padded(keys)))
+        .all(txn)
+        .await?;
     let mut out = HashMap::new();
     for row in rows {
-        let (creator, key, hash) = (row.created_by.clone(), row.idempotency_key.clone(), row.input_hash.clone());
-        let task = convert::task_from_row(row).map_err(|_| DbErr::Custom("corrupt task row".into()))?;
-        if let Some(key) = key {
-            out.insert((creator, key), (hash, task));
+        let Some(key) = row.idempotency_key.clone() else { continue };
+        if !wanted.contains(&(row.created_by.as_str(), key.as_str())) {
+            continue;
         }
+        let (creator, hash) = (row.created_by.clone(), row.input_hash.clone());
+        let task = convert::task_from_row(row).map_err(|_| DbErr::Custom("corrupt task row".into()))?;
+        out.insert((creator, key), (hash, task));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use taskwire_domain::CreateTaskInput;
+
+    use super::*;
+    use crate::store::test_store;
+
+    fn keyed(creator: &str, key: &str, kind: &str) -> NewTask {
+        let input = CreateTaskInput {
+            queue: "q".into(),
+            kind: kind.into(),
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        };
+        NewTask::parse(input, creator, Utc::now()).expect("valid input")
+    }
+
+    #[tokio::test]
+    async fn a_batch_resolves_idempotency_keys_per_creator() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let first = vec![keyed("alice", "k1", "a"), keyed("bob", "k2", "b")];
+        let first = store.create_tasks(first, CreateMode::PerInput, None).await.expect("created");
+        // Each key is now taken by one creator; the other creator's same key is free.
+        let batch = vec![
+            keyed("alice", "k1", "a"),
+            keyed("bob", "k1", "c"),
+            keyed("alice", "k2", "d"),
+            keyed("bob", "k2", "other"),
+        ];
+        let outcomes = store.create_tasks(batch, CreateMode::PerInput, None).await.expect("resolved");
+        let CreateOutcome::Created(alice_k1) = &first[0] else { panic!("created: {:?}", first[0]) };
+        assert!(
+            matches!(&outcomes[0], CreateOutcome::Existing(t) if t.id == alice_k1.id),
+            "alice's k1 is her first task"
+        );
+        assert!(matches!(&outcomes[1], CreateOutcome::Created(t) if t.kind.as_str() == "c"), "bob's k1 is new");
+        assert!(matches!(&outcomes[2], CreateOutcome::Created(t) if t.kind.as_str() == "d"), "alice's k2 is new");
+        assert_eq!(outcomes[3], CreateOutcome::Conflict, "bob's k2 with another input");
+    }
 }

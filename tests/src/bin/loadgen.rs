@@ -49,7 +49,7 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use taskwire_tests::{
-    load::{self, add_errors, brief, latency_ms, lock, post},
+    load::{self, add_errors, brief, latency_ms, lock, post, timeline},
     worker::{Handler, Outcome, Worker, WorkerConfig, WorkerStats},
 };
 use tokio::{net::TcpStream, sync::Semaphore};
@@ -881,6 +881,7 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
     let (mut created, mut assigned, mut succeeded, mut missed_creation, mut unacknowledged) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut to_assigned, mut to_succeeded, mut end_to_end) = (Vec::new(), Vec::new(), Vec::new());
+    let mut assigned_by_creation = Vec::new();
     let mut last_success = None;
     for times in tasks.values() {
         let Some(acked) = times.acked else {
@@ -894,6 +895,7 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         if let Some(at) = times.assigned {
             assigned += 1;
             to_assigned.extend(times.created.map(|c| at - c));
+            assigned_by_creation.extend(times.created.map(|c| (c, at - c)));
         }
         if let Some(at) = times.succeeded {
             succeeded += 1;
@@ -971,6 +973,7 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         },
         "throughput": { "created_per_second": created_per_second, "succeeded_per_second": succeeded_per_second },
         "latency_ms": latency,
+        "created_to_assigned_by_second": timeline(creation_started, &assigned_by_creation),
         "events": observed.statuses,
         "errors": errors,
     });
