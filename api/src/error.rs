@@ -177,15 +177,17 @@ impl From<DbErr> for ApiError {
 /// Whether the database error means "try again later" rather than a bug: the pool is
 /// exhausted or closed, the connection broke, or the row lock could not be had in time.
 pub fn is_unavailable(err: &DbErr) -> bool {
+    if is_lock_conflict(err) {
+        return true;
+    }
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             match e.deref() {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
                 sqlx::Error::Database(db) => {
-                    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-                        // 1205 lock wait timeout, 1213 deadlock.
-                        return matches!(mysql.number(), 1205 | 1213);
+                    if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some() {
+                        return false;
                     }
                     // SQLite BUSY (5, and its extended 261/517) and LOCKED (6).
                     matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517"))
@@ -194,6 +196,20 @@ pub fn is_unavailable(err: &DbErr) -> bool {
                 _ => false,
             }
         }
+        _ => false,
+    }
+}
+
+/// Whether the database error is MySQL's "deadlock found" (1213: the transaction was
+/// rolled back) or "lock wait timeout" (1205), which a writer may retry from the start.
+pub fn is_lock_conflict(err: &DbErr) -> bool {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.deref() {
+            sqlx::Error::Database(db) => db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|mysql| matches!(mysql.number(), 1205 | 1213)),
+            _ => false,
+        },
         _ => false,
     }
 }

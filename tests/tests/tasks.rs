@@ -388,7 +388,7 @@ async fn listing_rejects_bad_page_sizes_and_cursors() {
 }
 
 #[tokio::test]
-async fn listing_fifty_tasks_with_events_and_workers_takes_at_most_three_statements() {
+async fn listing_fifty_tasks_with_events_and_workers_takes_a_few_statements_not_one_per_task() {
     // API role only: the dispatcher's background queries would be counted too.
     let app = TestApp::spawn_with(&[("TASKWIRE_ROLES", "api")]).await;
     let alice = app.token("alice", &["client"]);
@@ -415,7 +415,11 @@ async fn listing_fifty_tasks_with_events_and_workers_takes_at_most_three_stateme
     let edges = response.data()["tasks"]["edges"].as_array().expect("edges").clone();
     assert_eq!(edges.len(), 50);
     assert!(edges.iter().all(|e| e["node"]["events"][0]["seq"] == 1 && e["node"]["worker"]["id"].is_string()));
-    assert!(statements <= 3, "expected at most 3 SQL statements (tasks, events, workers), saw {statements}");
+    // Three when each DataLoader takes all its keys in one batch (tasks, events, workers).
+    // A loader gathers keys for 1 ms from the first request; a descheduled thread (CI runs
+    // many tests on two cores) can spill the rest into a second batch. Unbatched would be
+    // 1 + 50 + 50.
+    assert!(statements <= 6, "expected at most 2 batches per loader, saw {statements} statements");
 }
 
 #[tokio::test]

@@ -11,13 +11,16 @@
 //! bounds the wait). The task ends when the last `Store` handle is dropped.
 //!
 //! Workers' lease transitions (`acceptTask`, `completeTask`, `failTask`, `releaseTask`)
-//! are coalesced the same way on SQLite, where every write transaction waits for the
-//! previous one: a batch reads its tasks and queue settings once, applies each decision
-//! conditionally on the task's version, and commits once (`Store::transition_many`). A
-//! decision that fails answers its own caller; one that lost a race to another writer is
-//! retried alone. On MySQL each transition stays its own transaction: transitions of
-//! different tasks commit in parallel there (group commit shares the fsyncs), and batches
-//! committed side by side would lock worker rows in different orders and deadlock.
+//! are coalesced the same way: a batch reads its tasks and queue settings once, applies
+//! each decision conditionally on the task's version, and commits once
+//! (`Store::transition_many`). A decision that fails answers its own caller; one that
+//! lost a race to another writer is retried alone. On SQLite this is what lets a worker's
+//! transitions keep up at all (every write transaction waits for the previous one); on
+//! MySQL it turns ~8 round trips and a commit per transition into a few statements per
+//! transition and one commit per batch. There is one transition committer on both
+//! backends: two batches committed side by side would lock worker rows in different
+//! orders and deadlock each other. A batch locks its task rows in id order, and one that
+//! still loses a deadlock to another writer (an offer, the reaper) is run again.
 
 use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task::Task};
 use tokio::sync::{mpsc, oneshot};
@@ -102,7 +105,7 @@ impl Store {
 }
 
 // ---------------------------------------------------------------------------------------
-// Task transitions (SQLite)
+// Task transitions
 
 /// A transition decision: the task's next state from its current state and its queue's
 /// settings.
@@ -133,7 +136,7 @@ pub(super) enum Step {
     Raced,
 }
 
-/// Starts the transition committer for `store` (SQLite: one).
+/// Starts the (one) transition committer for `store`.
 pub(super) fn start_transitions(store: Store) -> mpsc::Sender<PendingTransition> {
     let (tx, mut rx) = mpsc::channel::<PendingTransition>(QUEUE);
     tokio::spawn(async move {
@@ -183,7 +186,7 @@ impl Store {
     /// Applies a state change that needs the task's queue settings (lease length,
     /// backoff) under the optimistic lock: `decide` sees the current task and returns the
     /// transition or an error; on a lost race it is called again with the fresh state.
-    /// Committed together with concurrent transitions on SQLite (see the module docs).
+    /// Committed together with concurrent transitions (see the module docs).
     pub async fn transition_in_queue<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
     where
         F: Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static,
@@ -297,6 +300,71 @@ mod tests {
         }
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 0, "both slots freed");
+    }
+
+    /// On MySQL a batch that loses a deadlock is rolled back by InnoDB and run again: its
+    /// callers never see it. The deadlock is made on purpose: another transaction, bigger
+    /// so that InnoDB picks the batch as the victim, locks task `b`; the batch completes
+    /// `a` (locking worker `w1`) and then waits for `b`; the other transaction then asks
+    /// for `w1`.
+    #[tokio::test]
+    async fn on_mysql_a_batch_that_loses_a_deadlock_is_run_again() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let Some((store, url)) =
+            crate::store::mysql_test_store("on_mysql_a_batch_that_loses_a_deadlock_is_run_again").await
+        else {
+            return;
+        };
+        let mut tasks = offered(&store).await;
+        tasks.sort();
+        let ((a, token_a), (b, token_b)) = (tasks[0].clone(), tasks[1].clone());
+        store.transition_in_queue(a, None, accept(&token_a)).await.expect("a accepted");
+
+        let other = sea_orm::Database::connect(&url).await.expect("second connection");
+        let blocker = other.begin().await.expect("begin");
+        for i in 0..20 {
+            blocker
+                .execute_unprepared(&format!(
+                    "INSERT INTO queues (name, paused, created_at, updated_at) VALUES ('filler{i}', 0, 0, 0)"
+                ))
+                .await
+                .expect("filler row");
+        }
+        blocker.execute_unprepared(&format!("SELECT id FROM tasks WHERE id = '{b}' FOR UPDATE")).await.expect("lock b");
+
+        let pending = |id: TaskId, decide: Decide| {
+            let (reply, _answer) = oneshot::channel();
+            PendingTransition { id, traceparent: None, decide, reply }
+        };
+        let batch_store = store.clone();
+        let batch = tokio::spawn(async move {
+            let batch = vec![pending(a, Box::new(complete(&token_a))), pending(b, Box::new(accept(&token_b)))];
+            batch_store.transition_many(&batch).await
+        });
+        // Until the batch waits for `b` (it holds `w1` by then). No other test of this
+        // binary uses MySQL, so the waiting transaction is the batch.
+        let waiting = "SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'";
+        for polls in 0.. {
+            let row = other.query_one_raw(sea_orm::Statement::from_string(other.get_database_backend(), waiting));
+            let n: i64 = row.await.expect("innodb_trx").expect("a row").try_get("", "n").expect("count");
+            if n > 0 {
+                break;
+            }
+            assert!(polls < 1_000, "the batch never waited for task b's lock");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let deadlocked =
+            blocker.execute_unprepared("UPDATE workers SET updated_at = updated_at + 1 WHERE id = 'w1'").await;
+        assert!(deadlocked.is_ok(), "InnoDB rolled back the smaller transaction, the batch: {deadlocked:?}");
+        blocker.rollback().await.expect("rollback");
+
+        let steps = batch.await.expect("joined").expect("the batch committed on its second run");
+        assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Succeeded), "{steps:?}");
+        assert!(matches!(&steps[1], Step::Done(t) if t.status == TaskStatus::Running), "{steps:?}");
+        let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
+        assert_eq!(worker[0].active, 1, "a's slot freed once, b still holds one");
+        let _ =
+            other.execute_unprepared(&format!("DROP DATABASE `{}`", url.rsplit('/').next().unwrap_or_default())).await;
     }
 
     #[tokio::test]

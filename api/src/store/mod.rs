@@ -114,8 +114,8 @@ pub struct Store {
     /// Queue of the commit-coalescing task (see `coalesce`); `None` in the handle that
     /// task itself uses.
     coalescer: Option<tokio::sync::mpsc::Sender<coalesce::Pending>>,
-    /// Queue of the transition-coalescing task (SQLite only, see `coalesce`); `None` in
-    /// the handle that task itself uses, and on MySQL.
+    /// Queue of the transition-coalescing task (see `coalesce`); `None` in the handle
+    /// that task itself uses.
     transitions: Option<tokio::sync::mpsc::Sender<coalesce::PendingTransition>>,
     /// Told about every task a transition committed (the cache's write-through and the
     /// local hub).
@@ -195,9 +195,7 @@ impl Store {
         // closes (and its committer ends) when the last outside handle is dropped.
         let base = store.clone();
         store.coalescer = Some(coalesce::start(base.clone(), committers));
-        if sqlite {
-            store.transitions = Some(coalesce::start_transitions(base));
-        }
+        store.transitions = Some(coalesce::start_transitions(base));
         Ok(store)
     }
 
@@ -287,6 +285,36 @@ pub(crate) async fn test_store(dir: &Path) -> Store {
     let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
     taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
     store
+}
+
+/// A migrated store on a fresh schema of the MySQL/MariaDB server named by
+/// `TASKWIRE_TEST_DATABASE_URL` (any database in the URL is ignored), with that schema's
+/// URL; `None`, after the standard skip notice naming `test`, when the variable is unset.
+#[cfg(test)]
+pub(crate) async fn mysql_test_store(test: &str) -> Option<(Store, String)> {
+    use sea_orm_migration::MigratorTrait;
+    let Some(url) = std::env::var("TASKWIRE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: TASKWIRE_TEST_DATABASE_URL is not set (CI sets it; see README, Testing)"
+        );
+        return None;
+    };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("mysql", &url));
+    let server = format!("{scheme}://{}", rest.split(['/', '?']).next().unwrap_or(rest));
+    let schema = format!("taskwire_unit_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let admin = Database::connect(&server).await.expect("MySQL server reachable");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+        .await
+        .expect("schema created");
+    let _ = admin.close().await;
+    let url = format!("{server}/{schema}");
+    let env = [("TASKWIRE_DATABASE_URL".to_owned(), url.clone())].into();
+    let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
+    taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
+    Some((store, url))
 }
 
 /// The file path of a `sqlite:` URL, if it names a file.

@@ -321,7 +321,26 @@ impl Store {
     /// the version read (a task appearing twice sees its first change), and everything
     /// commits together with its history. One [`Step`] per transition, in order; an error
     /// means nothing was committed.
+    ///
+    /// On MySQL a batch can deadlock with another writer that locks the same task and
+    /// worker rows in the other order (an offer, the reaper). InnoDB then rolls the batch
+    /// back, so it is simply run again, up to [`LOCK_CONFLICT_RETRIES`] times in all.
     pub(super) async fn transition_many(&self, batch: &[PendingTransition]) -> ApiResult<Vec<Step>> {
+        let mut attempt = 1;
+        loop {
+            match self.transition_many_once(batch).await {
+                Ok(steps) => return Ok(steps),
+                Err(BatchError::LockConflict(e)) if attempt < LOCK_CONFLICT_RETRIES => {
+                    tracing::debug!(error = %e, attempt, batch = batch.len(), "transition batch lost a lock conflict; again");
+                    attempt += 1;
+                }
+                Err(BatchError::LockConflict(e)) => return Err(e.into()),
+                Err(BatchError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn transition_many_once(&self, batch: &[PendingTransition]) -> Result<Vec<Step>, BatchError> {
         let _gate = self.write_lock().await;
         let txn = self.db.begin().await?;
         let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
@@ -332,21 +351,27 @@ impl Store {
             current.insert(task.id, task);
         }
         let settings = super::dispatch::queue_settings_in(&txn, current.values().map(|t| t.queue.as_str())).await?;
-        let mut steps = Vec::with_capacity(batch.len());
+        let mut steps: Vec<Option<Step>> = (0..batch.len()).map(|_| None).collect();
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
-        for pending in batch {
+        // Rows are locked in task-id order (a stable sort keeps one task's transitions in
+        // their order), as a worker's heartbeat locks its running tasks: the two cannot
+        // deadlock on MySQL.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].id);
+        for i in order {
+            let pending = &batch[i];
             let Some(before) = current.get(&pending.id).cloned() else {
-                steps.push(Step::Failed(ApiError::NotFound("task")));
+                steps[i] = Some(Step::Failed(ApiError::NotFound("task")));
                 continue;
             };
             let Some(queue) = settings.get(&before.queue) else {
-                steps.push(Step::Failed(ApiError::Internal));
+                steps[i] = Some(Step::Failed(ApiError::Internal));
                 continue;
             };
             let transition = match (pending.decide)(&before, queue) {
                 Ok(transition) => transition,
                 Err(e) => {
-                    steps.push(Step::Failed(e));
+                    steps[i] = Some(Step::Failed(e));
                     continue;
                 }
             };
@@ -358,29 +383,31 @@ impl Store {
                 Some(savepoint) => apply(savepoint, &before, &transition).await?,
                 None => apply(&txn, &before, &transition).await?,
             };
-            match applied {
+            steps[i] = Some(match applied {
                 Applied::Done => {
                     if let Some(savepoint) = savepoint {
                         savepoint.commit().await?;
                     }
                     current.insert(pending.id, transition.task.clone());
-                    steps.push(Step::Done(Box::new(transition.task.clone())));
-                    made.push((before, transition, pending.traceparent.as_deref()));
+                    made.push((before, transition.clone(), pending.traceparent.as_deref()));
+                    Step::Done(Box::new(transition.task))
                 }
                 Applied::Raced => {
                     if let Some(savepoint) = savepoint {
                         savepoint.rollback().await?;
                     }
-                    steps.push(Step::Raced);
+                    Step::Raced
                 }
                 Applied::NoCapacity => {
                     if let Some(savepoint) = savepoint {
                         savepoint.rollback().await?;
                     }
-                    steps.push(Step::Failed(ApiError::Conflict("the worker has no free capacity".into())));
+                    Step::Failed(ApiError::Conflict("the worker has no free capacity".into()))
                 }
-            }
+            });
         }
+        // Every index was visited once above; `Internal` cannot be reached.
+        let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect();
         self.commit_changes(txn, &made).await?;
         Ok(steps)
     }
@@ -451,6 +478,31 @@ impl Store {
             shape::insert_all(txn, messages).await?;
         }
         Ok(())
+    }
+}
+
+/// Runs of a coalesced transition batch, at most, when it keeps losing lock conflicts.
+const LOCK_CONFLICT_RETRIES: usize = 3;
+
+/// Why one run of a transition batch failed.
+#[derive(Debug)]
+enum BatchError {
+    /// MySQL rolled the batch back to break a deadlock, or a row lock timed out: nothing
+    /// committed, run it again.
+    LockConflict(DbErr),
+    /// Anything else, already as the callers will see it.
+    Other(ApiError),
+}
+
+impl From<DbErr> for BatchError {
+    fn from(err: DbErr) -> Self {
+        if crate::error::is_lock_conflict(&err) { BatchError::LockConflict(err) } else { BatchError::Other(err.into()) }
+    }
+}
+
+impl From<ApiError> for BatchError {
+    fn from(err: ApiError) -> Self {
+        BatchError::Other(err)
     }
 }
 
