@@ -342,7 +342,8 @@ mod tests {
             batch_store.transition_many(&batch).await
         });
         // Until the batch waits for `b` (it holds `w1` by then). No other test of this
-        // binary uses MySQL, so the waiting transaction is the batch.
+        // binary uses MySQL, so the waiting transaction is the batch. InnoDB refreshes
+        // what INNODB_TRX shows at most every 100 ms, and not while it is read more often.
         let waiting = "SELECT COUNT(*) AS n FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'";
         for polls in 0.. {
             let row = other.query_one_raw(sea_orm::Statement::from_string(other.get_database_backend(), waiting));
@@ -350,8 +351,8 @@ mod tests {
             if n > 0 {
                 break;
             }
-            assert!(polls < 1_000, "the batch never waited for task b's lock");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            assert!(polls < 100, "the batch never waited for task b's lock");
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         }
         let deadlocked =
             blocker.execute_unprepared("UPDATE workers SET updated_at = updated_at + 1 WHERE id = 'w1'").await;
