@@ -260,7 +260,16 @@ async fn metrics_are_valid_prometheus_text_with_the_operational_series() {
     app.gql(Some(&token), "query GetTask($id: ID!) { task(id: $id) { id } }", json!({ "id": id })).await;
     app.gql(Some(&token), "{ nope }", json!({})).await;
 
-    let text = app.metrics().await;
+    // The task-status gauges come from a background sampler whose first round runs beside
+    // these requests: wait (bounded) until it has reported once.
+    let mut text = app.metrics().await;
+    for _ in 0..100 {
+        if text.contains("taskwire_tasks{") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        text = app.metrics().await;
+    }
 
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(comment) = line.strip_prefix('#') {

@@ -120,7 +120,7 @@ const STATUS_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 /// every 15 s. One `GROUP BY` over the status index per round; runs with the dispatcher.
 pub async fn run_status_sampler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
     loop {
-        match store.status_counts().await {
+        let pause = match store.status_counts().await {
             Ok(counts) => {
                 for status in TaskStatus::ALL {
                     let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
@@ -129,12 +129,17 @@ pub async fn run_status_sampler(store: Store, metrics: Metrics, shutdown: Cancel
                         .with_label_values(&[status.as_str()])
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
+                STATUS_SAMPLE_INTERVAL
             }
-            Err(_) => tracing::debug!("task status sample failed; retrying next round"),
-        }
+            Err(e) => {
+                // Soon again: until a round succeeds, the gauges are missing or stale.
+                tracing::warn!(error = ?e, "task status sample failed; retrying in 1 s");
+                Duration::from_secs(1)
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(STATUS_SAMPLE_INTERVAL) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
