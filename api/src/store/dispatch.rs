@@ -2,7 +2,7 @@
 //! of due tasks (scheduler, reaper), worker liveness and the matcher's view of queues
 //! and workers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -21,7 +21,7 @@ use super::{
     Store, WorkerRecord,
     admin::settings_from_row,
     convert, shape,
-    tasks::{Applied, apply},
+    tasks::{Applied, apply, release_slots},
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -88,40 +88,46 @@ impl Store {
             current.insert(task.id, task);
         }
         let now = Utc::now();
-        let mut outcomes = Vec::with_capacity(offers.len());
+        let mut outcomes: Vec<Option<OfferOutcome>> = (0..offers.len()).map(|_| None).collect();
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
-        for offer in offers {
+        // Worker rows are locked in id order (a stable sort keeps each worker's offers in
+        // dispatch order): the lock order of every writer (see `transition_many`).
+        let mut order: Vec<usize> = (0..offers.len()).collect();
+        order.sort_by(|&a, &b| offers[a].worker_id.cmp(&offers[b].worker_id));
+        for i in order {
+            let (offer, outcome) = (&offers[i], &mut outcomes[i]);
             let Some(before) = current.remove(&offer.id) else {
-                outcomes.push(OfferOutcome::NotQueued);
+                *outcome = Some(OfferOutcome::NotQueued);
                 continue;
             };
             let command =
                 Command::Offer { worker_id: offer.worker_id.clone(), lease_token: LeaseToken::generate(), expires_at };
             let Ok(transition) = machine::transition(&before, command, now) else {
-                outcomes.push(OfferOutcome::NotQueued);
+                *outcome = Some(OfferOutcome::NotQueued);
                 continue;
             };
             let savepoint = txn.begin().await?;
-            match apply(&savepoint, &before, &transition).await? {
+            *outcome = Some(match apply(&savepoint, &before, &transition, None).await? {
                 Applied::Done => {
                     savepoint.commit().await?;
-                    outcomes.push(OfferOutcome::Offered(Box::new(transition.task.clone())));
-                    made.push((before, transition, offer.traceparent.as_deref()));
+                    made.push((before, transition.clone(), offer.traceparent.as_deref()));
+                    OfferOutcome::Offered(Box::new(transition.task))
                 }
                 // Changed since it was read: no longer ours to offer (a `QUEUED` task only
                 // leaves by an offer, a cancel or its deadline).
                 Applied::Raced => {
                     savepoint.rollback().await?;
-                    outcomes.push(OfferOutcome::NotQueued);
+                    OfferOutcome::NotQueued
                 }
                 Applied::NoCapacity => {
                     savepoint.rollback().await?;
-                    outcomes.push(OfferOutcome::WorkerUnavailable);
+                    OfferOutcome::WorkerUnavailable
                 }
-            }
+            });
         }
         self.commit_changes(txn, &made).await?;
-        Ok(outcomes)
+        // Every offer was visited once above.
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(OfferOutcome::NotQueued)).collect())
     }
 
     /// Claims up to `limit` tasks that are `due` and applies to each the command
@@ -197,15 +203,19 @@ impl Store {
         let tasks = rows.into_iter().map(convert::task_from_row).collect::<ApiResult<Vec<_>>>()?;
         let settings = queue_settings_in(&txn, tasks.iter().map(|t| t.queue.as_str())).await?;
         let mut changes: Vec<(Task, Transition)> = Vec::with_capacity(tasks.len());
+        // Worker slots are freed last, in worker-id order: the lock order of every writer
+        // (see `transition_many`).
+        let mut releases = BTreeMap::new();
         for current in tasks {
             let Some(queue) = settings.get(&current.queue) else { continue };
             let Ok(transition) = machine::transition(&current, decide(&current, queue), now) else { continue };
             // Rows are locked (MySQL) or the gate is held (SQLite): a race means another
             // writer slipped in, so the task simply waits for the next sweep.
-            if apply(&txn, &current, &transition).await? == Applied::Done {
+            if apply(&txn, &current, &transition, Some(&mut releases)).await? == Applied::Done {
                 changes.push((current, transition));
             }
         }
+        release_slots(&txn, releases, convert::to_ms(now)).await?;
         let history: Vec<(Transition, Option<&str>)> = changes.iter().map(|(_, t)| (t.clone(), None)).collect();
         self.append_history(&txn, &history).await?;
         txn.commit().await?;

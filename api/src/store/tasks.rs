@@ -1,6 +1,6 @@
 //! Task reads and writes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -295,7 +295,7 @@ impl Store {
                 false => None,
             };
             let transition = decide(&current, settings.as_ref())?;
-            match apply(&txn, &current, &transition).await? {
+            match apply(&txn, &current, &transition, None).await? {
                 Applied::Done => {}
                 Applied::Raced => {
                     txn.rollback().await?;
@@ -353,11 +353,13 @@ impl Store {
         let settings = super::dispatch::queue_settings_in(&txn, current.values().map(|t| t.queue.as_str())).await?;
         let mut steps: Vec<Option<Step>> = (0..batch.len()).map(|_| None).collect();
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
-        // Rows are locked in task-id order (a stable sort keeps one task's transitions in
-        // their order), as a worker's heartbeat locks its running tasks: the two cannot
-        // deadlock on MySQL.
+        // Task rows are locked in id order (a stable sort keeps one task's transitions in
+        // their order), as a worker's heartbeat locks its running tasks; then the worker
+        // rows whose slots the batch frees, in worker-id order, as offers reserve them
+        // (`offer_many`). One lock order for every writer: no deadlocks on MySQL.
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].id);
+        let mut releases: BTreeMap<String, i64> = BTreeMap::new();
         for i in order {
             let pending = &batch[i];
             let Some(before) = current.get(&pending.id).cloned() else {
@@ -380,8 +382,8 @@ impl Store {
             let leases = !before.status.is_leased() && transition.task.status.is_leased();
             let savepoint = if leases { Some(txn.begin().await?) } else { None };
             let applied = match &savepoint {
-                Some(savepoint) => apply(savepoint, &before, &transition).await?,
-                None => apply(&txn, &before, &transition).await?,
+                Some(savepoint) => apply(savepoint, &before, &transition, Some(&mut releases)).await?,
+                None => apply(&txn, &before, &transition, Some(&mut releases)).await?,
             };
             steps[i] = Some(match applied {
                 Applied::Done => {
@@ -406,6 +408,7 @@ impl Store {
                 }
             });
         }
+        release_slots(&txn, releases, convert::to_ms(Utc::now())).await?;
         // Every index was visited once above; `Internal` cannot be reached.
         let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect();
         self.commit_changes(txn, &made).await?;
@@ -521,8 +524,14 @@ pub(super) enum Applied {
 /// Updates the task row conditionally on the version `before` was read at, and keeps
 /// the worker's `active` count in step (DESIGN.md §2, invariant 4): a transition that
 /// leases the task reserves a slot with a conditional update (`active < capacity`, worker
-/// `ONLINE`); one that ends a lease frees the slot, in the same transaction.
-pub(super) async fn apply(txn: &DatabaseTransaction, before: &Task, next: &Transition) -> Result<Applied, DbErr> {
+/// `ONLINE`); one that ends a lease frees the slot, in the same transaction: at once, or,
+/// with `releases`, counted there for [`release_slots`] to free at the end.
+pub(super) async fn apply(
+    txn: &DatabaseTransaction,
+    before: &Task,
+    next: &Transition,
+    releases: Option<&mut BTreeMap<String, i64>>,
+) -> Result<Applied, DbErr> {
     use sea_orm::sea_query::{Expr, ExprTrait};
     use taskwire_entity::worker;
     let updated = task::Entity::update_many()
@@ -552,17 +561,38 @@ pub(super) async fn apply(txn: &DatabaseTransaction, before: &Task, next: &Trans
         }
         (true, false) => {
             let worker_id = before.worker_id.clone().unwrap_or_default();
-            worker::Entity::update_many()
-                .col_expr(worker::Column::Active, Expr::col(worker::Column::Active).sub(1))
-                .col_expr(worker::Column::UpdatedAt, Expr::value(now))
-                .filter(worker::Column::Id.eq(worker_id))
-                .filter(worker::Column::Active.gt(0))
-                .exec(txn)
-                .await?;
+            match releases {
+                Some(releases) => *releases.entry(worker_id).or_default() += 1,
+                None => release_slots(txn, [(worker_id, 1)].into(), now).await?,
+            }
         }
         _ => {}
     }
     Ok(Applied::Done)
+}
+
+/// Frees `n` slots of each worker of `releases` (never below 0), one statement per worker,
+/// in worker-id order.
+pub(super) async fn release_slots(
+    txn: &DatabaseTransaction,
+    releases: BTreeMap<String, i64>,
+    now: i64,
+) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
+    use taskwire_entity::worker;
+    for (worker_id, n) in releases {
+        let freed = CaseStatement::new()
+            .case(Expr::col(worker::Column::Active).gte(n), Expr::col(worker::Column::Active).sub(n))
+            .finally(0);
+        worker::Entity::update_many()
+            .col_expr(worker::Column::Active, freed.into())
+            .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+            .filter(worker::Column::Id.eq(worker_id))
+            .filter(worker::Column::Active.gt(0))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The configured `maxAttempts` of the queues of inputs that do not set their own.
