@@ -203,14 +203,19 @@ pub fn is_unavailable(err: &DbErr) -> bool {
 /// Whether the database error is MySQL's "deadlock found" (1213: the transaction was
 /// rolled back) or "lock wait timeout" (1205), which a writer may retry from the start.
 pub fn is_lock_conflict(err: &DbErr) -> bool {
+    database_error(err)
+        .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|mysql| matches!(mysql.number(), 1205 | 1213))
+}
+
+/// The error the database itself answered with, if that is what `err` is.
+fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
     match err {
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.deref() {
-            sqlx::Error::Database(db) => db
-                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|mysql| matches!(mysql.number(), 1205 | 1213)),
-            _ => false,
+            sqlx::Error::Database(db) => Some(db.as_ref()),
+            _ => None,
         },
-        _ => false,
+        _ => None,
     }
 }
 

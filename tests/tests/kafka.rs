@@ -1,12 +1,13 @@
 //! The Kafka backbone under failure: nothing acknowledged is lost, nothing is duplicated.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use rdkafka::{
     ClientConfig, Message,
     consumer::{Consumer, StreamConsumer},
 };
 use serde_json::{Value, json};
+use taskwire_api::kafka::EmbeddedCluster;
 use taskwire_tests::{TestApp, ws::TRANSPORT_WS};
 
 const CREATE_MANY: &str = "mutation($i: [CreateTaskInput!]!) { createTasks(inputs: $i) { task { id } } }";
@@ -27,8 +28,7 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
     ws.subscribe("all", "subscription { taskEvents { taskId seq status } }", json!({})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let down = cluster.clone();
-    tokio::task::spawn_blocking(move || down.set_brokers_down()).await.expect("join").expect("brokers down");
+    set_brokers(&cluster, false).await;
 
     let mut created = HashSet::new();
     for _ in 0..10 {
@@ -45,8 +45,7 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
         app.metric("taskwire_outbox_backlog").await > 0.0 || app.metric("taskwire_outbox_published_total").await == 0.0
     );
 
-    let up = cluster.clone();
-    tokio::task::spawn_blocking(move || up.set_brokers_up()).await.expect("join").expect("brokers up");
+    set_brokers(&cluster, true).await;
 
     // Every task reaches the live subscriber, exactly once.
     let mut delivered = HashSet::new();
@@ -142,8 +141,7 @@ async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
     ws.subscribe("t", "subscription($id: ID!) { taskUpdated(id: $id) { seq status } }", json!({ "id": id })).await;
     assert_eq!(ws.next_data("t").await["taskUpdated"]["seq"], 1);
 
-    let down = cluster.clone();
-    tokio::task::spawn_blocking(move || down.set_brokers_down()).await.expect("join").expect("brokers down");
+    set_brokers(&cluster, false).await;
     let now = chrono::Utc::now().timestamp_millis();
     app.sql(&format!(
         "UPDATE tasks SET status = 'CANCELLED', version = version + 1, last_seq = 2, updated_at = {now} WHERE id = '{id}'"
@@ -158,8 +156,7 @@ async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
     let event = ws.next_data("t").await;
     assert_eq!(event["taskUpdated"], json!({ "seq": 2, "status": "CANCELLED" }));
     assert!(app.metric("taskwire_live_events_recovered_total").await >= 1.0, "the sweep routed the event");
-    let up = cluster.clone();
-    tokio::task::spawn_blocking(move || up.set_brokers_up()).await.expect("join").expect("brokers up");
+    set_brokers(&cluster, true).await;
 }
 
 /// A change this process commits reaches this process's subscribers at commit, without
@@ -184,19 +181,26 @@ async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
 
-    let down = cluster.clone();
-    tokio::task::spawn_blocking(move || down.set_brokers_down()).await.expect("join").expect("brokers down");
+    set_brokers(&cluster, false).await;
     app.gql(Some(&alice), cancel, json!({ "id": first })).await.data();
     let event = ws.next_data("mine").await;
     assert_eq!(event["taskEvents"], json!({ "taskId": first, "seq": 2, "status": "CANCELLED" }));
     assert_eq!(app.metric("taskwire_live_events_recovered_total").await, 0.0, "not routed by the sweep");
 
-    let up = cluster.clone();
-    tokio::task::spawn_blocking(move || up.set_brokers_up()).await.expect("join").expect("brokers up");
+    set_brokers(&cluster, true).await;
     assert!(app.wait_for_metric(ROUTED, |v| v >= 3.0).await >= 3.0, "the Kafka copy was routed too");
     app.gql(Some(&alice), cancel, json!({ "id": second })).await.data();
     let event = ws.next_data("mine").await;
     assert_eq!(event["taskEvents"], json!({ "taskId": second, "seq": 2, "status": "CANCELLED" }), "no duplicate");
+}
+
+/// Takes every broker of the embedded cluster down (`up = false`) or brings them back
+/// (librdkafka's mock calls block, so off the runtime).
+async fn set_brokers(cluster: &Arc<EmbeddedCluster>, up: bool) {
+    let cluster = cluster.clone();
+    let switched =
+        tokio::task::spawn_blocking(move || if up { cluster.set_brokers_up() } else { cluster.set_brokers_down() });
+    switched.await.expect("join").expect("brokers switched");
 }
 
 /// Reads `topic` from the beginning while `wanted` returns true.
