@@ -48,6 +48,10 @@ pub struct Metrics {
     pub dispatch_latency: Histogram,
     /// Dispatch messages consumed, by outcome (`queued`, `stale`, `duplicate`, `invalid`).
     pub dispatch_messages: IntCounterVec,
+    /// Tasks that became `QUEUED` in this process, handed to its matcher at commit, by
+    /// outcome (`fed`; `dropped` when the matcher's local feed was full and the task was
+    /// left to its Kafka announcement).
+    pub dispatch_local: IntCounterVec,
     /// Tasks moved by the reaper and scheduler, by reason (`promoted`, `offer_expired`,
     /// `lease_expired`, `deadline`, `worker_offline`).
     pub reaped: IntCounterVec,
@@ -154,6 +158,11 @@ impl Metrics {
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),
             dispatch_latency,
             dispatch_messages: counter_vec("dispatch_messages_total", "Dispatch messages consumed", &["outcome"]),
+            dispatch_local: counter_vec(
+                "dispatch_local_total",
+                "Tasks queued in this process handed to its matcher at commit",
+                &["outcome"],
+            ),
             reaped: counter_vec("reaped_total", "Tasks moved by the reaper and scheduler", &["reason"]),
             workers_expired: counter("workers_expired_total", "Workers marked OFFLINE after their TTL"),
             outbox_backlog: gauge("outbox_backlog", "Outbox rows not yet published to Kafka"),

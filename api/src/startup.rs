@@ -9,7 +9,7 @@ use std::sync::{Arc, atomic::AtomicUsize};
 
 use rdkafka::consumer::StreamConsumer;
 use sea_orm_migration::MigratorTrait;
-use taskwire_domain::EnvelopeType;
+use taskwire_domain::{EnvelopeType, TaskEnvelope, machine::Effect};
 use taskwire_migration::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -101,15 +101,41 @@ impl Application {
         let producer_kafka = kafka.clone();
         let relay = OutboxRelay::new(store.clone(), Box::new(move || producer_kafka.producer()), metrics.clone())?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
-        // After a transition commits: the cache is written through, and this process's
-        // subscribers hear of the event at once instead of after the relay → Kafka →
-        // consumer round trip. The Kafka copy still comes; subscribers drop it by `seq`,
-        // and it is what other processes (and this one, for other writers) route.
-        let (write_through, local) = (cache.clone(), config.roles.api.then(|| hub.clone()));
-        store.on_commit(CommitHook(Box::new(move |task, event| {
-            write_through.committed(task);
-            if let (Some(hub), Some(event)) = (&local, event) {
-                hub.publish(taskwire_domain::TaskEnvelope::new(EnvelopeType::Status, task, event));
+        let dispatcher = if config.roles.dispatcher {
+            let topic = kafka.topics().for_envelope(EnvelopeType::Dispatch);
+            let group = format!("{}.dispatcher", config.kafka.topic_prefix);
+            let consumer = kafka.dispatch_consumer(&group, &topic)?;
+            Some((
+                Matcher::new(store.clone(), config.dispatch.clone(), metrics.clone(), consumer, topic),
+                config.dispatch.clone(),
+            ))
+        } else {
+            None
+        };
+        // After a change commits, this process acts on it at once instead of after the
+        // relay → Kafka → consumer round trip: a transition's task is written through to
+        // the cache and its event reaches this process's subscribers; a task that became
+        // `QUEUED` (created or not) reaches this process's matcher. The Kafka copies still
+        // come: subscribers and the matcher drop them, and they are what other processes
+        // (and this one, for other writers) act on. Creations reach subscribers and the
+        // cache only through Kafka: nobody has read or followed a new task yet, a burst of
+        // them would push hot tasks out of L1, and the create path stays lean.
+        let write_through = cache.clone();
+        let local_hub = config.roles.api.then(|| hub.clone());
+        let local_matcher = dispatcher.as_ref().map(|(matcher, _)| matcher.local_feed());
+        store.on_commit(CommitHook(Box::new(move |change, traceparent| {
+            let creation = change.event.as_ref().is_some_and(|e| e.previous_status.is_none());
+            if !creation {
+                write_through.committed(&change.task);
+            }
+            let Some(event) = &change.event else { return };
+            if let Some(hub) = local_hub.as_ref().filter(|_| !creation) {
+                hub.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
+            }
+            if let Some(feed) = &local_matcher
+                && change.effects.contains(&Effect::Dispatch)
+            {
+                feed.announce(TaskEnvelope::new(EnvelopeType::Dispatch, &change.task, event), traceparent);
             }
         })));
         let consumer = if config.roles.api {
@@ -119,17 +145,6 @@ impl Application {
             // Fixed before serving: every status event committed from now on reaches us.
             consumer::assign_at_end(consumer.clone(), status_topic).await?;
             Some(consumer)
-        } else {
-            None
-        };
-        let dispatcher = if config.roles.dispatcher {
-            let topic = kafka.topics().for_envelope(EnvelopeType::Dispatch);
-            let group = format!("{}.dispatcher", config.kafka.topic_prefix);
-            let consumer = kafka.dispatch_consumer(&group, &topic)?;
-            Some((
-                Matcher::new(store.clone(), config.dispatch.clone(), metrics.clone(), consumer, topic),
-                config.dispatch.clone(),
-            ))
         } else {
             None
         };

@@ -93,6 +93,38 @@ async fn a_task_flows_from_queued_to_succeeded_through_an_accepted_offer() {
     assert_eq!(task.data()["task"]["worker"]["activeTasks"], 0);
 }
 
+/// A task queued by this process reaches this process's matcher at commit (the local
+/// feed), not only through its Kafka announcement; that announcement, when it comes, finds
+/// the task offered (or held) already, and the task is offered once.
+#[tokio::test]
+async fn a_task_queued_here_is_fed_to_this_matcher_at_commit_and_offered_once() {
+    let app = TestApp::spawn().await;
+    let mut worker = ManualWorker::start(&app, "w1", &["q"], 2).await;
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+
+    let (offered, _, _) = worker.next_offer().await;
+    assert_eq!(offered, id);
+    assert_eq!(app.metric("taskwire_dispatch_local_total{outcome=\"fed\"}").await, 1.0, "fed at commit");
+    // The Kafka copy arrives later (on a real broker, once the dispatcher group has
+    // formed): it is placed as stale (offered already) or a duplicate (still held).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let placed = app.metric("taskwire_dispatch_messages_total{outcome=\"stale\"}").await
+            + app.metric("taskwire_dispatch_messages_total{outcome=\"duplicate\"}").await;
+        if placed >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the Kafka announcement never came");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let task =
+        app.gql(Some(&alice), "query($id: ID!) { task(id: $id) { events { status } } }", json!({ "id": id })).await;
+    let statuses: Vec<&str> =
+        task.data()["task"]["events"].as_array().expect("events").iter().filter_map(|e| e["status"].as_str()).collect();
+    assert_eq!(statuses, ["QUEUED", "ASSIGNED"], "offered once");
+}
+
 #[tokio::test]
 async fn worker_calls_need_the_current_lease() {
     let app = TestApp::spawn().await;

@@ -353,34 +353,41 @@ async fn a_slow_subscriber_stays_bounded_while_a_fast_one_keeps_receiving_in_ord
     fast.subscribe("fast", events, json!({})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // ~18 MB of events for the slow socket: more than loopback buffers absorb.
+    // ~18 MB of events for each socket: more than loopback buffers absorb. The fast
+    // client reads while the tasks are being created, as a live client does.
     let big = "x".repeat(60 * 1024);
-    let mut created = Vec::new();
-    for _ in 0..10 {
-        let inputs: Vec<Value> = (0..30).map(|_| json!({ "queue": "q", "kind": "k", "payload": big })).collect();
-        let response = app
-            .gql(
-                Some(&alice),
-                "mutation($i: [CreateTaskInput!]!) { createTasks(inputs: $i) { task { id } } }",
-                json!({ "i": inputs }),
-            )
-            .await;
-        for payload in response.data()["createTasks"].as_array().cloned().unwrap_or_default() {
-            created.push(payload["task"]["id"].as_str().unwrap_or_default().to_owned());
+    let (batches, per_batch) = (10, 30);
+    let creating = async {
+        let mut created = Vec::new();
+        for _ in 0..batches {
+            let inputs: Vec<Value> =
+                (0..per_batch).map(|_| json!({ "queue": "q", "kind": "k", "payload": big })).collect();
+            let response = app
+                .gql(
+                    Some(&alice),
+                    "mutation($i: [CreateTaskInput!]!) { createTasks(inputs: $i) { task { id } } }",
+                    json!({ "i": inputs }),
+                )
+                .await;
+            for payload in response.data()["createTasks"].as_array().cloned().unwrap_or_default() {
+                created.push(payload["task"]["id"].as_str().unwrap_or_default().to_owned());
+            }
         }
-    }
-
-    let mut last_seq: HashMap<String, i64> = HashMap::new();
-    let mut received = 0;
-    while received < created.len() {
-        let data = fast.next_data("fast").await;
-        let event = &data["taskEvents"];
-        let task = event["taskId"].as_str().unwrap_or_default().to_owned();
-        let seq = event["seq"].as_i64().unwrap_or_default();
-        let previous = last_seq.insert(task, seq);
-        assert!(previous.is_none_or(|p| seq == p + 1), "in order, without gaps or repeats");
-        received += 1;
-    }
+        created
+    };
+    let reading = async {
+        let mut last_seq: HashMap<String, i64> = HashMap::new();
+        for _ in 0..batches * per_batch {
+            let data = fast.next_data("fast").await;
+            let event = &data["taskEvents"];
+            let task = event["taskId"].as_str().unwrap_or_default().to_owned();
+            let seq = event["seq"].as_i64().unwrap_or_default();
+            let previous = last_seq.insert(task, seq);
+            assert!(previous.is_none_or(|p| seq == p + 1), "in order, without gaps or repeats");
+        }
+        last_seq
+    };
+    let (created, last_seq) = tokio::join!(creating, reading);
     assert_eq!(last_seq.len(), created.len(), "every task's event reached the fast subscriber once");
     assert!(created.iter().all(|id| last_seq.get(id) == Some(&1)));
 

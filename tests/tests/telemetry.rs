@@ -156,6 +156,7 @@ async fn a_request_and_the_kafka_messages_it_causes_are_exported_as_one_trace_un
                 && named(spans, "kafka.publish").len() >= 2
                 && !named(spans, "kafka.status").is_empty()
                 && !named(spans, "kafka.dispatch").is_empty()
+                && !named(spans, "dispatch.local").is_empty()
         })
         .await;
 
@@ -184,6 +185,9 @@ async fn a_request_and_the_kafka_messages_it_causes_are_exported_as_one_trace_un
             "{consumed} is a child of the publish to {topic}: {spans:#?}"
         );
     }
+    // This process's matcher also heard of the task at commit, under the request's span.
+    let local = named(&spans, "dispatch.local").into_iter().next().expect("fed to the local matcher");
+    assert_eq!(local.parent_span_id, graphql.span_id, "{local:#?}");
     let status = named(&spans, "kafka.status").into_iter().next().expect("consumed");
     assert_eq!(status.attribute("status"), Some("QUEUED"), "{status:#?}");
     assert_eq!(status.attribute("seq"), Some("1"), "{status:#?}");

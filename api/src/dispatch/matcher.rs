@@ -10,6 +10,13 @@
 //! transaction (see `Store::offer`); the database, not this loop, guarantees that a task
 //! has one lease and a worker never exceeds its capacity.
 //!
+//! In a process that also serves the API, a task that becomes `QUEUED` here reaches the
+//! matcher at commit through a bounded [`LocalFeed`] as well, so it is offered without
+//! waiting for the relay → Kafka → consumer round trip. The Kafka copy still comes: it is
+//! what other processes act on, and here it finds the task offered already (stale) or
+//! still held (its offset is then tied to the held task). A full feed drops the newest
+//! task, which then simply waits for its Kafka copy.
+//!
 //! Offsets are committed only below the lowest task not yet placed, so a crash replays.
 //! At start, and every [`RECONCILE_EVERY`], tasks `QUEUED` in the database for a while
 //! that the set does not hold are added too: nothing waits forever for a message Kafka
@@ -34,13 +41,13 @@ use rdkafka::{
     message::{BorrowedMessage, Headers},
 };
 use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus, task::Task};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     DispatchSettings,
     bucket::TokenBucket,
-    ready::{Entry, ReadySet},
+    ready::{Entry, ReadySet, Source},
 };
 use crate::{
     metrics::Metrics,
@@ -53,8 +60,10 @@ use crate::{
 const TICK: Duration = Duration::from_millis(200);
 /// Offers made in one transaction (a round makes more in several).
 const OFFERS_PER_TRANSACTION: usize = 100;
-/// Messages taken from Kafka per batch at most.
+/// Messages taken from Kafka (or the local feed) per batch at most.
 const BATCH: usize = 500;
+/// Tasks the local feed holds for the matcher at most (see [`LocalFeed`]).
+pub const LOCAL_FEED_CAPACITY: usize = 4_096;
 /// How often the ready set is reconciled with the database.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the ready set is reconciled while the matcher owns no partition (start-up
@@ -144,6 +153,36 @@ pub struct Matcher {
     wake: Arc<Notify>,
     ready: ReadySet,
     buckets: HashMap<String, TokenBucket>,
+    /// Tasks queued by this process, straight from their commit; `None` once every
+    /// sender is gone.
+    local: Option<mpsc::Receiver<Announcement>>,
+    feed: LocalFeed,
+}
+
+/// Hands tasks that became `QUEUED` in this process to its matcher at commit (the store's
+/// commit hook calls [`LocalFeed::announce`]). Bounded: when the matcher is
+/// [`LOCAL_FEED_CAPACITY`] behind, the newest task is dropped (counted as
+/// `dispatch_local_total{outcome="dropped"}`) and is offered from its Kafka announcement
+/// instead, like a task queued by another process. Never waits: it runs on the commit path.
+#[derive(Debug, Clone)]
+pub struct LocalFeed {
+    tx: mpsc::Sender<Announcement>,
+    metrics: Metrics,
+}
+
+impl LocalFeed {
+    /// Announces `envelope` (a dispatch envelope) to the matcher, unless the feed is full.
+    pub fn announce(&self, envelope: TaskEnvelope, traceparent: Option<&str>) {
+        let announcement =
+            Announcement { source: None, envelope: Some(envelope), traceparent: traceparent.map(str::to_owned) };
+        let outcome = match self.tx.try_send(announcement) {
+            Ok(()) => "fed",
+            Err(mpsc::error::TrySendError::Full(_)) => "dropped",
+            // The matcher has stopped (shutdown): Kafka holds the announcement.
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        };
+        self.metrics.dispatch_local.with_label_values(&[outcome]).inc();
+    }
 }
 
 impl std::fmt::Debug for Matcher {
@@ -163,7 +202,26 @@ impl Matcher {
     ) -> Self {
         let wake = store.dispatch_signal();
         let ready = ReadySet::new(settings.ready_capacity);
-        Matcher { store, settings, metrics, consumer: Arc::new(consumer), topic, wake, ready, buckets: HashMap::new() }
+        let (tx, local) = mpsc::channel(LOCAL_FEED_CAPACITY);
+        let feed = LocalFeed { tx, metrics: metrics.clone() };
+        Matcher {
+            store,
+            settings,
+            metrics,
+            consumer: Arc::new(consumer),
+            topic,
+            wake,
+            ready,
+            buckets: HashMap::new(),
+            local: Some(local),
+            feed,
+        }
+    }
+
+    /// The feed through which this process's commits hand newly `QUEUED` tasks to this
+    /// matcher.
+    pub fn local_feed(&self) -> LocalFeed {
+        self.feed.clone()
     }
 
     /// This process's membership in the dispatcher group (for `/readyz`).
@@ -190,6 +248,19 @@ impl Matcher {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
+                local = next_local(&mut self.local), if !self.ready.is_full() => match local {
+                    Some(first) => {
+                        batch.push(first);
+                        let room = self.settings.ready_capacity.saturating_sub(self.ready.len()).min(BATCH);
+                        while batch.len() < room {
+                            match self.local.as_mut().map(mpsc::Receiver::try_recv) {
+                                Some(Ok(next)) => batch.push(next),
+                                _ => break,
+                            }
+                        }
+                    }
+                    None => self.local = None,
+                },
                 message = self.consumer.recv(), if !self.ready.is_full() => match message {
                     Ok(message) => {
                         batch.push(Announcement::read(&message));
@@ -231,15 +302,26 @@ impl Matcher {
         tracing::info!("matcher stopped");
     }
 
-    /// Adds the announced tasks that are still `QUEUED` (one query per batch). Each
-    /// message is handled in a `kafka.dispatch` span, a child of the trace context in its
-    /// headers when spans are exported.
+    /// Adds the announced tasks that are still `QUEUED` (one query per batch for those
+    /// from Kafka). Each is handled in a span (`kafka.dispatch` for a message, a child of
+    /// the trace context in its headers; `dispatch.local` for the local feed, a child of
+    /// the request that queued the task) when spans are exported.
     async fn ingest(&mut self, batch: Vec<Announcement>) {
         if batch.is_empty() {
             return;
         }
-        let ids: Vec<TaskId> = batch.iter().filter_map(|a| a.envelope.as_ref()).filter_map(|e| e.id()).collect();
-        let current = match self.store.tasks_by_ids(&ids).await {
+        // Local announcements come straight from their commit: only Kafka's need checking.
+        let ids: Vec<TaskId> = batch
+            .iter()
+            .filter(|a| a.source.is_some())
+            .filter_map(|a| a.envelope.as_ref())
+            .filter_map(|e| e.id())
+            .collect();
+        let current = match ids.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.store.tasks_by_ids(&ids).await,
+        };
+        let current = match current {
             Ok(tasks) => Some(tasks.into_iter().map(|t| (t.id, t)).collect::<HashMap<_, _>>()),
             Err(e) => {
                 // Keep every announcement: the offer transaction checks the status anyway.
@@ -248,31 +330,38 @@ impl Matcher {
             }
         };
         for announcement in batch {
-            let span = tracing::info_span!(
-                "kafka.dispatch",
-                otel.kind = "consumer",
-                task_id = announcement.envelope.as_ref().map(|e| e.task_id.as_str()),
-                partition = announcement.partition,
-                offset = announcement.offset,
-                outcome = tracing::field::Empty,
-            );
+            let task_id = announcement.envelope.as_ref().map(|e| e.task_id.as_str());
+            let span = match announcement.source {
+                Some((partition, offset)) => tracing::info_span!(
+                    "kafka.dispatch",
+                    otel.kind = "consumer",
+                    task_id,
+                    partition,
+                    offset,
+                    outcome = tracing::field::Empty,
+                ),
+                None => tracing::info_span!("dispatch.local", task_id, outcome = tracing::field::Empty),
+            };
             if let Some(traceparent) = &announcement.traceparent {
                 telemetry::set_remote_parent(&span, traceparent);
             }
+            let local = announcement.source.is_none();
             let outcome = span.in_scope(|| self.place(announcement, current.as_ref()));
             span.record("outcome", outcome);
-            self.metrics.dispatch_messages.with_label_values(&[outcome]).inc();
+            if !local {
+                self.metrics.dispatch_messages.with_label_values(&[outcome]).inc();
+            }
         }
     }
 
-    /// Holds one announced task, or marks its message placed; returns the outcome.
+    /// Holds one announced task, or marks its message (if from Kafka) placed; returns the
+    /// outcome. `current` holds the state of the tasks announced on Kafka (`None`: not
+    /// known); a local announcement is trusted as it comes, straight from its commit.
     fn place(&mut self, announcement: Announcement, current: Option<&HashMap<TaskId, Task>>) -> &'static str {
-        let source = (announcement.partition, announcement.offset);
-        let Some(envelope) = announcement.envelope.filter(|e| e.kind == EnvelopeType::Dispatch) else {
-            self.ready.placed_on_arrival(source);
-            return "invalid";
-        };
-        let Some(id) = envelope.id() else {
+        let source = announcement.source;
+        let Some((id, envelope)) =
+            announcement.envelope.filter(|e| e.kind == EnvelopeType::Dispatch).and_then(|e| e.id().map(|id| (id, e)))
+        else {
             self.ready.placed_on_arrival(source);
             return "invalid";
         };
@@ -282,7 +371,7 @@ impl Matcher {
             priority: envelope.priority,
             run_at: envelope.run_at,
             queued_at: envelope.at,
-            source: Some(source),
+            source,
             traceparent: announcement.traceparent,
             avoid: envelope
                 .previous_status
@@ -290,7 +379,7 @@ impl Matcher {
                 .then(|| envelope.worker_id.clone())
                 .flatten(),
         };
-        if let Some(tasks) = current {
+        if let (Some(tasks), Some(_)) = (current, source) {
             match tasks.get(&id) {
                 Some(task) if task.status == TaskStatus::Queued => {
                     entry.priority = task.priority;
@@ -469,10 +558,11 @@ fn least_loaded<'a>(workers: &'a mut [WorkerRecord], queue: &str, avoid: Option<
     })
 }
 
-/// A dispatch message, decoded.
+/// A dispatch announcement, decoded: a Kafka message, or a task queued by this process
+/// (no source).
+#[derive(Debug)]
 struct Announcement {
-    partition: i32,
-    offset: i64,
+    source: Option<Source>,
     envelope: Option<TaskEnvelope>,
     traceparent: Option<String>,
 }
@@ -488,11 +578,18 @@ impl Announcement {
                 .map(str::to_owned)
         });
         Announcement {
-            partition: message.partition(),
-            offset: message.offset(),
+            source: Some((message.partition(), message.offset())),
             envelope: message.payload().and_then(|p| serde_json::from_slice(p).ok()),
             traceparent,
         }
+    }
+}
+
+/// The next local announcement; never resolves once the feed is gone.
+async fn next_local(local: &mut Option<mpsc::Receiver<Announcement>>) -> Option<Announcement> {
+    match local {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -533,5 +630,48 @@ mod tests {
         assert_eq!(pick(&mut workers, "q", Some("big")).as_deref(), Some("big"), "when nobody else is free");
         workers.retain(|w| w.id != "big");
         assert!(pick(&mut workers, "q", None).is_none(), "a full worker is never chosen");
+    }
+
+    fn envelope_template() -> TaskEnvelope {
+        TaskEnvelope {
+            v: 1,
+            kind: EnvelopeType::Dispatch,
+            task_id: String::new(),
+            seq: 1,
+            status: TaskStatus::Queued,
+            previous_status: None,
+            queue: "q".into(),
+            attempt: 0,
+            worker_id: None,
+            at: Utc::now(),
+            created_by: "alice".into(),
+            version: 1,
+            priority: 0,
+            run_at: Utc::now(),
+            message: None,
+        }
+    }
+
+    #[test]
+    fn a_full_local_feed_drops_the_newest_task_and_counts_it() {
+        let metrics = Metrics::new();
+        let (tx, mut rx) = mpsc::channel(2);
+        let feed = LocalFeed { tx, metrics: metrics.clone() };
+        let task = |n: u8| {
+            let id = TaskId::generate(Utc::now());
+            TaskEnvelope { task_id: id.to_string(), priority: n, ..envelope_template() }
+        };
+        let sent: Vec<TaskEnvelope> = (0..3).map(task).collect();
+        for envelope in &sent {
+            feed.announce(envelope.clone(), None);
+        }
+        let count = |outcome: &str| metrics.dispatch_local.with_label_values(&[outcome]).get();
+        assert_eq!((count("fed"), count("dropped")), (2, 1));
+        let kept: Vec<String> =
+            std::iter::from_fn(|| rx.try_recv().ok()).filter_map(|a| a.envelope.map(|e| e.task_id)).collect();
+        assert_eq!(kept, [sent[0].task_id.clone(), sent[1].task_id.clone()], "the oldest are kept, in order");
+        drop(rx);
+        feed.announce(sent[2].clone(), None);
+        assert_eq!((count("fed"), count("dropped")), (2, 1), "a stopped matcher counts nothing");
     }
 }

@@ -96,32 +96,50 @@ impl ReadySet {
         self.index.contains_key(&id)
     }
 
-    /// Records that the message at `source` was read and is already placed (a stale or
-    /// duplicate announcement).
-    pub fn placed_on_arrival(&mut self, (partition, offset): Source) {
-        let p = self.partitions.entry(partition).or_default();
-        p.next = p.next.max(offset + 1);
+    /// Records that the message at `source` (if the announcement came from Kafka) was
+    /// read and is already placed (a stale or duplicate announcement).
+    pub fn placed_on_arrival(&mut self, source: Option<Source>) {
+        if let Some((partition, offset)) = source {
+            let p = self.partitions.entry(partition).or_default();
+            p.next = p.next.max(offset + 1);
+        }
     }
 
-    /// Adds a task. Returns `false` (and places its message at once) when the task is
-    /// already held or the set is full. The matcher never reads more messages than the
-    /// set has room for, so only reconciliation (which needs no message) meets a full set.
+    /// Adds a task. Returns `false` when the task is already held or the set is full,
+    /// and then places its message at once, except that a held task that came without a
+    /// message (queued by this process, or found by reconciliation) takes the message
+    /// over: its offset then waits for the task, as if the message had come first. The
+    /// matcher never reads more messages than the set has room for, so only
+    /// reconciliation and the local feed meet a full set.
     pub fn insert(&mut self, entry: Entry) -> bool {
-        if self.index.contains_key(&entry.id) || self.is_full() {
-            if let Some(source) = entry.source {
-                self.placed_on_arrival(source);
+        if let Some((queue, k)) = self.index.get(&entry.id) {
+            let held = self.queues.get_mut(queue).and_then(|q| q.get_mut(k));
+            match (held, entry.source) {
+                (Some(held), Some(source)) if held.source.is_none() => {
+                    held.source = Some(source);
+                    self.unplaced(source);
+                }
+                _ => self.placed_on_arrival(entry.source),
             }
             return false;
         }
-        if let Some((partition, offset)) = entry.source {
-            let p = self.partitions.entry(partition).or_default();
-            p.next = p.next.max(offset + 1);
-            p.unplaced.insert(offset);
+        if self.is_full() {
+            self.placed_on_arrival(entry.source);
+            return false;
+        }
+        if let Some(source) = entry.source {
+            self.unplaced(source);
         }
         let k = key(&entry);
         self.index.insert(entry.id, (entry.queue.clone(), k));
         self.queues.entry(entry.queue.clone()).or_default().insert(k, entry);
         true
+    }
+
+    fn unplaced(&mut self, (partition, offset): Source) {
+        let p = self.partitions.entry(partition).or_default();
+        p.next = p.next.max(offset + 1);
+        p.unplaced.insert(offset);
     }
 
     /// The next task of `queue` in dispatch order.
@@ -251,7 +269,7 @@ mod tests {
         let second = entry("q", 0, 1, Some((0, 11)));
         set.insert(first.clone());
         set.insert(second.clone());
-        set.placed_on_arrival((0, 12)); // a stale announcement
+        set.placed_on_arrival(Some((0, 12))); // a stale announcement
         assert_eq!(set.commits(), [(0, 10)], "nothing past the first unplaced task");
         set.remove(second.id);
         assert_eq!(set.commits(), [], "the first one still holds the position");
@@ -288,5 +306,19 @@ mod tests {
         assert!(set.contains(mine.id) && set.contains(found.id));
         assert!(!set.contains(theirs.id));
         assert_eq!(set.commits(), [(0, 5)]);
+    }
+
+    #[test]
+    fn a_task_held_without_a_message_takes_over_its_message_when_it_comes() {
+        let mut set = ReadySet::new(10);
+        let local = entry("q", 0, 0, None);
+        assert!(set.insert(local.clone()));
+        let mut announced = local.clone();
+        announced.source = Some((0, 3));
+        assert!(!set.insert(announced), "held once");
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.commits(), [(0, 3)], "the offset waits for the held task");
+        set.remove(local.id);
+        assert_eq!(set.commits(), [(0, 4)], "and moves on once it is placed");
     }
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, IsolationLevel,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 use taskwire_domain::{
@@ -21,7 +21,7 @@ use super::{
     Store, WorkerRecord,
     admin::settings_from_row,
     convert, shape,
-    tasks::{Applied, apply, release_slots},
+    tasks::{Applied, apply, release_slots, reserve_slots, update_if_unchanged},
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -67,11 +67,16 @@ impl Store {
     /// token) in one transaction, and answers one outcome per offer, in order.
     ///
     /// Each offer is the usual conditional task update (on its version) plus a slot of
-    /// the worker's capacity (conditional on the worker being `ONLINE` with
-    /// `active < capacity`), inside a savepoint: an offer whose task changed meanwhile or
-    /// whose worker is full rolls back alone, and the others commit together with their
-    /// events and outbox rows. One transaction per matcher round instead of one per
-    /// offer is what lets a dispatcher keep up with hundreds of tasks a second.
+    /// the worker's capacity (conditional on the worker being `ONLINE` with room). The
+    /// matcher plans a round against the capacities it has just read, so normally every
+    /// worker has room for its share: the task updates are made in task-id order, then
+    /// one reservation per worker for all its offers, in worker-id order (the lock order
+    /// of every writer, see `transition_many`). If a worker turned out full, draining or
+    /// offline meanwhile, that transaction is rolled back and the offers are made again
+    /// one savepoint each, so that only the offers that do not fit fail. Either way the
+    /// offers commit together with their events and outbox rows: one transaction per
+    /// matcher round instead of one per offer is what lets a dispatcher keep up with
+    /// hundreds of tasks a second.
     pub async fn offer_many(&self, offers: &[PlannedOffer], expires_at: DateTime<Utc>) -> ApiResult<Vec<OfferOutcome>> {
         if offers.is_empty() {
             return Ok(Vec::new());
@@ -88,46 +93,41 @@ impl Store {
             current.insert(task.id, task);
         }
         let now = Utc::now();
-        let mut outcomes: Vec<Option<OfferOutcome>> = (0..offers.len()).map(|_| None).collect();
-        let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
-        // Worker rows are locked in id order (a stable sort keeps each worker's offers in
-        // dispatch order): the lock order of every writer (see `transition_many`).
-        let mut order: Vec<usize> = (0..offers.len()).collect();
-        order.sort_by(|&a, &b| offers[a].worker_id.cmp(&offers[b].worker_id));
-        for i in order {
-            let (offer, outcome) = (&offers[i], &mut outcomes[i]);
-            let Some(before) = current.remove(&offer.id) else {
-                *outcome = Some(OfferOutcome::NotQueued);
-                continue;
-            };
-            let command =
-                Command::Offer { worker_id: offer.worker_id.clone(), lease_token: LeaseToken::generate(), expires_at };
-            let Ok(transition) = machine::transition(&before, command, now) else {
-                *outcome = Some(OfferOutcome::NotQueued);
-                continue;
-            };
-            let savepoint = txn.begin().await?;
-            *outcome = Some(match apply(&savepoint, &before, &transition, None).await? {
-                Applied::Done => {
-                    savepoint.commit().await?;
-                    made.push((before, transition.clone(), offer.traceparent.as_deref()));
-                    OfferOutcome::Offered(Box::new(transition.task))
-                }
-                // Changed since it was read: no longer ours to offer (a `QUEUED` task only
-                // leaves by an offer, a cancel or its deadline).
-                Applied::Raced => {
-                    savepoint.rollback().await?;
-                    OfferOutcome::NotQueued
-                }
-                Applied::NoCapacity => {
-                    savepoint.rollback().await?;
-                    OfferOutcome::WorkerUnavailable
-                }
-            });
+        // Each offer's change, or `None` when its task is no longer `QUEUED` (a task
+        // planned twice is offered once).
+        let planned: Vec<Option<(Task, Transition)>> = offers
+            .iter()
+            .map(|offer| {
+                let before = current.remove(&offer.id)?;
+                let command = Command::Offer {
+                    worker_id: offer.worker_id.clone(),
+                    lease_token: LeaseToken::generate(),
+                    expires_at,
+                };
+                let transition = machine::transition(&before, command, now).ok()?;
+                Some((before, transition))
+            })
+            .collect();
+        let (txn, made) = match offer_at_once(&txn, offers, &planned, convert::to_ms(now)).await? {
+            Some(made) => (txn, made),
+            None => {
+                txn.rollback().await?;
+                let txn = self.db.begin().await?;
+                let made = offer_one_by_one(&txn, offers, &planned).await?;
+                (txn, made)
+            }
+        };
+        // Every planned offer has its outcome in `made`; the others were not `QUEUED`.
+        let mut outcomes: Vec<OfferOutcome> = offers.iter().map(|_| OfferOutcome::NotQueued).collect();
+        let mut changes: Vec<(Task, Transition, Option<&str>)> = Vec::with_capacity(made.len());
+        for (i, outcome) in made {
+            if let (OfferOutcome::Offered(_), Some((before, transition))) = (&outcome, &planned[i]) {
+                changes.push((before.clone(), transition.clone(), offers[i].traceparent.as_deref()));
+            }
+            outcomes[i] = outcome;
         }
-        self.commit_changes(txn, &made).await?;
-        // Every offer was visited once above.
-        Ok(outcomes.into_iter().map(|o| o.unwrap_or(OfferOutcome::NotQueued)).collect())
+        self.commit_changes(txn, &changes).await?;
+        Ok(outcomes)
     }
 
     /// Claims up to `limit` tasks that are `due` and applies to each the command
@@ -219,8 +219,7 @@ impl Store {
         let history: Vec<(Transition, Option<&str>)> = changes.iter().map(|(_, t)| (t.clone(), None)).collect();
         self.append_history(&txn, &history).await?;
         txn.commit().await?;
-        let pairs: Vec<(&Task, &Transition)> = changes.iter().map(|(b, t)| (b, t)).collect();
-        self.after_commit(&pairs);
+        self.after_commit(changes.iter().map(|(b, t)| (Some(b), t, None)));
         Ok(changes.into_iter().map(|(_, t)| t.task).collect())
     }
 
@@ -342,6 +341,72 @@ impl Store {
     }
 }
 
+/// The outcome of each offer of `planned` (by index) that was decided, made all at once:
+/// every task update in task-id order, then one reservation per worker. A task that
+/// changed since it was read is `NotQueued`; offers not listed were never planned.
+/// `None` when a worker has no room for its share: the caller rolls back.
+async fn offer_at_once(
+    txn: &DatabaseTransaction,
+    offers: &[PlannedOffer],
+    planned: &[Option<(Task, Transition)>],
+    now: i64,
+) -> Result<Option<Vec<(usize, OfferOutcome)>>, DbErr> {
+    let mut order: Vec<(usize, &Task, &Transition)> =
+        planned.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|(b, t)| (i, b, t))).collect();
+    order.sort_by_key(|(_, before, _)| before.id);
+    let mut made = Vec::with_capacity(order.len());
+    let mut shares: BTreeMap<&str, i64> = BTreeMap::new();
+    for (i, before, transition) in order {
+        if update_if_unchanged(txn, before, transition).await? {
+            *shares.entry(offers[i].worker_id.as_str()).or_default() += 1;
+            made.push((i, OfferOutcome::Offered(Box::new(transition.task.clone()))));
+        } else {
+            // Changed since it was read: no longer ours to offer (a `QUEUED` task only
+            // leaves by an offer, a cancel or its deadline).
+            made.push((i, OfferOutcome::NotQueued));
+        }
+    }
+    for (worker_id, n) in shares {
+        if !reserve_slots(txn, worker_id, n, now).await? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(made))
+}
+
+/// The outcome of each planned offer (by index), each made in a savepoint of its own so
+/// that one whose worker is full or gone rolls back alone. Offers are made in worker-id
+/// order (stable, so each worker's in dispatch order): the lock order of every writer.
+async fn offer_one_by_one(
+    txn: &DatabaseTransaction,
+    offers: &[PlannedOffer],
+    planned: &[Option<(Task, Transition)>],
+) -> Result<Vec<(usize, OfferOutcome)>, DbErr> {
+    let mut order: Vec<(usize, &Task, &Transition)> =
+        planned.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|(b, t)| (i, b, t))).collect();
+    order.sort_by(|a, b| offers[a.0].worker_id.cmp(&offers[b.0].worker_id));
+    let mut made = Vec::with_capacity(order.len());
+    for (i, before, transition) in order {
+        let savepoint = txn.begin().await?;
+        let outcome = match apply(&savepoint, before, transition, None).await? {
+            Applied::Done => {
+                savepoint.commit().await?;
+                OfferOutcome::Offered(Box::new(transition.task.clone()))
+            }
+            Applied::Raced => {
+                savepoint.rollback().await?;
+                OfferOutcome::NotQueued
+            }
+            Applied::NoCapacity => {
+                savepoint.rollback().await?;
+                OfferOutcome::WorkerUnavailable
+            }
+        };
+        made.push((i, outcome));
+    }
+    Ok(made)
+}
+
 /// The settings of each queue named, read on `conn` (inside a transaction, so it never
 /// needs a second pooled connection while holding one).
 pub(super) async fn queue_settings_in<'a, C: ConnectionTrait>(
@@ -419,5 +484,65 @@ mod tests {
         assert_eq!(store.events_after(tasks[2].id, 0, 10).await.expect("events").len(), 1, "no event for it");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 1, "exactly one slot reserved");
+    }
+
+    /// A store with workers `w1` and `w2` (each of `capacity`) and `n` queued tasks, with
+    /// offers of them to `w1` and `w2` in turn.
+    async fn two_workers_and_offers(
+        dir: &std::path::Path,
+        capacity: i64,
+        n: usize,
+    ) -> (Store, Vec<Task>, Vec<PlannedOffer>) {
+        let store = test_store(dir).await;
+        let registration = WorkerRegistration::parse("w", &["q".to_owned()], capacity).expect("registration");
+        store.register_worker("w1", &registration).await.expect("registered");
+        store.register_worker("w2", &registration).await.expect("registered");
+        let tasks = queued(&store, n).await;
+        let offers = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PlannedOffer { id: t.id, worker_id: format!("w{}", 1 + i % 2), traceparent: None })
+            .collect();
+        (store, tasks, offers)
+    }
+
+    #[tokio::test]
+    async fn offers_that_fit_take_one_capacity_update_per_worker_and_no_savepoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _, offers) = two_workers_and_offers(dir.path(), 8, 10).await;
+        let before = store.stats().statements_outside_outbox();
+
+        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+
+        assert!(outcomes.iter().all(|o| matches!(o, OfferOutcome::Offered(_))), "all fit: {outcomes:?}");
+        // One read, ten task updates, two worker updates, the events and the transaction's
+        // own statement (`DbStats` counts what the driver issues): one capacity update per
+        // offer (the one-savepoint-each path) would make 8 more.
+        let statements = store.stats().statements_outside_outbox() - before;
+        assert!(statements <= 1 + 10 + 2 + 1 + 1, "{statements} statements outside the outbox");
+        let workers = store.workers_by_ids(&["w1".to_owned(), "w2".to_owned()]).await.expect("workers");
+        assert_eq!(workers.iter().map(|w| w.active).collect::<Vec<_>>(), [5, 5], "five slots each");
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_drained_since_the_plan_fails_only_its_own_offers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, tasks, offers) = two_workers_and_offers(dir.path(), 4, 4).await;
+        store.drain_worker("w2").await.expect("drained");
+
+        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match i % 2 {
+                0 => assert!(matches!(outcome, OfferOutcome::Offered(t) if t.worker_id.as_deref() == Some("w1"))),
+                _ => assert_eq!(*outcome, OfferOutcome::WorkerUnavailable, "offer {i}"),
+            }
+        }
+        let after = store.tasks_by_ids(&tasks.iter().map(|t| t.id).collect::<Vec<_>>()).await.expect("read");
+        let queued = after.iter().filter(|t| t.status == TaskStatus::Queued).count();
+        assert_eq!(queued, 2, "the drained worker's tasks stay QUEUED, untouched");
+        let workers = store.workers_by_ids(&["w1".to_owned(), "w2".to_owned()]).await.expect("workers");
+        let active: HashMap<&str, u32> = workers.iter().map(|w| (w.id.as_str(), w.active)).collect();
+        assert_eq!((active["w1"], active["w2"]), (2, 0));
     }
 }

@@ -117,17 +117,15 @@ pub struct Store {
     /// Queue of the transition-coalescing task (see `coalesce`); `None` in the handle
     /// that task itself uses.
     transitions: Option<tokio::sync::mpsc::Sender<coalesce::PendingTransition>>,
-    /// Told about every task a transition committed (the cache's write-through and the
-    /// local hub).
+    /// Told about every change committed (the cache's write-through, the local hub and
+    /// the local matcher).
     on_commit: Arc<std::sync::OnceLock<CommitHook>>,
 }
 
-/// What [`Store::on_commit`] calls with each task a transition committed, and the event
-/// the transition appended (a heartbeat-style change appends none).
+/// What [`Store::on_commit`] calls with each change committed (creations included), and
+/// the W3C trace context of the request that made it.
 #[allow(clippy::type_complexity)]
-pub struct CommitHook(
-    pub Box<dyn Fn(&taskwire_domain::task::Task, Option<&taskwire_domain::task::TaskEvent>) + Send + Sync>,
-);
+pub struct CommitHook(pub Box<dyn Fn(&taskwire_domain::machine::Transition, Option<&str>) + Send + Sync>);
 
 impl std::fmt::Debug for CommitHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -216,9 +214,9 @@ impl Store {
         self.dispatch_signal.clone()
     }
 
-    /// Registers the hook told about every task a transition commits, in this process,
-    /// right after the commit (before the relay has published its status event). Only
-    /// the first registration counts.
+    /// Registers the hook told about every change (creation or transition) committed in
+    /// this process, right after the commit (before the relay has published its status
+    /// event). Only the first registration counts.
     pub fn on_commit(&self, hook: CommitHook) {
         let _ = self.on_commit.set(hook);
     }

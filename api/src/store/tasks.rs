@@ -250,9 +250,7 @@ impl Store {
             self.append_history(&txn, &transitions).await?;
         }
         txn.commit().await?;
-        if !transitions.is_empty() {
-            self.outbox_signal.notify_one();
-        }
+        self.after_commit(transitions.iter().map(|(t, trace)| (None, t, *trace)));
         Ok(Ok(outcomes))
     }
 
@@ -310,7 +308,7 @@ impl Store {
             }
             self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
             txn.commit().await?;
-            self.after_commit(&[(&current, &transition)]);
+            self.after_commit([(Some(&current), &transition, traceparent)]);
             return Ok(transition.task);
         }
         Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
@@ -428,21 +426,30 @@ impl Store {
             self.append_history(&txn, &history).await?;
         }
         txn.commit().await?;
-        let changes: Vec<(&Task, &Transition)> = made.iter().map(|(before, t, _)| (before, t)).collect();
-        self.after_commit(&changes);
+        self.after_commit(made.iter().map(|(before, t, trace)| (Some(before), t, *trace)));
         Ok(())
     }
 
-    /// Tells the commit hook (the cache), wakes the relay (new outbox rows) and the
-    /// matcher (freed worker capacity) after transitions committed.
-    pub(super) fn after_commit(&self, changes: &[(&Task, &Transition)]) {
-        if let Some(hook) = self.on_commit.get() {
-            changes.iter().for_each(|(_, t)| (hook.0)(&t.task, t.event.as_ref()));
+    /// After changes committed (`(before, transition, traceparent)`, `before` `None` for a
+    /// creation): tells the commit hook (cache, local hub, local matcher), wakes the relay
+    /// (new outbox rows) and the matcher (freed worker capacity).
+    pub(super) fn after_commit<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (Option<&'a Task>, &'a Transition, Option<&'a str>)>,
+    ) {
+        let hook = self.on_commit.get();
+        let (mut events, mut freed) = (false, false);
+        for (before, transition, traceparent) in changes {
+            if let Some(hook) = hook {
+                (hook.0)(transition, traceparent);
+            }
+            events |= transition.event.is_some();
+            freed |= before.is_some_and(|b| b.status.is_leased()) && !transition.task.status.is_leased();
         }
-        if changes.iter().any(|(_, t)| t.event.is_some()) {
+        if events {
             self.outbox_signal.notify_one();
         }
-        if changes.iter().any(|(before, t)| before.status.is_leased() && !t.task.status.is_leased()) {
+        if freed {
             self.dispatch_signal.notify_one();
         }
     }
@@ -532,30 +539,14 @@ pub(super) async fn apply(
     next: &Transition,
     releases: Option<&mut BTreeMap<String, i64>>,
 ) -> Result<Applied, DbErr> {
-    use sea_orm::sea_query::{Expr, ExprTrait};
-    use taskwire_entity::worker;
-    let updated = task::Entity::update_many()
-        .set(convert::task_changes(&next.task))
-        .filter(task::Column::Id.eq(before.id.to_string()))
-        .filter(task::Column::Version.eq(before.version as i32))
-        .exec(txn)
-        .await?;
-    if updated.rows_affected != 1 {
+    if !update_if_unchanged(txn, before, next).await? {
         return Ok(Applied::Raced);
     }
     let now = convert::to_ms(next.task.updated_at);
     match (before.status.is_leased(), next.task.status.is_leased()) {
         (false, true) => {
-            let worker_id = next.task.worker_id.clone().unwrap_or_default();
-            let reserved = worker::Entity::update_many()
-                .col_expr(worker::Column::Active, Expr::col(worker::Column::Active).add(1))
-                .col_expr(worker::Column::UpdatedAt, Expr::value(now))
-                .filter(worker::Column::Id.eq(worker_id))
-                .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
-                .filter(Expr::col(worker::Column::Active).lt(Expr::col(worker::Column::Capacity)))
-                .exec(txn)
-                .await?;
-            if reserved.rows_affected != 1 {
+            let worker_id = next.task.worker_id.as_deref().unwrap_or_default();
+            if !reserve_slots(txn, worker_id, 1, now).await? {
                 return Ok(Applied::NoCapacity);
             }
         }
@@ -569,6 +560,38 @@ pub(super) async fn apply(
         _ => {}
     }
     Ok(Applied::Done)
+}
+
+/// Writes `next` over the task row if the row is still at the version `before` was read
+/// at; `false` (nothing written) when another writer changed it meanwhile.
+pub(super) async fn update_if_unchanged(
+    txn: &DatabaseTransaction,
+    before: &Task,
+    next: &Transition,
+) -> Result<bool, DbErr> {
+    let updated = task::Entity::update_many()
+        .set(convert::task_changes(&next.task))
+        .filter(task::Column::Id.eq(before.id.to_string()))
+        .filter(task::Column::Version.eq(before.version as i32))
+        .exec(txn)
+        .await?;
+    Ok(updated.rows_affected == 1)
+}
+
+/// Reserves `n` slots of worker `worker_id`, conditionally on the worker being `ONLINE`
+/// with room for all `n` (`active + n <= capacity`); `false` (nothing reserved) otherwise.
+pub(super) async fn reserve_slots(txn: &DatabaseTransaction, worker_id: &str, n: i64, now: i64) -> Result<bool, DbErr> {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    use taskwire_entity::worker;
+    let reserved = worker::Entity::update_many()
+        .col_expr(worker::Column::Active, Expr::col(worker::Column::Active).add(n))
+        .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+        .filter(worker::Column::Id.eq(worker_id))
+        .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
+        .filter(Expr::col(worker::Column::Active).add(n).lte(Expr::col(worker::Column::Capacity)))
+        .exec(txn)
+        .await?;
+    Ok(reserved.rows_affected == 1)
 }
 
 /// Frees `n` slots of each worker of `releases` (never below 0), one statement per worker,
