@@ -36,6 +36,9 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     /// Active subscriptions.
     pub subscriptions: IntGauge,
+    /// Offers delivered on `assignments` streams, by where the offer was read: `commit`
+    /// (the task this process just committed, held in L1) or `database`.
+    pub assignments_delivered: IntCounterVec,
     /// WebSocket connections closed by the server, by close code.
     pub ws_closes: IntCounterVec,
     /// WebSocket clients dropped for not reading.
@@ -183,6 +186,11 @@ impl Metrics {
             subscribers_too_slow: counter("subscribers_too_slow_total", "Subscriptions ended for not keeping up"),
             ws_connections: gauge("ws_connections", "Open WebSocket connections"),
             subscriptions: gauge("subscriptions", "Active subscriptions"),
+            assignments_delivered: counter_vec(
+                "assignments_delivered_total",
+                "Offers delivered on assignments streams, by where they were read",
+                &["source"],
+            ),
             ws_closes: counter_vec("ws_closes_total", "WebSocket connections closed by the server", &["code"]),
             ws_slow_clients_dropped: counter(
                 "ws_slow_clients_dropped_total",

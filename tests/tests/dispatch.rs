@@ -125,6 +125,26 @@ async fn a_task_queued_here_is_fed_to_this_matcher_at_commit_and_offered_once() 
     assert_eq!(statuses, ["QUEUED", "ASSIGNED"], "offered once");
 }
 
+/// An offer this process commits reaches the worker's `assignments` stream from the task
+/// it just committed (held in L1), not from a query, and with the current lease.
+#[tokio::test]
+async fn an_offer_committed_here_reaches_the_worker_without_a_query() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let mut worker = ManualWorker::start(&app, "w1", &["q"], 2).await;
+    // Let the stream make its first read (no offers yet) before the offer exists.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+
+    let (offered, lease, _) = worker.next_offer().await;
+    assert_eq!(offered, id);
+    const COMMIT: &str = "taskwire_assignments_delivered_total{source=\"commit\"}";
+    const DATABASE: &str = "taskwire_assignments_delivered_total{source=\"database\"}";
+    assert_eq!((app.metric(COMMIT).await, app.metric(DATABASE).await), (1.0, 0.0));
+    let accepted = worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await;
+    assert_eq!(accepted.data()["acceptTask"]["status"], "RUNNING", "the lease delivered is the current one");
+}
+
 #[tokio::test]
 async fn worker_calls_need_the_current_lease() {
     let app = TestApp::spawn().await;

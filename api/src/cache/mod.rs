@@ -362,6 +362,16 @@ impl TaskCache {
         self.l1_put(task.id, Entry::task(Arc::new(task.clone())));
     }
 
+    /// Version `version` of task `id`, if L1 holds exactly that version (L2 and the
+    /// database are not asked): for a caller that has just heard of the change this
+    /// process committed, and would otherwise query for it.
+    pub fn local_version(&self, id: TaskId, version: u32) -> Option<Arc<Task>> {
+        match self.0.l1.get(&id)?.value {
+            Value::Task(task) if task.version == version => Some(task),
+            _ => None,
+        }
+    }
+
     /// A status event: version `version` of task `id` exists. L1 gets a tombstone at once;
     /// L2 gets it from the invalidation writer. Waits when the writer is
     /// [`INVALIDATION_QUEUE`] behind (backpressure on the status consumer, never a drop:

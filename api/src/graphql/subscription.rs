@@ -17,7 +17,10 @@ use std::{
 use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription};
 use chrono::Utc;
 use futures::Stream;
-use taskwire_domain::{DomainError, Role, TaskEnvelope, TaskId, TaskStatus, task::TaskEvent};
+use taskwire_domain::{
+    DomainError, Role, TaskEnvelope, TaskId, TaskStatus,
+    task::{Task, TaskEvent},
+};
 
 use super::{
     context::{principal, store},
@@ -25,6 +28,7 @@ use super::{
     types::{AssignmentObject, QueueStatsObject, TaskEventFilter, TaskEventObject},
 };
 use crate::{
+    cache::TaskCache,
     error::ApiError,
     live::{Hub, Next, Route},
     metrics::Metrics,
@@ -138,9 +142,10 @@ impl Subscription {
         let live = hub.subscribe(Route::Worker(worker_id.clone()));
         store.touch_worker(&worker_id).await?;
         metrics.subscriptions.inc();
-        let gauge = GaugeGuard(metrics);
+        let cache = ctx.data_opt::<TaskCache>().cloned();
+        let gauge = GaugeGuard(metrics.clone());
         let refresh = (ttl / 3).max(Duration::from_millis(100));
-        Ok(assignment_stream(store, live, worker_id, refresh, gauge))
+        Ok(assignment_stream(AssignmentSource { store, cache, metrics }, live, worker_id, refresh, gauge))
     }
 
     /// Events of many tasks: a client's own tasks, or (operators) any queue's.
@@ -262,12 +267,35 @@ impl Subscription {
     }
 }
 
+/// Where an `assignments` stream reads offers: the database, and this process's task
+/// cache (absent: every offer is read from the database).
+struct AssignmentSource {
+    store: Store,
+    cache: Option<TaskCache>,
+    metrics: Metrics,
+}
+
+impl AssignmentSource {
+    /// The offer `envelope` announces, if this process committed it and L1 still holds
+    /// exactly that version (written through at commit, before the event was routed).
+    fn committed_offer(&self, envelope: &TaskEnvelope) -> Option<Task> {
+        let task = self.cache.as_ref()?.local_version(envelope.id()?, envelope.version)?;
+        (task.status == TaskStatus::Assigned && task.lease_token.is_some()).then(|| (*task).clone())
+    }
+
+    fn delivered(&self, source: &str) {
+        self.metrics.assignments_delivered.with_label_values(&[source]).inc();
+    }
+}
+
 /// The `assignments` stream of worker `worker_id`: outstanding offers (read from the
 /// database, which alone holds lease tokens), then each new one. An `ASSIGNED` event
-/// routed to the worker, a lag, or the periodic liveness refresh triggers a re-read;
-/// offers are delivered once each (by lease token).
+/// routed to the worker delivers its offer: from the task this process just committed
+/// when L1 holds that very version (no query), otherwise by a re-read of the worker's
+/// offers, as a lag and the periodic liveness refresh do. Offers are delivered once
+/// each (by lease token).
 fn assignment_stream(
-    store: Store,
+    source: AssignmentSource,
     mut live: crate::live::Subscription,
     worker_id: String,
     refresh: Duration,
@@ -275,11 +303,20 @@ fn assignment_stream(
 ) -> impl Stream<Item = Result<AssignmentObject>> {
     async_stream::stream! {
         let _gauge = gauge;
+        let store = &source.store;
         let mut delivered: HashSet<String> = HashSet::new();
         let mut offers_heard = SeqTracker::bounded(OFFERS_TRACKED);
         let mut check = true;
+        let mut committed: Option<Task> = None;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
         loop {
+            if let Some(task) = committed.take()
+                && let Some(token) = task.lease_token.as_ref().map(|t| t.as_str().to_owned())
+                && delivered.insert(token)
+            {
+                source.delivered("commit");
+                yield Ok(AssignmentObject(task));
+            }
             if check || live.take_lagged() {
                 match Box::pin(store.offers_for(&worker_id)).await {
                     Ok(offers) => {
@@ -289,6 +326,7 @@ fn assignment_stream(
                         for task in offers {
                             let Some(token) = task.lease_token.as_ref().map(|t| t.as_str().to_owned()) else { continue };
                             if delivered.insert(token) {
+                                source.delivered("database");
                                 yield Ok(AssignmentObject(task));
                             }
                         }
@@ -296,14 +334,19 @@ fn assignment_stream(
                     Err(e) => { yield Err(e.into()); return; }
                 }
             }
+            check = false;
             tokio::select! {
                 next = live.next_or_idle(IDLE_CHECK) => match next {
                     Next::Event(envelope) => {
                         // Each offer is announced twice in the process that made it (at
-                        // commit, then from Kafka): only the first copy costs a read.
-                        check = envelope.status == TaskStatus::Assigned
+                        // commit, then from Kafka): only the first copy is acted on.
+                        let offer = envelope.status == TaskStatus::Assigned
                             && envelope.worker_id.as_deref() == Some(worker_id.as_str())
                             && offers_heard.accept(&event_of(&envelope));
+                        if offer {
+                            committed = source.committed_offer(&envelope);
+                            check = committed.is_none();
+                        }
                     }
                     Next::Idle => check = true,
                     Next::Closed => return,
