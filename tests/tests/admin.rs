@@ -53,15 +53,18 @@ async fn heartbeats_need_a_registration_and_extend_running_leases() {
     let app = TestApp::spawn().await;
     let worker = app.token("w1", &["worker"]);
     assert_eq!(app.gql(Some(&worker), HEARTBEAT, json!({})).await.code(), "NOT_FOUND");
-    app.gql(Some(&worker), REGISTER, register_input("one", &["q"], 2)).await.data();
+    app.gql(Some(&worker), REGISTER, register_input("one", &["q"], 1)).await.data();
 
-    // A task running on w1 whose lease ends in one second (set up directly: the
-    // dispatcher that assigns tasks is a later feature).
+    // A task running on w1 whose lease ends in one second, set up directly, its slot
+    // taken first: the dispatcher offers a task the moment it is queued, and must not
+    // offer this one to w1 under the set-up's feet.
+    app.sql("UPDATE workers SET active = 1 WHERE id = 'w1'").await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
     let soon = chrono::Utc::now().timestamp_millis() + 1_000;
     app.sql(&format!(
-        "UPDATE tasks SET status = 'RUNNING', worker_id = 'w1', lease_token = 't', lease_expires_at = {soon} WHERE id = '{id}'"
+        "UPDATE tasks SET status = 'RUNNING', version = version + 1, worker_id = 'w1', lease_token = 't', \
+         lease_expires_at = {soon} WHERE id = '{id}'"
     ))
     .await;
 
