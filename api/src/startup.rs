@@ -124,15 +124,14 @@ impl Application {
         let local_hub = config.roles.api.then(|| hub.clone());
         let local_matcher = dispatcher.as_ref().map(|(matcher, _)| matcher.local_feed());
         store.on_commit(CommitHook(Box::new(move |change, traceparent| {
-            let creation = change.event.as_ref().is_some_and(|e| e.previous_status.is_none());
-            if !creation {
+            let event = change.event.as_ref();
+            if event.is_none_or(|e| e.previous_status.is_some()) {
                 write_through.committed(&change.task);
+                if let (Some(hub), Some(event)) = (&local_hub, event) {
+                    hub.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
+                }
             }
-            let Some(event) = &change.event else { return };
-            if let Some(hub) = local_hub.as_ref().filter(|_| !creation) {
-                hub.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
-            }
-            if let Some(feed) = &local_matcher
+            if let (Some(feed), Some(event)) = (&local_matcher, event)
                 && change.effects.contains(&Effect::Dispatch)
             {
                 feed.announce(TaskEnvelope::new(EnvelopeType::Dispatch, &change.task, event), traceparent);

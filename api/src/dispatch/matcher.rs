@@ -153,9 +153,9 @@ pub struct Matcher {
     wake: Arc<Notify>,
     ready: ReadySet,
     buckets: HashMap<String, TokenBucket>,
-    /// Tasks queued by this process, straight from their commit; `None` once every
-    /// sender is gone.
-    local: Option<mpsc::Receiver<Announcement>>,
+    /// Tasks queued by this process, straight from their commit. Never closes: `feed`
+    /// holds a sender for as long as the matcher lives.
+    local: mpsc::Receiver<Announcement>,
     feed: LocalFeed,
 }
 
@@ -213,7 +213,7 @@ impl Matcher {
             wake,
             ready,
             buckets: HashMap::new(),
-            local: Some(local),
+            local,
             feed,
         }
     }
@@ -248,25 +248,22 @@ impl Matcher {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
-                local = next_local(&mut self.local), if !self.ready.is_full() => match local {
-                    Some(first) => {
-                        batch.push(first);
-                        let room = self.settings.ready_capacity.saturating_sub(self.ready.len()).min(BATCH);
-                        while batch.len() < room {
-                            match self.local.as_mut().map(mpsc::Receiver::try_recv) {
-                                Some(Ok(next)) => batch.push(next),
-                                _ => break,
-                            }
+                Some(first) = self.local.recv(), if !self.ready.is_full() => {
+                    batch.push(first);
+                    let room = self.room();
+                    while batch.len() < room {
+                        match self.local.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
                         }
                     }
-                    None => self.local = None,
-                },
+                }
                 message = self.consumer.recv(), if !self.ready.is_full() => match message {
                     Ok(message) => {
                         batch.push(Announcement::read(&message));
                         // Never more than the set has room for: a message read is a
                         // message that must be held (or found stale or a duplicate).
-                        let room = self.settings.ready_capacity.saturating_sub(self.ready.len()).min(BATCH);
+                        let room = self.room();
                         while batch.len() < room {
                             match self.consumer.recv().now_or_never() {
                                 Some(Ok(message)) => batch.push(Announcement::read(&message)),
@@ -302,6 +299,11 @@ impl Matcher {
         tracing::info!("matcher stopped");
     }
 
+    /// Announcements one batch may take: never more than the ready set has room for.
+    fn room(&self) -> usize {
+        self.settings.ready_capacity.saturating_sub(self.ready.len()).min(BATCH)
+    }
+
     /// Adds the announced tasks that are still `QUEUED` (one query per batch for those
     /// from Kafka). Each is handled in a span (`kafka.dispatch` for a message, a child of
     /// the trace context in its headers; `dispatch.local` for the local feed, a child of
@@ -317,10 +319,7 @@ impl Matcher {
             .filter_map(|a| a.envelope.as_ref())
             .filter_map(|e| e.id())
             .collect();
-        let current = match ids.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.store.tasks_by_ids(&ids).await,
-        };
+        let current = if ids.is_empty() { Ok(Vec::new()) } else { self.store.tasks_by_ids(&ids).await };
         let current = match current {
             Ok(tasks) => Some(tasks.into_iter().map(|t| (t.id, t)).collect::<HashMap<_, _>>()),
             Err(e) => {
@@ -582,14 +581,6 @@ impl Announcement {
             envelope: message.payload().and_then(|p| serde_json::from_slice(p).ok()),
             traceparent,
         }
-    }
-}
-
-/// The next local announcement; never resolves once the feed is gone.
-async fn next_local(local: &mut Option<mpsc::Receiver<Announcement>>) -> Option<Announcement> {
-    match local {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -341,6 +341,11 @@ impl Store {
     }
 }
 
+/// The offers of `planned` that were decided: `(index, task before, its change)`.
+fn decided(planned: &[Option<(Task, Transition)>]) -> Vec<(usize, &Task, &Transition)> {
+    planned.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|(before, t)| (i, before, t))).collect()
+}
+
 /// The outcome of each offer of `planned` (by index) that was decided, made all at once:
 /// every task update in task-id order, then one reservation per worker. A task that
 /// changed since it was read is `NotQueued`; offers not listed were never planned.
@@ -351,8 +356,7 @@ async fn offer_at_once(
     planned: &[Option<(Task, Transition)>],
     now: i64,
 ) -> Result<Option<Vec<(usize, OfferOutcome)>>, DbErr> {
-    let mut order: Vec<(usize, &Task, &Transition)> =
-        planned.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|(b, t)| (i, b, t))).collect();
+    let mut order = decided(planned);
     order.sort_by_key(|(_, before, _)| before.id);
     let mut made = Vec::with_capacity(order.len());
     let mut shares: BTreeMap<&str, i64> = BTreeMap::new();
@@ -382,8 +386,7 @@ async fn offer_one_by_one(
     offers: &[PlannedOffer],
     planned: &[Option<(Task, Transition)>],
 ) -> Result<Vec<(usize, OfferOutcome)>, DbErr> {
-    let mut order: Vec<(usize, &Task, &Transition)> =
-        planned.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|(b, t)| (i, b, t))).collect();
+    let mut order = decided(planned);
     order.sort_by(|a, b| offers[a.0].worker_id.cmp(&offers[b.0].worker_id));
     let mut made = Vec::with_capacity(order.len());
     for (i, before, transition) in order {
