@@ -76,9 +76,45 @@ trap stop_server EXIT
 
 lg() { "$bin/loadgen" "$@" --url "$url" --secret "$secret"; }
 
+# CPU seconds (user + system) a process has used so far; 0 when it is not running.
+cpu_of() {
+  local pid=$1 ticks
+  ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || { echo 0; return; }
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
+# One line per scenario: the CPU seconds each process used while it ran (on a 2-core
+# machine this shows what bounds a figure). The load generator's share is this shell's
+# finished children (`times`, which must run in this shell: a subshell has no children).
+services=(mariadbd tansu redis-server)
+cpu_snapshot() { # cpu_snapshot VARIABLE: stores "name=seconds … wall=epoch" in VARIABLE
+  local -n into=$1
+  local name pid
+  times >"$out/.times"
+  into="server=$(cpu_of "$server_pid") loadgen=$(awk 'NR == 2 {
+    split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.2f", u[1] * 60 + u[2] + s[1] * 60 + s[2]
+  }' "$out/.times")"
+  for name in "${services[@]}"; do
+    pid=$(pgrep -o -x "$name" 2>/dev/null || true)
+    into+=" $name=$([ -n "$pid" ] && cpu_of "$pid" || echo 0)"
+  done
+  into+=" wall=$(date +%s.%N)"
+}
+
+cpu_report() { # cpu_report BEFORE AFTER
+  awk -v before="$1" -v after="$2" 'BEGIN {
+    n = split(before, b, " "); split(after, a, " ")
+    for (i = 1; i <= n; i++) { split(b[i], kb, "="); split(a[i], ka, "="); d[kb[1]] = ka[2] - kb[2]; k[i] = kb[1] }
+    line = sprintf("cpu seconds over %.1f s:", d["wall"])
+    for (i = 1; i < n; i++) line = line sprintf(" %s %.1f", k[i], d[k[i]])
+    print line
+  }'
+}
+
 for scenario in "${scenarios[@]}"; do
   start_server
   json="$out/$stack-$scenario.json"
+  cpu_snapshot before
   case "$scenario" in
     query-hot) lg query --connections 64 --duration 15 --distribution hot --working-set 1000 --out "$json" ;;
     query-uniform) lg query --connections 64 --duration 15 --distribution uniform --working-set 10000 --out "$json" ;;
@@ -89,5 +125,7 @@ for scenario in "${scenarios[@]}"; do
     fanout-10k) lg fanout --subscribers 10000 --events 20 --rate 5 --pid "$server_pid" --out "$json" ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
+  cpu_snapshot after
+  cpu_report "$before" "$after" | tee "$out/$stack-$scenario.cpu"
   stop_server
 done

@@ -25,7 +25,7 @@
 //! degrades to database polling rather than stopping.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
@@ -64,6 +64,9 @@ const OFFERS_PER_TRANSACTION: usize = 100;
 const BATCH: usize = 500;
 /// Tasks the local feed holds for the matcher at most (see [`LocalFeed`]).
 pub const LOCAL_FEED_CAPACITY: usize = 4_096;
+/// Local announcements remembered so that their Kafka copies skip the database check (see
+/// [`Handled`]): a few seconds of dispatch at full speed.
+const HANDLED_CAPACITY: usize = 8_192;
 /// How often the ready set is reconciled with the database.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the ready set is reconciled while the matcher owns no partition (start-up
@@ -157,6 +160,42 @@ pub struct Matcher {
     /// holds a sender for as long as the matcher lives.
     local: mpsc::Receiver<Announcement>,
     feed: LocalFeed,
+    handled: Handled,
+}
+
+/// The local announcements the ready set took, by task and event seq, the most recent
+/// [`HANDLED_CAPACITY`]. The Kafka copy of one of them announces a state the matcher has
+/// already acted on, so it needs no database check: if the task is still held, the held
+/// task takes over the copy's offset; if not, it was offered (or found no longer
+/// `QUEUED`) since, and the copy is stale. A copy of an announcement forgotten (older
+/// than the bound, or its task dropped with a revoked partition) or never fed here
+/// (queued by another process, dropped by a full feed or a full set) is checked against
+/// the database as before.
+#[derive(Debug, Default)]
+struct Handled {
+    order: VecDeque<(TaskId, u32)>,
+    seqs: HashMap<TaskId, u32>,
+}
+
+impl Handled {
+    fn remember(&mut self, id: TaskId, seq: u32) {
+        self.seqs.insert(id, seq);
+        self.order.push_back((id, seq));
+        if self.order.len() > HANDLED_CAPACITY
+            && let Some((oldest, seq)) = self.order.pop_front()
+            && self.seqs.get(&oldest) == Some(&seq)
+        {
+            self.seqs.remove(&oldest);
+        }
+    }
+
+    fn forget(&mut self, id: TaskId) {
+        self.seqs.remove(&id);
+    }
+
+    fn contains(&self, id: TaskId, seq: u32) -> bool {
+        self.seqs.get(&id) == Some(&seq)
+    }
 }
 
 /// Hands tasks that became `QUEUED` in this process to its matcher at commit (the store's
@@ -215,6 +254,7 @@ impl Matcher {
             buckets: HashMap::new(),
             local,
             feed,
+            handled: Handled::default(),
         }
     }
 
@@ -241,7 +281,7 @@ impl Matcher {
         loop {
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
-                self.ready.revoke(&revoked);
+                self.revoke(&revoked);
             }
             let mut batch = Vec::new();
             tokio::select! {
@@ -299,6 +339,14 @@ impl Matcher {
         tracing::info!("matcher stopped");
     }
 
+    /// Drops what the matcher held from `partitions`: their new owner replays them. A
+    /// replayed copy that comes back here later is checked, not trusted.
+    fn revoke(&mut self, partitions: &[i32]) {
+        for id in self.ready.revoke(partitions) {
+            self.handled.forget(id);
+        }
+    }
+
     /// Announcements one batch may take: never more than the ready set has room for.
     fn room(&self) -> usize {
         self.settings.ready_capacity.saturating_sub(self.ready.len()).min(BATCH)
@@ -312,12 +360,13 @@ impl Matcher {
         if batch.is_empty() {
             return;
         }
-        // Local announcements come straight from their commit: only Kafka's need checking.
+        // Local announcements come straight from their commit, and Kafka's copies of them
+        // were acted on already: only the others need checking.
         let ids: Vec<TaskId> = batch
             .iter()
             .filter(|a| a.source.is_some())
             .filter_map(|a| a.envelope.as_ref())
-            .filter_map(|e| e.id())
+            .filter_map(|e| e.id().filter(|id| !self.handled.contains(*id, e.seq)))
             .collect();
         let current = if ids.is_empty() { Ok(Vec::new()) } else { self.store.tasks_by_ids(&ids).await };
         let current = match current {
@@ -355,7 +404,8 @@ impl Matcher {
 
     /// Holds one announced task, or marks its message (if from Kafka) placed; returns the
     /// outcome. `current` holds the state of the tasks announced on Kafka (`None`: not
-    /// known); a local announcement is trusted as it comes, straight from its commit.
+    /// known); a local announcement is trusted as it comes, straight from its commit, and
+    /// so is a Kafka copy of one (see [`Handled`]).
     fn place(&mut self, announcement: Announcement, current: Option<&HashMap<TaskId, Task>>) -> &'static str {
         let source = announcement.source;
         let Some((id, envelope)) =
@@ -378,6 +428,15 @@ impl Matcher {
                 .then(|| envelope.worker_id.clone())
                 .flatten(),
         };
+        let seq = envelope.seq;
+        if source.is_some() && self.handled.contains(id, seq) {
+            if self.ready.contains(id) {
+                self.ready.insert(entry);
+                return "duplicate";
+            }
+            self.ready.placed_on_arrival(source);
+            return "stale";
+        }
         if let (Some(tasks), Some(_)) = (current, source) {
             match tasks.get(&id) {
                 Some(task) if task.status == TaskStatus::Queued => {
@@ -390,7 +449,11 @@ impl Matcher {
                 }
             }
         }
-        if self.ready.insert(entry) { "queued" } else { "duplicate" }
+        let queued = self.ready.insert(entry);
+        if source.is_none() && self.ready.contains(id) {
+            self.handled.remember(id, seq);
+        }
+        if queued { "queued" } else { "duplicate" }
     }
 
     /// Adds `QUEUED` tasks last changed before `cutoff` that the set does not hold.
@@ -664,5 +727,68 @@ mod tests {
         drop(rx);
         feed.announce(sent[2].clone(), None);
         assert_eq!((count("fed"), count("dropped")), (2, 1), "a stopped matcher counts nothing");
+    }
+
+    fn announcement(id: TaskId, seq: u32, source: Option<Source>) -> Announcement {
+        let envelope = TaskEnvelope { task_id: id.to_string(), seq, ..envelope_template() };
+        Announcement { source, envelope: Some(envelope), traceparent: None }
+    }
+
+    #[tokio::test]
+    async fn kafka_copies_of_local_announcements_are_placed_without_a_query() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::test_store(dir.path()).await;
+        // Never contacted: `ingest` reads nothing from Kafka.
+        let consumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "matcher-test")
+            .create_with_context(RebalanceContext::default())
+            .expect("consumer");
+        let metrics = Metrics::new();
+        let mut matcher =
+            Matcher::new(store.clone(), DispatchSettings::default(), metrics.clone(), consumer, "dispatch".into());
+        let statements = || store.stats().statements();
+        let outcomes = |outcome: &str| metrics.dispatch_messages.with_label_values(&[outcome]).get();
+        let (held, offered) = (TaskId::generate(Utc::now()), TaskId::generate(Utc::now()));
+
+        let before = statements();
+        matcher.ingest(vec![announcement(held, 1, None), announcement(offered, 1, None)]).await;
+        assert_eq!(matcher.ready.len(), 2);
+        matcher.ready.remove(offered); // as an offer does
+        matcher.ingest(vec![announcement(held, 1, Some((0, 10))), announcement(offered, 1, Some((0, 11)))]).await;
+        assert_eq!(statements(), before, "neither copy is checked against the database");
+        assert_eq!((outcomes("duplicate"), outcomes("stale")), (1, 1));
+        assert_eq!(matcher.ready.commits(), [(0, 10)], "the held task took its copy's offset over");
+
+        // Another event of the same task was not fed here: it is checked (and, unknown
+        // to the database, found stale).
+        matcher.ingest(vec![announcement(offered, 2, Some((0, 12)))]).await;
+        assert!(statements() > before, "a copy never fed here is checked");
+        assert_eq!(outcomes("stale"), 2);
+
+        // A revoked partition takes the held task away: a replay of its copy, should the
+        // partition come back, is checked again rather than trusted.
+        matcher.revoke(&[0]);
+        assert!(matcher.ready.is_empty());
+        let before = statements();
+        matcher.ingest(vec![announcement(held, 1, Some((0, 10)))]).await;
+        assert!(statements() > before, "a forgotten announcement is checked");
+    }
+
+    #[test]
+    fn handled_announcements_are_bounded_and_keyed_by_event() {
+        let mut handled = Handled::default();
+        let first = TaskId::generate(Utc::now());
+        handled.remember(first, 1);
+        assert!(handled.contains(first, 1));
+        assert!(!handled.contains(first, 2), "another event of the task is another announcement");
+        handled.remember(first, 3);
+        assert!(!handled.contains(first, 1) && handled.contains(first, 3), "the latest event counts");
+        for _ in 0..HANDLED_CAPACITY {
+            handled.remember(TaskId::generate(Utc::now()), 1);
+        }
+        assert!(!handled.contains(first, 3), "the oldest are forgotten past the bound");
+        assert_eq!(handled.seqs.len(), HANDLED_CAPACITY);
+        assert!(handled.order.len() <= HANDLED_CAPACITY);
     }
 }

@@ -177,7 +177,8 @@ impl ReadySet {
 
     /// Drops the tasks and offsets of partitions this matcher no longer owns (after a
     /// consumer-group rebalance); their new owner replays them from its committed offset.
-    pub fn revoke(&mut self, partitions: &[i32]) {
+    /// Returns the tasks dropped.
+    pub fn revoke(&mut self, partitions: &[i32]) -> Vec<TaskId> {
         let gone: Vec<TaskId> = self
             .queues
             .values()
@@ -185,12 +186,13 @@ impl ReadySet {
             .filter(|e| e.source.is_some_and(|(p, _)| partitions.contains(&p)))
             .map(|e| e.id)
             .collect();
-        for id in gone {
-            self.remove(id);
+        for id in &gone {
+            self.remove(*id);
         }
         for p in partitions {
             self.partitions.remove(p);
         }
+        gone
     }
 
     /// Positions to commit, per partition, that moved since the last call: the lowest

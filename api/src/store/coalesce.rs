@@ -208,6 +208,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use chrono::Utc;
     use taskwire_domain::{
         CreateTaskInput, TaskStatus, WorkerRegistration,
@@ -219,9 +221,15 @@ mod tests {
 
     /// Two tasks offered to worker `w1` (capacity 2); their lease tokens.
     async fn offered(store: &Store) -> Vec<(TaskId, String)> {
-        let registration = WorkerRegistration::parse("w", &["q".to_owned()], 2).expect("registration");
-        store.register_worker("w1", &registration).await.expect("registered");
-        let inputs = (0..2)
+        offered_to(store, "w1", 2).await
+    }
+
+    /// `n` tasks offered to worker `worker` (registered with capacity `n`); their lease
+    /// tokens.
+    async fn offered_to(store: &Store, worker: &str, n: u32) -> Vec<(TaskId, String)> {
+        let registration = WorkerRegistration::parse("w", &["q".to_owned()], n.into()).expect("registration");
+        store.register_worker(worker, &registration).await.expect("registered");
+        let inputs = (0..n)
             .map(|_| {
                 let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
                 NewTask::parse(input, "alice", Utc::now()).expect("valid input")
@@ -231,7 +239,9 @@ mod tests {
         let offers: Vec<PlannedOffer> = created
             .iter()
             .map(|c| match c {
-                CreateOutcome::Created(task) => PlannedOffer { id: task.id, worker_id: "w1".into(), traceparent: None },
+                CreateOutcome::Created(task) => {
+                    PlannedOffer { id: task.id, worker_id: worker.into(), traceparent: None }
+                }
                 other => panic!("created, not {other:?}"),
             })
             .collect();
@@ -248,22 +258,113 @@ mod tests {
     }
 
     fn accept(token: &str) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
-        let token = token.to_owned();
+        accept_as("w1", token)
+    }
+
+    fn accept_as(
+        worker: &str,
+        token: &str,
+    ) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+        let (worker, token) = (worker.to_owned(), token.to_owned());
         move |task, queue| {
             let now = Utc::now();
             let expires = now + chrono::Duration::seconds(i64::from(queue.lease_seconds));
             let command =
-                Command::Accept { worker_id: "w1".into(), lease_token: token.clone(), lease_expires_at: expires };
+                Command::Accept { worker_id: worker.clone(), lease_token: token.clone(), lease_expires_at: expires };
             Ok(machine::transition(task, command, now)?)
         }
     }
 
     fn complete(token: &str) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
-        let token = token.to_owned();
+        complete_as("w1", token)
+    }
+
+    fn complete_as(
+        worker: &str,
+        token: &str,
+    ) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+        let (worker, token) = (worker.to_owned(), token.to_owned());
         move |task, _| {
-            let command = Command::Complete { worker_id: "w1".into(), lease_token: token.clone(), result: None };
+            let command = Command::Complete { worker_id: worker.clone(), lease_token: token.clone(), result: None };
             Ok(machine::transition(task, command, Utc::now())?)
         }
+    }
+
+    fn pending(id: TaskId, decide: Decide) -> PendingTransition {
+        let (reply, _answer) = oneshot::channel();
+        PendingTransition { id, traceparent: None, decide, reply }
+    }
+
+    /// Four running tasks, two each on workers `w1` and `w2`; `(task, worker, token)`.
+    async fn running_on_two_workers(store: &Store) -> Vec<(TaskId, &'static str, String)> {
+        let mut running = Vec::new();
+        for worker in ["w1", "w2"] {
+            for (id, token) in offered_to(store, worker, 2).await {
+                store.transition_in_queue(id, None, accept_as(worker, &token)).await.expect("accepted");
+                running.push((id, worker, token));
+            }
+        }
+        running
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_distinct_tasks_is_one_task_update_and_one_slot_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let running = running_on_two_workers(&store).await;
+        let batch: Vec<PendingTransition> =
+            running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect();
+
+        let before = store.stats().statements();
+        let steps = store.transition_many(&batch).await.expect("committed");
+        let statements = store.stats().statements() - before;
+
+        assert!(steps.iter().all(|s| matches!(s, Step::Done(t) if t.status == TaskStatus::Succeeded)), "{steps:?}");
+        // Two reads, then BEGIN, the tasks, the workers, events, outbox, COMMIT; one
+        // statement per task and per worker would make 12.
+        assert!(statements <= 8, "{statements} statements for 4 transitions");
+        let workers = store.workers_by_ids(&["w1".to_owned(), "w2".to_owned()]).await.expect("workers");
+        assert!(workers.iter().all(|w| w.active == 0), "each worker freed both its slots: {workers:?}");
+        for (id, _, _) in &running {
+            let stored = store.task(*id).await.expect("read").expect("exists");
+            assert_eq!((stored.status, stored.last_seq), (TaskStatus::Succeeded, 4));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_changed_since_it_was_read_sends_the_batch_transition_by_transition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let running = running_on_two_workers(&store).await;
+        let batch: Vec<PendingTransition> =
+            running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect();
+        let ids: Vec<TaskId> = running.iter().map(|(id, _, _)| *id).collect();
+        let current: HashMap<TaskId, Task> =
+            store.tasks_by_ids(&ids).await.expect("read").into_iter().map(|t| (t.id, t)).collect();
+        let settings = store.queue_settings_many(["q"]).await.expect("settings");
+        // Another writer moves the first task on after the batch read it.
+        let (changed, worker, token) = &running[0];
+        store.transition_in_queue(*changed, None, complete_as(worker, token)).await.expect("completed elsewhere");
+
+        let _gate = store.write_lock().await;
+        let all_at_once = store.transition_all_at_once(&batch, &current, &settings).await.expect("no error");
+        assert!(all_at_once.is_none(), "one stale row makes the statement refuse the whole batch");
+        drop(_gate);
+        for id in &ids[1..] {
+            let stored = store.task(*id).await.expect("read").expect("exists");
+            assert_eq!(stored.status, TaskStatus::Running, "nothing of the batch was written");
+        }
+
+        // Run again, on a fresh read: the others commit, and the changed one alone is
+        // refused (it is no longer running).
+        let steps = store.transition_many(&batch).await.expect("committed");
+        assert!(matches!(&steps[0], Step::Failed(_)), "{steps:?}");
+        assert!(
+            steps[1..].iter().all(|s| matches!(s, Step::Done(t) if t.status == TaskStatus::Succeeded)),
+            "{steps:?}"
+        );
+        let workers = store.workers_by_ids(&["w1".to_owned(), "w2".to_owned()]).await.expect("workers");
+        assert!(workers.iter().all(|w| w.active == 0), "every slot freed once: {workers:?}");
     }
 
     #[tokio::test]
@@ -370,10 +471,6 @@ mod tests {
         let store = test_store(dir.path()).await;
         let tasks = offered(&store).await;
         let (a, token) = tasks[0].clone();
-        let pending = |id: TaskId, decide: Decide| {
-            let (reply, _answer) = oneshot::channel();
-            PendingTransition { id, traceparent: None, decide, reply }
-        };
         let batch = vec![
             pending(a, Box::new(accept(&token))),
             pending(TaskId::generate(Utc::now()), Box::new(accept(&token))),

@@ -21,7 +21,7 @@ use super::{
     Store, WorkerRecord,
     admin::settings_from_row,
     convert, shape,
-    tasks::{Applied, apply, release_slots, reserve_slots, update_if_unchanged},
+    tasks::{Applied, apply, release_slots, reserve_slots, update_all_if_unchanged},
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -69,11 +69,13 @@ impl Store {
     /// Each offer is the usual conditional task update (on its version) plus a slot of
     /// the worker's capacity (conditional on the worker being `ONLINE` with room). The
     /// matcher plans a round against the capacities it has just read, so normally every
-    /// worker has room for its share: the task updates are made in task-id order, then
-    /// one reservation per worker for all its offers, in worker-id order (the lock order
-    /// of every writer, see `transition_many`). If a worker turned out full, draining or
-    /// offline meanwhile, that transaction is rolled back and the offers are made again
-    /// one savepoint each, so that only the offers that do not fit fail. Either way the
+    /// task is still `QUEUED` and every worker has room for its share: all the task
+    /// updates are then one statement (rows locked in task-id order), followed by one
+    /// reservation per worker for all its offers, in worker-id order (the lock order of
+    /// every writer, see `transition_many`). If a task changed or a worker turned out
+    /// full, draining or offline meanwhile, that transaction is rolled back and the
+    /// offers are made again one savepoint each, so that only those that cannot be made
+    /// fail. Either way the
     /// offers commit together with their events and outbox rows: one transaction per
     /// matcher round instead of one per offer is what lets a dispatcher keep up with
     /// hundreds of tasks a second.
@@ -81,11 +83,10 @@ impl Store {
         if offers.is_empty() {
             return Ok(Vec::new());
         }
-        let _gate = self.write_lock().await;
-        let txn = self.db.begin().await?;
+        // Read before the gate: every offer is conditional on the version read.
         let rows = task::Entity::find()
             .filter(task::Column::Id.is_in(shape::padded(offers.iter().map(|o| o.id.to_string()))))
-            .all(&txn)
+            .all(&self.db)
             .await?;
         let mut current = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -108,6 +109,8 @@ impl Store {
                 Some((before, transition))
             })
             .collect();
+        let _gate = self.write_lock().await;
+        let txn = self.db.begin().await?;
         let (txn, made) = match offer_at_once(&txn, offers, &planned, convert::to_ms(now)).await? {
             Some(made) => (txn, made),
             None => {
@@ -347,9 +350,10 @@ fn decided(planned: &[Option<(Task, Transition)>]) -> Vec<(usize, &Task, &Transi
 }
 
 /// The outcome of each offer of `planned` (by index) that was decided, made all at once:
-/// every task update in task-id order, then one reservation per worker. A task that
-/// changed since it was read is `NotQueued`; offers not listed were never planned.
-/// `None` when a worker has no room for its share: the caller rolls back.
+/// one conditional update of every task (rows locked in task-id order), then one
+/// reservation per worker, in worker-id order. Offers not listed were never planned.
+/// `None` when a task changed since it was read or a worker has no room for its share:
+/// the caller rolls back and goes offer by offer.
 async fn offer_at_once(
     txn: &DatabaseTransaction,
     offers: &[PlannedOffer],
@@ -358,17 +362,15 @@ async fn offer_at_once(
 ) -> Result<Option<Vec<(usize, OfferOutcome)>>, DbErr> {
     let mut order = decided(planned);
     order.sort_by_key(|(_, before, _)| before.id);
+    let rows: Vec<(&Task, &Transition)> = order.iter().map(|(_, before, transition)| (*before, *transition)).collect();
+    if !update_all_if_unchanged(txn, &rows).await? {
+        return Ok(None);
+    }
     let mut made = Vec::with_capacity(order.len());
     let mut shares: BTreeMap<&str, i64> = BTreeMap::new();
-    for (i, before, transition) in order {
-        if update_if_unchanged(txn, before, transition).await? {
-            *shares.entry(offers[i].worker_id.as_str()).or_default() += 1;
-            made.push((i, OfferOutcome::Offered(Box::new(transition.task.clone()))));
-        } else {
-            // Changed since it was read: no longer ours to offer (a `QUEUED` task only
-            // leaves by an offer, a cancel or its deadline).
-            made.push((i, OfferOutcome::NotQueued));
-        }
+    for (i, _, transition) in order {
+        *shares.entry(offers[i].worker_id.as_str()).or_default() += 1;
+        made.push((i, OfferOutcome::Offered(Box::new(transition.task.clone()))));
     }
     for (worker_id, n) in shares {
         if !reserve_slots(txn, worker_id, n, now).await? {

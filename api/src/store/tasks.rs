@@ -339,16 +339,21 @@ impl Store {
     }
 
     async fn transition_many_once(&self, batch: &[PendingTransition]) -> Result<Vec<Step>, BatchError> {
-        let _gate = self.write_lock().await;
-        let txn = self.db.begin().await?;
+        // Read before the gate (every write below is conditional on the version read), so
+        // that the writers queued behind this batch wait only for its writes.
         let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
-        let rows = task::Entity::find().filter(task::Column::Id.is_in(shape::padded(ids))).all(&txn).await?;
+        let rows = task::Entity::find().filter(task::Column::Id.is_in(shape::padded(ids))).all(&self.db).await?;
         let mut current = HashMap::with_capacity(rows.len());
         for row in rows {
             let task = convert::task_from_row(row)?;
             current.insert(task.id, task);
         }
-        let settings = super::dispatch::queue_settings_in(&txn, current.values().map(|t| t.queue.as_str())).await?;
+        let settings = super::dispatch::queue_settings_in(&self.db, current.values().map(|t| t.queue.as_str())).await?;
+        let _gate = self.write_lock().await;
+        if let Some(steps) = self.transition_all_at_once(batch, &current, &settings).await? {
+            return Ok(steps);
+        }
+        let txn = self.db.begin().await?;
         let mut steps: Vec<Option<Step>> = (0..batch.len()).map(|_| None).collect();
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
         // Task rows are locked in id order (a stable sort keeps one task's transitions in
@@ -411,6 +416,69 @@ impl Store {
         let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect();
         self.commit_changes(txn, &made).await?;
         Ok(steps)
+    }
+
+    /// A coalesced batch applied with one multi-row update ([`update_all_if_unchanged`])
+    /// and one release of worker slots, when it can be: each task appears once, none of
+    /// the transitions takes a worker slot, and no task changed since `current` was read.
+    /// `None` (nothing written) otherwise: the caller then goes transition by transition.
+    pub(super) async fn transition_all_at_once(
+        &self,
+        batch: &[PendingTransition],
+        current: &HashMap<TaskId, Task>,
+        settings: &HashMap<String, QueueSettings>,
+    ) -> Result<Option<Vec<Step>>, BatchError> {
+        let mut seen = HashSet::with_capacity(batch.len());
+        if !batch.iter().all(|p| seen.insert(p.id)) {
+            return Ok(None);
+        }
+        let mut steps: Vec<Option<Step>> = Vec::with_capacity(batch.len());
+        let mut changes: Vec<(usize, &Task, Transition)> = Vec::with_capacity(batch.len());
+        for (i, pending) in batch.iter().enumerate() {
+            let Some(before) = current.get(&pending.id) else {
+                steps.push(Some(Step::Failed(ApiError::NotFound("task"))));
+                continue;
+            };
+            let Some(queue) = settings.get(&before.queue) else {
+                steps.push(Some(Step::Failed(ApiError::Internal)));
+                continue;
+            };
+            match (pending.decide)(before, queue) {
+                Ok(transition) if !before.status.is_leased() && transition.task.status.is_leased() => {
+                    return Ok(None);
+                }
+                Ok(transition) => {
+                    changes.push((i, before, transition));
+                    steps.push(None);
+                }
+                Err(e) => steps.push(Some(Step::Failed(e))),
+            }
+        }
+        // Task rows in id order, then worker rows: the lock order of every writer.
+        changes.sort_by_key(|(_, before, _)| before.id);
+        let txn = self.db.begin().await?;
+        let rows: Vec<(&Task, &Transition)> = changes.iter().map(|(_, before, t)| (*before, t)).collect();
+        if !update_all_if_unchanged(&txn, &rows).await? {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let mut releases: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, before, transition) in &changes {
+            if before.status.is_leased() && !transition.task.status.is_leased() {
+                *releases.entry(before.worker_id.clone().unwrap_or_default()).or_default() += 1;
+            }
+        }
+        release_slots(&txn, releases, convert::to_ms(Utc::now())).await?;
+        let made: Vec<(Task, Transition, Option<&str>)> = changes
+            .iter()
+            .map(|(i, before, transition)| ((*before).clone(), transition.clone(), batch[*i].traceparent.as_deref()))
+            .collect();
+        self.commit_changes(txn, &made).await?;
+        for (i, _, transition) in changes {
+            steps[i] = Some(Step::Done(Box::new(transition.task)));
+        }
+        // Every index got its step above; `Internal` cannot be reached.
+        Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect()))
     }
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with their
@@ -496,7 +564,7 @@ const LOCK_CONFLICT_RETRIES: usize = 3;
 
 /// Why one run of a transition batch failed.
 #[derive(Debug)]
-enum BatchError {
+pub(super) enum BatchError {
     /// MySQL rolled the batch back to break a deadlock, or a row lock timed out: nothing
     /// committed, run it again.
     LockConflict(DbErr),
@@ -594,8 +662,8 @@ pub(super) async fn reserve_slots(txn: &DatabaseTransaction, worker_id: &str, n:
     Ok(reserved.rows_affected == 1)
 }
 
-/// Frees `n` slots of each worker of `releases` (never below 0), one statement per worker,
-/// in worker-id order.
+/// Frees `n` slots of each worker of `releases` (never below 0), in one statement: the
+/// rows are locked in worker-id order (the primary key's), the lock order of every writer.
 pub(super) async fn release_slots(
     txn: &DatabaseTransaction,
     releases: BTreeMap<String, i64>,
@@ -603,19 +671,83 @@ pub(super) async fn release_slots(
 ) -> Result<(), DbErr> {
     use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
     use taskwire_entity::worker;
-    for (worker_id, n) in releases {
-        let freed = CaseStatement::new()
-            .case(Expr::col(worker::Column::Active).gte(n), Expr::col(worker::Column::Active).sub(n))
-            .finally(0);
-        worker::Entity::update_many()
-            .col_expr(worker::Column::Active, freed.into())
-            .col_expr(worker::Column::UpdatedAt, Expr::value(now))
-            .filter(worker::Column::Id.eq(worker_id))
-            .filter(worker::Column::Active.gt(0))
-            .exec(txn)
-            .await?;
+    if releases.is_empty() {
+        return Ok(());
     }
+    // Padded (the last worker repeated) so that the statement has few shapes; a repeated
+    // arm is never reached, the first match wins.
+    let releases = shape::padded(releases);
+    let mut freed = CaseStatement::new();
+    for (worker_id, n) in &releases {
+        let less = CaseStatement::new()
+            .case(Expr::col(worker::Column::Active).gte(*n), Expr::col(worker::Column::Active).sub(*n))
+            .finally(0);
+        freed = freed.case(Expr::col(worker::Column::Id).eq(worker_id.as_str()), less);
+    }
+    worker::Entity::update_many()
+        .col_expr(worker::Column::Active, freed.finally(Expr::col(worker::Column::Active)).into())
+        .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+        .filter(worker::Column::Id.is_in(releases.into_iter().map(|(id, _)| id)))
+        .filter(worker::Column::Active.gt(0))
+        .exec(txn)
+        .await?;
     Ok(())
+}
+
+/// The task columns a transition writes (those of `convert::task_changes`).
+const CHANGED_COLUMNS: [task::Column; 13] = [
+    task::Column::Status,
+    task::Column::Attempts,
+    task::Column::MaxAttempts,
+    task::Column::RunAt,
+    task::Column::Deadline,
+    task::Column::WorkerId,
+    task::Column::LeaseToken,
+    task::Column::LeaseExpiresAt,
+    task::Column::Result,
+    task::Column::LastError,
+    task::Column::Version,
+    task::Column::LastSeq,
+    task::Column::UpdatedAt,
+];
+
+/// [`update_if_unchanged`] for many tasks (each at most once) in one statement: each row
+/// is written only if it is still at the version its `before` was read at. `true` when
+/// every row was written; `false` when any was not, and then the caller must roll back
+/// (the statement does not say which rows were written) and go row by row.
+pub(super) async fn update_all_if_unchanged(
+    txn: &DatabaseTransaction,
+    changes: &[(&Task, &Transition)],
+) -> Result<bool, DbErr> {
+    use sea_orm::{
+        ActiveModelTrait,
+        sea_query::{CaseStatement, Expr, ExprTrait},
+    };
+    if changes.is_empty() {
+        return Ok(true);
+    }
+    let rows: Vec<(String, i32, task::ActiveModel)> = changes
+        .iter()
+        .map(|(before, next)| (before.id.to_string(), before.version as i32, convert::task_changes(&next.task)))
+        .collect();
+    let distinct = rows.len() as u64;
+    // Padded (the last row repeated) so that the statement has few shapes; a repeated arm
+    // or condition changes nothing, the first match wins.
+    let rows = shape::padded(rows);
+    let mut update = task::Entity::update_many();
+    for column in CHANGED_COLUMNS {
+        let mut value = CaseStatement::new();
+        for (id, _, changes) in &rows {
+            let Some(new) = changes.get(column).into_value() else { continue };
+            value = value.case(Expr::col(task::Column::Id).eq(id.as_str()), Expr::val(new));
+        }
+        update = update.col_expr(column, value.finally(Expr::col(column)).into());
+    }
+    let unchanged = rows.iter().fold(Condition::any(), |any, (id, version, _)| {
+        any.add(Expr::col(task::Column::Id).eq(id.as_str()).and(Expr::col(task::Column::Version).eq(*version)))
+    });
+    let updated = update.filter(unchanged).exec(txn).await?;
+    Ok(updated.rows_affected == distinct)
 }
 
 /// The configured `maxAttempts` of the queues of inputs that do not set their own.

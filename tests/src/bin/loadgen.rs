@@ -699,6 +699,8 @@ struct TaskTimes {
     created: Option<i64>,
     /// Server: the first `ASSIGNED` event.
     assigned: Option<i64>,
+    /// Server: the first `RUNNING` event (the worker accepted the offer).
+    running: Option<i64>,
     /// Server: the `SUCCEEDED` event.
     succeeded: Option<i64>,
     /// Client: the `SUCCEEDED` event arrived.
@@ -730,6 +732,7 @@ impl Ledger {
         }
         match event.status.as_str() {
             "ASSIGNED" if times.assigned.is_none() => times.assigned = Some(event.at),
+            "RUNNING" if times.running.is_none() => times.running = Some(event.at),
             "SUCCEEDED" if times.succeeded.is_none() => {
                 times.succeeded = Some(event.at);
                 times.succeeded_received = Some(received);
@@ -881,6 +884,8 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
     let (mut created, mut assigned, mut succeeded, mut missed_creation, mut unacknowledged) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut to_assigned, mut to_succeeded, mut end_to_end) = (Vec::new(), Vec::new(), Vec::new());
+    // The stages between, for the tasks seen in every one (one attempt, as a rule).
+    let (mut to_running, mut running_to_succeeded) = (Vec::new(), Vec::new());
     let mut assigned_by_creation = Vec::new();
     let mut last_success = None;
     for times in tasks.values() {
@@ -904,6 +909,10 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         }
         if let Some(received) = times.succeeded_received {
             end_to_end.push(received - acked);
+        }
+        if let (Some(assigned), Some(running), Some(done)) = (times.assigned, times.running, times.succeeded) {
+            to_running.push(running - assigned);
+            running_to_succeeded.push(done - running);
         }
     }
     let not_checked = (created - succeeded).saturating_sub(unfinished.values().sum());
@@ -935,6 +944,8 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         "create_request": latency_ms(creates.micros.iter().map(|&m| i64::from(m)).collect()),
         "created_to_assigned": latency_ms(to_assigned),
         "created_to_succeeded": latency_ms(to_succeeded),
+        "assigned_to_running": latency_ms(to_running),
+        "running_to_succeeded": latency_ms(running_to_succeeded),
         "ack_to_succeeded_received": latency_ms(end_to_end),
     });
     let result = json!({
