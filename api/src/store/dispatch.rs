@@ -110,7 +110,7 @@ impl Store {
             })
             .collect();
         let _gate = self.write_lock().await;
-        let txn = self.db.begin().await?;
+        let txn = self.begin_multi_row().await?;
         let (txn, made) = match offer_at_once(&txn, offers, &planned, convert::to_ms(now)).await? {
             Some(made) => (txn, made),
             None => {

@@ -456,7 +456,7 @@ impl Store {
         }
         // Task rows in id order, then worker rows: the lock order of every writer.
         changes.sort_by_key(|(_, before, _)| before.id);
-        let txn = self.db.begin().await?;
+        let txn = self.begin_multi_row().await?;
         let rows: Vec<(&Task, &Transition)> = changes.iter().map(|(_, before, t)| (*before, t)).collect();
         if !update_all_if_unchanged(&txn, &rows).await? {
             txn.rollback().await?;
@@ -479,6 +479,21 @@ impl Store {
         }
         // Every index got its step above; `Internal` cannot be reached.
         Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect()))
+    }
+
+    /// A transaction for [`update_all_if_unchanged`]: on MySQL/MariaDB at READ COMMITTED,
+    /// where an `UPDATE` locks only the rows it writes. At the default REPEATABLE READ
+    /// InnoDB may plan the multi-row update as a scan (it does on a small table) and then
+    /// holds next-key locks on every row and gap it passes, which blocked concurrent task
+    /// inserts into deadlocks. Every write of the transaction is conditional on a version
+    /// read before it, so the weaker isolation loses nothing.
+    pub(super) async fn begin_multi_row(&self) -> Result<DatabaseTransaction, DbErr> {
+        match self.backend() {
+            sea_orm::DbBackend::MySql => {
+                self.db.begin_with_config(Some(sea_orm::IsolationLevel::ReadCommitted), None).await
+            }
+            _ => self.db.begin().await,
+        }
     }
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with their
@@ -743,10 +758,18 @@ pub(super) async fn update_all_if_unchanged(
         }
         update = update.col_expr(column, value.finally(Expr::col(column)).into());
     }
-    let unchanged = rows.iter().fold(Condition::any(), |any, (id, version, _)| {
-        any.add(Expr::col(task::Column::Id).eq(id.as_str()).and(Expr::col(task::Column::Version).eq(*version)))
-    });
-    let updated = update.filter(unchanged).exec(txn).await?;
+    // `id IN (…)`: a primary-key lookup on every backend, so MySQL locks exactly these
+    // rows (an `OR` of `id = ? AND version = ?` pairs can be planned as a scan that locks
+    // more, and was seen to deadlock creates); the version check is per row.
+    let mut read_at = CaseStatement::new();
+    for (id, version, _) in &rows {
+        read_at = read_at.case(Expr::col(task::Column::Id).eq(id.as_str()), Expr::val(*version));
+    }
+    let updated = update
+        .filter(task::Column::Id.is_in(rows.iter().map(|(id, _, _)| id.clone())))
+        .filter(Expr::col(task::Column::Version).eq(read_at))
+        .exec(txn)
+        .await?;
     Ok(updated.rows_affected == distinct)
 }
 
