@@ -709,23 +709,6 @@ pub(super) async fn release_slots(
     Ok(())
 }
 
-/// The task columns a transition writes (those of `convert::task_changes`).
-const CHANGED_COLUMNS: [task::Column; 13] = [
-    task::Column::Status,
-    task::Column::Attempts,
-    task::Column::MaxAttempts,
-    task::Column::RunAt,
-    task::Column::Deadline,
-    task::Column::WorkerId,
-    task::Column::LeaseToken,
-    task::Column::LeaseExpiresAt,
-    task::Column::Result,
-    task::Column::LastError,
-    task::Column::Version,
-    task::Column::LastSeq,
-    task::Column::UpdatedAt,
-];
-
 /// [`update_if_unchanged`] for many tasks (each at most once) in one statement: each row
 /// is written only if it is still at the version its `before` was read at. `true` when
 /// every row was written; `false` when any was not, and then the caller must roll back
@@ -735,7 +718,7 @@ pub(super) async fn update_all_if_unchanged(
     changes: &[(&Task, &Transition)],
 ) -> Result<bool, DbErr> {
     use sea_orm::{
-        ActiveModelTrait,
+        ActiveModelTrait, Iterable,
         sea_query::{CaseStatement, Expr, ExprTrait},
     };
     if changes.is_empty() {
@@ -750,7 +733,9 @@ pub(super) async fn update_all_if_unchanged(
     // or condition changes nothing, the first match wins.
     let rows = shape::padded(rows);
     let mut update = task::Entity::update_many();
-    for column in CHANGED_COLUMNS {
+    // The columns `convert::task_changes` sets (the same for every row).
+    let written = task::Column::iter().filter(|c| rows.first().is_some_and(|(_, _, changes)| changes.get(*c).is_set()));
+    for column in written {
         let mut value = CaseStatement::new();
         for (id, _, changes) in &rows {
             let Some(new) = changes.get(column).into_value() else { continue };
