@@ -42,6 +42,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("KAFKA_TOPIC_PREFIX", "taskwire", "topics <prefix>.tasks.dispatch, .status, .dead"),
     ("KAFKA_PARTITIONS", "3", "partitions of each topic created at start"),
     ("KAFKA_REPLICATION", "1", "replication factor of each topic created at start (real brokers)"),
+    (
+        "KAFKA_STARTUP_TIMEOUT_MS",
+        "30000",
+        "time to reach the brokers, create the topics and read their offsets at start before giving up",
+    ),
     ("SUBSCRIBER_BUFFER", "256", "events buffered per subscription before it resyncs from the database"),
     ("WS_INIT_TIMEOUT_MS", "10000", "time to send connection_init before close 4408"),
     ("WS_KEEPALIVE_MS", "15000", "interval of server keep-alive pings"),
@@ -286,6 +291,7 @@ impl Config {
                 topic_prefix: get("KAFKA_TOPIC_PREFIX").unwrap_or("taskwire").to_owned(),
                 partitions: parse(get("KAFKA_PARTITIONS"), "KAFKA_PARTITIONS", Some(3))?,
                 replication: parse(get("KAFKA_REPLICATION"), "KAFKA_REPLICATION", Some(1))?,
+                startup_timeout: millis(get("KAFKA_STARTUP_TIMEOUT_MS"), "KAFKA_STARTUP_TIMEOUT_MS", 30_000)?,
             },
             subscriber_buffer: parse(get("SUBSCRIBER_BUFFER"), "SUBSCRIBER_BUFFER", Some(256))?,
             ws: crate::http::ws::WsSettings {

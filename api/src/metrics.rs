@@ -4,8 +4,8 @@
 //! state), so tests running several apps in one process do not mix their numbers.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, core::Collector,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder, core::Collector,
 };
 
 /// Every series Taskwire exports.
@@ -88,7 +88,22 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Tasks by status, sampled periodically from the database.
     pub tasks_by_status: IntGaugeVec,
+    /// SQLite's write gate, by writer (absent on MySQL).
+    pub write_gate: WriteGateMetrics,
     operation_names: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+}
+
+/// The use of SQLite's write gate (the mutex serialising write transactions), by
+/// `writer`: `create`, `transition`, `offer`, `sweep`, `worker`, `admin`, `relay`.
+#[derive(Debug, Clone)]
+pub struct WriteGateMetrics {
+    /// Times the gate was taken.
+    pub acquired: IntCounterVec,
+    /// Seconds spent waiting for the gate.
+    pub wait: CounterVec,
+    /// Seconds the gate was held; `rate()` of the sum over writers is the fraction of time
+    /// SQLite's one writer is busy.
+    pub held: CounterVec,
 }
 
 /// Distinct operation names kept as label values; later names are reported as `other`,
@@ -103,6 +118,9 @@ impl Metrics {
         let counter = |name: &str, help: &str| register(&registry, name, IntCounter::new(name, help));
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, name, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let seconds_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, name, CounterVec::new(Opts::new(name, help), labels))
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, name, IntGaugeVec::new(Opts::new(name, help), labels))
@@ -156,6 +174,23 @@ impl Metrics {
             db_pool_connections: gauge_vec("db_pool_connections", "Database pool connections", &["state"]),
             consumer_lag: gauge_vec("kafka_consumer_lag", "Kafka consumer lag in messages", &["consumer"]),
             tasks_by_status: gauge_vec("tasks", "Tasks by status (sampled)", &["status"]),
+            write_gate: WriteGateMetrics {
+                acquired: counter_vec(
+                    "sqlite_write_gate_acquired_total",
+                    "Times SQLite's write gate was taken, by writer",
+                    &["writer"],
+                ),
+                wait: seconds_vec(
+                    "sqlite_write_gate_wait_seconds_total",
+                    "Seconds spent waiting for SQLite's write gate, by writer",
+                    &["writer"],
+                ),
+                held: seconds_vec(
+                    "sqlite_write_gate_held_seconds_total",
+                    "Seconds SQLite's write gate was held, by writer",
+                    &["writer"],
+                ),
+            },
             operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),

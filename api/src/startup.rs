@@ -55,6 +55,32 @@ pub enum StartupError {
     /// Kafka could not be started or reached.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The brokers did not answer in time (`TASKWIRE_KAFKA_STARTUP_TIMEOUT_MS`).
+    #[error("kafka: {step} did not finish within {after:?}; are the brokers at {brokers} up and answering?")]
+    KafkaTimeout {
+        /// What start-up was doing.
+        step: &'static str,
+        /// The configured limit.
+        after: std::time::Duration,
+        /// The configured brokers (`embedded` for the mock cluster).
+        brokers: String,
+    },
+}
+
+/// Runs one start-up step against Kafka within the configured time limit.
+async fn kafka_step<T>(
+    settings: &crate::kafka::KafkaSettings,
+    step: &'static str,
+    work: impl Future<Output = Result<T, rdkafka::error::KafkaError>>,
+) -> Result<T, StartupError> {
+    match tokio::time::timeout(settings.startup_timeout, work).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StartupError::KafkaTimeout {
+            step,
+            after: settings.startup_timeout,
+            brokers: settings.brokers.clone().unwrap_or_else(|| "embedded".to_owned()),
+        }),
+    }
 }
 
 /// The background work an application owns: started by `run_until_stopped`, stopped
@@ -95,9 +121,10 @@ impl Application {
         }
         let redis = config.redis_url.as_deref().map(redis::Client::open).transpose()?;
         let metrics = Metrics::new();
+        store.observe_write_gate(metrics.write_gate.clone());
         let redis_link = Arc::new(RedisLink::new(redis.clone(), config.redis.clone(), metrics.clone()));
         let cache = TaskCache::new(config.cache.clone(), redis_link.clone(), metrics.clone());
-        let kafka = Kafka::connect(&config.kafka).await?;
+        let kafka = kafka_step(&config.kafka, "creating the topics", Kafka::connect(&config.kafka)).await?;
         let producer_kafka = kafka.clone();
         let relay = OutboxRelay::new(store.clone(), Box::new(move || producer_kafka.producer()), metrics.clone())?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
@@ -142,7 +169,8 @@ impl Application {
             let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
             let consumer = Arc::new(kafka.live_consumer(&group)?);
             // Fixed before serving: every status event committed from now on reaches us.
-            consumer::assign_at_end(consumer.clone(), status_topic).await?;
+            let assign = consumer::assign_at_end(consumer.clone(), status_topic);
+            kafka_step(&config.kafka, "reading the status topic's end offsets", assign).await?;
             Some(consumer)
         } else {
             None

@@ -111,6 +111,21 @@ cpu_report() { # cpu_report BEFORE AFTER
   }'
 }
 
+# On SQLite: how busy the write gate was, per writer (held seconds, share of the
+# scenario's wall time, mean wait), from the server's /metrics saved after the scenario.
+gate_report() { # gate_report METRICS_FILE WALL_SECONDS
+  awk -v wall="$2" '
+    /^taskwire_sqlite_write_gate_held_seconds_total\{/ { match($0, /writer="[a-z]+"/); w = substr($0, RSTART + 8, RLENGTH - 9); held[w] = $2; total += $2 }
+    /^taskwire_sqlite_write_gate_wait_seconds_total\{/ { match($0, /writer="[a-z]+"/); w = substr($0, RSTART + 8, RLENGTH - 9); wait[w] = $2 }
+    /^taskwire_sqlite_write_gate_acquired_total\{/ { match($0, /writer="[a-z]+"/); w = substr($0, RSTART + 8, RLENGTH - 9); n[w] = $2 }
+    END {
+      if (total == 0) exit
+      line = sprintf("write gate held %.0f %% of %.1f s:", 100 * total / wall, wall)
+      for (w in held) line = line sprintf(" %s %.1f%% (%d, wait %.1f ms)", w, 100 * held[w] / wall, n[w], n[w] ? 1000 * wait[w] / n[w] : 0)
+      print line
+    }' "$1"
+}
+
 for scenario in "${scenarios[@]}"; do
   start_server
   json="$out/$stack-$scenario.json"
@@ -127,5 +142,7 @@ for scenario in "${scenarios[@]}"; do
   esac
   cpu_snapshot after
   cpu_report "$before" "$after" | tee "$out/$stack-$scenario.cpu"
+  curl -fs "$url/metrics" >"$out/$stack-$scenario.metrics" 2>/dev/null || true
+  gate_report "$out/$stack-$scenario.metrics" "$(awk -v b="${before##*wall=}" -v a="${after##*wall=}" 'BEGIN {print a - b}')"
   stop_server
 done

@@ -117,6 +117,9 @@ pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The longest a test app may take to start (the app's own Kafka start-up limit is 30 s).
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+
 impl TestApp {
     /// Starts the app with default test configuration.
     pub async fn spawn() -> TestApp {
@@ -188,7 +191,14 @@ impl TestApp {
         }
         let config = Config::load_from(None, &env).expect("test configuration loads");
         init_telemetry(config.otlp_endpoint.as_deref());
-        let app = Application::build(config).await.expect("application builds");
+        // Bounded, so a broker or database that accepts connections but never answers
+        // fails the test with a reason instead of hanging the suite.
+        let app = match tokio::time::timeout(STARTUP_LIMIT, Application::build(config)).await {
+            Ok(built) => built.expect("application builds"),
+            Err(_) => {
+                panic!("the application did not start within {STARTUP_LIMIT:?}: is every configured service answering?")
+            }
+        };
         let address = format!("http://127.0.0.1:{}", app.port());
         let db_stats = app.db_stats();
         let task_cache = app.task_cache();

@@ -331,3 +331,48 @@ async fn a_dead_task_is_published_to_the_dead_letter_topic() {
     assert_eq!(dead["message"], "bad input");
     worker.stop().await;
 }
+
+/// A broker address that accepts connections but never answers (a hung broker) makes
+/// start-up fail with a clear error once `TASKWIRE_KAFKA_STARTUP_TIMEOUT_MS` has passed,
+/// instead of hanging.
+#[tokio::test]
+async fn start_up_gives_up_on_brokers_that_never_answer() {
+    use taskwire_api::{
+        config::Config,
+        startup::{Application, StartupError},
+    };
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let brokers = format!("127.0.0.1:{}", silent.local_addr().expect("address").port());
+    // Accept and hold every connection, reading nothing and writing nothing.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env: std::collections::BTreeMap<String, String> = [
+        ("TASKWIRE_LISTEN", "127.0.0.1:0".to_owned()),
+        ("TASKWIRE_DATABASE_URL", format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display())),
+        ("TASKWIRE_JWT_SECRET", "a-test-secret-long-enough-for-hs256".to_owned()),
+        ("TASKWIRE_DATA_DIR", dir.path().display().to_string()),
+        ("TASKWIRE_KAFKA_BROKERS", brokers.clone()),
+        ("TASKWIRE_KAFKA_STARTUP_TIMEOUT_MS", "1500".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let config = Config::load_from(None, &env).expect("configuration loads");
+
+    let outcome = tokio::time::timeout(Duration::from_secs(30), Application::build(config)).await;
+
+    holder.abort();
+    match outcome.expect("start-up gave up by itself, well before 30 s") {
+        Err(error @ StartupError::KafkaTimeout { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&brokers) && message.contains("1.5s"), "unclear error: {message}");
+        }
+        other => panic!("expected a Kafka start-up timeout, got {other:?}"),
+    }
+}

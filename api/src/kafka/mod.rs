@@ -41,6 +41,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor of each topic created at start (real brokers only).
     pub replication: i32,
+    /// Time start-up may spend reaching the brokers, creating the topics and reading their
+    /// offsets; past it the process exits with a clear error instead of hanging on a
+    /// broker that accepts connections but does not answer.
+    pub startup_timeout: Duration,
 }
 
 /// A connected Kafka: where it is and which topics it has.
@@ -72,7 +76,7 @@ impl Kafka {
                 })
             }
             Some(brokers) => {
-                create_topics(brokers, &names, settings.partitions, settings.replication).await?;
+                create_topics(brokers, &names, settings).await?;
                 Ok(Kafka { bootstrap_servers: brokers.clone(), topics, embedded: None })
             }
         }
@@ -155,11 +159,14 @@ impl Kafka {
     }
 }
 
-async fn create_topics(brokers: &str, names: &[String], partitions: i32, replication: i32) -> Result<(), KafkaError> {
+async fn create_topics(brokers: &str, names: &[String], settings: &KafkaSettings) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let (partitions, replication) = (settings.partitions, settings.replication);
     let new_topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(settings.startup_timeout));
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(topic) => tracing::info!(topic, "created Kafka topic"),

@@ -10,7 +10,7 @@ use taskwire_domain::{
 };
 use taskwire_entity::{queue, task, worker};
 
-use super::{Store, WorkerRecord, convert};
+use super::{Store, WorkerRecord, Writer, convert};
 use crate::error::{ApiError, ApiResult};
 
 impl Store {
@@ -20,7 +20,7 @@ impl Store {
         let now = convert::to_ms(Utc::now());
         let queues = serde_json::to_string(&registration.queues.iter().map(QueueName::as_str).collect::<Vec<_>>())
             .map_err(|e| ApiError::internal("serialising queues", &e))?;
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Worker).await;
         for _ in 0..3 {
             let existing = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?;
             let result = match existing {
@@ -74,7 +74,7 @@ impl Store {
     /// extends the leases of its running tasks by their queue's lease length.
     pub async fn heartbeat(&self, id: &str) -> ApiResult<WorkerRecord> {
         let now = Utc::now();
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Worker).await;
         let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
         let mut active: worker::ActiveModel = row.clone().into();
@@ -115,7 +115,7 @@ impl Store {
 
     /// Marks worker `id` draining: no new offers, running tasks finish.
     pub async fn drain_worker(&self, id: &str) -> ApiResult<WorkerRecord> {
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Worker).await;
         let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
         let mut active: worker::ActiveModel = row.clone().into();
         active.status = Set(WorkerStatus::Draining.as_str().to_owned());
@@ -149,7 +149,7 @@ impl Store {
     /// Stores `settings` (insert or update).
     pub async fn save_queue(&self, settings: &QueueSettings) -> ApiResult<QueueSettings> {
         let now = convert::to_ms(Utc::now());
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Admin).await;
         let exists = queue::Entity::find_by_id(settings.name.to_string()).one(&self.db).await?.is_some();
         let row = queue::ActiveModel {
             name: Set(settings.name.to_string()),

@@ -217,7 +217,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{OfferOutcome, PlannedOffer, test_store};
+    use crate::store::{OfferOutcome, PlannedOffer, Writer, test_store};
 
     /// Two tasks offered to worker `w1` (capacity 2); their lease tokens.
     async fn offered(store: &Store) -> Vec<(TaskId, String)> {
@@ -346,7 +346,7 @@ mod tests {
         let (changed, worker, token) = &running[0];
         store.transition_in_queue(*changed, None, complete_as(worker, token)).await.expect("completed elsewhere");
 
-        let _gate = store.write_lock().await;
+        let _gate = store.write_lock(Writer::Transition).await;
         let all_at_once = store.transition_all_at_once(&batch, &current, &settings).await.expect("no error");
         assert!(all_at_once.is_none(), "one stale row makes the statement refuse the whole batch");
         drop(_gate);

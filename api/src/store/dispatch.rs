@@ -18,7 +18,7 @@ use taskwire_domain::{
 use taskwire_entity::{queue, task, worker};
 
 use super::{
-    Store, WorkerRecord,
+    Store, WorkerRecord, Writer,
     admin::settings_from_row,
     convert, shape,
     tasks::{Applied, apply, release_slots, reserve_slots, update_all_if_unchanged},
@@ -109,7 +109,7 @@ impl Store {
                 Some((before, transition))
             })
             .collect();
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Offer).await;
         let txn = self.begin_multi_row().await?;
         let (txn, made) = match offer_at_once(&txn, offers, &planned, convert::to_ms(now)).await? {
             Some(made) => (txn, made),
@@ -187,7 +187,7 @@ impl Store {
             ),
         };
         let select = task::Entity::find().filter(condition).order_by_asc(order).limit(limit);
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Sweep).await;
         let mysql = self.backend() == DbBackend::MySql;
         let txn = if mysql {
             self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await?
@@ -241,7 +241,7 @@ impl Store {
     /// Marks `ONLINE` and `DRAINING` workers not seen since `cutoff` as `OFFLINE`;
     /// returns how many.
     pub async fn expire_workers(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Worker).await;
         let result = worker::Entity::update_many()
             .col_expr(worker::Column::Status, Expr::value(WorkerStatus::Offline.as_str()))
             .col_expr(worker::Column::Version, Expr::col(worker::Column::Version).add(1))
@@ -256,7 +256,7 @@ impl Store {
     /// Records that worker `id` is connected: refreshes `lastSeenAt`, and an `OFFLINE`
     /// worker comes back `ONLINE`. `NOT_FOUND` for a worker that never registered.
     pub async fn touch_worker(&self, id: &str) -> ApiResult<WorkerRecord> {
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Worker).await;
         let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
         let now = convert::to_ms(Utc::now());

@@ -11,6 +11,7 @@ mod coalesce;
 mod convert;
 mod dispatch;
 mod events;
+mod gate;
 mod outbox;
 mod shape;
 mod tasks;
@@ -30,10 +31,11 @@ use sea_orm::{
 };
 use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::{Mutex, Notify};
 
 pub use dispatch::{Due, OfferOutcome, PlannedOffer};
 pub use events::{EventHead, EventScope, QueueStats};
+pub(crate) use gate::Writer;
 pub use outbox::OutboxMessage;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 
@@ -107,7 +109,10 @@ pub struct WorkerRecord {
 pub struct Store {
     db: DatabaseConnection,
     topics: Topics,
+    /// SQLite's write gate (see `gate`); `None` on MySQL.
     write_gate: Option<Arc<Mutex<()>>>,
+    /// Where the gate's use is counted, once the application has metrics.
+    gate_metrics: Arc<std::sync::OnceLock<crate::metrics::WriteGateMetrics>>,
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
     dispatch_signal: Arc<Notify>,
@@ -181,6 +186,7 @@ impl Store {
             db,
             topics: Topics::new(&config.kafka.topic_prefix),
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
+            gate_metrics: Arc::new(std::sync::OnceLock::new()),
             stats,
             outbox_signal: Arc::new(Notify::new()),
             dispatch_signal: Arc::new(Notify::new()),
@@ -251,14 +257,6 @@ impl Store {
     /// The backend in use.
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
-    }
-
-    /// Serialises writers on SQLite; a no-op on MySQL, which has row locks.
-    async fn write_lock(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.write_gate {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        }
     }
 
     /// Workers by id (missing ids are simply absent).

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use taskwire_entity::outbox;
 
-use super::{Store, convert, shape};
+use super::{Store, Writer, convert, shape};
 use crate::error::ApiResult;
 
 /// A message waiting to be published.
@@ -79,7 +79,7 @@ impl Store {
             let count = rows.len();
             if count > 0 {
                 let delivered = publish(rows.into_iter().map(Into::into).collect()).await;
-                let _gate = self.write_lock().await;
+                let _gate = self.write_lock(Writer::Relay).await;
                 mark_published(&self.db, &delivered).await?;
             }
             Ok(count)
@@ -105,7 +105,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Relay).await;
         let deleted =
             outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(shape::padded(ids))).exec(&self.db).await?;
         Ok(deleted.rows_affected)

@@ -15,7 +15,7 @@ use taskwire_domain::{
 use taskwire_entity::{outbox, queue, task, task_event};
 
 use super::{
-    Store,
+    Store, Writer,
     coalesce::{PendingTransition, Step},
     convert, shape,
 };
@@ -192,7 +192,7 @@ impl Store {
         mode: CreateMode,
         traces: &[Option<&str>],
     ) -> ApiResult<Vec<CreateOutcome>> {
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Create).await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
             match self.try_create_tasks(&batch, mode, traces).await {
                 // Another transaction committed the same key between our read and our
@@ -279,7 +279,7 @@ impl Store {
     where
         F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
     {
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Transition).await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
             let txn = self.db.begin().await?;
             let Some(row) = task::Entity::find_by_id(id.to_string()).one(&txn).await? else {
@@ -349,7 +349,7 @@ impl Store {
             current.insert(task.id, task);
         }
         let settings = super::dispatch::queue_settings_in(&self.db, current.values().map(|t| t.queue.as_str())).await?;
-        let _gate = self.write_lock().await;
+        let _gate = self.write_lock(Writer::Transition).await;
         if let Some(steps) = self.transition_all_at_once(batch, &current, &settings).await? {
             return Ok(steps);
         }
