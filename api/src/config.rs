@@ -18,7 +18,11 @@ use secrecy::SecretString;
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("LISTEN", "127.0.0.1:8080", "bind address"),
     ("DATABASE_URL", "sqlite://data/taskwire.db?mode=rwc", "mysql://… for MySQL/MariaDB (production mode)"),
-    ("DATABASE_MAX_CONNECTIONS", "8 (MySQL) / 4 (SQLite)", "database pool size"),
+    (
+        "DATABASE_MAX_CONNECTIONS",
+        "8 (MySQL) / 4 (SQLite)",
+        "database pool size (on SQLite the readers; writes have one connection of their own)",
+    ),
     ("DATABASE_ACQUIRE_TIMEOUT_MS", "2000", "wait for a pooled connection before UNAVAILABLE"),
     (
         "DATABASE_STATEMENT_CACHE",

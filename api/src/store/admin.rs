@@ -2,8 +2,7 @@
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 use taskwire_domain::{
     MaxAttempts, QueueName, QueueSettings, RetryPolicy, WorkerRegistration, WorkerStatus, queue::DEFAULT_LEASE_SECONDS,
@@ -20,9 +19,9 @@ impl Store {
         let now = convert::to_ms(Utc::now());
         let queues = serde_json::to_string(&registration.queues.iter().map(QueueName::as_str).collect::<Vec<_>>())
             .map_err(|e| ApiError::internal("serialising queues", &e))?;
-        let _gate = self.write_lock(Writer::Worker).await;
+        let writing = self.write_lock(Writer::Worker).await;
         for _ in 0..3 {
-            let existing = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?;
+            let existing = worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?;
             let result = match existing {
                 Some(row) => {
                     let status = if row.status == WorkerStatus::Draining.as_str() {
@@ -38,7 +37,7 @@ impl Store {
                     active.last_seen_at = Set(now);
                     active.version = Set(row.version + 1);
                     active.updated_at = Set(now);
-                    active.update(&self.db).await
+                    active.update(writing.db()).await
                 }
                 None => {
                     worker::ActiveModel {
@@ -53,7 +52,7 @@ impl Store {
                         created_at: Set(now),
                         updated_at: Set(now),
                     }
-                    .insert(&self.db)
+                    .insert(writing.db())
                     .await
                 }
             };
@@ -74,8 +73,9 @@ impl Store {
     /// extends the leases of its running tasks by their queue's lease length.
     pub async fn heartbeat(&self, id: &str) -> ApiResult<WorkerRecord> {
         let now = Utc::now();
-        let _gate = self.write_lock(Writer::Worker).await;
-        let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
+        let writing = self.write_lock(Writer::Worker).await;
+        let row =
+            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
         let mut active: worker::ActiveModel = row.clone().into();
         if came_back {
@@ -83,17 +83,14 @@ impl Store {
         }
         active.last_seen_at = Set(convert::to_ms(now));
         active.updated_at = Set(convert::to_ms(now));
-        let row = active.update(&self.db).await?;
+        let row = active.update(writing.db()).await?;
         let record = convert::worker_from_row(row)?;
         if came_back {
             self.dispatch_signal.notify_one();
         }
         // READ COMMITTED on MySQL: the range update takes no gap locks, so it cannot
         // deadlock with transitions that move tasks in and out of this worker's range.
-        let txn = match self.backend() {
-            DbBackend::MySql => self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await?,
-            _ => self.db.begin().await?,
-        };
+        let txn = writing.begin_read_committed().await?;
         let settings = super::dispatch::queue_settings_in(&txn, record.queues.iter().map(String::as_str)).await?;
         for (queue, settings) in settings {
             // Leases are extended in place: the lease token (not the row version) is what
@@ -115,13 +112,14 @@ impl Store {
 
     /// Marks worker `id` draining: no new offers, running tasks finish.
     pub async fn drain_worker(&self, id: &str) -> ApiResult<WorkerRecord> {
-        let _gate = self.write_lock(Writer::Worker).await;
-        let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
+        let writing = self.write_lock(Writer::Worker).await;
+        let row =
+            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
         let mut active: worker::ActiveModel = row.clone().into();
         active.status = Set(WorkerStatus::Draining.as_str().to_owned());
         active.version = Set(row.version + 1);
         active.updated_at = Set(convert::to_ms(Utc::now()));
-        convert::worker_from_row(active.update(&self.db).await?)
+        convert::worker_from_row(active.update(writing.db()).await?)
     }
 
     /// Workers, optionally only those serving `queue` and/or in `status`, by id.
@@ -149,8 +147,8 @@ impl Store {
     /// Stores `settings` (insert or update).
     pub async fn save_queue(&self, settings: &QueueSettings) -> ApiResult<QueueSettings> {
         let now = convert::to_ms(Utc::now());
-        let _gate = self.write_lock(Writer::Admin).await;
-        let exists = queue::Entity::find_by_id(settings.name.to_string()).one(&self.db).await?.is_some();
+        let writing = self.write_lock(Writer::Admin).await;
+        let exists = queue::Entity::find_by_id(settings.name.to_string()).one(writing.db()).await?.is_some();
         let row = queue::ActiveModel {
             name: Set(settings.name.to_string()),
             paused: Set(settings.paused),
@@ -163,7 +161,7 @@ impl Store {
             created_at: if exists { sea_orm::ActiveValue::NotSet } else { Set(now) },
             updated_at: Set(now),
         };
-        let saved = if exists { row.update(&self.db).await? } else { row.insert(&self.db).await? };
+        let saved = if exists { row.update(writing.db()).await? } else { row.insert(writing.db()).await? };
         self.dispatch_signal.notify_one();
         settings_from_row(saved)
     }

@@ -346,10 +346,10 @@ mod tests {
         let (changed, worker, token) = &running[0];
         store.transition_in_queue(*changed, None, complete_as(worker, token)).await.expect("completed elsewhere");
 
-        let _gate = store.write_lock(Writer::Transition).await;
-        let all_at_once = store.transition_all_at_once(&batch, &current, &settings).await.expect("no error");
+        let writing = store.write_lock(Writer::Transition).await;
+        let all_at_once = store.transition_all_at_once(&writing, &batch, &current, &settings).await.expect("no error");
         assert!(all_at_once.is_none(), "one stale row makes the statement refuse the whole batch");
-        drop(_gate);
+        drop(writing);
         for id in &ids[1..] {
             let stored = store.task(*id).await.expect("read").expect("exists");
             assert_eq!(stored.status, TaskStatus::Running, "nothing of the batch was written");

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, IsolationLevel,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 use taskwire_domain::{
@@ -109,13 +109,13 @@ impl Store {
                 Some((before, transition))
             })
             .collect();
-        let _gate = self.write_lock(Writer::Offer).await;
-        let txn = self.begin_multi_row().await?;
+        let writing = self.write_lock(Writer::Offer).await;
+        let txn = writing.begin_read_committed().await?;
         let (txn, made) = match offer_at_once(&txn, offers, &planned, convert::to_ms(now)).await? {
             Some(made) => (txn, made),
             None => {
                 txn.rollback().await?;
-                let txn = self.db.begin().await?;
+                let txn = writing.db().begin().await?;
                 let made = offer_one_by_one(&txn, offers, &planned).await?;
                 (txn, made)
             }
@@ -187,13 +187,9 @@ impl Store {
             ),
         };
         let select = task::Entity::find().filter(condition).order_by_asc(order).limit(limit);
-        let _gate = self.write_lock(Writer::Sweep).await;
+        let writing = self.write_lock(Writer::Sweep).await;
         let mysql = self.backend() == DbBackend::MySql;
-        let txn = if mysql {
-            self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await?
-        } else {
-            self.db.begin().await?
-        };
+        let txn = writing.begin_read_committed().await?;
         let rows = if mysql {
             select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked).all(&txn).await?
         } else {
@@ -241,14 +237,14 @@ impl Store {
     /// Marks `ONLINE` and `DRAINING` workers not seen since `cutoff` as `OFFLINE`;
     /// returns how many.
     pub async fn expire_workers(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
-        let _gate = self.write_lock(Writer::Worker).await;
+        let writing = self.write_lock(Writer::Worker).await;
         let result = worker::Entity::update_many()
             .col_expr(worker::Column::Status, Expr::value(WorkerStatus::Offline.as_str()))
             .col_expr(worker::Column::Version, Expr::col(worker::Column::Version).add(1))
             .col_expr(worker::Column::UpdatedAt, Expr::value(convert::to_ms(Utc::now())))
             .filter(worker::Column::Status.is_in([WorkerStatus::Online.as_str(), WorkerStatus::Draining.as_str()]))
             .filter(worker::Column::LastSeenAt.lt(convert::to_ms(cutoff)))
-            .exec(&self.db)
+            .exec(writing.db())
             .await?;
         Ok(result.rows_affected)
     }
@@ -256,8 +252,9 @@ impl Store {
     /// Records that worker `id` is connected: refreshes `lastSeenAt`, and an `OFFLINE`
     /// worker comes back `ONLINE`. `NOT_FOUND` for a worker that never registered.
     pub async fn touch_worker(&self, id: &str) -> ApiResult<WorkerRecord> {
-        let _gate = self.write_lock(Writer::Worker).await;
-        let row = worker::Entity::find_by_id(id.to_owned()).one(&self.db).await?.ok_or(ApiError::NotFound("worker"))?;
+        let writing = self.write_lock(Writer::Worker).await;
+        let row =
+            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
         let now = convert::to_ms(Utc::now());
         let mut active: worker::ActiveModel = row.clone().into();
@@ -267,7 +264,7 @@ impl Store {
         }
         active.last_seen_at = sea_orm::ActiveValue::Set(now);
         active.updated_at = sea_orm::ActiveValue::Set(now);
-        let record = convert::worker_from_row(sea_orm::ActiveModelTrait::update(active, &self.db).await?)?;
+        let record = convert::worker_from_row(sea_orm::ActiveModelTrait::update(active, writing.db()).await?)?;
         if came_back {
             self.dispatch_signal.notify_one();
         }

@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel, TransactionTrait};
 use tokio::sync::MutexGuard;
 
 use super::Store;
@@ -48,14 +49,45 @@ impl Writer {
     }
 }
 
-/// The gate, held: released (and its hold time counted) on drop.
-pub(crate) struct GateGuard<'a> {
-    _held: MutexGuard<'a, ()>,
+/// Permission to write: on SQLite the gate, held, with the one connection every write
+/// goes through; on MySQL the shared pool (row locks do the serialising). Released (and
+/// its hold time counted) on drop.
+///
+/// Every write goes through [`Writing::db`]. On SQLite that is a connection of its own,
+/// so its page cache stays warm: SQLite drops a connection's whole page cache whenever
+/// another connection wrote since its last transaction, so writes spread over the pool
+/// re-read every page they touched, under the gate. Reads use the pool.
+pub(crate) struct Writing<'a> {
+    db: &'a DatabaseConnection,
+    _held: Option<MutexGuard<'a, ()>>,
     since: Instant,
     observed: Option<(&'a WriteGateMetrics, Writer)>,
 }
 
-impl Drop for GateGuard<'_> {
+impl Writing<'_> {
+    /// The connection to write (and read what the write depends on) with.
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        self.db
+    }
+
+    /// A transaction at READ COMMITTED on MySQL/MariaDB, plain on SQLite (which has one
+    /// writer and serialisable transactions anyway).
+    ///
+    /// At MySQL's default REPEATABLE READ a locking read or an `UPDATE` takes next-key
+    /// locks on every row and gap it scans (InnoDB plans a multi-row update on a small
+    /// table as a scan), which blocked concurrent task inserts into deadlocks; `SKIP
+    /// LOCKED` claims take no gap locks either. Every write of the callers is conditional
+    /// on a version read before it (or claims its rows with a lock), so the weaker
+    /// isolation loses nothing.
+    pub(crate) async fn begin_read_committed(&self) -> Result<DatabaseTransaction, DbErr> {
+        match self.db.get_database_backend() {
+            DbBackend::MySql => self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await,
+            _ => self.db.begin().await,
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
     fn drop(&mut self) {
         if let Some((metrics, writer)) = self.observed {
             metrics.held.with_label_values(&[writer.label()]).inc_by(self.since.elapsed().as_secs_f64());
@@ -64,18 +96,20 @@ impl Drop for GateGuard<'_> {
 }
 
 impl Store {
-    /// Takes the write gate for `writer` on SQLite; `None` (nothing to take) on MySQL.
-    pub(crate) async fn write_lock(&self, writer: Writer) -> Option<GateGuard<'_>> {
-        let gate = self.write_gate.as_ref()?;
-        let asked = Instant::now();
-        let held = gate.lock().await;
+    /// Takes the right to write for `writer`: on SQLite waits for the gate.
+    pub(crate) async fn write_lock(&self, writer: Writer) -> Writing<'_> {
         let since = Instant::now();
+        let Some(gate) = &self.write_gate else {
+            return Writing { db: &self.db, _held: None, since, observed: None };
+        };
+        let held = gate.lock().await;
+        let now = Instant::now();
         let observed = self.gate_metrics.get().map(|metrics| (metrics, writer));
         if let Some((metrics, writer)) = observed {
             metrics.acquired.with_label_values(&[writer.label()]).inc();
-            metrics.wait.with_label_values(&[writer.label()]).inc_by((since - asked).as_secs_f64());
+            metrics.wait.with_label_values(&[writer.label()]).inc_by((now - since).as_secs_f64());
         }
-        Some(GateGuard { _held: held, since, observed })
+        Writing { db: &self.writer, _held: Some(held), since: now, observed }
     }
 
     /// Counts every use of the write gate in `metrics` from now on (the first call
@@ -121,6 +155,7 @@ mod tests {
     #[tokio::test]
     async fn mysql_has_no_gate() {
         let Some((store, _)) = super::super::mysql_test_store("mysql_has_no_gate").await else { return };
-        assert!(store.write_lock(super::Writer::Create).await.is_none());
+        let writing = store.write_lock(super::Writer::Create).await;
+        assert!(writing._held.is_none(), "row locks serialise MySQL writers");
     }
 }

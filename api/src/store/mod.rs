@@ -28,6 +28,7 @@ use std::{
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     QueryFilter,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
@@ -35,7 +36,7 @@ use tokio::sync::{Mutex, Notify};
 
 pub use dispatch::{Due, OfferOutcome, PlannedOffer};
 pub use events::{EventHead, EventScope, QueueStats};
-pub(crate) use gate::Writer;
+pub(crate) use gate::{Writer, Writing};
 pub use outbox::OutboxMessage;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 
@@ -111,6 +112,9 @@ pub struct Store {
     topics: Topics,
     /// SQLite's write gate (see `gate`); `None` on MySQL.
     write_gate: Option<Arc<Mutex<()>>>,
+    /// What writes go through (see `gate::Writing`): on SQLite a connection of its own,
+    /// taken only under the gate; on MySQL the pool itself.
+    writer: DatabaseConnection,
     /// Where the gate's use is counted, once the application has metrics.
     gate_metrics: Arc<std::sync::OnceLock<crate::metrics::WriteGateMetrics>>,
     stats: Arc<DbStats>,
@@ -158,12 +162,8 @@ impl Store {
             .connect_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
         if sqlite {
-            options.map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5))
-                    .foreign_keys(true)
-            });
+            // A file connection cannot go stale: no ping before each use.
+            options.test_before_acquire(false).map_sqlx_sqlite_opts(sqlite_options);
         } else {
             // Every distinct statement text is prepared once per connection and cached.
             // `shape` keeps the texts to a few dozen; the cache size is headroom above that
@@ -171,21 +171,27 @@ impl Store {
             let cache = config.database_statement_cache;
             options.map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache));
         }
-        let mut db = Database::connect(options).await?;
         let stats = Arc::new(DbStats::default());
-        let counter = stats.clone();
-        db.set_metric_callback(move |info| {
-            let kind = if info.statement.sql.contains("outbox") {
-                &counter.outbox_statements
-            } else {
-                &counter.other_statements
-            };
-            kind.fetch_add(1, Ordering::Relaxed);
-        });
+        let mut db = Database::connect(options.clone()).await?;
+        count_statements(&mut db, &stats);
+        // SQLite's writes go through one connection of their own (see `gate::Writing`),
+        // unless the database lives in memory, where a second pool would open another one.
+        let writer = if sqlite && sqlite_path(url).is_some() {
+            options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
+                // Named, so that profiles and `top -H` tell it from the readers.
+                sqlite_options(o).thread_name(|n| format!("sqlite-writer-{n}"))
+            });
+            let mut writer = Database::connect(options).await?;
+            count_statements(&mut writer, &stats);
+            writer
+        } else {
+            db.clone()
+        };
         let mut store = Store {
             db,
             topics: Topics::new(&config.kafka.topic_prefix),
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
+            writer,
             gate_metrics: Arc::new(std::sync::OnceLock::new()),
             stats,
             outbox_signal: Arc::new(Notify::new()),
@@ -270,6 +276,25 @@ impl Store {
             .await?;
         rows.into_iter().map(convert::worker_from_row).collect()
     }
+}
+
+/// Every SQLite connection: WAL (readers never block the writer), `NORMAL` sync (a
+/// power loss may lose the last commits, never corrupt), foreign keys on.
+fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
+    o.journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+}
+
+/// Counts every statement `db` runs in `stats` (split by whether it touches the outbox).
+fn count_statements(db: &mut DatabaseConnection, stats: &Arc<DbStats>) {
+    let counter = stats.clone();
+    db.set_metric_callback(move |info| {
+        let kind =
+            if info.statement.sql.contains("outbox") { &counter.outbox_statements } else { &counter.other_statements };
+        kind.fetch_add(1, Ordering::Relaxed);
+    });
 }
 
 /// A migrated SQLite store in `dir`, for unit tests.

@@ -79,8 +79,8 @@ impl Store {
             let count = rows.len();
             if count > 0 {
                 let delivered = publish(rows.into_iter().map(Into::into).collect()).await;
-                let _gate = self.write_lock(Writer::Relay).await;
-                mark_published(&self.db, &delivered).await?;
+                let writing = self.write_lock(Writer::Relay).await;
+                mark_published(writing.db(), &delivered).await?;
             }
             Ok(count)
         }
@@ -105,9 +105,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let _gate = self.write_lock(Writer::Relay).await;
-        let deleted =
-            outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(shape::padded(ids))).exec(&self.db).await?;
+        let writing = self.write_lock(Writer::Relay).await;
+        let deleted = outbox::Entity::delete_many()
+            .filter(outbox::Column::Id.is_in(shape::padded(ids)))
+            .exec(writing.db())
+            .await?;
         Ok(deleted.rows_affected)
     }
 }

@@ -15,7 +15,7 @@ use taskwire_domain::{
 use taskwire_entity::{outbox, queue, task, task_event};
 
 use super::{
-    Store, Writer,
+    Store, Writer, Writing,
     coalesce::{PendingTransition, Step},
     convert, shape,
 };
@@ -192,9 +192,9 @@ impl Store {
         mode: CreateMode,
         traces: &[Option<&str>],
     ) -> ApiResult<Vec<CreateOutcome>> {
-        let _gate = self.write_lock(Writer::Create).await;
+        let writing = self.write_lock(Writer::Create).await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
-            match self.try_create_tasks(&batch, mode, traces).await {
+            match self.try_create_tasks(&writing, &batch, mode, traces).await {
                 // Another transaction committed the same key between our read and our
                 // insert: run again, and the read will find it.
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
@@ -209,12 +209,13 @@ impl Store {
 
     async fn try_create_tasks(
         &self,
+        writing: &Writing<'_>,
         batch: &[NewTask],
         mode: CreateMode,
         traces: &[Option<&str>],
     ) -> Result<ApiResult<Vec<CreateOutcome>>, DbErr> {
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = writing.db().begin().await?;
         let defaults = queue_max_attempts(&txn, batch).await?;
         let mut existing = existing_by_key(&txn, batch).await?;
 
@@ -279,9 +280,9 @@ impl Store {
     where
         F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
     {
-        let _gate = self.write_lock(Writer::Transition).await;
+        let writing = self.write_lock(Writer::Transition).await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
-            let txn = self.db.begin().await?;
+            let txn = writing.db().begin().await?;
             let Some(row) = task::Entity::find_by_id(id.to_string()).one(&txn).await? else {
                 return Err(ApiError::NotFound("task"));
             };
@@ -349,11 +350,11 @@ impl Store {
             current.insert(task.id, task);
         }
         let settings = super::dispatch::queue_settings_in(&self.db, current.values().map(|t| t.queue.as_str())).await?;
-        let _gate = self.write_lock(Writer::Transition).await;
-        if let Some(steps) = self.transition_all_at_once(batch, &current, &settings).await? {
+        let writing = self.write_lock(Writer::Transition).await;
+        if let Some(steps) = self.transition_all_at_once(&writing, batch, &current, &settings).await? {
             return Ok(steps);
         }
-        let txn = self.db.begin().await?;
+        let txn = writing.db().begin().await?;
         let mut steps: Vec<Option<Step>> = (0..batch.len()).map(|_| None).collect();
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
         // Task rows are locked in id order (a stable sort keeps one task's transitions in
@@ -424,6 +425,7 @@ impl Store {
     /// `None` (nothing written) otherwise: the caller then goes transition by transition.
     pub(super) async fn transition_all_at_once(
         &self,
+        writing: &Writing<'_>,
         batch: &[PendingTransition],
         current: &HashMap<TaskId, Task>,
         settings: &HashMap<String, QueueSettings>,
@@ -456,7 +458,7 @@ impl Store {
         }
         // Task rows in id order, then worker rows: the lock order of every writer.
         changes.sort_by_key(|(_, before, _)| before.id);
-        let txn = self.begin_multi_row().await?;
+        let txn = writing.begin_read_committed().await?;
         let rows: Vec<(&Task, &Transition)> = changes.iter().map(|(_, before, t)| (*before, t)).collect();
         if !update_all_if_unchanged(&txn, &rows).await? {
             txn.rollback().await?;
@@ -479,21 +481,6 @@ impl Store {
         }
         // Every index got its step above; `Internal` cannot be reached.
         Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect()))
-    }
-
-    /// A transaction for [`update_all_if_unchanged`]: on MySQL/MariaDB at READ COMMITTED,
-    /// where an `UPDATE` locks only the rows it writes. At the default REPEATABLE READ
-    /// InnoDB may plan the multi-row update as a scan (it does on a small table) and then
-    /// holds next-key locks on every row and gap it passes, which blocked concurrent task
-    /// inserts into deadlocks. Every write of the transaction is conditional on a version
-    /// read before it, so the weaker isolation loses nothing.
-    pub(super) async fn begin_multi_row(&self) -> Result<DatabaseTransaction, DbErr> {
-        match self.backend() {
-            sea_orm::DbBackend::MySql => {
-                self.db.begin_with_config(Some(sea_orm::IsolationLevel::ReadCommitted), None).await
-            }
-            _ => self.db.begin().await,
-        }
     }
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with their
