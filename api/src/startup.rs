@@ -73,13 +73,17 @@ async fn kafka_step<T>(
     step: &'static str,
     work: impl Future<Output = Result<T, rdkafka::error::KafkaError>>,
 ) -> Result<T, StartupError> {
+    use rdkafka::types::RDKafkaErrorCode::{OperationTimedOut, RequestTimedOut};
+    let timed_out = || StartupError::KafkaTimeout {
+        step,
+        after: settings.startup_timeout,
+        brokers: settings.brokers.clone().unwrap_or_else(|| "embedded".to_owned()),
+    };
     match tokio::time::timeout(settings.startup_timeout, work).await {
+        // librdkafka's own request time limits may run out first: the same failure.
+        Ok(Err(e)) if matches!(e.rdkafka_error_code(), Some(OperationTimedOut | RequestTimedOut)) => Err(timed_out()),
         Ok(result) => Ok(result?),
-        Err(_) => Err(StartupError::KafkaTimeout {
-            step,
-            after: settings.startup_timeout,
-            brokers: settings.brokers.clone().unwrap_or_else(|| "embedded".to_owned()),
-        }),
+        Err(_) => Err(timed_out()),
     }
 }
 

@@ -21,7 +21,8 @@ use super::{
     Store, WorkerRecord, Writer,
     admin::settings_from_row,
     convert, shape,
-    tasks::{Applied, apply, release_slots, reserve_slots, update_all_if_unchanged},
+    shape::Writes,
+    tasks::{Applied, apply, release_slots_statement, reserve_slots, update_all_if_unchanged},
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -129,7 +130,7 @@ impl Store {
             }
             outcomes[i] = outcome;
         }
-        self.commit_changes(txn, &changes).await?;
+        self.commit_changes(txn, Writes::new(self.backend()), &changes).await?;
         Ok(outcomes)
     }
 
@@ -214,9 +215,11 @@ impl Store {
                 changes.push((current, transition));
             }
         }
-        release_slots(&txn, releases, convert::to_ms(now)).await?;
+        let mut writes = Writes::new(self.backend());
+        writes.extend(release_slots_statement(self.backend(), releases, convert::to_ms(now)));
         let history: Vec<(Transition, Option<&str>)> = changes.iter().map(|(_, t)| (t.clone(), None)).collect();
-        self.append_history(&txn, &history).await?;
+        self.history_into(&mut writes, &history)?;
+        writes.run(&txn).await?;
         txn.commit().await?;
         self.after_commit(changes.iter().map(|(b, t)| (Some(b), t, None)));
         Ok(changes.into_iter().map(|(_, t)| t.task).collect())

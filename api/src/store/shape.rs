@@ -11,7 +11,7 @@
 //! lengths are powers of two. A statement then has about log2(longest) shapes, whatever
 //! the traffic, and the cache size stops mattering.
 
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryTrait, Statement, Values};
 
 /// `values` padded to the next power of two in length by repeating the last one (a
 /// repeated value changes nothing in `IN (…)`). Empty stays empty.
@@ -35,16 +35,60 @@ pub(super) fn power_of_two_chunks<T>(mut rows: Vec<T>) -> Vec<Vec<T>> {
     chunks
 }
 
-/// Inserts `rows` (any number, in order) with multi-row inserts of power-of-two length.
-pub(super) async fn insert_all<A, C>(conn: &C, rows: Vec<A>) -> Result<(), DbErr>
-where
-    A: ActiveModelTrait + Send,
-    C: ConnectionTrait,
-{
-    for chunk in power_of_two_chunks(rows) {
-        A::Entity::insert_many(chunk).exec_without_returning(conn).await?;
+/// Statements a transaction runs one after another without looking at their results
+/// (inserts of history, outbox rows, freed worker slots).
+///
+/// On SQLite they go to the connection in one multi-statement call: every call is a round
+/// trip between the async task and SQLite's connection thread (two thread wake-ups), and
+/// under SQLite's write gate those round trips, not the statements, are most of a write
+/// transaction's time. On MySQL each statement is sent on its own, as a prepared
+/// statement of bounded shape.
+#[derive(Debug)]
+pub(super) struct Writes {
+    backend: DbBackend,
+    statements: Vec<Statement>,
+}
+
+impl Writes {
+    /// No statements yet, to be built for `backend`.
+    pub(super) fn new(backend: DbBackend) -> Writes {
+        Writes { backend, statements: Vec::new() }
     }
-    Ok(())
+
+    /// Adds the inserts of `rows` (any number, in order): multi-row inserts of
+    /// power-of-two lengths.
+    pub(super) fn insert_all<A: ActiveModelTrait>(&mut self, rows: Vec<A>) {
+        for chunk in power_of_two_chunks(rows) {
+            self.statements.push(A::Entity::insert_many(chunk).build(self.backend));
+        }
+    }
+
+    /// Runs the statements in order on `conn`; the first error stops them.
+    pub(super) async fn run<C: ConnectionTrait>(self, conn: &C) -> Result<(), DbErr> {
+        if self.backend == DbBackend::Sqlite && self.statements.len() > 1 {
+            // Positional `?` parameters: the driver binds each statement of the call to
+            // the next parameters in order.
+            let mut sql = String::new();
+            let mut values = Vec::new();
+            for statement in self.statements {
+                sql.push_str(&statement.sql);
+                sql.push_str(";\n");
+                values.extend(statement.values.map(|Values(v)| v).unwrap_or_default());
+            }
+            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)).await?;
+            return Ok(());
+        }
+        for statement in self.statements {
+            conn.execute_raw(statement).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Extend<Statement> for Writes {
+    fn extend<I: IntoIterator<Item = Statement>>(&mut self, statements: I) {
+        self.statements.extend(statements);
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +118,65 @@ mod tests {
             assert!(lengths.iter().all(|l| l.is_power_of_two()), "{n}: {lengths:?}");
             assert_eq!(lengths.len(), n.count_ones() as usize);
         }
+    }
+
+    /// Several statements of one `Writes`, sent as one call on SQLite, each bound to its
+    /// own parameters: every row reads back exactly as written.
+    #[tokio::test]
+    async fn writes_bind_each_statement_to_its_own_parameters() {
+        use sea_orm::{ActiveValue::Set, QueryOrder};
+        use taskwire_entity::{outbox, worker};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = super::super::test_store(dir.path()).await;
+        let db = store.connection();
+        let message = |n: i64| outbox::ActiveModel {
+            topic: Set(format!("topic-{n}")),
+            message_key: Set(format!("key-{n}")),
+            payload: Set(format!("{{\"n\":{n}}}")),
+            traceparent: Set((n % 2 == 0).then(|| format!("trace-{n}"))),
+            created_at: Set(1_000 + n),
+            published_at: Set(None),
+            ..Default::default()
+        };
+        let mut writes = Writes::new(db.get_database_backend());
+        // Three messages go as two statements (2 + 1), then a row of another table.
+        writes.insert_all((1..=3).map(message).collect());
+        writes.insert_all(vec![worker::ActiveModel {
+            id: Set("w".into()),
+            name: Set("worker".into()),
+            queues: Set("[\"q\"]".into()),
+            capacity: Set(4),
+            active: Set(2),
+            status: Set("ONLINE".into()),
+            last_seen_at: Set(7),
+            version: Set(1),
+            created_at: Set(8),
+            updated_at: Set(9),
+        }]);
+        let before = store.stats().statements();
+        writes.run(db).await.expect("written");
+        assert_eq!(store.stats().statements() - before, 1, "one call on SQLite");
+
+        let rows = outbox::Entity::find().order_by_asc(outbox::Column::Id).all(db).await.expect("read");
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (r.topic.as_str(), r.message_key.as_str(), r.payload.as_str(), r.traceparent.as_deref(), r.created_at)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("topic-1", "key-1", "{\"n\":1}", None, 1_001),
+                ("topic-2", "key-2", "{\"n\":2}", Some("trace-2"), 1_002),
+                ("topic-3", "key-3", "{\"n\":3}", None, 1_003),
+            ]
+        );
+        let worker = worker::Entity::find_by_id("w".to_owned()).one(db).await.expect("read").expect("row");
+        assert_eq!(
+            (worker.capacity, worker.active, worker.last_seen_at, worker.created_at, worker.updated_at),
+            (4, 2, 7, 8, 9)
+        );
     }
 }

@@ -18,6 +18,7 @@ use super::{
     Store, Writer, Writing,
     coalesce::{PendingTransition, Step},
     convert, shape,
+    shape::Writes,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -247,8 +248,10 @@ impl Store {
             return Ok(Err(DomainError::IdempotencyConflict.into()));
         }
         if !rows.is_empty() {
-            shape::insert_all(&txn, rows).await?;
-            self.append_history(&txn, &transitions).await?;
+            let mut writes = Writes::new(self.backend());
+            writes.insert_all(rows);
+            self.history_into(&mut writes, &transitions)?;
+            writes.run(&txn).await?;
         }
         txn.commit().await?;
         self.after_commit(transitions.iter().map(|(t, trace)| (None, t, *trace)));
@@ -412,10 +415,11 @@ impl Store {
                 }
             });
         }
-        release_slots(&txn, releases, convert::to_ms(Utc::now())).await?;
+        let mut writes = Writes::new(self.backend());
+        writes.extend(release_slots_statement(self.backend(), releases, convert::to_ms(Utc::now())));
         // Every index was visited once above; `Internal` cannot be reached.
         let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect();
-        self.commit_changes(txn, &made).await?;
+        self.commit_changes(txn, writes, &made).await?;
         Ok(steps)
     }
 
@@ -470,12 +474,13 @@ impl Store {
                 *releases.entry(before.worker_id.clone().unwrap_or_default()).or_default() += 1;
             }
         }
-        release_slots(&txn, releases, convert::to_ms(Utc::now())).await?;
+        let mut writes = Writes::new(self.backend());
+        writes.extend(release_slots_statement(self.backend(), releases, convert::to_ms(Utc::now())));
         let made: Vec<(Task, Transition, Option<&str>)> = changes
             .iter()
             .map(|(i, before, transition)| ((*before).clone(), transition.clone(), batch[*i].traceparent.as_deref()))
             .collect();
-        self.commit_changes(txn, &made).await?;
+        self.commit_changes(txn, writes, &made).await?;
         for (i, _, transition) in changes {
             steps[i] = Some(Step::Done(Box::new(transition.task)));
         }
@@ -483,18 +488,21 @@ impl Store {
         Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect()))
     }
 
-    /// Commits a batch of applied changes (`(before, transition, traceparent)`) with their
-    /// events and outbox rows, then runs the after-commit hooks.
+    /// Commits a batch of applied changes (`(before, transition, traceparent)`) with
+    /// `writes` (statements that go with them, such as freed worker slots), their events
+    /// and outbox rows, then runs the after-commit hooks.
     pub(super) async fn commit_changes(
         &self,
         txn: DatabaseTransaction,
+        mut writes: Writes,
         made: &[(Task, Transition, Option<&str>)],
     ) -> ApiResult<()> {
         if !made.is_empty() {
             let history: Vec<(Transition, Option<&str>)> =
                 made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
-            self.append_history(&txn, &history).await?;
+            self.history_into(&mut writes, &history)?;
         }
+        writes.run(&txn).await?;
         txn.commit().await?;
         self.after_commit(made.iter().map(|(before, t, trace)| (Some(before), t, *trace)));
         Ok(())
@@ -530,6 +538,17 @@ impl Store {
         txn: &DatabaseTransaction,
         transitions: &[(Transition, Option<&str>)],
     ) -> Result<(), DbErr> {
+        let mut writes = Writes::new(self.backend());
+        self.history_into(&mut writes, transitions)?;
+        writes.run(txn).await
+    }
+
+    /// Adds the inserts of the events and outbox rows of `transitions` to `writes`.
+    pub(super) fn history_into(
+        &self,
+        writes: &mut Writes,
+        transitions: &[(Transition, Option<&str>)],
+    ) -> Result<(), DbErr> {
         let mut events = Vec::with_capacity(transitions.len());
         let mut messages = Vec::with_capacity(transitions.len() * 2);
         for (t, traceparent) in transitions {
@@ -553,10 +572,8 @@ impl Store {
                 });
             }
         }
-        if !events.is_empty() {
-            shape::insert_all(txn, events).await?;
-            shape::insert_all(txn, messages).await?;
-        }
+        writes.insert_all(events);
+        writes.insert_all(messages);
         Ok(())
     }
 }
@@ -671,10 +688,26 @@ pub(super) async fn release_slots(
     releases: BTreeMap<String, i64>,
     now: i64,
 ) -> Result<(), DbErr> {
-    use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
+    use sea_orm::ConnectionTrait;
+    if let Some(statement) = release_slots_statement(txn.get_database_backend(), releases, now) {
+        txn.execute_raw(statement).await?;
+    }
+    Ok(())
+}
+
+/// The statement [`release_slots`] runs; `None` when nothing is released.
+pub(super) fn release_slots_statement(
+    backend: sea_orm::DbBackend,
+    releases: BTreeMap<String, i64>,
+    now: i64,
+) -> Option<Statement> {
+    use sea_orm::{
+        QueryTrait,
+        sea_query::{CaseStatement, Expr, ExprTrait},
+    };
     use taskwire_entity::worker;
     if releases.is_empty() {
-        return Ok(());
+        return None;
     }
     // Padded (the last worker repeated) so that the statement has few shapes; a repeated
     // arm is never reached, the first match wins.
@@ -686,14 +719,12 @@ pub(super) async fn release_slots(
             .finally(0);
         freed = freed.case(Expr::col(worker::Column::Id).eq(worker_id.as_str()), less);
     }
-    worker::Entity::update_many()
+    let update = worker::Entity::update_many()
         .col_expr(worker::Column::Active, freed.finally(Expr::col(worker::Column::Active)).into())
         .col_expr(worker::Column::UpdatedAt, Expr::value(now))
         .filter(worker::Column::Id.is_in(releases.into_iter().map(|(id, _)| id)))
-        .filter(worker::Column::Active.gt(0))
-        .exec(txn)
-        .await?;
-    Ok(())
+        .filter(worker::Column::Active.gt(0));
+    Some(update.build(backend))
 }
 
 /// [`update_if_unchanged`] for many tasks (each at most once) in one statement: each row
