@@ -490,13 +490,14 @@ impl Store {
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with
     /// `writes` (statements that go with them, such as freed worker slots), their events
-    /// and outbox rows, then runs the after-commit hooks.
+    /// and outbox rows, then runs the after-commit hooks. The database's own error, so
+    /// that a transition batch can tell a lost deadlock (run it again) from the rest.
     pub(super) async fn commit_changes(
         &self,
         txn: DatabaseTransaction,
         mut writes: Writes,
         made: &[(Task, Transition, Option<&str>)],
-    ) -> ApiResult<()> {
+    ) -> Result<(), DbErr> {
         if !made.is_empty() {
             let history: Vec<(Transition, Option<&str>)> =
                 made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
