@@ -307,13 +307,17 @@ mod tests {
         running
     }
 
+    /// A batch completing every task of `running`, each by its own worker.
+    fn completing(running: &[(TaskId, &'static str, String)]) -> Vec<PendingTransition> {
+        running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect()
+    }
+
     #[tokio::test]
     async fn a_batch_of_distinct_tasks_is_one_task_update_and_one_slot_release() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = test_store(dir.path()).await;
         let running = running_on_two_workers(&store).await;
-        let batch: Vec<PendingTransition> =
-            running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect();
+        let batch = completing(&running);
 
         let before = store.stats().statements();
         let steps = store.transition_many(&batch).await.expect("committed");
@@ -337,8 +341,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = test_store(dir.path()).await;
         let running = running_on_two_workers(&store).await;
-        let batch: Vec<PendingTransition> =
-            running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect();
+        let batch = completing(&running);
         let ids: Vec<TaskId> = running.iter().map(|(id, _, _)| *id).collect();
         let current: HashMap<TaskId, Task> =
             store.tasks_by_ids(&ids).await.expect("read").into_iter().map(|t| (t.id, t)).collect();

@@ -42,7 +42,10 @@ pub(super) fn power_of_two_chunks<T>(mut rows: Vec<T>) -> Vec<Vec<T>> {
 /// trip between the async task and SQLite's connection thread (two thread wake-ups), and
 /// under SQLite's write gate those round trips, not the statements, are most of a write
 /// transaction's time. On MySQL each statement is sent on its own, as a prepared
-/// statement of bounded shape.
+/// statement of bounded shape. On SQLite the joined text has a shape per mix of chunk
+/// lengths, more than the driver's per-connection statement cache (100) holds, so some
+/// calls prepare again; that costs microseconds, and fewer round trips outweighed it in
+/// the measurements (docs/BENCHMARKS.md).
 #[derive(Debug)]
 pub(super) struct Writes {
     backend: DbBackend,
