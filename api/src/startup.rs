@@ -67,6 +67,15 @@ pub enum StartupError {
     },
 }
 
+/// The librdkafka error code of `e`, including an admin operation's (which
+/// `rdkafka_error_code` leaves out).
+fn kafka_code(e: &rdkafka::error::KafkaError) -> Option<rdkafka::types::RDKafkaErrorCode> {
+    match e {
+        rdkafka::error::KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    }
+}
+
 /// Runs one start-up step against Kafka within the configured time limit.
 async fn kafka_step<T>(
     settings: &crate::kafka::KafkaSettings,
@@ -81,7 +90,7 @@ async fn kafka_step<T>(
     };
     match tokio::time::timeout(settings.startup_timeout, work).await {
         // librdkafka's own request time limits may run out first: the same failure.
-        Ok(Err(e)) if matches!(e.rdkafka_error_code(), Some(OperationTimedOut | RequestTimedOut)) => Err(timed_out()),
+        Ok(Err(e)) if matches!(kafka_code(&e), Some(OperationTimedOut | RequestTimedOut)) => Err(timed_out()),
         Ok(result) => Ok(result?),
         Err(_) => Err(timed_out()),
     }
@@ -305,5 +314,35 @@ impl Application {
         background_stop.cancel();
         tasks.wait().await;
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::{error::KafkaError, types::RDKafkaErrorCode};
+
+    use super::*;
+
+    /// librdkafka's own time-out, on an admin operation or a metadata request, is the same
+    /// start-up failure as the configured limit running out.
+    #[tokio::test]
+    async fn librdkafka_time_outs_are_start_up_time_outs() {
+        let settings = crate::kafka::KafkaSettings {
+            brokers: Some("127.0.0.1:1".into()),
+            topic_prefix: "t".into(),
+            partitions: 1,
+            replication: 1,
+            startup_timeout: std::time::Duration::from_secs(5),
+        };
+        for error in [
+            KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut),
+            KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut),
+        ] {
+            let outcome = kafka_step(&settings, "a step", async move { Err::<(), _>(error) }).await;
+            assert!(matches!(outcome, Err(StartupError::KafkaTimeout { .. })), "{outcome:?}");
+        }
+        let other =
+            kafka_step(&settings, "a step", async { Err::<(), _>(KafkaError::AdminOp(RDKafkaErrorCode::Fail)) });
+        assert!(matches!(other.await, Err(StartupError::Kafka(_))), "other errors stay themselves");
     }
 }
