@@ -90,6 +90,13 @@ pub struct Metrics {
     pub tasks_by_status: IntGaugeVec,
     /// SQLite's write gate, by writer (absent on MySQL).
     pub write_gate: WriteGateMetrics,
+    /// SQLite WAL checkpoints (see `store::run_checkpointer`), by outcome (`complete`,
+    /// `partial`, `failed`).
+    pub wal_checkpoints: IntCounterVec,
+    /// Seconds per SQLite WAL checkpoint.
+    pub wal_checkpoint_duration: Histogram,
+    /// Frames in SQLite's WAL when it was last checkpointed.
+    pub wal_frames: IntGauge,
     operation_names: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
@@ -191,6 +198,17 @@ impl Metrics {
                     &["writer"],
                 ),
             },
+            wal_checkpoints: counter_vec(
+                "sqlite_wal_checkpoints_total",
+                "SQLite WAL checkpoints by outcome (complete, partial, failed)",
+                &["outcome"],
+            ),
+            wal_checkpoint_duration: histogram(
+                "sqlite_wal_checkpoint_duration_seconds",
+                "Seconds per SQLite WAL checkpoint",
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            ),
+            wal_frames: gauge("sqlite_wal_frames", "Frames in SQLite's WAL at its last checkpoint"),
             operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),

@@ -305,6 +305,11 @@ impl Application {
             tasks.spawn(reaper::run_status_sampler(store.clone(), metrics.clone(), background_stop.clone()));
             tasks.spawn(reaper::run_scheduler(store, metrics, background_stop.clone()));
         }
+        tasks.spawn(crate::store::run_checkpointer(
+            state.store.clone(),
+            state.metrics.clone(),
+            background_stop.clone(),
+        ));
         tasks.spawn(crate::kafka::run_lag_sampler(lagging, state.metrics.clone(), background_stop.clone()));
         tasks.close();
 

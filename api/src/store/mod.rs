@@ -15,6 +15,7 @@ mod gate;
 mod outbox;
 mod shape;
 mod tasks;
+mod wal;
 
 use std::{
     path::Path,
@@ -39,6 +40,7 @@ pub use events::{EventHead, EventScope, QueueStats};
 pub(crate) use gate::{Writer, Writing};
 pub use outbox::OutboxMessage;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
+pub use wal::{CHECKPOINT_EVERY, Checkpoint, run_checkpointer};
 
 use crate::{config::Config, error::ApiResult};
 
@@ -178,8 +180,11 @@ impl Store {
         // unless the database lives in memory, where a second pool would open another one.
         let writer = if sqlite && sqlite_path(url).is_some() {
             options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
-                // Named, so that profiles and `top -H` tell it from the readers.
-                sqlite_options(o).thread_name(|n| format!("sqlite-writer-{n}"))
+                // Named, so that profiles and `top -H` tell it from the readers. Its own
+                // automatic checkpoint is only the backstop (see `wal`).
+                sqlite_options(o)
+                    .thread_name(|n| format!("sqlite-writer-{n}"))
+                    .pragma("wal_autocheckpoint", wal::WRITER_AUTOCHECKPOINT_PAGES.to_string())
             });
             let mut writer = Database::connect(options).await?;
             count_statements(&mut writer, &stats);
