@@ -47,6 +47,9 @@ pub struct Metrics {
     pub dispatch_ready: IntGauge,
     /// Offers made by the matcher.
     pub dispatch_offers: IntCounter,
+    /// Matcher rounds that read workers and queue settings to plan offers (one per batch
+    /// of announcements, wake-up or tick while tasks are ready).
+    pub dispatch_rounds: IntCounter,
     /// Seconds from a task becoming `QUEUED` (its dispatch message) to its offer.
     pub dispatch_latency: Histogram,
     /// Dispatch messages consumed, by outcome (`queued`, `stale`, `duplicate`, `invalid`).
@@ -212,6 +215,10 @@ impl Metrics {
             operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),
+            dispatch_rounds: counter(
+                "dispatch_rounds_total",
+                "Matcher rounds that read workers and queue settings to plan offers",
+            ),
             dispatch_latency,
             dispatch_messages: counter_vec("dispatch_messages_total", "Dispatch messages consumed", &["outcome"]),
             dispatch_local: counter_vec(

@@ -274,6 +274,7 @@ async fn a_thousand_tasks_survive_workers_that_fail_hang_and_disconnect() {
     assert!(by_status.get("SUCCEEDED").copied().unwrap_or(0) > 500, "{by_status:?}");
     let metrics = app.metrics().await;
     assert!(metrics.contains("taskwire_dispatch_offers_total"), "the dispatcher reports its offers");
+    assert!(app.metric("taskwire_dispatch_rounds_total").await >= 1.0, "and the rounds that planned them");
     if let Ok(workers) = Arc::try_unwrap(workers) {
         for worker in workers {
             worker.stop().await;

@@ -493,6 +493,7 @@ impl Matcher {
         if self.ready.is_empty() {
             return;
         }
+        self.metrics.dispatch_rounds.inc();
         let now = Utc::now();
         let mut workers = match self.store.available_workers(now - self.settings.worker_ttl).await {
             Ok(workers) if workers.is_empty() => return,
