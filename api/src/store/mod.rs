@@ -52,7 +52,8 @@ pub struct DbStats {
 }
 
 impl DbStats {
-    /// SQL statements executed so far (including `BEGIN`/`COMMIT` where the driver issues them).
+    /// SQL statements executed so far (including `BEGIN`/`COMMIT` where the driver issues
+    /// them), but for the WAL checkpointer's housekeeping (see `wal`).
     pub fn statements(&self) -> u64 {
         self.outbox_statements.load(Ordering::Relaxed) + self.statements_outside_outbox()
     }
@@ -296,6 +297,9 @@ fn sqlite_options(o: SqliteConnectOptions) -> SqliteConnectOptions {
 fn count_statements(db: &mut DatabaseConnection, stats: &Arc<DbStats>) {
     let counter = stats.clone();
     db.set_metric_callback(move |info| {
+        if info.statement.sql == wal::CHECKPOINT_SQL {
+            return;
+        }
         let kind =
             if info.statement.sql.contains("outbox") { &counter.outbox_statements } else { &counter.other_statements };
         kind.fetch_add(1, Ordering::Relaxed);
