@@ -11,6 +11,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_initial_schema;
 mod m20261121_000002_task_events_at_index;
 mod m20261121_000003_task_deadline_index;
+mod m20261122_000004_task_worker_status_index;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_initial_schema::Migration),
             Box::new(m20261121_000002_task_events_at_index::Migration),
             Box::new(m20261121_000003_task_deadline_index::Migration),
+            Box::new(m20261122_000004_task_worker_status_index::Migration),
         ]
     }
 }

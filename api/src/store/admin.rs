@@ -97,14 +97,7 @@ impl Store {
             // fences a worker, and extending a lease changes no visible state. A lease
             // that already lapsed stays lapsed: the reaper counts it as a failed attempt.
             let until = now + chrono::Duration::seconds(i64::from(settings.lease_seconds));
-            task::Entity::update_many()
-                .col_expr(task::Column::LeaseExpiresAt, sea_orm::sea_query::Expr::value(convert::to_ms(until)))
-                .filter(task::Column::WorkerId.eq(id))
-                .filter(task::Column::Queue.eq(queue.as_str()))
-                .filter(task::Column::Status.eq("RUNNING"))
-                .filter(task::Column::LeaseExpiresAt.gt(convert::to_ms(now)))
-                .exec(&txn)
-                .await?;
+            extend_leases(id, &queue, now, until).exec(&txn).await?;
         }
         txn.commit().await?;
         Ok(record)
@@ -214,4 +207,102 @@ pub(super) fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
         lease_seconds: row.lease_seconds.and_then(|l| u32::try_from(l).ok()).unwrap_or(DEFAULT_LEASE_SECONDS),
         retry: RetryPolicy { base: ms(row.backoff_base_ms, defaults.base), max: ms(row.backoff_max_ms, defaults.max) },
     })
+}
+
+/// The heartbeat's lease extension: worker `id`'s `RUNNING` tasks of `queue` whose lease
+/// has not lapsed at `now` are leased until `until`. It reads through
+/// `idx_tasks_worker_status`, the worker's tasks in that status, not its whole history.
+fn extend_leases(
+    id: &str,
+    queue: &str,
+    now: chrono::DateTime<Utc>,
+    until: chrono::DateTime<Utc>,
+) -> sea_orm::UpdateMany<task::Entity> {
+    task::Entity::update_many()
+        .col_expr(task::Column::LeaseExpiresAt, sea_orm::sea_query::Expr::value(convert::to_ms(until)))
+        .filter(task::Column::WorkerId.eq(id))
+        .filter(task::Column::Queue.eq(queue))
+        .filter(task::Column::Status.eq(taskwire_domain::TaskStatus::Running.as_str()))
+        .filter(task::Column::LeaseExpiresAt.gt(convert::to_ms(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+
+    use super::*;
+    use crate::store::test_store;
+
+    /// SQLite's plan of `statement` (`EXPLAIN QUERY PLAN`), one detail per line.
+    async fn plan(store: &Store, statement: Statement) -> String {
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", statement.sql),
+            statement.values.map(|v| v.0).unwrap_or_default(),
+        );
+        let rows = store.connection().query_all_raw(explain).await.expect("plan");
+        rows.iter().map(|row| row.try_get::<String>("", "detail").expect("detail")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The heartbeat and the offers re-sent to a worker find its tasks in one status
+    /// through an index led by that status or by (worker, status), never through
+    /// `idx_tasks_worker`, which holds every task the worker ever had.
+    #[tokio::test]
+    async fn a_workers_tasks_in_one_status_are_not_read_through_its_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let now = Utc::now();
+        let heartbeat = extend_leases("w1", "default", now, now + chrono::Duration::seconds(30));
+        let offers = crate::store::dispatch::offers_for_query("w1");
+        for plan in [
+            plan(&store, heartbeat.build(DbBackend::Sqlite)).await,
+            plan(&store, offers.build(DbBackend::Sqlite)).await,
+        ] {
+            assert!(plan.contains("USING INDEX idx_tasks_"), "read through an index: {plan}");
+            assert!(!plan.contains("idx_tasks_worker "), "not through the worker's history: {plan}");
+            assert!(plan.contains("(status=?") || plan.contains("(worker_id=? AND status=?"), "{plan}");
+        }
+    }
+
+    /// On MariaDB, with a worker's long history and many running tasks of other workers,
+    /// a heartbeat's lease extension is planned through the worker's tasks in that status.
+    #[tokio::test]
+    async fn mysql_plans_a_heartbeat_through_the_workers_running_tasks() {
+        let test = "mysql_plans_a_heartbeat_through_the_workers_running_tasks";
+        let Some((store, _)) = crate::store::mysql_test_store(test).await else { return };
+        let now = convert::to_ms(Utc::now());
+        let later = now + 60_000;
+        // Worker w1: 600 finished tasks and 3 running; w2…w9: 400 running between them.
+        let insert = |status: &str, worker: &str, n: u32, from: u32| {
+            format!(
+                "INSERT INTO tasks (id, queue, kind, priority, status, attempts, max_attempts, run_at, created_by, \
+                 input_hash, worker_id, lease_expires_at, version, last_seq, created_at, updated_at) \
+                 SELECT CONCAT('t-', LPAD(seq, 8, '0')), 'default', 'k', 0, '{status}', 1, 3, {now}, 'c', 'h', \
+                 {worker}, {later}, 1, 1, {now}, {now} FROM seq_{from}_to_{}",
+                from + n - 1
+            )
+        };
+        let db = store.connection();
+        for sql in [
+            insert("SUCCEEDED", "'w1'", 600, 1),
+            insert("RUNNING", "'w1'", 3, 1_001),
+            insert("RUNNING", "CONCAT('w', 2 + seq % 8)", 400, 2_001),
+            "ANALYZE TABLE tasks".to_owned(),
+        ] {
+            db.execute_unprepared(&sql).await.expect(&sql);
+        }
+        let until = Utc::now() + chrono::Duration::seconds(30);
+        let update = extend_leases("w1", "default", Utc::now(), until).build(DbBackend::MySql);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::MySql,
+            format!("EXPLAIN {}", update.sql),
+            update.values.map(|v| v.0).unwrap_or_default(),
+        );
+        let row = db.query_one_raw(explain).await.expect("explain").expect("a plan row");
+        let key: Option<String> = row.try_get("", "key").expect("key");
+        let rows: Option<String> = row.try_get("", "rows").expect("rows");
+        assert_eq!(key.as_deref(), Some("idx_tasks_worker_status"), "planned to read {rows:?} rows");
+        let extended = extend_leases("w1", "default", Utc::now(), until).exec(db).await.expect("update");
+        assert_eq!(extended.rows_affected, 3);
+    }
 }

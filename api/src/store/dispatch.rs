@@ -290,15 +290,7 @@ impl Store {
     /// The tasks currently offered to worker `id` (not yet accepted), in dispatch order
     /// (priority desc, `runAt` asc, id asc).
     pub async fn offers_for(&self, id: &str) -> ApiResult<Vec<Task>> {
-        let rows = task::Entity::find()
-            .filter(task::Column::WorkerId.eq(id))
-            .filter(task::Column::Status.eq(TaskStatus::Assigned.as_str()))
-            .order_by_desc(task::Column::Priority)
-            .order_by_asc(task::Column::RunAt)
-            .order_by_asc(task::Column::Id)
-            .limit(1_000)
-            .all(&self.db)
-            .await?;
+        let rows = offers_for_query(id).all(&self.db).await?;
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
@@ -342,6 +334,18 @@ impl Store {
     ) -> ApiResult<HashMap<String, QueueSettings>> {
         queue_settings_in(&self.db, names).await
     }
+}
+
+/// The query of [`Store::offers_for`]: it reads through `idx_tasks_worker_status`, the
+/// worker's `ASSIGNED` tasks, not every task it ever held.
+pub(super) fn offers_for_query(id: &str) -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        .filter(task::Column::WorkerId.eq(id))
+        .filter(task::Column::Status.eq(TaskStatus::Assigned.as_str()))
+        .order_by_desc(task::Column::Priority)
+        .order_by_asc(task::Column::RunAt)
+        .order_by_asc(task::Column::Id)
+        .limit(1_000)
 }
 
 /// The offers of `planned` that were decided: `(index, task before, its change)`.

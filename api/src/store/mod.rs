@@ -145,6 +145,14 @@ impl std::fmt::Debug for CommitHook {
     }
 }
 
+/// A pooled MySQL connection idle for at least this long is pinged before it is handed
+/// out; one used more recently is not. sqlx pings every connection when it goes back to
+/// the pool anyway (a connection broken during use is closed there), so pinging again on
+/// every checkout only doubled the round trips: 3.5 pings per dispatched task
+/// (docs/BENCHMARKS.md). What this leaves open: a connection the server drops in the
+/// second after its last use fails one statement, and the pool then replaces it.
+pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Connects with the configured pool; creates the SQLite file's directory if needed.
     pub async fn connect(config: &Config) -> Result<Store, DbErr> {
@@ -172,7 +180,9 @@ impl Store {
             // `shape` keeps the texts to a few dozen; the cache size is headroom above that
             // (replacing an evicted statement stalled MariaDB commits, see `shape`).
             let cache = config.database_statement_cache;
-            options.map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache));
+            options
+                .map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache))
+                .test_before_acquire_if_idle_for(MYSQL_PING_IF_IDLE_FOR);
         }
         let stats = Arc::new(DbStats::default());
         let mut db = Database::connect(options.clone()).await?;
@@ -357,6 +367,32 @@ fn sqlite_path(url: &str) -> Option<&Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pooled connection the server killed while it sat idle is pinged, found dead and
+    /// replaced before it is handed out: the next statement succeeds.
+    #[tokio::test]
+    async fn mysql_replaces_a_pooled_connection_the_server_killed() {
+        let test = "mysql_replaces_a_pooled_connection_the_server_killed";
+        let Some((store, url)) = mysql_test_store(test).await else { return };
+        store.ping().await.expect("a first statement");
+        let (server, schema) = url.rsplit_once('/').expect("a schema in the URL");
+        let admin = Database::connect(server).await.expect("MySQL server reachable");
+        let ids = admin
+            .query_all_raw(sea_orm::Statement::from_string(
+                DbBackend::MySql,
+                format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{schema}'"),
+            ))
+            .await
+            .expect("process list");
+        assert!(!ids.is_empty(), "the store holds pooled connections");
+        for row in ids {
+            let id: i64 = row.try_get_by_index(0).expect("an id");
+            admin.execute_unprepared(&format!("KILL {id}")).await.expect("killed");
+        }
+        tokio::time::sleep(MYSQL_PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+        store.ping().await.expect("the dead connection was replaced, not handed out");
+        store.ping().await.expect("and the pool goes on");
+    }
 
     #[test]
     fn sqlite_paths_are_extracted_from_urls() {
