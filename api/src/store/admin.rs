@@ -269,7 +269,7 @@ mod tests {
     #[tokio::test]
     async fn mysql_plans_a_heartbeat_through_the_workers_running_tasks() {
         let test = "mysql_plans_a_heartbeat_through_the_workers_running_tasks";
-        let Some((store, _)) = crate::store::mysql_test_store(test).await else { return };
+        let Some(store) = crate::store::mysql_test_store(test).await else { return };
         let now = convert::to_ms(Utc::now());
         let later = now + 60_000;
         // Worker w1: 600 finished tasks and 3 running; w2…w9: 400 running between them.

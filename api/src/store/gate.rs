@@ -154,7 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn mysql_has_no_gate() {
-        let Some((store, _)) = super::super::mysql_test_store("mysql_has_no_gate").await else { return };
+        let Some(store) = super::super::mysql_test_store("mysql_has_no_gate").await else { return };
         let writing = store.write_lock(super::Writer::Create).await;
         assert!(writing._held.is_none(), "row locks serialise MySQL writers");
     }

@@ -329,9 +329,9 @@ pub(crate) async fn test_store(dir: &Path) -> Store {
 
 /// A migrated store on a fresh schema of the MySQL/MariaDB server named by
 /// `TASKWIRE_TEST_DATABASE_URL` (any database in the URL is ignored), with that schema's
-/// URL; `None`, after the standard skip notice naming `test`, when the variable is unset.
+/// `None`, after the standard skip notice naming `test`, when the variable is unset.
 #[cfg(test)]
-pub(crate) async fn mysql_test_store(test: &str) -> Option<(Store, String)> {
+pub(crate) async fn mysql_test_store(test: &str) -> Option<MysqlTestStore> {
     use sea_orm_migration::MigratorTrait;
     let Some(url) = std::env::var("TASKWIRE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
         use std::io::Write;
@@ -350,11 +350,67 @@ pub(crate) async fn mysql_test_store(test: &str) -> Option<(Store, String)> {
         .await
         .expect("schema created");
     let _ = admin.close().await;
-    let url = format!("{server}/{schema}");
-    let env = [("TASKWIRE_DATABASE_URL".to_owned(), url.clone())].into();
+    let env = [("TASKWIRE_DATABASE_URL".to_owned(), format!("{server}/{schema}"))].into();
     let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
     taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
-    Some((store, url))
+    Some(MysqlTestStore { store, server, schema })
+}
+
+/// A [`Store`] on a MySQL schema made for one unit test ([`mysql_test_store`]). The
+/// schema is dropped with this value, so test runs leave nothing behind on a shared
+/// server. It is one value, not a store and a guard, so that a test cannot drop the
+/// schema early by not binding the guard.
+#[cfg(test)]
+pub(crate) struct MysqlTestStore {
+    store: Store,
+    /// `mysql://user@host:port`.
+    pub(crate) server: String,
+    /// The schema's name.
+    pub(crate) schema: String,
+}
+
+#[cfg(test)]
+impl std::ops::Deref for MysqlTestStore {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+impl MysqlTestStore {
+    /// The URL of the schema.
+    pub(crate) fn url(&self) -> String {
+        format!("{}/{}", self.server, self.schema)
+    }
+}
+
+#[cfg(test)]
+impl Drop for MysqlTestStore {
+    fn drop(&mut self) {
+        let (server, schema) = (self.server.clone(), self.schema.clone());
+        // The test's runtime may be blocked in this `drop`: a thread with a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let admin = Database::connect(&server).await.ok()?;
+                // Connections the test left open would hold the schema's metadata locks.
+                let _ = admin.execute_unprepared("SET SESSION lock_wait_timeout = 10").await;
+                let sql = format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{schema}'");
+                for row in admin.query_all_raw(sea_orm::Statement::from_string(DbBackend::MySql, sql)).await.ok()? {
+                    if let Ok(id) = row.try_get_by_index::<i64>(0) {
+                        let _ = admin.execute_unprepared(&format!("KILL CONNECTION {id}")).await;
+                    }
+                }
+                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`")).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: test schema {} not dropped", self.schema);
+        }
+    }
 }
 
 /// The file path of a `sqlite:` URL, if it names a file.
@@ -373,9 +429,9 @@ mod tests {
     #[tokio::test]
     async fn mysql_replaces_a_pooled_connection_the_server_killed() {
         let test = "mysql_replaces_a_pooled_connection_the_server_killed";
-        let Some((store, url)) = mysql_test_store(test).await else { return };
+        let Some(store) = mysql_test_store(test).await else { return };
         store.ping().await.expect("a first statement");
-        let (server, schema) = url.rsplit_once('/').expect("a schema in the URL");
+        let (server, schema) = (&store.server, &store.schema);
         let admin = Database::connect(server).await.expect("MySQL server reachable");
         let ids = admin
             .query_all_raw(sea_orm::Statement::from_string(

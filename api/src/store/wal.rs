@@ -149,10 +149,10 @@ mod tests {
 
     #[tokio::test]
     async fn mysql_has_no_checkpoints() {
-        let Some((store, _)) = crate::store::mysql_test_store("mysql_has_no_checkpoints").await else { return };
+        let Some(store) = crate::store::mysql_test_store("mysql_has_no_checkpoints").await else { return };
         assert_eq!(store.checkpoint_wal().await.expect("no query"), None);
         // The task ends at once instead of ticking forever.
-        let run = run_checkpointer(store, Metrics::new(), CancellationToken::new());
+        let run = run_checkpointer(Store::clone(&store), Metrics::new(), CancellationToken::new());
         tokio::time::timeout(Duration::from_secs(5), run).await.expect("returns on MySQL");
     }
 }
