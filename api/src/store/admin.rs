@@ -91,7 +91,7 @@ impl Store {
         // READ COMMITTED on MySQL: the range update takes no gap locks, so it cannot
         // deadlock with transitions that move tasks in and out of this worker's range.
         let txn = writing.begin_read_committed().await?;
-        let settings = super::dispatch::queue_settings_in(&txn, record.queues.iter().map(String::as_str)).await?;
+        let settings = self.settings.get_many(&txn, record.queues.iter().map(String::as_str)).await?;
         for (queue, settings) in settings {
             // Leases are extended in place: the lease token (not the row version) is what
             // fences a worker, and extending a lease changes no visible state. A lease
@@ -155,6 +155,7 @@ impl Store {
             updated_at: Set(now),
         };
         let saved = if exists { row.update(writing.db()).await? } else { row.insert(writing.db()).await? };
+        self.settings.forget(settings.name.as_str());
         self.dispatch_signal.notify_one();
         settings_from_row(saved)
     }

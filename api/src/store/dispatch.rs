@@ -201,7 +201,7 @@ impl Store {
             return Ok(vec![]);
         }
         let tasks = rows.into_iter().map(convert::task_from_row).collect::<ApiResult<Vec<_>>>()?;
-        let settings = queue_settings_in(&txn, tasks.iter().map(|t| t.queue.as_str())).await?;
+        let settings = self.settings.get_many(&txn, tasks.iter().map(|t| t.queue.as_str())).await?;
         let mut changes: Vec<(Task, Transition)> = Vec::with_capacity(tasks.len());
         // Worker slots are freed last, in worker-id order: the lock order of every writer
         // (see `transition_many`).
@@ -327,12 +327,13 @@ impl Store {
         Ok(rows.into_iter().map(|(q, n)| (q, u32::try_from(n).unwrap_or(u32::MAX))).collect())
     }
 
-    /// The settings of each queue named (defaults for queues never configured).
+    /// The settings of each queue named (defaults for queues never configured), at most
+    /// [`super::QUEUE_SETTINGS_TTL`] old (see `settings`).
     pub async fn queue_settings_many<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
     ) -> ApiResult<HashMap<String, QueueSettings>> {
-        queue_settings_in(&self.db, names).await
+        self.settings.get_many(&self.db, names).await
     }
 }
 

@@ -13,9 +13,12 @@ mod dispatch;
 mod events;
 mod gate;
 mod outbox;
+mod settings;
 mod shape;
 mod tasks;
 mod wal;
+
+pub use settings::QUEUE_SETTINGS_TTL;
 
 use std::{
     path::Path,
@@ -132,6 +135,8 @@ pub struct Store {
     /// Told about every change committed (the cache's write-through, the local hub and
     /// the local matcher).
     on_commit: Arc<std::sync::OnceLock<CommitHook>>,
+    /// Queue settings for the task paths (see `settings`).
+    settings: settings::SettingsCache,
 }
 
 /// What [`Store::on_commit`] calls with each change committed (creations included), and
@@ -215,6 +220,7 @@ impl Store {
             coalescer: None,
             transitions: None,
             on_commit: Arc::new(std::sync::OnceLock::new()),
+            settings: settings::SettingsCache::new(QUEUE_SETTINGS_TTL),
         };
         let committers = if sqlite { 1 } else { (config.database_max_connections as usize / 2).max(1) };
         // The committers get handles without queues of their own, so that each queue

@@ -12,7 +12,7 @@ use taskwire_domain::{
     machine::{self, Effect, Transition},
     task::{Task, TaskEvent},
 };
-use taskwire_entity::{outbox, queue, task, task_event};
+use taskwire_entity::{outbox, task, task_event};
 
 use super::{
     Store, Writer, Writing,
@@ -217,7 +217,11 @@ impl Store {
     ) -> Result<ApiResult<Vec<CreateOutcome>>, DbErr> {
         let now = Utc::now();
         let txn = writing.db().begin().await?;
-        let defaults = queue_max_attempts(&txn, batch).await?;
+        let defaults = match self.queue_max_attempts(&txn, batch).await {
+            Ok(defaults) => defaults,
+            // Not a conflict to retry: the transaction is dropped (rolled back).
+            Err(e) => return Ok(Err(e)),
+        };
         let mut existing = existing_by_key(&txn, batch).await?;
 
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -291,9 +295,7 @@ impl Store {
             };
             let current = convert::task_from_row(row)?;
             let settings = match with_settings {
-                true => {
-                    super::dispatch::queue_settings_in(&txn, [current.queue.as_str()]).await?.remove(&current.queue)
-                }
+                true => self.settings.get_many(&txn, [current.queue.as_str()]).await?.remove(&current.queue),
                 false => None,
             };
             let transition = decide(&current, settings.as_ref())?;
@@ -352,7 +354,7 @@ impl Store {
             let task = convert::task_from_row(row)?;
             current.insert(task.id, task);
         }
-        let settings = super::dispatch::queue_settings_in(&self.db, current.values().map(|t| t.queue.as_str())).await?;
+        let settings = self.settings.get_many(&self.db, current.values().map(|t| t.queue.as_str())).await?;
         let writing = self.write_lock(Writer::Transition).await;
         if let Some(steps) = self.transition_all_at_once(&writing, batch, &current, &settings).await? {
             return Ok(steps);
@@ -784,23 +786,17 @@ pub(super) async fn update_all_if_unchanged(
     Ok(updated.rows_affected == distinct)
 }
 
-/// The configured `maxAttempts` of the queues of inputs that do not set their own.
-async fn queue_max_attempts(
-    txn: &DatabaseTransaction,
-    batch: &[NewTask],
-) -> Result<HashMap<String, MaxAttempts>, DbErr> {
-    let names: HashSet<&str> = batch.iter().filter(|n| n.max_attempts.is_none()).map(|n| n.queue.as_str()).collect();
-    if names.is_empty() {
-        return Ok(HashMap::new());
+impl Store {
+    /// The configured `maxAttempts` of the queues of inputs that do not set their own.
+    async fn queue_max_attempts(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &[NewTask],
+    ) -> ApiResult<HashMap<String, MaxAttempts>> {
+        let names = batch.iter().filter(|n| n.max_attempts.is_none()).map(|n| n.queue.as_str());
+        let settings = self.settings.get_many(txn, names).await?;
+        Ok(settings.into_iter().filter_map(|(name, s)| Some((name, s.max_attempts?))).collect())
     }
-    let rows = queue::Entity::find().filter(queue::Column::Name.is_in(shape::padded(names))).all(txn).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|q| {
-            let max = q.max_attempts.and_then(|m| MaxAttempts::try_from(i64::from(m)).ok())?;
-            Some((q.name, max))
-        })
-        .collect())
 }
 
 /// Tasks already holding one of the batch's `(creator, idempotency key)` pairs, with
