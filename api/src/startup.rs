@@ -153,13 +153,16 @@ impl Application {
             None
         };
         // After a change commits, this process acts on it at once instead of after the
-        // relay → Kafka → consumer round trip: a transition's task is written through to
-        // the cache and its event reaches this process's subscribers; a task that became
-        // `QUEUED` (created or not) reaches this process's matcher. The Kafka copies still
-        // come: subscribers and the matcher drop them, and they are what other processes
-        // (and this one, for other writers) act on. Creations reach subscribers and the
-        // cache only through Kafka: nobody has read or followed a new task yet, a burst of
-        // them would push hot tasks out of L1, and the create path stays lean.
+        // relay → Kafka → consumer round trip: its event reaches this process's
+        // subscribers, a transition's task is written through to the cache, and a task
+        // that became `QUEUED` (created or not) reaches this process's matcher. The Kafka
+        // copies still come: subscribers and the matcher drop them, and they are what
+        // other processes (and this one, for other writers) act on. Creations reach the
+        // subscribers here too: a queue's or a creator's subscriber would otherwise see a
+        // task offered at once (its `ASSIGNED` event, published here) before the Kafka copy
+        // of its creation, and then drop that copy as older. Creations skip the cache:
+        // nobody has read a new task yet, and a burst of them would push hot tasks out of
+        // L1.
         let write_through = cache.clone();
         let local_hub = config.roles.api.then(|| hub.clone());
         let local_matcher = dispatcher.as_ref().map(|(matcher, _)| matcher.local_feed());
@@ -167,9 +170,9 @@ impl Application {
             let event = change.event.as_ref();
             if event.is_none_or(|e| e.previous_status.is_some()) {
                 write_through.committed(&change.task);
-                if let (Some(hub), Some(event)) = (&local_hub, event) {
-                    hub.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
-                }
+            }
+            if let (Some(hub), Some(event)) = (&local_hub, event) {
+                hub.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
             }
             if let (Some(feed), Some(event)) = (&local_matcher, event)
                 && change.effects.contains(&Effect::Dispatch)

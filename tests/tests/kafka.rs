@@ -194,6 +194,39 @@ async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
     assert_eq!(event["taskEvents"], json!({ "taskId": second, "seq": 2, "status": "CANCELLED" }), "no duplicate");
 }
 
+/// A task created here reaches this process's queue subscribers at commit, like any other
+/// change: with every broker down, the subscriber hears of the creation, and not from the
+/// history sweep. Before, creations came only through Kafka, so a subscriber saw a task
+/// offered at once (`ASSIGNED`, published here) first and then dropped its creation.
+#[tokio::test]
+async fn a_task_created_here_reaches_subscribers_here_without_kafka() {
+    let app = TestApp::spawn().await;
+    let Some(cluster) = app.require_embedded_cluster("a_task_created_here_reaches_subscribers_here_without_kafka")
+    else {
+        return;
+    };
+    let operator = app.token("olga", &["operator"]);
+    let alice = app.token("alice", &["client"]);
+    let mut ws = app.ws(TRANSPORT_WS).await;
+    ws.init(json!({ "authorization": format!("Bearer {operator}") })).await;
+    ws.subscribe("q", "subscription { taskEvents(filter: { queue: \"q\" }) { taskId seq status } }", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    set_brokers(&cluster, false).await;
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let event = ws.next_data("q").await;
+    assert_eq!(event["taskEvents"], json!({ "taskId": id, "seq": 1, "status": "QUEUED" }));
+    assert_eq!(app.metric("taskwire_live_events_recovered_total").await, 0.0, "not routed by the sweep");
+
+    set_brokers(&cluster, true).await;
+    const ROUTED: &str = "taskwire_status_events_total{outcome=\"routed\"}";
+    assert!(app.wait_for_metric(ROUTED, |v| v >= 1.0).await >= 1.0, "the Kafka copy was routed too");
+    let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
+    app.gql(Some(&alice), cancel, json!({ "id": id })).await.data();
+    let event = ws.next_data("q").await;
+    assert_eq!(event["taskEvents"], json!({ "taskId": id, "seq": 2, "status": "CANCELLED" }), "no duplicate");
+}
+
 /// Takes every broker of the embedded cluster down (`up = false`) or brings them back
 /// (librdkafka's mock calls block, so off the runtime).
 async fn set_brokers(cluster: &Arc<EmbeddedCluster>, up: bool) {
