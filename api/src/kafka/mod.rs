@@ -55,6 +55,18 @@ pub struct Kafka {
     embedded: Option<Arc<EmbeddedCluster>>,
 }
 
+/// How long a consumer's fetch may wait at the broker for records (`fetch.wait.max.ms`).
+///
+/// With `fetch.min.bytes` at 1, a Kafka broker answers as soon as a record arrives, so on
+/// Kafka this bounds only how often an idle consumer asks: 20 times a second per broker.
+/// This process's own changes reach its subscribers and its matcher at commit, not
+/// through these consumers; they carry other processes' changes. Two brokers do not cut
+/// the wait short: librdkafka's mock cluster holds an empty answer for the whole wait, and
+/// tansu 0.6 sleeps out the rest of it even when it found records. On them a change from
+/// another process can arrive up to this much later. At 10 ms, tansu spent a quarter of
+/// a core answering fetches during `real dispatch` (docs/BENCHMARKS.md).
+const FETCH_WAIT_MAX_MS: &str = "50";
+
 impl Kafka {
     /// Starts the embedded cluster or reaches the configured brokers, and makes sure the
     /// three topics exist.
@@ -119,7 +131,7 @@ impl Kafka {
             .set("auto.offset.reset", "latest")
             .set("enable.auto.commit", "false")
             .set("session.timeout.ms", "10000")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
             .create()?;
         Ok(consumer)
     }
@@ -138,7 +150,7 @@ impl Kafka {
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("session.timeout.ms", "10000")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
             .create_with_context(crate::dispatch::matcher::RebalanceContext::default())?;
         consumer.subscribe(&[topic])?;
         Ok(consumer)
