@@ -8,7 +8,10 @@ use rdkafka::{
 };
 use serde_json::{Value, json};
 use taskwire_api::kafka::EmbeddedCluster;
-use taskwire_tests::{TestApp, ws::TRANSPORT_WS};
+use taskwire_tests::{
+    TestApp,
+    ws::{TRANSPORT_WS, WsClient},
+};
 
 const CREATE_MANY: &str = "mutation($i: [CreateTaskInput!]!) { createTasks(inputs: $i) { task { id } } }";
 
@@ -23,10 +26,7 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
         return;
     };
     let alice = app.token("alice", &["client"]);
-    let mut ws = app.ws(TRANSPORT_WS).await;
-    ws.init(json!({ "authorization": format!("Bearer {alice}") })).await;
-    ws.subscribe("all", "subscription { taskEvents { taskId seq status } }", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws = subscribed(&app, &alice, "all", "subscription { taskEvents { taskId seq status } }").await;
 
     set_brokers(&cluster, false).await;
 
@@ -93,10 +93,7 @@ async fn a_fenced_producer_is_replaced_and_the_outbox_still_drains() {
         return;
     };
     let alice = app.token("alice", &["client"]);
-    let mut ws = app.ws(TRANSPORT_WS).await;
-    ws.init(json!({ "authorization": format!("Bearer {alice}") })).await;
-    ws.subscribe("all", "subscription { taskEvents { taskId seq } }", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws = subscribed(&app, &alice, "all", "subscription { taskEvents { taskId seq } }").await;
 
     let fence = cluster.clone();
     tokio::task::spawn_blocking(move || fence.fence_producers(3)).await.expect("join").expect("fenced");
@@ -175,10 +172,7 @@ async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
     let second = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
     const ROUTED: &str = "taskwire_status_events_total{outcome=\"routed\"}";
     app.wait_for_metric(ROUTED, |v| v >= 2.0).await;
-    let mut ws = app.ws(TRANSPORT_WS).await;
-    ws.init(json!({ "authorization": format!("Bearer {alice}") })).await;
-    ws.subscribe("mine", "subscription { taskEvents { taskId seq status } }", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws = subscribed(&app, &alice, "mine", "subscription { taskEvents { taskId seq status } }").await;
     let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
 
     set_brokers(&cluster, false).await;
@@ -207,10 +201,9 @@ async fn a_task_created_here_reaches_subscribers_here_without_kafka() {
     };
     let operator = app.token("olga", &["operator"]);
     let alice = app.token("alice", &["client"]);
-    let mut ws = app.ws(TRANSPORT_WS).await;
-    ws.init(json!({ "authorization": format!("Bearer {operator}") })).await;
-    ws.subscribe("q", "subscription { taskEvents(filter: { queue: \"q\" }) { taskId seq status } }", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws =
+        subscribed(&app, &operator, "q", "subscription { taskEvents(filter: { queue: \"q\" }) { taskId seq status } }")
+            .await;
 
     set_brokers(&cluster, false).await;
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
@@ -225,6 +218,17 @@ async fn a_task_created_here_reaches_subscribers_here_without_kafka() {
     app.gql(Some(&alice), cancel, json!({ "id": id })).await.data();
     let event = ws.next_data("q").await;
     assert_eq!(event["taskEvents"], json!({ "taskId": id, "seq": 2, "status": "CANCELLED" }), "no duplicate");
+}
+
+/// A `graphql-transport-ws` connection authenticated with `token`, carrying `query`
+/// under `id`, once the server has had time to register it (the protocol does not
+/// acknowledge a `subscribe`).
+async fn subscribed(app: &TestApp, token: &str, id: &str, query: &str) -> WsClient {
+    let mut ws = app.ws(TRANSPORT_WS).await;
+    ws.init(json!({ "authorization": format!("Bearer {token}") })).await;
+    ws.subscribe(id, query, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ws
 }
 
 /// Takes every broker of the embedded cluster down (`up = false`) or brings them back

@@ -2,25 +2,23 @@
 //! of due tasks (scheduler, reaper), worker liveness and the matcher's view of queues
 //! and workers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 use taskwire_domain::{
-    LeaseToken, QueueName, QueueSettings, TaskId, TaskStatus, WorkerStatus,
+    LeaseToken, QueueSettings, TaskId, TaskStatus, WorkerStatus,
     machine::{self, Command, Transition},
     task::Task,
 };
-use taskwire_entity::{queue, task, worker};
+use taskwire_entity::{task, worker};
 
 use super::{
-    Store, WorkerRecord, Writer,
-    admin::settings_from_row,
-    convert, shape,
+    Store, WorkerRecord, Writer, convert, shape,
     shape::Writes,
     tasks::{Applied, apply, release_slots_statement, reserve_slots, update_all_if_unchanged},
 };
@@ -415,33 +413,6 @@ async fn offer_one_by_one(
         made.push((i, outcome));
     }
     Ok(made)
-}
-
-/// The settings of each queue named, read on `conn` (inside a transaction, so it never
-/// needs a second pooled connection while holding one).
-pub(super) async fn queue_settings_in<'a, C: ConnectionTrait>(
-    conn: &C,
-    names: impl IntoIterator<Item = &'a str>,
-) -> ApiResult<HashMap<String, QueueSettings>> {
-    let names: HashSet<&str> = names.into_iter().collect();
-    if names.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows =
-        queue::Entity::find().filter(queue::Column::Name.is_in(shape::padded(names.iter().copied()))).all(conn).await?;
-    let mut out = HashMap::with_capacity(names.len());
-    for row in rows {
-        let settings = settings_from_row(row)?;
-        out.insert(settings.name.to_string(), settings);
-    }
-    for name in names {
-        if !out.contains_key(name)
-            && let Ok(parsed) = QueueName::parse(name)
-        {
-            out.insert(name.to_owned(), QueueSettings::defaults(parsed));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

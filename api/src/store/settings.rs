@@ -20,12 +20,13 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::ConnectionTrait;
-use taskwire_domain::QueueSettings;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use taskwire_domain::{QueueName, QueueSettings};
+use taskwire_entity::queue;
 
 #[cfg(doc)]
 use super::Store;
-use super::dispatch::queue_settings_in;
+use super::{admin::settings_from_row, shape};
 use crate::error::ApiResult;
 
 /// How long a process may act on queue settings another process has since changed.
@@ -75,7 +76,7 @@ impl SettingsCache {
             return Ok(out);
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let read = queue_settings_in(conn, missing).await?;
+        let read = read(conn, missing).await?;
         self.keep(generation, &read);
         out.extend(read);
         Ok(out)
@@ -98,6 +99,34 @@ impl SettingsCache {
     }
 }
 
+/// The settings of each queue named, read from the database on `conn` (inside a
+/// transaction, so it never needs a second pooled connection while holding one). Invalid
+/// names are left out; valid ones never configured get the defaults.
+async fn read<'a, C: ConnectionTrait>(
+    conn: &C,
+    names: impl IntoIterator<Item = &'a str>,
+) -> ApiResult<HashMap<String, QueueSettings>> {
+    let names: HashSet<&str> = names.into_iter().collect();
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows =
+        queue::Entity::find().filter(queue::Column::Name.is_in(shape::padded(names.iter().copied()))).all(conn).await?;
+    let mut out = HashMap::with_capacity(names.len());
+    for row in rows {
+        let settings = settings_from_row(row)?;
+        out.insert(settings.name.to_string(), settings);
+    }
+    for name in names {
+        if !out.contains_key(name)
+            && let Ok(parsed) = QueueName::parse(name)
+        {
+            out.insert(name.to_owned(), QueueSettings::defaults(parsed));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -115,10 +144,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settings_are_read_once_per_time_to_live() {
+    async fn a_cached_copy_costs_no_statement_until_it_expires() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = test_store(dir.path()).await;
-        let cache = SettingsCache::new(Duration::from_millis(300));
+        let cache = SettingsCache::new(Duration::from_secs(60));
         let first = cache.get_many(&store.db, ["mail"]).await.expect("read");
         assert!(!first["mail"].paused, "defaults for a queue never configured");
 
@@ -129,8 +158,17 @@ mod tests {
         assert!(!cached.contains_key("not a valid name!"), "invalid names are left out");
         let only_the_invalid_name = store.stats.statements() - before;
         assert_eq!(only_the_invalid_name, 1, "the cached queue cost no statement");
+    }
 
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    #[tokio::test]
+    async fn another_processs_change_is_read_once_the_copy_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let ttl = Duration::from_millis(50);
+        let cache = SettingsCache::new(ttl);
+        assert!(!cache.get_many(&store.db, ["mail"]).await.expect("read")["mail"].paused);
+        store.db.execute_raw(pause_behind_the_cache("mail")).await.expect("paused elsewhere");
+        tokio::time::sleep(ttl * 4).await;
         let later = cache.get_many(&store.db, ["mail"]).await.expect("read");
         assert!(later["mail"].paused, "another process's change, once the copy expired");
     }
@@ -156,7 +194,7 @@ mod tests {
         // A read starts; a save forgets the queue before the read comes back. What the
         // read brings may predate the save, so it is used once but not cached.
         let read_at = cache.generation.load(Ordering::Acquire);
-        let stale = queue_settings_in(&store.db, ["mail"]).await.expect("read");
+        let stale = read(&store.db, ["mail"]).await.expect("read");
         cache.forget("mail");
         cache.keep(read_at, &stale);
         assert!(cache.entries.get("mail").is_none(), "the raced read was dropped");

@@ -208,6 +208,17 @@ impl Store {
         Err(ApiError::Conflict("too much contention on idempotency keys; retry".into()))
     }
 
+    /// The configured `maxAttempts` of the queues of inputs that do not set their own.
+    async fn queue_max_attempts(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &[NewTask],
+    ) -> ApiResult<HashMap<String, MaxAttempts>> {
+        let names = batch.iter().filter(|n| n.max_attempts.is_none()).map(|n| n.queue.as_str());
+        let settings = self.settings.get_many(txn, names).await?;
+        Ok(settings.into_iter().filter_map(|(name, s)| Some((name, s.max_attempts?))).collect())
+    }
+
     async fn try_create_tasks(
         &self,
         writing: &Writing<'_>,
@@ -740,7 +751,7 @@ pub(super) fn release_slots_statement(
 /// parameters, the derived table silently cut a 70 KB `result` to its length modulo
 /// 64 KiB; typed by a `SELECT … FROM tasks WHERE FALSE` branch, it went to two on-disk
 /// temporary tables per statement (the text columns), slower than this at the batch
-/// sizes dispatch makes (docs/BENCHMARKS.md). The test below guards both failure modes.
+/// sizes dispatch makes (docs/BENCHMARKS.md). The tests below would catch the truncation.
 pub(super) async fn update_all_if_unchanged(
     txn: &DatabaseTransaction,
     changes: &[(&Task, &Transition)],
@@ -784,19 +795,6 @@ pub(super) async fn update_all_if_unchanged(
         .exec(txn)
         .await?;
     Ok(updated.rows_affected == distinct)
-}
-
-impl Store {
-    /// The configured `maxAttempts` of the queues of inputs that do not set their own.
-    async fn queue_max_attempts(
-        &self,
-        txn: &DatabaseTransaction,
-        batch: &[NewTask],
-    ) -> ApiResult<HashMap<String, MaxAttempts>> {
-        let names = batch.iter().filter(|n| n.max_attempts.is_none()).map(|n| n.queue.as_str());
-        let settings = self.settings.get_many(txn, names).await?;
-        Ok(settings.into_iter().filter_map(|(name, s)| Some((name, s.max_attempts?))).collect())
-    }
 }
 
 /// Tasks already holding one of the batch's `(creator, idempotency key)` pairs, with
