@@ -17,10 +17,13 @@
 //! lost a race to another writer is retried alone. On SQLite this is what lets a worker's
 //! transitions keep up at all (every write transaction waits for the previous one); on
 //! MySQL it turns ~8 round trips and a commit per transition into a few statements per
-//! transition and one commit per batch. There is one transition committer on both
-//! backends: two batches committed side by side would lock worker rows in different
-//! orders and deadlock each other. A batch locks its task rows in id order, and one that
-//! still loses a deadlock to another writer (an offer, the reaper) is run again.
+//! transition and one commit per batch. SQLite has one transition committer (it has one
+//! writer); MySQL has [`TRANSITION_COMMITTERS_MYSQL`](super::TRANSITION_COMMITTERS_MYSQL),
+//! so that one batch's statements run while another waits for its commit. Every batch
+//! locks its task rows in id order, then the worker rows whose slots it frees in
+//! worker-id order, as offers do: two batches wait for each other's rows but do not
+//! deadlock. A batch that still loses a deadlock to another writer (the reaper claims
+//! tasks in the order they fell due) is run again.
 
 use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task::Task};
 use tokio::sync::{mpsc, oneshot};
@@ -58,7 +61,9 @@ pub(super) fn start(store: Store, committers: usize) -> mpsc::Sender<Pending> {
 }
 
 /// Takes whatever is waiting (at least one, at most [`MAX_BATCH`]); `None` once closed.
-async fn next_batch(queue: &tokio::sync::Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+/// Committers sharing a queue take turns: one waits for the next item while the others
+/// commit what they took.
+async fn next_batch<T>(queue: &tokio::sync::Mutex<mpsc::Receiver<T>>) -> Option<Vec<T>> {
     let mut queue = queue.lock().await;
     let first = queue.recv().await?;
     let mut batch = vec![first];
@@ -136,22 +141,19 @@ pub(super) enum Step {
     Raced,
 }
 
-/// Starts the (one) transition committer for `store`.
-pub(super) fn start_transitions(store: Store) -> mpsc::Sender<PendingTransition> {
-    let (tx, mut rx) = mpsc::channel::<PendingTransition>(QUEUE);
-    tokio::spawn(async move {
-        loop {
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
+/// Starts `committers` transition committers for `store`, sharing one queue (see the
+/// module docs for why SQLite has one and MySQL two).
+pub(super) fn start_transitions(store: Store, committers: usize) -> mpsc::Sender<PendingTransition> {
+    let (tx, rx) = mpsc::channel::<PendingTransition>(QUEUE);
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..committers.max(1) {
+        let (store, queue) = (store.clone(), queue.clone());
+        tokio::spawn(async move {
+            while let Some(batch) = next_batch(&queue).await {
+                commit_transitions(&store, batch).await;
             }
-            commit_transitions(&store, batch).await;
-        }
-    });
+        });
+    }
     tx
 }
 
@@ -464,6 +466,47 @@ mod tests {
         assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Succeeded), "{steps:?}");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 1, "a's slot freed once, b still holds one");
+    }
+
+    /// Many workers' transitions at once, on tasks spread over shared workers: on MySQL
+    /// the batches commit side by side ([`crate::store::TRANSITION_COMMITTERS_MYSQL`]),
+    /// each locking tasks then workers in id order. Every transition commits once, and
+    /// every worker slot taken is freed once.
+    async fn concurrent_batches_commit_every_transition_once(store: &Store) {
+        let mut tasks = Vec::new();
+        for worker in ["w1", "w2", "w3", "w4"] {
+            tasks.extend(offered_to(store, worker, 16).await.into_iter().map(|(id, token)| (id, worker, token)));
+        }
+        let accepts =
+            tasks.iter().map(|(id, worker, token)| store.transition_in_queue(*id, None, accept_as(worker, token)));
+        for accepted in futures::future::join_all(accepts).await {
+            assert_eq!(accepted.expect("accepted").status, TaskStatus::Running);
+        }
+        let completes =
+            tasks.iter().map(|(id, worker, token)| store.transition_in_queue(*id, None, complete_as(worker, token)));
+        for completed in futures::future::join_all(completes).await {
+            assert_eq!(completed.expect("completed").status, TaskStatus::Succeeded);
+        }
+        for (id, _, _) in &tasks {
+            let events = store.events_after(*id, 0, 10).await.expect("events");
+            assert_eq!(events.len(), 4, "QUEUED, ASSIGNED, RUNNING, SUCCEEDED once each: {events:?}");
+        }
+        let ids: Vec<String> = ["w1", "w2", "w3", "w4"].map(String::from).to_vec();
+        let workers = store.workers_by_ids(&ids).await.expect("workers");
+        assert!(workers.iter().all(|w| w.active == 0), "every slot freed once: {workers:?}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_concurrent_batches_commit_every_transition_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        concurrent_batches_commit_every_transition_once(&test_store(dir.path()).await).await;
+    }
+
+    #[tokio::test]
+    async fn mysql_concurrent_batches_commit_every_transition_once() {
+        let test = "mysql_concurrent_batches_commit_every_transition_once";
+        let Some(store) = crate::store::mysql_test_store(test).await else { return };
+        concurrent_batches_commit_every_transition_once(&store).await;
     }
 
     #[tokio::test]

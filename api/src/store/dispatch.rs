@@ -20,7 +20,7 @@ use taskwire_entity::{task, worker};
 use super::{
     Store, WorkerRecord, Writer, convert, shape,
     shape::Writes,
-    tasks::{Applied, apply, release_slots_statement, reserve_slots, update_all_if_unchanged},
+    tasks::{Applied, apply, release_slots_statements, reserve_slots, update_all_if_unchanged},
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -70,8 +70,8 @@ impl Store {
     /// matcher plans a round against the capacities it has just read, so normally every
     /// task is still `QUEUED` and every worker has room for its share: all the task
     /// updates are then one statement (rows locked in task-id order), followed by one
-    /// reservation per worker for all its offers, in worker-id order (the lock order of
-    /// every writer, see `transition_many`). If a task changed or a worker turned out
+    /// statement reserving every worker's share of the offers (rows locked in worker-id
+    /// order: the lock order of every writer, see `transition_many`). If a task changed or a worker turned out
     /// full, draining or offline meanwhile, that transaction is rolled back and the
     /// offers are made again one savepoint each, so that only those that cannot be made
     /// fail. Either way the
@@ -214,7 +214,7 @@ impl Store {
             }
         }
         let mut writes = Writes::new(self.backend());
-        writes.extend(release_slots_statement(self.backend(), releases, convert::to_ms(now)));
+        writes.extend(release_slots_statements(self.backend(), releases, convert::to_ms(now)));
         let history: Vec<(Transition, Option<&str>)> = changes.iter().map(|(_, t)| (t.clone(), None)).collect();
         self.history_into(&mut writes, &history)?;
         writes.run(&txn).await?;
@@ -375,10 +375,8 @@ async fn offer_at_once(
         *shares.entry(offers[i].worker_id.as_str()).or_default() += 1;
         made.push((i, OfferOutcome::Offered(Box::new(transition.task.clone()))));
     }
-    for (worker_id, n) in shares {
-        if !reserve_slots(txn, worker_id, n, now).await? {
-            return Ok(None);
-        }
+    if !reserve_slots(txn, &shares, now).await? {
+        return Ok(None);
     }
     Ok(Some(made))
 }
@@ -467,42 +465,143 @@ mod tests {
         assert_eq!(worker[0].active, 1, "exactly one slot reserved");
     }
 
-    /// A store with workers `w1` and `w2` (each of `capacity`) and `n` queued tasks, with
-    /// offers of them to `w1` and `w2` in turn.
+    /// Workers `w1` … `w<workers>` (each of `capacity`) on `store`, and `n` queued tasks,
+    /// with offers of them to the workers in turn.
+    async fn workers_and_offers(
+        store: &Store,
+        workers: usize,
+        capacity: i64,
+        n: usize,
+    ) -> (Vec<Task>, Vec<PlannedOffer>) {
+        let registration = WorkerRegistration::parse("w", &["q".to_owned()], capacity).expect("registration");
+        for w in 1..=workers {
+            store.register_worker(&format!("w{w}"), &registration).await.expect("registered");
+        }
+        let tasks = queued(store, n).await;
+        let offers = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PlannedOffer { id: t.id, worker_id: format!("w{}", 1 + i % workers), traceparent: None })
+            .collect();
+        (tasks, offers)
+    }
+
+    /// [`workers_and_offers`] with two workers, on a fresh SQLite store in `dir`.
     async fn two_workers_and_offers(
         dir: &std::path::Path,
         capacity: i64,
         n: usize,
     ) -> (Store, Vec<Task>, Vec<PlannedOffer>) {
         let store = test_store(dir).await;
-        let registration = WorkerRegistration::parse("w", &["q".to_owned()], capacity).expect("registration");
-        store.register_worker("w1", &registration).await.expect("registered");
-        store.register_worker("w2", &registration).await.expect("registered");
-        let tasks = queued(&store, n).await;
-        let offers = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| PlannedOffer { id: t.id, worker_id: format!("w{}", 1 + i % 2), traceparent: None })
-            .collect();
+        let (tasks, offers) = workers_and_offers(&store, 2, capacity, n).await;
         (store, tasks, offers)
     }
 
     #[tokio::test]
-    async fn offers_that_fit_take_one_capacity_update_per_worker_and_no_savepoints() {
+    async fn offers_that_fit_take_one_capacity_update_for_all_workers_and_no_savepoints() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _, offers) = two_workers_and_offers(dir.path(), 8, 10).await;
+        let store = test_store(dir.path()).await;
+        let (_, offers) = workers_and_offers(&store, 4, 8, 10).await;
         let before = store.stats().statements_outside_outbox();
 
         let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
 
         assert!(outcomes.iter().all(|o| matches!(o, OfferOutcome::Offered(_))), "all fit: {outcomes:?}");
-        // One read, ten task updates, two worker updates, the events and the transaction's
-        // own statement (`DbStats` counts what the driver issues): one capacity update per
-        // offer (the one-savepoint-each path) would make 8 more.
+        // The read, the transaction's start, the tasks' update, one capacity update for
+        // the four workers, the events, the commit (`DbStats` counts what the driver
+        // issues). One capacity update per worker would make 3 more, and the
+        // one-savepoint-each path many more.
         let statements = store.stats().statements_outside_outbox() - before;
-        assert!(statements <= 1 + 10 + 2 + 1 + 1, "{statements} statements outside the outbox");
-        let workers = store.workers_by_ids(&["w1".to_owned(), "w2".to_owned()]).await.expect("workers");
-        assert_eq!(workers.iter().map(|w| w.active).collect::<Vec<_>>(), [5, 5], "five slots each");
+        assert!(statements <= 6, "{statements} statements outside the outbox");
+        let ids: Vec<String> = (1..=4).map(|w| format!("w{w}")).collect();
+        let workers = store.workers_by_ids(&ids).await.expect("workers");
+        let active: Vec<u32> = workers.iter().map(|w| w.active).collect();
+        assert_eq!(active, [3, 3, 2, 2], "each worker's share reserved: {workers:?}");
+    }
+
+    /// Three workers; `w2` has room for one more task but gets two offers. The one
+    /// statement reserving all the workers' shares is refused, and the offers are made
+    /// one by one: only `w2`'s second offer fails.
+    async fn a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit(store: &Store) {
+        let (tasks, offers) = workers_and_offers(store, 3, 2, 6).await;
+        let seed = queued(store, 1).await;
+        let filler = PlannedOffer { id: seed[0].id, worker_id: "w2".into(), traceparent: None };
+        let expires = Utc::now() + chrono::Duration::seconds(10);
+        store.offer_many(&[filler], expires).await.expect("w2 has one slot taken");
+
+        let outcomes = store.offer_many(&offers, expires).await.expect("offers");
+
+        // Offers go to w1, w2, w3, w1, w2, w3.
+        for (i, outcome) in outcomes.iter().enumerate() {
+            match i {
+                4 => assert_eq!(*outcome, OfferOutcome::WorkerUnavailable, "w2 is full by then"),
+                _ => assert!(matches!(outcome, OfferOutcome::Offered(_)), "offer {i}: {outcome:?}"),
+            }
+        }
+        let still_queued = store.tasks_by_ids(&[tasks[4].id]).await.expect("read");
+        assert_eq!(still_queued[0].status, TaskStatus::Queued, "the offer that did not fit left no trace");
+        let workers = store.workers_by_ids(&["w1".into(), "w2".into(), "w3".into()]).await.expect("workers");
+        let active: Vec<u32> = workers.iter().map(|w| w.active).collect();
+        assert_eq!(active, [2, 2, 2], "every slot reserved once, none beyond capacity: {workers:?}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit(&test_store(dir.path()).await).await;
+    }
+
+    #[tokio::test]
+    async fn mysql_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit() {
+        let test = "mysql_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit";
+        let Some(store) = crate::store::mysql_test_store(test).await else { return };
+        a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit(&store).await;
+    }
+
+    /// More workers than one statement reserves for: their shares go in several
+    /// statements, and a worker without room in the last one still fails only its offer;
+    /// freeing all their slots goes in several statements too.
+    async fn slots_of_more_workers_than_one_statement_holds(store: &Store) {
+        use sea_orm::TransactionTrait;
+        let workers = shape::CASE_ROWS + 8;
+        let (tasks, offers) = workers_and_offers(store, workers, 1, workers).await;
+        let last = format!("w{workers}");
+        store.drain_worker(&last).await.expect("drained");
+
+        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+
+        for (offer, outcome) in offers.iter().zip(&outcomes) {
+            match offer.worker_id == last {
+                true => assert_eq!(*outcome, OfferOutcome::WorkerUnavailable, "{last} drained"),
+                false => assert!(matches!(outcome, OfferOutcome::Offered(_)), "{}: {outcome:?}", offer.worker_id),
+            }
+        }
+        let ids: Vec<String> = (1..=workers).map(|w| format!("w{w}")).collect();
+        let active: HashMap<String, u32> =
+            store.workers_by_ids(&ids).await.expect("workers").into_iter().map(|w| (w.id, w.active)).collect();
+        assert!(ids.iter().all(|id| active[id] == u32::from(*id != last)), "one slot each but {last}: {active:?}");
+        let queued = store.tasks_by_ids(&[tasks[workers - 1].id]).await.expect("read");
+        assert_eq!(queued[0].status, TaskStatus::Queued);
+
+        let txn = store.db.begin().await.expect("begin");
+        let everyone: BTreeMap<String, i64> = ids.iter().map(|id| (id.clone(), 1)).collect();
+        super::super::tasks::release_slots(&txn, everyone, 0).await.expect("released");
+        txn.commit().await.expect("commit");
+        let freed = store.workers_by_ids(&ids).await.expect("workers");
+        assert!(freed.iter().all(|w| w.active == 0), "every slot freed, none below zero: {freed:?}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_slots_of_more_workers_than_one_statement_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        slots_of_more_workers_than_one_statement_holds(&test_store(dir.path()).await).await;
+    }
+
+    #[tokio::test]
+    async fn mysql_slots_of_more_workers_than_one_statement_holds() {
+        let test = "mysql_slots_of_more_workers_than_one_statement_holds";
+        let Some(store) = crate::store::mysql_test_store(test).await else { return };
+        slots_of_more_workers_than_one_statement_holds(&store).await;
     }
 
     #[tokio::test]

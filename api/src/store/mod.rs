@@ -158,6 +158,12 @@ impl std::fmt::Debug for CommitHook {
 /// second after its last use fails one statement, and the pool then replaces it.
 pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// Transition committers on MySQL/MariaDB (SQLite has one: it has one writer). Two
+/// batches in flight overlap one's commit (the redo-log flush) and round trips with the
+/// other's statements; every batch locks its task rows, then its worker rows, each in
+/// id order, so two batches wait for each other but cannot deadlock (see `coalesce`).
+pub const TRANSITION_COMMITTERS_MYSQL: usize = 2;
+
 impl Store {
     /// Connects with the configured pool; creates the SQLite file's directory if needed.
     pub async fn connect(config: &Config) -> Result<Store, DbErr> {
@@ -227,7 +233,8 @@ impl Store {
         // closes (and its committer ends) when the last outside handle is dropped.
         let base = store.clone();
         store.coalescer = Some(coalesce::start(base.clone(), committers));
-        store.transitions = Some(coalesce::start_transitions(base));
+        store.transitions =
+            Some(coalesce::start_transitions(base, if sqlite { 1 } else { TRANSITION_COMMITTERS_MYSQL }));
         Ok(store)
     }
 

@@ -429,7 +429,7 @@ impl Store {
             });
         }
         let mut writes = Writes::new(self.backend());
-        writes.extend(release_slots_statement(self.backend(), releases, convert::to_ms(Utc::now())));
+        writes.extend(release_slots_statements(self.backend(), releases, convert::to_ms(Utc::now())));
         // Every index was visited once above; `Internal` cannot be reached.
         let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect();
         self.commit_changes(txn, writes, &made).await?;
@@ -488,7 +488,7 @@ impl Store {
             }
         }
         let mut writes = Writes::new(self.backend());
-        writes.extend(release_slots_statement(self.backend(), releases, convert::to_ms(Utc::now())));
+        writes.extend(release_slots_statements(self.backend(), releases, convert::to_ms(Utc::now())));
         let made: Vec<(Task, Transition, Option<&str>)> = changes
             .iter()
             .map(|(i, before, transition)| ((*before).clone(), transition.clone(), batch[*i].traceparent.as_deref()))
@@ -647,7 +647,7 @@ pub(super) async fn apply(
     match (before.status.is_leased(), next.task.status.is_leased()) {
         (false, true) => {
             let worker_id = next.task.worker_id.as_deref().unwrap_or_default();
-            if !reserve_slots(txn, worker_id, 1, now).await? {
+            if !reserve_slots(txn, &[(worker_id, 1)].into(), now).await? {
                 return Ok(Applied::NoCapacity);
             }
         }
@@ -679,72 +679,97 @@ pub(super) async fn update_if_unchanged(
     Ok(updated.rows_affected == 1)
 }
 
-/// Reserves `n` slots of worker `worker_id`, conditionally on the worker being `ONLINE`
-/// with room for all `n` (`active + n <= capacity`); `false` (nothing reserved) otherwise.
-pub(super) async fn reserve_slots(txn: &DatabaseTransaction, worker_id: &str, n: i64, now: i64) -> Result<bool, DbErr> {
-    use sea_orm::sea_query::{Expr, ExprTrait};
+/// Reserves slots of several workers at once: `n` slots of each worker of `shares`,
+/// conditionally on that worker being `ONLINE` with room for all `n` of them (`active + n
+/// <= capacity`), in one statement per [`shape::CASE_ROWS`] workers. `true` when every
+/// worker had room; `false` when one did not, and then others may have been reserved:
+/// the caller rolls the transaction (or savepoint) back. The rows are locked in
+/// worker-id order (the primary key's), the lock order of every writer.
+pub(super) async fn reserve_slots(
+    txn: &DatabaseTransaction,
+    shares: &BTreeMap<&str, i64>,
+    now: i64,
+) -> Result<bool, DbErr> {
+    use sea_orm::{
+        ConnectionTrait, QueryTrait,
+        sea_query::{CaseStatement, Expr, ExprTrait},
+    };
     use taskwire_entity::worker;
-    let reserved = worker::Entity::update_many()
-        .col_expr(worker::Column::Active, Expr::col(worker::Column::Active).add(n))
-        .col_expr(worker::Column::UpdatedAt, Expr::value(now))
-        .filter(worker::Column::Id.eq(worker_id))
-        .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
-        .filter(Expr::col(worker::Column::Active).add(n).lte(Expr::col(worker::Column::Capacity)))
-        .exec(txn)
-        .await?;
-    Ok(reserved.rows_affected == 1)
+    let shares: Vec<(&str, i64)> = shares.iter().map(|(id, n)| (*id, *n)).collect();
+    for (chunk, distinct) in shape::case_chunks(&shares).zip(shares.chunks(shape::CASE_ROWS).map(<[_]>::len)) {
+        // A repeated (padding) arm is never reached: the first match wins.
+        let mut taken = CaseStatement::new();
+        for (worker_id, n) in &chunk {
+            taken = taken.case(Expr::col(worker::Column::Id).eq(*worker_id), Expr::col(worker::Column::Active).add(*n));
+        }
+        // Every row the statement reaches has an arm; the fallback only keeps the
+        // expression total.
+        let taken = taken.finally(Expr::col(worker::Column::Active));
+        let update = worker::Entity::update_many()
+            .col_expr(worker::Column::Active, taken.clone().into())
+            .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+            .filter(worker::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
+            .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
+            .filter(Expr::expr(taken).lte(Expr::col(worker::Column::Capacity)));
+        let reserved = txn.execute_raw(update.build(txn.get_database_backend())).await?;
+        if reserved.rows_affected() != distinct as u64 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
-/// Frees `n` slots of each worker of `releases` (never below 0), in one statement: the
-/// rows are locked in worker-id order (the primary key's), the lock order of every writer.
+/// Frees `n` slots of each worker of `releases` (never below 0), in one statement per
+/// [`shape::CASE_ROWS`] workers: the rows are locked in worker-id order (the primary
+/// key's), the lock order of every writer.
 pub(super) async fn release_slots(
     txn: &DatabaseTransaction,
     releases: BTreeMap<String, i64>,
     now: i64,
 ) -> Result<(), DbErr> {
     use sea_orm::ConnectionTrait;
-    if let Some(statement) = release_slots_statement(txn.get_database_backend(), releases, now) {
+    for statement in release_slots_statements(txn.get_database_backend(), releases, now) {
         txn.execute_raw(statement).await?;
     }
     Ok(())
 }
 
-/// The statement [`release_slots`] runs; `None` when nothing is released.
-pub(super) fn release_slots_statement(
+/// The statements [`release_slots`] runs; none when nothing is released.
+pub(super) fn release_slots_statements(
     backend: sea_orm::DbBackend,
     releases: BTreeMap<String, i64>,
     now: i64,
-) -> Option<Statement> {
+) -> Vec<Statement> {
     use sea_orm::{
         QueryTrait,
         sea_query::{CaseStatement, Expr, ExprTrait},
     };
     use taskwire_entity::worker;
-    if releases.is_empty() {
-        return None;
-    }
-    // Padded (the last worker repeated) so that the statement has few shapes; a repeated
-    // arm is never reached, the first match wins.
-    let releases = shape::padded(releases);
-    let mut freed = CaseStatement::new();
-    for (worker_id, n) in &releases {
-        let less = CaseStatement::new()
-            .case(Expr::col(worker::Column::Active).gte(*n), Expr::col(worker::Column::Active).sub(*n))
-            .finally(0);
-        freed = freed.case(Expr::col(worker::Column::Id).eq(worker_id.as_str()), less);
-    }
-    let update = worker::Entity::update_many()
-        .col_expr(worker::Column::Active, freed.finally(Expr::col(worker::Column::Active)).into())
-        .col_expr(worker::Column::UpdatedAt, Expr::value(now))
-        .filter(worker::Column::Id.is_in(releases.into_iter().map(|(id, _)| id)))
-        .filter(worker::Column::Active.gt(0));
-    Some(update.build(backend))
+    let releases: Vec<(String, i64)> = releases.into_iter().collect();
+    let statement = |chunk: Vec<(String, i64)>| {
+        // A repeated (padding) arm is never reached: the first match wins.
+        let mut freed = CaseStatement::new();
+        for (worker_id, n) in &chunk {
+            let less = CaseStatement::new()
+                .case(Expr::col(worker::Column::Active).gte(*n), Expr::col(worker::Column::Active).sub(*n))
+                .finally(0);
+            freed = freed.case(Expr::col(worker::Column::Id).eq(worker_id.as_str()), less);
+        }
+        worker::Entity::update_many()
+            .col_expr(worker::Column::Active, freed.finally(Expr::col(worker::Column::Active)).into())
+            .col_expr(worker::Column::UpdatedAt, Expr::value(now))
+            .filter(worker::Column::Id.is_in(chunk.into_iter().map(|(id, _)| id)))
+            .filter(worker::Column::Active.gt(0))
+            .build(backend)
+    };
+    shape::case_chunks(&releases).map(statement).collect()
 }
 
-/// [`update_if_unchanged`] for many tasks (each at most once) in one statement: each row
-/// is written only if it is still at the version its `before` was read at. `true` when
-/// every row was written; `false` when any was not, and then the caller must roll back
-/// (the statement does not say which rows were written) and go row by row.
+/// [`update_if_unchanged`] for many tasks (each at most once), in one statement per
+/// [`shape::CASE_ROWS`] tasks: each row is written only if it is still at the version its
+/// `before` was read at. `true` when every row was written; `false` when any was not, and
+/// then the caller must roll back (a statement does not say which rows it wrote) and go
+/// row by row.
 ///
 /// Tried on MariaDB and left out: the rows as a `UNION ALL` derived table joined to
 /// `tasks` (`UPDATE (SELECT ? AS id, …) AS v STRAIGHT_JOIN tasks …`). Typed by its
@@ -760,41 +785,41 @@ pub(super) async fn update_all_if_unchanged(
         ActiveModelTrait, Iterable,
         sea_query::{CaseStatement, Expr, ExprTrait},
     };
-    if changes.is_empty() {
-        return Ok(true);
-    }
     let rows: Vec<(String, i32, task::ActiveModel)> = changes
         .iter()
         .map(|(before, next)| (before.id.to_string(), before.version as i32, convert::task_changes(&next.task)))
         .collect();
-    let distinct = rows.len() as u64;
-    // Padded (the last row repeated) so that the statement has few shapes; a repeated arm
-    // or condition changes nothing, the first match wins.
-    let rows = shape::padded(rows);
-    let mut update = task::Entity::update_many();
-    // The columns `convert::task_changes` sets (the same for every row).
-    let written = task::Column::iter().filter(|c| rows.first().is_some_and(|(_, _, changes)| changes.get(*c).is_set()));
-    for column in written {
-        let mut value = CaseStatement::new();
-        for (id, _, changes) in &rows {
-            let Some(new) = changes.get(column).into_value() else { continue };
-            value = value.case(Expr::col(task::Column::Id).eq(id.as_str()), Expr::val(new));
+    for (chunk, distinct) in shape::case_chunks(&rows).zip(rows.chunks(shape::CASE_ROWS).map(<[_]>::len)) {
+        // A repeated (padding) arm or condition changes nothing: the first match wins.
+        let mut update = task::Entity::update_many();
+        // The columns `convert::task_changes` sets (the same for every row).
+        let written =
+            task::Column::iter().filter(|c| chunk.first().is_some_and(|(_, _, changes)| changes.get(*c).is_set()));
+        for column in written {
+            let mut value = CaseStatement::new();
+            for (id, _, changes) in &chunk {
+                let Some(new) = changes.get(column).into_value() else { continue };
+                value = value.case(Expr::col(task::Column::Id).eq(id.as_str()), Expr::val(new));
+            }
+            update = update.col_expr(column, value.finally(Expr::col(column)).into());
         }
-        update = update.col_expr(column, value.finally(Expr::col(column)).into());
+        // `id IN (…)`: a primary-key lookup on every backend, so MySQL locks exactly these
+        // rows (an `OR` of `id = ? AND version = ?` pairs can be planned as a scan that
+        // locks more, and was seen to deadlock creates); the version check is per row.
+        let mut read_at = CaseStatement::new();
+        for (id, version, _) in &chunk {
+            read_at = read_at.case(Expr::col(task::Column::Id).eq(id.as_str()), Expr::val(*version));
+        }
+        let updated = update
+            .filter(task::Column::Id.is_in(chunk.iter().map(|(id, _, _)| id.clone())))
+            .filter(Expr::col(task::Column::Version).eq(read_at))
+            .exec(txn)
+            .await?;
+        if updated.rows_affected != distinct as u64 {
+            return Ok(false);
+        }
     }
-    // `id IN (…)`: a primary-key lookup on every backend, so MySQL locks exactly these
-    // rows (an `OR` of `id = ? AND version = ?` pairs can be planned as a scan that locks
-    // more, and was seen to deadlock creates); the version check is per row.
-    let mut read_at = CaseStatement::new();
-    for (id, version, _) in &rows {
-        read_at = read_at.case(Expr::col(task::Column::Id).eq(id.as_str()), Expr::val(*version));
-    }
-    let updated = update
-        .filter(task::Column::Id.is_in(rows.iter().map(|(id, _, _)| id.clone())))
-        .filter(Expr::col(task::Column::Version).eq(read_at))
-        .exec(txn)
-        .await?;
-    Ok(updated.rows_affected == distinct)
+    Ok(true)
 }
 
 /// Tasks already holding one of the batch's `(creator, idempotency key)` pairs, with
@@ -957,5 +982,60 @@ mod tests {
         let test = "mysql_batch_updates_write_each_row_at_its_version";
         let Some(store) = crate::store::mysql_test_store(test).await else { return };
         a_batch_update_writes_each_row_at_its_version(&store).await;
+    }
+
+    /// A batch of more rows than one statement writes goes as several statements: every
+    /// row is written, and a stale row in the last statement still fails the batch.
+    async fn a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one(store: &Store) {
+        use sea_orm::TransactionTrait;
+        let n = shape::CASE_ROWS * 2 + 3;
+        let inputs = (0..n).map(|i| keyed("alice", &format!("long-{i}"), "k")).collect();
+        let created = store.create_tasks(inputs, CreateMode::PerInput, None).await.expect("created");
+        let ids: Vec<TaskId> = created
+            .iter()
+            .map(|o| match o {
+                CreateOutcome::Created(t) => t.id,
+                other => panic!("created: {other:?}"),
+            })
+            .collect();
+        let mut before = store.tasks_by_ids(&ids).await.expect("read");
+        assert_eq!(before.len(), n);
+        before.sort_by_key(|t| t.id);
+        let cancel =
+            |t: &Task| machine::transition(t, machine::Command::Cancel { reason: None }, Utc::now()).expect("cancel");
+        let next: Vec<Transition> = before.iter().map(cancel).collect();
+        let batch: Vec<(&Task, &Transition)> = before.iter().zip(&next).collect();
+
+        // The last row read stale: written by someone else since.
+        let txn = store.db.begin().await.expect("begin");
+        let (last, rest) = batch.split_last().expect("rows");
+        let stale = Task { version: last.0.version - 1, ..last.0.clone() };
+        let mut with_stale = rest.to_vec();
+        with_stale.push((&stale, last.1));
+        assert!(!update_all_if_unchanged(&txn, &with_stale).await.expect("update"), "the stale row fails the batch");
+        txn.rollback().await.expect("rollback");
+        let untouched = store.tasks_by_ids(&ids).await.expect("read");
+        assert!(untouched.iter().all(|t| t.status == TaskStatus::Queued), "rolled back");
+
+        let txn = store.db.begin().await.expect("begin");
+        assert!(update_all_if_unchanged(&txn, &batch).await.expect("update"), "{n} rows in three statements");
+        txn.commit().await.expect("commit");
+        let mut after = store.tasks_by_ids(&ids).await.expect("read");
+        after.sort_by_key(|t| t.id);
+        let expected: Vec<Task> = next.iter().map(|t| t.task.clone()).collect();
+        assert_eq!(after, expected, "every row written once, at its own values");
+    }
+
+    #[tokio::test]
+    async fn sqlite_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one(&test_store(dir.path()).await).await;
+    }
+
+    #[tokio::test]
+    async fn mysql_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one() {
+        let test = "mysql_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one";
+        let Some(store) = crate::store::mysql_test_store(test).await else { return };
+        a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one(&store).await;
     }
 }
