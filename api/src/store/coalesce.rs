@@ -19,11 +19,13 @@
 //! MySQL it turns ~8 round trips and a commit per transition into a few statements per
 //! transition and one commit per batch. SQLite has one transition committer (it has one
 //! writer); MySQL has [`TRANSITION_COMMITTERS_MYSQL`](super::TRANSITION_COMMITTERS_MYSQL),
-//! so that one batch's statements run while another waits for its commit. Every batch
-//! locks its task rows in id order, then the worker rows whose slots it frees in
-//! worker-id order, as offers do: two batches wait for each other's rows but do not
-//! deadlock. A batch that still loses a deadlock to another writer (the reaper claims
-//! tasks in the order they fell due) is run again.
+//! so that one batch's statements run while another waits for its commit. A batch
+//! written all at once locks its task rows in id order, then the worker rows whose slots
+//! it frees in worker-id order, as an offer round made all at once does: such writers
+//! wait for each other's rows but do not deadlock. The paths that go one transition or
+//! offer at a time (after a race), and the reaper (it claims tasks in the order they fell
+//! due), can still deadlock with a batch; InnoDB rolls one side back, and a batch that
+//! lost is run again.
 
 use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task::Task};
 use tokio::sync::{mpsc, oneshot};
@@ -468,10 +470,9 @@ mod tests {
         assert_eq!(worker[0].active, 1, "a's slot freed once, b still holds one");
     }
 
-    /// Many workers' transitions at once, on tasks spread over shared workers: on MySQL
-    /// the batches commit side by side ([`crate::store::TRANSITION_COMMITTERS_MYSQL`]),
-    /// each locking tasks then workers in id order. Every transition commits once, and
-    /// every worker slot taken is freed once.
+    /// Two batches in flight at once (on MySQL, two transactions whose statements
+    /// interleave: what two committers do), completing tasks spread over shared workers.
+    /// Every transition commits once, and every worker slot taken is freed once.
     async fn concurrent_batches_commit_every_transition_once(store: &Store) {
         let mut tasks = Vec::new();
         for worker in ["w1", "w2", "w3", "w4"] {
@@ -482,10 +483,19 @@ mod tests {
         for accepted in futures::future::join_all(accepts).await {
             assert_eq!(accepted.expect("accepted").status, TaskStatus::Running);
         }
-        let completes =
-            tasks.iter().map(|(id, worker, token)| store.transition_in_queue(*id, None, complete_as(worker, token)));
-        for completed in futures::future::join_all(completes).await {
-            assert_eq!(completed.expect("completed").status, TaskStatus::Succeeded);
+        // Alternate tasks to each batch: both free slots of all four workers.
+        let (first, second): (Vec<_>, Vec<_>) = tasks.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let batch = |half: Vec<(usize, &(TaskId, &'static str, String))>| -> Vec<PendingTransition> {
+            half.into_iter()
+                .map(|(_, (id, worker, token))| pending(*id, Box::new(complete_as(worker, token))))
+                .collect()
+        };
+        let (first, second) = (batch(first), batch(second));
+
+        let (a, b) = tokio::join!(store.transition_many(&first), store.transition_many(&second));
+
+        for step in a.expect("first batch").into_iter().chain(b.expect("second batch")) {
+            assert!(matches!(&step, Step::Done(t) if t.status == TaskStatus::Succeeded), "{step:?}");
         }
         for (id, _, _) in &tasks {
             let events = store.events_after(*id, 0, 10).await.expect("events");

@@ -68,10 +68,10 @@ impl Store {
     /// Each offer is the usual conditional task update (on its version) plus a slot of
     /// the worker's capacity (conditional on the worker being `ONLINE` with room). The
     /// matcher plans a round against the capacities it has just read, so normally every
-    /// task is still `QUEUED` and every worker has room for its share: all the task
-    /// updates are then one statement (rows locked in task-id order), followed by one
-    /// statement reserving every worker's share of the offers (rows locked in worker-id
-    /// order: the lock order of every writer, see `transition_many`). If a task changed or a worker turned out
+    /// task is still `QUEUED` and every worker has room for its share: the task updates
+    /// are then one statement per 32 tasks (rows locked in task-id order), followed by one
+    /// statement per 32 workers reserving each worker's share of the offers (rows locked
+    /// in worker-id order: the lock order of every writer, see `transition_many`). If a task changed or a worker turned out
     /// full, draining or offline meanwhile, that transaction is rolled back and the
     /// offers are made again one savepoint each, so that only those that cannot be made
     /// fail. Either way the
@@ -353,8 +353,9 @@ fn decided(planned: &[Option<(Task, Transition)>]) -> Vec<(usize, &Task, &Transi
 }
 
 /// The outcome of each offer of `planned` (by index) that was decided, made all at once:
-/// one conditional update of every task (rows locked in task-id order), then one
-/// reservation per worker, in worker-id order. Offers not listed were never planned.
+/// conditional updates of every task (rows locked in task-id order), then the
+/// reservation of every worker's share (rows locked in worker-id order), each one
+/// statement per 32 rows. Offers not listed were never planned.
 /// `None` when a task changed since it was read or a worker has no room for its share:
 /// the caller rolls back and goes offer by offer.
 async fn offer_at_once(
@@ -559,16 +560,46 @@ mod tests {
     }
 
     /// More workers than one statement reserves for: their shares go in several
-    /// statements, and a worker without room in the last one still fails only its offer;
-    /// freeing all their slots goes in several statements too.
+    /// statements (32, then 5 padded to 8) and all fit; then a worker without room in the
+    /// last statement fails only its own offer; freeing all their slots goes in several
+    /// statements too.
     async fn slots_of_more_workers_than_one_statement_holds(store: &Store) {
         use sea_orm::TransactionTrait;
-        let workers = shape::CASE_ROWS + 8;
-        let (tasks, offers) = workers_and_offers(store, workers, 1, workers).await;
-        let last = format!("w{workers}");
-        store.drain_worker(&last).await.expect("drained");
+        let workers = shape::CASE_ROWS + 5;
+        let ids: Vec<String> = (1..=workers).map(|w| format!("w{w}")).collect();
+        let active = |store: &Store| {
+            let ids = ids.clone();
+            let store = store.clone();
+            async move {
+                let rows = store.workers_by_ids(&ids).await.expect("workers");
+                rows.into_iter().map(|w| (w.id, w.active)).collect::<HashMap<String, u32>>()
+            }
+        };
+        let expires = Utc::now() + chrono::Duration::seconds(10);
+        let (_, offers) = workers_and_offers(store, workers, 2, workers).await;
+        let before = store.stats().statements_outside_outbox();
 
-        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+        let outcomes = store.offer_many(&offers, expires).await.expect("offers");
+
+        assert!(outcomes.iter().all(|o| matches!(o, OfferOutcome::Offered(_))), "all fit: {outcomes:?}");
+        // All at once: a handful of statements. One offer at a time would take a
+        // savepoint, a task update, a reservation and a release per offer.
+        let statements = store.stats().statements_outside_outbox() - before;
+        assert!(statements < 20, "{statements} statements for {workers} offers");
+        let after = active(store).await;
+        assert!(ids.iter().all(|id| after[id] == 1), "one slot each: {after:?}");
+
+        // The last worker drains; a second round offers each worker one more task.
+        let last = ids[workers - 1].clone();
+        store.drain_worker(&last).await.expect("drained");
+        let tasks = queued(store, workers).await;
+        let offers: Vec<PlannedOffer> = tasks
+            .iter()
+            .zip(&ids)
+            .map(|(t, w)| PlannedOffer { id: t.id, worker_id: w.clone(), traceparent: None })
+            .collect();
+
+        let outcomes = store.offer_many(&offers, expires).await.expect("offers");
 
         for (offer, outcome) in offers.iter().zip(&outcomes) {
             match offer.worker_id == last {
@@ -576,19 +607,17 @@ mod tests {
                 false => assert!(matches!(outcome, OfferOutcome::Offered(_)), "{}: {outcome:?}", offer.worker_id),
             }
         }
-        let ids: Vec<String> = (1..=workers).map(|w| format!("w{w}")).collect();
-        let active: HashMap<String, u32> =
-            store.workers_by_ids(&ids).await.expect("workers").into_iter().map(|w| (w.id, w.active)).collect();
-        assert!(ids.iter().all(|id| active[id] == u32::from(*id != last)), "one slot each but {last}: {active:?}");
+        let after = active(store).await;
+        assert!(ids.iter().all(|id| after[id] == if *id == last { 1 } else { 2 }), "{after:?}");
         let queued = store.tasks_by_ids(&[tasks[workers - 1].id]).await.expect("read");
         assert_eq!(queued[0].status, TaskStatus::Queued);
 
         let txn = store.db.begin().await.expect("begin");
-        let everyone: BTreeMap<String, i64> = ids.iter().map(|id| (id.clone(), 1)).collect();
+        let everyone: BTreeMap<String, i64> = after.iter().map(|(id, n)| (id.clone(), i64::from(*n))).collect();
         super::super::tasks::release_slots(&txn, everyone, 0).await.expect("released");
         txn.commit().await.expect("commit");
-        let freed = store.workers_by_ids(&ids).await.expect("workers");
-        assert!(freed.iter().all(|w| w.active == 0), "every slot freed, none below zero: {freed:?}");
+        let freed = active(store).await;
+        assert!(freed.values().all(|n| *n == 0), "every slot freed, none below zero: {freed:?}");
     }
 
     #[tokio::test]

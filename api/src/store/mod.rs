@@ -160,8 +160,10 @@ pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Transition committers on MySQL/MariaDB (SQLite has one: it has one writer). Two
 /// batches in flight overlap one's commit (the redo-log flush) and round trips with the
-/// other's statements; every batch locks its task rows, then its worker rows, each in
-/// id order, so two batches wait for each other but cannot deadlock (see `coalesce`).
+/// other's statements. A batch written all at once locks its task rows, then its worker
+/// rows, each in id order, so two such batches wait for each other but do not deadlock;
+/// the rarer paths that go one transition or offer at a time can, and InnoDB then rolls
+/// one side back and a batch is run again (see `coalesce`).
 pub const TRANSITION_COMMITTERS_MYSQL: usize = 2;
 
 impl Store {

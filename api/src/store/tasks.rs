@@ -436,8 +436,8 @@ impl Store {
         Ok(steps)
     }
 
-    /// A coalesced batch applied with one multi-row update ([`update_all_if_unchanged`])
-    /// and one release of worker slots, when it can be: each task appears once, none of
+    /// A coalesced batch applied with multi-row updates ([`update_all_if_unchanged`]) and
+    /// releases of worker slots (one statement per 32 rows each), when it can be: each task appears once, none of
     /// the transitions takes a worker slot, and no task changed since `current` was read.
     /// `None` (nothing written) otherwise: the caller then goes transition by transition.
     pub(super) async fn transition_all_at_once(
@@ -1026,9 +1026,14 @@ mod tests {
         let mut before = store.tasks_by_ids(&ids).await.expect("read");
         assert_eq!(before.len(), n);
         before.sort_by_key(|t| t.id);
-        let cancel =
-            |t: &Task| machine::transition(t, machine::Command::Cancel { reason: None }, Utc::now()).expect("cancel");
-        let next: Vec<Transition> = before.iter().map(cancel).collect();
+        // Each row gets a value of its own, so that rows swapped between arms would show.
+        let cancel = |(i, t): (usize, &Task)| {
+            let command = machine::Command::Cancel { reason: None };
+            let mut next = machine::transition(t, command, Utc::now()).expect("cancel");
+            next.task.last_error = Some(format!("row {i}"));
+            next
+        };
+        let next: Vec<Transition> = before.iter().enumerate().map(cancel).collect();
         let batch: Vec<(&Task, &Transition)> = before.iter().zip(&next).collect();
 
         // The last row read stale: written by someone else since.
