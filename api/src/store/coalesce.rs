@@ -54,10 +54,27 @@ impl std::fmt::Debug for Pending {
 /// own, so the tasks do not keep their own queue open). SQLite has one writer, so one
 /// committer; MySQL commits several batches in parallel (its group commit shares fsyncs).
 pub(super) fn start(store: Store, committers: usize) -> mpsc::Sender<Pending> {
+    spawn_committers(store, committers, commit_creates)
+}
+
+/// Starts `committers` tasks that take turns at one bounded queue ([`QUEUE`]) and hand
+/// each batch they take to `commit`; returns the queue's sender. Each task ends when the
+/// queue closes: when the last sender (the last outside `Store` handle) is dropped.
+fn spawn_committers<T, F, Fut>(store: Store, committers: usize, commit: F) -> mpsc::Sender<T>
+where
+    T: Send + 'static,
+    F: Fn(Store, Vec<T>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let (tx, rx) = mpsc::channel(QUEUE);
     let queue = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..committers.max(1) {
-        tokio::spawn(run(store.clone(), queue.clone()));
+        let (store, queue, commit) = (store.clone(), queue.clone(), commit.clone());
+        tokio::spawn(async move {
+            while let Some(batch) = next_batch(&queue).await {
+                commit(store.clone(), batch).await;
+            }
+        });
     }
     tx
 }
@@ -78,20 +95,18 @@ async fn next_batch<T>(queue: &tokio::sync::Mutex<mpsc::Receiver<T>>) -> Option<
     Some(batch)
 }
 
-async fn run(store: Store, queue: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
-    while let Some(batch) = next_batch(&queue).await {
-        let inputs: Vec<NewTask> = batch.iter().map(|p| p.task.clone()).collect();
-        let traces: Vec<Option<&str>> = batch.iter().map(|p| p.traceparent.as_deref()).collect();
-        match store.create_tasks_traced(inputs, CreateMode::PerInput, &traces).await {
-            Ok(outcomes) => {
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = pending.reply.send(Ok(outcome));
-                }
+async fn commit_creates(store: Store, batch: Vec<Pending>) {
+    let inputs: Vec<NewTask> = batch.iter().map(|p| p.task.clone()).collect();
+    let traces: Vec<Option<&str>> = batch.iter().map(|p| p.traceparent.as_deref()).collect();
+    match store.create_tasks_traced(inputs, CreateMode::PerInput, &traces).await {
+        Ok(outcomes) => {
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = pending.reply.send(Ok(outcome));
             }
-            Err(e) => {
-                for pending in batch {
-                    let _ = pending.reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for pending in batch {
+                let _ = pending.reply.send(Err(e.clone()));
             }
         }
     }
@@ -146,17 +161,7 @@ pub(super) enum Step {
 /// Starts `committers` transition committers for `store`, sharing one queue (see the
 /// module docs for why SQLite has one and MySQL two).
 pub(super) fn start_transitions(store: Store, committers: usize) -> mpsc::Sender<PendingTransition> {
-    let (tx, rx) = mpsc::channel::<PendingTransition>(QUEUE);
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-    for _ in 0..committers.max(1) {
-        let (store, queue) = (store.clone(), queue.clone());
-        tokio::spawn(async move {
-            while let Some(batch) = next_batch(&queue).await {
-                commit_transitions(&store, batch).await;
-            }
-        });
-    }
-    tx
+    spawn_committers(store, committers, |store: Store, batch| async move { commit_transitions(&store, batch).await })
 }
 
 async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
@@ -506,18 +511,11 @@ mod tests {
         assert!(workers.iter().all(|w| w.active == 0), "every slot freed once: {workers:?}");
     }
 
-    #[tokio::test]
-    async fn sqlite_concurrent_batches_commit_every_transition_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        concurrent_batches_commit_every_transition_once(&test_store(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_concurrent_batches_commit_every_transition_once() {
-        let test = "mysql_concurrent_batches_commit_every_transition_once";
-        let Some(store) = crate::store::mysql_test_store(test).await else { return };
-        concurrent_batches_commit_every_transition_once(&store).await;
-    }
+    on_both_backends!(
+        concurrent_batches_commit_every_transition_once,
+        sqlite_concurrent_batches_commit_every_transition_once,
+        mysql_concurrent_batches_commit_every_transition_once
+    );
 
     #[tokio::test]
     async fn a_batch_applies_a_task_twice_in_order_and_refuses_unknown_tasks() {

@@ -546,18 +546,11 @@ mod tests {
         assert_eq!(active, [2, 2, 2], "every slot reserved once, none beyond capacity: {workers:?}");
     }
 
-    #[tokio::test]
-    async fn sqlite_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit(&test_store(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit() {
-        let test = "mysql_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit";
-        let Some(store) = crate::store::mysql_test_store(test).await else { return };
-        a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit(&store).await;
-    }
+    on_both_backends!(
+        a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit,
+        sqlite_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit,
+        mysql_a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit
+    );
 
     /// More workers than one statement reserves for: their shares go in several
     /// statements (32, then 5 padded to 8) and all fit; then a worker without room in the
@@ -620,18 +613,11 @@ mod tests {
         assert!(freed.values().all(|n| *n == 0), "every slot freed, none below zero: {freed:?}");
     }
 
-    #[tokio::test]
-    async fn sqlite_slots_of_more_workers_than_one_statement_holds() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        slots_of_more_workers_than_one_statement_holds(&test_store(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_slots_of_more_workers_than_one_statement_holds() {
-        let test = "mysql_slots_of_more_workers_than_one_statement_holds";
-        let Some(store) = crate::store::mysql_test_store(test).await else { return };
-        slots_of_more_workers_than_one_statement_holds(&store).await;
-    }
+    on_both_backends!(
+        slots_of_more_workers_than_one_statement_holds,
+        sqlite_slots_of_more_workers_than_one_statement_holds,
+        mysql_slots_of_more_workers_than_one_statement_holds
+    );
 
     #[tokio::test]
     async fn a_worker_that_drained_since_the_plan_fails_only_its_own_offers() {

@@ -6,6 +6,26 @@
 //! transactions are serialised in-process (SQLite has one writer anyway, and this turns
 //! `SQLITE_BUSY` upgrade failures into orderly waiting).
 
+/// Two tests of one check (an `async fn(&Store)`): `$sqlite` runs it on a fresh SQLite
+/// file, `$mysql` on a fresh MySQL schema ([`mysql_test_store`]; it says it skipped when
+/// `TASKWIRE_TEST_DATABASE_URL` is not set). Defined before the modules that use it.
+#[cfg(test)]
+macro_rules! on_both_backends {
+    ($check:ident, $sqlite:ident, $mysql:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            $check(&crate::store::test_store(dir.path()).await).await;
+        }
+
+        #[tokio::test]
+        async fn $mysql() {
+            let Some(store) = crate::store::mysql_test_store(stringify!($mysql)).await else { return };
+            $check(&store).await;
+        }
+    };
+}
+
 mod admin;
 mod coalesce;
 mod convert;

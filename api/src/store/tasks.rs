@@ -696,8 +696,9 @@ pub(super) async fn reserve_slots(
     };
     use taskwire_entity::worker;
     let shares: Vec<(&str, i64)> = shares.iter().map(|(id, n)| (*id, *n)).collect();
-    for (chunk, distinct) in shape::case_chunks(&shares).zip(shares.chunks(shape::CASE_ROWS).map(<[_]>::len)) {
+    for distinct in shares.chunks(shape::CASE_ROWS) {
         // A repeated (padding) arm is never reached: the first match wins.
+        let chunk = shape::padded(distinct.iter().copied());
         let mut taken = CaseStatement::new();
         for (worker_id, n) in &chunk {
             taken = taken.case(Expr::col(worker::Column::Id).eq(*worker_id), Expr::col(worker::Column::Active).add(*n));
@@ -712,7 +713,7 @@ pub(super) async fn reserve_slots(
             .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
             .filter(Expr::expr(taken).lte(Expr::col(worker::Column::Capacity)));
         let reserved = txn.execute_raw(update.build(txn.get_database_backend())).await?;
-        if reserved.rows_affected() != distinct as u64 {
+        if reserved.rows_affected() != distinct.len() as u64 {
             return Ok(false);
         }
     }
@@ -996,18 +997,11 @@ mod tests {
         assert_eq!(after, expected, "rolled back");
     }
 
-    #[tokio::test]
-    async fn sqlite_batch_updates_write_each_row_at_its_version() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        a_batch_update_writes_each_row_at_its_version(&test_store(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_batch_updates_write_each_row_at_its_version() {
-        let test = "mysql_batch_updates_write_each_row_at_its_version";
-        let Some(store) = crate::store::mysql_test_store(test).await else { return };
-        a_batch_update_writes_each_row_at_its_version(&store).await;
-    }
+    on_both_backends!(
+        a_batch_update_writes_each_row_at_its_version,
+        sqlite_batch_updates_write_each_row_at_its_version,
+        mysql_batch_updates_write_each_row_at_its_version
+    );
 
     /// A batch of more rows than one statement writes goes as several statements: every
     /// row is written, and a stale row in the last statement still fails the batch.
@@ -1056,16 +1050,9 @@ mod tests {
         assert_eq!(after, expected, "every row written once, at its own values");
     }
 
-    #[tokio::test]
-    async fn sqlite_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one(&test_store(dir.path()).await).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one() {
-        let test = "mysql_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one";
-        let Some(store) = crate::store::mysql_test_store(test).await else { return };
-        a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one(&store).await;
-    }
+    on_both_backends!(
+        a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one,
+        sqlite_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one,
+        mysql_a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one
+    );
 }
