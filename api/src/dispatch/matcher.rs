@@ -58,6 +58,12 @@ use crate::{
 /// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
 /// capacity freed by other processes, are noticed within this).
 const TICK: Duration = Duration::from_millis(200);
+/// After a round that offered nothing (every worker full or gone, queues paused or
+/// rate-limited), the next round waits this long unless a local wake-up comes first
+/// (capacity freed, a worker came online, a queue changed): new tasks alone cannot make
+/// an offer possible, so they need not each cost a read of the workers. Capacity freed by
+/// another process is noticed within this (it was noticed with the next task before).
+const IDLE_RECHECK: Duration = Duration::from_millis(25);
 /// Offers made in one transaction (a round makes more in several).
 const OFFERS_PER_TRANSACTION: usize = 100;
 /// Messages taken from Kafka (or the local feed) per batch at most.
@@ -161,6 +167,27 @@ pub struct Matcher {
     local: mpsc::Receiver<Announcement>,
     feed: LocalFeed,
     handled: Handled,
+    pacer: Pacer,
+}
+
+/// When the next round may run: at once, unless the last one offered nothing; then after
+/// [`IDLE_RECHECK`], or at the next wake-up.
+#[derive(Debug, Default)]
+struct Pacer {
+    idle_until: Option<Instant>,
+}
+
+impl Pacer {
+    /// Whether a round should run `now`; `woken` when a wake-up came since the last one.
+    fn due(&self, now: Instant, woken: bool) -> bool {
+        woken || self.idle_until.is_none_or(|until| now >= until)
+    }
+
+    /// Records a round that ran at `now`, settled `settled` ready tasks and left
+    /// `waiting` ready.
+    fn ran(&mut self, now: Instant, settled: usize, waiting: usize) {
+        self.idle_until = (settled == 0 && waiting > 0).then(|| now + IDLE_RECHECK);
+    }
 }
 
 /// The local announcements the ready set took, by task and event seq, the most recent
@@ -255,6 +282,7 @@ impl Matcher {
             local,
             feed,
             handled: Handled::default(),
+            pacer: Pacer::default(),
         }
     }
 
@@ -284,9 +312,10 @@ impl Matcher {
                 self.revoke(&revoked);
             }
             let mut batch = Vec::new();
+            let mut woken = false;
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => woken = true,
                 () = tokio::time::sleep(TICK) => {}
                 Some(first) = self.local.recv(), if !self.ready.is_full() => {
                     batch.push(first);
@@ -331,7 +360,10 @@ impl Matcher {
                 self.reconcile(Utc::now() - grace).await;
                 reconciled = Instant::now();
             }
-            self.round().await;
+            if self.pacer.due(Instant::now(), woken) {
+                let settled = self.round().await;
+                self.pacer.ran(Instant::now(), settled, self.ready.len());
+            }
             self.metrics.dispatch_ready.set(self.ready.len() as i64);
             self.commit(CommitMode::Async);
         }
@@ -488,19 +520,20 @@ impl Matcher {
         }
     }
 
-    /// Offers what can be offered now.
-    async fn round(&mut self) {
+    /// Offers what can be offered now; returns how many ready tasks it settled (offered,
+    /// or found no longer `QUEUED`): 0 when nothing could be offered.
+    async fn round(&mut self) -> usize {
         if self.ready.is_empty() {
-            return;
+            return 0;
         }
         self.metrics.dispatch_rounds.inc();
         let now = Utc::now();
         let mut workers = match self.store.available_workers(now - self.settings.worker_ttl).await {
-            Ok(workers) if workers.is_empty() => return,
+            Ok(workers) if workers.is_empty() => return 0,
             Ok(workers) => workers,
             Err(e) => {
                 tracing::warn!(error = ?e, "cannot load workers; retrying");
-                return;
+                return 0;
             }
         };
         let queues = self.ready.queues();
@@ -508,7 +541,7 @@ impl Matcher {
             Ok(settings) => settings,
             Err(e) => {
                 tracing::warn!(error = ?e, "cannot load queue settings; retrying");
-                return;
+                return 0;
             }
         };
         let capped: Vec<&str> = queues
@@ -520,7 +553,7 @@ impl Matcher {
             Ok(active) => active,
             Err(e) => {
                 tracing::warn!(error = ?e, "cannot count active tasks; retrying");
-                return;
+                return 0;
             }
         };
         let expires_at = now + self.settings.offer_timeout;
@@ -556,18 +589,20 @@ impl Matcher {
                 plan.push((offer, entry.queued_at, queue.clone()));
             }
         }
+        let mut settled = 0;
         for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
             let offers: Vec<PlannedOffer> = chunk.iter().map(|(offer, _, _)| offer.clone()).collect();
             let outcomes = match self.store.offer_many(&offers, expires_at).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
                     tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
-                    return;
+                    return settled;
                 }
             };
             for ((offer, queued_at, queue), outcome) in chunk.iter().zip(outcomes) {
                 match outcome {
                     OfferOutcome::Offered(task) => {
+                        settled += 1;
                         self.ready.remove(offer.id);
                         if let Some(bucket) = self.buckets.get_mut(queue) {
                             bucket.take();
@@ -578,6 +613,7 @@ impl Matcher {
                         tracing::debug!(task = %offer.id, worker = %offer.worker_id, "offered");
                     }
                     OfferOutcome::NotQueued => {
+                        settled += 1;
                         self.ready.remove(offer.id);
                     }
                     // Drained, offline or full since it was read: the task stays ready and
@@ -586,6 +622,7 @@ impl Matcher {
                 }
             }
         }
+        settled
     }
 
     /// Commits the positions below which every message is placed.
@@ -662,6 +699,24 @@ mod tests {
             status: "ONLINE".into(),
             last_seen_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn after_a_round_that_settled_nothing_the_next_waits_for_a_wake_up_or_the_recheck() {
+        let mut pacer = Pacer::default();
+        let start = Instant::now();
+        assert!(pacer.due(start, false), "the first round runs at once");
+
+        pacer.ran(start, 0, 5);
+        assert!(!pacer.due(start, false), "a new task alone does not make another round");
+        assert!(!pacer.due(start + IDLE_RECHECK / 2, false));
+        assert!(pacer.due(start + IDLE_RECHECK / 2, true), "a wake-up (capacity freed) does at once");
+        assert!(pacer.due(start + IDLE_RECHECK, false), "and so does the recheck");
+
+        pacer.ran(start, 3, 5);
+        assert!(pacer.due(start, false), "a round that settled something is followed at once");
+        pacer.ran(start, 0, 0);
+        assert!(pacer.due(start, false), "nothing waiting: nothing to hold back");
     }
 
     #[test]

@@ -186,6 +186,15 @@ pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// one side back and a batch is run again (see `coalesce`).
 pub const TRANSITION_COMMITTERS_MYSQL: usize = 2;
 
+/// Create committers on MySQL/MariaDB, at most (and at most one per two pooled
+/// connections; SQLite has one). Two are enough to overlap one batch's commit with the
+/// next batch's inserts; more only split the waiting creates into smaller batches, and
+/// every batch costs the same five round trips and one commit whatever its size. With
+/// the server and MariaDB on one 2-core box, four committers (the default pool of 8)
+/// made 4,252–4,630 creates/s at p99 30.9–34.1 ms, two made 4,488–4,845/s at p99
+/// 28.0–30.4 ms (docs/BENCHMARKS.md).
+pub const CREATE_COMMITTERS_MYSQL: usize = 2;
+
 impl Store {
     /// Connects with the configured pool; creates the SQLite file's directory if needed.
     pub async fn connect(config: &Config) -> Result<Store, DbErr> {
@@ -250,7 +259,8 @@ impl Store {
             on_commit: Arc::new(std::sync::OnceLock::new()),
             settings: settings::SettingsCache::new(QUEUE_SETTINGS_TTL),
         };
-        let committers = if sqlite { 1 } else { (config.database_max_connections as usize / 2).max(1) };
+        let committers =
+            if sqlite { 1 } else { (config.database_max_connections as usize / 2).clamp(1, CREATE_COMMITTERS_MYSQL) };
         // The committers get handles without queues of their own, so that each queue
         // closes (and its committer ends) when the last outside handle is dropped.
         let base = store.clone();
