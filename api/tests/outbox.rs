@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{Duration, Utc};
 use sea_orm::ConnectionTrait;
 use sea_orm_migration::MigratorTrait;
-use taskwire_api::{config::Config, store::Store};
+use taskwire_api::{
+    config::Config,
+    store::{BACKLOG_EXACT_UP_TO, Store},
+};
 
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -17,19 +19,26 @@ async fn store() -> (Store, tempfile::TempDir) {
     (store, dir)
 }
 
-async fn insert(store: &Store, id: i64, published_at: Option<i64>) {
-    let published = published_at.map(|p| p.to_string()).unwrap_or_else(|| "NULL".into());
-    let sql = format!(
-        "INSERT INTO outbox (id, topic, message_key, payload, created_at, published_at) VALUES ({id}, 't', 'k', '{{}}', 0, {published})"
-    );
+async fn insert(store: &Store, id: i64) {
+    let sql =
+        format!("INSERT INTO outbox (id, topic, message_key, payload, created_at) VALUES ({id}, 't', 'k', '{{}}', 0)");
     store.connection().execute_unprepared(&sql).await.expect("insert");
 }
 
+async fn ids_left(store: &Store) -> Vec<i64> {
+    let rows = store
+        .connection()
+        .query_all_raw(sea_orm::Statement::from_string(store.backend(), "SELECT id FROM outbox ORDER BY id"))
+        .await
+        .expect("rows");
+    rows.iter().map(|r| r.try_get::<i64>("", "id").expect("id")).collect()
+}
+
 #[tokio::test]
-async fn only_acknowledged_messages_are_marked_published_and_the_rest_are_retried() {
+async fn only_acknowledged_messages_are_deleted_and_the_rest_are_retried() {
     let (store, _dir) = store().await;
     for id in 1..=4 {
-        insert(&store, id, None).await;
+        insert(&store, id).await;
     }
     let mut handed = vec![];
     let claimed = store
@@ -42,6 +51,7 @@ async fn only_acknowledged_messages_are_marked_published_and_the_rest_are_retrie
     assert_eq!(claimed, 4);
     assert_eq!(handed, [1, 2, 3, 4], "oldest first");
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 2);
+    assert_eq!(ids_left(&store).await, [2, 4], "acknowledged rows are deleted, the others stay");
 
     let mut retried = vec![];
     store
@@ -53,28 +63,60 @@ async fn only_acknowledged_messages_are_marked_published_and_the_rest_are_retrie
         .expect("round");
     assert_eq!(retried, [2, 4], "unacknowledged messages come back");
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+    assert!(ids_left(&store).await.is_empty());
 }
 
 #[tokio::test]
-async fn pruning_deletes_only_old_published_messages_in_bounded_batches() {
+async fn the_backlog_is_exact_up_to_its_cap_and_the_id_span_above_it() {
     let (store, _dir) = store().await;
-    let old = (Utc::now() - Duration::hours(2)).timestamp_millis();
-    let recent = Utc::now().timestamp_millis();
-    for id in 1..=3 {
-        insert(&store, id, Some(old)).await;
-    }
-    insert(&store, 4, Some(recent)).await;
-    insert(&store, 5, None).await;
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+    let cap = BACKLOG_EXACT_UP_TO as i64;
+    // Ids 1..=cap, then a gap of 10 (ids of rolled-back transactions), then 5 more.
+    let fill = |from: i64, to: i64| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to}) \
+             INSERT INTO outbox (id, topic, message_key, payload, created_at) SELECT i, 't', 'k', '{{}}', 0 FROM n"
+        )
+    };
+    store.connection().execute_unprepared(&fill(1, cap)).await.expect("fill");
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), BACKLOG_EXACT_UP_TO, "counted exactly at the cap");
+    store.connection().execute_unprepared(&fill(cap + 11, cap + 15)).await.expect("fill");
+    assert_eq!(
+        store.outbox_backlog().await.expect("backlog"),
+        BACKLOG_EXACT_UP_TO + 15,
+        "above the cap: the span of the ids, gaps included (an upper bound)"
+    );
+}
 
-    let before = Utc::now() - Duration::hours(1);
-    assert_eq!(store.prune_outbox(before, 2).await.expect("prune"), 2, "bounded by the limit");
-    assert_eq!(store.prune_outbox(before, 2).await.expect("prune"), 1);
-    assert_eq!(store.prune_outbox(before, 2).await.expect("prune"), 0);
-    assert_eq!(store.outbox_backlog().await.expect("backlog"), 1, "unpublished rows are never pruned");
-    let left = store
-        .connection()
-        .query_all_raw(sea_orm::Statement::from_string(store.backend(), "SELECT id FROM outbox"))
+/// The migration that made the outbox delete-on-publish keeps every unpublished message
+/// and drops the ones published before it.
+#[tokio::test]
+async fn migrating_to_delete_on_publish_keeps_exactly_the_unpublished_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+    let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
+    let config = Config::load_from(None, &env).expect("config");
+    let store = Store::connect(&config).await.expect("connects");
+    let db = store.connection();
+    let migrations = taskwire_migration::Migrator::migrations().len() as u32;
+    taskwire_migration::Migrator::up(db, Some(migrations - 1)).await.expect("migrates to the one before");
+    for (id, published) in [(1, "5"), (2, "NULL"), (3, "7"), (4, "NULL")] {
+        let sql = format!(
+            "INSERT INTO outbox (id, topic, message_key, payload, created_at, published_at) VALUES ({id}, 't', 'k', '{{}}', 0, {published})"
+        );
+        db.execute_unprepared(&sql).await.expect("insert");
+    }
+    taskwire_migration::Migrator::up(db, None).await.expect("migrates");
+    assert_eq!(ids_left(&store).await, [2, 4], "the unpublished rows, and only they");
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 2);
+
+    taskwire_migration::Migrator::down(db, Some(1)).await.expect("migrates down");
+    let unpublished = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            store.backend(),
+            "SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id",
+        ))
         .await
         .expect("rows");
-    assert_eq!(left.len(), 2, "the recent published row and the unpublished one remain");
+    assert_eq!(unpublished.len(), 2, "down: the column is back and every row unpublished");
 }

@@ -1,5 +1,6 @@
 //! `outbox`: messages written in the same transaction as the state change they announce,
-//! published to Kafka by the relay afterwards (DESIGN.md §2, invariant 2).
+//! published to Kafka by the relay afterwards (DESIGN.md §2, invariant 2). A row is
+//! deleted once Kafka has acknowledged it: the table holds only unpublished messages.
 
 use sea_orm::entity::prelude::*;
 
@@ -17,7 +18,6 @@ pub struct Model {
     /// W3C `traceparent` of the request that caused the change, if any.
     pub traceparent: Option<String>,
     pub created_at: i64,
-    pub published_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ mod m20261121_000001_initial_schema;
 mod m20261121_000002_task_events_at_index;
 mod m20261121_000003_task_deadline_index;
 mod m20261122_000004_task_worker_status_index;
+mod m20261206_000005_outbox_delete_on_publish;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_task_events_at_index::Migration),
             Box::new(m20261121_000003_task_deadline_index::Migration),
             Box::new(m20261122_000004_task_worker_status_index::Migration),
+            Box::new(m20261206_000005_outbox_delete_on_publish::Migration),
         ]
     }
 }

@@ -1,4 +1,5 @@
-//! The outbox relay: publishes committed outbox rows to Kafka and marks them published.
+//! The outbox relay: publishes committed outbox rows to Kafka and deletes them once Kafka
+//! has acknowledged them.
 //!
 //! It wakes right after a commit (the store's outbox signal) and also sweeps every
 //! second as a safety net (a signal sent while it was busy, another process's rows).
@@ -40,8 +41,6 @@ const SWEEP: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the backlog gauge is refreshed.
 const BACKLOG_SAMPLE: Duration = Duration::from_secs(1);
-/// Published rows are kept this long (for inspection), then pruned.
-const RETENTION: chrono::Duration = chrono::Duration::hours(1);
 
 /// Builds the relay's producer (again, after a fatal error).
 pub type MakeProducer = Box<dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync>;
@@ -72,7 +71,6 @@ impl OutboxRelay {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let signal = self.store.outbox_signal();
         let mut backoff = Duration::from_millis(100);
-        let mut last_prune = std::time::Instant::now();
         let mut last_count = std::time::Instant::now() - BACKLOG_SAMPLE;
         loop {
             match self.publish_round().await {
@@ -106,34 +104,12 @@ impl OutboxRelay {
                     self.metrics.outbox_backlog.set(backlog as i64);
                 }
             }
-            if last_prune.elapsed() > Duration::from_secs(60) {
-                last_prune = std::time::Instant::now();
-                self.prune().await;
-            }
         }
         // Last round: what committed just before shutdown goes out now if Kafka is up.
         let _ = self.publish_round().await;
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
         tracing::info!("outbox relay stopped");
-    }
-
-    /// Deletes published rows past their retention, in bounded batches so one round
-    /// never holds the database long, until none are left (or a cap per round).
-    async fn prune(&self) {
-        const BATCH: u64 = 5_000;
-        const MAX_BATCHES: usize = 100;
-        let before = Utc::now() - RETENTION;
-        for _ in 0..MAX_BATCHES {
-            match self.store.prune_outbox(before, BATCH).await {
-                Ok(deleted) if deleted == BATCH => continue,
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(code = %e.code(), "pruning the outbox failed");
-                    return;
-                }
-            }
-        }
     }
 
     /// Publishes one batch. `Err` when anything failed (the caller backs off), with

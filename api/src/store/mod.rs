@@ -61,7 +61,7 @@ use tokio::sync::{Mutex, Notify};
 pub use dispatch::{Due, OfferOutcome, PlannedOffer};
 pub use events::{EventHead, EventScope, QueueStats};
 pub(crate) use gate::{Writer, Writing};
-pub use outbox::OutboxMessage;
+pub use outbox::{BACKLOG_EXACT_UP_TO, OutboxMessage};
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 pub use wal::{CHECKPOINT_EVERY, Checkpoint, run_checkpointer};
 

@@ -1,13 +1,14 @@
-//! The transactional outbox: reading unpublished messages for the relay and marking
-//! them published. Rows are written by the task transactions themselves (see `tasks`).
+//! The transactional outbox: reading unpublished messages for the relay and deleting
+//! them once published. Rows are written by the task transactions themselves (see
+//! `tasks`).
 
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, IsolationLevel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
-    sea_query::{Expr, LockBehavior, LockType},
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect,
+    Statement, TransactionTrait, Value,
+    sea_query::{LockBehavior, LockType},
 };
 use taskwire_entity::outbox;
 
@@ -44,24 +45,27 @@ impl From<outbox::Model> for OutboxMessage {
     }
 }
 
+/// Up to this many unpublished messages are counted exactly; above, the backlog is
+/// estimated from the span of their ids (see [`Store::outbox_backlog`]).
+pub const BACKLOG_EXACT_UP_TO: u64 = 10_000;
+
 impl Store {
     /// Publishes up to `limit` unpublished messages, oldest first, with `publish`, which
-    /// returns the ids Kafka acknowledged; those are marked published. Returns how many
+    /// returns the ids Kafka acknowledged; those rows are deleted (the outbox holds only
+    /// what is still to be published; Kafka keeps the published copy). Returns how many
     /// messages were handed to `publish`.
     ///
-    /// On MySQL/MariaDB the rows are claimed with `FOR UPDATE SKIP LOCKED` for the
-    /// duration, so several relays (processes) share the backlog without publishing a
-    /// row twice. On SQLite (one process) they are read plainly and the update takes the
-    /// write gate only briefly, so a slow Kafka never blocks task writes.
+    /// On MySQL/MariaDB the rows are claimed in primary-key order with
+    /// `FOR UPDATE SKIP LOCKED` for the duration, so several relays (processes) share the
+    /// backlog without publishing a row twice. On SQLite (one process) they are read
+    /// plainly and the delete takes the write gate only briefly, so a slow Kafka never
+    /// blocks task writes.
     pub async fn publish_outbox<F, Fut>(&self, limit: u64, publish: F) -> ApiResult<usize>
     where
         F: FnOnce(Vec<OutboxMessage>) -> Fut,
         Fut: Future<Output = Vec<i64>>,
     {
-        let pending = outbox::Entity::find()
-            .filter(outbox::Column::PublishedAt.is_null())
-            .order_by_asc(outbox::Column::Id)
-            .limit(limit);
+        let pending = outbox::Entity::find().order_by_asc(outbox::Column::Id).limit(limit);
         if self.backend() == DbBackend::MySql {
             // READ COMMITTED: the locking read takes record locks only, no gap locks, so
             // task transactions keep inserting new outbox rows while this batch is out.
@@ -70,7 +74,7 @@ impl Store {
             let count = rows.len();
             if count > 0 {
                 let delivered = publish(rows.into_iter().map(Into::into).collect()).await;
-                mark_published(&txn, &delivered).await?;
+                delete_published(&txn, &delivered).await?;
             }
             txn.commit().await?;
             Ok(count)
@@ -80,48 +84,49 @@ impl Store {
             if count > 0 {
                 let delivered = publish(rows.into_iter().map(Into::into).collect()).await;
                 let writing = self.write_lock(Writer::Relay).await;
-                mark_published(writing.db(), &delivered).await?;
+                delete_published(writing.db(), &delivered).await?;
             }
             Ok(count)
         }
     }
 
-    /// Messages not yet published.
+    /// Messages not yet published: counted exactly up to [`BACKLOG_EXACT_UP_TO`]; above,
+    /// the span of their ids (`MAX(id) - MIN(id) + 1`, an upper bound: ids of rolled-back
+    /// transactions leave gaps). Counting a large backlog row by row every second would
+    /// cost the database as much as publishing it.
     pub async fn outbox_backlog(&self) -> ApiResult<u64> {
-        Ok(outbox::Entity::find().filter(outbox::Column::PublishedAt.is_null()).count(&self.db).await?)
-    }
-
-    /// Deletes up to `limit` messages published before `before`; returns how many.
-    pub async fn prune_outbox(&self, before: DateTime<Utc>, limit: u64) -> ApiResult<u64> {
-        let ids: Vec<i64> = outbox::Entity::find()
-            .select_only()
-            .column(outbox::Column::Id)
-            .filter(outbox::Column::PublishedAt.lt(convert::to_ms(before)))
-            .order_by_asc(outbox::Column::Id)
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        if ids.is_empty() {
-            return Ok(0);
+        // A capped subquery: `COUNT(*)` over the whole table would read every row.
+        let capped = Statement::from_sql_and_values(
+            self.backend(),
+            "SELECT COUNT(*) AS n FROM (SELECT id FROM outbox LIMIT ?) AS capped",
+            [Value::from(BACKLOG_EXACT_UP_TO as i64 + 1)],
+        );
+        let counted = match self.db.query_one_raw(capped).await? {
+            Some(row) => u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0),
+            None => 0,
+        };
+        if counted <= BACKLOG_EXACT_UP_TO {
+            return Ok(counted);
         }
-        let writing = self.write_lock(Writer::Relay).await;
-        let deleted = outbox::Entity::delete_many()
-            .filter(outbox::Column::Id.is_in(shape::padded(ids)))
-            .exec(writing.db())
+        let span: Option<(Option<i64>, Option<i64>)> = outbox::Entity::find()
+            .select_only()
+            .column_as(outbox::Column::Id.min(), "first")
+            .column_as(outbox::Column::Id.max(), "last")
+            .into_tuple()
+            .one(&self.db)
             .await?;
-        Ok(deleted.rows_affected)
+        Ok(match span {
+            Some((Some(first), Some(last))) => u64::try_from(last - first + 1).unwrap_or(counted).max(counted),
+            _ => counted,
+        })
     }
 }
 
-async fn mark_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
+/// Deletes the rows of the messages Kafka acknowledged.
+async fn delete_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> Result<(), sea_orm::DbErr> {
     if ids.is_empty() {
         return Ok(());
     }
-    outbox::Entity::update_many()
-        .col_expr(outbox::Column::PublishedAt, Expr::value(convert::to_ms(Utc::now())))
-        .filter(outbox::Column::Id.is_in(shape::padded(ids.iter().copied())))
-        .exec(db)
-        .await?;
+    outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(shape::padded(ids.iter().copied()))).exec(db).await?;
     Ok(())
 }

@@ -165,7 +165,6 @@ mod tests {
             payload: Set(format!("{{\"n\":{n}}}")),
             traceparent: Set((n % 2 == 0).then(|| format!("trace-{n}"))),
             created_at: Set(1_000 + n),
-            published_at: Set(None),
             ..Default::default()
         };
         let mut writes = Writes::new(db.get_database_backend());

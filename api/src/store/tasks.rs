@@ -581,7 +581,6 @@ impl Store {
                     payload: Set(serde_json::to_string(&envelope).map_err(|e| DbErr::Json(e.to_string()))?),
                     traceparent: Set(traceparent.map(str::to_owned)),
                     created_at: Set(convert::to_ms(event.at)),
-                    published_at: Set(None),
                     ..Default::default()
                 });
             }
