@@ -52,6 +52,12 @@ use crate::{
 /// Messages waiting for the socket writer, per connection.
 const OUTBOUND_CAPACITY: usize = 64;
 
+/// A message queued for the socket writer. Boxed: tokio's channel allocates its slots 32
+/// at a time when it is created, and a `Message` is 48 bytes, so an idle connection held
+/// a 1.5 KiB block of empty slots; boxed, the block is 256 bytes (docs/BENCHMARKS.md,
+/// 10,000 idle subscriptions).
+type Outbound = Box<Message>;
+
 /// WebSocket limits and timers.
 #[derive(Debug, Clone)]
 pub struct WsSettings {
@@ -166,7 +172,7 @@ impl Connection {
 
     async fn run(mut self, socket: WebSocket) {
         let (sink, mut stream) = socket.split();
-        let (out, outbound) = mpsc::channel::<Message>(OUTBOUND_CAPACITY);
+        let (out, outbound) = mpsc::channel::<Outbound>(OUTBOUND_CAPACITY);
         let writer = tokio::spawn(write_loop(sink, outbound, self.state.ws.write_timeout, self.state.metrics.clone()));
         // The connection owns its subscriptions' tasks: they end with it (aborted on drop),
         // and each reports its `(id, serial)` here when it ends by itself.
@@ -225,7 +231,7 @@ impl Connection {
         if let End::Close(code, reason) = end {
             self.state.metrics.ws_closes.with_label_values(&[&code.to_string()]).inc();
             let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-            let _ = out.send(Message::Close(Some(frame))).await;
+            let _ = out.send(Box::new(Message::Close(Some(frame)))).await;
         }
         drop(out);
         let _ = tokio::time::timeout(self.state.ws.write_timeout, writer).await;
@@ -235,7 +241,7 @@ impl Connection {
     async fn on_text(
         &mut self,
         body: &str,
-        out: &mpsc::Sender<Message>,
+        out: &mpsc::Sender<Outbound>,
         running: &mut JoinSet<(String, u64)>,
     ) -> Option<End> {
         let Ok(message) = serde_json::from_str::<Value>(body) else {
@@ -379,8 +385,8 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-fn text(value: &Value) -> Message {
-    Message::Text(Utf8Bytes::from(value.to_string()))
+fn text(value: &Value) -> Outbound {
+    Box::new(Message::Text(Utf8Bytes::from(value.to_string())))
 }
 
 fn error_message(protocol: Protocol, id: &str, errors: Value) -> Value {
@@ -400,7 +406,7 @@ struct Subscription {
     /// Tells this subscription from a later one reusing its id.
     serial: u64,
     request_id: String,
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
 }
 
@@ -454,13 +460,13 @@ fn failed_to_start(response: &GqlResponse) -> bool {
 /// Writes queued messages; gives up on a client that stops reading.
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut outbound: mpsc::Receiver<Message>,
+    mut outbound: mpsc::Receiver<Outbound>,
     write_timeout: Duration,
     metrics: crate::metrics::Metrics,
 ) {
     while let Some(message) = outbound.recv().await {
-        let closing = matches!(message, Message::Close(_));
-        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+        let closing = matches!(*message, Message::Close(_));
+        match tokio::time::timeout(write_timeout, sink.send(*message)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
