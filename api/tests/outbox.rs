@@ -9,12 +9,17 @@ use taskwire_api::{
     store::{BACKLOG_EXACT_UP_TO, Store},
 };
 
-async fn store() -> (Store, tempfile::TempDir) {
+/// A store on a fresh SQLite file, not migrated.
+async fn unmigrated() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}/o.db?mode=rwc", dir.path().display());
     let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
     let config = Config::load_from(None, &env).expect("config");
-    let store = Store::connect(&config).await.expect("connects");
+    (Store::connect(&config).await.expect("connects"), dir)
+}
+
+async fn store() -> (Store, tempfile::TempDir) {
+    let (store, dir) = unmigrated().await;
     taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrates");
     (store, dir)
 }
@@ -92,11 +97,7 @@ async fn the_backlog_is_exact_up_to_its_cap_and_the_id_span_above_it() {
 /// and drops the ones published before it.
 #[tokio::test]
 async fn migrating_to_delete_on_publish_keeps_exactly_the_unpublished_messages() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
-    let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
-    let config = Config::load_from(None, &env).expect("config");
-    let store = Store::connect(&config).await.expect("connects");
+    let (store, _dir) = unmigrated().await;
     let db = store.connection();
     let migrations = taskwire_migration::Migrator::migrations().len() as u32;
     taskwire_migration::Migrator::up(db, Some(migrations - 1)).await.expect("migrates to the one before");

@@ -96,8 +96,8 @@ impl OutboxRelay {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-            // Counting the backlog scans every unpublished row: once a second is enough
-            // for the gauge, and under load the count would cost as much as publishing.
+            // Counting the backlog reads up to `BACKLOG_EXACT_UP_TO` rows: once a second
+            // is enough for the gauge.
             if last_count.elapsed() >= BACKLOG_SAMPLE {
                 last_count = std::time::Instant::now();
                 if let Ok(backlog) = self.store.outbox_backlog().await {

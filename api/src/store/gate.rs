@@ -30,7 +30,7 @@ pub(crate) enum Writer {
     Worker,
     /// Queue administration.
     Admin,
-    /// The outbox relay marking rows published and pruning them.
+    /// The outbox relay deleting the rows Kafka acknowledged.
     Relay,
 }
 

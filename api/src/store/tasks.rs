@@ -924,14 +924,9 @@ mod tests {
         assert_eq!(outcomes[3], CreateOutcome::Conflict, "bob's k2 with another input");
     }
 
-    /// [`update_all_if_unchanged`] on `store`'s backend: every value survives (NULLs
-    /// before values, 70 KB of JSON, non-ASCII text, far-off times), a batch padded with
-    /// a repeated row counts each task once, and a row read at an older version fails the
-    /// whole batch.
-    async fn a_batch_update_writes_each_row_at_its_version(store: &Store) {
-        use sea_orm::TransactionTrait;
-        use taskwire_domain::LeaseToken;
-        let inputs = (0..3).map(|i| keyed("alice", &format!("batch-{i}"), "k")).collect();
+    /// Creates `n` tasks keyed `{prefix}-{i}`; their ids in order.
+    async fn created_ids(store: &Store, prefix: &str, n: usize) -> Vec<TaskId> {
+        let inputs = (0..n).map(|i| keyed("alice", &format!("{prefix}-{i}"), "k")).collect();
         let created = store.create_tasks(inputs, CreateMode::PerInput, None).await.expect("created");
         let mut ids: Vec<TaskId> = created
             .iter()
@@ -941,9 +936,26 @@ mod tests {
             })
             .collect();
         ids.sort();
+        ids
+    }
+
+    /// The tasks `ids` as stored, in id order.
+    async fn read_sorted(store: &Store, ids: &[TaskId]) -> Vec<Task> {
+        let mut tasks = store.tasks_by_ids(ids).await.expect("read");
+        tasks.sort_by_key(|t| t.id);
+        tasks
+    }
+
+    /// [`update_all_if_unchanged`] on `store`'s backend: every value survives (NULLs
+    /// before values, 70 KB of JSON, non-ASCII text, far-off times), a batch padded with
+    /// a repeated row counts each task once, and a row read at an older version fails the
+    /// whole batch.
+    async fn a_batch_update_writes_each_row_at_its_version(store: &Store) {
+        use sea_orm::TransactionTrait;
+        use taskwire_domain::LeaseToken;
+        let ids = created_ids(store, "batch", 3).await;
         // As stored (times in whole milliseconds), in id order like every caller.
-        let mut before = store.tasks_by_ids(&ids).await.expect("read");
-        before.sort_by_key(|t| t.id);
+        let before = read_sorted(store, &ids).await;
         let at = |ms: i64| DateTime::from_timestamp_millis(ms).expect("a time");
         let next: Vec<Transition> = before
             .iter()
@@ -978,10 +990,8 @@ mod tests {
         let txn = store.db.begin().await.expect("begin");
         assert!(update_all_if_unchanged(&txn, &batch).await.expect("update"), "three rows, padded to four");
         txn.commit().await.expect("commit");
-        let mut after = store.tasks_by_ids(&ids).await.expect("read");
-        after.sort_by_key(|t| t.id);
         let expected: Vec<Task> = next.iter().map(|t| t.task.clone()).collect();
-        assert_eq!(after, expected);
+        assert_eq!(read_sorted(store, &ids).await, expected);
 
         // The first task read before the update (stale) beside the third read after it.
         let again =
@@ -991,9 +1001,7 @@ mod tests {
         let written = update_all_if_unchanged(&txn, &[(&before[0], &stale), (&next[2].task, &again)]).await;
         assert!(!written.expect("update"), "a stale row fails the batch");
         txn.rollback().await.expect("rollback");
-        let mut after = store.tasks_by_ids(&ids).await.expect("read");
-        after.sort_by_key(|t| t.id);
-        assert_eq!(after, expected, "rolled back");
+        assert_eq!(read_sorted(store, &ids).await, expected, "rolled back");
     }
 
     on_both_backends!(
@@ -1007,18 +1015,9 @@ mod tests {
     async fn a_batch_longer_than_one_statement_writes_every_row_or_reports_a_stale_one(store: &Store) {
         use sea_orm::TransactionTrait;
         let n = shape::CASE_ROWS * 2 + 3;
-        let inputs = (0..n).map(|i| keyed("alice", &format!("long-{i}"), "k")).collect();
-        let created = store.create_tasks(inputs, CreateMode::PerInput, None).await.expect("created");
-        let ids: Vec<TaskId> = created
-            .iter()
-            .map(|o| match o {
-                CreateOutcome::Created(t) => t.id,
-                other => panic!("created: {other:?}"),
-            })
-            .collect();
-        let mut before = store.tasks_by_ids(&ids).await.expect("read");
+        let ids = created_ids(store, "long", n).await;
+        let before = read_sorted(store, &ids).await;
         assert_eq!(before.len(), n);
-        before.sort_by_key(|t| t.id);
         // Each row gets a value of its own, so that rows swapped between arms would show.
         let cancel = |(i, t): (usize, &Task)| {
             let command = machine::Command::Cancel { reason: None };
@@ -1043,10 +1042,8 @@ mod tests {
         let txn = store.db.begin().await.expect("begin");
         assert!(update_all_if_unchanged(&txn, &batch).await.expect("update"), "{n} rows in three statements");
         txn.commit().await.expect("commit");
-        let mut after = store.tasks_by_ids(&ids).await.expect("read");
-        after.sort_by_key(|t| t.id);
         let expected: Vec<Task> = next.iter().map(|t| t.task.clone()).collect();
-        assert_eq!(after, expected, "every row written once, at its own values");
+        assert_eq!(read_sorted(store, &ids).await, expected, "every row written once, at its own values");
     }
 
     on_both_backends!(
