@@ -30,6 +30,9 @@ pub struct Metrics {
     pub subscriber_resyncs: IntCounter,
     /// Status events Kafka did not deliver in time, routed from the history by the sweep.
     pub live_events_recovered: IntCounter,
+    /// Status events the hub had routed already (the Kafka copy of an event this
+    /// process published at commit, a redelivery), dropped instead of routed again.
+    pub live_duplicates: IntCounter,
     /// Subscriptions ended because the subscriber could not keep up at all.
     pub subscribers_too_slow: IntCounter,
     /// Open WebSocket connections.
@@ -239,6 +242,10 @@ impl Metrics {
             status_events: counter_vec("status_events_total", "Status events consumed from Kafka", &["outcome"]),
             subscriber_overflows: counter("subscriber_overflows_total", "Events dropped from full subscriber buffers"),
             subscriber_resyncs: counter("subscriber_resyncs_total", "Subscriber resyncs from task_events"),
+            live_duplicates: counter(
+                "live_duplicates_total",
+                "Status events the live hub had routed already, dropped instead of routed again",
+            ),
             live_events_recovered: counter(
                 "live_events_recovered_total",
                 "Status events Kafka did not deliver within the grace time, routed from task_events",

@@ -46,8 +46,13 @@ const REPLAY_PAGE: u64 = 500;
 const RESYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
 /// Events a multi-task resync may return; more means the subscriber cannot keep up.
 const RESYNC_LIMIT: u64 = 5_000;
-/// Tasks whose last `seq` a multi-task subscription remembers for de-duplication.
-const TRACKED_TASKS: usize = 50_000;
+/// Tasks a multi-task subscription surely remembers the last `seq` of, for de-duplication
+/// and gap filling (it may remember up to twice as many; see [`SeqTracker`]). 1,792 tasks
+/// fill a 2,048-bucket hash table exactly, so a subscription's tracker stays under ~90 KiB
+/// on the busiest queue (it held up to 50,000 tasks, ~1.4 MiB, before). A task heard of
+/// again is kept, so only tasks silent while 1,792 others were heard of are forgotten; the
+/// hub drops the usual duplicates (the Kafka copy of a local event) before they get here.
+const TRACKED_TASKS: usize = 1_792;
 /// Tasks whose offer events an `assignments` subscription remembers (so that the second
 /// copy of an offer event reads nothing); a worker holds at most its capacity at once.
 const OFFERS_TRACKED: usize = 1_024;
@@ -402,11 +407,19 @@ fn too_slow() -> async_graphql::Error {
         })
 }
 
-/// The highest `seq` delivered per task, bounded in size.
+/// The highest `seq` delivered per task, for the tasks heard of most recently.
+///
+/// Two generations of at most `generation` tasks each: a task heard of goes into the
+/// newer one (leaving the older), and when the newer is full the older is dropped and the
+/// newer takes its place. So the last `generation` tasks heard of are always remembered,
+/// at most twice as many are, and memory stays bounded whatever the traffic: a
+/// subscription to a busy queue does not grow toward one entry per task it ever saw.
+/// A forgotten task starts over wherever it is next seen.
 #[derive(Debug)]
 struct SeqTracker {
-    last: HashMap<TaskId, u32>,
-    limit: usize,
+    current: HashMap<TaskId, u32>,
+    previous: HashMap<TaskId, u32>,
+    generation: usize,
 }
 
 impl Default for SeqTracker {
@@ -416,29 +429,34 @@ impl Default for SeqTracker {
 }
 
 impl SeqTracker {
-    /// A tracker that remembers at most `limit` tasks.
-    fn bounded(limit: usize) -> Self {
-        SeqTracker { last: HashMap::new(), limit }
+    /// A tracker that remembers the last `generation` tasks heard of (and at most twice
+    /// as many).
+    fn bounded(generation: usize) -> Self {
+        SeqTracker { current: HashMap::new(), previous: HashMap::new(), generation: generation.max(1) }
     }
 
     fn last(&self, task: TaskId) -> Option<u32> {
-        self.last.get(&task).copied()
+        self.current.get(&task).or_else(|| self.previous.get(&task)).copied()
     }
 
     /// Whether `event` is new (and records it). Unknown tasks start wherever they are
     /// first seen.
     fn accept(&mut self, event: &TaskEvent) -> bool {
-        if let Some(last) = self.last.get(&event.task_id) {
-            if event.seq <= *last {
-                return false;
-            }
-        } else if self.last.len() >= self.limit {
-            // Forget the tasks seen longest ago... approximately: start over. Only
-            // de-duplication of very old tasks is affected.
-            self.last.clear();
+        if self.last(event.task_id).is_some_and(|last| event.seq <= last) {
+            return false;
         }
-        self.last.insert(event.task_id, event.seq);
+        if self.current.len() >= self.generation && !self.current.contains_key(&event.task_id) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.previous.remove(&event.task_id);
+        self.current.insert(event.task_id, event.seq);
         true
+    }
+
+    /// Tasks remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
     }
 }
 
@@ -449,5 +467,50 @@ struct GaugeGuard(Metrics);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.subscriptions.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use taskwire_domain::TaskStatus;
+
+    use super::*;
+
+    fn event(task: TaskId, seq: u32) -> TaskEvent {
+        TaskEvent {
+            task_id: task,
+            seq,
+            status: TaskStatus::Queued,
+            previous_status: None,
+            attempt: 0,
+            worker_id: None,
+            message: None,
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_tracker_drops_what_it_delivered_and_keeps_the_tasks_heard_of_lately() {
+        let mut seen = SeqTracker::bounded(4);
+        let kept = TaskId::generate(Utc::now());
+        assert!(seen.accept(&event(kept, 1)));
+        assert!(!seen.accept(&event(kept, 1)), "a duplicate");
+        assert!(seen.accept(&event(kept, 3)), "a later seq");
+        assert!(!seen.accept(&event(kept, 2)), "an older seq");
+
+        // Ten other tasks pass while `kept` is heard of again every few: it stays.
+        let others: Vec<TaskId> = (0..10).map(|_| TaskId::generate(Utc::now())).collect();
+        for (i, other) in others.iter().enumerate() {
+            assert!(seen.accept(&event(*other, 1)));
+            if i % 3 == 2 {
+                assert!(seen.accept(&event(kept, 4 + i as u32)));
+            }
+            assert!(seen.len() <= 8, "at most two generations: {}", seen.len());
+        }
+        assert!(seen.last(kept).is_some(), "a task heard of lately is remembered");
+        assert_eq!(seen.last(others[9]), Some(1));
+        assert_eq!(seen.last(others[0]), None, "a task silent for long enough is forgotten");
+        assert!(seen.accept(&event(others[0], 1)), "and starts over wherever it is next seen");
     }
 }

@@ -7,9 +7,11 @@
 //! is bounded by its buffer.
 //!
 //! The hub also remembers, per task, the highest `seq` it has routed without a gap
-//! ([`Hub::unheard`]); the [`sweep`] task compares that with `task_events` every few
-//! seconds and routes whatever Kafka lost or has not delivered, so a subscriber never
-//! waits forever and no subscriber has to poll the database itself.
+//! ([`Hub::unheard`]). It routes each event once: the Kafka copy of an event this process
+//! published at commit, or a redelivery, is dropped here rather than handed to every
+//! subscriber to drop. The [`sweep`] task compares what the hub heard with `task_events`
+//! every few seconds and routes whatever Kafka lost or has not delivered, so a subscriber
+//! never waits forever and no subscriber has to poll the database itself.
 
 pub mod sweep;
 
@@ -172,7 +174,11 @@ impl Hub {
     }
 
     /// Delivers `envelope` to every subscriber of its task, creator, queue, worker (if
-    /// any) and `All`.
+    /// any) and `All`, unless this hub has routed it already: an event committed in this
+    /// process is published here at commit and again when its Kafka copy comes back, and
+    /// Kafka may redeliver. Only the second copy of an event the hub still remembers
+    /// ([`MAX_HEARD`], forgotten after a minute of silence) is dropped; subscribers keep
+    /// their own de-duplication for the rest.
     /// Never blocks: a full buffer flags its subscriber as lagged instead.
     pub fn publish(&self, envelope: TaskEnvelope) {
         let envelope = Arc::new(envelope);
@@ -186,7 +192,10 @@ impl Hub {
             routes.push(Route::Worker(worker.clone()));
         }
         let Ok(mut table) = self.routes.lock() else { return };
-        remember(&mut table.heard, &envelope.task_id, envelope.seq);
+        if !remember(&mut table.heard, &envelope.task_id, envelope.seq) {
+            self.metrics.live_duplicates.inc();
+            return;
+        }
         for route in &routes {
             let Some(subscribers) = table.by_route.get(route) else { continue };
             for subscriber in subscribers.values() {
@@ -225,22 +234,26 @@ impl Hub {
     }
 }
 
-/// Records that `seq` of `task` was routed.
-fn remember(heard: &mut HashMap<String, Heard>, task: &str, seq: u32) {
+/// Records that `seq` of `task` is about to be routed; `false` when it was routed
+/// already (with every earlier `seq`), so it must not be routed again.
+fn remember(heard: &mut HashMap<String, Heard>, task: &str, seq: u32) -> bool {
     let now = Instant::now();
     match heard.get_mut(task) {
+        Some(known) if seq <= known.seq => false,
         Some(known) => {
             known.at = now;
             // A gap stays open until the missing events are routed (by the sweep).
             if seq == known.seq + 1 {
                 known.seq = seq;
             }
+            true
         }
         None => {
             if heard.len() >= MAX_HEARD {
                 heard.clear();
             }
             heard.insert(task.to_owned(), Heard { seq, at: now });
+            true
         }
     }
 }
@@ -334,6 +347,32 @@ mod tests {
 
         hub.forget_heard(std::time::Duration::ZERO);
         assert_eq!(hub.unheard([("t1", 4)]), [("t1".to_owned(), None)], "forgotten tasks count as unheard");
+    }
+
+    #[tokio::test]
+    async fn an_event_routed_already_is_not_routed_again() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(8, metrics.clone());
+        let mut sub = hub.subscribe(Route::Queue("q".into()));
+        // At commit, then the Kafka copy of the same event, then a redelivered older one.
+        for seq in [1, 1, 2, 2, 1] {
+            hub.publish(envelope("t1", seq, "a", "q"));
+        }
+        let got: Vec<u32> = std::iter::from_fn(|| sub.events.try_recv().ok()).map(|e| e.seq).collect();
+        assert_eq!(got, [1, 2], "each event once, in order");
+        assert_eq!(metrics.live_duplicates.get(), 3);
+
+        // Past a gap only the events up to it count as routed: the missing one still passes.
+        hub.publish(envelope("t1", 4, "a", "q"));
+        hub.publish(envelope("t1", 3, "a", "q"));
+        let got: Vec<u32> = std::iter::from_fn(|| sub.events.try_recv().ok()).map(|e| e.seq).collect();
+        assert_eq!(got, [4, 3], "the gap's event is routed when it comes");
+
+        // A task the hub forgot is routed again; subscribers drop what they have seen.
+        hub.forget_heard(std::time::Duration::ZERO);
+        hub.publish(envelope("t1", 4, "a", "q"));
+        assert_eq!(sub.events.try_recv().map(|e| e.seq).ok(), Some(4));
+        assert_eq!(metrics.live_duplicates.get(), 3);
     }
 
     #[tokio::test]

@@ -27,7 +27,9 @@
 //!   per second). Reports the delivery latency over every (event, subscriber) pair, from the
 //!   event's `at` and from the create's acknowledgement, deliveries expected vs received,
 //!   and, with `--pid` of the server, its VmRSS before connecting, once every subscriber is
-//!   connected and idle, and at the end, per subscription.
+//!   connected and idle, and at the end, per subscription. `--hold SECS` (at most 600)
+//!   keeps the subscribers connected that long after the last reading, for a heap
+//!   profiler to see the server with them open (`--events 0` for idle subscribers).
 //!
 //! Every run is bounded by `--duration` (the load phase; dispatch and fanout then wait at
 //! most `--grace` for stragglers) and `--max-requests` (requests, or tasks created), prints
@@ -63,7 +65,7 @@ const USAGE: &str = "usage: loadgen <query|create|dispatch|fanout> [--url URL] [
                      [--duration SECS] [--max-requests N] [--out FILE] [query: --working-set M --distribution \
                      uniform|hot] [create: --batch B] [dispatch: --workers K --capacity C --rate R --queue NAME \
                      --grace SECS] [fanout: --subscribers S --events E --rate R --queue NAME --pid PID \
-                     --connect-concurrency N --grace SECS]";
+                     --connect-concurrency N --grace SECS --hold SECS]";
 
 /// The WebSocket subprotocol the subscribers speak.
 const PROTOCOL: &str = "graphql-transport-ws";
@@ -83,6 +85,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(1);
 /// In fanout, how long the connected subscribers sit idle before the server's RSS is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
+/// Longest `--hold` (seconds): the run stays bounded.
+const MAX_HOLD_SECONDS: u64 = 600;
 /// Reference workers started at once.
 const WORKER_START_CONCURRENCY: usize = 50;
 /// Heartbeat period of the reference workers (leases last 30 s by default).
@@ -118,6 +122,9 @@ struct Options {
     events: u64,
     connect_concurrency: usize,
     pid: Option<u32>,
+    /// `fanout`: how long the subscribers stay connected after the last measurement (for
+    /// a heap profiler or `/proc` to look at the server with them open).
+    hold: Duration,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -152,6 +159,7 @@ fn parse_args() -> Result<Options, String> {
         events: 100,
         connect_concurrency: 50,
         pid: None,
+        hold: Duration::ZERO,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -176,6 +184,7 @@ fn parse_args() -> Result<Options, String> {
                 o.queue = taskwire_domain::QueueName::parse(&value).map_err(|e| format!("--queue: {e}"))?.to_string()
             }
             "--grace" => o.grace = Duration::from_secs(number(value.trim_end_matches('s'))?),
+            "--hold" => o.hold = Duration::from_secs(number(value.trim_end_matches('s'))?.min(MAX_HOLD_SECONDS)),
             "--workers" => o.workers = number(&value)?.max(1) as usize,
             "--capacity" => o.capacity = number(&value)?.clamp(1, 1000) as u32,
             "--subscribers" => o.subscribers = number(&value)? as usize,
@@ -1203,6 +1212,7 @@ async fn fanout(o: &Options, target: &Target) -> Result<(Value, String), String>
     }
     let waited = grace_started.elapsed().as_secs_f64();
     let rss_end = o.pid.and_then(rss_kib);
+    tokio::time::sleep(o.hold).await;
     stop.cancel();
     let results = futures::future::join_all(subscribers).await;
 
