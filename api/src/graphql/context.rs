@@ -3,7 +3,11 @@
 use async_graphql::Context;
 use taskwire_domain::Principal;
 
-use crate::{error::ApiError, graphql::Loaders, store::Store};
+use crate::{
+    error::ApiError,
+    graphql::{Loaders, SubscriptionLoaders},
+    store::Store,
+};
 
 /// Per-request data inserted by the HTTP layer.
 #[derive(Debug, Clone)]
@@ -31,9 +35,15 @@ pub fn store<'a>(ctx: &'a Context<'_>) -> Result<&'a Store, ApiError> {
     ctx.data_opt::<Store>().ok_or_else(|| missing("Store"))
 }
 
-/// This request's DataLoaders.
+/// This request's DataLoaders (a subscription's are made on first use).
 pub fn loaders<'a>(ctx: &'a Context<'_>) -> Result<&'a Loaders, ApiError> {
-    ctx.data_opt::<std::sync::Arc<Loaders>>().map(|l| l.as_ref()).ok_or_else(|| missing("Loaders"))
+    if let Some(loaders) = ctx.data_opt::<std::sync::Arc<Loaders>>() {
+        return Ok(loaders);
+    }
+    match ctx.data_opt::<SubscriptionLoaders>() {
+        Some(lazy) => Ok(lazy.get_or_build(store(ctx)?)),
+        None => Err(missing("Loaders")),
+    }
 }
 
 fn missing(what: &str) -> ApiError {

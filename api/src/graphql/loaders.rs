@@ -5,7 +5,10 @@
 //! subscription's loaders read the database directly, so every event resolves the task
 //! as it is then.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use taskwire_domain::{
@@ -60,6 +63,20 @@ impl Loaders {
             events: DataLoader::new(EventsLoader(store.clone()), tokio::spawn),
             workers: DataLoader::new(WorkerLoader(store.clone()), tokio::spawn),
         })
+    }
+}
+
+/// The loaders of one subscription, made when its first event needs one: most
+/// subscriptions select no field that loads anything, and a set is ~1 KiB that an open
+/// subscription would otherwise hold for its whole life (docs/BENCHMARKS.md, memory per
+/// WebSocket). Uncached, like [`Loaders::uncached`].
+#[derive(Debug, Default)]
+pub struct SubscriptionLoaders(OnceLock<Arc<Loaders>>);
+
+impl SubscriptionLoaders {
+    /// The set, made over `store` on first use.
+    pub fn get_or_build(&self, store: &Store) -> &Loaders {
+        self.0.get_or_init(|| Loaders::uncached(store))
     }
 }
 

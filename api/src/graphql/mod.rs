@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_graphql::Schema;
 
 pub use context::RequestContext;
-pub use loaders::Loaders;
+pub use loaders::{Loaders, SubscriptionLoaders};
 
 use crate::{live::Hub, metrics::Metrics, store::Store};
 

@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     auth::bearer_token,
-    graphql::{Loaders, RequestContext},
+    graphql::{RequestContext, SubscriptionLoaders},
 };
 
 /// Messages waiting for the socket writer, per connection.
@@ -310,11 +310,11 @@ impl Connection {
                     request_id: self.request_id.clone(),
                     traceparent: None,
                 };
-                // Loaders read past the cache (a subscription's fields are fresh); the cache
-                // itself is there for `assignments`, which takes an offer this process just
-                // committed from L1 (checked by version) instead of querying for it.
-                let request =
-                    request.data(context).data(Loaders::uncached(&self.state.store)).data(self.state.cache.clone());
+                // Loaders read past the cache (a subscription's fields are fresh) and are
+                // made on first use; the cache itself is there for `assignments`, which
+                // takes an offer this process just committed from L1 (checked by version)
+                // instead of querying for it.
+                let request = request.data(context).data(SubscriptionLoaders::default()).data(self.state.cache.clone());
                 let cancel = CancellationToken::new();
                 self.serial += 1;
                 self.subscriptions.insert(id.clone(), (self.serial, cancel.clone()));
