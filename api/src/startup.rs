@@ -156,7 +156,7 @@ impl Application {
         // relay → Kafka → consumer round trip: its event reaches this process's
         // subscribers, a transition's task is written through to the cache, and a task
         // that became `QUEUED` (created or not) reaches this process's matcher. The Kafka
-        // copies still come: subscribers and the matcher drop them, and they are what
+        // copies still come: the hub and the matcher drop them, and they are what
         // other processes (and this one, for other writers) act on. Creations reach the
         // subscribers here too: a queue's or a creator's subscriber would otherwise see a
         // task offered at once (its `ASSIGNED` event, published here) before the Kafka copy

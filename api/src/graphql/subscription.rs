@@ -8,11 +8,7 @@
 //! end of a task's history (nothing later reveals the gap) reaches the hub through its
 //! history sweep (`live::sweep`) a few seconds later.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription};
 use chrono::Utc;
@@ -30,7 +26,7 @@ use super::{
 use crate::{
     cache::TaskCache,
     error::ApiError,
-    live::{Hub, Next, Route},
+    live::{Generations, Hub, Next, Route},
     metrics::Metrics,
     store::{EventScope, Store},
 };
@@ -47,14 +43,18 @@ const RESYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
 /// Events a multi-task resync may return; more means the subscriber cannot keep up.
 const RESYNC_LIMIT: u64 = 5_000;
 /// Tasks a multi-task subscription surely remembers the last `seq` of, for de-duplication
-/// and gap filling (it may remember up to twice as many; see [`SeqTracker`]). 1,792 tasks
-/// fill a 2,048-bucket hash table exactly, so a subscription's tracker stays under ~90 KiB
-/// on the busiest queue (it held up to 50,000 tasks, ~1.4 MiB, before). A task heard of
-/// again is kept, so only tasks silent while 1,792 others were heard of are forgotten; the
-/// hub drops the usual duplicates (the Kafka copy of a local event) before they get here.
-const TRACKED_TASKS: usize = 1_792;
-/// Tasks whose offer events an `assignments` subscription remembers (so that the second
-/// copy of an offer event reads nothing); a worker holds at most its capacity at once.
+/// and gap filling (it may remember up to twice as many; see [`SeqTracker`]). It must
+/// cover a whole resync ([`RESYNC_LIMIT`] events) and the seconds an event's copies can
+/// be apart (the Kafka copy of an event another process published at commit; the
+/// history sweep's window): a task forgotten sooner could see an older event re-delivered,
+/// or a later one delivered without filling the gap before it. 7,168 tasks fill an
+/// 8,192-bucket table exactly, so a subscription's tracker stays under ~350 KiB on the
+/// busiest queue (it grew to 50,000 tasks, ~1.4 MiB, before). A task heard of again is
+/// kept, so only tasks silent while 7,168 others were heard of are forgotten.
+const TRACKED_TASKS: usize = 7_168;
+/// Tasks whose offer events an `assignments` subscription surely remembers (so that a
+/// second copy of an offer event reads nothing: the hub drops most, not a copy routed
+/// past a gap or of a task it forgot); a worker holds at most its capacity at once.
 const OFFERS_TRACKED: usize = 1_024;
 /// Minimum spacing of `queueStats` updates.
 const QUEUE_STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -343,8 +343,8 @@ fn assignment_stream(
             tokio::select! {
                 next = live.next_or_idle(IDLE_CHECK) => match next {
                     Next::Event(envelope) => {
-                        // Each offer is announced twice in the process that made it (at
-                        // commit, then from Kafka): only the first copy is acted on.
+                        // An offer event can come twice (the hub drops most second copies,
+                        // not all): only the first copy is acted on.
                         let offer = envelope.status == TaskStatus::Assigned
                             && envelope.worker_id.as_deref() == Some(worker_id.as_str())
                             && offers_heard.accept(&event_of(&envelope));
@@ -407,20 +407,13 @@ fn too_slow() -> async_graphql::Error {
         })
 }
 
-/// The highest `seq` delivered per task, for the tasks heard of most recently.
-///
-/// Two generations of at most `generation` tasks each: a task heard of goes into the
-/// newer one (leaving the older), and when the newer is full the older is dropped and the
-/// newer takes its place. So the last `generation` tasks heard of are always remembered,
-/// at most twice as many are, and memory stays bounded whatever the traffic: a
-/// subscription to a busy queue does not grow toward one entry per task it ever saw.
-/// A forgotten task starts over wherever it is next seen.
+/// The highest `seq` delivered per task, for the tasks heard of most recently: the last
+/// `generation` tasks heard of at least, twice as many at most ([`Generations`]), so
+/// memory stays bounded whatever the traffic: a subscription to a busy queue does not
+/// grow toward one entry per task it ever saw. A forgotten task starts over wherever it
+/// is next seen.
 #[derive(Debug)]
-struct SeqTracker {
-    current: HashMap<TaskId, u32>,
-    previous: HashMap<TaskId, u32>,
-    generation: usize,
-}
+struct SeqTracker(Generations<TaskId, u32>);
 
 impl Default for SeqTracker {
     fn default() -> Self {
@@ -432,11 +425,11 @@ impl SeqTracker {
     /// A tracker that remembers the last `generation` tasks heard of (and at most twice
     /// as many).
     fn bounded(generation: usize) -> Self {
-        SeqTracker { current: HashMap::new(), previous: HashMap::new(), generation: generation.max(1) }
+        SeqTracker(Generations::new(generation))
     }
 
     fn last(&self, task: TaskId) -> Option<u32> {
-        self.current.get(&task).or_else(|| self.previous.get(&task)).copied()
+        self.0.get(&task).copied()
     }
 
     /// Whether `event` is new (and records it). Unknown tasks start wherever they are
@@ -445,18 +438,8 @@ impl SeqTracker {
         if self.last(event.task_id).is_some_and(|last| event.seq <= last) {
             return false;
         }
-        if self.current.len() >= self.generation && !self.current.contains_key(&event.task_id) {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.previous.remove(&event.task_id);
-        self.current.insert(event.task_id, event.seq);
+        self.0.update(&event.task_id, || event.seq, |last| *last = event.seq);
         true
-    }
-
-    /// Tasks remembered.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
     }
 }
 
@@ -506,7 +489,6 @@ mod tests {
             if i % 3 == 2 {
                 assert!(seen.accept(&event(kept, 4 + i as u32)));
             }
-            assert!(seen.len() <= 8, "at most two generations: {}", seen.len());
         }
         assert!(seen.last(kept).is_some(), "a task heard of lately is remembered");
         assert_eq!(seen.last(others[9]), Some(1));

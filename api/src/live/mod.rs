@@ -7,13 +7,18 @@
 //! is bounded by its buffer.
 //!
 //! The hub also remembers, per task, the highest `seq` it has routed without a gap
-//! ([`Hub::unheard`]). It routes each event once: the Kafka copy of an event this process
-//! published at commit, or a redelivery, is dropped here rather than handed to every
-//! subscriber to drop. The [`sweep`] task compares what the hub heard with `task_events`
+//! ([`Hub::unheard`]), and does not route an event at or below it again: the Kafka copy
+//! of an event this process published at commit, or a redelivery, is dropped here rather
+//! than handed to every subscriber to drop. (An event routed past a gap can still come
+//! twice, and so can one of a task the hub forgot; subscriptions keep their own checks.)
+//! The [`sweep`] task compares what the hub heard with `task_events`
 //! every few seconds and routes whatever Kafka lost or has not delivered, so a subscriber
 //! never waits forever and no subscriber has to poll the database itself.
 
+mod generations;
 pub mod sweep;
+
+pub(crate) use generations::Generations;
 
 use std::{
     collections::HashMap,
@@ -62,7 +67,7 @@ struct Routes {
     by_route: HashMap<Route, HashMap<u64, Subscriber>>,
     /// Per task: the highest `seq` routed with every earlier one routed too (as far as
     /// this process knows), and when the task was last heard of.
-    heard: HashMap<String, Heard>,
+    heard: HeardTasks,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,9 +76,61 @@ struct Heard {
     at: Instant,
 }
 
-/// Tasks the hub remembers in [`Hub::unheard`]; past this it forgets them all, which only
-/// makes the next sweep re-route a few events that subscribers then drop as duplicates.
+impl Heard {
+    /// Records that `seq` is about to be routed; `false` when it was routed already.
+    fn advance(&mut self, seq: u32, now: Instant) -> bool {
+        if seq <= self.seq {
+            return false;
+        }
+        self.at = now;
+        // A gap stays open until the missing events are routed (by the sweep).
+        if seq == self.seq + 1 {
+            self.seq = seq;
+        }
+        true
+    }
+}
+
+/// Tasks the hub remembers at most (two generations of half as many; see [`HeardTasks`]).
+/// A task forgotten is routed again from its next event, and the sweep may re-route its
+/// recent events, which subscribers drop as duplicates as far as they remember the task.
 const MAX_HEARD: usize = 200_000;
+
+/// What the hub has routed, per task, for the tasks heard of most recently: two
+/// generations of at most [`MAX_HEARD`] / 2 tasks ([`Generations`]), so a burst of new
+/// tasks forgets the tasks silent the longest, never the ones just routed (whose copies
+/// are still coming).
+struct HeardTasks(Generations<String, Heard>);
+
+impl Default for HeardTasks {
+    fn default() -> Self {
+        HeardTasks(Generations::new(MAX_HEARD / 2))
+    }
+}
+
+impl HeardTasks {
+    fn get(&self, task: &str) -> Option<&Heard> {
+        self.0.get(task)
+    }
+
+    /// Records that `seq` of `task` is about to be routed; `false` when it was routed
+    /// already (with every earlier `seq`), so it must not be routed again.
+    fn remember(&mut self, task: &str, seq: u32) -> bool {
+        let now = Instant::now();
+        let first = std::cell::Cell::new(false);
+        let make = || {
+            first.set(true);
+            Heard { seq, at: now }
+        };
+        self.0.update(task, make, |known| first.get() || known.advance(seq, now))
+    }
+
+    /// Forgets tasks not heard of for `age`.
+    fn forget_older_than(&mut self, age: Duration) {
+        let now = Instant::now();
+        self.0.retain(|_, heard| now.duration_since(heard.at) < age);
+    }
+}
 
 /// The router. Cheap to share (`Arc`).
 pub struct Hub {
@@ -176,9 +233,9 @@ impl Hub {
     /// Delivers `envelope` to every subscriber of its task, creator, queue, worker (if
     /// any) and `All`, unless this hub has routed it already: an event committed in this
     /// process is published here at commit and again when its Kafka copy comes back, and
-    /// Kafka may redeliver. Only the second copy of an event the hub still remembers
-    /// ([`MAX_HEARD`], forgotten after a minute of silence) is dropped; subscribers keep
-    /// their own de-duplication for the rest.
+    /// Kafka may redeliver. Only an event at or below the task's gapless `seq` is
+    /// recognised, and only while the hub remembers the task ([`MAX_HEARD`], a minute of
+    /// silence); subscribers keep their own de-duplication for the rest.
     /// Never blocks: a full buffer flags its subscriber as lagged instead.
     pub fn publish(&self, envelope: TaskEnvelope) {
         let envelope = Arc::new(envelope);
@@ -192,7 +249,7 @@ impl Hub {
             routes.push(Route::Worker(worker.clone()));
         }
         let Ok(mut table) = self.routes.lock() else { return };
-        if !remember(&mut table.heard, &envelope.task_id, envelope.seq) {
+        if !table.heard.remember(&envelope.task_id, envelope.seq) {
             self.metrics.live_duplicates.inc();
             return;
         }
@@ -224,37 +281,12 @@ impl Hub {
     /// Forgets tasks not heard of for `age`.
     pub fn forget_heard(&self, age: Duration) {
         let Ok(mut table) = self.routes.lock() else { return };
-        let now = Instant::now();
-        table.heard.retain(|_, heard| now.duration_since(heard.at) < age);
+        table.heard.forget_older_than(age);
     }
 
     /// Subscribers currently registered (all routes).
     pub fn subscriber_count(&self) -> usize {
         self.routes.lock().map(|r| r.by_route.values().map(HashMap::len).sum()).unwrap_or_default()
-    }
-}
-
-/// Records that `seq` of `task` is about to be routed; `false` when it was routed
-/// already (with every earlier `seq`), so it must not be routed again.
-fn remember(heard: &mut HashMap<String, Heard>, task: &str, seq: u32) -> bool {
-    let now = Instant::now();
-    match heard.get_mut(task) {
-        Some(known) if seq <= known.seq => false,
-        Some(known) => {
-            known.at = now;
-            // A gap stays open until the missing events are routed (by the sweep).
-            if seq == known.seq + 1 {
-                known.seq = seq;
-            }
-            true
-        }
-        None => {
-            if heard.len() >= MAX_HEARD {
-                heard.clear();
-            }
-            heard.insert(task.to_owned(), Heard { seq, at: now });
-            true
-        }
     }
 }
 

@@ -32,7 +32,8 @@
 //!   profiler to see the server with them open (`--events 0` for idle subscribers).
 //!
 //! Every run is bounded by `--duration` (the load phase; dispatch and fanout then wait at
-//! most `--grace` for stragglers) and `--max-requests` (requests, or tasks created), prints
+//! most `--grace` for stragglers, and fanout holds its subscribers `--hold` longer) and
+//! `--max-requests` (requests, or tasks created), prints
 //! one summary line and writes the full result as JSON (`--out`). Refuses non-loopback
 //! targets. Client-clock and server-clock times are compared only on this one machine.
 
