@@ -11,9 +11,9 @@
 //! of an event this process published at commit, or a redelivery, is dropped here rather
 //! than handed to every subscriber to drop. (An event routed past a gap can still come
 //! twice, and so can one of a task the hub forgot; subscriptions keep their own checks.)
-//! The [`sweep`] task compares what the hub heard with `task_events`
-//! every few seconds and routes whatever Kafka lost or has not delivered, so a subscriber
-//! never waits forever and no subscriber has to poll the database itself.
+//! The [`sweep`] task compares what the hub heard with `task_events` every few seconds
+//! and routes whatever Kafka lost or has not delivered, so a subscriber never waits
+//! forever and no subscriber has to poll the database itself.
 
 mod generations;
 pub mod sweep;
@@ -117,12 +117,9 @@ impl HeardTasks {
     /// already (with every earlier `seq`), so it must not be routed again.
     fn remember(&mut self, task: &str, seq: u32) -> bool {
         let now = Instant::now();
-        let first = std::cell::Cell::new(false);
-        let make = || {
-            first.set(true);
-            Heard { seq, at: now }
-        };
-        self.0.update(task, make, |known| first.get() || known.advance(seq, now))
+        // A task heard of for the first time starts at this `seq`.
+        let first = self.0.get(task).is_none();
+        self.0.update(task, || Heard { seq, at: now }, |known| first || known.advance(seq, now))
     }
 
     /// Forgets tasks not heard of for `age`.
