@@ -70,6 +70,10 @@ pub enum ApiError {
     /// `PERSISTED_QUERY_NOT_FOUND`: an APQ hash the server does not know; the client
     /// sends the full query with the hash next.
     PersistedQueryNotFound,
+    /// `CONFLICT`: MySQL broke a deadlock by rolling this transaction back, or a row lock
+    /// was not granted in time, on every one of the store's retries (see
+    /// `Store::retry_lock_conflicts`). The database is up: the work met concurrent work.
+    LockConflict,
     /// `UNAVAILABLE`: a dependency is down or saturated; retrying later can succeed.
     Unavailable,
     /// `INTERNAL`: a bug or an unexpected dependency answer (details in the log).
@@ -98,6 +102,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after_ms } => format!("rate limit exceeded; retry in {retry_after_ms} ms"),
             // Apollo clients recognise this exact message (and the code).
             ApiError::PersistedQueryNotFound => "PersistedQueryNotFound".into(),
+            ApiError::LockConflict => "the change met concurrent changes of the same rows; retry".into(),
             ApiError::Unavailable => "service temporarily unavailable; retry later".into(),
             ApiError::Internal => "internal error; quote the requestId to an operator".into(),
         }
@@ -110,7 +115,7 @@ impl ApiError {
             ApiError::Forbidden => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Domain(e) => e.code(),
-            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Conflict(_) | ApiError::LockConflict => ErrorCode::Conflict,
             ApiError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::QueryTooDeep { .. } => ErrorCode::QueryTooDeep,
@@ -165,7 +170,11 @@ impl From<DomainError> for ApiError {
 
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
-        if is_unavailable(&err) {
+        if is_lock_conflict(&err) {
+            // Contention, not an outage: the store's retries handle it where it is expected.
+            tracing::debug!(error = %chain(&err), "lock conflict");
+            ApiError::LockConflict
+        } else if is_unavailable(&err) {
             tracing::warn!(error = %chain(&err), "database unavailable");
             ApiError::Unavailable
         } else {
@@ -175,11 +184,9 @@ impl From<DbErr> for ApiError {
 }
 
 /// Whether the database error means "try again later" rather than a bug: the pool is
-/// exhausted or closed, the connection broke, or the row lock could not be had in time.
+/// exhausted or closed, the connection broke, or SQLite's file lock was busy. (A MySQL
+/// lock conflict is contention, not unavailability: see [`is_lock_conflict`].)
 pub fn is_unavailable(err: &DbErr) -> bool {
-    if is_lock_conflict(err) {
-        return true;
-    }
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {

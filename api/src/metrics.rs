@@ -66,6 +66,16 @@ pub struct Metrics {
     pub reaped: IntCounterVec,
     /// Workers marked `OFFLINE` after their TTL.
     pub workers_expired: IntCounter,
+    /// MySQL deadlocks and lock-wait time-outs met by the store's writers, by path
+    /// (`offer`, `transition`, `sweep`, `worker`) and outcome (`retried`; `exhausted`
+    /// when every retry lost too and the caller got `CONFLICT`).
+    pub db_lock_conflicts: IntCounterVec,
+    /// Tasks a dispatcher with idle workers took over from the database after they waited
+    /// for a worker elsewhere.
+    pub dispatch_pulled: IntCounter,
+    /// Offers a queue's global limits held back in the offer transaction, by limit
+    /// (`concurrency`, `rate`).
+    pub dispatch_queue_limited: IntCounterVec,
     /// GraphQL operations, by operation name, type and result code (`OK` when no error).
     pub operations: IntCounterVec,
     /// Seconds per GraphQL operation, by operation name and type.
@@ -231,6 +241,20 @@ impl Metrics {
             ),
             reaped: counter_vec("reaped_total", "Tasks moved by the reaper and scheduler", &["reason"]),
             workers_expired: counter("workers_expired_total", "Workers marked OFFLINE after their TTL"),
+            db_lock_conflicts: counter_vec(
+                "db_lock_conflicts_total",
+                "MySQL deadlocks and lock-wait time-outs met by the store's writers",
+                &["path", "outcome"],
+            ),
+            dispatch_pulled: counter(
+                "dispatch_pulled_total",
+                "Tasks a dispatcher with idle workers took over from the database",
+            ),
+            dispatch_queue_limited: counter_vec(
+                "dispatch_queue_limited_total",
+                "Offers held back by a queue's global limits in the offer transaction",
+                &["limit"],
+            ),
             outbox_backlog: gauge("outbox_backlog", "Outbox rows not yet published to Kafka"),
             outbox_publish_latency: latency,
             outbox_published: counter("outbox_published_total", "Outbox messages published to Kafka"),

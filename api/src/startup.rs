@@ -18,7 +18,7 @@ use crate::{
     auth::JwtKeys,
     cache::TaskCache,
     config::{Config, ConfigError},
-    dispatch::{DispatchSettings, matcher::Matcher, reaper},
+    dispatch::{DispatchSettings, DispatcherId, LocalDispatcher, matcher::Matcher, reaper},
     graphql::{SchemaOptions, build_schema, sdl},
     http::{AppState, Limits, apq::PersistedQueries, protect::Protection, router},
     kafka::{EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
@@ -135,22 +135,25 @@ impl Application {
         let redis = config.redis_url.as_deref().map(redis::Client::open).transpose()?;
         let metrics = Metrics::new();
         store.observe_write_gate(metrics.write_gate.clone());
+        store.observe(metrics.clone());
         let redis_link = Arc::new(RedisLink::new(redis.clone(), config.redis.clone(), metrics.clone()));
         let cache = TaskCache::new(config.cache.clone(), redis_link.clone(), metrics.clone());
         let kafka = kafka_step(&config.kafka, "creating the topics", Kafka::connect(&config.kafka)).await?;
         let producer_kafka = kafka.clone();
         let relay = OutboxRelay::new(store.clone(), Box::new(move || producer_kafka.producer()), metrics.clone())?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
-        let dispatcher = if config.roles.dispatcher {
-            let topic = kafka.topics().for_envelope(EnvelopeType::Dispatch);
-            let group = format!("{}.dispatcher", config.kafka.topic_prefix);
-            let consumer = kafka.dispatch_consumer(&group, &topic)?;
-            Some((
-                Matcher::new(store.clone(), config.dispatch.clone(), metrics.clone(), consumer, topic),
-                config.dispatch.clone(),
-            ))
-        } else {
-            None
+        let dispatcher_id = config.roles.dispatcher.then(DispatcherId::generate);
+        let dispatcher = match &dispatcher_id {
+            Some(id) => {
+                let topic = kafka.topics().for_envelope(EnvelopeType::Dispatch);
+                let group = format!("{}.dispatcher", config.kafka.topic_prefix);
+                let consumer = kafka.dispatch_consumer(&group, &topic)?;
+                tracing::info!(dispatcher = id.as_str(), "dispatcher id");
+                let matcher =
+                    Matcher::new(store.clone(), config.dispatch.clone(), metrics.clone(), id.clone(), consumer, topic);
+                Some((matcher, config.dispatch.clone()))
+            }
+            None => None,
         };
         // After a change commits, this process acts on it at once instead of after the
         // relay → Kafka → consumer round trip: its event reaches this process's
@@ -199,6 +202,7 @@ impl Application {
             hub.clone(),
             metrics.clone(),
             SchemaOptions { introspection: config.introspection, worker_ttl: config.dispatch.worker_ttl },
+            LocalDispatcher(dispatcher_id),
         );
         let schema_sdl = sdl();
         let protection = Protection::new(

@@ -31,7 +31,7 @@ pub use ids::{LeaseToken, TaskId};
 pub use input::{CreateTaskInput, IdempotencyKey, MaxAttempts, NewTask, Payload, Priority, QueueName, TaskKind};
 pub use machine::{Command, Effect, Transition, transition};
 pub use ports::{Clock, SystemClock};
-pub use queue::{QueueChanges, QueueSettings};
+pub use queue::{QueueChanges, QueueSettings, RateBucket};
 pub use retry::RetryPolicy;
 pub use status::TaskStatus;
 pub use task::Task;

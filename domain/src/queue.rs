@@ -41,6 +41,57 @@ impl QueueSettings {
     }
 }
 
+/// A queue's rate-limit bucket as its row stores it, shared by every dispatcher: it
+/// refills at `rate` tokens per second up to a burst of one second's worth (at least one
+/// token, so slow rates still offer one at a time). Time is passed in (epoch ms), so the
+/// arithmetic is testable; a clock that went backwards refills nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateBucket {
+    /// Tokens in the bucket at `at_ms`.
+    pub tokens: f64,
+    /// When `tokens` was last written.
+    pub at_ms: i64,
+}
+
+impl RateBucket {
+    /// The bucket a queue without stored state starts with: full.
+    pub fn full(rate: f64, now_ms: i64) -> RateBucket {
+        RateBucket { tokens: rate_burst(rate), at_ms: now_ms }
+    }
+
+    /// The bucket at `now_ms`, refilled at `rate` (the queue's current rate: a lowered
+    /// rate caps what is left at its own burst).
+    pub fn refilled(self, rate: f64, now_ms: i64) -> RateBucket {
+        let elapsed = (now_ms.saturating_sub(self.at_ms)).max(0) as f64 / 1_000.0;
+        RateBucket {
+            tokens: (self.tokens + elapsed * rate).min(rate_burst(rate)).max(0.0),
+            at_ms: now_ms.max(self.at_ms),
+        }
+    }
+
+    /// Whole tokens to spend.
+    pub fn whole(self) -> u32 {
+        self.tokens.floor().clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+
+    /// The bucket after spending `n` tokens (never below empty).
+    pub fn spent(self, n: u32) -> RateBucket {
+        RateBucket { tokens: (self.tokens - f64::from(n)).max(0.0), ..self }
+    }
+
+    /// How long until the bucket holds a whole token again at `rate`.
+    pub fn until_next(self, rate: f64) -> Duration {
+        if self.tokens >= 1.0 || rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(((1.0 - self.tokens) / rate).min(3_600.0))
+    }
+}
+
+fn rate_burst(rate: f64) -> f64 {
+    rate.max(1.0)
+}
+
 /// A `configureQueue` input: only the fields given change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueChanges {
@@ -108,6 +159,30 @@ mod tests {
 
     fn queue() -> QueueSettings {
         QueueSettings::defaults(QueueName::parse("q").expect("valid"))
+    }
+
+    #[test]
+    fn a_rate_bucket_allows_a_burst_then_refills_at_the_rate() {
+        let bucket = RateBucket::full(5.0, 0);
+        assert_eq!(bucket.whole(), 5);
+        let empty = bucket.spent(5);
+        assert_eq!(empty.whole(), 0);
+        assert_eq!(empty.until_next(5.0), Duration::from_millis(200));
+        assert_eq!(empty.refilled(5.0, 400).whole(), 2);
+        assert_eq!(empty.refilled(5.0, 60_000).whole(), 5, "capped at one second's worth");
+        assert_eq!(empty.refilled(5.0, -1_000).whole(), 0, "a clock that went back refills nothing");
+        assert_eq!(bucket.spent(9).tokens, 0.0, "never below empty");
+        assert_eq!(RateBucket::full(50.0, 0).refilled(2.0, 0).whole(), 2, "a lowered rate caps what is left");
+    }
+
+    #[test]
+    fn slow_rates_still_allow_one_at_a_time() {
+        let bucket = RateBucket::full(0.5, 0);
+        assert_eq!(bucket.whole(), 1);
+        let empty = bucket.spent(1);
+        assert_eq!(empty.refilled(0.5, 1_000).whole(), 0);
+        assert_eq!(empty.refilled(0.5, 2_000).whole(), 1);
+        assert_eq!(empty.until_next(0.5), Duration::from_secs(2));
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub struct Model {
     pub lease_seconds: Option<i32>,
     pub backoff_base_ms: Option<i64>,
     pub backoff_max_ms: Option<i64>,
+    /// Tokens left in the rate-limit bucket shared by every dispatcher, as of
+    /// `rate_refilled_at` (epoch ms); NULL until the first offer of a rate-limited queue.
+    pub rate_tokens: Option<f64>,
+    pub rate_refilled_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -16,6 +16,9 @@ pub struct Model {
     pub active: i32,
     pub status: String,
     pub last_seen_at: i64,
+    /// The dispatcher process holding the worker's `assignments` stream (it alone offers
+    /// to the worker); NULL when no dispatcher holds it.
+    pub connected_to: Option<String>,
     pub version: i32,
     pub created_at: i64,
     pub updated_at: i64,

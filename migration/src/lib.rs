@@ -13,6 +13,7 @@ mod m20261121_000002_task_events_at_index;
 mod m20261121_000003_task_deadline_index;
 mod m20261122_000004_task_worker_status_index;
 mod m20261206_000005_outbox_delete_on_publish;
+mod m20261206_000006_dispatch_ownership;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_task_deadline_index::Migration),
             Box::new(m20261122_000004_task_worker_status_index::Migration),
             Box::new(m20261206_000005_outbox_delete_on_publish::Migration),
+            Box::new(m20261206_000006_dispatch_ownership::Migration),
         ]
     }
 }

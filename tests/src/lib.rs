@@ -47,6 +47,8 @@ pub struct TestApp {
     /// `bootstrap.servers` of the Kafka the app uses.
     pub kafka_bootstrap: String,
     topic_prefix: String,
+    /// The Redis key prefix, when Redis is configured (peers share it).
+    redis_prefix: Option<String>,
     shutdown: CancellationToken,
     mysql_schema: Option<(String, String)>,
     _dir: tempfile::TempDir,
@@ -128,7 +130,7 @@ impl TestApp {
 
     /// Starts the app with extra `TASKWIRE_*` variables (they win over the defaults).
     pub async fn spawn_with(vars: &[(&str, &str)]) -> TestApp {
-        TestApp::spawn_inner(vars, None).await
+        TestApp::spawn_inner(vars, None, None).await
     }
 
     /// With `TASKWIRE_TEST_DATABASE_URL` set: starts the app on MySQL/MariaDB reached
@@ -141,15 +143,28 @@ impl TestApp {
         let host_port = host_port.unwrap_or_default().to_owned();
         let upstream = tokio::net::lookup_host(&host_port).await.ok()?.next()?;
         let proxy = TcpProxy::start(upstream).await;
-        let app = TestApp::spawn_inner(&[], Some(proxy.port())).await;
+        let app = TestApp::spawn_inner(&[], Some(proxy.port()), None).await;
         Some((app, proxy))
     }
 
-    async fn spawn_inner(vars: &[(&str, &str)], mysql_via_port: Option<u16>) -> TestApp {
+    /// Starts another instance of this app's service, as a second process of one
+    /// deployment would be: the same database, Kafka (this app's embedded cluster, or the
+    /// real brokers, with the same topic prefix), Redis keys and JWT secret, its own port
+    /// and its own consumer groups for live events. `vars` as in [`TestApp::spawn_with`]
+    /// (e.g. `TASKWIRE_ROLES`). The database belongs to this app: drop peers first.
+    pub async fn spawn_peer(&self, vars: &[(&str, &str)]) -> TestApp {
+        TestApp::spawn_inner(vars, None, Some(self)).await
+    }
+
+    async fn spawn_inner(vars: &[(&str, &str)], mysql_via_port: Option<u16>, peer_of: Option<&TestApp>) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
-        let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
-        let (database_url, mysql_schema) = match env_var(DATABASE_URL_VAR) {
-            Some(server) => {
+        let secret = match peer_of {
+            Some(first) => first.secret.clone(),
+            None => format!("test-secret-{}", uuid::Uuid::new_v4().simple()),
+        };
+        let (database_url, mysql_schema) = match (peer_of, env_var(DATABASE_URL_VAR)) {
+            (Some(first), _) => (first.database_url.clone(), None),
+            (None, Some(server)) => {
                 let (url, schema) = create_mysql_schema(&server).await;
                 let url = match mysql_via_port {
                     Some(port) => proxied_url(&server, port, &schema),
@@ -157,7 +172,7 @@ impl TestApp {
                 };
                 (url, Some((server, schema)))
             }
-            None => (format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()), None),
+            (None, None) => (format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()), None),
         };
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         let data_dir = dir.path().display().to_string();
@@ -175,16 +190,26 @@ impl TestApp {
             env.insert(k.to_owned(), v.to_owned());
         }
         let mut topic_prefix = "taskwire".to_owned();
-        if let Some(brokers) = env_var(KAFKA_BROKERS_VAR) {
+        if let Some(first) = peer_of {
+            // One deployment: the first app's brokers (its embedded cluster included) and topics.
+            topic_prefix = first.topic_prefix.clone();
+            env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), first.kafka_bootstrap.clone());
+            env.insert("TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(), topic_prefix.clone());
+        } else if let Some(brokers) = env_var(KAFKA_BROKERS_VAR) {
             // A real broker is shared: give each app topics of its own.
             topic_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), brokers);
             env.insert("TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(), topic_prefix.clone());
         }
+        let mut redis_prefix = None;
         if let Some(redis) = env_var(REDIS_URL_VAR) {
-            // A real Redis is shared: give each app keys of its own.
+            // A real Redis is shared: give each deployment keys of its own.
+            let prefix = peer_of
+                .and_then(|first| first.redis_prefix.clone())
+                .unwrap_or_else(|| format!("t{}", uuid::Uuid::new_v4().simple()));
             env.insert("TASKWIRE_REDIS_URL".to_owned(), redis);
-            env.insert("TASKWIRE_REDIS_KEY_PREFIX".to_owned(), format!("t{}", uuid::Uuid::new_v4().simple()));
+            env.insert("TASKWIRE_REDIS_KEY_PREFIX".to_owned(), prefix.clone());
+            redis_prefix = Some(prefix);
         }
         for (k, v) in vars {
             env.insert((*k).to_owned(), (*v).to_owned());
@@ -219,6 +244,7 @@ impl TestApp {
             kafka_cluster,
             kafka_bootstrap,
             topic_prefix,
+            redis_prefix,
             shutdown,
             mysql_schema,
             _dir: dir,

@@ -5,10 +5,22 @@
 //! announced tasks that are still `QUEUED` in a bounded [`ReadySet`], and after each
 //! batch, each wake-up (capacity freed, a worker came online, a queue changed) and each
 //! tick, runs a *round*: for every queue that is not paused, it offers tasks in dispatch
-//! order to `ONLINE` workers serving the queue with free capacity, least loaded first,
-//! within the queue's max concurrency and rate limit. Each offer is one conditional
-//! transaction (see `Store::offer`); the database, not this loop, guarantees that a task
-//! has one lease and a worker never exceeds its capacity.
+//! order to the `ONLINE` workers serving the queue with free capacity whose `assignments`
+//! stream this process holds (and those no dispatcher holds), least loaded first. A
+//! round's offers are one conditional transaction (see `Store::offer_many`); the
+//! database, not this loop, guarantees that a task has one lease, a worker never exceeds
+//! its capacity, and a queue's max concurrency and rate limit hold over all dispatchers.
+//!
+//! **Ownership across processes.** Each dispatcher offers only to the workers connected
+//! to its process, so dispatchers never plan against the same worker's capacity, and an
+//! offer reaches its worker from this process's own commit, without a hop through Kafka
+//! to another process. Tasks are not partitioned: a task reaches the matcher of the
+//! process that queued it (the local feed) and of the process holding its Kafka
+//! partition, and the first offer wins (the other finds it no longer `QUEUED`). A
+//! dispatcher whose workers have free slots while it holds no task for them *pulls*
+//! tasks that have waited [`PULL_GRACE`] from the database (every [`PULL_EVERY`]): that
+//! is how tasks held by a dispatcher whose own workers are full reach idle workers
+//! elsewhere.
 //!
 //! In a process that also serves the API, a task that becomes `QUEUED` here reaches the
 //! matcher at commit through a bounded [`LocalFeed`] as well, so it is offered without
@@ -45,13 +57,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DispatchSettings,
-    bucket::TokenBucket,
+    DispatchSettings, DispatcherId,
     ready::{Entry, ReadySet, Source},
 };
 use crate::{
     metrics::Metrics,
-    store::{OfferOutcome, PlannedOffer, Store, WorkerRecord},
+    store::{Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord},
     telemetry,
 };
 
@@ -64,6 +75,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// an offer possible, so they need not each cost a read of the workers. Capacity freed by
 /// another process is noticed within this (it was noticed with the next task before).
 const IDLE_RECHECK: Duration = Duration::from_millis(25);
+/// How long a queue at its concurrency cap sits out the rounds unless a local wake-up
+/// comes first: the latency of noticing room freed through another process.
+const CAP_RECHECK: Duration = Duration::from_millis(100);
 /// Offers made in one transaction (a round makes more in several).
 const OFFERS_PER_TRANSACTION: usize = 100;
 /// Messages taken from Kafka (or the local feed) per batch at most.
@@ -80,6 +94,16 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 const UNASSIGNED_RECONCILE_EVERY: Duration = Duration::from_millis(250);
 /// Tasks `QUEUED` for less than this are left to their Kafka message.
 const RECONCILE_GRACE: chrono::Duration = chrono::Duration::seconds(10);
+/// How often a dispatcher with idle workers looks in the database for tasks that other
+/// dispatchers hold but cannot place (see [`PULL_GRACE`]) while it holds tasks of other
+/// queues ...
+const PULL_EVERY: Duration = Duration::from_millis(100);
+/// ... and while it holds none (then each look reads its workers first).
+const IDLE_PULL_EVERY: Duration = Duration::from_millis(250);
+/// A task `QUEUED` for longer than this, in a queue an idle local worker serves, is taken
+/// over by the pull: the dispatcher that queued it normally offers it within milliseconds,
+/// so one still waiting has no free worker there.
+const PULL_GRACE: chrono::Duration = chrono::Duration::milliseconds(100);
 
 /// This process's place in the dispatcher consumer group: whether it has joined yet,
 /// and how many partitions it holds (`/readyz` reports it).
@@ -157,11 +181,18 @@ pub struct Matcher {
     store: Store,
     settings: DispatchSettings,
     metrics: Metrics,
+    /// This process among dispatchers: it offers to the workers marked with it.
+    id: DispatcherId,
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     topic: String,
     wake: Arc<Notify>,
     ready: ReadySet,
-    buckets: HashMap<String, TokenBucket>,
+    /// Queues whose global limits held offers back: until when, and whether it was the
+    /// concurrency cap (see [`Matcher::hold`]).
+    held: HashMap<String, (Instant, Limited)>,
+    /// Queues for which local workers had free slots and the ready set held no task
+    /// after the last round, with the free slots: what the next pull looks for.
+    idle: Vec<(String, u32)>,
     /// Tasks queued by this process, straight from their commit. Never closes: `feed`
     /// holds a sender for as long as the matcher lives.
     local: mpsc::Receiver<Announcement>,
@@ -263,6 +294,7 @@ impl Matcher {
         store: Store,
         settings: DispatchSettings,
         metrics: Metrics,
+        id: DispatcherId,
         consumer: StreamConsumer<RebalanceContext>,
         topic: String,
     ) -> Self {
@@ -274,11 +306,13 @@ impl Matcher {
             store,
             settings,
             metrics,
+            id,
             consumer: Arc::new(consumer),
             topic,
             wake,
             ready,
-            buckets: HashMap::new(),
+            held: HashMap::new(),
+            idle: Vec::new(),
             local,
             feed,
             handled: Handled::default(),
@@ -306,6 +340,7 @@ impl Matcher {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.reconcile(Utc::now()).await;
         let mut reconciled = Instant::now();
+        let mut pulled = Instant::now();
         loop {
             let revoked = self.consumer.context().take_revoked();
             if !revoked.is_empty() {
@@ -315,7 +350,11 @@ impl Matcher {
             let mut woken = false;
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => woken = true,
+                () = self.wake.notified() => {
+                    woken = true;
+                    // Capacity freed here may be room under a queue's cap.
+                    self.held.retain(|_, (_, limited)| *limited != Limited::Concurrency);
+                }
                 () = tokio::time::sleep(TICK) => {}
                 Some(first) = self.local.recv(), if !self.ready.is_full() => {
                     batch.push(first);
@@ -359,6 +398,13 @@ impl Matcher {
             if reconciled.elapsed() >= every {
                 self.reconcile(Utc::now() - grace).await;
                 reconciled = Instant::now();
+            }
+            let pull_every = if self.ready.is_empty() { IDLE_PULL_EVERY } else { PULL_EVERY };
+            if pulled.elapsed() >= pull_every {
+                pulled = Instant::now();
+                if self.pull().await > 0 {
+                    woken = true;
+                }
             }
             if self.pacer.due(Instant::now(), woken) {
                 let settled = self.round().await;
@@ -521,21 +567,19 @@ impl Matcher {
     }
 
     /// Offers what can be offered now; returns how many ready tasks it settled (offered,
-    /// or found no longer `QUEUED`): 0 when nothing could be offered.
+    /// or found no longer `QUEUED`): 0 when nothing could be offered. Records which
+    /// queues local workers could serve more of ([`Matcher::pull`]).
     async fn round(&mut self) -> usize {
+        self.idle.clear();
         if self.ready.is_empty() {
             return 0;
         }
         self.metrics.dispatch_rounds.inc();
         let now = Utc::now();
-        let mut workers = match self.store.available_workers(now - self.settings.worker_ttl).await {
-            Ok(workers) if workers.is_empty() => return 0,
-            Ok(workers) => workers,
-            Err(e) => {
-                tracing::warn!(error = ?e, "cannot load workers; retrying");
-                return 0;
-            }
-        };
+        let Some(mut workers) = self.local_workers(now).await else { return 0 };
+        if workers.is_empty() {
+            return 0;
+        }
         let queues = self.ready.queues();
         let settings = match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
             Ok(settings) => settings,
@@ -544,39 +588,27 @@ impl Matcher {
                 return 0;
             }
         };
-        let capped: Vec<&str> = queues
+        let clock = Instant::now();
+        self.held.retain(|_, (until, _)| *until > clock);
+        // Queues with a cap or a rate: the offer transaction enforces them over every
+        // dispatcher; planning only keeps a round from planning beyond the cap itself.
+        let limited: Vec<&str> = queues
             .iter()
-            .filter(|q| settings.get(*q).is_some_and(|s| s.max_concurrency.is_some()))
+            .filter(|q| {
+                settings.get(*q).is_some_and(|s| s.max_concurrency.is_some() || s.rate_limit_per_second.is_some())
+            })
             .map(String::as_str)
             .collect();
-        let active = match self.store.active_by_queue(&capped).await {
-            Ok(active) => active,
-            Err(e) => {
-                tracing::warn!(error = ?e, "cannot count active tasks; retrying");
-                return 0;
-            }
-        };
         let expires_at = now + self.settings.offer_timeout;
         // Plan the whole round first, against the capacities read above; then make the
         // offers in as few transactions as possible.
-        let mut plan: Vec<(PlannedOffer, DateTime<Utc>, String)> = Vec::new();
+        let mut plan: Vec<(PlannedOffer, DateTime<Utc>)> = Vec::new();
         for queue in &queues {
             let Some(settings) = settings.get(queue) else { continue };
-            if settings.paused {
+            if settings.paused || self.held.contains_key(queue) {
                 continue;
             }
-            let mut budget = match settings.max_concurrency {
-                Some(max) => max.saturating_sub(active.get(queue).copied().unwrap_or(0)),
-                None => u32::MAX,
-            };
-            let clock = Instant::now();
-            if let Some(rate) = settings.rate_limit_per_second {
-                let bucket = self.buckets.entry(queue.clone()).or_insert_with(|| TokenBucket::new(rate, clock));
-                bucket.set_rate(rate, clock);
-                budget = budget.min(bucket.available(clock));
-            } else {
-                self.buckets.remove(queue);
-            }
+            let mut budget = settings.max_concurrency.unwrap_or(u32::MAX);
             for entry in self.ready.in_order(queue) {
                 if budget == 0 {
                     break;
@@ -586,27 +618,27 @@ impl Matcher {
                 budget -= 1;
                 let offer =
                     PlannedOffer { id: entry.id, worker_id: worker.id.clone(), traceparent: entry.traceparent.clone() };
-                plan.push((offer, entry.queued_at, queue.clone()));
+                plan.push((offer, entry.queued_at));
             }
         }
         let mut settled = 0;
         for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
-            let offers: Vec<PlannedOffer> = chunk.iter().map(|(offer, _, _)| offer.clone()).collect();
-            let outcomes = match self.store.offer_many(&offers, expires_at).await {
-                Ok(outcomes) => outcomes,
+            let offers: Vec<PlannedOffer> = chunk.iter().map(|(offer, _)| offer.clone()).collect();
+            let made = match self.store.offer_many(&offers, &limited, expires_at).await {
+                Ok(made) => made,
                 Err(e) => {
                     tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
                     return settled;
                 }
             };
-            for ((offer, queued_at, queue), outcome) in chunk.iter().zip(outcomes) {
+            for (queue, limited) in made.limited {
+                self.hold(queue, limited, clock);
+            }
+            for ((offer, queued_at), outcome) in chunk.iter().zip(made.outcomes) {
                 match outcome {
                     OfferOutcome::Offered(task) => {
                         settled += 1;
                         self.ready.remove(offer.id);
-                        if let Some(bucket) = self.buckets.get_mut(queue) {
-                            bucket.take();
-                        }
                         self.metrics.dispatch_offers.inc();
                         let waited = (task.updated_at - *queued_at).to_std().unwrap_or_default();
                         self.metrics.dispatch_latency.observe(waited.as_secs_f64());
@@ -616,13 +648,101 @@ impl Matcher {
                         settled += 1;
                         self.ready.remove(offer.id);
                     }
-                    // Drained, offline or full since it was read: the task stays ready and
-                    // the next round (at most a tick away) offers it elsewhere.
-                    OfferOutcome::WorkerUnavailable => {}
+                    // Drained, offline or full since it was read, or the queue is at its
+                    // limits (other dispatchers count too): the task stays ready and a
+                    // later round offers it.
+                    OfferOutcome::WorkerUnavailable | OfferOutcome::QueueLimited => {}
                 }
             }
         }
+        self.idle = self.idle_queues(&workers);
         settled
+    }
+
+    /// Leaves `queue` out of the rounds after its limits held offers back: a rate-limited
+    /// queue until its shared bucket holds a token again, a queue at its concurrency cap
+    /// until a local wake-up (capacity freed here) or [`CAP_RECHECK`] (freed elsewhere).
+    /// Without this, a capped queue with a backlog would cost each dispatcher an offer
+    /// transaction every [`IDLE_RECHECK`].
+    fn hold(&mut self, queue: String, limited: Limited, now: Instant) {
+        let wait = match limited {
+            Limited::Rate(wait) => wait,
+            Limited::Concurrency => CAP_RECHECK,
+        };
+        self.held.insert(queue, (now + wait, limited));
+    }
+
+    /// The workers this dispatcher may offer to (see `Store::available_workers`); `None`
+    /// when they cannot be read.
+    async fn local_workers(&self, now: DateTime<Utc>) -> Option<Vec<WorkerRecord>> {
+        match self.store.available_workers(now - self.settings.worker_ttl, self.id.as_str()).await {
+            Ok(workers) => Some(workers),
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot load workers; retrying");
+                None
+            }
+        }
+    }
+
+    /// The queues `workers` (as planned) still have free slots for while the ready set
+    /// holds none of their tasks, with those slots (bounded by the ready set's room).
+    fn idle_queues(&self, workers: &[WorkerRecord]) -> Vec<(String, u32)> {
+        let mut free: HashMap<&str, u32> = HashMap::new();
+        for worker in workers.iter().filter(|w| w.active < w.capacity) {
+            for queue in &worker.queues {
+                let slots = free.entry(queue.as_str()).or_default();
+                *slots = slots.saturating_add(worker.capacity - worker.active);
+            }
+        }
+        let room = u32::try_from(self.room()).unwrap_or(u32::MAX);
+        free.into_iter()
+            .filter(|(queue, _)| self.ready.peek(queue).is_none())
+            .map(|(queue, slots)| (queue.to_owned(), slots.min(room)))
+            .filter(|(_, slots)| *slots > 0)
+            .collect()
+    }
+
+    /// Takes over tasks that have waited [`PULL_GRACE`] in the queues local workers have
+    /// free slots for (as the last round found them; with nothing ready, as the workers
+    /// are now); returns how many it added to the ready set.
+    async fn pull(&mut self) -> usize {
+        if self.ready.is_empty() {
+            let Some(workers) = self.local_workers(Utc::now()).await else { return 0 };
+            self.idle = self.idle_queues(&workers);
+        }
+        let idle = std::mem::take(&mut self.idle);
+        if idle.is_empty() {
+            return 0;
+        }
+        let queues: Vec<&str> = idle.iter().map(|(q, _)| q.as_str()).collect();
+        let slots: u64 = idle.iter().map(|(_, n)| u64::from(*n)).sum();
+        let tasks = match self.store.queued_tasks_in(&queues, Utc::now() - PULL_GRACE, slots.min(BATCH as u64)).await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot pull queued tasks; retrying");
+                return 0;
+            }
+        };
+        let mut added = 0;
+        for task in tasks {
+            let entry = Entry {
+                id: task.id,
+                queue: task.queue,
+                priority: task.priority,
+                run_at: task.run_at,
+                queued_at: task.updated_at,
+                source: None,
+                traceparent: None,
+                avoid: None,
+            };
+            if self.ready.insert(entry) {
+                added += 1;
+            }
+        }
+        if added > 0 {
+            self.metrics.dispatch_pulled.inc_by(added as u64);
+        }
+        added
     }
 
     /// Commits the positions below which every message is placed.
@@ -801,8 +921,14 @@ mod tests {
             .create_with_context(RebalanceContext::default())
             .expect("consumer");
         let metrics = Metrics::new();
-        let mut matcher =
-            Matcher::new(store.clone(), DispatchSettings::default(), metrics.clone(), consumer, "dispatch".into());
+        let mut matcher = Matcher::new(
+            store.clone(),
+            DispatchSettings::default(),
+            metrics.clone(),
+            DispatcherId::generate(),
+            consumer,
+            "dispatch".into(),
+        );
         let statements = || store.stats().statements();
         let outcomes = |outcome: &str| metrics.dispatch_messages.with_label_values(&[outcome]).get();
         let (held, offered) = (TaskId::generate(Utc::now()), TaskId::generate(Utc::now()));

@@ -36,13 +36,21 @@ pub struct SchemaOptions {
     pub worker_ttl: std::time::Duration,
 }
 
-/// Builds the schema around the store and the live hub.
-pub fn build_schema(store: Store, hub: Arc<Hub>, metrics: Metrics, options: SchemaOptions) -> TaskwireSchema {
+/// Builds the schema around the store and the live hub; `dispatcher` is this process's
+/// dispatcher, if it runs one (its `assignments` streams mark their workers with it).
+pub fn build_schema(
+    store: Store,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    options: SchemaOptions,
+    dispatcher: crate::dispatch::LocalDispatcher,
+) -> TaskwireSchema {
     let mut builder = Schema::build(query::Query::default(), mutation::Mutation::default(), subscription::Subscription)
         .data(store)
         .data(hub)
         .data(metrics)
-        .data(options);
+        .data(options)
+        .data(dispatcher);
     if !options.introspection {
         // Without introspection, "did you mean …" hints would leak the schema piecemeal.
         builder = builder.disable_introspection().disable_suggestions();

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     cache::TaskCache,
+    dispatch::{DispatcherId, LocalDispatcher},
     error::ApiError,
     live::{Generations, Hub, Next, Route},
     metrics::Metrics,
@@ -143,14 +144,16 @@ impl Subscription {
         let store = store(ctx)?.clone();
         let (hub, metrics) = live(ctx)?;
         let ttl = ctx.data_opt::<super::SchemaOptions>().map(|o| o.worker_ttl).unwrap_or(Duration::from_secs(30));
+        let dispatcher = ctx.data_opt::<LocalDispatcher>().and_then(|d| d.0.clone());
         // Registered before the first read, so no offer slips between the two.
         let live = hub.subscribe(Route::Worker(worker_id.clone()));
-        store.touch_worker(&worker_id).await?;
+        // From now on this process's dispatcher (if any) alone offers to the worker.
+        store.touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str)).await?;
         metrics.subscriptions.inc();
         let cache = ctx.data_opt::<TaskCache>().cloned();
         let gauge = GaugeGuard(metrics.clone());
         let refresh = (ttl / 3).max(Duration::from_millis(100));
-        Ok(assignment_stream(AssignmentSource { store, cache, metrics }, live, worker_id, refresh, gauge))
+        Ok(assignment_stream(AssignmentSource { store, cache, metrics, dispatcher }, live, worker_id, refresh, gauge))
     }
 
     /// Events of many tasks: a client's own tasks, or (operators) any queue's.
@@ -278,6 +281,9 @@ struct AssignmentSource {
     store: Store,
     cache: Option<TaskCache>,
     metrics: Metrics,
+    /// This process's dispatcher, which the stream's liveness refresh keeps claiming the
+    /// worker for (a worker with streams on two processes ends up with the latest).
+    dispatcher: Option<DispatcherId>,
 }
 
 impl AssignmentSource {
@@ -358,7 +364,8 @@ fn assignment_stream(
                 },
                 _ = ticks.tick() => {
                     // An open subscription keeps the worker ONLINE.
-                    if let Err(e) = Box::pin(store.touch_worker(&worker_id)).await {
+                    let dispatcher = source.dispatcher.as_ref().map(DispatcherId::as_str);
+                    if let Err(e) = Box::pin(store.touch_worker(&worker_id, dispatcher)).await {
                         tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness");
                     }
                     check = true;

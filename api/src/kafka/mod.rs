@@ -172,10 +172,17 @@ impl Kafka {
 }
 
 async fn create_topics(brokers: &str, names: &[String], settings: &KafkaSettings) -> Result<(), KafkaError> {
+    // Topics that exist are left alone: every process after the first finds them, and a
+    // deployment may create them itself and grant no admin rights.
+    let existing = existing_topics(brokers, settings.startup_timeout).await?;
+    let missing: Vec<&String> = names.iter().filter(|n| !existing.contains(n.as_str())).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let (partitions, replication) = (settings.partitions, settings.replication);
     let new_topics: Vec<NewTopic<'_>> =
-        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication))).collect();
+        missing.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication))).collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(settings.startup_timeout));
@@ -190,6 +197,23 @@ async fn create_topics(brokers: &str, names: &[String], settings: &KafkaSettings
         }
     }
     Ok(())
+}
+
+/// The topics the brokers know, with at least one partition.
+async fn existing_topics(brokers: &str, timeout: Duration) -> Result<std::collections::HashSet<String>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    // librdkafka's metadata call blocks its thread.
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(None, timeout)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name().to_owned())
+            .collect())
+    })
+    .await
+    .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?
 }
 
 /// The trace-context headers of a Kafka message, for [`telemetry::set_parent_from`]. Reads

@@ -48,6 +48,7 @@ impl Store {
                         active: Set(0),
                         status: Set(WorkerStatus::Online.as_str().to_owned()),
                         last_seen_at: Set(now),
+                        connected_to: Set(None),
                         version: Set(1),
                         created_at: Set(now),
                         updated_at: Set(now),
@@ -151,6 +152,10 @@ impl Store {
             lease_seconds: Set(Some(settings.lease_seconds as i32)),
             backoff_base_ms: Set(Some(settings.retry.base.as_millis() as i64)),
             backoff_max_ms: Set(Some(settings.retry.max.as_millis() as i64)),
+            // The bucket is the dispatchers' (see `store::dispatch`): a new rate applies to
+            // what is left in it.
+            rate_tokens: sea_orm::ActiveValue::NotSet,
+            rate_refilled_at: sea_orm::ActiveValue::NotSet,
             created_at: if exists { sea_orm::ActiveValue::NotSet } else { Set(now) },
             updated_at: Set(now),
         };

@@ -254,7 +254,8 @@ mod tests {
                 other => panic!("created, not {other:?}"),
             })
             .collect();
-        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(30)).await.expect("offers");
+        let outcomes =
+            store.offer_many(&offers, &[], Utc::now() + chrono::Duration::seconds(30)).await.expect("offers").outcomes;
         outcomes
             .into_iter()
             .map(|o| match o {
@@ -429,6 +430,8 @@ mod tests {
         else {
             return;
         };
+        let metrics = crate::metrics::Metrics::new();
+        store.observe(metrics.clone());
         let tasks = offered(&store).await;
         let (a, token_a) = tasks[0].clone();
         store.transition_in_queue(a, None, accept(&token_a)).await.expect("a accepted");
@@ -473,6 +476,8 @@ mod tests {
         assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Succeeded), "{steps:?}");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 1, "a's slot freed once, b still holds one");
+        let conflicts = |outcome: &str| metrics.db_lock_conflicts.with_label_values(&["transition", outcome]).get();
+        assert_eq!((conflicts("retried"), conflicts("exhausted")), (1, 0), "the deadlock was counted and retried");
     }
 
     /// Two batches in flight at once (on MySQL, two transactions whose statements

@@ -2,23 +2,23 @@
 //! of due tasks (scheduler, reaper), worker liveness and the matcher's view of queues
 //! and workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 use taskwire_domain::{
-    LeaseToken, QueueSettings, TaskId, TaskStatus, WorkerStatus,
+    LeaseToken, QueueSettings, RateBucket, TaskId, TaskStatus, WorkerStatus,
     machine::{self, Command, Transition},
     task::Task,
 };
-use taskwire_entity::{task, worker};
+use taskwire_entity::{queue, task, worker};
 
 use super::{
-    Store, WorkerRecord, Writer, convert, shape,
+    ConflictPath, Store, WorkerRecord, Writer, convert, shape,
     shape::Writes,
     tasks::{Applied, apply, release_slots_statements, reserve_slots, update_all_if_unchanged},
 };
@@ -33,6 +33,52 @@ pub enum OfferOutcome {
     NotQueued,
     /// The worker is not `ONLINE` or has no free capacity.
     WorkerUnavailable,
+    /// The queue's `maxConcurrency` or rate limit, counted over every dispatcher, left no
+    /// room for this offer; the task stays `QUEUED`.
+    QueueLimited,
+}
+
+/// The outcomes of a transaction of offers, and which queues' limits held offers back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Offers {
+    /// One per planned offer, in order.
+    pub outcomes: Vec<OfferOutcome>,
+    /// Queues whose global limits held an offer back, and which limit.
+    pub limited: HashMap<String, Limited>,
+}
+
+/// Which of a queue's global limits held offers back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// `maxConcurrency`: room comes back when an offered or running task ends.
+    Concurrency,
+    /// The rate: the shared bucket holds a token again after this long.
+    Rate(std::time::Duration),
+}
+
+/// A limited queue's room in one offer transaction, read under its row lock.
+#[derive(Debug, Clone)]
+struct Room {
+    /// Offers `maxConcurrency` still allows (`None`: no cap).
+    concurrency: Option<u32>,
+    /// The shared bucket refilled to now, with the queue's rate (`None`: no rate limit).
+    rate: Option<(f64, RateBucket)>,
+    /// Offers this transaction counts against the room so far.
+    taken: u32,
+}
+
+impl Room {
+    /// Takes room for one offer; which limit refused it otherwise.
+    fn take(&mut self) -> Result<(), &'static str> {
+        if self.concurrency.is_some_and(|left| self.taken >= left) {
+            return Err("concurrency");
+        }
+        if self.rate.is_some_and(|(_, bucket)| self.taken >= bucket.whole()) {
+            return Err("rate");
+        }
+        self.taken += 1;
+        Ok(())
+    }
 }
 
 /// One offer the matcher plans: a task for a worker.
@@ -71,17 +117,38 @@ impl Store {
     /// task is still `QUEUED` and every worker has room for its share: the task updates
     /// are then one statement per 32 tasks (rows locked in task-id order), followed by one
     /// statement per 32 workers reserving each worker's share of the offers (rows locked
-    /// in worker-id order: the lock order of every writer, see `transition_many`). If a task changed or a worker turned out
-    /// full, draining or offline meanwhile, that transaction is rolled back and the
-    /// offers are made again one savepoint each, so that only those that cannot be made
-    /// fail. Either way the
-    /// offers commit together with their events and outbox rows: one transaction per
-    /// matcher round instead of one per offer is what lets a dispatcher keep up with
-    /// hundreds of tasks a second.
-    pub async fn offer_many(&self, offers: &[PlannedOffer], expires_at: DateTime<Utc>) -> ApiResult<Vec<OfferOutcome>> {
+    /// in worker-id order: the lock order of every writer, see `transition_many`). If a
+    /// task changed or a worker turned out full, draining or offline meanwhile, that
+    /// transaction is rolled back and the offers are made again one savepoint each, so
+    /// that only those that cannot be made fail. Either way the offers commit together
+    /// with their events and outbox rows: one transaction per matcher round instead of
+    /// one per offer is what lets a dispatcher keep up with hundreds of tasks a second.
+    ///
+    /// The queues named in `limited` (those with `maxConcurrency` or a rate limit) are
+    /// enforced here, across every dispatcher process: the transaction first locks their
+    /// rows (before any task row: queue rows, then tasks, then workers is the lock order),
+    /// counts their offered and running tasks, refills their shared rate bucket, and lets
+    /// through only the offers that fit, in the order given; it spends the bucket by the
+    /// offers made. Another dispatcher's transaction for the same queue waits for the row,
+    /// then counts this one's offers: the cap is exact, the rate within one second's burst.
+    pub async fn offer_many(
+        &self,
+        offers: &[PlannedOffer],
+        limited: &[&str],
+        expires_at: DateTime<Utc>,
+    ) -> ApiResult<Offers> {
         if offers.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Offers::default());
         }
+        self.retry_lock_conflicts(ConflictPath::Offer, || self.offer_many_once(offers, limited, expires_at)).await
+    }
+
+    async fn offer_many_once(
+        &self,
+        offers: &[PlannedOffer],
+        limited: &[&str],
+        expires_at: DateTime<Utc>,
+    ) -> ApiResult<Offers> {
         // Read before the gate: every offer is conditional on the version read.
         let rows = task::Entity::find()
             .filter(task::Column::Id.is_in(shape::padded(offers.iter().map(|o| o.id.to_string()))))
@@ -93,6 +160,7 @@ impl Store {
             current.insert(task.id, task);
         }
         let now = Utc::now();
+        let now_ms = convert::to_ms(now);
         // Each offer's change, or `None` when its task is no longer `QUEUED` (a task
         // planned twice is offered once).
         let planned: Vec<Option<(Task, Transition)>> = offers
@@ -108,28 +176,71 @@ impl Store {
                 Some((before, transition))
             })
             .collect();
+        let limited: BTreeSet<&str> = planned
+            .iter()
+            .flatten()
+            .map(|(before, _)| before.queue.as_str())
+            .filter(|queue| limited.contains(queue))
+            .collect();
         let writing = self.write_lock(Writer::Offer).await;
         let txn = writing.begin_read_committed().await?;
-        let (txn, made) = match offer_at_once(&txn, offers, &planned, convert::to_ms(now)).await? {
+        let mut rooms = lock_rooms(&txn, &limited, now_ms).await?;
+        let (fitting, held_back) = fit(&planned, &mut rooms);
+        let (txn, made) = match offer_at_once(&txn, offers, &fitting, now_ms).await? {
             Some(made) => (txn, made),
             None => {
                 txn.rollback().await?;
                 let txn = writing.db().begin().await?;
-                let made = offer_one_by_one(&txn, offers, &planned).await?;
+                // Counted again: another dispatcher may have offered meanwhile.
+                rooms = lock_rooms(&txn, &limited, now_ms).await?;
+                let (fitting, _) = fit(&planned, &mut rooms);
+                let made = offer_one_by_one(&txn, offers, &fitting).await?;
                 (txn, made)
             }
         };
-        // Every planned offer has its outcome in `made`; the others were not `QUEUED`.
+        // Every planned offer has its outcome in `made` or `held_back`; the others were
+        // not `QUEUED`.
         let mut outcomes: Vec<OfferOutcome> = offers.iter().map(|_| OfferOutcome::NotQueued).collect();
         let mut changes: Vec<(Task, Transition, Option<&str>)> = Vec::with_capacity(made.len());
+        let mut spent: BTreeMap<&str, u32> = BTreeMap::new();
         for (i, outcome) in made {
             if let (OfferOutcome::Offered(_), Some((before, transition))) = (&outcome, &planned[i]) {
                 changes.push((before.clone(), transition.clone(), offers[i].traceparent.as_deref()));
+                *spent.entry(before.queue.as_str()).or_default() += 1;
             }
             outcomes[i] = outcome;
         }
-        self.commit_changes(txn, Writes::new(self.backend()), &changes).await?;
-        Ok(outcomes)
+        let mut limited = HashMap::new();
+        for (i, limit) in held_back {
+            outcomes[i] = OfferOutcome::QueueLimited;
+            if let Some(queue) = planned[i].as_ref().map(|(before, _)| before.queue.as_str()) {
+                let why = match rooms.get(queue).and_then(|room| room.rate) {
+                    Some((rate, bucket)) if limit == "rate" => {
+                        Limited::Rate(bucket.spent(spent.get(queue).copied().unwrap_or(0)).until_next(rate))
+                    }
+                    _ => Limited::Concurrency,
+                };
+                limited.insert(queue.to_owned(), why);
+            }
+            if let Some(metrics) = self.metrics.get() {
+                metrics.dispatch_queue_limited.with_label_values(&[limit]).inc();
+            }
+        }
+        let mut writes = Writes::new(self.backend());
+        for (queue, room) in &rooms {
+            if let Some((_, bucket)) = room.rate {
+                let left = bucket.spent(spent.get(queue.as_str()).copied().unwrap_or(0));
+                let update = Query::update()
+                    .table(queue::Entity)
+                    .value(queue::Column::RateTokens, left.tokens)
+                    .value(queue::Column::RateRefilledAt, left.at_ms)
+                    .and_where(queue::Column::Name.eq(queue.as_str()))
+                    .to_owned();
+                writes.extend([self.backend().build(&update)]);
+            }
+        }
+        self.commit_changes(txn, writes, &changes).await?;
+        Ok(Offers { outcomes, limited })
     }
 
     /// Claims up to `limit` tasks that are `due` and applies to each the command
@@ -142,6 +253,13 @@ impl Store {
     /// task twice and without gap locks stalling task inserts. On SQLite the write gate
     /// serialises sweeps with every other writer.
     pub async fn sweep<F>(&self, due: Due, now: DateTime<Utc>, limit: u64, decide: F) -> ApiResult<Vec<Task>>
+    where
+        F: Fn(&Task, &QueueSettings) -> Command,
+    {
+        self.retry_lock_conflicts(ConflictPath::Sweep, || self.sweep_once(&due, now, limit, &decide)).await
+    }
+
+    async fn sweep_once<F>(&self, due: &Due, now: DateTime<Utc>, limit: u64, decide: &F) -> ApiResult<Vec<Task>>
     where
         F: Fn(&Task, &QueueSettings) -> Command,
     {
@@ -238,6 +356,10 @@ impl Store {
     /// Marks `ONLINE` and `DRAINING` workers not seen since `cutoff` as `OFFLINE`;
     /// returns how many.
     pub async fn expire_workers(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
+        self.retry_lock_conflicts(ConflictPath::Worker, || self.expire_workers_once(cutoff)).await
+    }
+
+    async fn expire_workers_once(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
         let writing = self.write_lock(Writer::Worker).await;
         let result = worker::Entity::update_many()
             .col_expr(worker::Column::Status, Expr::value(WorkerStatus::Offline.as_str()))
@@ -250,13 +372,21 @@ impl Store {
         Ok(result.rows_affected)
     }
 
-    /// Records that worker `id` is connected: refreshes `lastSeenAt`, and an `OFFLINE`
-    /// worker comes back `ONLINE`. `NOT_FOUND` for a worker that never registered.
-    pub async fn touch_worker(&self, id: &str) -> ApiResult<WorkerRecord> {
+    /// Records that worker `id` is connected, its `assignments` stream held by this
+    /// process: refreshes `lastSeenAt`, an `OFFLINE` worker comes back `ONLINE`, and the
+    /// worker is marked held by `dispatcher` (this process's instance id when it runs a
+    /// dispatcher, else `None`: any dispatcher may offer to it). `NOT_FOUND` for a worker
+    /// that never registered.
+    pub async fn touch_worker(&self, id: &str, dispatcher: Option<&str>) -> ApiResult<WorkerRecord> {
+        self.retry_lock_conflicts(ConflictPath::Worker, || self.touch_worker_once(id, dispatcher)).await
+    }
+
+    async fn touch_worker_once(&self, id: &str, dispatcher: Option<&str>) -> ApiResult<WorkerRecord> {
         let writing = self.write_lock(Writer::Worker).await;
         let row =
             worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
+        let moved = row.connected_to.as_deref() != dispatcher;
         let now = convert::to_ms(Utc::now());
         let mut active: worker::ActiveModel = row.clone().into();
         if came_back {
@@ -264,18 +394,28 @@ impl Store {
             active.version = sea_orm::ActiveValue::Set(row.version + 1);
         }
         active.last_seen_at = sea_orm::ActiveValue::Set(now);
+        active.connected_to = sea_orm::ActiveValue::Set(dispatcher.map(str::to_owned));
         active.updated_at = sea_orm::ActiveValue::Set(now);
         let record = convert::worker_from_row(sea_orm::ActiveModelTrait::update(active, writing.db()).await?)?;
-        if came_back {
+        if came_back || moved {
             self.dispatch_signal.notify_one();
         }
         Ok(record)
     }
 
-    /// `ONLINE` workers seen since `cutoff` with free capacity.
-    pub async fn available_workers(&self, cutoff: DateTime<Utc>) -> ApiResult<Vec<WorkerRecord>> {
+    /// `ONLINE` workers seen since `cutoff` with free capacity that `dispatcher` may
+    /// offer to: those whose `assignments` stream it holds, and those no dispatcher holds
+    /// (their stream is on a process without a dispatcher). A worker held by another
+    /// dispatcher is that dispatcher's alone, so two never plan against one worker's
+    /// capacity.
+    pub async fn available_workers(&self, cutoff: DateTime<Utc>, dispatcher: &str) -> ApiResult<Vec<WorkerRecord>> {
         let rows = worker::Entity::find()
             .filter(worker::Column::Status.eq(WorkerStatus::Online.as_str()))
+            .filter(
+                Condition::any()
+                    .add(worker::Column::ConnectedTo.eq(dispatcher))
+                    .add(worker::Column::ConnectedTo.is_null()),
+            )
             .filter(worker::Column::LastSeenAt.gte(convert::to_ms(cutoff)))
             .filter(Expr::col(worker::Column::Active).lt(Expr::col(worker::Column::Capacity)))
             .order_by_asc(worker::Column::Id)
@@ -283,6 +423,26 @@ impl Store {
             .all(&self.db)
             .await?;
         rows.into_iter().map(convert::worker_from_row).collect()
+    }
+
+    /// Up to `limit` `QUEUED` tasks of `queues` last changed before `cutoff`, in dispatch
+    /// order: what a dispatcher with idle workers takes over from dispatchers that hold
+    /// tasks but no free worker for them.
+    pub async fn queued_tasks_in(&self, queues: &[&str], cutoff: DateTime<Utc>, limit: u64) -> ApiResult<Vec<Task>> {
+        if queues.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = task::Entity::find()
+            .filter(task::Column::Status.eq(TaskStatus::Queued.as_str()))
+            .filter(task::Column::Queue.is_in(shape::padded(queues.iter().copied())))
+            .filter(task::Column::UpdatedAt.lt(convert::to_ms(cutoff)))
+            .order_by_desc(task::Column::Priority)
+            .order_by_asc(task::Column::RunAt)
+            .order_by_asc(task::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(convert::task_from_row).collect()
     }
 
     /// The tasks currently offered to worker `id` (not yet accepted), in dispatch order
@@ -307,24 +467,6 @@ impl Store {
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
-    /// Offered and running tasks per queue, for the queues named.
-    pub async fn active_by_queue(&self, queues: &[&str]) -> ApiResult<HashMap<String, u32>> {
-        if queues.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<(String, i64)> = task::Entity::find()
-            .select_only()
-            .column(task::Column::Queue)
-            .column_as(task::Column::Id.count(), "n")
-            .filter(task::Column::Status.is_in([TaskStatus::Assigned.as_str(), TaskStatus::Running.as_str()]))
-            .filter(task::Column::Queue.is_in(shape::padded(queues.iter().copied())))
-            .group_by(task::Column::Queue)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        Ok(rows.into_iter().map(|(q, n)| (q, u32::try_from(n).unwrap_or(u32::MAX))).collect())
-    }
-
     /// The settings of each queue named (defaults for queues never configured), at most
     /// [`super::QUEUE_SETTINGS_TTL`] old (see `settings`).
     pub async fn queue_settings_many<'a>(
@@ -345,6 +487,92 @@ pub(super) fn offers_for_query(id: &str) -> sea_orm::Select<task::Entity> {
         .order_by_asc(task::Column::RunAt)
         .order_by_asc(task::Column::Id)
         .limit(1_000)
+}
+
+/// Locks the rows of the `limited` queues (MySQL: `FOR UPDATE`, in name order; SQLite:
+/// the write gate is held) and reads each one's room: `maxConcurrency` less its offered
+/// and running tasks, and its shared rate bucket refilled to `now_ms`. A queue without a
+/// row has no limits.
+async fn lock_rooms(
+    txn: &DatabaseTransaction,
+    limited: &BTreeSet<&str>,
+    now_ms: i64,
+) -> Result<BTreeMap<String, Room>, DbErr> {
+    if limited.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let select = queue::Entity::find()
+        .filter(queue::Column::Name.is_in(shape::padded(limited.iter().copied())))
+        .order_by_asc(queue::Column::Name);
+    let rows = if txn.get_database_backend() == DbBackend::MySql {
+        select.lock(LockType::Update).all(txn).await?
+    } else {
+        select.all(txn).await?
+    };
+    let capped: Vec<&str> = rows.iter().filter(|r| r.max_concurrency.is_some()).map(|r| r.name.as_str()).collect();
+    let active = active_counts(txn, &capped).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let concurrency = row
+                .max_concurrency
+                .map(|max| u32::try_from(max).unwrap_or(0).saturating_sub(active.get(&row.name).copied().unwrap_or(0)));
+            let rate = row.rate_limit_per_second.filter(|rate| *rate > 0.0).map(|rate| {
+                let stored = match (row.rate_tokens, row.rate_refilled_at) {
+                    (Some(tokens), Some(at_ms)) => RateBucket { tokens, at_ms },
+                    _ => RateBucket::full(rate, now_ms),
+                };
+                (rate, stored.refilled(rate, now_ms))
+            });
+            (row.name.clone(), Room { concurrency, rate, taken: 0 })
+        })
+        .collect())
+}
+
+/// The planned offers that fit their queue's room, in the order given (the matcher's
+/// dispatch order), and the indexes of those held back with the limit that held them.
+#[allow(clippy::type_complexity)]
+fn fit(
+    planned: &[Option<(Task, Transition)>],
+    rooms: &mut BTreeMap<String, Room>,
+) -> (Vec<Option<(Task, Transition)>>, Vec<(usize, &'static str)>) {
+    for room in rooms.values_mut() {
+        room.taken = 0;
+    }
+    let mut held_back = Vec::new();
+    let fitting = planned
+        .iter()
+        .enumerate()
+        .map(|(i, offer)| {
+            let (before, _) = offer.as_ref()?;
+            match rooms.get_mut(&before.queue).map(Room::take) {
+                Some(Err(limit)) => {
+                    held_back.push((i, limit));
+                    None
+                }
+                _ => offer.clone(),
+            }
+        })
+        .collect();
+    (fitting, held_back)
+}
+
+/// Offered and running tasks per queue, for the queues named.
+async fn active_counts<C: sea_orm::ConnectionTrait>(conn: &C, queues: &[&str]) -> Result<HashMap<String, u32>, DbErr> {
+    if queues.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, i64)> = task::Entity::find()
+        .select_only()
+        .column(task::Column::Queue)
+        .column_as(task::Column::Id.count(), "n")
+        .filter(task::Column::Status.is_in([TaskStatus::Assigned.as_str(), TaskStatus::Running.as_str()]))
+        .filter(task::Column::Queue.is_in(shape::padded(queues.iter().copied())))
+        .group_by(task::Column::Queue)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(q, n)| (q, u32::try_from(n).unwrap_or(u32::MAX))).collect())
 }
 
 /// The offers of `planned` that were decided: `(index, task before, its change)`.
@@ -450,7 +678,8 @@ mod tests {
         let offers: Vec<PlannedOffer> =
             tasks.iter().map(|t| PlannedOffer { id: t.id, worker_id: "w1".into(), traceparent: None }).collect();
 
-        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+        let outcomes =
+            store.offer_many(&offers, &[], Utc::now() + chrono::Duration::seconds(10)).await.expect("offers").outcomes;
 
         assert!(matches!(outcomes[0], OfferOutcome::Offered(_)), "the first fits: {outcomes:?}");
         assert_eq!(outcomes[1], OfferOutcome::NotQueued, "a cancelled task is not offered");
@@ -505,7 +734,8 @@ mod tests {
         let (_, offers) = workers_and_offers(&store, 4, 8, 10).await;
         let before = store.stats().statements_outside_outbox();
 
-        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+        let outcomes =
+            store.offer_many(&offers, &[], Utc::now() + chrono::Duration::seconds(10)).await.expect("offers").outcomes;
 
         assert!(outcomes.iter().all(|o| matches!(o, OfferOutcome::Offered(_))), "all fit: {outcomes:?}");
         // The read, the transaction's start, the tasks' update, one capacity update for
@@ -528,9 +758,9 @@ mod tests {
         let seed = queued(store, 1).await;
         let filler = PlannedOffer { id: seed[0].id, worker_id: "w2".into(), traceparent: None };
         let expires = Utc::now() + chrono::Duration::seconds(10);
-        store.offer_many(&[filler], expires).await.expect("w2 has one slot taken");
+        store.offer_many(&[filler], &[], expires).await.expect("w2 has one slot taken");
 
-        let outcomes = store.offer_many(&offers, expires).await.expect("offers");
+        let outcomes = store.offer_many(&offers, &[], expires).await.expect("offers").outcomes;
 
         // Offers go to w1, w2, w3, w1, w2, w3.
         for (i, outcome) in outcomes.iter().enumerate() {
@@ -572,7 +802,7 @@ mod tests {
         let (_, offers) = workers_and_offers(store, workers, 2, workers).await;
         let before = store.stats().statements_outside_outbox();
 
-        let outcomes = store.offer_many(&offers, expires).await.expect("offers");
+        let outcomes = store.offer_many(&offers, &[], expires).await.expect("offers").outcomes;
 
         assert!(outcomes.iter().all(|o| matches!(o, OfferOutcome::Offered(_))), "all fit: {outcomes:?}");
         // All at once: a handful of statements. One offer at a time would take a
@@ -592,7 +822,7 @@ mod tests {
             .map(|(t, w)| PlannedOffer { id: t.id, worker_id: w.clone(), traceparent: None })
             .collect();
 
-        let outcomes = store.offer_many(&offers, expires).await.expect("offers");
+        let outcomes = store.offer_many(&offers, &[], expires).await.expect("offers").outcomes;
 
         for (offer, outcome) in offers.iter().zip(&outcomes) {
             match offer.worker_id == last {
@@ -625,7 +855,8 @@ mod tests {
         let (store, tasks, offers) = two_workers_and_offers(dir.path(), 4, 4).await;
         store.drain_worker("w2").await.expect("drained");
 
-        let outcomes = store.offer_many(&offers, Utc::now() + chrono::Duration::seconds(10)).await.expect("offers");
+        let outcomes =
+            store.offer_many(&offers, &[], Utc::now() + chrono::Duration::seconds(10)).await.expect("offers").outcomes;
 
         for (i, outcome) in outcomes.iter().enumerate() {
             match i % 2 {
@@ -640,4 +871,110 @@ mod tests {
         let active: HashMap<&str, u32> = workers.iter().map(|w| (w.id.as_str(), w.active)).collect();
         assert_eq!((active["w1"], active["w2"]), (2, 0));
     }
+
+    fn offers_to(tasks: &[Task], worker: &str) -> Vec<PlannedOffer> {
+        tasks.iter().map(|t| PlannedOffer { id: t.id, worker_id: worker.into(), traceparent: None }).collect()
+    }
+
+    async fn limited_queue(store: &Store, rate: Option<f64>, cap: Option<i64>) {
+        let changes = taskwire_domain::QueueChanges {
+            rate_limit_per_second: Some(rate),
+            max_concurrency: Some(cap),
+            ..Default::default()
+        };
+        let name = taskwire_domain::QueueName::parse("q").expect("queue name");
+        let settings = changes.apply(QueueSettings::defaults(name)).expect("valid settings");
+        store.save_queue(&settings).await.expect("saved");
+        for worker in ["w1", "w2"] {
+            let registration = WorkerRegistration::parse(worker, &["q".to_owned()], 10).expect("registration");
+            store.register_worker(worker, &registration).await.expect("registered");
+        }
+    }
+
+    fn offered(outcomes: &[OfferOutcome]) -> usize {
+        outcomes.iter().filter(|o| matches!(o, OfferOutcome::Offered(_))).count()
+    }
+
+    /// Two dispatchers' offer transactions at once, for a capped queue: together they
+    /// offer exactly the cap (on MySQL the second waits for the queue row, then counts
+    /// the first one's offers), and the rest are held back, not failed.
+    async fn concurrent_offers_never_exceed_a_queues_cap(store: &Store) {
+        limited_queue(store, None, Some(3)).await;
+        let tasks = queued(store, 8).await;
+        let expires = Utc::now() + chrono::Duration::seconds(10);
+        let (one, two) = (offers_to(&tasks[..4], "w1"), offers_to(&tasks[4..], "w2"));
+        let (a, b) = tokio::join!(store.offer_many(&one, &["q"], expires), store.offer_many(&two, &["q"], expires));
+        let (a, b) = (a.expect("first dispatcher"), b.expect("second dispatcher"));
+        let outcomes: Vec<OfferOutcome> = a.outcomes.into_iter().chain(b.outcomes).collect();
+        assert_eq!(offered(&outcomes), 3, "the cap over both: {outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| **o == OfferOutcome::QueueLimited).count(), 5);
+        let limited: Vec<Limited> = a.limited.into_values().chain(b.limited.into_values()).collect();
+        assert!(limited.iter().all(|l| *l == Limited::Concurrency), "{limited:?}");
+        let counts = active_counts(store.connection(), &["q"]).await.expect("counted");
+        assert_eq!(counts.get("q"), Some(&3));
+        // Unlimited queues are not locked nor counted: a queue left out of `limited` is
+        // offered as before.
+        let more = queued(store, 1).await;
+        let free = store.offer_many(&offers_to(&more, "w1"), &[], expires).await.expect("offers");
+        assert_eq!(offered(&free.outcomes), 1, "not named as limited, not limited");
+    }
+
+    on_both_backends!(
+        concurrent_offers_never_exceed_a_queues_cap,
+        concurrent_offers_never_exceed_a_queues_cap_on_sqlite,
+        concurrent_offers_never_exceed_a_queues_cap_on_mysql
+    );
+
+    /// A queue's rate bucket lives in its row: one offer transaction spends it, the next
+    /// (any dispatcher's) finds it spent, and the held-back answer says when a token comes.
+    async fn the_rate_bucket_is_shared_through_the_queue_row(store: &Store) {
+        limited_queue(store, Some(3.0), None).await;
+        let tasks = queued(store, 6).await;
+        let expires = Utc::now() + chrono::Duration::seconds(30);
+        let first = store.offer_many(&offers_to(&tasks[..5], "w1"), &["q"], expires).await.expect("offers");
+        assert_eq!(offered(&first.outcomes), 3, "a full bucket: one second's worth");
+        match first.limited.get("q") {
+            Some(Limited::Rate(wait)) => {
+                assert!(*wait > std::time::Duration::ZERO && *wait <= std::time::Duration::from_millis(334), "{wait:?}")
+            }
+            other => panic!("held back by the rate: {other:?}"),
+        }
+        let second = store.offer_many(&offers_to(&tasks[5..], "w2"), &["q"], expires).await.expect("offers");
+        assert_eq!(offered(&second.outcomes), 0, "the bucket is shared: {:?}", second.outcomes);
+        let row = queue::Entity::find_by_id("q".to_owned()).one(store.connection()).await.expect("read").expect("row");
+        assert!(row.rate_tokens.is_some_and(|t| t < 1.0), "spent: {:?}", row.rate_tokens);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let later = store.offer_many(&offers_to(&tasks[5..], "w2"), &["q"], expires).await.expect("offers");
+        assert_eq!(offered(&later.outcomes), 1, "refilled at the rate");
+    }
+
+    on_both_backends!(
+        the_rate_bucket_is_shared_through_the_queue_row,
+        the_rate_bucket_is_shared_through_the_queue_row_on_sqlite,
+        the_rate_bucket_is_shared_through_the_queue_row_on_mysql
+    );
+
+    /// A dispatcher sees the workers whose stream its process holds and those no
+    /// dispatcher holds, never another dispatcher's.
+    async fn a_dispatcher_sees_its_own_and_unheld_workers(store: &Store) {
+        for worker in ["mine", "theirs", "nobodys"] {
+            let registration = WorkerRegistration::parse(worker, &["q".to_owned()], 2).expect("registration");
+            store.register_worker(worker, &registration).await.expect("registered");
+        }
+        store.touch_worker("mine", Some("d1")).await.expect("held by d1");
+        store.touch_worker("theirs", Some("d2")).await.expect("held by d2");
+        store.touch_worker("nobodys", None).await.expect("held by no dispatcher");
+        let cutoff = Utc::now() - chrono::Duration::seconds(30);
+        let ids = |workers: Vec<WorkerRecord>| workers.into_iter().map(|w| w.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.available_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys"]);
+        assert_eq!(ids(store.available_workers(cutoff, "d2").await.expect("read")), ["nobodys", "theirs"]);
+        store.touch_worker("theirs", Some("d1")).await.expect("moved to d1");
+        assert_eq!(ids(store.available_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys", "theirs"]);
+    }
+
+    on_both_backends!(
+        a_dispatcher_sees_its_own_and_unheld_workers,
+        a_dispatcher_sees_its_own_and_unheld_workers_on_sqlite,
+        a_dispatcher_sees_its_own_and_unheld_workers_on_mysql
+    );
 }

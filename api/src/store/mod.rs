@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 
 mod admin;
 mod coalesce;
+mod contention;
 mod convert;
 mod dispatch;
 mod events;
@@ -58,7 +59,8 @@ use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
 use tokio::sync::{Mutex, Notify};
 
-pub use dispatch::{Due, OfferOutcome, PlannedOffer};
+pub(crate) use contention::ConflictPath;
+pub use dispatch::{Due, Limited, OfferOutcome, Offers, PlannedOffer};
 pub use events::{EventHead, EventScope, QueueStats};
 pub(crate) use gate::{Writer, Writing};
 pub use outbox::{BACKLOG_EXACT_UP_TO, OutboxMessage};
@@ -143,6 +145,9 @@ pub struct Store {
     writer: DatabaseConnection,
     /// Where the gate's use is counted, once the application has metrics.
     gate_metrics: Arc<std::sync::OnceLock<crate::metrics::WriteGateMetrics>>,
+    /// Where the dispatch paths count lock conflicts (see `contention`) and offers held
+    /// back by queue limits, once the application has metrics.
+    metrics: Arc<std::sync::OnceLock<crate::metrics::Metrics>>,
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
     dispatch_signal: Arc<Notify>,
@@ -251,6 +256,7 @@ impl Store {
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
             writer,
             gate_metrics: Arc::new(std::sync::OnceLock::new()),
+            metrics: Arc::new(std::sync::OnceLock::new()),
             stats,
             outbox_signal: Arc::new(Notify::new()),
             dispatch_signal: Arc::new(Notify::new()),

@@ -178,6 +178,7 @@ mod tests {
             active: Set(2),
             status: Set("ONLINE".into()),
             last_seen_at: Set(7),
+            connected_to: Set(None),
             version: Set(1),
             created_at: Set(8),
             updated_at: Set(9),

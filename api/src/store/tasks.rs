@@ -15,7 +15,7 @@ use taskwire_domain::{
 use taskwire_entity::{outbox, task, task_event};
 
 use super::{
-    Store, Writer, Writing,
+    ConflictPath, Store, Writer, Writing,
     coalesce::{PendingTransition, Step},
     convert, shape,
     shape::Writes,
@@ -287,13 +287,30 @@ impl Store {
 
     /// The one optimistic-lock loop behind every single-task change (`transition`,
     /// `transition_in_queue`): read, decide, conditional update with the worker
-    /// slot accounting of [`apply`], history, commit; again on a lost race.
+    /// slot accounting of [`apply`], history, commit; again on a lost race, and again
+    /// from the start on a lock conflict (see `contention`).
     pub(super) async fn transition_inner<F>(
         &self,
         id: TaskId,
         traceparent: Option<&str>,
         with_settings: bool,
         decide: F,
+    ) -> ApiResult<Task>
+    where
+        F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
+    {
+        self.retry_lock_conflicts(ConflictPath::Transition, || {
+            self.transition_inner_once(id, traceparent, with_settings, &decide)
+        })
+        .await
+    }
+
+    async fn transition_inner_once<F>(
+        &self,
+        id: TaskId,
+        traceparent: Option<&str>,
+        with_settings: bool,
+        decide: &F,
     ) -> ApiResult<Task>
     where
         F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
@@ -339,23 +356,12 @@ impl Store {
     ///
     /// On MySQL a batch can deadlock with another writer that locks the same task and
     /// worker rows in the other order (an offer, the reaper). InnoDB then rolls the batch
-    /// back, so it is simply run again, up to [`LOCK_CONFLICT_RETRIES`] times in all.
+    /// back, so it is simply run again (see `contention`).
     pub(super) async fn transition_many(&self, batch: &[PendingTransition]) -> ApiResult<Vec<Step>> {
-        let mut attempt = 1;
-        loop {
-            match self.transition_many_once(batch).await {
-                Ok(steps) => return Ok(steps),
-                Err(BatchError::LockConflict(e)) if attempt < LOCK_CONFLICT_RETRIES => {
-                    tracing::debug!(error = %e, attempt, batch = batch.len(), "transition batch lost a lock conflict; again");
-                    attempt += 1;
-                }
-                Err(BatchError::LockConflict(e)) => return Err(e.into()),
-                Err(BatchError::Other(e)) => return Err(e),
-            }
-        }
+        self.retry_lock_conflicts(ConflictPath::Transition, || self.transition_many_once(batch)).await
     }
 
-    async fn transition_many_once(&self, batch: &[PendingTransition]) -> Result<Vec<Step>, BatchError> {
+    async fn transition_many_once(&self, batch: &[PendingTransition]) -> ApiResult<Vec<Step>> {
         // Read before the gate (every write below is conditional on the version read), so
         // that the writers queued behind this batch wait only for its writes.
         let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
@@ -446,7 +452,7 @@ impl Store {
         batch: &[PendingTransition],
         current: &HashMap<TaskId, Task>,
         settings: &HashMap<String, QueueSettings>,
-    ) -> Result<Option<Vec<Step>>, BatchError> {
+    ) -> ApiResult<Option<Vec<Step>>> {
         let mut seen = HashSet::with_capacity(batch.len());
         if !batch.iter().all(|p| seen.insert(p.id)) {
             return Ok(None);
@@ -588,31 +594,6 @@ impl Store {
         writes.insert_all(events);
         writes.insert_all(messages);
         Ok(())
-    }
-}
-
-/// Runs of a coalesced transition batch, at most, when it keeps losing lock conflicts.
-const LOCK_CONFLICT_RETRIES: usize = 3;
-
-/// Why one run of a transition batch failed.
-#[derive(Debug)]
-pub(super) enum BatchError {
-    /// MySQL rolled the batch back to break a deadlock, or a row lock timed out: nothing
-    /// committed, run it again.
-    LockConflict(DbErr),
-    /// Anything else, already as the callers will see it.
-    Other(ApiError),
-}
-
-impl From<DbErr> for BatchError {
-    fn from(err: DbErr) -> Self {
-        if crate::error::is_lock_conflict(&err) { BatchError::LockConflict(err) } else { BatchError::Other(err.into()) }
-    }
-}
-
-impl From<ApiError> for BatchError {
-    fn from(err: ApiError) -> Self {
-        BatchError::Other(err)
     }
 }
 
