@@ -16,6 +16,10 @@ impl Store {
     /// Registers (or re-registers) worker `id`. A worker an admin drained stays
     /// `DRAINING`; any other comes back `ONLINE`. Its active count is kept.
     pub async fn register_worker(&self, id: &str, registration: &WorkerRegistration) -> ApiResult<WorkerRecord> {
+        self.retry_lock_conflicts(super::ConflictPath::Worker, || self.register_worker_once(id, registration)).await
+    }
+
+    async fn register_worker_once(&self, id: &str, registration: &WorkerRegistration) -> ApiResult<WorkerRecord> {
         let now = convert::to_ms(Utc::now());
         let queues = serde_json::to_string(&registration.queues.iter().map(QueueName::as_str).collect::<Vec<_>>())
             .map_err(|e| ApiError::internal("serialising queues", &e))?;
