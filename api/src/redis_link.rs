@@ -647,7 +647,8 @@ mod tests {
             let one = testing::connected_link(&url, &prefix, &metrics).await;
             let two = testing::connected_link(&url, &prefix, &metrics).await;
             // A script no server has seen: the first EVALSHA of every pipeline meets NOSCRIPT.
-            let script = redis::Script::new(&format!("-- {prefix}\nredis.call('SET', KEYS[1], ARGV[1]) return 1"));
+            let script =
+                redis::Script::new(&format!("-- {prefix}\nredis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return 1"));
             let keys: Vec<String> = (0..40).map(|i| one.key(&format!("k{i}"))).collect();
             let slots: std::collections::HashSet<Slot> = keys.iter().map(Slot::for_key).collect();
             assert!(slots.len() > 1, "the keys span several hash slots");
