@@ -163,8 +163,8 @@ fn cluster_node(url: String, index: usize) -> Result<String, String> {
 pub enum RedisClient {
     /// One server.
     Standalone(redis::Client),
-    /// A Redis Cluster.
-    Cluster(ClusterClient),
+    /// A Redis Cluster (boxed: its client is twice the size of a server's).
+    Cluster(Box<ClusterClient>),
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -187,12 +187,12 @@ impl RedisClient {
     pub fn open(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<RedisClient> {
         Ok(match target {
             RedisTarget::Standalone(url) => RedisClient::Standalone(redis::Client::open(url.as_str())?),
-            RedisTarget::Cluster(nodes) => RedisClient::Cluster(
+            RedisTarget::Cluster(nodes) => RedisClient::Cluster(Box::new(
                 ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .build()?,
-            ),
+            )),
         })
     }
 
