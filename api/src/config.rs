@@ -32,7 +32,8 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "REDIS_URL",
         "unset (in-process cache and rate limits only)",
-        "redis://… for the L2 cache, global rate limits and shared persisted queries",
+        "redis://host:port (one server), or a Redis Cluster as redis+cluster://host1:port1,host2:port2 or \
+         redis://host1:port1,redis://host2:port2: the L2 cache, global rate limits and shared persisted queries",
     ),
     ("REDIS_TIMEOUT_MS", "250", "time limit of one Redis command; slower counts as a failure"),
     ("REDIS_BREAKER_COOLDOWN_MS", "2000", "after 3 failures in a row Redis is skipped this long, then probed"),
@@ -182,8 +183,9 @@ pub struct Config {
     /// when the cache churned, replacing an evicted statement stalled a MariaDB commit
     /// ~130 ms (docs/BENCHMARKS.md).
     pub database_statement_cache: usize,
-    /// Redis URL. Default unset: in-process cache only.
-    pub redis_url: Option<String>,
+    /// Redis, one server or a cluster, from `TASKWIRE_REDIS_URL`. Default unset:
+    /// in-process cache only.
+    pub redis_target: Option<crate::redis_link::RedisTarget>,
     /// Redis timeouts, breaker and key prefix (defaults in [`KEYS`]).
     pub redis: crate::redis_link::RedisSettings,
     /// Task cache sizes and lifetimes (defaults in [`KEYS`]).
@@ -276,7 +278,10 @@ impl Config {
             )?),
             database_statement_cache: positive(get("DATABASE_STATEMENT_CACHE"), "DATABASE_STATEMENT_CACHE", 512)?,
             database_url,
-            redis_url: get("REDIS_URL").map(str::to_owned),
+            redis_target: get("REDIS_URL")
+                .map(crate::redis_link::RedisTarget::parse)
+                .transpose()
+                .map_err(|reason| ConfigError::Invalid { key: "REDIS_URL", reason })?,
             redis: crate::redis_link::RedisSettings {
                 timeout: millis(get("REDIS_TIMEOUT_MS"), "REDIS_TIMEOUT_MS", 250)?,
                 cooldown: millis(get("REDIS_BREAKER_COOLDOWN_MS"), "REDIS_BREAKER_COOLDOWN_MS", 2000)?,
@@ -354,6 +359,15 @@ impl Config {
                 reaper_interval: millis(get("REAPER_INTERVAL_MS"), "REAPER_INTERVAL_MS", 500)?,
             },
         };
+        if config.redis_target.as_ref().is_some_and(|t| t.is_cluster()) && config.redis.key_prefix.contains(['{', '}'])
+        {
+            return Err(ConfigError::Invalid {
+                key: "REDIS_KEY_PREFIX",
+                reason: "must not contain { or } with a Redis Cluster: a hash tag in the prefix would put every key \
+                         in one hash slot, on one node"
+                    .into(),
+            });
+        }
         if config.jwt.secret.is_some() && config.jwt.public_key_file.is_some() {
             return Err(ConfigError::Refused(
                 "set TASKWIRE_JWT_SECRET or TASKWIRE_JWT_PUBLIC_KEY_FILE, not both: algorithms are pinned to one"
@@ -511,5 +525,32 @@ mod tests {
         }
         let cache = Config::load_from(None, &env(&[("TASKWIRE_DATABASE_STATEMENT_CACHE", "64")])).expect("loads");
         assert_eq!(cache.database_statement_cache, 64);
+    }
+
+    #[test]
+    fn the_redis_url_names_one_server_or_a_cluster_and_bad_forms_are_errors() {
+        use crate::redis_link::RedisTarget;
+        let load = |pairs: &[(&str, &str)]| Config::load_from(None, &env(pairs));
+        let unset = load(&[]).expect("loads");
+        assert_eq!(unset.redis_target, None);
+        let one = load(&[("TASKWIRE_REDIS_URL", "redis://127.0.0.1:6379")]).expect("loads");
+        assert_eq!(one.redis_target, Some(RedisTarget::Standalone("redis://127.0.0.1:6379".into())));
+        let cluster = load(&[("TASKWIRE_REDIS_URL", "redis+cluster://a:7001,b:7002")]).expect("loads");
+        assert_eq!(
+            cluster.redis_target,
+            Some(RedisTarget::Cluster(vec!["redis://a:7001".into(), "redis://b:7002".into()]))
+        );
+
+        for bad in ["redis+cluster://", "redis+cluster://a:7001,,b:7002", "redis://a:7001,b:7002", "http://a:1"] {
+            let error = load(&[("TASKWIRE_REDIS_URL", bad)]).expect_err(bad);
+            assert!(matches!(error, ConfigError::Invalid { key: "REDIS_URL", .. }), "{bad}: {error}");
+            assert!(error.to_string().starts_with("TASKWIRE_REDIS_URL: "), "{error}");
+        }
+
+        let tagged = [("TASKWIRE_REDIS_URL", "redis+cluster://a:7001"), ("TASKWIRE_REDIS_KEY_PREFIX", "app{1}")];
+        let error = load(&tagged).expect_err("a hash tag in the prefix pins every key to one slot");
+        assert!(matches!(error, ConfigError::Invalid { key: "REDIS_KEY_PREFIX", .. }), "{error}");
+        let standalone_tagged = [("TASKWIRE_REDIS_URL", "redis://a:6379"), ("TASKWIRE_REDIS_KEY_PREFIX", "app{1}")];
+        assert!(load(&standalone_tagged).is_ok(), "one server has no slots to pin");
     }
 }

@@ -176,9 +176,7 @@ impl RateLimiter {
         if !self.redis.is_configured() {
             return None;
         }
-        let hex = key.hex();
-        // The braces make both keys one Redis Cluster hash slot, as a script needs.
-        let keys = [self.redis.key(&format!("rl:{{{hex}}}:ops")), self.redis.key(&format!("rl:{{{hex}}}:mut"))];
+        let keys = self.bucket_keys(key);
         let ttl_ms = u64::try_from(IDLE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
         let script = &self.script;
         let limits = self.limits;
@@ -202,6 +200,15 @@ impl RateLimiter {
             (retry_after_ms, 2) => Outcome::Refused { retry_after_ms, bucket: Bucket::Mutations },
             (retry_after_ms, _) => Outcome::Refused { retry_after_ms, bucket: Bucket::Operations },
         })
+    }
+
+    /// The Redis keys of a subject's operations and mutations buckets. The braces make
+    /// the subject's hash the keys' hash tag: both keys land in one Redis Cluster hash
+    /// slot, as a script touching both needs, while different subjects spread over the
+    /// cluster.
+    fn bucket_keys(&self, key: &SubjectKey) -> [String; 2] {
+        let hex = key.hex();
+        [self.redis.key(&format!("rl:{{{hex}}}:ops")), self.redis.key(&format!("rl:{{{hex}}}:mut"))]
     }
 
     /// The check on this process's buckets.
@@ -372,7 +379,10 @@ impl SubjectBuckets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis_link::RedisSettings;
+    use crate::redis_link::{
+        RedisClient, RedisSettings,
+        testing::{self, connected_link},
+    };
 
     const SECOND_US: u64 = 1_000_000;
 
@@ -545,7 +555,7 @@ mod tests {
     async fn a_dead_redis_falls_back_to_in_process_limits_and_never_fails_otherwise() {
         let metrics = Metrics::new();
         // Port 1 on loopback: nothing listens, connections are refused.
-        let client = redis::Client::open("redis://127.0.0.1:1").expect("valid url");
+        let client = RedisClient::from_url("redis://127.0.0.1:1", Duration::from_millis(200)).expect("valid url");
         let link = RedisLink::new(Some(client), settings(Duration::from_millis(200)), metrics.clone());
         let limiter = RateLimiter::new(limits(1, 1), Arc::new(link), metrics.clone());
         let mut refused = 0;
@@ -563,83 +573,83 @@ mod tests {
         assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), refused);
     }
 
-    /// The Redis URL of the tests, or `None` (and a note that the test skipped).
-    fn test_redis_url(test: &str) -> Option<String> {
-        let url = std::env::var("TASKWIRE_TEST_REDIS_URL").ok().filter(|url| !url.is_empty());
-        if url.is_none() {
-            eprintln!("skipped {test}: TASKWIRE_TEST_REDIS_URL is not set");
+    #[test]
+    fn a_subjects_two_buckets_share_one_cluster_slot_and_subjects_spread() {
+        use redis::cluster_routing::Slot;
+        let metrics = Metrics::new();
+        let limiter = limiter_without_redis(limits(1, 1), &metrics);
+        let mut slots = std::collections::HashSet::new();
+        for subject in ["alice", "bob", "carol:{x}", "}{", ""] {
+            let [ops, mutations] = limiter.bucket_keys(&SubjectKey::of(subject));
+            assert_ne!(ops, mutations);
+            assert_eq!(Slot::for_key(&ops), Slot::for_key(&mutations), "{subject:?}: {ops} and {mutations}");
+            slots.insert(Slot::for_key(&ops));
         }
-        url
-    }
-
-    /// A link to `url` with `prefix`, its connection already made so that connecting does
-    /// not stretch the time a test's checks take.
-    async fn connected_link(url: &str, prefix: &str, metrics: &Metrics) -> Arc<RedisLink> {
-        let client = redis::Client::open(url).expect("valid TASKWIRE_TEST_REDIS_URL");
-        let settings = RedisSettings { key_prefix: prefix.to_owned(), ..settings(Duration::from_secs(2)) };
-        let link = RedisLink::new(Some(client), settings, metrics.clone());
-        let pong = link.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await;
-        assert_eq!(pong.as_deref(), Some("PONG"), "redis answers at {url}");
-        Arc::new(link)
+        assert!(slots.len() > 1, "the subject's hash is the tag, not something all subjects share");
     }
 
     #[tokio::test]
     async fn two_processes_sharing_a_redis_share_one_budget() {
-        let Some(url) = test_redis_url("two_processes_sharing_a_redis_share_one_budget") else { return };
-        let prefix = format!("taskwire-test-{}", uuid::Uuid::new_v4());
-        let metrics = Metrics::new();
-        // A low rate: a token takes 500 ms to come back, far longer than these checks take.
-        let limits = limits(2, 0);
-        let first = RateLimiter::new(limits, connected_link(&url, &prefix, &metrics).await, metrics.clone());
-        let second = RateLimiter::new(limits, connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        for url in testing::test_redis_urls("two_processes_sharing_a_redis_share_one_budget") {
+            let prefix = testing::unique_prefix();
+            let metrics = Metrics::new();
+            // A low rate: a token takes 500 ms to come back, far longer than these checks take.
+            let limits = limits(2, 0);
+            let first = RateLimiter::new(limits, connected_link(&url, &prefix, &metrics).await, metrics.clone());
+            let second = RateLimiter::new(limits, connected_link(&url, &prefix, &metrics).await, metrics.clone());
 
-        let results = [
-            first.check("alice", 1, 0).await,
-            second.check("alice", 1, 0).await,
-            first.check("alice", 1, 0).await,
-            second.check("alice", 1, 0).await,
-        ];
+            let results = [
+                first.check("alice", 1, 0).await,
+                second.check("alice", 1, 0).await,
+                first.check("alice", 1, 0).await,
+                second.check("alice", 1, 0).await,
+            ];
 
-        assert!(results[0].is_ok() && results[1].is_ok(), "together they allow the burst: {results:?}");
-        assert!(is_rate_limited(&results[2]) && is_rate_limited(&results[3]), "and no more: {results:?}");
-        assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), 2);
-        assert!(second.check("bob", 1, 0).await.is_ok(), "another subject has its own budget");
+            assert!(results[0].is_ok() && results[1].is_ok(), "{url}: together they allow the burst: {results:?}");
+            assert!(is_rate_limited(&results[2]) && is_rate_limited(&results[3]), "{url}: and no more: {results:?}");
+            assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), 2);
+            assert!(second.check("bob", 1, 0).await.is_ok(), "{url}: another subject has its own budget");
+            assert_eq!(metrics.redis_errors.get(), 0, "{url}: every check ran in Redis, none fell back");
+        }
     }
 
     #[tokio::test]
     async fn the_redis_script_keeps_a_refused_mutation_from_spending_operations_and_expires_its_keys() {
         let test = "the_redis_script_keeps_a_refused_mutation_from_spending_operations_and_expires_its_keys";
-        let Some(url) = test_redis_url(test) else { return };
-        let prefix = format!("taskwire-test-{}", uuid::Uuid::new_v4());
-        let metrics = Metrics::new();
-        let link = connected_link(&url, &prefix, &metrics).await;
-        let limiter = RateLimiter::new(limits(2, 1), link.clone(), metrics.clone());
+        for url in testing::test_redis_urls(test) {
+            let prefix = testing::unique_prefix();
+            let metrics = Metrics::new();
+            let link = connected_link(&url, &prefix, &metrics).await;
+            let limiter = RateLimiter::new(limits(2, 1), link.clone(), metrics.clone());
 
-        assert!(limiter.check("carol:{x}", 1, 1).await.is_ok(), "the one mutation");
-        let refused = limiter.check("carol:{x}", 1, 1).await;
-        assert!(
-            matches!(refused, Err(ApiError::RateLimited { retry_after_ms }) if (1..=1000).contains(&retry_after_ms)),
-            "the second mutation waits at most a second: {refused:?}"
-        );
-        assert!(limiter.check("carol:{x}", 1, 0).await.is_ok(), "the operation the mutation did not spend");
-        assert!(is_rate_limited(&limiter.check("carol:{x}", 1, 0).await), "the operations bucket is empty now");
-        assert_eq!(metrics.rate_limited.with_label_values(&["mutations"]).get(), 1);
-        assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), 1);
+            assert!(limiter.check("carol:{x}", 1, 1).await.is_ok(), "{url}: the one mutation");
+            let refused = limiter.check("carol:{x}", 1, 1).await;
+            assert!(
+                matches!(refused, Err(ApiError::RateLimited { retry_after_ms }) if (1..=1000).contains(&retry_after_ms)),
+                "{url}: the second mutation waits at most a second: {refused:?}"
+            );
+            assert!(limiter.check("carol:{x}", 1, 0).await.is_ok(), "{url}: the operation the mutation did not spend");
+            assert!(is_rate_limited(&limiter.check("carol:{x}", 1, 0).await), "{url}: the operations bucket is empty");
+            assert_eq!(metrics.rate_limited.with_label_values(&["mutations"]).get(), 1);
+            assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), 1);
+            assert_eq!(metrics.redis_errors.get(), 0, "{url}: the script ran in Redis (a CROSSSLOT would fall back)");
 
-        let pattern = format!("{prefix}:rl:*");
-        let keys = link
-            .call(|mut c| async move { redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(&mut c).await })
-            .await
-            .expect("redis answers");
-        assert_eq!(keys.len(), 2, "one key per bucket: {keys:?}");
-        for key in keys {
-            assert!(!key.contains("carol"), "the subject enters keys only hashed: {key}");
-            let ttl = link
-                .call(|mut c| async move { redis::cmd("PTTL").arg(key).query_async::<i64>(&mut c).await })
+            // KEYS goes to every primary of a cluster.
+            let pattern = format!("{prefix}:rl:*");
+            let keys = link
+                .call(|mut c| async move { redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(&mut c).await })
                 .await
                 .expect("redis answers");
-            let max = i64::try_from(IDLE_LIFETIME.as_millis()).expect("small");
-            assert!((1..=max).contains(&ttl), "keys expire once the bucket would be full again: {ttl} ms");
+            assert_eq!(keys.len(), 2, "{url}: one key per bucket: {keys:?}");
+            for key in keys {
+                assert!(!key.contains("carol"), "{url}: the subject enters keys only hashed: {key}");
+                let ttl = link
+                    .call(|mut c| async move { redis::cmd("PTTL").arg(key).query_async::<i64>(&mut c).await })
+                    .await
+                    .expect("redis answers");
+                let max = i64::try_from(IDLE_LIFETIME.as_millis()).expect("small");
+                assert!((1..=max).contains(&ttl), "{url}: keys expire once the bucket would be full again: {ttl} ms");
+            }
         }
     }
 }

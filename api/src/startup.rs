@@ -25,7 +25,7 @@ use crate::{
     live::{Hub, sweep::Sweeper},
     metrics::Metrics,
     ratelimit::RateLimiter,
-    redis_link::RedisLink,
+    redis_link::{RedisClient, RedisLink},
     store::{CommitHook, DbStats, Store},
 };
 
@@ -132,7 +132,8 @@ impl Application {
         if config.migrate {
             Migrator::up(store.connection(), None).await?;
         }
-        let redis = config.redis_url.as_deref().map(redis::Client::open).transpose()?;
+        let redis =
+            config.redis_target.as_ref().map(|target| RedisClient::open(target, config.redis.timeout)).transpose()?;
         let metrics = Metrics::new();
         store.observe_write_gate(metrics.write_gate.clone());
         store.observe(metrics.clone());

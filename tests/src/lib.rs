@@ -28,6 +28,9 @@ pub const DATABASE_URL_VAR: &str = "TASKWIRE_TEST_DATABASE_URL";
 pub const KAFKA_BROKERS_VAR: &str = "TASKWIRE_TEST_KAFKA_BROKERS";
 /// Variable naming the Redis server the suite may use.
 pub const REDIS_URL_VAR: &str = "TASKWIRE_TEST_REDIS_URL";
+/// Variable naming the Redis Cluster the suite may use (`redis+cluster://host:port,…`);
+/// only the cluster tests use it, every other test keeps `TASKWIRE_TEST_REDIS_URL`.
+pub const REDIS_CLUSTER_URL_VAR: &str = "TASKWIRE_TEST_REDIS_CLUSTER_URL";
 
 /// A running application and a client for it.
 #[derive(Debug)]

@@ -429,6 +429,9 @@ impl TaskCache {
         });
     }
 
+    /// One `MGET` of `ids`. Task keys carry no hash tag, so tasks spread over every slot
+    /// of a cluster; there the cluster connection splits the `MGET` by slot and returns
+    /// the values in the order asked.
     async fn l2_get(&self, ids: &[TaskId]) -> Option<Vec<Option<Entry>>> {
         let link = &self.0.redis;
         if !link.is_configured() {
@@ -440,37 +443,26 @@ impl TaskCache {
         Some(raw.into_iter().map(|value| value.and_then(|bytes| codec::decode(&bytes))).collect())
     }
 
-    /// Set-if-higher-rank into L2, all in one pipelined round trip.
+    /// Set-if-higher-rank into L2, pipelined: one round trip on a standalone server, one
+    /// per hash slot (all at once) on a cluster.
     async fn l2_put(&self, fills: Vec<(TaskId, Entry)>) {
         let link = &self.0.redis;
         if fills.is_empty() || !link.is_configured() {
             return;
         }
-        let mut pipe = redis::pipe();
         let script = &*codec::SET_IF_HIGHER;
-        for (id, entry) in &fills {
-            let ttl = self.l2_ttl(entry).as_millis() as u64;
-            pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
-                .arg(1)
-                .arg(link.key(&format!("task:{id}")))
-                .arg(entry.rank)
-                .arg(codec::encode(entry))
-                .arg(ttl)
-                .ignore();
-        }
-        let outcome = link
-            .call(|mut conn| async move {
-                match pipe.query_async::<()>(&mut conn).await {
-                    // The script is not loaded yet (fresh or restarted Redis): load it once.
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        script.load_async(&mut conn).await?;
-                        pipe.query_async::<()>(&mut conn).await
-                    }
-                    other => other,
-                }
+        let commands: Vec<(String, redis::Cmd)> = fills
+            .iter()
+            .map(|(id, entry)| {
+                let key = link.key(&format!("task:{id}"));
+                let ttl = self.l2_ttl(entry).as_millis() as u64;
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(script.get_hash()).arg(1).arg(&key).arg(entry.rank).arg(codec::encode(entry)).arg(ttl);
+                (key, cmd)
             })
-            .await;
+            .collect();
+        // Repeating a set-if-higher write is harmless, as a reload of the script requires.
+        let outcome = link.call(|mut conn| async move { conn.exec_pipelined(commands, Some(script)).await }).await;
         if outcome.is_none() {
             tracing::debug!(entries = fills.len(), "L2 write skipped (redis unavailable)");
         }

@@ -2,7 +2,7 @@ use chrono::Utc;
 use taskwire_domain::{LeaseToken, TaskStatus};
 
 use super::*;
-use crate::redis_link::RedisSettings;
+use crate::redis_link::{RedisClient, RedisSettings, testing};
 
 pub(crate) fn settings() -> CacheSettings {
     CacheSettings {
@@ -15,12 +15,9 @@ pub(crate) fn settings() -> CacheSettings {
 }
 
 pub(crate) fn link(url: Option<&str>, prefix: &str) -> Arc<RedisLink> {
-    let client = url.map(|u| redis::Client::open(u).expect("redis url"));
-    let settings = RedisSettings {
-        timeout: Duration::from_millis(500),
-        cooldown: Duration::from_secs(1),
-        key_prefix: prefix.into(),
-    };
+    let timeout = Duration::from_millis(500);
+    let client = url.map(|u| RedisClient::from_url(u, timeout).expect("redis url"));
+    let settings = RedisSettings { timeout, cooldown: Duration::from_secs(1), key_prefix: prefix.into() };
     Arc::new(RedisLink::new(client, settings, Metrics::new()))
 }
 
@@ -121,30 +118,96 @@ async fn a_thousand_concurrent_misses_on_one_id_load_it_once() {
 
 #[tokio::test]
 async fn with_redis_a_second_process_reads_from_l2_and_respects_tombstones() {
-    let Some(url) = std::env::var("TASKWIRE_TEST_REDIS_URL").ok().filter(|v| !v.is_empty()) else {
-        eprintln!("skipped: set TASKWIRE_TEST_REDIS_URL to run with_redis_a_second_process_reads_from_l2…");
-        return;
-    };
-    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-    let one = TaskCache::new(settings(), link(Some(&url), &prefix), Metrics::new());
-    let two = TaskCache::new(settings(), link(Some(&url), &prefix), Metrics::new());
-    let settled = task(5, TaskStatus::Succeeded);
-    let id = settled.id;
+    for url in testing::test_redis_urls("with_redis_a_second_process_reads_from_l2_and_respects_tombstones") {
+        let prefix = testing::unique_prefix();
+        let metrics = Metrics::new();
+        let one = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        let two = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        let settled = task(5, TaskStatus::Succeeded);
+        let id = settled.id;
 
-    one.l2_put(vec![(id, Entry::task(Arc::new(settled.clone())))]).await;
-    let read = two.l2_get(&[id]).await.expect("redis answers");
-    assert!(matches!(&read[0], Some(Entry { rank: 10, value: Value::Task(_) })), "process two sees the fill");
+        one.l2_put(vec![(id, Entry::task(Arc::new(settled.clone())))]).await;
+        let read = two.l2_get(&[id]).await.expect("redis answers");
+        assert!(
+            matches!(&read[0], Some(Entry { rank: 10, value: Value::Task(_) })),
+            "{url}: process two sees the fill"
+        );
 
-    two.l2_put(vec![(id, Entry::tombstone(6))]).await;
-    one.l2_put(vec![(id, Entry::task(Arc::new(settled.clone())))]).await;
-    let read = one.l2_get(&[id]).await.expect("redis answers");
-    assert!(
-        matches!(&read[0], Some(Entry { rank: 11, value: Value::Tombstone })),
-        "a stale fill cannot overwrite the tombstone of a newer version"
-    );
-    one.l2_put(vec![(id, Entry::task(Arc::new(with_version(&settled, 6))))]).await;
-    let read = two.l2_get(&[id]).await.expect("redis answers");
-    assert!(matches!(&read[0], Some(Entry { rank: 12, .. })), "the newer version replaces its tombstone");
+        two.l2_put(vec![(id, Entry::tombstone(6))]).await;
+        one.l2_put(vec![(id, Entry::task(Arc::new(settled.clone())))]).await;
+        let read = one.l2_get(&[id]).await.expect("redis answers");
+        assert!(
+            matches!(&read[0], Some(Entry { rank: 11, value: Value::Tombstone })),
+            "{url}: a stale fill cannot overwrite the tombstone of a newer version"
+        );
+        one.l2_put(vec![(id, Entry::task(Arc::new(with_version(&settled, 6))))]).await;
+        let read = two.l2_get(&[id]).await.expect("redis answers");
+        assert!(matches!(&read[0], Some(Entry { rank: 12, .. })), "{url}: the newer version replaces its tombstone");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_tasks_on_many_slots_is_written_by_one_process_and_read_in_order_by_another() {
+    let test = "a_batch_of_tasks_on_many_slots_is_written_by_one_process_and_read_in_order_by_another";
+    for url in testing::test_redis_urls(test) {
+        let prefix = testing::unique_prefix();
+        let metrics = Metrics::new();
+        let one_link = testing::connected_link(&url, &prefix, &metrics).await;
+        let one = TaskCache::new(settings(), one_link.clone(), metrics.clone());
+        let two = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        let tasks: Vec<Task> = (1..=64).map(|v| task(v, TaskStatus::Succeeded)).collect();
+        let slots: std::collections::HashSet<_> = tasks
+            .iter()
+            .map(|t| redis::cluster_routing::Slot::for_key(one_link.key(&format!("task:{}", t.id))))
+            .collect();
+        assert!(slots.len() > 1, "the task keys span several hash slots ({} here)", slots.len());
+
+        one.l2_put(tasks.iter().map(|t| (t.id, Entry::task(Arc::new(t.clone())))).collect()).await;
+        // Interleave unknown ids, so the answer's order is checked, not just its contents.
+        let unknown: Vec<TaskId> = (0..8).map(|_| TaskId::generate(Utc::now())).collect();
+        let mut ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        for (i, id) in unknown.iter().enumerate() {
+            ids.insert(i * 9, *id);
+        }
+        let read = two.l2_get(&ids).await.expect("redis answers one MGET over every slot");
+        assert_eq!(read.len(), ids.len(), "{url}");
+        for (id, entry) in ids.iter().zip(&read) {
+            match tasks.iter().find(|t| t.id == *id) {
+                Some(t) => assert!(
+                    matches!(entry, Some(Entry { rank, value: Value::Task(read) }) if *rank == 2 * u64::from(t.version) && read.id == t.id),
+                    "{url}: task {id} (version {}) comes back in its place: {entry:?}",
+                    t.version
+                ),
+                None => assert!(entry.is_none(), "{url}: unknown id {id} is a miss"),
+            }
+        }
+
+        // The rank guard holds on every slot: older versions bounce off, newer ones land.
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        let older: Vec<_> =
+            tasks.iter().map(|t| (t.id, Entry::task(Arc::new(with_version(t, t.version - 1))))).collect();
+        two.l2_put(older).await;
+        let read = one.l2_get(&ids).await.expect("redis answers");
+        for (t, entry) in tasks.iter().zip(&read) {
+            assert!(
+                matches!(entry, Some(Entry { rank, .. }) if *rank == 2 * u64::from(t.version)),
+                "{url}: task {} keeps version {} against an older write: {entry:?}",
+                t.id,
+                t.version
+            );
+        }
+        let newer: Vec<_> = tasks.iter().map(|t| (t.id, Entry::tombstone(t.version + 1))).collect();
+        two.l2_put(newer).await;
+        let read = one.l2_get(&ids).await.expect("redis answers");
+        for (t, entry) in tasks.iter().zip(&read) {
+            assert!(
+                matches!(entry, Some(Entry { rank, value: Value::Tombstone }) if *rank == 2 * u64::from(t.version) + 1),
+                "{url}: task {} holds the tombstone of version {}: {entry:?}",
+                t.id,
+                t.version + 1
+            );
+        }
+    }
 }
 
 #[test]

@@ -120,7 +120,7 @@ fn invalid(reason: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis_link::RedisSettings;
+    use crate::redis_link::{RedisSettings, testing};
 
     fn store() -> PersistedQueries {
         let settings = RedisSettings {
@@ -166,5 +166,26 @@ mod tests {
         let mut request = Request::new("{ me { subject } }");
         apq.resolve(&mut request).await.map_err(|e| e.message()).expect("passes");
         assert_eq!(request.query, "{ me { subject } }");
+    }
+
+    #[tokio::test]
+    async fn a_query_registered_through_one_process_is_found_through_another() {
+        for url in testing::test_redis_urls("a_query_registered_through_one_process_is_found_through_another") {
+            let prefix = testing::unique_prefix();
+            let metrics = Metrics::new();
+            let one = PersistedQueries::new(testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+            let two = PersistedQueries::new(testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+            let queries: Vec<String> = (0..8).map(|i| format!("{{ me {{ subject }} }} # {prefix} {i}")).collect();
+            for query in &queries {
+                let hash = hex::encode(Sha256::digest(query.as_bytes()));
+                let miss = two.resolve(&mut apq_request("", &hash)).await;
+                assert_eq!(miss.map_err(|e| e.code().as_str()), Err("PERSISTED_QUERY_NOT_FOUND"), "{url}");
+                one.resolve(&mut apq_request(query, &hash)).await.map_err(|e| e.message()).expect("registers");
+                let mut hit = apq_request("", &hash);
+                two.resolve(&mut hit).await.map_err(|e| e.message()).expect("the other process finds it in Redis");
+                assert_eq!(&hit.query, query, "{url}");
+            }
+            assert_eq!(metrics.redis_errors.get(), 0, "{url}");
+        }
     }
 }

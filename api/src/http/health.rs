@@ -77,17 +77,14 @@ async fn check_redis(state: &AppState) -> Value {
     let Some(client) = &state.redis else {
         return json!({ "state": "disabled" });
     };
+    let mode = if client.is_cluster() { "cluster" } else { "standalone" };
     let started = Instant::now();
-    let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
-        Ok(Ok(_)) => json!({ "state": "up", "latencyMs": started.elapsed().as_millis() as u64 }),
+    match tokio::time::timeout(CHECK_TIMEOUT, client.ping()).await {
+        Ok(Ok(())) => json!({ "state": "up", "mode": mode, "latencyMs": started.elapsed().as_millis() as u64 }),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "redis readiness check failed");
-            json!({ "state": "down" })
+            json!({ "state": "down", "mode": mode })
         }
-        Err(_) => json!({ "state": "down", "error": "timeout" }),
+        Err(_) => json!({ "state": "down", "mode": mode, "error": "timeout" }),
     }
 }

@@ -42,7 +42,7 @@ pub struct AppState {
     /// The SDL, rendered once.
     pub sdl: Arc<str>,
     /// Redis, when configured (readiness reports it).
-    pub redis: Option<redis::Client>,
+    pub redis: Option<crate::redis_link::RedisClient>,
     /// The shared Redis link (cache, rate limits, persisted queries).
     pub redis_link: Arc<crate::redis_link::RedisLink>,
     /// The task read cache.
