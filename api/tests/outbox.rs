@@ -99,8 +99,13 @@ async fn the_backlog_is_exact_up_to_its_cap_and_the_id_span_above_it() {
 async fn migrating_to_delete_on_publish_keeps_exactly_the_unpublished_messages() {
     let (store, _dir) = unmigrated().await;
     let db = store.connection();
-    let migrations = taskwire_migration::Migrator::migrations().len() as u32;
-    taskwire_migration::Migrator::up(db, Some(migrations - 1)).await.expect("migrates to the one before");
+    let migrations = taskwire_migration::Migrator::migrations();
+    let before = migrations
+        .iter()
+        .position(|m| m.name() == "m20261206_000005_outbox_delete_on_publish")
+        .expect("the migration is listed") as u32;
+    let after = migrations.len() as u32 - before;
+    taskwire_migration::Migrator::up(db, Some(before)).await.expect("migrates to the one before");
     for (id, published) in [(1, "5"), (2, "NULL"), (3, "7"), (4, "NULL")] {
         let sql = format!(
             "INSERT INTO outbox (id, topic, message_key, payload, created_at, published_at) VALUES ({id}, 't', 'k', '{{}}', 0, {published})"
@@ -111,7 +116,7 @@ async fn migrating_to_delete_on_publish_keeps_exactly_the_unpublished_messages()
     assert_eq!(ids_left(&store).await, [2, 4], "the unpublished rows, and only they");
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 2);
 
-    taskwire_migration::Migrator::down(db, Some(1)).await.expect("migrates down");
+    taskwire_migration::Migrator::down(db, Some(after)).await.expect("migrates down past it");
     let unpublished = db
         .query_all_raw(sea_orm::Statement::from_string(
             store.backend(),
