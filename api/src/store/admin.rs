@@ -1,16 +1,33 @@
 //! Workers and queues: registration, liveness, drain, queue settings.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    sea_query::{CaseStatement, Expr, ExprTrait, SimpleExpr},
 };
 use taskwire_domain::{
-    MaxAttempts, QueueName, QueueSettings, RetryPolicy, WorkerRegistration, WorkerStatus, queue::DEFAULT_LEASE_SECONDS,
+    MaxAttempts, QueueName, QueueSettings, RetryPolicy, TaskId, WorkerRegistration, WorkerStatus,
+    queue::DEFAULT_LEASE_SECONDS,
 };
 use taskwire_entity::{queue, task, worker};
 
-use super::{Store, WorkerRecord, Writer, convert};
+use super::{Store, WorkerRecord, Writer, convert, shape};
 use crate::error::{ApiError, ApiResult};
+
+/// Which of its running tasks a heartbeat keeps leased.
+#[derive(Debug, Clone, Copy)]
+pub enum Leases<'a> {
+    /// Every one (the legacy `heartbeat` without `tasks`): a task the worker forgot stays
+    /// leased for as long as the worker heartbeats.
+    All,
+    /// Only these; the leases of the worker's other tasks run out and the reaper reclaims
+    /// those tasks, while the worker stays `ONLINE`.
+    Named(&'a [TaskId]),
+}
 
 impl Store {
     /// Registers (or re-registers) worker `id`. A worker an admin drained stays
@@ -70,8 +87,31 @@ impl Store {
     }
 
     /// Records a heartbeat of worker `id` (an `OFFLINE` worker comes back `ONLINE`) and
-    /// extends the leases of its running tasks by their queue's lease length.
-    pub async fn heartbeat(&self, id: &str) -> ApiResult<WorkerRecord> {
+    /// extends the leases of its running tasks that `leases` names by their queue's lease
+    /// length.
+    pub async fn heartbeat(&self, id: &str, leases: Leases<'_>) -> ApiResult<WorkerRecord> {
+        Ok(self.beat(id, leases, false).await?.0)
+    }
+
+    /// [`Store::heartbeat`] naming `tasks`, and which of them the worker still holds: the
+    /// new lease end of every named task whose lease was extended. A task missing from
+    /// the answer is not the worker's any more (finished, reclaimed, or its lease lapsed).
+    pub async fn renew_leases(
+        &self,
+        id: &str,
+        tasks: &[TaskId],
+    ) -> ApiResult<(WorkerRecord, HashMap<TaskId, chrono::DateTime<Utc>>)> {
+        let (record, renewed) = self.beat(id, Leases::Named(tasks), true).await?;
+        Ok((record, renewed.unwrap_or_default()))
+    }
+
+    /// The heartbeat; with `report`, also reads back which named leases it extended.
+    async fn beat(
+        &self,
+        id: &str,
+        leases: Leases<'_>,
+        report: bool,
+    ) -> ApiResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
         let now = Utc::now();
         let writing = self.write_lock(Writer::Worker).await;
         let row =
@@ -88,19 +128,39 @@ impl Store {
         if came_back {
             self.dispatch_signal.notify_one();
         }
+        if matches!(leases, Leases::Named(tasks) if tasks.is_empty()) {
+            return Ok((record, report.then(HashMap::new)));
+        }
         // READ COMMITTED on MySQL: the range update takes no gap locks, so it cannot
         // deadlock with transitions that move tasks in and out of this worker's range.
         let txn = writing.begin_read_committed().await?;
         let settings = self.settings.get_many(&txn, record.queues.iter().map(String::as_str)).await?;
-        for (queue, settings) in settings {
-            // Leases are extended in place: the lease token (not the row version) is what
-            // fences a worker, and extending a lease changes no visible state. A lease
-            // that already lapsed stays lapsed: the reaper counts it as a failed attempt.
-            let until = now + chrono::Duration::seconds(i64::from(settings.lease_seconds));
-            extend_leases(id, &queue, now, until).exec(&txn).await?;
-        }
+        // Leases are extended in place: the lease token (not the row version) is what
+        // fences a worker, and extending a lease changes no visible state. A lease that
+        // already lapsed stays lapsed: the reaper counts it as a failed attempt.
+        let until: BTreeMap<String, i64> = settings
+            .into_iter()
+            .map(|(queue, settings)| {
+                (queue, convert::to_ms(now + chrono::Duration::seconds(i64::from(settings.lease_seconds))))
+            })
+            .collect();
+        let renewed = match leases {
+            Leases::All => {
+                for (queue, until) in &until {
+                    extend_leases(id, queue, now, convert::from_ms(*until)).exec(&txn).await?;
+                }
+                None
+            }
+            Leases::Named(tasks) => {
+                let named = NamedLeases::new(id, tasks, &until, now);
+                if let Some(update) = named.update() {
+                    update.exec(&txn).await?;
+                }
+                if report { Some(named.held(&txn).await?) } else { None }
+            }
+        };
         txn.commit().await?;
-        Ok(record)
+        Ok((record, renewed))
     }
 
     /// Marks worker `id` draining: no new offers, running tasks finish.
@@ -210,6 +270,88 @@ pub(super) fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
     })
 }
 
+/// The lease extension of a heartbeat that names its tasks: the named tasks that are
+/// worker `worker`'s, `RUNNING` in one of its queues and whose lease has not lapsed at
+/// `now`, each leased until its queue's end. One `UPDATE`; its shape is bounded by padding
+/// both lists to a power of two (`shape`).
+struct NamedLeases {
+    worker: String,
+    /// Distinct task ids, sorted (rows are locked in id order, as every writer locks
+    /// tasks), padded.
+    tasks: Vec<String>,
+    /// The worker's queues and their lease ends (ms), padded.
+    queues: Vec<(String, i64)>,
+    now: i64,
+}
+
+impl NamedLeases {
+    fn new(worker: &str, tasks: &[TaskId], until: &BTreeMap<String, i64>, now: chrono::DateTime<Utc>) -> NamedLeases {
+        let mut ids = tasks.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        NamedLeases {
+            worker: worker.to_owned(),
+            tasks: shape::padded(ids.iter().map(TaskId::to_string)),
+            queues: shape::padded(until.iter().map(|(queue, until)| (queue.clone(), *until))),
+            now: convert::to_ms(now),
+        }
+    }
+
+    /// The rows the heartbeat extends (and, after it, the ones it extended).
+    fn condition(&self) -> Condition {
+        Condition::all()
+            .add(task::Column::Id.is_in(self.tasks.iter().map(String::as_str)))
+            .add(task::Column::WorkerId.eq(self.worker.as_str()))
+            .add(task::Column::Status.eq(taskwire_domain::TaskStatus::Running.as_str()))
+            .add(task::Column::Queue.is_in(self.queues.iter().map(|(queue, _)| queue.as_str())))
+            .add(task::Column::LeaseExpiresAt.gt(self.now))
+    }
+
+    /// Whether no row can match (no task named, or a worker without queues).
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty() || self.queues.is_empty()
+    }
+
+    /// The `UPDATE`; `None` when there is nothing to extend.
+    fn update(&self) -> Option<sea_orm::UpdateMany<task::Entity>> {
+        let (_, first) = self.queues.first()?;
+        if self.is_empty() {
+            return None;
+        }
+        let lease: SimpleExpr = if self.queues.iter().all(|(_, until)| until == first) {
+            Expr::value(*first)
+        } else {
+            // A repeated (padding) arm is never reached: the first match wins. Every row
+            // the statement reaches is in one of the queues; the fallback only keeps the
+            // expression total.
+            let mut lease = CaseStatement::new();
+            for (queue, until) in &self.queues {
+                lease = lease.case(Expr::col(task::Column::Queue).eq(queue.as_str()), Expr::value(*until));
+            }
+            lease.finally(Expr::col(task::Column::LeaseExpiresAt)).into()
+        };
+        Some(task::Entity::update_many().col_expr(task::Column::LeaseExpiresAt, lease).filter(self.condition()))
+    }
+
+    /// After [`NamedLeases::update`], in its transaction: the named tasks the worker
+    /// still holds, with their lease ends. A lapsed lease is not extended, so the same
+    /// condition reads exactly the rows the update wrote.
+    async fn held<C: ConnectionTrait>(&self, conn: &C) -> ApiResult<HashMap<TaskId, chrono::DateTime<Utc>>> {
+        if self.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, Option<i64>)> = task::Entity::find()
+            .select_only()
+            .column(task::Column::Id)
+            .column(task::Column::LeaseExpiresAt)
+            .filter(self.condition())
+            .into_tuple()
+            .all(conn)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(id, lease)| Some((TaskId::parse(&id)?, convert::from_ms(lease?)))).collect())
+    }
+}
+
 /// The heartbeat's lease extension: worker `id`'s `RUNNING` tasks of `queue` whose lease
 /// has not lapsed at `now` are leased until `until`. It reads through
 /// `idx_tasks_worker_status`, the worker's tasks in that status, not its whole history.
@@ -263,6 +405,31 @@ mod tests {
             assert!(!plan.contains("idx_tasks_worker "), "not through the worker's history: {plan}");
             assert!(plan.contains("(status=?") || plan.contains("(worker_id=? AND status=?"), "{plan}");
         }
+    }
+
+    /// A heartbeat naming tasks is one `UPDATE` whose text depends only on the padded
+    /// lengths of its lists and on whether the worker's queues share one lease length.
+    #[test]
+    fn a_named_heartbeat_is_one_update_of_few_shapes() {
+        let now = Utc::now();
+        let ids: Vec<TaskId> = (0..1000).map(|_| TaskId::generate(now)).collect();
+        let queues = |n: usize, varied: bool| -> BTreeMap<String, i64> {
+            (0..n).map(|i| (format!("q{i}"), 30_000 + if varied { i as i64 } else { 0 })).collect()
+        };
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 1..=ids.len() {
+            for (queues, varied) in [(queues(1, false), false), (queues(3, false), false), (queues(3, true), true)] {
+                let named = NamedLeases::new("w1", &ids[..n], &queues, now);
+                let update = named.update().expect("something to extend").build(DbBackend::MySql);
+                assert!(update.sql.starts_with("UPDATE `tasks` SET `lease_expires_at` = "), "{}", update.sql);
+                assert_eq!(update.sql.contains("CASE"), varied);
+                shapes.insert(update.sql);
+            }
+        }
+        // 11 lengths of the id list (1, 2, 4, … 1024), each with 3 variants.
+        assert_eq!(shapes.len(), 33);
+        assert!(NamedLeases::new("w1", &[], &queues(1, false), now).update().is_none());
+        assert!(NamedLeases::new("w1", &ids[..1], &BTreeMap::new(), now).update().is_none());
     }
 
     /// On MariaDB, with a worker's long history and many running tasks of other workers,

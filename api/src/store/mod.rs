@@ -58,6 +58,7 @@ use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
 use tokio::sync::{Mutex, Notify};
 
+pub use admin::Leases;
 pub use dispatch::{Due, OfferOutcome, PlannedOffer};
 pub use events::{EventHead, EventScope, QueueStats};
 pub(crate) use gate::{Writer, Writing};
