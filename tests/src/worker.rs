@@ -705,8 +705,8 @@ impl Shared {
     /// it is sent again with backoff for up to [`REPORT_RETRY_LIMIT`]: every task
     /// mutation is fenced by the lease token, accepting again is idempotent for the
     /// holder, and a report that did commit answers `LEASE_LOST` when repeated. Without
-    /// this, a worker that lost the answer to `completeTask` would forget a task its
-    /// heartbeats keep leased.
+    /// this, a worker that lost the answer to `completeTask` would forget a task it
+    /// finished, and the lease its heartbeats stop naming would lapse as a failed attempt.
     async fn task_mutation(&self, query: &str, variables: Value, success: &AtomicU64) -> Answer {
         self.wait_for_network().await;
         let give_up = tokio::time::Instant::now() + REPORT_RETRY_LIMIT;

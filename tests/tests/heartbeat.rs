@@ -215,6 +215,27 @@ async fn each_named_task_is_leased_for_its_own_queues_lease_length() {
     assert_eq!(after[2], before[2], "c not named");
 }
 
+/// A lease that lapsed stays lapsed when a heartbeat names its task before the reaper
+/// comes: the reaper counts it as a failed attempt.
+#[tokio::test]
+async fn naming_a_task_whose_lease_lapsed_does_not_revive_it() {
+    // The reaper runs at start-up, then not again during the test.
+    let app = spawn(&[("TASKWIRE_REAPER_INTERVAL_MS", "600000")]).await;
+    configure_queue(&app, "q", json!({ "leaseSeconds": 1 })).await;
+    let w1 = Holder::start(&app, "w1", &[task_input("a", 3)]).await;
+    let a = w1.tasks[0].as_str();
+    let lapsed = leases(&app, &[a]).await[0];
+    let wait = lapsed + 50 - chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+
+    assert_eq!(w1.heartbeat(&app, &[a]).await["status"], "ONLINE");
+    let renewed = app.gql(Some(&w1.token), RENEW, json!({ "tasks": [a] })).await;
+    assert_eq!(renewed.data()["renewLeases"][0]["outcome"], "LEASE_LOST");
+    let still = task(&app, a).await;
+    assert_eq!(still["status"], "RUNNING", "not reaped yet");
+    assert_eq!(ms(&still["leaseExpiresAt"]), lapsed, "not extended");
+}
+
 #[tokio::test]
 async fn the_named_tasks_are_bounded_and_an_empty_list_only_keeps_the_worker_alive() {
     let app = spawn(&[]).await;

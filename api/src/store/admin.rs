@@ -274,6 +274,11 @@ pub(super) fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
 /// worker `worker`'s, `RUNNING` in one of its queues and whose lease has not lapsed at
 /// `now`, each leased until its queue's end. One `UPDATE`; its shape is bounded by padding
 /// both lists to a power of two (`shape`).
+///
+/// The lapse check is in the `SET`, not the `WHERE`: given `lease_expires_at > ?` next to
+/// `id IN (…)`, SQLite's planner (no statistics) reads every running task of every worker
+/// through `idx_tasks_status_lease`; without it, it reads the worker's running tasks
+/// through `idx_tasks_worker_status`, as the legacy heartbeat does.
 struct NamedLeases {
     worker: String,
     /// Distinct task ids, sorted (rows are locked in id order, as every writer locks
@@ -297,14 +302,13 @@ impl NamedLeases {
         }
     }
 
-    /// The rows the heartbeat extends (and, after it, the ones it extended).
+    /// The named rows the worker holds, lapsed or not.
     fn condition(&self) -> Condition {
         Condition::all()
             .add(task::Column::Id.is_in(self.tasks.iter().map(String::as_str)))
             .add(task::Column::WorkerId.eq(self.worker.as_str()))
             .add(task::Column::Status.eq(taskwire_domain::TaskStatus::Running.as_str()))
             .add(task::Column::Queue.is_in(self.queues.iter().map(|(queue, _)| queue.as_str())))
-            .add(task::Column::LeaseExpiresAt.gt(self.now))
     }
 
     /// Whether no row can match (no task named, or a worker without queues).
@@ -318,24 +322,28 @@ impl NamedLeases {
         if self.is_empty() {
             return None;
         }
-        let lease: SimpleExpr = if self.queues.iter().all(|(_, until)| until == first) {
+        let until: SimpleExpr = if self.queues.iter().all(|(_, until)| until == first) {
             Expr::value(*first)
         } else {
             // A repeated (padding) arm is never reached: the first match wins. Every row
             // the statement reaches is in one of the queues; the fallback only keeps the
             // expression total.
-            let mut lease = CaseStatement::new();
-            for (queue, until) in &self.queues {
-                lease = lease.case(Expr::col(task::Column::Queue).eq(queue.as_str()), Expr::value(*until));
+            let mut until = CaseStatement::new();
+            for (queue, end) in &self.queues {
+                until = until.case(Expr::col(task::Column::Queue).eq(queue.as_str()), Expr::value(*end));
             }
-            lease.finally(Expr::col(task::Column::LeaseExpiresAt)).into()
+            until.finally(Expr::col(task::Column::LeaseExpiresAt)).into()
         };
-        Some(task::Entity::update_many().col_expr(task::Column::LeaseExpiresAt, lease).filter(self.condition()))
+        // A lease that already lapsed stays as it is.
+        let lease = CaseStatement::new()
+            .case(Expr::col(task::Column::LeaseExpiresAt).gt(self.now), until)
+            .finally(Expr::col(task::Column::LeaseExpiresAt));
+        Some(task::Entity::update_many().col_expr(task::Column::LeaseExpiresAt, lease.into()).filter(self.condition()))
     }
 
     /// After [`NamedLeases::update`], in its transaction: the named tasks the worker
-    /// still holds, with their lease ends. A lapsed lease is not extended, so the same
-    /// condition reads exactly the rows the update wrote.
+    /// still holds, with their lease ends: those whose lease had not lapsed, which the
+    /// update extended.
     async fn held<C: ConnectionTrait>(&self, conn: &C) -> ApiResult<HashMap<TaskId, chrono::DateTime<Utc>>> {
         if self.is_empty() {
             return Ok(HashMap::new());
@@ -348,7 +356,11 @@ impl NamedLeases {
             .into_tuple()
             .all(conn)
             .await?;
-        Ok(rows.into_iter().filter_map(|(id, lease)| Some((TaskId::parse(&id)?, convert::from_ms(lease?)))).collect())
+        Ok(rows
+            .into_iter()
+            .filter(|(_, lease)| lease.is_some_and(|lease| lease > self.now))
+            .filter_map(|(id, lease)| Some((TaskId::parse(&id)?, convert::from_ms(lease?))))
+            .collect())
     }
 }
 
@@ -387,7 +399,7 @@ mod tests {
         rows.iter().map(|row| row.try_get::<String>("", "detail").expect("detail")).collect::<Vec<_>>().join("\n")
     }
 
-    /// The heartbeat and the offers re-sent to a worker find its tasks in one status
+    /// The heartbeats (naming tasks or not) and the offers re-sent to a worker find its tasks in one status
     /// through an index led by that status or by (worker, status), never through
     /// `idx_tasks_worker`, which holds every task the worker ever had.
     #[tokio::test]
@@ -397,9 +409,13 @@ mod tests {
         let now = Utc::now();
         let heartbeat = extend_leases("w1", "default", now, now + chrono::Duration::seconds(30));
         let offers = crate::store::dispatch::offers_for_query("w1");
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate(now)).collect();
+        let queues = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
+        let named = NamedLeases::new("w1", &ids, &queues, now).update().expect("an update");
         for plan in [
             plan(&store, heartbeat.build(DbBackend::Sqlite)).await,
             plan(&store, offers.build(DbBackend::Sqlite)).await,
+            plan(&store, named.build(DbBackend::Sqlite)).await,
         ] {
             assert!(plan.contains("USING INDEX idx_tasks_"), "read through an index: {plan}");
             assert!(!plan.contains("idx_tasks_worker "), "not through the worker's history: {plan}");
@@ -422,7 +438,8 @@ mod tests {
                 let named = NamedLeases::new("w1", &ids[..n], &queues, now);
                 let update = named.update().expect("something to extend").build(DbBackend::MySql);
                 assert!(update.sql.starts_with("UPDATE `tasks` SET `lease_expires_at` = "), "{}", update.sql);
-                assert_eq!(update.sql.contains("CASE"), varied);
+                // The lapse check, then (varied) a lease end per queue.
+                assert_eq!(update.sql.matches("CASE").count(), 1 + usize::from(varied), "{}", update.sql);
                 shapes.insert(update.sql);
             }
         }
@@ -445,7 +462,7 @@ mod tests {
             format!(
                 "INSERT INTO tasks (id, queue, kind, priority, status, attempts, max_attempts, run_at, created_by, \
                  input_hash, worker_id, lease_expires_at, version, last_seq, created_at, updated_at) \
-                 SELECT CONCAT('t-', LPAD(seq, 8, '0')), 'default', 'k', 0, '{status}', 1, 3, {now}, 'c', 'h', \
+                 SELECT CONCAT('0190b1b2-0000-7000-8000-', LPAD(seq, 12, '0')), 'default', 'k', 0, '{status}', 1, 3, {now}, 'c', 'h', \
                  {worker}, {later}, 1, 1, {now}, {now} FROM seq_{from}_to_{}",
                 from + n - 1
             )
@@ -472,5 +489,33 @@ mod tests {
         assert_eq!(key.as_deref(), Some("idx_tasks_worker_status"), "planned to read {rows:?} rows");
         let extended = extend_leases("w1", "default", Utc::now(), until).exec(db).await.expect("update");
         assert_eq!(extended.rows_affected, 3);
+
+        // Naming tasks: w1's three running ones, a finished one of w1's and another
+        // worker's running one. Only the named rows are read (the list padded to 8).
+        let named: Vec<TaskId> = [1_001, 1_002, 1_003, 1, 2_001]
+            .iter()
+            .map(|n| TaskId::parse(&format!("0190b1b2-0000-7000-8000-{n:012}")).expect("a task id"))
+            .collect();
+        let later = BTreeMap::from([("default".to_owned(), convert::to_ms(until) + 1_000)]);
+        let named = NamedLeases::new("w1", &named, &later, Utc::now());
+        let update = named.update().expect("an update").build(DbBackend::MySql);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::MySql,
+            format!("EXPLAIN {}", update.sql),
+            update.values.clone().map(|v| v.0).unwrap_or_default(),
+        );
+        let row = db.query_one_raw(explain).await.expect("explain").expect("a plan row");
+        let key: Option<String> = row.try_get("", "key").expect("key");
+        let rows: Option<String> = row.try_get("", "rows").expect("rows");
+        let read: u64 = rows.as_deref().and_then(|r| r.parse().ok()).expect("a row estimate");
+        assert!(read <= 8, "planned to read {read} rows through {key:?}");
+        // Point lookups of the named ids, through the primary key or (queue, id).
+        let keys = ["PRIMARY", "idx_tasks_queue", "idx_tasks_worker_status"];
+        assert!(key.as_deref().is_some_and(|key| keys.contains(&key)), "planned through {key:?}");
+        let extended = db.execute_raw(update).await.expect("update");
+        assert_eq!(extended.rows_affected(), 3, "w1's running tasks only");
+        let held = named.held(db).await.expect("held");
+        assert_eq!(held.len(), 3);
+        assert!(held.values().all(|lease| convert::to_ms(*lease) == later["default"]));
     }
 }
