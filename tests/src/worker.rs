@@ -10,8 +10,9 @@
 //!    presenting the offer's lease token (the fencing token: a stale one answers
 //!    `LEASE_LOST`).
 //!
-//! Meanwhile it calls `heartbeat` every [`WorkerConfig::heartbeat_every`], which keeps the
-//! worker `ONLINE` and extends the leases of all its running tasks, and reconnects the
+//! Meanwhile it calls `heartbeat(tasks)` every [`WorkerConfig::heartbeat_every`], naming the
+//! tasks it is working on: that keeps the worker `ONLINE` and extends those tasks' leases
+//! (a task it no longer names lapses back to the queue). It reconnects the
 //! WebSocket with a short backoff (100 ms doubling to 2 s) when it drops. Offers that arrive
 //! twice (same lease token, e.g. replayed after a reconnect) are handled once. At most
 //! [`WorkerConfig::capacity`] handlers run at a time; an offer beyond that is left to lapse.
@@ -62,7 +63,7 @@
 //! What happened is observable through [`Worker::stats`] and [`Worker::log`].
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fmt,
     panic::AssertUnwindSafe,
     sync::{
@@ -91,7 +92,7 @@ pub const ASSIGNMENTS_SUBSCRIPTION: &str = "subscription Assignments { assignmen
      task { id queue kind payload priority attempts maxAttempts } } }";
 
 const REGISTER: &str = "mutation RegisterWorker($input: RegisterWorkerInput!) { registerWorker(input: $input) { id } }";
-const HEARTBEAT: &str = "mutation Heartbeat { heartbeat { id } }";
+const HEARTBEAT: &str = "mutation Heartbeat($tasks: [ID!]) { heartbeat(tasks: $tasks) { id } }";
 const ACCEPT: &str = "mutation AcceptTask($taskId: ID!, $leaseToken: String!) { \
      acceptTask(taskId: $taskId, leaseToken: $leaseToken) { id } }";
 const COMPLETE: &str = "mutation CompleteTask($taskId: ID!, $leaseToken: String!, $result: JSON) { \
@@ -196,9 +197,10 @@ pub enum Outcome {
     /// expire meanwhile, in which case the completion answers `LEASE_LOST`.
     Stall(Duration),
     /// Report nothing. Returned by the handler (the task is already accepted), the task
-    /// stays `RUNNING` on this worker and heartbeats keep extending its lease: a worker that
-    /// lost track of a task. To let an *offer* lapse instead, refuse it with an
-    /// [`OfferFilter`]; the log records such offers with this outcome.
+    /// stays `RUNNING` on this worker, and heartbeats no longer name it: a worker that lost
+    /// track of a task. Its lease lapses and the server reclaims it (a failed attempt). To
+    /// let an *offer* lapse instead, refuse it with an [`OfferFilter`]; the log records
+    /// such offers with this outcome.
     Ignore,
 }
 
@@ -362,6 +364,7 @@ impl Worker {
             last_error: Mutex::new(None),
             log: Mutex::new(VecDeque::new()),
             seen: Mutex::new(Seen::default()),
+            in_hand: Mutex::new(HashMap::new()),
             stall_until: Mutex::new(None),
             partition_until: Mutex::new(None),
             partition_started: Notify::new(),
@@ -520,6 +523,10 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     log: Mutex<VecDeque<TaskRecord>>,
     seen: Mutex<Seen>,
+    /// Tasks being accepted, worked on or reported, with how many handlers have each
+    /// (a task offered again while an earlier handler still reports it has two): what
+    /// every heartbeat names. At most `capacity` entries, one per handler permit.
+    in_hand: Mutex<HashMap<String, u32>>,
     /// Heartbeats pause until then (a stalled handler).
     stall_until: Mutex<Option<Instant>>,
     /// The network is "down" until then.
@@ -698,8 +705,8 @@ impl Shared {
     /// it is sent again with backoff for up to [`REPORT_RETRY_LIMIT`]: every task
     /// mutation is fenced by the lease token, accepting again is idempotent for the
     /// holder, and a report that did commit answers `LEASE_LOST` when repeated. Without
-    /// this, a worker that lost the answer to `completeTask` would forget a task its
-    /// heartbeats keep leased.
+    /// this, a worker that lost the answer to `completeTask` would forget a task it
+    /// finished, and the lease its heartbeats stop naming would lapse as a failed attempt.
     async fn task_mutation(&self, query: &str, variables: Value, success: &AtomicU64) -> Answer {
         self.wait_for_network().await;
         let give_up = tokio::time::Instant::now() + REPORT_RETRY_LIMIT;
@@ -880,8 +887,26 @@ impl Shared {
         });
     }
 
-    /// Accept, run the handler, report.
-    async fn handle(&self, assignment: Assignment, mut record: TaskRecord, _permit: OwnedSemaphorePermit) {
+    /// Accept, run the handler, report; heartbeats name the task meanwhile.
+    async fn handle(&self, assignment: Assignment, record: TaskRecord, permit: OwnedSemaphorePermit) {
+        let task_id = assignment.task_id.clone();
+        *lock(&self.in_hand).entry(task_id.clone()).or_default() += 1;
+        self.handle_in_hand(assignment, record, permit).await;
+        let mut in_hand = lock(&self.in_hand);
+        if let Some(handlers) = in_hand.get_mut(&task_id) {
+            *handlers -= 1;
+            if *handlers == 0 {
+                in_hand.remove(&task_id);
+            }
+        }
+    }
+
+    /// The tasks to name in a heartbeat.
+    fn tasks_in_hand(&self) -> Vec<String> {
+        lock(&self.in_hand).keys().cloned().collect()
+    }
+
+    async fn handle_in_hand(&self, assignment: Assignment, mut record: TaskRecord, _permit: OwnedSemaphorePermit) {
         let ids = json!({ "taskId": assignment.task_id, "leaseToken": assignment.lease_token });
         let accept = self.task_mutation(ACCEPT, ids.clone(), &self.counters.accepted).await;
         record.accepted = accept.is_ok();
@@ -1032,7 +1057,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, root: CancellationToken) {
         }
         let beat = tokio::select! {
             _ = root.cancelled() => return,
-            beat = shared.graphql(HEARTBEAT, json!({})) => beat,
+            beat = shared.graphql(HEARTBEAT, json!({ "tasks": shared.tasks_in_hand() })) => beat,
         };
         bump(if beat.is_ok() { &shared.counters.heartbeats } else { &shared.counters.heartbeat_errors });
     }
@@ -1362,6 +1387,32 @@ mod tests {
         assert_eq!(mock.count("heartbeat"), before, "no heartbeat while stalled");
         assert!(worker.wait_until(WAIT, |s| s.completed == 1).await);
         assert!(worker.wait_until(WAIT, |s| s.heartbeats > before as u64).await);
+        worker.stop().await;
+    }
+
+    /// Heartbeats name the tasks being handled, and stop naming a task once it is reported.
+    #[tokio::test]
+    async fn heartbeats_name_the_tasks_in_hand() {
+        let (mock, url) = Mock::start().await;
+        let worker = Worker::start(config(&url, 4), handler()).await.expect("starts");
+        mock.offer("slow-1", "l1").await;
+        let named = |tasks: Value, after: usize| {
+            let mock = &mock;
+            async move {
+                for _ in 0..500 {
+                    let calls = lock(&mock.calls).clone();
+                    let mut beats = calls.iter().filter(|(f, _)| f == "heartbeat").enumerate().skip(after);
+                    if let Some((at, _)) = beats.find(|(_, (_, v))| v["tasks"] == tasks) {
+                        return at;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("no heartbeat named {tasks} after {after} heartbeats");
+            }
+        };
+        let working = named(json!(["slow-1"]), 0).await;
+        assert!(worker.wait_until(WAIT, |s| s.completed == 1).await);
+        named(json!([]), working + 1).await;
         worker.stop().await;
     }
 

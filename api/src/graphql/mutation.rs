@@ -1,5 +1,7 @@
 //! Mutations, one object per area, merged into `Mutation`.
 
+use std::collections::HashSet;
+
 use async_graphql::{Context, ID, Json, MergedObject, Object, Result};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -13,17 +15,19 @@ use super::{
     context::{principal, store, traceparent},
     guards::RoleGuard,
     types::{
-        ConfigureQueueInput, CreateTaskInput, CreateTaskPayload, QueueObject, RegisterWorkerInput, TaskObject,
-        WorkerObject,
+        ConfigureQueueInput, CreateTaskInput, CreateTaskPayload, LeaseOutcome, LeaseRenewal, QueueObject,
+        RegisterWorkerInput, TaskObject, WorkerObject,
     },
 };
 use crate::{
     error::ApiError,
-    store::{CreateMode, CreateOutcome},
+    store::{CreateMode, CreateOutcome, Leases},
 };
 
 /// Most inputs one `createTasks` call accepts.
 pub const MAX_CREATE_BATCH: usize = 500;
+/// Most task ids one `heartbeat` or `renewLeases` call names.
+pub const MAX_HEARTBEAT_TASKS: usize = 1000;
 /// Longest `failTask` error message, in characters.
 pub const MAX_ERROR_CHARS: usize = 4000;
 
@@ -98,11 +102,45 @@ impl WorkerMutation {
         Ok(WorkerObject(store(ctx)?.register_worker(&caller.subject, &registration).await?))
     }
 
-    /// The calling worker is alive: keeps it `ONLINE` and extends its running leases.
+    /// The calling worker is alive: keeps it `ONLINE` and extends the leases of the
+    /// tasks it names in `tasks` (at most 1,000) that are `RUNNING` on it, by their
+    /// queue's `leaseSeconds`. A task it holds but does not name is not extended: its
+    /// lease lapses and the reaper reclaims it (a failed attempt). Ids of tasks it does
+    /// not hold, and ids that name no task, are ignored; `renewLeases` tells which.
+    /// Without `tasks` (the legacy form) every running lease of the worker is extended,
+    /// including those of tasks it forgot.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
-    async fn heartbeat(&self, ctx: &Context<'_>) -> Result<WorkerObject> {
+    async fn heartbeat(&self, ctx: &Context<'_>, tasks: Option<Vec<ID>>) -> Result<WorkerObject> {
         let caller = principal(ctx)?;
-        Ok(WorkerObject(store(ctx)?.heartbeat(&caller.subject).await?))
+        let store = store(ctx)?;
+        let record = match tasks {
+            None => store.heartbeat(&caller.subject, Leases::All).await?,
+            Some(tasks) => store.heartbeat(&caller.subject, Leases::Named(&named_tasks(&tasks)?)).await?,
+        };
+        Ok(WorkerObject(record))
+    }
+
+    /// `heartbeat(tasks)` that answers, for each distinct named task in the order given,
+    /// whether the caller still holds it (`RENEWED`, with the new lease end) or not
+    /// (`LEASE_LOST`).
+    #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
+    async fn renew_leases(&self, ctx: &Context<'_>, tasks: Vec<ID>) -> Result<Vec<LeaseRenewal>> {
+        let caller = principal(ctx)?;
+        let parsed = named_tasks(&tasks)?;
+        let (_, renewed) = store(ctx)?.renew_leases(&caller.subject, &parsed).await?;
+        let mut seen = HashSet::with_capacity(tasks.len());
+        Ok(tasks
+            .into_iter()
+            .filter(|id| seen.insert(id.to_string()))
+            .map(|id| {
+                let lease = TaskId::parse(&id).and_then(|task| renewed.get(&task).copied());
+                LeaseRenewal {
+                    task_id: id,
+                    outcome: if lease.is_some() { LeaseOutcome::Renewed } else { LeaseOutcome::LeaseLost },
+                    lease_expires_at: lease,
+                }
+            })
+            .collect())
     }
 
     /// Accepts an offer: `ASSIGNED` → `RUNNING`, counting an attempt. The lease then
@@ -261,6 +299,17 @@ impl QueueMutation {
         }
         Ok(requeued)
     }
+}
+
+/// The tasks a heartbeat names: at most [`MAX_HEARTBEAT_TASKS`] ids, else
+/// `BAD_USER_INPUT` on `tasks`. An id that is not a task id is dropped: it names no task,
+/// so the caller cannot hold it, and one bad id must not fail the heartbeat and let every
+/// other lease lapse.
+fn named_tasks(tasks: &[ID]) -> Result<Vec<TaskId>> {
+    if tasks.len() > MAX_HEARTBEAT_TASKS {
+        return Err(ApiError::from(DomainError::invalid("tasks", "at most 1000 task ids per call")).into());
+    }
+    Ok(tasks.iter().filter_map(|id| TaskId::parse(id)).collect())
 }
 
 /// Applies a worker command built from the task, its queue's settings and the time.

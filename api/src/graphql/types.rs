@@ -225,6 +225,27 @@ impl WorkerObject {
     }
 }
 
+/// What `renewLeases` did with one named task.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds the task (`RUNNING`, its lease not lapsed); the lease was extended.
+    Renewed,
+    /// The caller does not hold the task (any more): it finished, was reclaimed, its lease
+    /// lapsed, or the id names no task. Stop working on it; its reports will answer
+    /// `LEASE_LOST`.
+    LeaseLost,
+}
+
+/// One task named in `renewLeases`.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct LeaseRenewal {
+    /// The task id as named.
+    pub task_id: ID,
+    pub outcome: LeaseOutcome,
+    /// The lease's new end when `RENEWED`.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
 /// Input of `createTask`.
 #[derive(InputObject, Debug, Clone)]
 pub struct CreateTaskInput {

@@ -1,16 +1,33 @@
 //! Workers and queues: registration, liveness, drain, queue settings.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    sea_query::{CaseStatement, Expr, ExprTrait, SimpleExpr},
 };
 use taskwire_domain::{
-    MaxAttempts, QueueName, QueueSettings, RetryPolicy, WorkerRegistration, WorkerStatus, queue::DEFAULT_LEASE_SECONDS,
+    MaxAttempts, QueueName, QueueSettings, RetryPolicy, TaskId, WorkerRegistration, WorkerStatus,
+    queue::DEFAULT_LEASE_SECONDS,
 };
 use taskwire_entity::{queue, task, worker};
 
-use super::{Store, WorkerRecord, Writer, convert};
+use super::{Store, WorkerRecord, Writer, convert, shape};
 use crate::error::{ApiError, ApiResult};
+
+/// Which of its running tasks a heartbeat keeps leased.
+#[derive(Debug, Clone, Copy)]
+pub enum Leases<'a> {
+    /// Every one (the legacy `heartbeat` without `tasks`): a task the worker forgot stays
+    /// leased for as long as the worker heartbeats.
+    All,
+    /// Only these; the leases of the worker's other tasks run out and the reaper reclaims
+    /// those tasks, while the worker stays `ONLINE`.
+    Named(&'a [TaskId]),
+}
 
 impl Store {
     /// Registers (or re-registers) worker `id`. A worker an admin drained stays
@@ -75,8 +92,41 @@ impl Store {
     }
 
     /// Records a heartbeat of worker `id` (an `OFFLINE` worker comes back `ONLINE`) and
-    /// extends the leases of its running tasks by their queue's lease length.
-    pub async fn heartbeat(&self, id: &str) -> ApiResult<WorkerRecord> {
+    /// extends the leases of its running tasks that `leases` names by their queue's lease
+    /// length.
+    pub async fn heartbeat(&self, id: &str, leases: Leases<'_>) -> ApiResult<WorkerRecord> {
+        Ok(self.beat(id, leases, false).await?.0)
+    }
+
+    /// [`Store::heartbeat`] naming `tasks`, and which of them the worker still holds: the
+    /// new lease end of every named task whose lease was extended. A task missing from
+    /// the answer is not the worker's any more (finished, reclaimed, or its lease lapsed).
+    pub async fn renew_leases(
+        &self,
+        id: &str,
+        tasks: &[TaskId],
+    ) -> ApiResult<(WorkerRecord, HashMap<TaskId, chrono::DateTime<Utc>>)> {
+        let (record, renewed) = self.beat(id, Leases::Named(tasks), true).await?;
+        Ok((record, renewed.unwrap_or_default()))
+    }
+
+    /// The heartbeat; with `report`, also reads back which named leases it extended. A
+    /// lock conflict runs it again (see `contention`).
+    async fn beat(
+        &self,
+        id: &str,
+        leases: Leases<'_>,
+        report: bool,
+    ) -> ApiResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
+        self.retry_lock_conflicts(super::ConflictPath::Worker, || self.beat_once(id, leases, report)).await
+    }
+
+    async fn beat_once(
+        &self,
+        id: &str,
+        leases: Leases<'_>,
+        report: bool,
+    ) -> ApiResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
         let now = Utc::now();
         let writing = self.write_lock(Writer::Worker).await;
         let row =
@@ -93,19 +143,39 @@ impl Store {
         if came_back {
             self.dispatch_signal.notify_one();
         }
+        if matches!(leases, Leases::Named(tasks) if tasks.is_empty()) {
+            return Ok((record, report.then(HashMap::new)));
+        }
         // READ COMMITTED on MySQL: the range update takes no gap locks, so it cannot
         // deadlock with transitions that move tasks in and out of this worker's range.
         let txn = writing.begin_read_committed().await?;
         let settings = self.settings.get_many(&txn, record.queues.iter().map(String::as_str)).await?;
-        for (queue, settings) in settings {
-            // Leases are extended in place: the lease token (not the row version) is what
-            // fences a worker, and extending a lease changes no visible state. A lease
-            // that already lapsed stays lapsed: the reaper counts it as a failed attempt.
-            let until = now + chrono::Duration::seconds(i64::from(settings.lease_seconds));
-            extend_leases(id, &queue, now, until).exec(&txn).await?;
-        }
+        // Leases are extended in place: the lease token (not the row version) is what
+        // fences a worker, and extending a lease changes no visible state. A lease that
+        // already lapsed stays lapsed: the reaper counts it as a failed attempt.
+        let until: BTreeMap<String, i64> = settings
+            .into_iter()
+            .map(|(queue, settings)| {
+                (queue, convert::to_ms(now + chrono::Duration::seconds(i64::from(settings.lease_seconds))))
+            })
+            .collect();
+        let renewed = match leases {
+            Leases::All => {
+                for (queue, until) in &until {
+                    extend_leases(id, queue, now, convert::from_ms(*until)).exec(&txn).await?;
+                }
+                None
+            }
+            Leases::Named(tasks) => {
+                let named = NamedLeases::new(id, tasks, &until, now);
+                if let Some(update) = named.update() {
+                    update.exec(&txn).await?;
+                }
+                if report { Some(named.held(&txn).await?) } else { None }
+            }
+        };
         txn.commit().await?;
-        Ok(record)
+        Ok((record, renewed))
     }
 
     /// Marks worker `id` draining: no new offers, running tasks finish.
@@ -219,6 +289,100 @@ pub(super) fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
     })
 }
 
+/// The lease extension of a heartbeat that names its tasks: the named tasks that are
+/// worker `worker`'s, `RUNNING` in one of its queues and whose lease has not lapsed at
+/// `now`, each leased until its queue's end. One `UPDATE`; its shape is bounded by padding
+/// both lists to a power of two (`shape`).
+///
+/// The lapse check is in the `SET`, not the `WHERE`: given `lease_expires_at > ?` next to
+/// `id IN (…)`, SQLite's planner (no statistics) reads every running task of every worker
+/// through `idx_tasks_status_lease`; without it, it reads the worker's running tasks
+/// through `idx_tasks_worker_status`, as the legacy heartbeat does.
+struct NamedLeases {
+    worker: String,
+    /// Distinct task ids, sorted (rows are locked in id order, as every writer locks
+    /// tasks), padded.
+    tasks: Vec<String>,
+    /// The worker's queues and their lease ends (ms), padded.
+    queues: Vec<(String, i64)>,
+    now: i64,
+}
+
+impl NamedLeases {
+    fn new(worker: &str, tasks: &[TaskId], until: &BTreeMap<String, i64>, now: chrono::DateTime<Utc>) -> NamedLeases {
+        let mut ids = tasks.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        NamedLeases {
+            worker: worker.to_owned(),
+            tasks: shape::padded(ids.iter().map(TaskId::to_string)),
+            queues: shape::padded(until.iter().map(|(queue, until)| (queue.clone(), *until))),
+            now: convert::to_ms(now),
+        }
+    }
+
+    /// The named rows the worker holds, lapsed or not.
+    fn condition(&self) -> Condition {
+        Condition::all()
+            .add(task::Column::Id.is_in(self.tasks.iter().map(String::as_str)))
+            .add(task::Column::WorkerId.eq(self.worker.as_str()))
+            .add(task::Column::Status.eq(taskwire_domain::TaskStatus::Running.as_str()))
+            .add(task::Column::Queue.is_in(self.queues.iter().map(|(queue, _)| queue.as_str())))
+    }
+
+    /// Whether no row can match (no task named, or a worker without queues).
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty() || self.queues.is_empty()
+    }
+
+    /// The `UPDATE`; `None` when there is nothing to extend.
+    fn update(&self) -> Option<sea_orm::UpdateMany<task::Entity>> {
+        let (_, first) = self.queues.first()?;
+        if self.is_empty() {
+            return None;
+        }
+        let until: SimpleExpr = if self.queues.iter().all(|(_, until)| until == first) {
+            Expr::value(*first)
+        } else {
+            // A repeated (padding) arm is never reached: the first match wins. Every row
+            // the statement reaches is in one of the queues; the fallback only keeps the
+            // expression total.
+            let mut until = CaseStatement::new();
+            for (queue, end) in &self.queues {
+                until = until.case(Expr::col(task::Column::Queue).eq(queue.as_str()), Expr::value(*end));
+            }
+            until.finally(Expr::col(task::Column::LeaseExpiresAt)).into()
+        };
+        // A lease that already lapsed stays as it is.
+        let lease = CaseStatement::new()
+            .case(Expr::col(task::Column::LeaseExpiresAt).gt(self.now), until)
+            .finally(Expr::col(task::Column::LeaseExpiresAt));
+        Some(task::Entity::update_many().col_expr(task::Column::LeaseExpiresAt, lease.into()).filter(self.condition()))
+    }
+
+    /// After [`NamedLeases::update`], in its transaction: the named tasks the worker
+    /// still holds, with their lease ends: those whose lease had not lapsed, which the
+    /// update extended.
+    async fn held<C: ConnectionTrait>(&self, conn: &C) -> ApiResult<HashMap<TaskId, chrono::DateTime<Utc>>> {
+        if self.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, Option<i64>)> = task::Entity::find()
+            .select_only()
+            .column(task::Column::Id)
+            .column(task::Column::LeaseExpiresAt)
+            .filter(self.condition())
+            .into_tuple()
+            .all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, lease)| lease.is_some_and(|lease| lease > self.now))
+            .filter_map(|(id, lease)| Some((TaskId::parse(&id)?, convert::from_ms(lease?))))
+            .collect())
+    }
+}
+
 /// The heartbeat's lease extension: worker `id`'s `RUNNING` tasks of `queue` whose lease
 /// has not lapsed at `now` are leased until `until`. It reads through
 /// `idx_tasks_worker_status`, the worker's tasks in that status, not its whole history.
@@ -254,7 +418,7 @@ mod tests {
         rows.iter().map(|row| row.try_get::<String>("", "detail").expect("detail")).collect::<Vec<_>>().join("\n")
     }
 
-    /// The heartbeat and the offers re-sent to a worker find its tasks in one status
+    /// The heartbeats (naming tasks or not) and the offers re-sent to a worker find its tasks in one status
     /// through an index led by that status or by (worker, status), never through
     /// `idx_tasks_worker`, which holds every task the worker ever had.
     #[tokio::test]
@@ -264,14 +428,44 @@ mod tests {
         let now = Utc::now();
         let heartbeat = extend_leases("w1", "default", now, now + chrono::Duration::seconds(30));
         let offers = crate::store::dispatch::offers_for_query("w1");
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate(now)).collect();
+        let queues = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
+        let named = NamedLeases::new("w1", &ids, &queues, now).update().expect("an update");
         for plan in [
             plan(&store, heartbeat.build(DbBackend::Sqlite)).await,
             plan(&store, offers.build(DbBackend::Sqlite)).await,
+            plan(&store, named.build(DbBackend::Sqlite)).await,
         ] {
             assert!(plan.contains("USING INDEX idx_tasks_"), "read through an index: {plan}");
             assert!(!plan.contains("idx_tasks_worker "), "not through the worker's history: {plan}");
             assert!(plan.contains("(status=?") || plan.contains("(worker_id=? AND status=?"), "{plan}");
         }
+    }
+
+    /// A heartbeat naming tasks is one `UPDATE` whose text depends only on the padded
+    /// lengths of its lists and on whether the worker's queues share one lease length.
+    #[test]
+    fn a_named_heartbeat_is_one_update_of_few_shapes() {
+        let now = Utc::now();
+        let ids: Vec<TaskId> = (0..1000).map(|_| TaskId::generate(now)).collect();
+        let queues = |n: usize, varied: bool| -> BTreeMap<String, i64> {
+            (0..n).map(|i| (format!("q{i}"), 30_000 + if varied { i as i64 } else { 0 })).collect()
+        };
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 1..=ids.len() {
+            for (queues, varied) in [(queues(1, false), false), (queues(3, false), false), (queues(3, true), true)] {
+                let named = NamedLeases::new("w1", &ids[..n], &queues, now);
+                let update = named.update().expect("something to extend").build(DbBackend::MySql);
+                assert!(update.sql.starts_with("UPDATE `tasks` SET `lease_expires_at` = "), "{}", update.sql);
+                // The lapse check, then (varied) a lease end per queue.
+                assert_eq!(update.sql.matches("CASE").count(), 1 + usize::from(varied), "{}", update.sql);
+                shapes.insert(update.sql);
+            }
+        }
+        // 11 lengths of the id list (1, 2, 4, … 1024), each with 3 variants.
+        assert_eq!(shapes.len(), 33);
+        assert!(NamedLeases::new("w1", &[], &queues(1, false), now).update().is_none());
+        assert!(NamedLeases::new("w1", &ids[..1], &BTreeMap::new(), now).update().is_none());
     }
 
     /// On MariaDB, with a worker's long history and many running tasks of other workers,
@@ -287,7 +481,7 @@ mod tests {
             format!(
                 "INSERT INTO tasks (id, queue, kind, priority, status, attempts, max_attempts, run_at, created_by, \
                  input_hash, worker_id, lease_expires_at, version, last_seq, created_at, updated_at) \
-                 SELECT CONCAT('t-', LPAD(seq, 8, '0')), 'default', 'k', 0, '{status}', 1, 3, {now}, 'c', 'h', \
+                 SELECT CONCAT('0190b1b2-0000-7000-8000-', LPAD(seq, 12, '0')), 'default', 'k', 0, '{status}', 1, 3, {now}, 'c', 'h', \
                  {worker}, {later}, 1, 1, {now}, {now} FROM seq_{from}_to_{}",
                 from + n - 1
             )
@@ -314,5 +508,33 @@ mod tests {
         assert_eq!(key.as_deref(), Some("idx_tasks_worker_status"), "planned to read {rows:?} rows");
         let extended = extend_leases("w1", "default", Utc::now(), until).exec(db).await.expect("update");
         assert_eq!(extended.rows_affected, 3);
+
+        // Naming tasks: w1's three running ones, a finished one of w1's and another
+        // worker's running one. Only the named rows are read (the list padded to 8).
+        let named: Vec<TaskId> = [1_001, 1_002, 1_003, 1, 2_001]
+            .iter()
+            .map(|n| TaskId::parse(&format!("0190b1b2-0000-7000-8000-{n:012}")).expect("a task id"))
+            .collect();
+        let later = BTreeMap::from([("default".to_owned(), convert::to_ms(until) + 1_000)]);
+        let named = NamedLeases::new("w1", &named, &later, Utc::now());
+        let update = named.update().expect("an update").build(DbBackend::MySql);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::MySql,
+            format!("EXPLAIN {}", update.sql),
+            update.values.clone().map(|v| v.0).unwrap_or_default(),
+        );
+        let row = db.query_one_raw(explain).await.expect("explain").expect("a plan row");
+        let key: Option<String> = row.try_get("", "key").expect("key");
+        let rows: Option<String> = row.try_get("", "rows").expect("rows");
+        let read: u64 = rows.as_deref().and_then(|r| r.parse().ok()).expect("a row estimate");
+        assert!(read <= 8, "planned to read {read} rows through {key:?}");
+        // Point lookups of the named ids, through the primary key or (queue, id).
+        let keys = ["PRIMARY", "idx_tasks_queue", "idx_tasks_worker_status"];
+        assert!(key.as_deref().is_some_and(|key| keys.contains(&key)), "planned through {key:?}");
+        let extended = db.execute_raw(update).await.expect("update");
+        assert_eq!(extended.rows_affected(), 3, "w1's running tasks only");
+        let held = named.held(db).await.expect("held");
+        assert_eq!(held.len(), 3);
+        assert!(held.values().all(|lease| convert::to_ms(*lease) == later["default"]));
     }
 }

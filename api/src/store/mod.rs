@@ -59,6 +59,7 @@ use taskwire_domain::EnvelopeType;
 use taskwire_entity::worker;
 use tokio::sync::{Mutex, Notify};
 
+pub use admin::Leases;
 pub(crate) use contention::ConflictPath;
 pub use dispatch::{Due, Limited, OfferOutcome, Offers, PlannedOffer};
 pub use events::{EventHead, EventScope, QueueStats};
