@@ -44,7 +44,7 @@ count() { cat "$dir/count" 2>/dev/null || echo 0; }
 port_of() { echo $((base_port + $1 - 1)); }
 url_of() { echo "http://127.0.0.1:$(port_of "$1")"; }
 pid_of() { cat "$dir/pid.$1" 2>/dev/null || true; }
-alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && running "$pid"; }
 
 check_index() { # check_index I: I names a process of the running cluster
   local n; n=$(count)
@@ -79,11 +79,11 @@ stop_one() { # stop_one I [SIGNAL]: signals process I and waits (10 s, then SIGK
   pid=$(pid_of "$i")
   [ -n "$pid" ] || return 0
   kill "-$signal" "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
+  for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
+  if running "$pid"; then
     echo "cluster: process $i (pid $pid) still running 10 s after SIG$signal; killing it" >&2
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while running "$pid"; do sleep 0.1; done
   fi
   rm -f "$dir/pid.$i"
 }

@@ -19,7 +19,10 @@ cd "$(dirname "$0")/../.."
 . tests/bench/lib.sh
 here="$(pwd)/tests/bench/fault-drills.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target}"
-bin="$CARGO_TARGET_DIR/release"
+# TASKWIRE_BENCH_BIN: a directory holding prebuilt `taskwire` and `drill` binaries, used
+# instead of building this checkout.
+prebuilt=${TASKWIRE_BENCH_BIN:-}
+bin="${prebuilt:-$CARGO_TARGET_DIR/release}"
 port=18200
 url="http://127.0.0.1:$port"
 secret=drill-secret
@@ -64,7 +67,7 @@ if [ ${#drills[@]} -eq 0 ]; then
   if [ "$stack" = real ]; then drills=(kill9 frozen-worker brokers redis mariadb kill9-cluster rolling-restart); else drills=(kill9 frozen-worker); fi
 fi
 
-cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin drill
+[ -n "$prebuilt" ] || cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin drill
 out="$CARGO_TARGET_DIR/bench"
 mkdir -p "$out"
 

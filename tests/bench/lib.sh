@@ -30,7 +30,7 @@ wait_ready() { # wait_ready URL TRIES [joined|any] [PID]
     if body=$(curl -fs "$url/readyz" 2>/dev/null); then
       [ "$want" != joined ] || grep -q '"state":"joined"' <<<"$body" && return 0
     fi
-    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    if [ -n "$pid" ] && ! running "$pid"; then return 1; fi
     sleep 0.25
   done
   return 1
@@ -41,6 +41,13 @@ cpu_of() {
   local pid=$1 ticks
   ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || { echo 0; return; }
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
+# Whether PID runs (a zombie, killed but not yet reaped by its parent, does not).
+running() { # running PID
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
 tansu_pid() { pgrep -f 'tansu broker' | head -1; }

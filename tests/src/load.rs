@@ -113,6 +113,15 @@ pub fn failover_list(urls: &[String], i: usize) -> String {
     (0..urls.len()).map(|k| urls[(i + k) % n].as_str()).collect::<Vec<_>>().join(",")
 }
 
+/// The GraphQL WebSocket endpoint of a base URL (`http://h:p` → `ws://h:p/graphql`).
+pub fn ws_graphql(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}/graphql"),
+        None => format!("{}/graphql", base.replacen("http://", "ws://", 1)),
+    }
+}
+
 /// Adds error counts by reason.
 pub fn add_errors(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
     for (reason, n) in from {
@@ -163,6 +172,8 @@ mod tests {
         assert_eq!(failover_list(&urls, 0), "http://127.0.0.1:1,http://localhost:2,http://[::1]:3");
         assert_eq!(failover_list(&urls, 4), "http://localhost:2,http://[::1]:3,http://127.0.0.1:1");
         assert_eq!(failover_list(&urls[..1], 7), "http://127.0.0.1:1");
+        assert_eq!(ws_graphql("http://127.0.0.1:1/"), "ws://127.0.0.1:1/graphql");
+        assert_eq!(ws_graphql("https://localhost"), "wss://localhost/graphql");
     }
 
     #[test]

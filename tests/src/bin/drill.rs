@@ -62,7 +62,7 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use serde_json::{Value, json};
 use taskwire_tests::{
-    load::{add_errors, brief, error_kind, failover_list, latency_ms, lock, loopback_urls, mint, post},
+    load::{add_errors, brief, error_kind, failover_list, latency_ms, lock, loopback_urls, mint, post, ws_graphql},
     watch::{self, TERMINAL, WatchReport},
     worker::{Handler, Outcome, Stopped, TaskRecord, Worker, WorkerConfig},
 };
@@ -403,14 +403,7 @@ fn start_watchers(
     o: &Options,
     token: &str,
 ) -> (WatchFeed, Vec<tokio::task::JoinHandle<WatchReport>>, CancellationToken) {
-    let ws: Vec<String> = o
-        .urls
-        .iter()
-        .map(|url| match url.strip_prefix("https://") {
-            Some(rest) => format!("wss://{rest}/graphql"),
-            None => format!("{}/graphql", url.replacen("http://", "ws://", 1)),
-        })
-        .collect();
+    let ws: Vec<String> = o.urls.iter().map(|url| ws_graphql(url)).collect();
     let stop = CancellationToken::new();
     let (mut senders, mut handles) = (Vec::new(), Vec::new());
     for w in 0..o.watchers {

@@ -232,11 +232,8 @@ impl Target {
     fn new(urls: &[String], pool: usize) -> Target {
         let (mut graphql, mut ws) = (Vec::new(), Vec::new());
         for url in urls {
-            let base = url.trim_end_matches('/');
-            let ws_base = base.strip_prefix("https://").map(|rest| format!("wss://{rest}"));
-            let ws_base = ws_base.unwrap_or_else(|| base.replacen("http://", "ws://", 1));
-            graphql.push(format!("{base}/graphql"));
-            ws.push(format!("{ws_base}/graphql"));
+            graphql.push(format!("{}/graphql", url.trim_end_matches('/')));
+            ws.push(load::ws_graphql(url));
         }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(pool)
