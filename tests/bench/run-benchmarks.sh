@@ -10,13 +10,35 @@
 # Kafka-compatible broker on 9092 (see .ci/run). Rate limits are off: the load generator
 # drives one subject hard on purpose. Results: one line per scenario on stdout, JSON in
 # $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json (or $TASKWIRE_BENCH_OUT/…).
+#
+#   tests/bench/run-benchmarks.sh cluster [N…]
+#
+# Several instances (tests/bench/cluster.sh) on the real stack, for each N given (1 to 4,
+# default 1 2 3): N fresh processes share one database, Kafka topic prefix and Redis key
+# prefix; the `dispatch` scenario feeds one queue at TASKWIRE_BENCH_RATE tasks/s in total
+# (default 500) for TASKWIRE_BENCH_SECONDS (default 20), its creates, workers and observers
+# spread round-robin over the N processes. One line per N: created → assigned and
+# created → succeeded p99, CPU milliseconds per created task of the servers (summed),
+# mariadbd and tansu (from /proc/<pid>/stat), InnoDB deadlocks (`Innodb_deadlocks`, a
+# server-wide counter: anything else using this MariaDB adds to it) and lock-conflict
+# retries (`taskwire_db_lock_conflicts_total` summed over processes, when the build has
+# it) per 10,000 tasks. JSON in <out>/cluster-<N>-dispatch.json, the line in
+# <out>/cluster-<N>.txt, each process's /metrics in <out>/cluster-<N>-<I>.metrics.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-stack=${1:?usage: run-benchmarks.sh embedded|real [scenario…]}
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
+stack=${1:?usage: run-benchmarks.sh embedded|real [scenario…] | cluster [N…]}
 shift
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(query-hot query-uniform create create-batch dispatch fanout)
+if [ ${#scenarios[@]} -eq 0 ]; then
+  if [ "$stack" = cluster ]; then
+    scenarios=(1 2 3)
+  else
+    scenarios=(query-hot query-uniform create create-batch dispatch fanout)
+  fi
+fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target}"
 # TASKWIRE_BENCH_BIN: a directory holding prebuilt `taskwire` and `loadgen` binaries, used
@@ -33,6 +55,74 @@ port=18100
 url="http://127.0.0.1:$port"
 secret=bench-secret
 
+# --- several instances -------------------------------------------------------------------
+
+# Sum over the cluster's processes of every `taskwire_db_lock_conflicts_total` series, read
+# from their /metrics saved as FILES; `-` when no process exposes the counter.
+lock_conflicts() { # lock_conflicts FILES…
+  awk '/^taskwire_db_lock_conflicts_total[{ ]/ { seen = 1; sum += $NF } END { print seen ? sum : "-" }' "$@"
+}
+
+innodb_deadlocks() { bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'" | awk '{ print $2 }'; }
+
+cluster_bench() { # cluster_bench N…
+  local rate=${TASKWIRE_BENCH_RATE:-500} seconds=${TASKWIRE_BENCH_SECONDS:-20}
+  local n i pid urls pids json line metrics_before metrics_after
+  local servers_before servers_after mariadb_before mariadb_after tansu_before tansu_after
+  local deadlocks_before deadlocks_after conflicts_before conflicts_after
+  export TASKWIRE_BENCH_BIN="$bin" TASKWIRE_CLUSTER_SECRET="$secret"
+  trap 'tests/bench/cluster.sh stop' EXIT
+  for n in "$@"; do
+    [[ "$n" =~ ^[1-4]$ ]] || { echo "cluster size must be 1 to 4: $n" >&2; exit 2; }
+    tests/bench/cluster.sh start "$n" >/dev/null
+    urls=$(tests/bench/cluster.sh urls)
+    read -ra pids <<<"$(tests/bench/cluster.sh pids)"
+    snapshot() { # snapshot SUFFIX: CPU of the servers, mariadbd and tansu; counters; /metrics
+      local total=0
+      for pid in "${pids[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_of "$pid")" 'BEGIN { print a + b }'); done
+      printf -v "servers_$1" '%s' "$total"
+      printf -v "mariadb_$1" '%s' "$(cpu_of "$(pgrep -o -x mariadbd || echo 0)")"
+      printf -v "tansu_$1" '%s' "$(cpu_of "$(tansu_pid || echo 0)")"
+      printf -v "deadlocks_$1" '%s' "$(innodb_deadlocks)"
+      local files=()
+      for i in $(seq "$n"); do
+        curl -fs "$(tests/bench/cluster.sh urls | cut -d, -f"$i")/metrics" >"$out/cluster-$n-$i.metrics.$1" || true
+        files+=("$out/cluster-$n-$i.metrics.$1")
+      done
+      printf -v "conflicts_$1" '%s' "$(lock_conflicts "${files[@]}")"
+    }
+    snapshot before
+    json="$out/cluster-$n-dispatch.json"
+    "$bin/loadgen" dispatch --url "$urls" --secret "$secret" --workers 50 --capacity 4 --rate "$rate" \
+      --connections 32 --duration "$seconds" --out "$json" >"$out/cluster-$n-loadgen.txt"
+    snapshot after
+    for i in $(seq "$n"); do mv "$out/cluster-$n-$i.metrics.after" "$out/cluster-$n-$i.metrics"; done
+    rm -f "$out"/cluster-"$n"-*.metrics.before
+    line=$(jq -r --argjson n "$n" --arg rate "$rate" --arg seconds "$seconds" \
+      --argjson servers "$(awk -v a="$servers_after" -v b="$servers_before" 'BEGIN { print a - b }')" \
+      --argjson mariadb "$(awk -v a="$mariadb_after" -v b="$mariadb_before" 'BEGIN { print a - b }')" \
+      --argjson tansu "$(awk -v a="$tansu_after" -v b="$tansu_before" 'BEGIN { print a - b }')" \
+      --argjson deadlocks "$((deadlocks_after - deadlocks_before))" \
+      --arg conflicts "$([ "$conflicts_after" = - ] && echo - || awk -v a="$conflicts_after" -v b="${conflicts_before/-/0}" 'BEGIN { print a - b }')" \
+      '.tasks.created as $t | ($t | if . > 0 then . else 1 end) as $d
+       | def ms: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
+       def ms2: (. * 100 | round / 100 | tostring);
+       "cluster N=\($n) rate \($rate)/s for \($seconds) s: created \($t), succeeded \(.tasks.succeeded), not finished \(.tasks.not_finished), worker duplicates \(.workers.duplicates); "
+       + "p99 created→assigned \(.latency_ms.created_to_assigned.p99 | ms) ms, created→succeeded \(.latency_ms.created_to_succeeded.p99 | ms) ms; "
+       + "CPU ms/task: servers \($servers * 1000 / $d | ms2), mariadbd \($mariadb * 1000 / $d | ms2), tansu \($tansu * 1000 / $d | ms2); "
+       + "per 10k tasks: InnoDB deadlocks \($deadlocks * 10000 / $d | ms), lock-conflict retries "
+       + (if $conflicts == "-" then "- (no taskwire_db_lock_conflicts_total)" else ($conflicts | tonumber) * 10000 / $d | ms end)
+       + "; errors \(.errors | tostring)"' "$json")
+    echo "$line" | tee "$out/cluster-$n.txt"
+    tests/bench/cluster.sh stop
+  done
+}
+
+if [ "$stack" = cluster ]; then
+  cluster_bench "${scenarios[@]}"
+  exit
+fi
+
 start_server() {
   local data
   data=$(mktemp -d /tmp/taskwire-bench.XXXXXX)
@@ -42,15 +132,8 @@ start_server() {
     TASKWIRE_WS_MAX_CONNECTIONS=20000
   )
   if [ "$stack" = real ]; then
-    mysql --protocol=tcp -h127.0.0.1 -uroot -e \
-      "DROP DATABASE IF EXISTS taskwire_bench; CREATE DATABASE taskwire_bench CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    env+=(
-      TASKWIRE_DATABASE_URL=mysql://root@127.0.0.1:3306/taskwire_bench
-      TASKWIRE_KAFKA_BROKERS=127.0.0.1:9092
-      TASKWIRE_KAFKA_TOPIC_PREFIX="bench$RANDOM$RANDOM"
-      TASKWIRE_REDIS_URL=redis://127.0.0.1:6379
-      TASKWIRE_REDIS_KEY_PREFIX="bench$RANDOM$RANDOM"
-    )
+    reset_database taskwire_bench
+    mapfile -t -O "${#env[@]}" env < <(real_stack_env taskwire_bench bench)
   else
     env+=(TASKWIRE_DATABASE_URL="sqlite://$data/taskwire.db?mode=rwc")
   fi
@@ -60,10 +143,7 @@ start_server() {
   # first member only after the broker's initial rebalance delay (3 s), and until then
   # the matcher dispatches by polling the database. The figures are for steady state;
   # docs/BENCHMARKS.md measures that start-up window on its own.
-  for _ in $(seq 120); do
-    if curl -fs "$url/readyz" 2>/dev/null | grep -q '"state":"joined"'; then return 0; fi
-    sleep 0.5
-  done
+  wait_ready "$url" 240 joined "$server_pid" && return 0
   echo "server did not become ready; log: $data/server.log" >&2
   return 1
 }
@@ -75,13 +155,6 @@ stop_server() {
 trap stop_server EXIT
 
 lg() { "$bin/loadgen" "$@" --url "$url" --secret "$secret"; }
-
-# CPU seconds (user + system) a process has used so far; 0 when it is not running.
-cpu_of() {
-  local pid=$1 ticks
-  ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || { echo 0; return; }
-  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
-}
 
 # One line per scenario: the CPU seconds each process used while it ran (on a 2-core
 # machine this shows what bounds a figure). The load generator's share is this shell's

@@ -9,6 +9,7 @@
 
 pub mod load;
 pub mod proxy;
+pub mod watch;
 pub mod worker;
 pub mod ws;
 

@@ -79,6 +79,49 @@ pub fn brief(latency: &Value) -> String {
     format!("{}/{}/{}/{} ms", at("p50"), at("p95"), at("p99"), at("max"))
 }
 
+/// The base URLs given to a tool (each value may list several, comma-separated), without
+/// trailing slashes; `default` when none is given. Refuses any that is not on loopback:
+/// the tools load this machine only.
+pub fn loopback_urls(values: &[String], default: &str) -> Result<Vec<String>, String> {
+    let mut urls: Vec<String> = values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        urls.push(default.to_owned());
+    }
+    for url in &urls {
+        let authority = url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        if !(host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())) {
+            return Err(format!("refusing a non-loopback target {url}"));
+        }
+    }
+    Ok(urls)
+}
+
+/// The URLs starting at the `i`-th, wrapping around, comma-separated: the fail-over list of
+/// the `i`-th reference worker (see `WorkerConfig::url`), so that workers start spread
+/// round-robin over the instances.
+pub fn failover_list(urls: &[String], i: usize) -> String {
+    let n = urls.len().max(1);
+    (0..urls.len()).map(|k| urls[(i + k) % n].as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// The GraphQL WebSocket endpoint of a base URL (`http://h:p` → `ws://h:p/graphql`).
+pub fn ws_graphql(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}/graphql"),
+        None => format!("{}/graphql", base.replacen("http://", "ws://", 1)),
+    }
+}
+
 /// Adds error counts by reason.
 pub fn add_errors(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
     for (reason, n) in from {
@@ -115,6 +158,22 @@ mod tests {
         let empty = latency_ms(vec![]);
         assert!(empty["p50"].is_null());
         assert_eq!(empty["curve"], json!([]));
+    }
+
+    #[test]
+    fn urls_are_split_checked_and_rotated() {
+        let values = vec!["http://127.0.0.1:1/, http://localhost:2".to_owned(), "http://[::1]:3".to_owned()];
+        let urls = loopback_urls(&values, "http://127.0.0.1:8080").expect("loopback");
+        assert_eq!(urls, ["http://127.0.0.1:1", "http://localhost:2", "http://[::1]:3"]);
+        assert_eq!(loopback_urls(&[], "http://127.0.0.1:8080"), Ok(vec!["http://127.0.0.1:8080".to_owned()]));
+        assert!(loopback_urls(&["http://127.0.0.1:1,http://10.0.0.1:2".to_owned()], "x").is_err());
+        assert!(loopback_urls(&["http://[::2]:1".to_owned()], "x").is_err());
+        assert!(loopback_urls(&["http://127.0.0.1.example.com:1".to_owned()], "x").is_err());
+        assert_eq!(failover_list(&urls, 0), "http://127.0.0.1:1,http://localhost:2,http://[::1]:3");
+        assert_eq!(failover_list(&urls, 4), "http://localhost:2,http://[::1]:3,http://127.0.0.1:1");
+        assert_eq!(failover_list(&urls[..1], 7), "http://127.0.0.1:1");
+        assert_eq!(ws_graphql("http://127.0.0.1:1/"), "ws://127.0.0.1:1/graphql");
+        assert_eq!(ws_graphql("https://localhost"), "wss://localhost/graphql");
     }
 
     #[test]

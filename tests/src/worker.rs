@@ -12,8 +12,10 @@
 //!
 //! Meanwhile it calls `heartbeat(tasks)` every [`WorkerConfig::heartbeat_every`], naming the
 //! tasks it is working on: that keeps the worker `ONLINE` and extends those tasks' leases
-//! (a task it no longer names lapses back to the queue). It reconnects the
-//! WebSocket with a short backoff (100 ms doubling to 2 s) when it drops. Offers that arrive
+//! (a task it no longer names lapses back to the queue). It reconnects the WebSocket with
+//! a short backoff (100 ms doubling to 2 s) when it drops. Given several server URLs
+//! ([`WorkerConfig::url`]), it moves to the next one whenever its connection dies or
+//! cannot be opened, and its HTTP calls follow. Offers that arrive
 //! twice (same lease token, e.g. replayed after a reconnect) are handled once. At most
 //! [`WorkerConfig::capacity`] handlers run at a time; an offer beyond that is left to lapse.
 //!
@@ -68,7 +70,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -127,7 +129,10 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
     /// Base URL of the server, `http://host:port` (`/graphql` is appended; the WebSocket
-    /// uses the same address with `ws://`).
+    /// uses the same address with `ws://`). Several comma-separated base URLs (instances
+    /// of one deployment) are a fail-over list: the worker starts on the first that
+    /// answers and, whenever its connection dies or cannot be opened, moves on to the next
+    /// (wrapping around); its HTTP calls go where its subscription is.
     pub url: String,
     /// The worker's JWT (role `worker`); its `sub` is the worker id.
     pub token: String,
@@ -293,6 +298,8 @@ pub struct WorkerStats {
     /// Times the subscription was re-established after the first connection (after a
     /// drop, or after [`Worker::disconnect_for`]).
     pub reconnects: u64,
+    /// Moves to the next URL of a fail-over list ([`WorkerConfig::url`]).
+    pub failovers: u64,
     /// Handlers running now (accepting, working or reporting).
     pub in_flight: u64,
     /// The latest problem seen (failed request, dropped connection, subscription error).
@@ -342,19 +349,12 @@ impl Worker {
         handler: Handler,
     ) -> Result<Worker, String> {
         let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().map_err(|e| format!("HTTP client: {e}"))?;
-        let base = config.url.trim_end_matches('/').trim_end_matches("/graphql").to_owned();
-        let ws_url = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}/graphql")
-        } else if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}/graphql")
-        } else {
-            return Err(format!("url must start with http:// or https://: {}", config.url));
-        };
+        let endpoints = config.url.split(',').map(Endpoint::parse).collect::<Result<Vec<_>, _>>()?;
         let capacity = usize::try_from(config.capacity).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         let (connected_tx, _) = watch::channel(None);
         let mut shared = Shared {
-            graphql_url: format!("{base}/graphql"),
-            ws_url,
+            endpoints,
+            current: AtomicUsize::new(0),
             http,
             worker_id: String::new(),
             permits: Arc::new(Semaphore::new(capacity)),
@@ -372,9 +372,23 @@ impl Worker {
             config,
             intake: CancellationToken::new(),
         };
-        shared.worker_id = shared.register().await?;
+        // Each URL of a fail-over list is tried once.
+        let mut opened = Err(String::new());
+        for _ in 0..shared.endpoints.len() {
+            opened = match shared.register().await {
+                Ok(id) => {
+                    shared.worker_id = id;
+                    shared.connect().await
+                }
+                Err(e) => Err(e),
+            };
+            if opened.is_ok() {
+                break;
+            }
+            shared.fail_over();
+        }
+        let stream = opened?;
         let shared = Arc::new(shared);
-        let stream = shared.connect().await?;
 
         let root = CancellationToken::new();
         let intake = root.child_token();
@@ -397,6 +411,11 @@ impl Worker {
         &self.shared.worker_id
     }
 
+    /// The base URL the worker uses now (of a fail-over list, the current one).
+    pub fn url(&self) -> &str {
+        &self.shared.endpoint().base
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> WorkerStats {
         let c = &self.shared.counters;
@@ -414,6 +433,7 @@ impl Worker {
             heartbeats: get(&c.heartbeats),
             heartbeat_errors: get(&c.heartbeat_errors),
             reconnects: get(&c.reconnects),
+            failovers: get(&c.failovers),
             in_flight: get(&c.in_flight),
             last_error: lock(&self.shared.last_error).clone(),
         }
@@ -512,8 +532,9 @@ impl Drop for Worker {
 /// State shared by the worker's tasks.
 struct Shared {
     config: WorkerConfig,
-    graphql_url: String,
-    ws_url: String,
+    /// The servers of [`WorkerConfig::url`], in order; `current` indexes the one in use.
+    endpoints: Vec<Endpoint>,
+    current: AtomicUsize,
     http: reqwest::Client,
     worker_id: String,
     permits: Arc<Semaphore>,
@@ -553,6 +574,7 @@ struct Counters {
     heartbeats: AtomicU64,
     heartbeat_errors: AtomicU64,
     reconnects: AtomicU64,
+    failovers: AtomicU64,
     in_flight: AtomicU64,
 }
 
@@ -602,7 +624,40 @@ enum SessionEnd {
     Rejected(String),
 }
 
+/// One server of the fail-over list: its base URL and the addresses derived from it.
+struct Endpoint {
+    base: String,
+    graphql: String,
+    ws: String,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint, String> {
+        let base = url.trim().trim_end_matches('/').trim_end_matches("/graphql").to_owned();
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}/graphql")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}/graphql")
+        } else {
+            return Err(format!("url must start with http:// or https://: {url}"));
+        };
+        Ok(Endpoint { graphql: format!("{base}/graphql"), ws, base })
+    }
+}
+
 impl Shared {
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
+    /// Moves to the next server of the fail-over list (nothing to do with a single URL).
+    fn fail_over(&self) {
+        if self.endpoints.len() > 1 {
+            self.current.fetch_add(1, Ordering::Relaxed);
+            bump(&self.counters.failovers);
+        }
+    }
+
     fn note_error(&self, error: impl Into<String>) {
         *lock(&self.last_error) = Some(error.into());
     }
@@ -656,7 +711,7 @@ impl Shared {
     async fn graphql_once(&self, query: &str, variables: Value) -> Result<Value, (String, String)> {
         let response = self
             .http
-            .post(&self.graphql_url)
+            .post(&self.endpoint().graphql)
             .bearer_auth(&self.config.token)
             .json(&json!({ "query": query, "variables": variables }))
             .send()
@@ -737,7 +792,8 @@ impl Shared {
 
     /// Opens the WebSocket, initialises it and subscribes to `assignments`.
     async fn connect(&self) -> Result<Socket, String> {
-        let mut request = self.ws_url.as_str().into_client_request().map_err(|e| format!("WebSocket URL: {e}"))?;
+        let mut request =
+            self.endpoint().ws.as_str().into_client_request().map_err(|e| format!("WebSocket URL: {e}"))?;
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
         let connecting = tokio_tungstenite::connect_async(request);
         let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -1009,6 +1065,7 @@ async fn connection_loop(
                     }
                     Err(e) => {
                         shared.note_error(e);
+                        shared.fail_over();
                         None
                     }
                 }
@@ -1023,7 +1080,10 @@ async fn connection_loop(
                     drop(current);
                     continue;
                 }
-                SessionEnd::Dropped(reason) => shared.note_error(reason),
+                SessionEnd::Dropped(reason) => {
+                    shared.note_error(reason);
+                    shared.fail_over();
+                }
                 SessionEnd::Rejected(reason) => {
                     shared.note_error(reason);
                     must_register = true;
@@ -1413,6 +1473,50 @@ mod tests {
         let working = named(json!(["slow-1"]), 0).await;
         assert!(worker.wait_until(WAIT, |s| s.completed == 1).await);
         named(json!([]), working + 1).await;
+        worker.stop().await;
+    }
+
+    #[tokio::test]
+    async fn fails_over_to_the_next_url_and_wraps_around() {
+        let (first, first_url) = Mock::start().await;
+        let (second, second_url) = Mock::start().await;
+        let urls = format!("{first_url}, {second_url}/");
+        let worker = Worker::start(config(&urls, 4), handler()).await.expect("starts");
+        assert_eq!(worker.url(), first_url);
+        first.send(None).await; // the first server drops the connection
+        *lock(&first.push) = None;
+        assert!(worker.wait_until(WAIT, |s| s.reconnects == 1 && s.failovers == 1).await);
+        assert_eq!(worker.url(), second_url);
+        second.offer("t1", "l1").await;
+        assert!(worker.wait_until(WAIT, |s| s.completed == 1).await);
+        assert_eq!((first.count("completeTask"), second.count("completeTask")), (0, 1), "reports follow");
+        let beats = second.count("heartbeat");
+        assert!(worker.wait_until(WAIT, |s| s.heartbeats as usize > beats).await);
+        assert!(second.count("heartbeat") > beats, "heartbeats follow");
+
+        second.send(None).await;
+        *lock(&second.push) = None;
+        assert!(worker.wait_until(WAIT, |s| s.reconnects == 2 && s.failovers == 2).await);
+        assert_eq!(worker.url(), first_url, "the list wraps around");
+        first.offer("t2", "l2").await;
+        assert!(worker.wait_until(WAIT, |s| s.completed == 2).await);
+        assert_eq!(first.count("completeTask"), 1);
+        assert_eq!(first.count("registerWorker") + second.count("registerWorker"), 1);
+        worker.stop().await;
+    }
+
+    #[tokio::test]
+    async fn starts_on_the_first_url_that_answers() {
+        let (mock, url) = Mock::start().await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead = format!("http://{}", closed.local_addr().expect("address"));
+        drop(closed);
+        let worker = Worker::start(config(&format!("{dead},{url}"), 4), handler()).await.expect("starts");
+        assert_eq!((worker.url(), worker.stats().failovers), (url.as_str(), 1));
+        assert!(Worker::start(config(&dead, 4), handler()).await.is_err());
+        assert!(Worker::start(config(&format!("{url},ftp://x"), 4), handler()).await.is_err());
+        mock.offer("t1", "l1").await;
+        assert!(worker.wait_until(WAIT, |s| s.completed == 1).await);
         worker.stop().await;
     }
 

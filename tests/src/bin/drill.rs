@@ -34,6 +34,18 @@
 //! - at least one task must have been acknowledged, and the fault and restore commands (when
 //!   given) must have succeeded: a drill whose fault did not happen proves nothing.
 //!
+//! Several instances (`--url` repeated or comma-separated, e.g. the processes of
+//! `tests/bench/cluster.sh`): creators and readers are spread round-robin over them and move
+//! to the next one when theirs stops answering; worker i starts on URL i mod N with the
+//! others as its fail-over list; the listing uses any instance that answers. With
+//! `--watchers W`, W connections (spread the same way) follow every `--watch-every`-th
+//! acknowledged task with `taskUpdated` (`tests/src/watch.rs`), resuming after the last
+//! `seq` received when their connection dies, and the verdict also needs:
+//! - **seq**: no gap, no duplicate, nothing after the terminal event, in any watched task,
+//!   and every watched task seen to its end;
+//! - with `--expect-failover`: at least one worker moved to another instance, and (with
+//!   watchers) at least one watched task was resumed — the fault must have hit someone.
+//!
 //! The JSON also holds a per-second timeline (creates and reads: successes, errors, p99)
 //! and the fault window, which `plot` draws.
 
@@ -50,15 +62,18 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use serde_json::{Value, json};
 use taskwire_tests::{
-    load::{add_errors, brief, error_kind, latency_ms, lock, mint, post},
+    load::{add_errors, brief, error_kind, failover_list, latency_ms, lock, loopback_urls, mint, post, ws_graphql},
+    watch::{self, TERMINAL, WatchReport},
     worker::{Handler, Outcome, Stopped, TaskRecord, Worker, WorkerConfig},
 };
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: drill <name> --url URL --secret S [--queue Q] [--duration SECS] [--rate R] \
+const USAGE: &str = "usage: drill <name> --url URL[,URL…] --secret S [--queue Q] [--duration SECS] [--rate R] \
                      [--connections N] [--workers K] [--capacity C] [--work-ms MS] [--stall-every N] \
                      [--stall-for SECS] [--lease-seconds SECS] [--readers N] [--working-set M] [--settle SECS] \
                      [--fault-at SECS] [--fault-for SECS] [--fault-cmd CMD] [--restore-cmd CMD] [--strict] \
-                     [--out FILE]";
+                     [--watchers W] [--watch-every N] [--expect-failover] [--out FILE]";
 
 /// Longest load phase and settle wait accepted (the timeline holds one entry per second).
 const MAX_SECONDS: u64 = 900;
@@ -68,7 +83,10 @@ const DOWN_PAUSE: Duration = Duration::from_millis(100);
 const SETTLE_POLL: Duration = Duration::from_secs(2);
 /// A fault or restore command that has not finished after this long is reported as failed.
 const COMMAND_LIMIT: Duration = Duration::from_secs(180);
-const TERMINAL: [&str; 3] = ["SUCCEEDED", "CANCELLED", "DEAD"];
+/// Task ids waiting for each watcher (beyond that, a watched task is counted as skipped).
+const WATCH_QUEUE: usize = 1024;
+/// After the settle phase, how long the watchers get to see their last tasks end.
+const WATCH_GRACE: Duration = Duration::from_secs(15);
 
 const CREATE: &str = "mutation Create($i: CreateTaskInput!) { createTask(input: $i) { task { id } } }";
 const READ: &str = "query Read($id: ID!) { task(id: $id) { id status } }";
@@ -80,7 +98,8 @@ const SEED: &str = "mutation Seed($i: [CreateTaskInput!]!) { createTasks(inputs:
 #[derive(Debug, Clone)]
 struct Options {
     name: String,
-    url: String,
+    /// Base URLs of the instances (at least one).
+    urls: Vec<String>,
     secret: String,
     queue: String,
     duration: Duration,
@@ -100,6 +119,9 @@ struct Options {
     fault_cmd: Option<String>,
     restore_cmd: Option<String>,
     strict: bool,
+    watchers: usize,
+    watch_every: u64,
+    expect_failover: bool,
     out: Option<String>,
 }
 
@@ -109,7 +131,7 @@ fn parse_args() -> Result<Options, String> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut o = Options {
         name,
-        url: "http://127.0.0.1:8080".into(),
+        urls: Vec::new(),
         secret: std::env::var("TASKWIRE_JWT_SECRET").unwrap_or_default(),
         queue: format!("drill-{run}"),
         duration: Duration::from_secs(40),
@@ -129,18 +151,22 @@ fn parse_args() -> Result<Options, String> {
         fault_cmd: None,
         restore_cmd: None,
         strict: false,
+        watchers: 0,
+        watch_every: 10,
+        expect_failover: false,
         out: None,
     };
     while let Some(flag) = args.next() {
-        if flag == "--strict" {
-            o.strict = true;
+        if flag == "--strict" || flag == "--expect-failover" {
+            o.strict |= flag == "--strict";
+            o.expect_failover |= flag == "--expect-failover";
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
         let seconds = |v: &str| number(v).map(|s| Duration::from_secs(s.min(MAX_SECONDS)));
         match flag.as_str() {
-            "--url" => o.url = value,
+            "--url" => o.urls.push(value),
             "--secret" => o.secret = value,
             "--queue" => {
                 o.queue = taskwire_domain::QueueName::parse(&value).map_err(|e| format!("--queue: {e}"))?.to_string()
@@ -166,14 +192,13 @@ fn parse_args() -> Result<Options, String> {
             "--fault-for" => o.fault_for = seconds(&value)?,
             "--fault-cmd" => o.fault_cmd = Some(value),
             "--restore-cmd" => o.restore_cmd = Some(value),
+            "--watchers" => o.watchers = number(&value)?.min(100) as usize,
+            "--watch-every" => o.watch_every = number(&value)?.max(1),
             "--out" => o.out = Some(value),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
-    let host = o.url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
-    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        return Err(format!("refusing a non-loopback target {host}"));
-    }
+    o.urls = loopback_urls(&o.urls, "http://127.0.0.1:8080")?;
     if o.secret.is_empty() {
         return Err("--secret (or TASKWIRE_JWT_SECRET) is required".into());
     }
@@ -328,9 +353,74 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// A client's place in the list of instances: it stays on one until that stops answering
+/// (a transport error), then moves on to the next, as behind a load balancer.
+#[derive(Clone)]
+struct Rotation {
+    graphql: Arc<Vec<String>>,
+    at: usize,
+}
+
+impl Rotation {
+    fn url(&self) -> &str {
+        &self.graphql[self.at % self.graphql.len()]
+    }
+
+    /// Moves on when `error` says the instance did not answer (`transport: …`, or
+    /// `listing: transport`).
+    fn after(&mut self, error: &str) {
+        if error.split(':').any(|part| part.trim() == "transport") {
+            self.at += 1;
+        }
+    }
+}
+
+/// Hands every `every`-th acknowledged task to the watchers, round-robin.
+struct WatchFeed {
+    senders: Vec<mpsc::Sender<String>>,
+    every: u64,
+    acknowledged: AtomicU64,
+    /// Tasks not handed over because the watcher's queue was full.
+    overflow: AtomicU64,
+}
+
+impl WatchFeed {
+    fn acknowledged(&self, task: &str) {
+        let n = self.acknowledged.fetch_add(1, Ordering::Relaxed);
+        if self.senders.is_empty() || !n.is_multiple_of(self.every) {
+            return;
+        }
+        let sender = &self.senders[((n / self.every) % self.senders.len() as u64) as usize];
+        if sender.try_send(task.to_owned()).is_err() {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts `o.watchers` watchers, watcher w on instance w mod N first; the feed and how to
+/// collect their reports.
+fn start_watchers(
+    o: &Options,
+    token: &str,
+) -> (WatchFeed, Vec<tokio::task::JoinHandle<WatchReport>>, CancellationToken) {
+    let ws: Vec<String> = o.urls.iter().map(|url| ws_graphql(url)).collect();
+    let stop = CancellationToken::new();
+    let (mut senders, mut handles) = (Vec::new(), Vec::new());
+    for w in 0..o.watchers {
+        let (sender, receiver) = mpsc::channel(WATCH_QUEUE);
+        let order: Vec<String> = (0..ws.len()).map(|k| ws[(w + k) % ws.len()].clone()).collect();
+        handles.push(tokio::spawn(watch::watch(order, token.to_owned(), receiver, stop.clone())));
+        senders.push(sender);
+    }
+    let feed =
+        WatchFeed { senders, every: o.watch_every, acknowledged: AtomicU64::new(0), overflow: AtomicU64::new(0) };
+    (feed, handles, stop)
+}
+
 /// Runs the drill; whether it passed.
 async fn drill(o: Options) -> Result<bool, String> {
-    let graphql = format!("{}/graphql", o.url.trim_end_matches('/'));
+    let graphql = Arc::new(o.urls.iter().map(|url| format!("{url}/graphql")).collect::<Vec<_>>());
+    let rotation = |at: usize| Rotation { graphql: graphql.clone(), at };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(o.connections + o.readers)
         .timeout(Duration::from_secs(30))
@@ -341,18 +431,20 @@ async fn drill(o: Options) -> Result<bool, String> {
 
     if let Some(lease) = o.lease_seconds {
         let input = json!({ "name": o.queue, "leaseSeconds": lease });
-        post(&http, &graphql, &operator, &json!({ "query": CONFIGURE, "variables": { "i": input } }))
+        post(&http, &graphql[0], &operator, &json!({ "query": CONFIGURE, "variables": { "i": input } }))
             .await
             .map_err(|e| format!("configureQueue: {e}"))?;
     }
     let reads_queue = format!("{}-reads", o.queue);
     let working_set = if o.readers > 0 {
-        Arc::new(seed(&http, &graphql, &operator, &reads_queue, o.working_set).await?)
+        Arc::new(seed(&http, &graphql[0], &operator, &reads_queue, o.working_set).await?)
     } else {
         Arc::new(vec![])
     };
 
     let workers = start_workers(&o, lifetime).await?;
+    let (feed, watchers, stop_watching) = start_watchers(&o, &operator);
+    let feed = Arc::new(feed);
     let total = o.duration + o.settle + Duration::from_secs(5);
     let timeline = Arc::new(Timeline::new(total.as_secs()));
     let fault = tokio::spawn(inject(o.clone(), timeline.clone()));
@@ -360,9 +452,9 @@ async fn drill(o: Options) -> Result<bool, String> {
 
     // Readers: closed loop over the working set until the load phase ends.
     let readers: Vec<_> = (0..o.readers)
-        .map(|_| {
-            let (http, graphql, token, ids, timeline) =
-                (http.clone(), graphql.clone(), operator.clone(), working_set.clone(), timeline.clone());
+        .map(|i| {
+            let (http, mut instance, token, ids, timeline) =
+                (http.clone(), rotation(i), operator.clone(), working_set.clone(), timeline.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 while Instant::now() < deadline {
@@ -373,11 +465,10 @@ async fn drill(o: Options) -> Result<bool, String> {
                         ids[rng.random_range(0..n)].clone()
                     };
                     let t0 = Instant::now();
-                    let answer = post(&http, &graphql, &token, &json!({ "query": READ, "variables": { "id": id } }))
-                        .await
-                        .and_then(|v| {
-                            if v["data"]["task"]["id"] == id.as_str() { Ok(()) } else { Err("WRONG_ANSWER".into()) }
-                        });
+                    let read = json!({ "query": READ, "variables": { "id": id } });
+                    let answer = post(&http, instance.url(), &token, &read).await.and_then(|v| {
+                        if v["data"]["task"]["id"] == id.as_str() { Ok(()) } else { Err("WRONG_ANSWER".into()) }
+                    });
                     let took = t0.elapsed();
                     timeline.record(Op::Read, answer.is_ok(), took);
                     match answer {
@@ -387,6 +478,7 @@ async fn drill(o: Options) -> Result<bool, String> {
                         }
                         Err(reason) => {
                             let transport = reason.starts_with("transport");
+                            instance.after(&reason);
                             *tally.errors.entry(error_kind(&reason)).or_default() += 1;
                             if transport {
                                 tokio::time::sleep(DOWN_PAUSE).await;
@@ -404,9 +496,10 @@ async fn drill(o: Options) -> Result<bool, String> {
     let slots = Arc::new(AtomicU64::new(0));
     let creators: Vec<_> = (0..o.connections)
         .map(|j| {
-            let (http, graphql, timeline, acked, slots, queue, rate) = (
+            let (http, mut instance, feed, timeline, acked, slots, queue, rate) = (
                 http.clone(),
-                graphql.clone(),
+                rotation(j),
+                feed.clone(),
                 timeline.clone(),
                 acked.clone(),
                 slots.clone(),
@@ -427,7 +520,7 @@ async fn drill(o: Options) -> Result<bool, String> {
                     let input = json!({ "queue": queue, "kind": "drill", "payload": { "n": slot } });
                     let t0 = Instant::now();
                     let answer =
-                        post(&http, &graphql, &token, &json!({ "query": CREATE, "variables": { "i": input } }))
+                        post(&http, instance.url(), &token, &json!({ "query": CREATE, "variables": { "i": input } }))
                             .await
                             .and_then(|v| {
                                 v["data"]["createTask"]["task"]["id"]
@@ -441,9 +534,13 @@ async fn drill(o: Options) -> Result<bool, String> {
                         Ok(id) => {
                             tally.ok += 1;
                             tally.micros.push(took.as_micros() as i64);
+                            feed.acknowledged(&id);
                             lock(&acked).push(id);
                         }
-                        Err(reason) => *tally.errors.entry(error_kind(&reason)).or_default() += 1,
+                        Err(reason) => {
+                            instance.after(&reason);
+                            *tally.errors.entry(error_kind(&reason)).or_default() += 1;
+                        }
                     }
                 }
                 tally
@@ -459,6 +556,9 @@ async fn drill(o: Options) -> Result<bool, String> {
         reads.merge(reader.await.unwrap_or_default());
     }
     let window = fault.await.unwrap_or_default();
+    // The creators are done: closing the feed lets each watcher end once its tasks have.
+    let watch_overflow = feed.overflow.load(Ordering::Relaxed);
+    drop(feed);
     let acked: Vec<String> = std::mem::take(&mut *lock(&acked));
     eprintln!("drill {}: load done at {:.1} s, {} creates acknowledged; settling", o.name, timeline.at(), acked.len());
 
@@ -466,8 +566,9 @@ async fn drill(o: Options) -> Result<bool, String> {
     let settle_deadline = Instant::now() + o.settle;
     let wanted: HashSet<&str> = acked.iter().map(String::as_str).collect();
     let mut listing_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut instance = rotation(0);
     let statuses = loop {
-        match list(&http, &graphql, &operator, &o.queue).await {
+        match list(&http, instance.url(), &operator, &o.queue).await {
             Ok(statuses) => {
                 let open = wanted
                     .iter()
@@ -478,6 +579,7 @@ async fn drill(o: Options) -> Result<bool, String> {
                 }
             }
             Err(e) => {
+                instance.after(&e);
                 *listing_errors.entry(e).or_default() += 1;
                 if Instant::now() >= settle_deadline {
                     break HashMap::new();
@@ -487,6 +589,22 @@ async fn drill(o: Options) -> Result<bool, String> {
         tokio::time::sleep(SETTLE_POLL).await;
     };
     let settled_at = timeline.at();
+    let watching = futures::future::join_all(watchers);
+    tokio::pin!(watching);
+    let reports = tokio::select! {
+        reports = &mut watching => reports,
+        () = tokio::time::sleep(WATCH_GRACE) => {
+            stop_watching.cancel();
+            watching.await
+        }
+    };
+    let mut watched = WatchReport::default();
+    for report in reports {
+        match report {
+            Ok(report) => watched.merge(report),
+            Err(_) => *watched.errors.entry("watcher task failed".to_owned()).or_default() += 1,
+        }
+    }
     let stopped: Vec<Stopped> = futures::future::join_all(workers.into_iter().map(Worker::stop)).await;
 
     // The verdict.
@@ -509,9 +627,11 @@ async fn drill(o: Options) -> Result<bool, String> {
         "lease_lost": stopped.iter().map(|s| s.stats.lease_lost).sum::<u64>(),
         "errors": stopped.iter().map(|s| s.stats.errors).sum::<u64>(),
         "reconnects": stopped.iter().map(|s| s.stats.reconnects).sum::<u64>(),
+        "failovers": stopped.iter().map(|s| s.stats.failovers).sum::<u64>(),
         "heartbeat_errors": stopped.iter().map(|s| s.stats.heartbeat_errors).sum::<u64>(),
     });
     let unfinished_count: u64 = unfinished.values().sum();
+    let worker_failovers = stopped.iter().map(|s| s.stats.failovers).sum::<u64>();
     let client_errors = creates.failed() + reads.failed();
     // A drill whose fault or restore did not run proves nothing.
     let injected = o.fault_cmd.is_none() || window.fault_status.as_deref() == Some("ok");
@@ -522,7 +642,9 @@ async fn drill(o: Options) -> Result<bool, String> {
         && lost.is_empty()
         && unfinished_count == 0
         && runs.run_twice == 0
-        && (!o.strict || client_errors == 0);
+        && (!o.strict || client_errors == 0)
+        && (o.watchers == 0 || seq_intact(&watched))
+        && (!o.expect_failover || failed_over(&watched, o.watchers, worker_failovers));
     let verdict = if pass { "PASS" } else { "FAIL" };
     let create_latency = latency_ms(creates.micros.clone());
     let read_latency = latency_ms(reads.micros.clone());
@@ -547,6 +669,20 @@ async fn drill(o: Options) -> Result<bool, String> {
         window.restore_done_at.map_or_else(|| "-".to_owned(), |t| format!("{t:.1}")),
         settled_at,
     );
+    let line = if o.watchers > 0 || o.urls.len() > 1 {
+        format!(
+            "{line}; watched {} (finished {}, resumed {}, gaps {}, duplicates {}, after the end {}); worker failovers {}",
+            watched.watched,
+            watched.finished,
+            watched.resumed,
+            watched.gaps,
+            watched.duplicates,
+            watched.after_terminal,
+            worker_failovers,
+        )
+    } else {
+        line
+    };
     println!("{line}");
     let result = json!({
         "drill": o.name,
@@ -576,6 +712,15 @@ async fn drill(o: Options) -> Result<bool, String> {
         "creates": { "ok": creates.ok, "errors": creates.errors, "latency_ms": create_latency },
         "reads": { "ok": reads.ok, "errors": reads.errors, "latency_ms": read_latency },
         "listing_errors": listing_errors,
+        "urls": o.urls,
+        "watch": {
+            "watchers": o.watchers, "every": o.watch_every, "watched": watched.watched,
+            "finished": watched.finished, "skipped": watched.skipped + watch_overflow, "gaps": watched.gaps,
+            "duplicates": watched.duplicates, "after_terminal": watched.after_terminal,
+            "resumed": watched.resumed, "drops": watched.drops, "failovers": watched.failovers,
+            "errors": watched.errors, "unfinished": watched.unfinished,
+        },
+        "expect_failover": o.expect_failover,
         "timeline": timeline.to_json(),
     });
     if let Some(path) = &o.out {
@@ -607,7 +752,7 @@ async fn start_workers(o: &Options, lifetime: Duration) -> Result<Vec<Worker>, S
     for i in 0..o.workers {
         let name = format!("{}-worker-{i}", o.queue);
         configs.push(WorkerConfig {
-            url: o.url.clone(),
+            url: failover_list(&o.urls, i),
             token: mint(&o.secret, &name, &["worker"], lifetime)?,
             name,
             queues: vec![o.queue.clone()],
@@ -668,6 +813,22 @@ async fn list(http: &reqwest::Client, url: &str, token: &str, queue: &str) -> Re
         }
         after = tasks["pageInfo"]["endCursor"].clone();
     }
+}
+
+/// The watched tasks' events came in `seq` order without gaps or duplicates, and every
+/// watched task was seen to its end (at least one was watched).
+fn seq_intact(watched: &WatchReport) -> bool {
+    watched.watched > 0
+        && watched.finished == watched.watched
+        && watched.gaps == 0
+        && watched.duplicates == 0
+        && watched.after_terminal == 0
+}
+
+/// The fault moved someone: a worker to another instance and, when tasks were watched, a
+/// watched task's subscription to a new one.
+fn failed_over(watched: &WatchReport, watchers: usize, worker_failovers: u64) -> bool {
+    worker_failovers > 0 && (watchers == 0 || watched.resumed > 0)
 }
 
 /// What the workers' logs say about exclusive execution.
@@ -756,6 +917,34 @@ mod tests {
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn clients_move_on_only_when_the_instance_does_not_answer() {
+        let mut rotation = Rotation { graphql: Arc::new(vec!["a".into(), "b".into()]), at: 1 };
+        assert_eq!(rotation.url(), "b");
+        rotation.after("UNAVAILABLE");
+        rotation.after("WRONG_ANSWER");
+        assert_eq!(rotation.url(), "b");
+        rotation.after("transport: error sending request for url (http://b/graphql)");
+        assert_eq!(rotation.url(), "a");
+        rotation.after("listing: transport");
+        assert_eq!(rotation.url(), "b");
+    }
+
+    #[test]
+    fn seq_and_failover_verdicts() {
+        let clean = WatchReport { watched: 10, finished: 10, resumed: 3, ..WatchReport::default() };
+        assert!(seq_intact(&clean));
+        assert!(!seq_intact(&WatchReport::default()), "nothing watched proves nothing");
+        assert!(!seq_intact(&WatchReport { gaps: 1, ..clean.clone() }));
+        assert!(!seq_intact(&WatchReport { duplicates: 1, ..clean.clone() }));
+        assert!(!seq_intact(&WatchReport { after_terminal: 1, ..clean.clone() }));
+        assert!(!seq_intact(&WatchReport { finished: 9, ..clean.clone() }));
+        assert!(failed_over(&clean, 4, 2));
+        assert!(!failed_over(&clean, 4, 0), "no worker moved");
+        assert!(!failed_over(&WatchReport { resumed: 0, ..clean.clone() }, 4, 2), "no watched task resumed");
+        assert!(failed_over(&WatchReport::default(), 0, 1));
+    }
 
     #[test]
     fn a_fenced_frozen_worker_is_not_a_double_run() {

@@ -31,6 +31,12 @@
 //!   keeps the subscribers connected that long after the last reading, for a heap
 //!   profiler to see the server with them open (`--events 0` for idle subscribers).
 //!
+//! Several instances: `--url` may be repeated or list several comma-separated base URLs.
+//! Then connections, creators and subscribers are spread round-robin over them (the i-th on
+//! URL i mod N); in `dispatch` each URL gets an observer, worker i is registered and
+//! subscribed on URL i mod N with the others as its fail-over list, and the figures are
+//! for the whole run. With one URL nothing changes.
+//!
 //! Every run is bounded by `--duration` (the load phase; dispatch and fanout then wait at
 //! most `--grace` for stragglers, and fanout holds its subscribers `--hold` longer) and
 //! `--max-requests` (requests, or tasks created), prints
@@ -52,7 +58,7 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use taskwire_tests::{
-    load::{self, add_errors, brief, latency_ms, lock, post, timeline},
+    load::{self, add_errors, brief, failover_list, latency_ms, lock, post, timeline},
     worker::{Handler, Outcome, Worker, WorkerConfig, WorkerStats},
 };
 use tokio::{net::TcpStream, sync::Semaphore};
@@ -62,7 +68,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: loadgen <query|create|dispatch|fanout> [--url URL] [--secret S] [--connections N] \
+const USAGE: &str = "usage: loadgen <query|create|dispatch|fanout> [--url URL[,URL…]]… [--secret S] [--connections N] \
                      [--duration SECS] [--max-requests N] [--out FILE] [query: --working-set M --distribution \
                      uniform|hot] [create: --batch B] [dispatch: --workers K --capacity C --rate R --queue NAME \
                      --grace SECS] [fanout: --subscribers S --events E --rate R --queue NAME --pid PID \
@@ -103,7 +109,8 @@ const READ_BUFFER: usize = 4 * 1024;
 #[derive(Debug, Clone)]
 struct Options {
     scenario: String,
-    url: String,
+    /// Base URLs of the instances (at least one).
+    urls: Vec<String>,
     secret: String,
     connections: usize,
     duration: Duration,
@@ -143,7 +150,7 @@ fn parse_args() -> Result<Options, String> {
         },
         rate: if scenario == "fanout" { 20.0 } else { 500.0 },
         scenario,
-        url: "http://127.0.0.1:8080".into(),
+        urls: Vec::new(),
         secret: std::env::var("TASKWIRE_JWT_SECRET").unwrap_or_default(),
         duration: Duration::from_secs(20),
         max_requests: 2_000_000,
@@ -166,7 +173,7 @@ fn parse_args() -> Result<Options, String> {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
         match flag.as_str() {
-            "--url" => o.url = value,
+            "--url" => o.urls.push(value),
             "--secret" => o.secret = value,
             "--connections" => o.connections = number(&value)?.max(1) as usize,
             "--duration" => o.duration = Duration::from_secs(number(value.trim_end_matches('s'))?),
@@ -197,10 +204,7 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
-    let host = o.url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
-    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        return Err(format!("refusing a non-loopback target {host}"));
-    }
+    o.urls = load::loopback_urls(&o.urls, "http://127.0.0.1:8080")?;
     if o.secret.is_empty() {
         return Err("--secret (or TASKWIRE_JWT_SECRET) is required to mint the load token".into());
     }
@@ -215,12 +219,39 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-/// Where the server is, and the clock every timestamp of a run is taken from.
+/// Where the servers are, and the clock every timestamp of a run is taken from.
 struct Target {
-    graphql: String,
-    ws: String,
+    /// `/graphql` of each instance, HTTP and WebSocket, in `--url` order.
+    graphql: Vec<String>,
+    ws: Vec<String>,
     http: reqwest::Client,
     clock: Clock,
+}
+
+impl Target {
+    fn new(urls: &[String], pool: usize) -> Target {
+        let (mut graphql, mut ws) = (Vec::new(), Vec::new());
+        for url in urls {
+            graphql.push(format!("{}/graphql", url.trim_end_matches('/')));
+            ws.push(load::ws_graphql(url));
+        }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(pool)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Target { graphql, ws, http, clock: Clock::start() }
+    }
+
+    /// The `/graphql` URL of the `i`-th user (connection, creator…), round-robin.
+    fn graphql(&self, i: usize) -> &str {
+        &self.graphql[i % self.graphql.len()]
+    }
+
+    /// The WebSocket URL of the `i`-th subscriber, round-robin.
+    fn ws(&self, i: usize) -> &str {
+        &self.ws[i % self.ws.len()]
+    }
 }
 
 /// Microseconds since the Unix epoch, read from a monotonic clock anchored once to the
@@ -265,19 +296,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let base = options.url.trim_end_matches('/');
-    let ws_base = base.strip_prefix("https://").map(|rest| format!("wss://{rest}"));
-    let ws_base = ws_base.unwrap_or_else(|| base.replacen("http://", "ws://", 1));
-    let target = Target {
-        graphql: format!("{base}/graphql"),
-        ws: format!("{ws_base}/graphql"),
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(options.connections)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default(),
-        clock: Clock::start(),
-    };
+    let target = Target::new(&options.urls, options.connections);
     let outcome = match options.scenario.as_str() {
         "dispatch" => dispatch(&options, &target).await,
         "fanout" => fanout(&options, &target).await,
@@ -302,10 +321,10 @@ async fn main() -> std::process::ExitCode {
 /// `query` and `create`: closed-loop requests; the JSON result and the summary line.
 async fn requests(options: &Options, target: &Target) -> Result<(Value, String), String> {
     let token = mint(options, &format!("loadgen-{}", uuid::Uuid::new_v4().simple()), &["client"])?;
-    let (client, url) = (&target.http, &target.graphql);
+    let client = &target.http;
     let ids = if options.scenario == "query" {
         Arc::new(
-            seed(client, url, &token, options.working_set)
+            seed(client, target.graphql(0), &token, options.working_set)
                 .await
                 .map_err(|e| format!("seeding the working set failed: {e}"))?,
         )
@@ -317,9 +336,10 @@ async fn requests(options: &Options, target: &Target) -> Result<(Value, String),
     let started = Instant::now();
     let deadline = started + options.duration;
     let mut workers = Vec::new();
-    for _ in 0..options.connections {
-        let (client, url, token, ids, issued, o) =
-            (client.clone(), url.clone(), token.clone(), ids.clone(), issued.clone(), options.clone());
+    for i in 0..options.connections {
+        let url = target.graphql(i).to_owned();
+        let (client, token, ids, issued, o) =
+            (client.clone(), token.clone(), ids.clone(), issued.clone(), options.clone());
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < o.max_requests {
@@ -431,19 +451,19 @@ struct Creates {
 }
 
 /// Creates up to `limit` tasks in `o.queue`, open-loop: the i-th is due at `i / o.rate`
-/// seconds, whoever is free sends it (one connection per token), nobody waits for the
+/// seconds, whoever is free sends it (one connection per token, token j on URL j mod N), nobody waits for the
 /// tasks to finish. Stops at `o.duration`.
 async fn paced_creates(o: &Options, target: &Target, tokens: Vec<String>, limit: u64, on_ack: OnAck) -> Creates {
     let slots = Arc::new(AtomicU64::new(0));
     let start = tokio::time::Instant::now();
     let deadline = start + o.duration;
     let mut creators = Vec::new();
-    for token in tokens {
+    for (j, token) in tokens.into_iter().enumerate() {
         let (slots, on_ack, http, url, queue, clock, rate) = (
             slots.clone(),
             on_ack.clone(),
             target.http.clone(),
-            target.graphql.clone(),
+            target.graphql(j).to_owned(),
             o.queue.clone(),
             target.clock,
             o.rate,
@@ -803,18 +823,28 @@ async fn observe(
 }
 
 /// `dispatch`: K reference workers serve a fresh queue while creators feed it at a fixed
-/// rate and an operator's subscription records every task's way through.
+/// rate and an operator's subscription (one per instance) records every task's way through.
 async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), String> {
     let clock = target.clock;
     let ledger = Arc::new(Ledger::default());
     let stop = CancellationToken::new();
     let observer_token = mint(o, &format!("loadgen-{}-observer", o.run), &["operator"])?;
-    let socket = open_events(&target.ws, &observer_token, &o.queue)
-        .await
-        .map_err(|e| format!("the observer's subscription failed: {e}"))?;
     let history_token = observer_token.clone();
-    let reconnect = (target.ws.clone(), observer_token, o.queue.clone());
-    let observer = tokio::spawn(observe(socket, ledger.clone(), reconnect, clock, stop.clone()));
+    // Every instance's subscribers see every task's events (another instance's changes
+    // arrive through Kafka); the ledger keeps the first copy of each.
+    let mut observers = Vec::with_capacity(target.ws.len());
+    for ws in &target.ws {
+        let socket = match open_events(ws, &observer_token, &o.queue).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                stop.cancel();
+                futures::future::join_all(observers).await;
+                return Err(format!("the observer's subscription on {ws} failed: {e}"));
+            }
+        };
+        let reconnect = (ws.clone(), observer_token.clone(), o.queue.clone());
+        observers.push(tokio::spawn(observe(socket, ledger.clone(), reconnect, clock, stop.clone())));
+    }
 
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let handler: Handler = Arc::new(|_| async { Outcome::Complete(None) }.boxed());
@@ -824,7 +854,7 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         let token = mint(o, &name, &["worker"])?;
         let queues = vec![o.queue.clone()];
         configs.push(WorkerConfig {
-            url: o.url.clone(),
+            url: failover_list(&o.urls, i),
             token,
             name,
             queues,
@@ -846,7 +876,7 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
     }
     if workers.is_empty() {
         stop.cancel();
-        let _ = observer.await;
+        futures::future::join_all(observers).await;
         return Err(format!("no worker started: {errors:?}"));
     }
     tokio::time::sleep(SETTLE).await;
@@ -866,9 +896,14 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
     let grace_end = clock.now();
     let mut tasks = std::mem::take(&mut *lock(&ledger.tasks));
 
+    let mut workers_by_url: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in &workers {
+        *workers_by_url.entry(worker.url().to_owned()).or_default() += 1;
+    }
     let stopped = futures::future::join_all(workers.into_iter().map(Worker::stop)).await;
     stop.cancel();
-    let observed = observer.await.unwrap_or_default();
+    let observed: Vec<Observed> =
+        futures::future::join_all(observers).await.into_iter().map(Result::unwrap_or_default).collect();
 
     // The observer may have missed events (a dropped connection, `SLOW_SUBSCRIBER`): the
     // server's history says what really happened to every task not seen to succeed.
@@ -946,7 +981,13 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         }
     }
     add_errors(&mut errors, creates.errors);
-    add_errors(&mut errors, observed.errors);
+    // The first observer's event counts stand for the run (each observer sees them all).
+    let events = observed.first().map(|first| json!(first.statuses)).unwrap_or_default();
+    let events_by_url: BTreeMap<&str, &BTreeMap<String, u64>> =
+        target.ws.iter().map(String::as_str).zip(observed.iter().map(|seen| &seen.statuses)).collect();
+    for seen in observed.iter() {
+        add_errors(&mut errors, seen.errors.clone());
+    }
     add_errors(&mut errors, history_errors);
 
     let unfinished_line = if unfinished.is_empty() { String::new() } else { format!(" {}", json!(unfinished)) };
@@ -958,7 +999,7 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         "running_to_succeeded": latency_ms(running_to_succeeded),
         "ack_to_succeeded_received": latency_ms(end_to_end),
     });
-    let result = json!({
+    let mut result = json!({
         "scenario": "dispatch",
         "queue": o.queue,
         "connections": o.connections,
@@ -995,9 +1036,15 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
         "throughput": { "created_per_second": created_per_second, "succeeded_per_second": succeeded_per_second },
         "latency_ms": latency,
         "created_to_assigned_by_second": timeline(creation_started, &assigned_by_creation),
-        "events": observed.statuses,
+        "events": events,
         "errors": errors,
     });
+    if o.urls.len() > 1 {
+        result["urls"] = json!(o.urls);
+        result["events_by_url"] = json!(events_by_url);
+        result["workers"]["failovers"] = json!(sum(|s| s.failovers));
+        result["workers"]["by_url_at_end"] = json!(workers_by_url);
+    }
     let line = format!(
         "dispatch workers={}x{} rate={}/s c={}: created {} ({:.0}/s), assigned {}, succeeded {} ({:.0}/s), not finished {}{}; \
          p50/p95/p99/max created→assigned {}, created→succeeded {}, ack→SUCCEEDED received {}; errors {}",
@@ -1048,7 +1095,7 @@ async fn histories(
         }
         let variables = json!({ "id": uuid::Uuid::from_u128(id).hyphenated().to_string() });
         let body = json!({ "query": HISTORY, "variables": variables });
-        let answer = post(&target.http, &target.graphql, token, &body).await;
+        let answer = post(&target.http, target.graphql(id as usize), token, &body).await;
         (id, answer.map_err(|code| format!("history: {code}")).and_then(|v| history(&v["data"]["task"])))
     };
     let answers: Vec<_> = futures::stream::iter(ids).map(read).buffer_unordered(o.connections).collect().await;
@@ -1180,7 +1227,7 @@ async fn fanout(o: &Options, target: &Target) -> Result<(Value, String), String>
     let mut subscribers = Vec::with_capacity(o.subscribers);
     for i in 0..o.subscribers {
         let token = mint(o, &format!("loadgen-{}-subscriber-{i}", o.run), &["operator"])?;
-        let address = (target.ws.clone(), token, o.queue.clone());
+        let address = (target.ws(i).to_owned(), token, o.queue.clone());
         subscribers.push(tokio::spawn(subscriber(address, clock, shared.clone(), permits.clone(), stop.clone())));
     }
     let connected = loop {

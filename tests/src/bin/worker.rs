@@ -9,7 +9,8 @@
 //! 0.1`, retryable), and prints one line per task. Ctrl-C stops it gracefully (running tasks
 //! finish and report); a second Ctrl-C exits at once.
 //!
-//! Options: `--url` (default `http://127.0.0.1:8080`), `--token` (default `$TASKWIRE_TOKEN`),
+//! Options: `--url` (default `http://127.0.0.1:8080`; several comma-separated instances are a
+//! fail-over list), `--token` (default `$TASKWIRE_TOKEN`),
 //! `--queue` (repeatable, or comma-separated; required), `--capacity` (default 4), `--name`
 //! (default `worker-<pid>`), `--fail-rate` (0–1, default 0), `--heartbeat-ms` (default 5000).
 
