@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 use taskwire_domain::{
@@ -183,19 +183,41 @@ impl Store {
             .filter(|queue| limited.contains(queue))
             .collect();
         let writing = self.write_lock(Writer::Offer).await;
-        let txn = writing.begin_read_committed().await?;
-        let mut rooms = lock_rooms(&txn, &limited, now_ms).await?;
-        let (fitting, held_back) = fit(&planned, &mut rooms);
-        let (txn, made) = match offer_at_once(&txn, offers, &fitting, now_ms).await? {
-            Some(made) => (txn, made),
-            None => {
-                txn.rollback().await?;
-                let txn = writing.db().begin().await?;
-                // Counted again: another dispatcher may have offered meanwhile.
-                rooms = lock_rooms(&txn, &limited, now_ms).await?;
-                let (fitting, _) = fit(&planned, &mut rooms);
-                let made = offer_one_by_one(&txn, offers, &fitting).await?;
-                (txn, made)
+        // Offers left out of the next attempt: their task changed since it was read
+        // (another dispatcher offered it first, most often), answered `NotQueued`, or their
+        // worker has no room left for them, answered `WorkerUnavailable`.
+        let mut raced = vec![false; planned.len()];
+        let mut no_room = vec![false; planned.len()];
+        let mut attempt = 0;
+        let (txn, made, held_back, rooms) = loop {
+            attempt += 1;
+            let candidates: Vec<Option<(Task, Transition)>> = planned
+                .iter()
+                .enumerate()
+                .map(|(i, p)| if raced[i] || no_room[i] { None } else { p.clone() })
+                .collect();
+            let txn = writing.begin_read_committed().await?;
+            // Counted in every attempt: another dispatcher may have offered meanwhile.
+            let mut rooms = lock_rooms(&txn, &limited, now_ms).await?;
+            let (fitting, held_back) = fit(&candidates, &mut rooms);
+            let outcome = offer_at_once(&txn, offers, &fitting, now_ms).await?;
+            if let AtOnce::Made(made) = outcome {
+                break (txn, made, held_back, rooms);
+            }
+            txn.rollback().await?;
+            if attempt == OFFER_ATTEMPTS {
+                // Nothing made this time; the tasks stay ready for the matcher's next round.
+                let made =
+                    decided(&fitting).into_iter().map(|(i, _, _)| (i, OfferOutcome::WorkerUnavailable)).collect();
+                let txn = writing.begin_read_committed().await?;
+                break (txn, made, held_back, rooms);
+            }
+            // Find out what moved with plain reads and go again without those offers, all
+            // at once: making offers one by one would take task and worker locks
+            // interleaved, against the lock order, and deadlock with other writers.
+            match outcome {
+                AtOnce::TaskChanged => mark_raced(writing.db(), &fitting, &mut raced).await?,
+                _ => mark_no_room(writing.db(), offers, &fitting, &mut no_room).await?,
             }
         };
         // Every planned offer has its outcome in `made` or `held_back`; the others were
@@ -203,6 +225,11 @@ impl Store {
         let mut outcomes: Vec<OfferOutcome> = offers.iter().map(|_| OfferOutcome::NotQueued).collect();
         let mut changes: Vec<(Task, Transition, Option<&str>)> = Vec::with_capacity(made.len());
         let mut spent: BTreeMap<&str, u32> = BTreeMap::new();
+        for (i, dropped) in no_room.iter().enumerate() {
+            if *dropped && !raced[i] {
+                outcomes[i] = OfferOutcome::WorkerUnavailable;
+            }
+        }
         for (i, outcome) in made {
             if let (OfferOutcome::Offered(_), Some((before, transition))) = (&outcome, &planned[i]) {
                 changes.push((before.clone(), transition.clone(), offers[i].traceparent.as_deref()));
@@ -580,23 +607,37 @@ fn decided(planned: &[Option<(Task, Transition)>]) -> Vec<(usize, &Task, &Transi
     planned.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|(before, t)| (i, before, t))).collect()
 }
 
+/// Transactions a round's offers are tried in, at most; after that its tasks wait for the
+/// matcher's next round.
+const OFFER_ATTEMPTS: u32 = 3;
+
+/// What making a round's offers all at once came to.
+#[derive(Debug)]
+enum AtOnce {
+    /// Every offer made, `(index, outcome)`.
+    Made(Vec<(usize, OfferOutcome)>),
+    /// A task changed since it was read: nothing may be kept.
+    TaskChanged,
+    /// A worker has no room for its share: nothing may be kept.
+    NoRoom,
+}
+
 /// The outcome of each offer of `planned` (by index) that was decided, made all at once:
 /// conditional updates of every task (rows locked in task-id order), then the
 /// reservation of every worker's share (rows locked in worker-id order), each one
-/// statement per 32 rows. Offers not listed were never planned.
-/// `None` when a task changed since it was read or a worker has no room for its share:
-/// the caller rolls back and goes offer by offer.
+/// statement per 32 rows. Offers not listed were never planned. Anything but
+/// [`AtOnce::Made`] leaves the transaction to be rolled back.
 async fn offer_at_once(
     txn: &DatabaseTransaction,
     offers: &[PlannedOffer],
     planned: &[Option<(Task, Transition)>],
     now: i64,
-) -> Result<Option<Vec<(usize, OfferOutcome)>>, DbErr> {
+) -> Result<AtOnce, DbErr> {
     let mut order = decided(planned);
     order.sort_by_key(|(_, before, _)| before.id);
     let rows: Vec<(&Task, &Transition)> = order.iter().map(|(_, before, transition)| (*before, *transition)).collect();
     if !update_all_if_unchanged(txn, &rows).await? {
-        return Ok(None);
+        return Ok(AtOnce::TaskChanged);
     }
     let mut made = Vec::with_capacity(order.len());
     let mut shares: BTreeMap<&str, i64> = BTreeMap::new();
@@ -605,41 +646,60 @@ async fn offer_at_once(
         made.push((i, OfferOutcome::Offered(Box::new(transition.task.clone()))));
     }
     if !reserve_slots(txn, &shares, now).await? {
-        return Ok(None);
+        return Ok(AtOnce::NoRoom);
     }
-    Ok(Some(made))
+    Ok(AtOnce::Made(made))
 }
 
-/// The outcome of each planned offer (by index), each made in a savepoint of its own so
-/// that one whose worker is full or gone rolls back alone. Offers are made in worker-id
-/// order (stable, so each worker's in dispatch order): the lock order of every writer.
-async fn offer_one_by_one(
-    txn: &DatabaseTransaction,
-    offers: &[PlannedOffer],
-    planned: &[Option<(Task, Transition)>],
-) -> Result<Vec<(usize, OfferOutcome)>, DbErr> {
-    let mut order = decided(planned);
-    order.sort_by(|a, b| offers[a.0].worker_id.cmp(&offers[b.0].worker_id));
-    let mut made = Vec::with_capacity(order.len());
-    for (i, before, transition) in order {
-        let savepoint = txn.begin().await?;
-        let outcome = match apply(&savepoint, before, transition, None).await? {
-            Applied::Done => {
-                savepoint.commit().await?;
-                OfferOutcome::Offered(Box::new(transition.task.clone()))
-            }
-            Applied::Raced => {
-                savepoint.rollback().await?;
-                OfferOutcome::NotQueued
-            }
-            Applied::NoCapacity => {
-                savepoint.rollback().await?;
-                OfferOutcome::WorkerUnavailable
-            }
-        };
-        made.push((i, outcome));
+/// Marks the offers of `fitting` whose task is no longer at the version planned.
+async fn mark_raced(
+    db: &impl ConnectionTrait,
+    fitting: &[Option<(Task, Transition)>],
+    raced: &mut [bool],
+) -> Result<(), DbErr> {
+    let ids = decided(fitting).into_iter().map(|(_, before, _)| before.id.to_string());
+    let rows: Vec<(String, i32)> = task::Entity::find()
+        .select_only()
+        .column(task::Column::Id)
+        .column(task::Column::Version)
+        .filter(task::Column::Id.is_in(shape::padded(ids)))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let versions: HashMap<String, i32> = rows.into_iter().collect();
+    for (i, before, _) in decided(fitting) {
+        raced[i] = versions.get(&before.id.to_string()).copied() != i32::try_from(before.version).ok();
     }
-    Ok(made)
+    Ok(())
+}
+
+/// Marks the offers of `fitting` beyond their worker's free capacity (all of a worker's
+/// when it is not `ONLINE`), keeping each worker's first offers in plan order.
+async fn mark_no_room(
+    db: &impl ConnectionTrait,
+    offers: &[PlannedOffer],
+    fitting: &[Option<(Task, Transition)>],
+    no_room: &mut [bool],
+) -> Result<(), DbErr> {
+    let order = decided(fitting);
+    let ids = order.iter().map(|(i, _, _)| offers[*i].worker_id.clone());
+    let rows = worker::Entity::find().filter(worker::Column::Id.is_in(shape::padded(ids))).all(db).await?;
+    let mut free: HashMap<String, i64> = rows
+        .into_iter()
+        .map(|w| {
+            let online = w.status == WorkerStatus::Online.as_str();
+            (w.id, if online { i64::from(w.capacity) - i64::from(w.active) } else { 0 })
+        })
+        .collect();
+    for (i, _, _) in order {
+        let left = free.entry(offers[i].worker_id.clone()).or_insert(0);
+        if *left > 0 {
+            *left -= 1;
+        } else {
+            no_room[i] = true;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
