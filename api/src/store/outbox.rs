@@ -127,6 +127,18 @@ async fn delete_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> R
     if ids.is_empty() {
         return Ok(());
     }
-    outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(shape::padded(ids.iter().copied()))).exec(db).await?;
+    let ids = shape::padded(ids.iter().copied());
+    if db.get_database_backend() == DbBackend::MySql {
+        // The outbox is small (rows go as they are published), so for a long id list the
+        // optimizer prefers scanning the whole table, and a DELETE's scan waits for every
+        // row it passes: the rows another relay holds. Two relays then deadlocked on each
+        // other's batches. Forcing the primary key makes it look up exactly its own rows.
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = format!("DELETE outbox FROM outbox FORCE INDEX (PRIMARY) WHERE outbox.id IN ({marks})");
+        let values = ids.into_iter().map(sea_orm::Value::from);
+        db.execute_raw(Statement::from_sql_and_values(DbBackend::MySql, sql, values)).await?;
+        return Ok(());
+    }
+    outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(ids)).exec(db).await?;
     Ok(())
 }
