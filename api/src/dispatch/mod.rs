@@ -69,6 +69,17 @@ pub struct DispatchSettings {
     pub reaper_interval: Duration,
 }
 
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            offer_timeout: Duration::from_secs(10),
+            worker_ttl: Duration::from_secs(30),
+            ready_capacity: 100_000,
+            reaper_interval: Duration::from_millis(500),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,16 +90,5 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.as_str().len() <= 128, "{}", a.as_str());
         assert!(a.as_str().contains(&std::process::id().to_string()));
-    }
-}
-
-impl Default for DispatchSettings {
-    fn default() -> Self {
-        DispatchSettings {
-            offer_timeout: Duration::from_secs(10),
-            worker_ttl: Duration::from_secs(30),
-            ready_capacity: 100_000,
-            reaper_interval: Duration::from_millis(500),
-        }
     }
 }
