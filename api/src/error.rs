@@ -1,5 +1,5 @@
 //! The API error type: every failure a resolver or handler can return, each mapped to a
-//! stable code of DESIGN.md §4.
+//! stable code listed in README, Authentication and roles (Errors).
 //!
 //! Infrastructure errors are logged here, with their whole cause chain, at the moment
 //! they become an `ApiError`; the client only ever sees `INTERNAL` or `UNAVAILABLE` and

@@ -1,4 +1,4 @@
-//! Per-subject token-bucket rate limits for GraphQL operations (DESIGN.md §6).
+//! Per-subject token-bucket rate limits for GraphQL operations (README, Operations (Rate limits)).
 //!
 //! Every subject has two buckets: one for all operations and one for mutations alone. A
 //! bucket refills continuously at its rate and holds one second's worth of tokens (the

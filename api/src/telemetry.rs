@@ -1,6 +1,6 @@
 //! Logs and traces: `tracing` with levels from `RUST_LOG` and a pretty or JSON format, spans
 //! exported over OTLP/HTTP when a collector is configured, and the W3C trace context that
-//! ties a request to the Kafka messages it causes (DESIGN.md §7).
+//! ties a request to the Kafka messages it causes (README, Operations (Logs and traces)).
 //!
 //! Without a collector the trace-context helpers return at once: no parsing, no allocation,
 //! so the hot paths (every consumed and published message) pay only for their spans. This

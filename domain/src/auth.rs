@@ -1,4 +1,4 @@
-//! Roles and the authorization rules of DESIGN.md §4.
+//! Roles and the authorization rules of README, Authentication and roles.
 //!
 //! Token verification lives in the api crate; this module only decides what an already
 //! authenticated principal may do.

@@ -1,4 +1,4 @@
-//! The Kafka wire schema: versioned JSON envelopes (DESIGN.md §4, Kafka).
+//! The Kafka wire schema: versioned JSON envelopes (README, Live updates over WebSocket).
 //!
 //! Consumers must tolerate duplicates and reordering across tasks: `(taskId, seq)`
 //! identifies an event, and a consumer ignores a `seq` it has already applied.

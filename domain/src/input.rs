@@ -1,7 +1,7 @@
 //! Validated inputs: parse, don't validate.
 //!
 //! Each newtype can only be built through its `parse`/`try_from`, so a value of the type
-//! is proof that the rule of DESIGN.md §4 holds. Errors name the offending input field.
+//! is proof that the rule of README, Input rules holds. Errors name the offending input field.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;

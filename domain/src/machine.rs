@@ -3,7 +3,7 @@
 //!
 //! Persistence applies a [`Transition`] atomically: the row update is conditional on the
 //! version the command was computed from, and the event and outbox rows are written in
-//! the same transaction (DESIGN.md §2, invariant 1). Time and randomness come in as
+//! the same transaction (README, Task lifecycle). Time and randomness come in as
 //! arguments, so every rule here is deterministic and exhaustively testable.
 
 use chrono::{DateTime, Utc};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DomainError;
 
-/// Where a task is in its lifecycle (DESIGN.md §3).
+/// Where a task is in its lifecycle (README, Task lifecycle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskStatus {

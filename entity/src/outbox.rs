@@ -1,5 +1,5 @@
 //! `outbox`: messages written in the same transaction as the state change they announce,
-//! published to Kafka by the relay afterwards (DESIGN.md §2, invariant 2). A row is
+//! published to Kafka by the relay afterwards (README, Task lifecycle). A row is
 //! deleted once Kafka has acknowledged it: the table holds only unpublished messages.
 
 use sea_orm::entity::prelude::*;

@@ -1,4 +1,4 @@
-//! JWT authentication and role guards, black-box (DESIGN.md §4, "Authentication and roles").
+//! JWT authentication and role guards, black-box (README, Authentication and roles).
 //!
 //! Rejection cases change one thing in claims (or a token) that a control in the same test,
 //! or a neighbouring test, shows are accepted: a refusal is then about that one thing.

@@ -1,5 +1,5 @@
 //! Dependency failures: what clients see while the database is down, and recovery
-//! without a restart (DESIGN.md §2, invariant 7).
+//! without a restart (README, Testing: the fault test).
 
 use serde_json::json;
 use taskwire_tests::TestApp;

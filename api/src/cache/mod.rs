@@ -1,4 +1,4 @@
-//! The task read cache: L1 in process (moka) → L2 Redis → database (DESIGN.md §5).
+//! The task read cache: L1 in process (moka) → L2 Redis → database (README, Operations (Caching)).
 //!
 //! What it guarantees:
 //! - **One load per key at a time.** Concurrent misses on one task share one load

@@ -542,22 +542,7 @@ impl Matcher {
         }
         match self.store.queued_tasks(cutoff, room).await {
             Ok(tasks) => {
-                let mut found = 0;
-                for task in tasks {
-                    let entry = Entry {
-                        id: task.id,
-                        queue: task.queue,
-                        priority: task.priority,
-                        run_at: task.run_at,
-                        queued_at: task.updated_at,
-                        source: None,
-                        traceparent: None,
-                        avoid: None,
-                    };
-                    if self.ready.insert(entry) {
-                        found += 1;
-                    }
-                }
+                let found = self.hold_read(tasks);
                 if found > 0 {
                     tracing::info!(found, "reconciliation found queued tasks without a pending announcement");
                 }
@@ -723,6 +708,16 @@ impl Matcher {
                 return 0;
             }
         };
+        let added = self.hold_read(tasks);
+        if added > 0 {
+            self.metrics.dispatch_pulled.inc_by(added as u64);
+        }
+        added
+    }
+
+    /// Holds `QUEUED` tasks read from the database (no announcement behind them); returns
+    /// how many the ready set did not hold yet.
+    fn hold_read(&mut self, tasks: Vec<Task>) -> usize {
         let mut added = 0;
         for task in tasks {
             let entry = Entry {
@@ -738,9 +733,6 @@ impl Matcher {
             if self.ready.insert(entry) {
                 added += 1;
             }
-        }
-        if added > 0 {
-            self.metrics.dispatch_pulled.inc_by(added as u64);
         }
         added
     }

@@ -1,4 +1,4 @@
-//! The dispatcher: turns `QUEUED` tasks into work done (DESIGN.md §3).
+//! The dispatcher: turns `QUEUED` tasks into work done (README, Dispatching and workers).
 //!
 //! Three loops, each owned by the application's task tracker and stopped by its
 //! shutdown token:

@@ -3,7 +3,7 @@
 //!
 //! Each check answers with its own code before any resolver runs, for HTTP and
 //! WebSocket alike. Parsed documents are kept by query text (bounded), so an operation
-//! that clients send again and again is parsed once (DESIGN.md §8). What it must never do: execute anything, or fail a request because
+//! that clients send again and again is parsed once (docs/BENCHMARKS.md). What it must never do: execute anything, or fail a request because
 //! Redis (behind the persisted queries and the rate limits) failed.
 
 use std::sync::Arc;

@@ -361,7 +361,7 @@ impl Connection {
     }
 }
 
-/// The authorization value in the forms DESIGN.md §4 accepts.
+/// The authorization value in the forms README, Live updates over WebSocket lists.
 fn auth_value(payload: &Value) -> Option<String> {
     let object = payload.as_object()?;
     let find = |map: &serde_json::Map<String, Value>, names: &[&str]| {

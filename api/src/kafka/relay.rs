@@ -4,7 +4,7 @@
 //! It wakes right after a commit (the store's outbox signal) and also sweeps every
 //! second as a safety net (a signal sent while it was busy, another process's rows).
 //! Kafka being down only delays it: rows stay in the outbox and are retried with
-//! backoff, so an acknowledged mutation is never lost (DESIGN.md §2, invariant 2).
+//! backoff, so an acknowledged mutation is never lost (README, Task lifecycle).
 //! Each message carries the trace context of the request that wrote it (see [`publish`]).
 //!
 //! An idempotent producer can fail for good: after a broker outage the broker may

@@ -1,4 +1,4 @@
-//! Commit coalescing for single creates and for workers' task transitions (DESIGN.md §8).
+//! Commit coalescing for single creates and for workers' task transitions (docs/BENCHMARKS.md).
 //!
 //! Concurrent `createTask` calls queue here; one task takes everything waiting and
 //! commits it as one transaction with multi-row inserts, answering each caller only

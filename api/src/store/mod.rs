@@ -1,8 +1,8 @@
 //! The SeaORM repository: the only place that speaks SQL.
 //!
 //! Every state change of a task is one transaction that updates the row conditionally
-//! on its version, appends the event and writes the outbox rows (DESIGN.md §2,
-//! invariant 1). The same code runs on MySQL/MariaDB and SQLite; on SQLite, write
+//! on its version, appends the event and writes the outbox rows (README, Task lifecycle).
+//! The same code runs on MySQL/MariaDB and SQLite; on SQLite, write
 //! transactions are serialised in-process (SQLite has one writer anyway, and this turns
 //! `SQLITE_BUSY` upgrade failures into orderly waiting).
 

@@ -610,7 +610,7 @@ pub(super) enum Applied {
 }
 
 /// Updates the task row conditionally on the version `before` was read at, and keeps
-/// the worker's `active` count in step (DESIGN.md §2, invariant 4): a transition that
+/// the worker's `active` count in step (README, Task lifecycle): a transition that
 /// leases the task reserves a slot with a conditional update (`active < capacity`, worker
 /// `ONLINE`); one that ends a lease frees the slot, in the same transaction: at once, or,
 /// with `releases`, counted there for [`release_slots`] to free at the end.
