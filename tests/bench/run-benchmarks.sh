@@ -17,7 +17,9 @@
 # default 1 2 3): N fresh processes share one database, Kafka topic prefix and Redis key
 # prefix; the `dispatch` scenario feeds one queue at TASKWIRE_BENCH_RATE tasks/s in total
 # (default 500) for TASKWIRE_BENCH_SECONDS (default 20), its creates, workers and observers
-# spread round-robin over the N processes. One line per N: created → assigned and
+# spread round-robin over the N processes. The load is the same for every N: the same rate,
+# 50 workers, and TASKWIRE_BENCH_OBSERVERS (default 3) queue-wide subscriptions, so that
+# what grows with N is the cost of the processes, not the number of subscribers. One line per N: created → assigned and
 # created → succeeded p99, CPU milliseconds per created task of the servers (summed),
 # mariadbd and tansu (from /proc/<pid>/stat), InnoDB deadlocks (`Innodb_deadlocks`, a
 # server-wide counter: anything else using this MariaDB adds to it) and lock-conflict
@@ -66,7 +68,7 @@ lock_conflicts() { # lock_conflicts FILES…
 innodb_deadlocks() { bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'" | awk '{ print $2 }'; }
 
 cluster_bench() { # cluster_bench N…
-  local rate=${TASKWIRE_BENCH_RATE:-500} seconds=${TASKWIRE_BENCH_SECONDS:-20}
+  local rate=${TASKWIRE_BENCH_RATE:-500} seconds=${TASKWIRE_BENCH_SECONDS:-20} observers=${TASKWIRE_BENCH_OBSERVERS:-3}
   local n i pid urls pids json line metrics_before metrics_after
   local servers_before servers_after mariadb_before mariadb_after tansu_before tansu_after
   local deadlocks_before deadlocks_after conflicts_before conflicts_after
@@ -94,7 +96,7 @@ cluster_bench() { # cluster_bench N…
     snapshot before
     json="$out/cluster-$n-dispatch.json"
     "$bin/loadgen" dispatch --url "$urls" --secret "$secret" --workers 50 --capacity 4 --rate "$rate" \
-      --connections 32 --duration "$seconds" --out "$json" >"$out/cluster-$n-loadgen.txt"
+      --observers "$observers" --connections 32 --duration "$seconds" --out "$json" >"$out/cluster-$n-loadgen.txt"
     snapshot after
     for i in $(seq "$n"); do mv "$out/cluster-$n-$i.metrics.after" "$out/cluster-$n-$i.metrics"; done
     rm -f "$out"/cluster-"$n"-*.metrics.before

@@ -374,18 +374,40 @@ async fn a_dead_task_is_published_to_the_dead_letter_topic() {
 /// instead of hanging.
 #[tokio::test]
 async fn start_up_gives_up_on_brokers_that_never_answer() {
+    start_up_gives_up_on(Broker::Silent).await;
+}
+
+/// A broker address that accepts connections and closes them at once (a broker still
+/// starting, a proxy with nothing behind it) is asked again until the time limit, and
+/// start-up then fails with the same clear error, not with the first transport failure.
+#[tokio::test]
+async fn start_up_gives_up_on_brokers_that_drop_every_connection() {
+    start_up_gives_up_on(Broker::Dropping).await;
+}
+
+#[derive(Clone, Copy)]
+enum Broker {
+    /// Holds every connection, reading and writing nothing.
+    Silent,
+    /// Closes every connection as soon as it is accepted.
+    Dropping,
+}
+
+async fn start_up_gives_up_on(broker: Broker) {
     use taskwire_api::{
         config::Config,
         startup::{Application, StartupError},
     };
 
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let brokers = format!("127.0.0.1:{}", silent.local_addr().expect("address").port());
-    // Accept and hold every connection, reading nothing and writing nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let brokers = format!("127.0.0.1:{}", listener.local_addr().expect("address").port());
     let holder = tokio::spawn(async move {
         let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
+        while let Ok((socket, _)) = listener.accept().await {
+            match broker {
+                Broker::Silent => held.push(socket),
+                Broker::Dropping => drop(socket),
+            }
         }
     });
     let dir = tempfile::tempdir().expect("temp dir");

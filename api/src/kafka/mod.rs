@@ -200,20 +200,39 @@ async fn create_topics(brokers: &str, names: &[String], settings: &KafkaSettings
 }
 
 /// The topics the brokers know, with at least one partition.
+///
+/// A broker that drops the connection (still starting, or a silent listener whose peer gives
+/// up on it) is asked again until `timeout` has passed; then the call fails with
+/// `OperationTimedOut`, which start-up reports as the brokers not answering in time.
 async fn existing_topics(brokers: &str, timeout: Duration) -> Result<std::collections::HashSet<String>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    // librdkafka's metadata call blocks its thread.
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(None, timeout)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.name().to_owned())
-            .collect())
-    })
-    .await
-    .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?
+    use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, OperationTimedOut};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(KafkaError::MetadataFetch(OperationTimedOut));
+        }
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        // librdkafka's metadata call blocks its thread.
+        let outcome = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, remaining))
+            .await
+            .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?;
+        match outcome {
+            Ok(metadata) => {
+                return Ok(metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.name().to_owned())
+                    .collect());
+            }
+            Err(e) if matches!(e.rdkafka_error_code(), Some(BrokerTransportFailure | AllBrokersDown)) => {
+                tracing::debug!(error = %e, "Kafka metadata request failed; asking again");
+                tokio::time::sleep(Duration::from_millis(100).min(remaining)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The trace-context headers of a Kafka message, for [`telemetry::set_parent_from`]. Reads

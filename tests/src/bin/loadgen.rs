@@ -71,7 +71,7 @@ use tokio_util::sync::CancellationToken;
 const USAGE: &str = "usage: loadgen <query|create|dispatch|fanout> [--url URL[,URL…]]… [--secret S] [--connections N] \
                      [--duration SECS] [--max-requests N] [--out FILE] [query: --working-set M --distribution \
                      uniform|hot] [create: --batch B] [dispatch: --workers K --capacity C --rate R --queue NAME \
-                     --grace SECS] [fanout: --subscribers S --events E --rate R --queue NAME --pid PID \
+                     --grace SECS --observers O] [fanout: --subscribers S --events E --rate R --queue NAME --pid PID \
                      --connect-concurrency N --grace SECS --hold SECS]";
 
 /// The WebSocket subprotocol the subscribers speak.
@@ -126,6 +126,9 @@ struct Options {
     grace: Duration,
     workers: usize,
     capacity: u32,
+    /// `dispatch`: queue-wide subscriptions recording the run, observer i on URL i mod N
+    /// (`None`: one per URL). A fixed count keeps the subscriber load equal whatever N is.
+    observers: Option<usize>,
     subscribers: usize,
     events: u64,
     connect_concurrency: usize,
@@ -163,6 +166,7 @@ fn parse_args() -> Result<Options, String> {
         grace: Duration::from_secs(10),
         workers: 50,
         capacity: 4,
+        observers: None,
         subscribers: 1_000,
         events: 100,
         connect_concurrency: 50,
@@ -195,6 +199,7 @@ fn parse_args() -> Result<Options, String> {
             "--hold" => o.hold = Duration::from_secs(number(value.trim_end_matches('s'))?.min(MAX_HOLD_SECONDS)),
             "--workers" => o.workers = number(&value)?.max(1) as usize,
             "--capacity" => o.capacity = number(&value)?.clamp(1, 1000) as u32,
+            "--observers" => o.observers = Some(number(&value)?.clamp(1, 64) as usize),
             "--subscribers" => o.subscribers = number(&value)? as usize,
             "--events" => o.events = number(&value)?,
             "--connect-concurrency" => o.connect_concurrency = number(&value)?.max(1) as usize,
@@ -832,8 +837,10 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
     let history_token = observer_token.clone();
     // Every instance's subscribers see every task's events (another instance's changes
     // arrive through Kafka); the ledger keeps the first copy of each.
-    let mut observers = Vec::with_capacity(target.ws.len());
-    for ws in &target.ws {
+    let observer_urls: Vec<&String> =
+        (0..o.observers.unwrap_or(target.ws.len())).map(|i| &target.ws[i % target.ws.len()]).collect();
+    let mut observers = Vec::with_capacity(observer_urls.len());
+    for ws in observer_urls.iter().copied() {
         let socket = match open_events(ws, &observer_token, &o.queue).await {
             Ok(socket) => socket,
             Err(e) => {
@@ -983,8 +990,9 @@ async fn dispatch(o: &Options, target: &Target) -> Result<(Value, String), Strin
     add_errors(&mut errors, creates.errors);
     // The first observer's event counts stand for the run (each observer sees them all).
     let events = observed.first().map(|first| json!(first.statuses)).unwrap_or_default();
+    // With several observers on one URL, the last one's counts stand for that URL.
     let events_by_url: BTreeMap<&str, &BTreeMap<String, u64>> =
-        target.ws.iter().map(String::as_str).zip(observed.iter().map(|seen| &seen.statuses)).collect();
+        observer_urls.iter().map(|url| url.as_str()).zip(observed.iter().map(|seen| &seen.statuses)).collect();
     for seen in observed.iter() {
         add_errors(&mut errors, seen.errors.clone());
     }
