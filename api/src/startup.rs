@@ -141,7 +141,13 @@ impl Application {
         let cache = TaskCache::new(config.cache.clone(), redis_link.clone(), metrics.clone());
         let kafka = kafka_step(&config.kafka, "creating the topics", Kafka::connect(&config.kafka)).await?;
         let producer_kafka = kafka.clone();
-        let relay = OutboxRelay::new(store.clone(), Box::new(move || producer_kafka.producer()), metrics.clone())?;
+        let relay = OutboxRelay::new(
+            store.clone(),
+            Box::new(move || producer_kafka.producer()),
+            cache.clone(),
+            kafka.topics().for_envelope(EnvelopeType::Status),
+            metrics.clone(),
+        )?;
         let hub = Hub::new(config.subscriber_buffer, metrics.clone());
         let dispatcher_id = config.roles.dispatcher.then(DispatcherId::generate);
         let dispatcher = match &dispatcher_id {
@@ -303,7 +309,6 @@ impl Application {
                 state.metrics.clone(),
                 background_stop.clone(),
             ));
-            tasks.spawn(cache.run_invalidation_writer(background_stop.clone()));
         }
         if let Some((matcher, settings)) = background.dispatcher {
             lagging.push(("dispatch", matcher.consumer()));

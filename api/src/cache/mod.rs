@@ -8,16 +8,21 @@
 //!   "version `v` exists, reload" ranks `2v − 1`, and "no such task" ranks 0. A write,
 //!   in L1 or L2, only replaces an entry of lower rank. A reader that loaded version 3
 //!   while version 4 committed can therefore not undo the tombstone (rank 7) that the
-//!   status consumer wrote for version 4, wherever the writes interleave.
+//!   outbox relay wrote for version 4, wherever the writes interleave.
 //! - **Redis is optional and may fail.** Every Redis command goes through
 //!   [`RedisLink`], which answers `None` when Redis is absent, slow or failing (and then
 //!   opens its circuit breaker); reads then go to the database, at most
 //!   `db_concurrency` batch loads at a time, and never fail because of Redis.
 //!
 //! How entries change: this process's own commits write the new task into L1 at once
-//! ([`TaskCache::committed`], so a client reads its own writes); the status consumer
-//! turns every status event, from any process, into a tombstone in L1 and then L2
-//! ([`TaskCache::invalidate`]). Lists (`tasks(…)`) are not cached, only reads by id.
+//! ([`TaskCache::committed`], so a client reads its own writes). Every status event is
+//! turned into a tombstone once in L2, by the outbox relay that publishes it and before it
+//! publishes it ([`TaskCache::announce`]), so no process hears of a change through Kafka
+//! while Redis still serves the version before it; and in every process's L1 by its status
+//! consumer ([`TaskCache::invalidate_local`]). One L2 write per event, whatever the number
+//! of processes; the relay publishes each outbox row at least once, so a relay that dies
+//! between the two leaves the row to the next one, which writes the tombstone again.
+//! Lists (`tasks(…)`) are not cached, only reads by id.
 //!
 //! Staleness that remains, by design: a heartbeat extends `leaseExpiresAt` in place
 //! without a version bump or an event, so a leased task may be served up to the L1 TTL
@@ -46,17 +51,12 @@ use futures::{
 use moka::{Expiry, ops::compute::Op};
 use rand::Rng;
 use taskwire_domain::{TaskId, task::Task};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
 
 use crate::{error::ApiResult, metrics::Metrics, redis_link::RedisLink, store::Store};
 
 /// How long a tombstone blocks stale fills. Longer than any request may take.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
-/// Pending L2 invalidations; when full, the status consumer waits (backpressure).
-const INVALIDATION_QUEUE: usize = 4096;
-/// L2 invalidations written per Redis round trip.
-const INVALIDATION_BATCH: usize = 256;
 
 /// Sizes and lifetimes of the cache (`TASKWIRE_CACHE_*`).
 #[derive(Debug, Clone)]
@@ -173,8 +173,6 @@ struct Inner {
     inflight: Mutex<HashMap<TaskId, Inflight>>,
     generation: AtomicU64,
     db_permits: Semaphore,
-    invalidations: mpsc::Sender<(TaskId, u32)>,
-    invalidation_queue: Mutex<Option<mpsc::Receiver<(TaskId, u32)>>>,
 }
 
 /// The task cache. Cheap to clone.
@@ -195,7 +193,6 @@ impl TaskCache {
             .weigher(|_, entry: &Entry| u32::try_from(estimated_size(entry)).unwrap_or(u32::MAX))
             .expire_after(L1Expiry { ttl: settings.l1_ttl, null_ttl: settings.null_ttl })
             .build();
-        let (tx, rx) = mpsc::channel(INVALIDATION_QUEUE);
         TaskCache(Arc::new(Inner {
             l1,
             redis,
@@ -204,8 +201,6 @@ impl TaskCache {
             metrics,
             inflight: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            invalidations: tx,
-            invalidation_queue: Mutex::new(Some(rx)),
         }))
     }
 
@@ -357,7 +352,7 @@ impl TaskCache {
     }
 
     /// A task this process just committed: L1 holds it at once (read-your-writes). L2
-    /// learns through the status event, like every other process.
+    /// learns from the relay that publishes the change ([`TaskCache::announce`]).
     pub fn committed(&self, task: &Task) {
         self.l1_put(task.id, Entry::task(Arc::new(task.clone())));
     }
@@ -372,11 +367,9 @@ impl TaskCache {
         }
     }
 
-    /// A status event: version `version` of task `id` exists. L1 gets a tombstone at once;
-    /// L2 gets it from the invalidation writer. Waits when the writer is
-    /// [`INVALIDATION_QUEUE`] behind (backpressure on the status consumer, never a drop:
-    /// a dropped L2 invalidation could leave a stale settled task in Redis).
-    pub async fn invalidate(&self, id: TaskId, version: u32) {
+    /// A status event: version `version` of task `id` exists. L1 gets a tombstone (L2 got
+    /// one from the relay before the event was published).
+    pub fn invalidate_local(&self, id: TaskId, version: u32) {
         // L1 needs a tombstone only where a stale value could land: an entry, or a load
         // in flight. A load that starts after this check reads after the commit the event
         // announces, so it cannot be stale; skipping the rest keeps a burst of creations
@@ -384,35 +377,20 @@ impl TaskCache {
         if self.0.l1.contains_key(&id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(&id)) {
             self.l1_put(id, Entry::tombstone(version));
         }
-        if self.0.redis.is_configured() {
-            let _ = self.0.invalidations.send((id, version)).await;
-        }
+    }
+
+    /// Versions committed by any process, about to be published: L2 gets a tombstone for
+    /// each, in one round trip (per hash slot on a cluster). Called by the outbox relay
+    /// before it hands the events to Kafka; does nothing without Redis, and a Redis
+    /// failure only skips the write (L2 entries of unsettled tasks live no longer than
+    /// L1's, settled tasks do not change).
+    pub async fn announce(&self, versions: &[(TaskId, u32)]) {
+        self.l2_put(versions.iter().map(|&(id, version)| (id, Entry::tombstone(version))).collect()).await;
     }
 
     /// Drops every L1 entry (tests use it to start from a cold cache).
     pub fn clear_local(&self) {
         self.0.l1.invalidate_all();
-    }
-
-    /// Writes tombstones queued by [`TaskCache::invalidate`] to L2 until `shutdown`, in
-    /// batches of one round trip each. Runs once per cache (the first call takes the
-    /// queue; later calls return at once).
-    pub async fn run_invalidation_writer(self, shutdown: CancellationToken) {
-        let queue = self.0.invalidation_queue.lock().ok().and_then(|mut q| q.take());
-        let Some(mut queue) = queue else { return };
-        let mut batch = Vec::with_capacity(INVALIDATION_BATCH);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                received = queue.recv_many(&mut batch, INVALIDATION_BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
-                    let fills = batch.drain(..).map(|(id, version)| (id, Entry::tombstone(version))).collect();
-                    self.l2_put(fills).await;
-                }
-            }
-        }
     }
 
     /// Compare-and-set into L1: only a higher rank replaces an entry.

@@ -232,37 +232,45 @@ fn l1_is_bounded_by_memory_not_by_a_count_of_tasks() {
     assert!(cache.0.l1.entry_count() < 100);
 }
 
-#[tokio::test]
-async fn an_event_for_a_task_nobody_reads_leaves_no_tombstone_but_one_for_a_cached_task_does() {
+#[test]
+fn an_event_for_a_task_nobody_reads_leaves_no_tombstone_but_one_for_a_cached_task_does() {
     let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
     let cold = task(1, TaskStatus::Queued);
     let warm = task(1, TaskStatus::Queued);
     cache.committed(&warm);
 
-    cache.invalidate(cold.id, 2).await;
-    cache.invalidate(warm.id, 2).await;
+    cache.invalidate_local(cold.id, 2);
+    cache.invalidate_local(warm.id, 2);
 
     assert!(!cache.0.l1.contains_key(&cold.id), "nothing cached, nothing loading: no tombstone");
     assert!(matches!(cache.0.l1.get(&warm.id).map(|e| e.value), Some(Value::Tombstone)));
 }
 
 #[tokio::test]
-async fn a_full_invalidation_queue_makes_the_status_consumer_wait_instead_of_dropping() {
-    // Redis configured (nothing listens there) and no writer yet: the queue only fills.
-    let cache = TaskCache::new(settings(), link(Some("redis://127.0.0.1:1"), "t"), Metrics::new());
-    let id = TaskId::generate(Utc::now());
-    for version in 1..=INVALIDATION_QUEUE as u32 {
-        cache.invalidate(id, version).await;
+async fn an_announced_version_is_a_tombstone_in_l2_that_a_slower_fill_cannot_overwrite() {
+    let test = "an_announced_version_is_a_tombstone_in_l2_that_a_slower_fill_cannot_overwrite";
+    for url in testing::test_redis_urls(test) {
+        let prefix = testing::unique_prefix();
+        let metrics = Metrics::new();
+        let relay = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        let reader = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        let cached = task(3, TaskStatus::Running);
+        reader.l2_put(vec![(cached.id, Entry::task(Arc::new(cached.clone())))]).await;
+        let unseen = TaskId::generate(Utc::now());
+
+        relay.announce(&[(cached.id, 4), (unseen, 1)]).await;
+        reader.l2_put(vec![(cached.id, Entry::task(Arc::new(cached.clone())))]).await;
+
+        let read = reader.l2_get(&[cached.id, unseen]).await.expect("redis answers");
+        assert!(
+            matches!(&read[0], Some(Entry { rank: 7, value: Value::Tombstone })),
+            "{url}: version 3 in L2 gave way to the tombstone of version 4 and stays out: {:?}",
+            read[0]
+        );
+        assert!(
+            matches!(&read[1], Some(Entry { rank: 1, value: Value::Tombstone })),
+            "{url}: a task nobody cached gets its tombstone too: {:?}",
+            read[1]
+        );
     }
-
-    let blocked = tokio::time::timeout(Duration::from_millis(200), cache.invalidate(id, 9_999)).await;
-    assert!(blocked.is_err(), "one more invalidation waits for room rather than being dropped");
-
-    let shutdown = CancellationToken::new();
-    let writer = tokio::spawn(cache.clone().run_invalidation_writer(shutdown.clone()));
-    tokio::time::timeout(Duration::from_secs(10), cache.invalidate(id, 10_000))
-        .await
-        .expect("once the writer drains the queue, there is room again");
-    shutdown.cancel();
-    writer.await.expect("the writer stops on shutdown");
 }

@@ -71,7 +71,7 @@ pub async fn run(
                             // Before the subscribers hear of it, so one that reads the task at
                             // once cannot be served the previous version from the cache.
                             if let Some(id) = TaskId::parse(&envelope.task_id) {
-                                cache.invalidate(id, envelope.version).await;
+                                cache.invalidate_local(id, envelope.version);
                             }
                             hub.publish(envelope);
                         }

@@ -7,6 +7,10 @@
 //! backoff, so an acknowledged mutation is never lost (README, Task lifecycle).
 //! Each message carries the trace context of the request that wrote it (see [`publish`]).
 //!
+//! Before a batch goes out, the relay writes an L2 cache tombstone for each status event in
+//! it ([`TaskCache::announce`]): one writer per event whatever the number of processes, and
+//! no process hears of a change through Kafka while Redis still serves the version before.
+//!
 //! An idempotent producer can fail for good: after a broker outage the broker may
 //! answer `PRODUCER_FENCED` (seen with tansu after its process was frozen for 30 s), and
 //! librdkafka then fails every later message. The relay notices such a fatal error and
@@ -14,7 +18,7 @@
 //! deliver are still in the outbox and go out through the new producer. Consumers
 //! tolerate the duplicates that at-least-once delivery can bring.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::Utc;
 use futures::future::join_all;
@@ -25,9 +29,11 @@ use rdkafka::{
     util::Timeout,
 };
 use tokio_util::sync::CancellationToken;
+use taskwire_domain::TaskId;
 use tracing::Instrument;
 
 use crate::{
+    cache::TaskCache,
     metrics::Metrics,
     store::{OutboxMessage, Store},
     telemetry,
@@ -50,6 +56,9 @@ pub struct OutboxRelay {
     store: Store,
     producer: FutureProducer,
     make_producer: MakeProducer,
+    cache: TaskCache,
+    /// Messages to this topic announce a new task version (see [`announced_versions`]).
+    status_topic: String,
     metrics: Metrics,
 }
 
@@ -61,10 +70,16 @@ impl std::fmt::Debug for OutboxRelay {
 
 impl OutboxRelay {
     /// A relay publishing `store`'s outbox with the producers `make_producer` builds
-    /// (the first one now).
-    pub fn new(store: Store, make_producer: MakeProducer, metrics: Metrics) -> Result<Self, KafkaError> {
+    /// (the first one now), announcing the versions of events to `status_topic` to `cache`.
+    pub fn new(
+        store: Store,
+        make_producer: MakeProducer,
+        cache: TaskCache,
+        status_topic: String,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaError> {
         let producer = make_producer()?;
-        Ok(OutboxRelay { store, producer, make_producer, metrics })
+        Ok(OutboxRelay { store, producer, make_producer, cache, status_topic, metrics })
     }
 
     /// Runs until `shutdown`, then drains what it can and flushes the producer.
@@ -117,6 +132,7 @@ impl OutboxRelay {
     async fn publish_round(&self) -> Result<usize, bool> {
         let producer = &self.producer;
         let metrics = &self.metrics;
+        let (cache, status_topic) = (&self.cache, self.status_topic.as_str());
         let mut failed = false;
         let mut fatal = false;
         let (failed_ref, fatal_ref) = (&mut failed, &mut fatal);
@@ -124,6 +140,7 @@ impl OutboxRelay {
             .store
             .publish_outbox(BATCH, move |messages| async move {
                 let attempted = messages.len();
+                cache.announce(&announced_versions(&messages, status_topic)).await;
                 let published = publish(producer, metrics, messages).await;
                 *failed_ref = published.delivered.len() < attempted;
                 *fatal_ref = published.fatal || producer.client().fatal_error().is_some();
@@ -225,6 +242,24 @@ async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<Out
     Published { delivered, fatal }
 }
 
+/// The newest version of each task that `messages` announce on `status_topic` (a batch
+/// may hold several events of one task). A message that does not parse is left out here:
+/// its consumers count and skip it too.
+fn announced_versions(messages: &[OutboxMessage], status_topic: &str) -> Vec<(TaskId, u32)> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let mut newest: HashMap<TaskId, u32> = HashMap::new();
+    for message in messages.iter().filter(|m| m.topic == status_topic) {
+        let Some(id) = TaskId::parse(&message.key) else { continue };
+        let Ok(Versioned { version }) = serde_json::from_str(&message.payload) else { continue };
+        let entry = newest.entry(id).or_default();
+        *entry = (*entry).max(version);
+    }
+    newest.into_iter().collect()
+}
+
 /// What [`publish`] achieved.
 struct Published {
     /// Outbox ids Kafka acknowledged.
@@ -239,4 +274,41 @@ fn is_fatal(e: &KafkaError) -> bool {
         e.rdkafka_error_code(),
         Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, key: &str, payload: &str) -> OutboxMessage {
+        OutboxMessage {
+            id: 1,
+            topic: topic.into(),
+            key: key.into(),
+            payload: payload.into(),
+            traceparent: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_batch_announces_the_newest_status_version_of_each_task_and_nothing_else() {
+        let (one, two) = (TaskId::generate(Utc::now()), TaskId::generate(Utc::now()));
+        let batch = [
+            message("p.tasks.status", &one.to_string(), r#"{"version":2,"status":"QUEUED"}"#),
+            message("p.tasks.status", &one.to_string(), r#"{"version":4,"status":"RUNNING"}"#),
+            message("p.tasks.status", &one.to_string(), r#"{"version":3,"status":"ASSIGNED"}"#),
+            message("p.tasks.dispatch", &two.to_string(), r#"{"version":9}"#),
+            message("p.tasks.status", &two.to_string(), r#"{"version":1}"#),
+            message("p.tasks.status", "not-a-task-id", r#"{"version":5}"#),
+            message("p.tasks.status", &two.to_string(), "not json"),
+        ];
+
+        let mut announced = announced_versions(&batch, "p.tasks.status");
+        announced.sort();
+
+        let mut expected = vec![(one, 4), (two, 1)];
+        expected.sort();
+        assert_eq!(announced, expected);
+    }
 }

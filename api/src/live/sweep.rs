@@ -136,7 +136,7 @@ impl Sweeper {
             tracing::debug!(task = %id, from = after + 1, to = last.seq, "routing missed live events");
         }
         if count > 0 {
-            self.cache.invalidate(id, task.version).await;
+            self.cache.invalidate_local(id, task.version);
         }
         for event in &events {
             let envelope = TaskEnvelope::new(EnvelopeType::Status, &task, event);
