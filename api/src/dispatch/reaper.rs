@@ -102,6 +102,11 @@ pub async fn run_scheduler(store: Store, metrics: Metrics, shutdown: Cancellatio
 
 /// Promotes every due task; returns the next `runAt` still ahead.
 async fn promote_due(store: &Store, metrics: &Metrics) -> crate::error::ApiResult<Option<DateTime<Utc>>> {
+    // One indexed read per poll while nothing is due (the usual case), in every process.
+    let next = store.next_scheduled_run_at().await?;
+    if next.is_none_or(|at| at > Utc::now()) {
+        return Ok(next);
+    }
     loop {
         let now = Utc::now();
         let promoted = store.sweep(Due::Scheduled, now, SWEEP_BATCH, |_, _| Command::Promote).await?;
