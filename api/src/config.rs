@@ -100,6 +100,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "64",
         "acknowledged WebSocket connections per token subject (sub) in this process; past it close 4429",
     ),
+    (
+        "WS_MAX_OUTBOUND_BYTES",
+        "1048576",
+        "bytes of subscription results one WebSocket connection may have queued; its subscriptions wait for room",
+    ),
 ];
 
 /// The components a process runs (`TASKWIRE_ROLES`).
@@ -331,6 +336,7 @@ impl Config {
                     "WS_MAX_CONNECTIONS_PER_SUBJECT",
                     64,
                 )?,
+                max_outbound_bytes: positive(get("WS_MAX_OUTBOUND_BYTES"), "WS_MAX_OUTBOUND_BYTES", 1_048_576)?,
             },
             jwt: JwtConfig {
                 secret: get("JWT_SECRET").map(|s| SecretString::from(s.to_owned())),

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub ws_refusals: IntCounterVec,
     /// `taskUpdated` streams ended because the caller may no longer read the task.
     pub subscriptions_revoked: IntCounter,
+    /// Bytes of subscription results queued for WebSocket writers, over all connections
+    /// (each connection holds at most `TASKWIRE_WS_MAX_OUTBOUND_BYTES`).
+    pub ws_outbound_bytes: IntGauge,
     /// Tasks the matcher holds, ready to offer.
     pub dispatch_ready: IntGauge,
     /// Offers made by the matcher.
@@ -300,6 +303,7 @@ impl Metrics {
                 "subscriptions_revoked_total",
                 "taskUpdated streams ended because the caller may no longer read the task",
             ),
+            ws_outbound_bytes: gauge("ws_outbound_bytes", "Bytes of subscription results queued for WebSocket writers"),
             registry,
         }
     }

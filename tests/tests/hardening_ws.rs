@@ -250,3 +250,34 @@ async fn connections_per_subject_are_capped() {
         }
     }
 }
+
+/// Item 3: the results a connection has queued for its socket are bounded by
+/// `TASKWIRE_WS_MAX_OUTBOUND_BYTES`, however large the tasks and however slowly the client
+/// reads: here it reads nothing while megabytes of events are due to it.
+#[tokio::test]
+async fn results_queued_for_a_client_that_does_not_read_stay_within_the_outbound_budget() {
+    let budget = 65_536.0;
+    let app = TestApp::spawn_with(&[
+        ("TASKWIRE_WS_MAX_OUTBOUND_BYTES", "65536"),
+        ("TASKWIRE_WS_WRITE_TIMEOUT_MS", "60000"),
+        ("TASKWIRE_SUBSCRIBER_BUFFER", "4096"),
+    ])
+    .await;
+    let alice = app.token("alice", &["client"]);
+    let mut silent = connected(&app, TRANSPORT_WS, &alice).await;
+    silent.subscribe("all", "subscription { taskEvents { taskId task { payload } } }", json!({})).await;
+
+    // ~24 MB of events, more than the loopback socket buffers absorb.
+    let big = "x".repeat(60 * 1024);
+    let mut queued = 0.0;
+    for _ in 0..20 {
+        let inputs: Vec<Value> = (0..20).map(|_| json!({ "queue": "q", "kind": "k", "payload": big })).collect();
+        let create = "mutation($i: [CreateTaskInput!]!) { createTasks(inputs: $i) { created } }";
+        app.gql(Some(&alice), create, json!({ "i": inputs })).await.data();
+        queued = app.metric("taskwire_ws_outbound_bytes").await;
+        assert!(queued <= budget, "{queued} bytes queued for one connection, over the budget");
+    }
+    let queued = app.wait_for_metric("taskwire_ws_outbound_bytes", |v| v > 0.0).await.max(queued);
+    assert!(queued > 0.0 && queued <= budget, "the silent client's queue fills up to the budget: {queued}");
+    silent.close().await;
+}

@@ -49,7 +49,11 @@ use axum::{
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use taskwire_domain::Principal;
-use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -64,11 +68,13 @@ use crate::{
 /// Messages waiting for the socket writer, per connection.
 const OUTBOUND_CAPACITY: usize = 64;
 
-/// A message queued for the socket writer. Boxed: tokio's channel allocates its slots 32
-/// at a time when it is created, and a `Message` is 48 bytes, so an idle connection held
-/// a 1.5 KiB block of empty slots; boxed, the block is 256 bytes (docs/BENCHMARKS.md,
-/// 10,000 idle subscriptions).
-type Outbound = Box<Message>;
+/// A message queued for the socket writer, with the share of the connection's outbound
+/// byte budget it holds until it is written (none for the small protocol messages the
+/// connection itself sends). Boxed: tokio's channel allocates its slots 32 at a time
+/// when it is created, and a `Message` is 48 bytes, so an idle connection held a 1.5 KiB
+/// block of empty slots; boxed, the block is 256 bytes (docs/BENCHMARKS.md, 10,000 idle
+/// subscriptions).
+type Outbound = Box<(Message, Option<OutboundShare>)>;
 
 /// WebSocket limits and timers.
 #[derive(Debug, Clone)]
@@ -93,6 +99,8 @@ pub struct WsSettings {
     pub max_connection_bytes: usize,
     /// Acknowledged connections one token subject may hold open in this process.
     pub max_connections_per_subject: usize,
+    /// Bytes of subscription results one connection may have queued for its socket.
+    pub max_outbound_bytes: u32,
 }
 
 /// Open connections per token subject, for [`WsSettings::max_connections_per_subject`].
@@ -257,6 +265,10 @@ impl Connection {
         let (sink, mut stream) = socket.split();
         let (out, outbound) = mpsc::channel::<Outbound>(OUTBOUND_CAPACITY);
         let writer = tokio::spawn(write_loop(sink, outbound, self.state.ws.write_timeout, self.state.metrics.clone()));
+        // Results of large tasks could fill the queue with megabytes for a client that
+        // reads slowly; subscriptions wait for room in this budget as they wait for room
+        // in the queue.
+        let outbound_budget = Arc::new(Semaphore::new(self.state.ws.max_outbound_bytes as usize));
         // The connection owns its subscriptions' tasks: they end with it (aborted on drop),
         // and each reports its `(id, serial)` here when it ends by itself.
         let mut running: JoinSet<(String, u64)> = JoinSet::new();
@@ -302,7 +314,7 @@ impl Connection {
                         Message::Text(body) => {
                             // Boxed: handling a message (parsing, limits, rate limits) needs a
                             // few KiB of future state that an idle connection should not carry.
-                            if let Some(end) = Box::pin(self.on_text(&body, &out, &mut running)).await { break end; }
+                            if let Some(end) = Box::pin(self.on_text(&body, &out, &outbound_budget, &mut running)).await { break end; }
                         }
                         Message::Binary(_) => break End::Close(4400, "Binary messages are not supported"),
                         Message::Close(_) => break End::Gone,
@@ -318,7 +330,7 @@ impl Connection {
         if let End::Close(code, reason) = end {
             self.state.metrics.ws_closes.with_label_values(&[&code.to_string()]).inc();
             let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-            let _ = out.send(Box::new(Message::Close(Some(frame)))).await;
+            let _ = out.send(Box::new((Message::Close(Some(frame)), None))).await;
         }
         drop(out);
         let _ = tokio::time::timeout(self.state.ws.write_timeout, writer).await;
@@ -337,6 +349,7 @@ impl Connection {
         &mut self,
         body: &str,
         out: &mpsc::Sender<Outbound>,
+        outbound_budget: &Arc<Semaphore>,
         running: &mut JoinSet<(String, u64)>,
     ) -> Option<End> {
         let Ok(message) = serde_json::from_str::<Value>(body) else {
@@ -456,6 +469,7 @@ impl Connection {
                     serial: self.serial,
                     request_id: self.request_id.clone(),
                     out: out.clone(),
+                    outbound_budget: outbound_budget.clone(),
                     cancel,
                 };
                 running.spawn(task.run(request));
@@ -533,7 +547,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 fn text(value: &Value) -> Outbound {
-    Box::new(Message::Text(Utf8Bytes::from(value.to_string())))
+    Box::new((Message::Text(Utf8Bytes::from(value.to_string())), None))
 }
 
 fn error_message(protocol: Protocol, id: &str, errors: Value) -> Value {
@@ -554,6 +568,8 @@ struct Subscription {
     serial: u64,
     request_id: String,
     out: mpsc::Sender<Outbound>,
+    /// The connection's outbound byte budget.
+    outbound_budget: Arc<Semaphore>,
     cancel: CancellationToken,
 }
 
@@ -592,17 +608,48 @@ impl Subscription {
         let _ = self.send(json!({ "id": self.id, "type": "complete" })).await;
     }
 
-    /// Queues a message for the writer; `false` once the subscription or socket is gone.
+    /// Queues a message for the writer once the connection's outbound budget has room
+    /// for it; `false` once the subscription or socket is gone.
     async fn send(&self, message: Value) -> bool {
+        let text = message.to_string();
+        // A message larger than the whole budget waits until the queue is empty of results.
+        let share = u32::try_from(text.len()).unwrap_or(u32::MAX).min(self.state.ws.max_outbound_bytes);
+        let queued = async {
+            let permit = self.outbound_budget.clone().acquire_many_owned(share).await.ok()?;
+            let share = OutboundShare::new(permit, &self.state.metrics);
+            let message = Message::Text(Utf8Bytes::from(text));
+            self.out.send(Box::new((message, Some(share)))).await.ok()
+        };
         tokio::select! {
             () = self.cancel.cancelled() => false,
-            sent = self.out.send(text(&message)) => sent.is_ok(),
+            sent = queued => sent.is_some(),
         }
     }
 }
 
 fn failed(response: &GqlResponse) -> bool {
     !response.errors.is_empty() && response.data == async_graphql::Value::Null
+}
+
+/// A queued message's share of its connection's outbound budget, given back (and no
+/// longer counted in `taskwire_ws_outbound_bytes`) when the message is dropped: written,
+/// or discarded with its connection.
+struct OutboundShare {
+    permit: OwnedSemaphorePermit,
+    metrics: crate::metrics::Metrics,
+}
+
+impl OutboundShare {
+    fn new(permit: OwnedSemaphorePermit, metrics: &crate::metrics::Metrics) -> Self {
+        metrics.ws_outbound_bytes.add(permit.num_permits() as i64);
+        OutboundShare { permit, metrics: metrics.clone() }
+    }
+}
+
+impl Drop for OutboundShare {
+    fn drop(&mut self) {
+        self.metrics.ws_outbound_bytes.sub(self.permit.num_permits() as i64);
+    }
 }
 
 /// Writes queued messages; gives up on a client that stops reading.
@@ -612,9 +659,11 @@ async fn write_loop(
     write_timeout: Duration,
     metrics: crate::metrics::Metrics,
 ) {
-    while let Some(message) = outbound.recv().await {
-        let closing = matches!(*message, Message::Close(_));
-        match tokio::time::timeout(write_timeout, sink.send(*message)).await {
+    while let Some(queued) = outbound.recv().await {
+        // The message's share of the budget is given back once it is written.
+        let (message, _share) = *queued;
+        let closing = matches!(message, Message::Close(_));
+        match tokio::time::timeout(write_timeout, sink.send(message)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
