@@ -88,6 +88,23 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("DISPATCH_READY_CAPACITY", "100000", "tasks the matcher holds in memory; when full it stops reading Kafka"),
     ("REAPER_INTERVAL_MS", "500", "how often lapsed offers, leases, deadlines and offline workers are reaped"),
     ("OTLP_ENDPOINT", "unset", "OpenTelemetry collector (OTLP over HTTP, e.g. http://127.0.0.1:4318) for traces"),
+    ("WS_MAX_MESSAGE_BYTES", "65536", "largest WebSocket message a client may send; a larger frame closes with 1009"),
+    ("WS_MAX_ID_BYTES", "128", "longest subscription id; a longer one closes the connection with 4400"),
+    (
+        "WS_MAX_CONNECTION_BYTES",
+        "262144",
+        "bytes of subscribe messages one connection may hold open at once; past it the subscribe gets an error",
+    ),
+    (
+        "WS_MAX_CONNECTIONS_PER_SUBJECT",
+        "64",
+        "acknowledged WebSocket connections per token subject (sub) in this process; past it close 4429",
+    ),
+    (
+        "WS_MAX_OUTBOUND_BYTES",
+        "1048576",
+        "bytes of subscription results one WebSocket connection may have queued; its subscriptions wait for room",
+    ),
 ];
 
 /// The components a process runs (`TASKWIRE_ROLES`).
@@ -311,7 +328,15 @@ impl Config {
                 write_timeout: millis(get("WS_WRITE_TIMEOUT_MS"), "WS_WRITE_TIMEOUT_MS", 10_000)?,
                 allowed_origins: get("WS_ALLOWED_ORIGINS")
                     .map(|v| v.split(',').map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect()),
-                max_message_bytes: max_body_bytes,
+                max_message_bytes: positive(get("WS_MAX_MESSAGE_BYTES"), "WS_MAX_MESSAGE_BYTES", 65_536)?,
+                max_id_bytes: positive(get("WS_MAX_ID_BYTES"), "WS_MAX_ID_BYTES", 128)?,
+                max_connection_bytes: positive(get("WS_MAX_CONNECTION_BYTES"), "WS_MAX_CONNECTION_BYTES", 262_144)?,
+                max_connections_per_subject: positive(
+                    get("WS_MAX_CONNECTIONS_PER_SUBJECT"),
+                    "WS_MAX_CONNECTIONS_PER_SUBJECT",
+                    64,
+                )?,
+                max_outbound_bytes: positive(get("WS_MAX_OUTBOUND_BYTES"), "WS_MAX_OUTBOUND_BYTES", 1_048_576)?,
             },
             jwt: JwtConfig {
                 secret: get("JWT_SECRET").map(|s| SecretString::from(s.to_owned())),

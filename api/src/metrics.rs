@@ -46,6 +46,17 @@ pub struct Metrics {
     pub ws_closes: IntCounterVec,
     /// WebSocket clients dropped for not reading.
     pub ws_slow_clients_dropped: IntCounter,
+    /// What the WebSocket limits refused, by reason: `subprotocol` (upgrade without a
+    /// supported subprotocol, HTTP 400), `connections` (the process cap, HTTP 503),
+    /// `subject_connections` (close 4429), `message_too_large` (close 1009),
+    /// `id_too_long` (close 4400), `connection_bytes` and `subscriptions` (an `error`
+    /// for that subscribe).
+    pub ws_refusals: IntCounterVec,
+    /// `taskUpdated` streams ended because the caller may no longer read the task.
+    pub subscriptions_revoked: IntCounter,
+    /// Bytes of subscription results queued for WebSocket writers, over all connections
+    /// (each connection holds at most `TASKWIRE_WS_MAX_OUTBOUND_BYTES`).
+    pub ws_outbound_bytes: IntGauge,
     /// Tasks the matcher holds, ready to offer.
     pub dispatch_ready: IntGauge,
     /// Offers made by the matcher.
@@ -287,6 +298,12 @@ impl Metrics {
                 "ws_slow_clients_dropped_total",
                 "WebSocket clients dropped for not reading",
             ),
+            ws_refusals: counter_vec("ws_refusals_total", "What the WebSocket limits refused, by reason", &["reason"]),
+            subscriptions_revoked: counter(
+                "subscriptions_revoked_total",
+                "taskUpdated streams ended because the caller may no longer read the task",
+            ),
+            ws_outbound_bytes: gauge("ws_outbound_bytes", "Bytes of subscription results queued for WebSocket writers"),
             registry,
         }
     }

@@ -239,6 +239,7 @@ impl Application {
             metrics: metrics.clone(),
             ws: Arc::new(config.ws.clone()),
             ws_open: Arc::new(AtomicUsize::new(0)),
+            ws_subjects: Arc::default(),
             shutdown: CancellationToken::new(),
         };
         Ok(Application {

@@ -36,12 +36,14 @@ pub struct WsClient {
 }
 
 impl WsClient {
-    /// Connects to `url` offering `protocol`, with extra request headers.
+    /// Connects to `url` offering `protocol` (none when empty), with extra request headers.
     pub async fn connect(url: &str, protocol: &str, headers: &[(&str, &str)]) -> Result<WsClient, String> {
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol).map_err(|e| e.to_string())?);
+        if !protocol.is_empty() {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol).map_err(|e| e.to_string())?);
+        }
         for (name, value) in headers {
             let name: tokio_tungstenite::tungstenite::http::HeaderName =
                 name.parse().map_err(|_| "bad header".to_owned())?;
@@ -59,7 +61,12 @@ impl WsClient {
 
     /// Sends a JSON message.
     pub async fn send(&mut self, message: Value) {
-        self.stream.send(Message::text(message.to_string())).await.expect("send");
+        self.send_text(message.to_string()).await;
+    }
+
+    /// Sends a text frame as it is.
+    pub async fn send_text(&mut self, text: String) {
+        self.stream.send(Message::text(text)).await.expect("send");
     }
 
     /// The next protocol message or close, skipping keep-alives (`ping` is answered).

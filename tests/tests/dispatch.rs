@@ -160,7 +160,7 @@ async fn worker_calls_need_the_current_lease() {
     assert_eq!(wrong_worker.code(), "LEASE_LOST", "another worker cannot use a stolen token");
     let unknown =
         worker.call(&app, ACCEPT, json!({ "id": "0190b1b2-0000-7000-8000-000000000000", "lease": lease })).await;
-    assert_eq!(unknown.code(), "NOT_FOUND");
+    assert_eq!(unknown.code(), "LEASE_LOST", "a missing task answers like one held by someone else");
     let client = app.gql(Some(&alice), ACCEPT, json!({ "id": id, "lease": lease })).await;
     assert_eq!(client.code(), "FORBIDDEN", "only workers accept tasks");
 

@@ -313,19 +313,27 @@ fn named_tasks(tasks: &[ID]) -> Result<Vec<TaskId>> {
 }
 
 /// Applies a worker command built from the task, its queue's settings and the time.
-/// Unknown tasks are `NOT_FOUND`; a task the caller does not hold is `LEASE_LOST`.
+/// A task the caller does not hold is `LEASE_LOST`, and so is a task that does not exist
+/// (or an id that names none), with the same message: a worker learns nothing about
+/// tasks it holds no lease on, not even whether they exist.
 async fn with_lease<F>(ctx: &Context<'_>, task_id: &ID, command: F) -> Result<TaskObject>
 where
     F: Fn(&Task, &QueueSettings, DateTime<Utc>) -> Command + Send + Sync + 'static,
 {
-    let id = TaskId::parse(task_id).ok_or(ApiError::NotFound("task"))?;
-    let task = store(ctx)?
+    let Some(id) = TaskId::parse(task_id) else {
+        return Err(ApiError::from(DomainError::LeaseLost).into());
+    };
+    let outcome = store(ctx)?
         .transition_in_queue(id, traceparent(ctx), move |task, queue| {
             let now = Utc::now();
             Ok(machine::transition(task, command(task, queue, now), now)?)
         })
-        .await?;
-    Ok(TaskObject(task))
+        .await;
+    match outcome {
+        Ok(task) => Ok(TaskObject(task)),
+        Err(ApiError::NotFound("task")) => Err(ApiError::from(DomainError::LeaseLost).into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn set_paused(ctx: &Context<'_>, name: &str, paused: bool) -> Result<QueueObject> {

@@ -7,6 +7,12 @@
 //! per task, a subscriber sees every event once, in order. An event Kafka loses at the
 //! end of a task's history (nothing later reveals the gap) reaches the hub through its
 //! history sweep (`live::sweep`) a few seconds later.
+//!
+//! The right to read a task is checked when a stream starts and again for every event it
+//! delivers: a worker reads a task only while it holds it, so a `taskUpdated` stream of a
+//! worker that let go of the task ends (`NOT_FOUND`, as if the task were missing) instead
+//! of showing it the creator's task from then on. Each event says enough to decide (its
+//! status and worker, with the creator known from the start), so the check costs no query.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -87,6 +93,10 @@ impl Subscription {
         let task = store.task(id).await?;
         let task = task.filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref()));
         let task = task.ok_or(ApiError::NotFound("task"))?;
+        let created_by = task.created_by.clone();
+        let may_read = move |event: &TaskEvent| {
+            caller.can_read_task(&created_by, holder_after(event.status, event.worker_id.as_deref()))
+        };
         let mut last = match after_seq {
             Some(seq) if seq < 0 => {
                 return Err(ApiError::from(DomainError::invalid("afterSeq", "must be 0 or more")).into());
@@ -109,6 +119,13 @@ impl Subscription {
                         match Box::pin(store.events_after(id, last, REPLAY_PAGE)).await {
                             Ok(events) => {
                                 let full = events.len() as u64 == REPLAY_PAGE;
+                                // The page's latest event says whether the caller may read
+                                // the task now; its history comes with that right.
+                                if events.last().is_some_and(|event| !may_read(event)) {
+                                    metrics.subscriptions_revoked.inc();
+                                    yield Err(ApiError::NotFound("task").into());
+                                    return;
+                                }
                                 for event in events {
                                     last = event.seq;
                                     yield Ok(TaskEventObject(event));
@@ -130,7 +147,13 @@ impl Subscription {
                     continue;
                 }
                 last = envelope.seq;
-                yield Ok(TaskEventObject(event_of(&envelope)));
+                let event = event_of(&envelope);
+                if !may_read(&event) {
+                    metrics.subscriptions_revoked.inc();
+                    yield Err(ApiError::NotFound("task").into());
+                    return;
+                }
+                yield Ok(TaskEventObject(event));
             }
         })
     }
@@ -213,6 +236,12 @@ impl Subscription {
                     continue;
                 }
                 let Some(task_id) = TaskId::parse(&envelope.task_id) else { continue };
+                // The route (the caller's own tasks, or an operator's queue) selects
+                // readable tasks only; each event is checked as well, so that no route can
+                // show a caller a task it may not read.
+                if !caller.can_read_task(&envelope.created_by, holder_after(envelope.status, envelope.worker_id.as_deref())) {
+                    continue;
+                }
                 // Fill a gap in a task we already follow from its history.
                 if let Some(last) = seen.last(task_id).filter(|last| envelope.seq > last + 1) {
                     match Box::pin(store.events_after(task_id, last, REPLAY_PAGE)).await {
@@ -392,6 +421,16 @@ fn live(ctx: &Context<'_>) -> Result<(Arc<Hub>, Metrics), ApiError> {
     }
 }
 
+/// Who holds the task after `event`: the worker it names, unless the task went back to
+/// `QUEUED` or `SCHEDULED`, which ends every hold (the event then names the worker that
+/// let go). This is the task's `worker_id` after the change, which visibility depends on.
+fn holder_after(status: TaskStatus, worker_id: Option<&str>) -> Option<&str> {
+    match status {
+        TaskStatus::Queued | TaskStatus::Scheduled => None,
+        _ => worker_id,
+    }
+}
+
 /// The event an envelope announces.
 fn event_of(envelope: &TaskEnvelope) -> TaskEvent {
     TaskEvent {
@@ -478,6 +517,95 @@ mod tests {
             message: None,
             at: Utc::now(),
         }
+    }
+
+    /// Every event of every transition names, through [`holder_after`], exactly the
+    /// worker the task is held by after it: the visibility check of each live event
+    /// depends on that, and so must change with the state machine.
+    #[test]
+    fn an_event_tells_who_holds_the_task_after_it() {
+        use taskwire_domain::{
+            CreateTaskInput, LeaseToken, MaxAttempts, NewTask,
+            machine::{Command, create, transition},
+        };
+        let start = Utc::now();
+        let later = start + chrono::Duration::seconds(10);
+        let lapsed = start + chrono::Duration::seconds(60);
+        let commands = |worker: &str| {
+            vec![
+                Command::Promote,
+                Command::Offer { worker_id: "other".into(), lease_token: LeaseToken::generate(), expires_at: later },
+                Command::Accept { worker_id: worker.into(), lease_token: "tok".into(), lease_expires_at: later },
+                Command::Heartbeat { worker_id: worker.into(), lease_token: "tok".into(), lease_expires_at: later },
+                Command::Complete { worker_id: worker.into(), lease_token: "tok".into(), result: None },
+                Command::Fail {
+                    worker_id: worker.into(),
+                    lease_token: "tok".into(),
+                    error: "boom".into(),
+                    retryable: true,
+                    retry_at: later,
+                },
+                Command::Fail {
+                    worker_id: worker.into(),
+                    lease_token: "tok".into(),
+                    error: "boom".into(),
+                    retryable: false,
+                    retry_at: later,
+                },
+                Command::Release { worker_id: worker.into(), lease_token: "tok".into() },
+                Command::ExpireOffer,
+                Command::ExpireLease { retry_at: lapsed },
+                Command::Reclaim { retry_at: later },
+                Command::Cancel { reason: None },
+                Command::Retry,
+                Command::Requeue,
+                Command::ExpireDeadline,
+            ]
+        };
+        let statuses = [
+            TaskStatus::Scheduled,
+            TaskStatus::Queued,
+            TaskStatus::Assigned,
+            TaskStatus::Running,
+            TaskStatus::Succeeded,
+            TaskStatus::Cancelled,
+            TaskStatus::Dead,
+        ];
+        let mut events = 0;
+        for status in statuses {
+            // Attempts left or exhausted, a deadline or none, a held task or not; the
+            // commands run while the lease lives and after it lapsed.
+            for (exhausted, deadline, held) in
+                [(false, false, true), (true, false, true), (false, true, true), (false, false, false)]
+            {
+                let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+                let new = NewTask::parse(input, "alice", start).expect("valid input");
+                let mut task = create(new, TaskId::generate(start), MaxAttempts::DEFAULT, start).task;
+                task.status = status;
+                if held && status != TaskStatus::Queued && status != TaskStatus::Scheduled {
+                    task.worker_id = Some("w1".into());
+                }
+                if status.is_leased() {
+                    task.lease_token = Some(LeaseToken::from_string("tok".into()));
+                    task.lease_expires_at = Some(later);
+                }
+                task.attempts = if exhausted { task.max_attempts } else { 1 };
+                task.deadline = deadline.then_some(start + chrono::Duration::seconds(5));
+                for now in [start, lapsed] {
+                    for command in commands("w1") {
+                        let Ok(change) = transition(&task, command.clone(), now) else { continue };
+                        let Some(event) = change.event else { continue };
+                        events += 1;
+                        assert_eq!(
+                            holder_after(event.status, event.worker_id.as_deref()),
+                            change.task.worker_id.as_deref(),
+                            "{status:?} after {command:?} at {now}",
+                        );
+                    }
+                }
+            }
+        }
+        assert!(events > 40, "the table exercised the transitions ({events} events)");
     }
 
     #[test]

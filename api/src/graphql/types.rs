@@ -9,7 +9,7 @@ use taskwire_domain::{
     task::{Task, TaskEvent},
 };
 
-use super::context::loaders;
+use super::context::{loaders, principal};
 use crate::{error::ApiError, store::WorkerRecord};
 
 /// Largest `last` accepted by `Task.events`.
@@ -187,7 +187,12 @@ impl TaskEventObject {
     }
     /// The task as it is now (events are only reachable through visible tasks).
     async fn task(&self, ctx: &Context<'_>) -> Result<TaskObject> {
+        let caller = principal(ctx)?;
         let task = loaders(ctx)?.tasks.load_one(self.0.task_id).await?;
+        // A subscription's event resolves the task later than the subscription was
+        // allowed: by then a worker may have let go of it, and the creator's payload
+        // and result are no longer its to read.
+        let task = task.filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref()));
         task.map(TaskObject).ok_or_else(|| ApiError::NotFound("task").into())
     }
 }

@@ -61,6 +61,8 @@ pub struct AppState {
     pub ws: Arc<ws::WsSettings>,
     /// Open WebSocket connections (for the cap).
     pub ws_open: Arc<AtomicUsize>,
+    /// Open WebSocket connections per token subject (for the per-subject cap).
+    pub ws_subjects: Arc<ws::SubjectConnections>,
     /// Cancelled when the server shuts down (WebSockets close with 1001).
     pub shutdown: CancellationToken,
 }
