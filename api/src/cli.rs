@@ -108,6 +108,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             // Production never invents a secret, for serving or for minting.
             config.check_serving().map_err(|e| e.to_string())?;
             let keys = JwtKeys::load(&config.jwt, &config.data_dir).map_err(|e| e.to_string())?;
+            if ttl > keys.max_ttl() {
+                return Err(format!(
+                    "--ttl {}s is longer than the server accepts (TASKWIRE_JWT_MAX_TTL, {}s)",
+                    ttl.as_secs(),
+                    keys.max_ttl().as_secs()
+                ));
+            }
             let token = keys.mint(&sub, &roles, ttl).ok_or(
                 "tokens can only be minted with an HS256 secret (TASKWIRE_JWT_SECRET or the embedded dev secret)",
             )?;
@@ -126,21 +133,11 @@ async fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn serve_with(config: Config) -> Result<(), String> {
-    let embedded = !config.is_production();
     let graphiql = config.graphiql;
     let host = config.listen.ip();
     let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{host}:{}", app.port());
-    println!("Taskwire is listening on {base}");
-    println!("  GraphQL:  {base}/graphql");
-    if graphiql {
-        println!("  GraphiQL: {base}/graphiql");
-    }
-    if embedded && let Some(token) = app.keys().mint("dev-admin", &[Role::Admin, Role::Client], DEV_TOKEN_TTL) {
-        println!("  Admin token (sub dev-admin, roles admin+client, valid 24h; paste into GraphiQL's headers as");
-        println!("  {{\"Authorization\": \"Bearer <token>\"}}):");
-        println!("{token}");
-    }
+    print!("{}", banner(&base, graphiql, &app.keys()));
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -148,6 +145,28 @@ async fn serve_with(config: Config) -> Result<(), String> {
         shutdown.cancel();
     });
     app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+/// What `serve` prints at start. An admin token only when tokens are signed with the
+/// development secret generated into the data dir: a token signed with a configured
+/// secret would be a real credential, printed to whatever collects the output.
+fn banner(base: &str, graphiql: bool, keys: &JwtKeys) -> String {
+    let mut out = format!("Taskwire is listening on {base}\n  GraphQL:  {base}/graphql\n");
+    if graphiql {
+        out.push_str(&format!("  GraphiQL: {base}/graphiql\n"));
+    }
+    let ttl = DEV_TOKEN_TTL.min(keys.max_ttl());
+    if keys.is_generated_dev_secret()
+        && let Some(token) = keys.mint("dev-admin", &[Role::Admin, Role::Client], ttl)
+    {
+        out.push_str(&format!(
+            "  Admin token (sub dev-admin, roles admin+client, valid {}h; paste into GraphiQL's headers as\n",
+            ttl.as_secs() / 3600
+        ));
+        out.push_str("  {\"Authorization\": \"Bearer <token>\"}):\n");
+        out.push_str(&format!("{token}\n"));
+    }
+    out
 }
 
 async fn migrate(mut config: Config, action: MigrateAction) -> Result<(), String> {
@@ -195,17 +214,7 @@ async fn wait_for_signal() {
 
 /// Parses `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
 fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let value: u64 = number.parse().map_err(|_| format!("bad ttl {text:?}: expected e.g. 30m, 1h, 7d"))?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("bad ttl unit in {text:?}: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(value.saturating_mul(seconds)))
+    crate::config::parse_duration(text)
 }
 
 #[cfg(test)]
@@ -221,6 +230,34 @@ mod tests {
         assert_eq!(parse_ttl("15"), Ok(Duration::from_secs(15)));
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn the_banner_prints_a_token_only_for_the_generated_dev_secret() {
+        let day = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated = crate::config::JwtConfig {
+            secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            max_ttl: day,
+        };
+        let configured = crate::config::JwtConfig {
+            secret: Some(secrecy::SecretString::from("an-operator-secret".to_owned())),
+            ..generated.clone()
+        };
+        let dev = JwtKeys::load(&generated, dir.path()).expect("dev keys");
+        let real = JwtKeys::load(&configured, dir.path()).expect("configured keys");
+
+        let with_dev = banner("http://127.0.0.1:8080", true, &dev);
+        let with_real = banner("http://127.0.0.1:8080", true, &real);
+
+        assert!(with_dev.contains("Admin token"), "{with_dev}");
+        let token = with_dev.lines().last().expect("a token line");
+        assert!(dev.verify(token).is_ok(), "the printed token works: {with_dev}");
+        assert!(!with_real.contains("Admin token") && !with_real.contains("eyJ"), "{with_real}");
+        assert!(with_real.contains("/graphiql"), "the rest of the banner stays: {with_real}");
     }
 
     #[test]

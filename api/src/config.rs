@@ -105,6 +105,27 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "1048576",
         "bytes of subscription results one WebSocket connection may have queued; its subscriptions wait for room",
     ),
+    // HTTP hardening (README, Security).
+    (
+        "LIMIT_SELECTIONS",
+        "2000",
+        "selections in a whole GraphQL document, every operation and fragment spread expanded (QUERY_TOO_COMPLEX)",
+    ),
+    ("LIMIT_QUERY_BYTES", "65536", "longest GraphQL document text, refused before parsing (QUERY_TOO_COMPLEX)"),
+    ("HEADER_READ_TIMEOUT_MS", "10000", "time to send a request's headers (and between kept-alive requests)"),
+    ("BODY_READ_TIMEOUT_MS", "30000", "time to send a request's body once its headers are in (HTTP 408)"),
+    ("IDLE_TIMEOUT_MS", "60000", "an HTTP connection that reads and writes nothing this long is closed"),
+    ("MAX_CONNECTIONS_PER_IP", "512", "concurrent connections per client address, WebSockets included; 0 = off"),
+    (
+        "JWT_MAX_TTL",
+        "24h",
+        "longest token lifetime accepted (exp - iat, or exp - now without iat), e.g. 3600, 90m, 24h",
+    ),
+    (
+        "RATE_LIMIT_INVALID_TOKENS",
+        "10",
+        "refused tokens per second per client address before it gets RATE_LIMITED; 0 = off",
+    ),
 ];
 
 /// The components a process runs (`TASKWIRE_ROLES`).
@@ -173,6 +194,8 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+    /// Longest accepted token lifetime (`TASKWIRE_JWT_MAX_TTL`).
+    pub max_ttl: Duration,
 }
 
 /// Log output format.
@@ -242,6 +265,12 @@ pub struct Config {
     pub roles: Roles,
     /// Dispatcher timers and bounds (defaults in [`KEYS`]).
     pub dispatch: crate::dispatch::DispatchSettings,
+    /// Read time limits and the per-address connection cap of the HTTP server.
+    pub connections: crate::http::serve::ConnectionLimits,
+    /// Longest GraphQL document text accepted (`TASKWIRE_LIMIT_QUERY_BYTES`).
+    pub max_query_bytes: usize,
+    /// Refused tokens per second per client address (`TASKWIRE_RATE_LIMIT_INVALID_TOKENS`).
+    pub rate_limit_invalid_tokens: u32,
 }
 
 impl Config {
@@ -343,6 +372,7 @@ impl Config {
                 public_key_file: get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from),
                 issuer: get("JWT_ISSUER").map(str::to_owned),
                 audience: get("JWT_AUDIENCE").map(str::to_owned),
+                max_ttl: duration(get("JWT_MAX_TTL"), "JWT_MAX_TTL", Duration::from_secs(24 * 3600))?,
             },
             introspection: parse_bool(get("INTROSPECTION"), "INTROSPECTION", !production)?,
             graphiql: parse_bool(get("GRAPHIQL"), "GRAPHIQL", !production)?,
@@ -371,6 +401,7 @@ impl Config {
                 max_aliases: parse(get("LIMIT_ALIASES"), "LIMIT_ALIASES", Some(30))?,
                 max_directives: parse(get("LIMIT_DIRECTIVES"), "LIMIT_DIRECTIVES", Some(50))?,
                 default_list_size: parse(get("LIMIT_LIST_SIZE"), "LIMIT_LIST_SIZE", Some(20))?,
+                max_selections: positive(get("LIMIT_SELECTIONS"), "LIMIT_SELECTIONS", 2_000)?,
             },
             rate_limits: crate::ratelimit::RateLimits {
                 operations_per_second: parse(get("RATE_LIMIT_OPERATIONS"), "RATE_LIMIT_OPERATIONS", Some(200))?,
@@ -383,6 +414,14 @@ impl Config {
                 ready_capacity: parse(get("DISPATCH_READY_CAPACITY"), "DISPATCH_READY_CAPACITY", Some(100_000))?,
                 reaper_interval: millis(get("REAPER_INTERVAL_MS"), "REAPER_INTERVAL_MS", 500)?,
             },
+            connections: crate::http::serve::ConnectionLimits {
+                header_read_timeout: millis(get("HEADER_READ_TIMEOUT_MS"), "HEADER_READ_TIMEOUT_MS", 10_000)?,
+                body_read_timeout: millis(get("BODY_READ_TIMEOUT_MS"), "BODY_READ_TIMEOUT_MS", 30_000)?,
+                idle_timeout: millis(get("IDLE_TIMEOUT_MS"), "IDLE_TIMEOUT_MS", 60_000)?,
+                max_connections_per_ip: parse(get("MAX_CONNECTIONS_PER_IP"), "MAX_CONNECTIONS_PER_IP", Some(512))?,
+            },
+            max_query_bytes: positive(get("LIMIT_QUERY_BYTES"), "LIMIT_QUERY_BYTES", 64 * 1024)?,
+            rate_limit_invalid_tokens: parse(get("RATE_LIMIT_INVALID_TOKENS"), "RATE_LIMIT_INVALID_TOKENS", Some(10))?,
         };
         if config.redis_target.as_ref().is_some_and(|t| t.is_cluster()) && config.redis.key_prefix.contains(['{', '}'])
         {
@@ -455,6 +494,32 @@ where
         return Err(ConfigError::Invalid { key, reason: "must be greater than 0".into() });
     }
     Ok(value)
+}
+
+/// A duration given as seconds (`3600`) or with a unit (`90s`, `30m`, `24h`, `7d`),
+/// greater than 0.
+fn duration(raw: Option<&str>, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    match parse_duration(raw) {
+        Ok(value) if value.is_zero() => Err(ConfigError::Invalid { key, reason: "must be greater than 0".into() }),
+        Ok(value) => Ok(value),
+        Err(reason) => Err(ConfigError::Invalid { key, reason }),
+    }
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("bad duration {text:?}: expected e.g. 30m, 1h, 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad duration unit in {text:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(value.saturating_mul(seconds)))
 }
 
 fn parse_bool(raw: Option<&str>, key: &'static str, default: bool) -> Result<bool, ConfigError> {

@@ -107,6 +107,12 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Operations rejected by the query limits, by code.
     pub query_limit_rejections: IntCounterVec,
+    /// Connections closed at accept, by reason (`per_ip`: the address had
+    /// `TASKWIRE_MAX_CONNECTIONS_PER_IP` open).
+    pub http_connections_refused: IntCounterVec,
+    /// Requests and connections cut off by a read or idle time limit, by phase
+    /// (`headers`, `body`, `idle`).
+    pub http_timeouts: IntCounterVec,
     /// Automatic persisted queries, by outcome (`hit`, `miss`, `registered`).
     pub persisted_queries: IntCounterVec,
     /// Database pool connections, by state (`in_use`, `idle`), sampled when rendered.
@@ -203,6 +209,16 @@ impl Metrics {
                 "query_limit_rejections_total",
                 "Operations rejected by the query limits",
                 &["code"],
+            ),
+            http_connections_refused: counter_vec(
+                "http_connections_refused_total",
+                "Connections closed at accept, by reason",
+                &["reason"],
+            ),
+            http_timeouts: counter_vec(
+                "http_timeouts_total",
+                "Requests and connections cut off by a read or idle time limit, by phase",
+                &["phase"],
             ),
             persisted_queries: counter_vec("persisted_queries_total", "Automatic persisted queries", &["outcome"]),
             db_pool_connections: gauge_vec("db_pool_connections", "Database pool connections", &["state"]),

@@ -119,6 +119,8 @@ pub struct RateLimiter {
     /// Origin of the in-process clock (monotonic, unlike wall time).
     epoch: Instant,
     metrics: Metrics,
+    /// The `bucket` label of a refusal by the operations bucket.
+    operations_label: &'static str,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -136,7 +138,23 @@ impl RateLimiter {
     /// and answering. Refusals are counted in `metrics.rate_limited`.
     pub fn new(limits: RateLimits, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
         let local = moka::future::Cache::builder().max_capacity(MAX_SUBJECTS).time_to_idle(IDLE_LIFETIME).build();
-        RateLimiter { limits, redis, script: redis::Script::new(SCRIPT), local, epoch: Instant::now(), metrics }
+        RateLimiter {
+            limits,
+            redis,
+            script: redis::Script::new(SCRIPT),
+            local,
+            epoch: Instant::now(),
+            metrics,
+            operations_label: Bucket::Operations.label(),
+        }
+    }
+
+    /// A limiter of refused tokens: `per_second` per subject (a client address), spent
+    /// one per refused token, in its own buckets. Refusals are counted in
+    /// `metrics.rate_limited` as `invalid_tokens`. 0 turns it off.
+    pub fn for_invalid_tokens(per_second: u32, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
+        let limits = RateLimits { operations_per_second: per_second, mutations_per_second: 0 };
+        RateLimiter { operations_label: "invalid_tokens", ..RateLimiter::new(limits, redis, metrics) }
     }
 
     /// Takes `operations` tokens from the subject's operations bucket and `mutations`
@@ -164,7 +182,11 @@ impl RateLimiter {
         match outcome {
             Outcome::Allowed => Ok(()),
             Outcome::Refused { retry_after_ms, bucket } => {
-                self.metrics.rate_limited.with_label_values(&[bucket.label()]).inc();
+                let label = match bucket {
+                    Bucket::Operations => self.operations_label,
+                    Bucket::Mutations => bucket.label(),
+                };
+                self.metrics.rate_limited.with_label_values(&[label]).inc();
                 Err(ApiError::RateLimited { retry_after_ms })
             }
         }
@@ -571,6 +593,18 @@ mod tests {
         }
         assert!(refused > 0, "the in-process buckets still limit");
         assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), refused);
+    }
+
+    #[tokio::test]
+    async fn the_invalid_token_limiter_counts_its_refusals_under_its_own_label() {
+        let metrics = Metrics::new();
+        let link = RedisLink::new(None, settings(Duration::from_millis(250)), metrics.clone());
+        let limiter = RateLimiter::for_invalid_tokens(2, Arc::new(link), metrics.clone());
+        assert!(limiter.check("ip:10.0.0.1", 1, 0).await.is_ok());
+        assert!(limiter.check("ip:10.0.0.1", 1, 0).await.is_ok());
+        assert!(is_rate_limited(&limiter.check("ip:10.0.0.1", 1, 0).await), "the third refused token in a second");
+        assert_eq!(metrics.rate_limited.with_label_values(&["invalid_tokens"]).get(), 1);
+        assert_eq!(metrics.rate_limited.with_label_values(&["operations"]).get(), 0);
     }
 
     #[test]

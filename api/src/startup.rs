@@ -114,6 +114,7 @@ pub struct Application {
     api: bool,
     graphiql: bool,
     introspection: bool,
+    connections: crate::http::serve::ConnectionLimits,
     background: Background,
 }
 
@@ -215,8 +216,10 @@ impl Application {
         let protection = Protection::new(
             &schema_sdl,
             config.query_limits,
+            config.max_query_bytes,
             PersistedQueries::new(redis_link.clone(), metrics.clone()),
             RateLimiter::new(config.rate_limits, redis_link.clone(), metrics.clone()),
+            RateLimiter::for_invalid_tokens(config.rate_limit_invalid_tokens, redis_link.clone(), metrics.clone()),
             metrics.clone(),
         )
         .map_err(StartupError::Schema)?;
@@ -233,6 +236,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
                 max_batch_operations: config.max_batch_operations,
                 request_timeout: config.request_timeout,
+                body_read_timeout: config.connections.body_read_timeout,
             },
             kafka,
             dispatch_group: dispatcher.as_ref().map(|(matcher, _)| matcher.membership()),
@@ -248,6 +252,7 @@ impl Application {
             api: config.roles.api,
             graphiql: config.graphiql,
             introspection: config.introspection,
+            connections: config.connections,
             background: Background { relay, consumer, hub, dispatcher },
         })
     }
@@ -291,7 +296,7 @@ impl Application {
     /// WebSockets with 1001, lets in-flight requests finish, and only then stops the
     /// background tasks (the relay publishes what committed meanwhile and flushes).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { listener, state, api, graphiql, introspection, background } = self;
+        let Application { listener, state, api, graphiql, introspection, connections, background } = self;
         let shutdown = state.shutdown.clone();
         let background_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -327,9 +332,9 @@ impl Application {
         tasks.spawn(crate::kafka::run_lag_sampler(lagging, state.metrics.clone(), background_stop.clone()));
         tasks.close();
 
+        let metrics = state.metrics.clone();
         let app = router(state, api, graphiql, introspection);
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let served = crate::http::serve::serve(listener, app, connections, metrics, shutdown).await;
         background_stop.cancel();
         tasks.wait().await;
         served

@@ -120,6 +120,8 @@ case "$cmd" in
       echo "TASKWIRE_RATE_LIMIT_OPERATIONS=0"
       echo "TASKWIRE_RATE_LIMIT_MUTATIONS=0"
       echo "TASKWIRE_WS_MAX_CONNECTIONS=20000"
+      # Every load generator connects from 127.0.0.1: the per-address cap would count them as one client.
+      echo "TASKWIRE_MAX_CONNECTIONS_PER_IP=0"
       real_stack_env "$database" cluster
       # Later lines win when the file is sourced.
       printf '%s\n' "$@"

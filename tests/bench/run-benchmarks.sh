@@ -132,6 +132,8 @@ start_server() {
     TASKWIRE_LISTEN=127.0.0.1:$port TASKWIRE_JWT_SECRET=$secret RUST_LOG=warn
     TASKWIRE_RATE_LIMIT_OPERATIONS=0 TASKWIRE_RATE_LIMIT_MUTATIONS=0 TASKWIRE_DATA_DIR="$data"
     TASKWIRE_WS_MAX_CONNECTIONS=20000
+    # The load generator's thousands of connections all come from 127.0.0.1.
+    TASKWIRE_MAX_CONNECTIONS_PER_IP=0
   )
   if [ "$stack" = real ]; then
     reset_database taskwire_bench

@@ -28,6 +28,14 @@ const CANCEL_TASK: &str = r#"mutation { cancelTask(id: "0190b1c2-0000-7000-8000-
 // Helpers
 // ---------------------------------------------------------------------------------------
 
+/// The app these tests start: its refused-token budget is off, because they send many bad
+/// tokens from one address on purpose (`hardening_http.rs` tests the budget).
+async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
+    let mut all = vec![("TASKWIRE_RATE_LIMIT_INVALID_TOKENS", "0")];
+    all.extend_from_slice(vars);
+    TestApp::spawn_with(&all).await
+}
+
 /// Claims the default app accepts: `sub`, `roles` and an `exp` one hour ahead.
 fn claims(sub: &str, roles: &[&str]) -> Value {
     json!({ "sub": sub, "roles": roles, "exp": now_secs() + 3600 })
@@ -103,11 +111,11 @@ fn parts(token: &str) -> [&str; 3] {
 }
 
 async fn spawn_rs256() -> TestApp {
-    TestApp::spawn_with(&[("TASKWIRE_JWT_SECRET", ""), ("TASKWIRE_JWT_PUBLIC_KEY_FILE", RSA_PUBLIC)]).await
+    spawn_app(&[("TASKWIRE_JWT_SECRET", ""), ("TASKWIRE_JWT_PUBLIC_KEY_FILE", RSA_PUBLIC)]).await
 }
 
 async fn spawn_es256() -> TestApp {
-    TestApp::spawn_with(&[("TASKWIRE_JWT_SECRET", ""), ("TASKWIRE_JWT_PUBLIC_KEY_FILE", EC_PUBLIC)]).await
+    spawn_app(&[("TASKWIRE_JWT_SECRET", ""), ("TASKWIRE_JWT_PUBLIC_KEY_FILE", EC_PUBLIC)]).await
 }
 
 /// POSTs `query` with exactly this `Authorization` header value.
@@ -177,7 +185,7 @@ async fn me_refused(app: &TestApp, token: &str, case: &str) {
 
 #[tokio::test]
 async fn guarded_operations_without_a_token_are_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     for (case, query, field) in [
         ("me", ME, "me"),
@@ -198,7 +206,7 @@ async fn guarded_operations_without_a_token_are_unauthenticated() {
 
 #[tokio::test]
 async fn an_anonymous_request_may_still_ask_for_unguarded_fields() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     let response = app.gql(None, "{ __typename }", json!({})).await;
 
@@ -207,7 +215,7 @@ async fn an_anonymous_request_may_still_ask_for_unguarded_fields() {
 
 #[tokio::test]
 async fn a_refused_token_fails_the_whole_request_instead_of_falling_back_to_anonymous() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let expired = app.token_with_claims(with(claims("alice", &["client"]), "exp", json!(now_secs() - 3600)));
 
     let response = app.gql(Some(&expired), "{ __typename }", json!({})).await;
@@ -221,7 +229,7 @@ async fn a_refused_token_fails_the_whole_request_instead_of_falling_back_to_anon
 
 #[tokio::test]
 async fn a_valid_hs256_token_identifies_the_caller() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token("alice", &["client"]);
 
     let (subject, roles) = me_accepted(&app, &token, "valid client token").await;
@@ -232,7 +240,7 @@ async fn a_valid_hs256_token_identifies_the_caller() {
 
 #[tokio::test]
 async fn me_lists_exactly_the_roles_of_the_token() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     for (case, roles, expected) in [
         ("client", &["client"][..], &["CLIENT"][..]),
@@ -253,7 +261,7 @@ async fn me_lists_exactly_the_roles_of_the_token() {
 
 #[tokio::test]
 async fn a_token_without_a_roles_claim_is_authenticated_with_no_roles() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token_with_claims(without(claims("carol", &[]), "roles"));
 
     let (subject, roles) = me_accepted(&app, &token, "no roles claim").await;
@@ -264,7 +272,7 @@ async fn a_token_without_a_roles_claim_is_authenticated_with_no_roles() {
 
 #[tokio::test]
 async fn the_bearer_scheme_is_matched_case_insensitively() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token("alice", &["client"]);
 
     for scheme in ["Bearer", "bearer", "BEARER"] {
@@ -280,7 +288,7 @@ async fn the_bearer_scheme_is_matched_case_insensitively() {
 
 #[tokio::test]
 async fn an_expired_token_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     me_accepted(&app, &app.token_with_claims(claims("alice", &["client"])), "control: unexpired").await;
 
     let expired = app.token_with_claims(with(claims("alice", &["client"]), "exp", json!(now_secs() - 3600)));
@@ -290,7 +298,7 @@ async fn an_expired_token_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_token_expired_by_less_than_the_leeway_is_still_accepted() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     // The leeway is 30 s; 5 s leaves 25 s for the request to arrive.
     let token = app.token_with_claims(with(claims("alice", &["client"]), "exp", json!(now_secs() - 5)));
 
@@ -301,7 +309,7 @@ async fn a_token_expired_by_less_than_the_leeway_is_still_accepted() {
 
 #[tokio::test]
 async fn a_token_without_exp_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     let token = app.token_with_claims(without(claims("alice", &["client"]), "exp"));
 
@@ -310,7 +318,7 @@ async fn a_token_without_exp_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_token_without_sub_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     let token = app.token_with_claims(without(claims("alice", &["client"]), "sub"));
 
@@ -319,7 +327,7 @@ async fn a_token_without_sub_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_token_with_malformed_claims_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let valid = claims("alice", &["client"]);
 
     for (case, key, value) in [
@@ -339,7 +347,7 @@ async fn a_token_with_malformed_claims_is_unauthenticated() {
 
 #[tokio::test]
 async fn unknown_roles_are_ignored() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     for (case, roles) in [
         ("superuser", &["superuser"][..]),
@@ -360,7 +368,7 @@ async fn unknown_roles_are_ignored() {
 
 #[tokio::test]
 async fn known_roles_next_to_unknown_ones_still_count() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token("alice", &["superuser", "client"]);
 
     let (_, roles) = me_accepted(&app, &token, "client and superuser").await;
@@ -376,7 +384,7 @@ async fn known_roles_next_to_unknown_ones_still_count() {
 
 #[tokio::test]
 async fn a_token_signed_with_another_secret_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let claims = claims("alice", &["client"]);
     me_accepted(&app, &app.token_with_claims(claims.clone()), "control: the app's secret").await;
 
@@ -393,7 +401,7 @@ async fn a_token_signed_with_another_secret_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_token_whose_payload_was_altered_after_signing_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let genuine = app.token("alice", &["client"]);
     let [header, _, signature] = parts(&genuine);
     me_accepted(&app, &genuine, "control: untouched").await;
@@ -406,7 +414,7 @@ async fn a_token_whose_payload_was_altered_after_signing_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_token_signed_with_alg_none_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let genuine = app.token("alice", &["admin"]);
     let [genuine_header, genuine_payload, genuine_signature] = parts(&genuine);
     let payload = b64url_json(&claims("alice", &["admin"]));
@@ -435,7 +443,7 @@ async fn a_token_signed_with_alg_none_is_unauthenticated() {
 
 #[tokio::test]
 async fn garbage_tokens_are_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let genuine = app.token("alice", &["client"]);
     let [header_part, payload_part, signature_part] = parts(&genuine);
 
@@ -473,7 +481,7 @@ async fn garbage_tokens_are_unauthenticated() {
 
 #[tokio::test]
 async fn a_valid_token_under_another_authorization_scheme_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token("alice", &["client"]);
     me_accepted(&app, &token, "control: Bearer").await;
 
@@ -497,7 +505,7 @@ async fn a_valid_token_under_another_authorization_scheme_is_unauthenticated() {
 
 #[tokio::test]
 async fn rejection_messages_do_not_reveal_why_a_token_was_refused() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let valid = claims("alice", &["client"]);
     let tokens = [
         ("expired", app.token_with_claims(with(valid.clone(), "exp", json!(now_secs() - 3600)))),
@@ -643,7 +651,7 @@ async fn an_rs256_token_signed_by_a_stranger_is_refused_by_an_es256_app_and_vice
 
 #[tokio::test]
 async fn an_hs256_app_refuses_rs256_and_es256_tokens() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let claims = claims("alice", &["client"]);
 
     me_refused(&app, &sign(Algorithm::RS256, &rsa_key(), &claims), "RS256 at the HS256 app").await;
@@ -656,7 +664,7 @@ async fn an_hs256_app_refuses_rs256_and_es256_tokens() {
 
 #[tokio::test]
 async fn a_token_for_another_audience_is_unauthenticated_when_an_audience_is_configured() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
+    let app = spawn_app(&[("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
     let valid = with(claims("alice", &["client"]), "aud", json!(AUDIENCE));
     me_accepted(&app, &app.token_with_claims(valid.clone()), "control: the configured audience").await;
 
@@ -674,7 +682,7 @@ async fn a_token_for_another_audience_is_unauthenticated_when_an_audience_is_con
 
 #[tokio::test]
 async fn a_token_without_aud_is_unauthenticated_when_an_audience_is_configured() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
+    let app = spawn_app(&[("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
     let valid = with(claims("alice", &["client"]), "aud", json!(AUDIENCE));
     me_accepted(&app, &app.token_with_claims(valid.clone()), "control: the configured audience").await;
 
@@ -686,7 +694,7 @@ async fn a_token_without_aud_is_unauthenticated_when_an_audience_is_configured()
 #[tokio::test]
 async fn a_token_whose_audience_array_contains_the_configured_audience_is_accepted() {
     // RFC 7519 §4.1.3: `aud` is in general an array; a single string is the special case.
-    let app = TestApp::spawn_with(&[("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
+    let app = spawn_app(&[("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
 
     for (case, aud) in [("only ours", json!([AUDIENCE])), ("ours among others", json!(["backends", AUDIENCE]))] {
         let token = app.token_with_claims(with(claims("alice", &["client"]), "aud", aud));
@@ -697,7 +705,7 @@ async fn a_token_whose_audience_array_contains_the_configured_audience_is_accept
 
 #[tokio::test]
 async fn a_token_from_another_issuer_is_unauthenticated_when_an_issuer_is_configured() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_JWT_ISSUER", ISSUER)]).await;
+    let app = spawn_app(&[("TASKWIRE_JWT_ISSUER", ISSUER)]).await;
     let valid = with(claims("alice", &["client"]), "iss", json!(ISSUER));
     me_accepted(&app, &app.token_with_claims(valid.clone()), "control: the configured issuer").await;
 
@@ -714,7 +722,7 @@ async fn a_token_from_another_issuer_is_unauthenticated_when_an_issuer_is_config
 
 #[tokio::test]
 async fn a_token_without_iss_is_unauthenticated_when_an_issuer_is_configured() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_JWT_ISSUER", ISSUER)]).await;
+    let app = spawn_app(&[("TASKWIRE_JWT_ISSUER", ISSUER)]).await;
     let valid = with(claims("alice", &["client"]), "iss", json!(ISSUER));
     me_accepted(&app, &app.token_with_claims(valid.clone()), "control: the configured issuer").await;
 
@@ -725,7 +733,7 @@ async fn a_token_without_iss_is_unauthenticated_when_an_issuer_is_configured() {
 
 #[tokio::test]
 async fn a_token_with_the_configured_issuer_and_audience_is_accepted() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_JWT_ISSUER", ISSUER), ("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
+    let app = spawn_app(&[("TASKWIRE_JWT_ISSUER", ISSUER), ("TASKWIRE_JWT_AUDIENCE", AUDIENCE)]).await;
     let valid = with(with(claims("alice", &["client"]), "iss", json!(ISSUER)), "aud", json!(AUDIENCE));
 
     let (subject, roles) = me_accepted(&app, &app.token_with_claims(valid.clone()), "iss and aud").await;
@@ -742,7 +750,7 @@ async fn a_token_with_the_configured_issuer_and_audience_is_accepted() {
 
 #[tokio::test]
 async fn an_rs256_app_checks_issuer_and_audience_too() {
-    let app = TestApp::spawn_with(&[
+    let app = spawn_app(&[
         ("TASKWIRE_JWT_SECRET", ""),
         ("TASKWIRE_JWT_PUBLIC_KEY_FILE", RSA_PUBLIC),
         ("TASKWIRE_JWT_ISSUER", ISSUER),
@@ -762,7 +770,7 @@ async fn an_rs256_app_checks_issuer_and_audience_too() {
 
 #[tokio::test]
 async fn issuer_and_audience_claims_are_not_checked_when_not_configured() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     for (case, key, value) in
         [("any issuer", "iss", json!("https://anyone.test")), ("any audience", "aud", json!("anyone"))]
@@ -776,7 +784,7 @@ async fn issuer_and_audience_claims_are_not_checked_when_not_configured() {
 #[tokio::test]
 async fn a_token_with_an_audience_array_is_accepted_when_no_audience_is_configured() {
     // RFC 7519 §4.1.3 again: an identity provider may always send `aud` as an array.
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token_with_claims(with(claims("alice", &["client"]), "aud", json!(["anyone", "else"])));
 
     me_accepted(&app, &token, "aud array, no audience configured").await;
@@ -788,7 +796,7 @@ async fn a_token_with_an_audience_array_is_accepted_when_no_audience_is_configur
 
 #[tokio::test]
 async fn only_clients_may_create_tasks() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
 
     for (case, roles) in [
         ("worker", &["worker"][..]),
@@ -825,7 +833,7 @@ async fn only_clients_may_create_tasks() {
 
 #[tokio::test]
 async fn an_admin_token_lists_admin_in_me() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token("root", &["admin"]);
 
     let (subject, roles) = me_accepted(&app, &token, "admin").await;
@@ -836,7 +844,7 @@ async fn an_admin_token_lists_admin_in_me() {
 
 #[tokio::test]
 async fn a_token_that_is_not_valid_yet_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     let token = app.token_with_claims(with(claims("alice", &["client"]), "nbf", json!(now_secs() + 86_400)));
     let response = app.gql(Some(&token), ME, json!({})).await;
     assert_eq!(response.code(), "UNAUTHENTICATED", "{}", response.body);
@@ -844,7 +852,7 @@ async fn a_token_that_is_not_valid_yet_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_token_with_an_empty_subject_is_unauthenticated() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app(&[]).await;
     for sub in ["", "   "] {
         let token = app.token_with_claims(claims(sub, &["client"]));
         let response = app.gql(Some(&token), ME, json!({})).await;

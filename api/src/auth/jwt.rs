@@ -30,6 +30,14 @@ pub enum AuthError {
     /// The `sub` claim is empty.
     #[error("token has an empty subject")]
     EmptySubject,
+    /// The token lives longer than `TASKWIRE_JWT_MAX_TTL` allows.
+    #[error("token lifetime of {lifetime_secs} s is over the {max_secs} s allowed")]
+    LifetimeTooLong {
+        /// `exp - iat`, or `exp - now` without `iat`, in whole seconds.
+        lifetime_secs: u64,
+        /// The configured maximum, in seconds.
+        max_secs: u64,
+    },
 }
 
 /// The claims Taskwire reads. `exp`, `nbf`, `iss` and `aud` are checked by
@@ -44,6 +52,10 @@ struct Claims {
     /// here only to close WebSockets when the token expires.
     #[serde(default)]
     exp: Option<f64>,
+    /// Seconds since the epoch (possibly fractional), when the issuer sets it: the start
+    /// of the token's lifetime (`TASKWIRE_JWT_MAX_TTL`).
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
 /// The claims of a minted development token.
@@ -52,6 +64,7 @@ struct MintedClaims<'a> {
     sub: &'a str,
     roles: Vec<&'static str>,
     exp: u64,
+    iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +78,10 @@ pub struct JwtKeys {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    max_ttl: Duration,
+    /// Whether the key is the embedded development secret generated into the data dir
+    /// (not one the operator configured).
+    generated_dev_secret: bool,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -78,6 +95,7 @@ impl JwtKeys {
     /// production refuses earlier) the dev secret in `data_dir` is used, created on first
     /// start.
     pub fn load(config: &JwtConfig, data_dir: &Path) -> Result<JwtKeys, ConfigError> {
+        let mut generated_dev_secret = false;
         let (decoding, encoding, algorithm) = if let Some(path) = &config.public_key_file {
             let pem = std::fs::read(path).map_err(|e| ConfigError::Invalid {
                 key: "JWT_PUBLIC_KEY_FILE",
@@ -96,7 +114,10 @@ impl JwtKeys {
         } else {
             let secret = match &config.secret {
                 Some(secret) => secret.clone(),
-                None => dev_secret(data_dir)?,
+                None => {
+                    generated_dev_secret = true;
+                    dev_secret(data_dir)?
+                }
             };
             let bytes = secret.expose_secret().as_bytes();
             (DecodingKey::from_secret(bytes), Some(EncodingKey::from_secret(bytes)), Algorithm::HS256)
@@ -117,7 +138,26 @@ impl JwtKeys {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(JwtKeys { decoding, encoding, validation, issuer: config.issuer.clone(), audience: config.audience.clone() })
+        Ok(JwtKeys {
+            decoding,
+            encoding,
+            validation,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            max_ttl: config.max_ttl,
+            generated_dev_secret,
+        })
+    }
+
+    /// Whether tokens are signed with the development secret generated into the data
+    /// dir because nothing was configured: only then may a token be printed at start.
+    pub fn is_generated_dev_secret(&self) -> bool {
+        self.generated_dev_secret
+    }
+
+    /// The longest token lifetime accepted.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
     }
 
     /// Verifies `token` and returns its principal. Unknown role names are ignored.
@@ -132,6 +172,7 @@ impl JwtKeys {
             // `sub` becomes a creator or worker id: an empty one would be a shared identity.
             return Err(AuthError::EmptySubject);
         }
+        self.check_lifetime(&data.claims)?;
         let roles = data.claims.roles.iter().filter_map(|r| r.parse::<Role>().ok());
         let expires = data
             .claims
@@ -141,15 +182,36 @@ impl JwtKeys {
         Ok((Principal::new(data.claims.sub, roles), expires))
     }
 
+    /// Refuses a token whose lifetime, `exp - iat` (or `exp - now` when it has no `iat`),
+    /// is over the maximum: a leaked long-lived token would otherwise stay usable for as
+    /// long as its issuer chose. The clock-skew leeway applies here too.
+    fn check_lifetime(&self, claims: &Claims) -> Result<(), AuthError> {
+        let Some(exp) = claims.exp.filter(|e| e.is_finite()) else { return Ok(()) };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+        let start = claims.iat.filter(|iat| iat.is_finite()).unwrap_or(now);
+        let lifetime = exp - start;
+        let allowed = self.max_ttl.as_secs_f64() + LEEWAY_SECS as f64;
+        if lifetime > allowed {
+            // `as` saturates: a lifetime past u64 seconds is reported as u64::MAX.
+            return Err(AuthError::LifetimeTooLong {
+                lifetime_secs: lifetime as u64,
+                max_secs: self.max_ttl.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
     /// Mints a token for `subject` with `roles`, valid for `ttl`, carrying the configured
     /// issuer and audience. `None` when tokens are verified with a public key (the
     /// private key lives with the identity provider, not here).
     pub fn mint(&self, subject: &str, roles: &[Role], ttl: Duration) -> Option<String> {
         let key = self.encoding.as_ref()?;
+        let now = jsonwebtoken::get_current_timestamp();
         let claims = MintedClaims {
             sub: subject,
             roles: roles.iter().map(|r| r.as_str()).collect(),
-            exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
+            exp: now + ttl.as_secs(),
+            iat: now,
             iss: self.issuer.as_deref(),
             aud: self.audience.as_deref(),
         };
@@ -208,6 +270,7 @@ mod tests {
             public_key_file: None,
             issuer: issuer.map(str::to_owned),
             audience: audience.map(str::to_owned),
+            max_ttl: Duration::from_secs(24 * 3600),
         };
         JwtKeys::load(&config, Path::new("unused")).expect("keys load")
     }
@@ -240,10 +303,50 @@ mod tests {
     #[test]
     fn the_dev_secret_is_generated_once_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = JwtConfig { secret: None, public_key_file: None, issuer: None, audience: None };
+        let config = JwtConfig {
+            secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            max_ttl: Duration::from_secs(24 * 3600),
+        };
         let first = JwtKeys::load(&config, dir.path()).expect("first load");
         let token = first.mint("alice", &[Role::Admin], Duration::from_secs(60)).expect("mint");
         let second = JwtKeys::load(&config, dir.path()).expect("second load");
         assert!(second.verify(&token).is_ok(), "a restart keeps tokens valid");
+        assert!(second.is_generated_dev_secret(), "the generated secret is known as such");
+        assert!(!keys(None, None).is_generated_dev_secret(), "a configured secret is not a dev secret");
+    }
+
+    /// Signs `claims` with the secret of `keys(None, None)`.
+    fn signed(claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"test-secret")).expect("encodes")
+    }
+
+    #[test]
+    fn tokens_living_longer_than_the_maximum_are_refused() {
+        let keys = keys(None, None);
+        let now = jsonwebtoken::get_current_timestamp();
+        let day = 24 * 3600;
+        let cases = [
+            ("a day from iat", serde_json::json!({ "sub": "a", "iat": now, "exp": now + day }), true),
+            ("a day from now without iat", serde_json::json!({ "sub": "a", "exp": now + day }), true),
+            ("a year from iat", serde_json::json!({ "sub": "a", "iat": now, "exp": now + 365 * day }), false),
+            ("a year from now without iat", serde_json::json!({ "sub": "a", "exp": now + 365 * day }), false),
+            (
+                "a two-day token issued yesterday: its lifetime counts, not what is left",
+                serde_json::json!({ "sub": "a", "iat": now - day, "exp": now + day }),
+                false,
+            ),
+        ];
+        for (case, claims, accepted) in cases {
+            let result = keys.verify(&signed(claims));
+            assert_eq!(result.is_ok(), accepted, "{case}: {result:?}");
+            if !accepted {
+                assert!(matches!(result, Err(AuthError::LifetimeTooLong { max_secs: 86_400, .. })), "{case}");
+            }
+        }
+        let minted = keys.mint("a", &[Role::Client], Duration::from_secs(day)).expect("mint");
+        assert!(keys.verify(&minted).is_ok(), "a minted token of the maximum lifetime is accepted");
     }
 }

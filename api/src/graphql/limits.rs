@@ -13,6 +13,14 @@
 //! unbounded stack in the size of the document, whatever the document: fragments are
 //! measured once each and memoised (so "fragment bombs" cost nothing to measure), and the
 //! walk refuses to nest deeper than [`MAX_NESTING`] selection sets.
+//!
+//! Execution validates the whole document, not only the operation it runs, and some of
+//! async-graphql's validation passes cost the square of the document's size (one rule
+//! flattens every selection set, another inlines each fragment wherever it is spread,
+//! in every operation). So [`check`] also bounds the whole document: every operation,
+//! selected or not, counts towards [`QueryLimits::max_selections`] with its fragments
+//! expanded, every fragment is checked for cycles and nesting, and a fragment that no
+//! operation uses is refused, as validation would refuse it anyway (after paying for it).
 
 use std::collections::{HashMap, HashSet};
 
@@ -59,6 +67,11 @@ pub struct QueryLimits {
     pub max_directives: usize,
     /// The multiplier of a list field that has no `first`/`last` argument. Default 20.
     pub default_list_size: usize,
+    /// Most selections in the whole document (every operation, selected or not), with
+    /// fragments expanded wherever they are spread: each field, inline fragment and
+    /// fragment spread counts 1, and so does each argument and directive on them.
+    /// Introspection fields count too. Default 2,000.
+    pub max_selections: usize,
 }
 
 impl Default for QueryLimits {
@@ -69,6 +82,7 @@ impl Default for QueryLimits {
             max_aliases: 30,
             max_directives: 50,
             default_list_size: 20,
+            max_selections: 2_000,
         }
     }
 }
@@ -250,6 +264,11 @@ fn named_type(ty: &Type) -> &Name {
 /// used or not) is `BAD_USER_INPUT`; nesting beyond [`MAX_NESTING`] is `QUERY_TOO_DEEP`.
 /// An operation that cannot be selected measures as [`QueryCost::default`]: execution
 /// reports that error itself.
+///
+/// Then the whole document, which validation reads in full whatever the operation name:
+/// more than `max_selections` selections over all its operations (see
+/// [`QueryLimits::max_selections`]) is `QUERY_TOO_COMPLEX`, a fragment no operation
+/// spreads is `BAD_USER_INPUT`, and cycles and nesting are checked in every definition.
 pub fn check(
     shape: &SchemaShape,
     document: &ExecutableDocument,
@@ -257,9 +276,22 @@ pub fn check(
     variables: &Variables,
     limits: &QueryLimits,
 ) -> Result<QueryCost, ApiError> {
-    let Some(operation) = select_operation(document, operation_name) else {
-        return Ok(QueryCost::default());
+    let cost = match select_operation(document, operation_name) {
+        Some(operation) => check_operation(shape, document, operation, variables, limits)?,
+        None => QueryCost::default(),
     };
+    check_document(document, limits.max_selections)?;
+    Ok(cost)
+}
+
+/// Measures the selected operation and applies the per-operation limits.
+fn check_operation(
+    shape: &SchemaShape,
+    document: &ExecutableDocument,
+    operation: &OperationDefinition,
+    variables: &Variables,
+    limits: &QueryLimits,
+) -> Result<QueryCost, ApiError> {
     let (root, scope) = match operation.ty {
         OperationType::Query => (&shape.query, Scope::QueryRoot),
         OperationType::Mutation => (&shape.mutation, Scope::Nested),
@@ -271,14 +303,6 @@ pub fn check(
     measure.directives = measure.directives.saturating_add(operation.directives.len());
     if measure.nesting > MAX_NESTING {
         return Err(ApiError::QueryTooDeep { limit: MAX_NESTING });
-    }
-    // Fragments the operation does not use are rejected by execution anyway, but some of
-    // its validation rules follow spreads recursively: cycles and overlong chains must
-    // not reach them either. Memoised, so this costs at most one more pass.
-    for name in document.fragments.keys() {
-        if walker.fragment(name, Scope::Nested, 0)?.nesting > MAX_NESTING {
-            return Err(ApiError::QueryTooDeep { limit: MAX_NESTING });
-        }
     }
 
     let cost = QueryCost {
@@ -300,6 +324,106 @@ pub fn check(
         Err(ApiError::QueryTooComplex { measured: format!("cost {}", cost.complexity), limit: limits.max_complexity })
     } else {
         Ok(cost)
+    }
+}
+
+/// Bounds what validation will read: every operation and fragment of the document.
+///
+/// One pass over the document with each fragment measured once (memoised), so it costs
+/// linear time whatever the document.
+fn check_document(document: &ExecutableDocument, max_selections: usize) -> Result<(), ApiError> {
+    let mut sizer = DocumentSizer { document, measured: HashMap::new(), in_progress: HashSet::new() };
+    let mut selections: usize = 0;
+    for (_, operation) in document.operations.iter() {
+        let operation = &operation.node;
+        let size = sizer.selection_set(&operation.selection_set.node, 0)?;
+        if size.nesting > MAX_NESTING {
+            return Err(ApiError::QueryTooDeep { limit: MAX_NESTING });
+        }
+        let own = operation.directives.len().saturating_add(operation.variable_definitions.len());
+        selections = selections.saturating_add(size.selections).saturating_add(own);
+    }
+    // What the operations reached, before the unused fragments are measured below.
+    let used: HashSet<&Name> = sizer.measured.keys().copied().collect();
+    // Validation follows spreads in unused fragments too: cycles and overlong chains must
+    // not reach it from there either.
+    for name in document.fragments.keys() {
+        if sizer.fragment(name, 0)?.nesting > MAX_NESTING {
+            return Err(ApiError::QueryTooDeep { limit: MAX_NESTING });
+        }
+    }
+    if selections > max_selections {
+        return Err(ApiError::QueryTooComplex { measured: format!("{selections} selections"), limit: max_selections });
+    }
+    if let Some(name) = document.fragments.keys().find(|name| !used.contains(name)) {
+        return Err(DomainError::invalid("query", format!("fragment \"{name}\" is never used")).into());
+    }
+    Ok(())
+}
+
+/// Selections and nesting of a selection set, fragments expanded.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    /// Fields, inline fragments and spreads, with their arguments and directives.
+    selections: usize,
+    /// Deepest nesting of fields, inline fragments and spreads (see [`MAX_NESTING`]).
+    nesting: usize,
+}
+
+/// One walk over a whole document, with its fragment memo; it needs no schema, and no
+/// variables (selections do not depend on them), so one memo serves every operation.
+struct DocumentSizer<'a> {
+    document: &'a ExecutableDocument,
+    /// Measured fragments: their own selection sets' sizes.
+    measured: HashMap<&'a Name, Size>,
+    /// Fragments on the current path: meeting one again is a cycle.
+    in_progress: HashSet<&'a Name>,
+}
+
+impl<'a> DocumentSizer<'a> {
+    /// The size of a selection set `nesting` levels below the start of the walk.
+    fn selection_set(&mut self, set: &'a SelectionSet, nesting: usize) -> Result<Size, ApiError> {
+        // The walk recurses: stop before the stack could run out.
+        if nesting > MAX_NESTING {
+            return Err(ApiError::QueryTooDeep { limit: MAX_NESTING });
+        }
+        let mut total = Size::default();
+        for selection in &set.items {
+            let (inner, arguments) = match &selection.node {
+                Selection::Field(field) => {
+                    let field = &field.node;
+                    (self.selection_set(&field.selection_set.node, nesting + 1)?, field.arguments.len())
+                }
+                Selection::InlineFragment(inline) => {
+                    (self.selection_set(&inline.node.selection_set.node, nesting + 1)?, 0)
+                }
+                Selection::FragmentSpread(spread) => (self.fragment(&spread.node.fragment_name.node, nesting + 1)?, 0),
+            };
+            let own = 1usize.saturating_add(arguments).saturating_add(selection.node.directives().len());
+            total.selections = total.selections.saturating_add(own).saturating_add(inner.selections);
+            total.nesting = total.nesting.max(inner.nesting.saturating_add(1));
+        }
+        Ok(total)
+    }
+
+    /// The size of the fragment `name`, spread `nesting` levels below the start of the walk.
+    fn fragment(&mut self, name: &'a Name, nesting: usize) -> Result<Size, ApiError> {
+        if let Some(size) = self.measured.get(name) {
+            return Ok(*size);
+        }
+        let Some(definition) = self.document.fragments.get(name) else {
+            return Err(DomainError::invalid("query", format!("unknown fragment \"{name}\"")).into());
+        };
+        if !self.in_progress.insert(name) {
+            return Err(DomainError::invalid("query", format!("fragment \"{name}\" spreads itself")).into());
+        }
+        let definition = &definition.node;
+        let size = self.selection_set(&definition.selection_set.node, nesting);
+        self.in_progress.remove(name);
+        let mut size = size?;
+        size.selections = size.selections.saturating_add(definition.directives.len());
+        self.measured.insert(name, size);
+        Ok(size)
     }
 }
 
@@ -533,6 +657,10 @@ fn count(number: &Number) -> usize {
         number.as_f64().map_or(0, |n| n.max(0.0) as usize)
     }
 }
+
+#[cfg(test)]
+#[path = "limits_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -938,6 +1066,98 @@ mod tests {
         }
         let unselectable = check_named(document, Some("Missing"), json!({}));
         assert_eq!(unselectable.ok(), Some(QueryCost::default()), "an unknown name is left to execution");
+    }
+
+    /// `count` spreads of a fragment of `fields` fields, in an operation the request does
+    /// not select: the shape of the request that cost seconds of validation.
+    fn unselected_spreads(count: usize, fields: usize) -> String {
+        let spreads = "...F ".repeat(count);
+        let fields: String = (0..fields).map(|i| format!("f{i}: __typename ")).collect();
+        format!("query Main {{ me {{ subject }} }} query Big {{ {spreads} }} fragment F on Query {{ {fields} }}")
+    }
+
+    #[test]
+    fn an_unselected_operation_counts_towards_the_document_selections() {
+        let attack = unselected_spreads(5_000, 5_000);
+
+        let result = check_named(&attack, Some("Main"), json!({}));
+
+        assert!(
+            matches!(&result, Err(ApiError::QueryTooComplex { measured, limit: 2_000 }) if measured.ends_with(" selections")),
+            "{result:?}"
+        );
+        let small = unselected_spreads(3, 10);
+        assert_eq!(code(&check_named(&small, Some("Main"), json!({}))), "OK", "a small second operation is fine");
+    }
+
+    #[test]
+    fn fragments_count_wherever_they_are_spread_and_spreads_count_too() {
+        // 40 spreads of 50 fields: 40 × (1 + 50) = 2,040 selections, plus `me { subject }`.
+        let over = check_named(&unselected_spreads(40, 50), Some("Main"), json!({}));
+        // 30 spreads: 30 × 51 + 2 = 1,532.
+        let under = check_named(&unselected_spreads(30, 50), Some("Main"), json!({}));
+
+        assert!(
+            matches!(&over, Err(ApiError::QueryTooComplex { measured, .. }) if measured == "2042 selections"),
+            "{over:?}"
+        );
+        assert_eq!(code(&under), "OK", "{under:?}");
+    }
+
+    #[test]
+    fn arguments_and_directives_count_as_selections() {
+        let arguments: String = (0..2_000).map(|i| format!("a{i}: 1 ")).collect();
+        let directives = "@include(if: true) ".repeat(2_000);
+        let cases = [
+            ("2,000 arguments on one field", format!("query A {{ me({arguments}) {{ subject }} }}")),
+            (
+                "2,000 directives in an unselected operation",
+                format!("query A {{ me {{ subject }} }} query B {{ me {directives} {{ subject }} }}"),
+            ),
+        ];
+        for (case, query) in &cases {
+            let result = check_named(query, Some("A"), json!({}));
+
+            assert_eq!(code(&result), "QUERY_TOO_COMPLEX", "{case}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn a_fragment_no_operation_uses_is_bad_user_input() {
+        let fields: String = (0..1_000).map(|i| format!("f{i}: __typename ")).collect();
+        let query = format!("{{ me {{ subject }} }} fragment Unused on Query {{ {fields} }}");
+
+        let result = check_query(&query);
+
+        assert!(
+            matches!(&result, Err(ApiError::Domain(DomainError::InvalidInput { reason, .. })) if reason.contains("\"Unused\" is never used")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn an_introspection_fragment_bomb_is_not_exempt_from_the_selections() {
+        // Exempt from depth and complexity, but execution's validation would still inline
+        // 2^29 copies of T29.
+        let mut query = String::from("{ __schema { types { ...T0 } } } ");
+        for level in 0..29 {
+            let next = level + 1;
+            query.push_str(&format!("fragment T{level} on __Type {{ ...T{next} ...T{next} }} "));
+        }
+        query.push_str("fragment T29 on __Type { name }");
+
+        let result = check_query(&query);
+
+        assert!(matches!(&result, Err(ApiError::QueryTooComplex { limit: 2_000, .. })), "{result:?}");
+    }
+
+    #[test]
+    fn a_document_with_no_selectable_operation_is_still_bounded() {
+        let document = unselected_spreads(5_000, 5_000);
+
+        let result = check_named(&document, None, json!({}));
+
+        assert_eq!(code(&result), "QUERY_TOO_COMPLEX", "{result:?}");
     }
 
     #[test]

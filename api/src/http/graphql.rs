@@ -15,7 +15,7 @@ use async_graphql::{
 };
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, FromRequestParts, State, rejection::BytesRejection, ws::WebSocketUpgrade},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, State, ws::WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
@@ -33,20 +33,30 @@ use crate::{
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// `POST /graphql`: a JSON request or an array of them.
-pub async fn post(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+///
+/// The body must arrive within `TASKWIRE_BODY_READ_TIMEOUT_MS` of the headers (else 408):
+/// a client trickling its body would otherwise hold the connection and its buffer.
+pub async fn post(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
+    let headers = request.headers().clone();
     let request_id = request_id(&headers);
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let read = tokio::time::timeout(state.limits.body_read_timeout, Bytes::from_request(request, &state)).await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Err(_) => {
+            state.metrics.http_timeouts.with_label_values(&["body"]).inc();
+            let message = "the request body did not arrive in time";
+            let mut response =
+                envelope_error(&request_id, StatusCode::REQUEST_TIMEOUT, ErrorCode::BadUserInput, message);
+            // The rest of the body may still come: the connection cannot carry another request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let err = ApiError::PayloadTooLarge { limit: state.limits.max_body_bytes };
             return envelope_error(&request_id, StatusCode::PAYLOAD_TOO_LARGE, err.code(), &err.message());
         }
-        Err(rejection) => {
+        Ok(Err(rejection)) => {
             return envelope_error(
                 &request_id,
                 StatusCode::BAD_REQUEST,
@@ -62,7 +72,31 @@ pub async fn post(
             return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
-    execute(state, &headers, peer, request_id, batch, false).await
+    let transport = Transport::Post { json: is_json(&headers) };
+    execute(state, &headers, peer, request_id, batch, transport).await
+}
+
+/// How a request came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// GET with the request in the query string: queries only.
+    Get,
+    /// POST; `json` when its `Content-Type` is one of [`JSON_MEDIA_TYPES`].
+    Post { json: bool },
+}
+
+/// Media types a POST carrying a mutation must declare (GraphQL over HTTP). Any other
+/// type (`text/plain`, forms) is one a browser sends cross-site without a CORS
+/// preflight, so a page elsewhere could make a signed-in browser run mutations.
+const JSON_MEDIA_TYPES: [&str; 3] =
+    ["application/json", "application/graphql-response+json", "application/graphql+json"];
+
+/// Whether the request's `Content-Type` is a JSON type of [`JSON_MEDIA_TYPES`]
+/// (parameters such as `charset` allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    JSON_MEDIA_TYPES.iter().any(|media_type| essence.eq_ignore_ascii_case(media_type))
 }
 
 /// `GET /graphql`: a WebSocket upgrade (subscriptions), or
@@ -80,14 +114,50 @@ pub async fn get(State(state): State<AppState>, request: axum::extract::Request)
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
     let uri = parts.uri;
     let request_id = request_id(&headers);
-    let request = match async_graphql::http::parse_query_string(uri.query().unwrap_or_default()) {
+    let request = match parse_query_string(&uri) {
         Ok(request) => request,
         Err(e) => {
             let message = format!("the query string is not a GraphQL request: {e}");
             return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
-    execute(state, &headers, peer, request_id, BatchRequest::Single(request), true).await
+    execute(state, &headers, peer, request_id, BatchRequest::Single(request), Transport::Get).await
+}
+
+/// The parameters of a GET request (GraphQL over HTTP): `variables` and `extensions`
+/// are JSON texts.
+#[derive(Debug, serde::Deserialize)]
+struct GetParameters {
+    #[serde(default)]
+    query: String,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+/// The GraphQL request in a GET query string. async-graphql's own parser reads the
+/// operation name from `operation_name`, not the standard `operationName`.
+fn parse_query_string(uri: &axum::http::Uri) -> Result<Request, String> {
+    let axum::extract::Query(parameters) =
+        axum::extract::Query::<GetParameters>::try_from_uri(uri).map_err(|e| e.body_text())?;
+    let json = |name: &str, text: Option<String>| -> Result<Option<serde_json::Value>, String> {
+        text.filter(|text| !text.is_empty())
+            .map(|text| serde_json::from_str(&text).map_err(|e| format!("{name} is not JSON: {e}")))
+            .transpose()
+    };
+    let mut request = serde_json::Map::new();
+    request.insert("query".into(), parameters.query.into());
+    if let Some(name) = parameters.operation_name.filter(|name| !name.is_empty()) {
+        request.insert("operationName".into(), name.into());
+    }
+    if let Some(variables) = json("variables", parameters.variables)? {
+        request.insert("variables".into(), variables);
+    }
+    if let Some(extensions) = json("extensions", parameters.extensions)? {
+        request.insert("extensions".into(), extensions);
+    }
+    serde_json::from_value(serde_json::Value::Object(request)).map_err(|e| e.to_string())
 }
 
 const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
@@ -105,11 +175,16 @@ async fn execute(
     peer: SocketAddr,
     request_id: String,
     batch: BatchRequest,
-    via_get: bool,
+    transport: Transport,
 ) -> Response {
     let principal = match authenticate(&state, headers) {
         Ok(principal) => principal,
-        Err(err) => return envelope_error(&request_id, StatusCode::OK, err.code(), &err.message()),
+        Err(err) => {
+            if let Err(limited) = state.protection.admit_invalid_token(peer.ip()).await {
+                return rate_limited(&request_id, &limited);
+            }
+            return envelope_error(&request_id, StatusCode::OK, err.code(), &err.message());
+        }
     };
     let (requests, batched) = match batch {
         BatchRequest::Single(r) => (vec![r], false),
@@ -124,9 +199,17 @@ async fn execute(
         let outcome = state.protection.prepare(&mut request).await;
         prepared.push(outcome.map(|ty| (request, ty)));
     }
-    if via_get && prepared.iter().any(|p| matches!(p, Ok((_, Some(op))) if op.ty != OperationType::Query)) {
+    if transport == Transport::Get
+        && prepared.iter().any(|p| matches!(p, Ok((_, Some(op))) if op.ty != OperationType::Query))
+    {
         let message = "only queries may be sent with GET; use POST for mutations";
         return envelope_error(&request_id, StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadUserInput, message);
+    }
+    if transport == (Transport::Post { json: false })
+        && prepared.iter().any(|p| matches!(p, Ok((_, Some(op))) if op.ty == OperationType::Mutation))
+    {
+        let message = "mutations must be sent with Content-Type: application/json";
+        return envelope_error(&request_id, StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::BadUserInput, message);
     }
     // Anonymous callers can do nothing but fail; they share a budget per address.
     let subject = match &principal {
@@ -136,13 +219,7 @@ async fn execute(
     let mutations =
         prepared.iter().filter(|p| matches!(p, Ok((_, Some(op))) if op.ty == OperationType::Mutation)).count();
     if let Err(err) = state.protection.admit(&subject, prepared.len() as u32, mutations as u32).await {
-        let mut response = envelope_error_with(&request_id, StatusCode::TOO_MANY_REQUESTS, &err);
-        if let ApiError::RateLimited { retry_after_ms } = err
-            && let Ok(value) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
+        return rate_limited(&request_id, &err);
     }
     let span = tracing::info_span!(
         "graphql",
@@ -160,13 +237,17 @@ async fn execute(
                 // One loader set per operation: a cached task from one operation of a batch
                 // must not be served to a later one that runs after a mutation changed it.
                 Ok((request, operation)) => {
-                    let name = operation.as_ref().and_then(|op| op.name.as_deref());
-                    let name = state.metrics.operation_label(name.or(request.operation_name.as_deref()));
-                    let ty = operation.map(|op| op.ty);
+                    let ty = operation.as_ref().map(|op| op.ty);
                     let request = request.data(Loaders::new(&state.store, &state.cache)).data(context.clone());
                     let started = std::time::Instant::now();
                     let response = state.schema.execute(request).await;
-                    record(&state, &name, ty, &response, started.elapsed());
+                    let elapsed = started.elapsed();
+                    // Label values are a bounded budget: only names of operations that
+                    // passed validation, sent by authenticated callers, may take one.
+                    let name =
+                        operation.and_then(|op| op.name).filter(|_| context.principal.is_some() && executed(&response));
+                    let name = state.metrics.operation_label(name.as_deref());
+                    record(&state, &name, ty, &response, elapsed);
                     response
                 }
                 Err(err) => {
@@ -195,6 +276,23 @@ async fn execute(
     let mut http = axum::Json(response).into_response();
     set_request_id(&mut http, &request_id);
     http
+}
+
+/// Whether the operation ran: it produced data, or a resolver failed (an error with a
+/// path). Parse and validation failures carry neither.
+fn executed(response: &async_graphql::Response) -> bool {
+    response.data != async_graphql::Value::Null || response.errors.iter().any(|e| !e.path.is_empty())
+}
+
+/// A 429 for a refused rate limit, with `Retry-After` in whole seconds.
+fn rate_limited(request_id: &str, err: &ApiError) -> Response {
+    let mut response = envelope_error_with(request_id, StatusCode::TOO_MANY_REQUESTS, err);
+    if let ApiError::RateLimited { retry_after_ms } = err
+        && let Ok(value) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// Counts and times one operation by name, type and result code.

@@ -11,6 +11,7 @@ pub mod apq;
 pub mod graphql;
 pub mod health;
 pub mod protect;
+pub mod serve;
 pub mod ws;
 
 use std::{
@@ -82,6 +83,8 @@ pub struct Limits {
     pub max_batch_operations: usize,
     /// Per-request time limit.
     pub request_timeout: Duration,
+    /// Time to receive a request body once the headers are in.
+    pub body_read_timeout: Duration,
 }
 
 /// The router. GraphiQL is mounted only when `graphiql` is true, the SDL only when

@@ -1,5 +1,6 @@
 //! What stands between a request and execution: automatic persisted queries, the static
-//! query limits (depth, complexity, aliases, directives) and the per-subject rate limit.
+//! query limits (document length, selections, depth, complexity, aliases, directives),
+//! the per-subject rate limit, and the per-address budget of refused tokens.
 //!
 //! Each check answers with its own code before any resolver runs, for HTTP and
 //! WebSocket alike. Parsed documents are kept by query text (bounded), so an operation
@@ -34,8 +35,12 @@ const PARSE_CACHE_MAX_QUERY: usize = 32 * 1024;
 pub struct Protection {
     shape: SchemaShape,
     limits: QueryLimits,
+    /// Longest document text parsed (`TASKWIRE_LIMIT_QUERY_BYTES`).
+    max_query_bytes: usize,
     apq: PersistedQueries,
     rate: RateLimiter,
+    /// Refused tokens per client address.
+    invalid_tokens: RateLimiter,
     metrics: Metrics,
     /// Parsed documents by query text. Only documents that parse are kept; the limits
     /// are checked on every request (they depend on the variables).
@@ -47,8 +52,10 @@ impl Protection {
     pub fn new(
         sdl: &str,
         limits: QueryLimits,
+        max_query_bytes: usize,
         apq: PersistedQueries,
         rate: RateLimiter,
+        invalid_tokens: RateLimiter,
         metrics: Metrics,
     ) -> Result<Protection, SchemaShapeError> {
         let shape = SchemaShape::from_sdl(sdl)?;
@@ -56,7 +63,7 @@ impl Protection {
             .max_capacity(PARSE_CACHE_BYTES)
             .weigher(|query: &String, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
             .build();
-        Ok(Protection { shape, limits, apq, rate, metrics, parsed })
+        Ok(Protection { shape, limits, max_query_bytes, apq, rate, invalid_tokens, metrics, parsed })
     }
 
     /// Resolves a persisted query, parses the document once (execution reuses it) and
@@ -65,6 +72,15 @@ impl Protection {
     /// then reports as bad input without running anything.
     pub async fn prepare(&self, request: &mut Request) -> Result<Option<Operation>, ApiError> {
         self.apq.resolve(request).await?;
+        // Parsing costs time in the length of the text: refuse what is too long first.
+        if request.query.len() > self.max_query_bytes {
+            let err = ApiError::QueryTooComplex {
+                measured: format!("{} bytes of query text", request.query.len()),
+                limit: self.max_query_bytes,
+            };
+            self.metrics.query_limit_rejections.with_label_values(&[err.code().as_str()]).inc();
+            return Err(err);
+        }
         let Some(document) = self.parse(&request.query) else { return Ok(None) };
         let name = request.operation_name.as_deref();
         if let Err(err) = check(&self.shape, &document, name, &request.variables, &self.limits) {
@@ -93,6 +109,14 @@ impl Protection {
     pub async fn admit(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
         self.rate.check(subject, operations, mutations).await
     }
+
+    /// Spends one refused token from `ip`'s budget (`TASKWIRE_RATE_LIMIT_INVALID_TOKENS`):
+    /// `RATE_LIMITED` once the address refuses more than its rate, so nobody can make the
+    /// server verify signatures without end from one address.
+    pub async fn admit_invalid_token(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        // A subject of its own: the anonymous operations budget is keyed by `ip:<addr>`.
+        self.invalid_tokens.check(&format!("invalid-token:{ip}"), 1, 0).await
+    }
 }
 
 /// Shared handle.
@@ -108,9 +132,13 @@ pub struct Operation {
 }
 
 /// The operation `name` selects in `document` (the only one when `name` is `None`).
+///
+/// The name is the document's own: a request's `operationName` that names no operation
+/// (an anonymous operation's) is not taken for one, so clients cannot choose names that
+/// then appear in logs and metrics.
 pub fn selected_operation(document: &ExecutableDocument, name: Option<&str>) -> Option<Operation> {
     match (&document.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(Operation { ty: op.node.ty, name: name.map(str::to_owned) }),
+        (DocumentOperations::Single(op), _) => Some(Operation { ty: op.node.ty, name: None }),
         (DocumentOperations::Multiple(ops), Some(name)) => ops
             .iter()
             .find(|(n, _)| n.as_str() == name)
@@ -137,5 +165,7 @@ mod tests {
         assert_eq!((b.ty, b.name.as_deref()), (OperationType::Mutation, Some("B")));
         let anonymous = parse_query("{ me { subject } }").expect("parses");
         assert_eq!(selected_operation(&anonymous, None).and_then(|op| op.name), None);
+        let claimed = selected_operation(&anonymous, Some("ChosenByTheClient")).expect("selected");
+        assert_eq!(claimed.name, None, "an anonymous operation takes no name from the request");
     }
 }
