@@ -281,3 +281,23 @@ async fn results_queued_for_a_client_that_does_not_read_stay_within_the_outbound
     assert!(queued > 0.0 && queued <= budget, "the silent client's queue fills up to the budget: {queued}");
     silent.close().await;
 }
+
+/// Refused tokens at `connection_init` spend from the address's budget, as over HTTP:
+/// past `TASKWIRE_RATE_LIMIT_INVALID_TOKENS` the close is `4429`, not `4403`.
+#[tokio::test]
+async fn refused_tokens_over_websocket_spend_the_addresss_budget() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_RATE_LIMIT_INVALID_TOKENS", "2")]).await;
+    let valid = app.token("alice", &["client"]);
+    let (signed_part, _) = valid.rsplit_once('.').expect("a JWT has three parts");
+    let forged = format!("{signed_part}.bm90LXRoZS1zaWduYXR1cmU");
+
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let mut ws = app.ws(TRANSPORT_WS).await;
+        ws.send(json!({ "type": "connection_init", "payload": bearer(&forged) })).await;
+        codes.push(ws.expect_close().await.0);
+    }
+
+    assert_eq!(&codes[..2], &[4403, 4403], "the first refusals are plain: {codes:?}");
+    assert!(codes[2..].contains(&4429), "then the address is out of budget: {codes:?}");
+}

@@ -253,7 +253,8 @@ async fn an_announced_version_is_a_tombstone_in_l2_that_a_slower_fill_cannot_ove
         let prefix = testing::unique_prefix();
         let metrics = Metrics::new();
         let relay = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
-        let reader = TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
+        let reader =
+            TaskCache::new(settings(), testing::connected_link(&url, &prefix, &metrics).await, metrics.clone());
         let cached = task(3, TaskStatus::Running);
         reader.l2_put(vec![(cached.id, Entry::task(Arc::new(cached.clone())))]).await;
         let unseen = TaskId::generate(Utc::now());

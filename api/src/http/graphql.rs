@@ -105,13 +105,13 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub async fn get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (mut parts, _) = request.into_parts();
     let headers = parts.headers.clone();
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
     if super::ws::is_upgrade(&headers) {
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-            Ok(ws) => super::ws::upgrade(state, &headers, ws),
+            Ok(ws) => super::ws::upgrade(state, &headers, peer, ws),
             Err(rejection) => rejection.into_response(),
         };
     }
-    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
     let uri = parts.uri;
     let request_id = request_id(&headers);
     let request = match parse_query_string(&uri) {

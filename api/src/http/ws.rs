@@ -9,6 +9,7 @@
 //! | an upgrade offering neither subprotocol | HTTP 400 |
 //! | no `connection_init` within the timeout | close `4408` |
 //! | `connection_init` without a valid token | close `4403` |
+//! | … from an address past its refused-token budget | close `4429` |
 //! | a second `connection_init` | close `4429` |
 //! | `connection_init` of a subject that has all its connections open already | close `4429` |
 //! | `subscribe` before the ack | close `4401` |
@@ -158,7 +159,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Accepts the upgrade when the origin and connection cap allow it.
-pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub fn upgrade(state: AppState, headers: &HeaderMap, peer: std::net::SocketAddr, ws: WebSocketUpgrade) -> Response {
     if let (Some(allowed), Some(origin)) = (&state.ws.allowed_origins, headers.get(header::ORIGIN)) {
         let origin = origin.to_str().unwrap_or_default();
         if !allowed.iter().any(|a| a == origin) {
@@ -198,7 +199,7 @@ pub fn upgrade(state: AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> Re
         let state = Arc::new(state);
         state.ws_open.fetch_add(1, Ordering::AcqRel);
         state.metrics.ws_connections.inc();
-        Connection::new(state.clone(), protocol, header_auth, request_id).run(socket).await;
+        Connection::new(state.clone(), protocol, header_auth, request_id, peer.ip()).run(socket).await;
         state.metrics.ws_connections.dec();
         state.ws_open.fetch_sub(1, Ordering::AcqRel);
     })
@@ -224,6 +225,8 @@ struct Connection {
     protocol: Protocol,
     header_auth: Option<String>,
     request_id: String,
+    /// The client's address: refused tokens spend from its budget, as over HTTP.
+    peer: std::net::IpAddr,
     principal: Option<Principal>,
     /// This connection's place in its subject's count, once acknowledged.
     slot: Option<SubjectSlot>,
@@ -246,12 +249,19 @@ struct Open {
 }
 
 impl Connection {
-    fn new(state: Arc<AppState>, protocol: Protocol, header_auth: Option<String>, request_id: String) -> Self {
+    fn new(
+        state: Arc<AppState>,
+        protocol: Protocol,
+        header_auth: Option<String>,
+        request_id: String,
+        peer: std::net::IpAddr,
+    ) -> Self {
         Connection {
             state,
             protocol,
             header_auth,
             request_id,
+            peer,
             principal: None,
             slot: None,
             expires: None,
@@ -384,11 +394,17 @@ impl Connection {
                         None
                     }
                     None => {
+                        // A refused token spends from the address's budget, as over HTTP;
+                        // past it the close says so, and the client should back off.
+                        let (code, reason) = match self.state.protection.admit_invalid_token(self.peer).await {
+                            Ok(()) => (4403, "Forbidden"),
+                            Err(_) => (4429, "Too many refused tokens"),
+                        };
                         if self.protocol == Protocol::Legacy {
-                            let error = json!({ "type": "connection_error", "payload": { "message": "Forbidden" } });
+                            let error = json!({ "type": "connection_error", "payload": { "message": reason } });
                             let _ = out.send(text(&error)).await;
                         }
-                        Some(End::Close(4403, "Forbidden"))
+                        Some(End::Close(code, reason))
                     }
                 }
             }

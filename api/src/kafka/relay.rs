@@ -28,8 +28,8 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
-use tokio_util::sync::CancellationToken;
 use taskwire_domain::TaskId;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
