@@ -609,7 +609,11 @@ fn parse_frame(text: &str) -> Frame {
         }
         "ping" => Frame::Ping,
         "complete" => End("the server completed the subscription".to_owned()),
-        "error" => End("error".to_owned()),
+        // An `error` frame ends the subscription; its payload is an array of errors.
+        "error" => match serde_json::from_str::<Value>(text) {
+            Ok(value) => End(format!("error {}", error_reason(&value["payload"][0]))),
+            Err(_) => End("error".to_owned()),
+        },
         _ => Frame::Other,
     }
 }
