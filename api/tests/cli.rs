@@ -107,3 +107,72 @@ fn production_mode_refuses_to_serve_without_a_jwt_key() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("TASKWIRE_JWT_SECRET"));
 }
+
+/// The banner of `serve` on the embedded defaults in `dir`, with `env` added: every line
+/// printed until none has come for a second after the GraphQL address (at most 60 s in
+/// all); then the process is killed.
+fn serve_banner(env: &[(&str, &str)], dir: &std::path::Path) -> String {
+    use std::{
+        io::{BufRead, BufReader},
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_taskwire"));
+    command.arg("serve").current_dir(dir).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TASKWIRE_")) {
+        command.env_remove(key);
+    }
+    command.env("TASKWIRE_LISTEN", "127.0.0.1:0").envs(env.iter().copied());
+    let mut child = command.spawn().expect("taskwire serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    // The reader ends when the process is killed (its stdout closes).
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut banner = String::new();
+    loop {
+        let wait = if banner.contains("GraphQL:") {
+            Duration::from_secs(1)
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        match rx.recv_timeout(wait) {
+            Ok(line) => {
+                banner.push_str(&line);
+                banner.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    banner
+}
+
+#[test]
+fn the_banner_prints_a_dev_token_only_for_the_generated_secret() {
+    let generated = tempfile::tempdir().expect("tempdir");
+    let configured = tempfile::tempdir().expect("tempdir");
+
+    let with_generated = serve_banner(&[], generated.path());
+    let with_configured =
+        serve_banner(&[("TASKWIRE_JWT_SECRET", "a-configured-secret-long-enough-for-hs256")], configured.path());
+
+    assert!(
+        with_generated.contains("Admin token") && with_generated.lines().any(|l| l.starts_with("eyJ")),
+        "embedded default: a dev token\n{with_generated}"
+    );
+    assert!(with_configured.contains("GraphQL:"), "the banner was read\n{with_configured}");
+    assert!(
+        !with_configured.contains("Admin token") && !with_configured.lines().any(|l| l.starts_with("eyJ")),
+        "a configured secret: no token printed\n{with_configured}"
+    );
+}

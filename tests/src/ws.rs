@@ -10,7 +10,9 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue, protocol::frame::coding::CloseCode},
 };
 
-/// How long a test waits for any one message.
+/// How long a test waits for any one message, keep-alives included: the server's pings
+/// (every 15 s by default) must not restart the wait, or an event that never comes would
+/// hang the test instead of failing it.
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// `graphql-transport-ws` (the graphql-ws library's protocol).
@@ -70,9 +72,17 @@ impl WsClient {
     }
 
     /// The next protocol message or close, skipping keep-alives (`ping` is answered).
+    /// Panics when none arrives within [`WAIT`], keep-alives or not.
     pub async fn recv(&mut self) -> Received {
+        self.recv_until(tokio::time::Instant::now() + WAIT).await
+    }
+
+    /// [`WsClient::recv`] with the deadline given.
+    async fn recv_until(&mut self, deadline: tokio::time::Instant) -> Received {
         loop {
-            let next = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a message within the wait");
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no message within {WAIT:?} (keep-alives do not count)"));
             match next {
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(&text).expect("JSON message");
@@ -131,8 +141,11 @@ impl WsClient {
     /// Waits for a server keep-alive (`ping`, or legacy `ka`) and returns its type,
     /// without answering it.
     pub async fn expect_keepalive(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let next = tokio::time::timeout(WAIT, self.stream.next()).await.expect("a message within the wait");
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no keep-alive within {WAIT:?}"));
             if let Some(Ok(Message::Text(text))) = next {
                 let value: Value = serde_json::from_str(&text).expect("JSON message");
                 if let Some(kind @ ("ping" | "ka")) = value["type"].as_str() {
@@ -149,10 +162,12 @@ impl WsClient {
         let _ = self.stream.close(None).await;
     }
 
-    /// Reads raw frames until a close arrives; the close code.
+    /// Reads raw frames until a close arrives; the close code. Panics when the close does
+    /// not come within [`WAIT`], however many other messages arrive meanwhile.
     pub async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Received::Closed(code, reason) = self.recv().await {
+            if let Received::Closed(code, reason) = self.recv_until(deadline).await {
                 return (code, reason);
             }
         }

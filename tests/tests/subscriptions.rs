@@ -262,6 +262,23 @@ async fn the_server_sends_keepalives_in_both_protocols() {
     assert_eq!(legacy.expect_keepalive().await, "ka");
 }
 
+/// The test client's own promise: a wait for an event that never comes fails within
+/// `WAIT`, even while the server keeps pinging (a ping must not restart the wait, or one
+/// regression would hang CI instead of failing a named test).
+#[tokio::test]
+async fn a_wait_for_a_message_that_never_comes_fails_despite_keepalives() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_WS_KEEPALIVE_MS", "100")]).await;
+    let alice = app.token("alice", &["client"]);
+    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+
+    let waiting = tokio::spawn(async move { ws.recv().await });
+    let outcome = tokio::time::timeout(taskwire_tests::ws::WAIT + Duration::from_secs(10), waiting)
+        .await
+        .expect("the wait ended by itself instead of hanging");
+
+    assert!(outcome.is_err_and(|e| e.is_panic()), "an idle connection with keep-alives fails the wait");
+}
+
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001() {
     let app = TestApp::spawn().await;
