@@ -134,7 +134,17 @@ impl TestApp {
 
     /// Starts the app with extra `TASKWIRE_*` variables (they win over the defaults).
     pub async fn spawn_with(vars: &[(&str, &str)]) -> TestApp {
-        TestApp::spawn_inner(vars, None, None).await
+        TestApp::spawn_inner(vars, None, None, false).await
+    }
+
+    /// Starts the app on the embedded Kafka mock cluster even when
+    /// `TASKWIRE_TEST_KAFKA_BROKERS` names a real broker (the database and Redis still
+    /// follow their variables): for tests that take the brokers down or fence producers,
+    /// which only the mock cluster lets a test do. They run in every lane, never skip.
+    pub async fn spawn_on_embedded_kafka() -> (TestApp, Arc<taskwire_api::kafka::EmbeddedCluster>) {
+        let app = TestApp::spawn_inner(&[], None, None, true).await;
+        let cluster = app.kafka_cluster.clone().expect("the app runs on the embedded cluster");
+        (app, cluster)
     }
 
     /// With `TASKWIRE_TEST_DATABASE_URL` set: starts the app on MySQL/MariaDB reached
@@ -145,9 +155,14 @@ impl TestApp {
         let authority = server_url(&server);
         let host_port = authority.rsplit('@').next().and_then(|a| a.split_once("://").map(|(_, r)| r).or(Some(a)));
         let host_port = host_port.unwrap_or_default().to_owned();
-        let upstream = tokio::net::lookup_host(&host_port).await.ok()?.next()?;
+        // The variable is set: a server that cannot be found fails the test, never skips it.
+        let upstream = tokio::net::lookup_host(&host_port)
+            .await
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .unwrap_or_else(|| panic!("{DATABASE_URL_VAR}: cannot resolve {host_port:?}"));
         let proxy = TcpProxy::start(upstream).await;
-        let app = TestApp::spawn_inner(&[], Some(proxy.port()), None).await;
+        let app = TestApp::spawn_inner(&[], Some(proxy.port()), None, false).await;
         Some((app, proxy))
     }
 
@@ -157,10 +172,15 @@ impl TestApp {
     /// and its own consumer groups for live events. `vars` as in [`TestApp::spawn_with`]
     /// (e.g. `TASKWIRE_ROLES`). The database belongs to this app: drop peers first.
     pub async fn spawn_peer(&self, vars: &[(&str, &str)]) -> TestApp {
-        TestApp::spawn_inner(vars, None, Some(self)).await
+        TestApp::spawn_inner(vars, None, Some(self), false).await
     }
 
-    async fn spawn_inner(vars: &[(&str, &str)], mysql_via_port: Option<u16>, peer_of: Option<&TestApp>) -> TestApp {
+    async fn spawn_inner(
+        vars: &[(&str, &str)],
+        mysql_via_port: Option<u16>,
+        peer_of: Option<&TestApp>,
+        embedded_kafka: bool,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret = match peer_of {
             Some(first) => first.secret.clone(),
@@ -199,7 +219,7 @@ impl TestApp {
             topic_prefix = first.topic_prefix.clone();
             env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), first.kafka_bootstrap.clone());
             env.insert("TASKWIRE_KAFKA_TOPIC_PREFIX".to_owned(), topic_prefix.clone());
-        } else if let Some(brokers) = env_var(KAFKA_BROKERS_VAR) {
+        } else if let Some(brokers) = env_var(KAFKA_BROKERS_VAR).filter(|_| !embedded_kafka) {
             // A real broker is shared: give each app topics of its own.
             topic_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             env.insert("TASKWIRE_KAFKA_BROKERS".to_owned(), brokers);
@@ -298,7 +318,7 @@ impl TestApp {
         ws::WsClient::connect(&url, protocol, headers).await
     }
 
-    /// The embedded Kafka cluster (always present unless `TASKWIRE_TEST_KAFKA_BROKERS` is set).
+    /// The embedded Kafka cluster (present unless the app runs on `TASKWIRE_TEST_KAFKA_BROKERS`).
     pub fn kafka_cluster(&self) -> Option<Arc<taskwire_api::kafka::EmbeddedCluster>> {
         self.kafka_cluster.clone()
     }
@@ -306,18 +326,6 @@ impl TestApp {
     /// The full name of one of the app's topics, e.g. `topic("tasks.status")`.
     pub fn topic(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.topic_prefix)
-    }
-
-    /// The embedded cluster, or `None` with a skip notice for `test` (a real broker's
-    /// brokers cannot be taken down from here).
-    pub fn require_embedded_cluster(&self, test: &str) -> Option<Arc<taskwire_api::kafka::EmbeddedCluster>> {
-        let cluster = self.kafka_cluster.clone();
-        if cluster.is_none() {
-            use std::io::Write;
-            let _ =
-                writeln!(std::io::stderr(), "SKIPPED {test}: needs the embedded cluster ({KAFKA_BROKERS_VAR} is set)");
-        }
-        cluster
     }
 
     /// The app's metrics in Prometheus text form.

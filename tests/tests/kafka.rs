@@ -20,11 +20,7 @@ const CREATE_MANY: &str = "mutation($i: [CreateTaskInput!]!) { createTasks(input
 /// and `task_events` holds exactly one creation event per task.
 #[tokio::test]
 async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
-    let app = TestApp::spawn().await;
-    let Some(cluster) = app.require_embedded_cluster("tasks_created_while_kafka_is_down_all_arrive_once_it_returns")
-    else {
-        return;
-    };
+    let (app, cluster) = TestApp::spawn_on_embedded_kafka().await;
     let alice = app.token("alice", &["client"]);
     let mut ws = subscribed(&app, &alice, "all", "subscription { taskEvents { taskId seq status } }").await;
 
@@ -90,11 +86,7 @@ async fn tasks_created_while_kafka_is_down_all_arrive_once_it_returns() {
 /// subscriber.
 #[tokio::test]
 async fn a_fenced_producer_is_replaced_and_the_outbox_still_drains() {
-    let app = TestApp::spawn().await;
-    let Some(cluster) = app.require_embedded_cluster("a_fenced_producer_is_replaced_and_the_outbox_still_drains")
-    else {
-        return;
-    };
+    let (app, cluster) = TestApp::spawn_on_embedded_kafka().await;
     let alice = app.token("alice", &["client"]);
     let mut ws = subscribed(&app, &alice, "all", "subscription { taskEvents { taskId seq } }").await;
 
@@ -132,11 +124,7 @@ async fn a_fenced_producer_is_replaced_and_the_outbox_still_drains() {
 /// commit it: task row and `task_events` row together.
 #[tokio::test]
 async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
-    let app = TestApp::spawn().await;
-    let Some(cluster) = app.require_embedded_cluster("a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history")
-    else {
-        return;
-    };
+    let (app, cluster) = TestApp::spawn_on_embedded_kafka().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
     let mut ws = app.ws(TRANSPORT_WS).await;
@@ -168,11 +156,7 @@ async fn a_subscriber_whose_live_feed_is_cut_catches_up_from_the_history() {
 /// dropped by `seq`, so nothing is delivered twice.
 #[tokio::test]
 async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
-    let app = TestApp::spawn().await;
-    let Some(cluster) = app.require_embedded_cluster("a_change_committed_here_reaches_subscribers_here_without_kafka")
-    else {
-        return;
-    };
+    let (app, cluster) = TestApp::spawn_on_embedded_kafka().await;
     let alice = app.token("alice", &["client"]);
     let first = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
     let second = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
@@ -200,11 +184,7 @@ async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
 /// offered at once (`ASSIGNED`, published here) first and then dropped its creation.
 #[tokio::test]
 async fn a_task_created_here_reaches_subscribers_here_without_kafka() {
-    let app = TestApp::spawn().await;
-    let Some(cluster) = app.require_embedded_cluster("a_task_created_here_reaches_subscribers_here_without_kafka")
-    else {
-        return;
-    };
+    let (app, cluster) = TestApp::spawn_on_embedded_kafka().await;
     let operator = app.token("olga", &["operator"]);
     let alice = app.token("alice", &["client"]);
     let mut ws =
