@@ -65,6 +65,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("JWT_AUDIENCE", "unset", "required `aud` when set"),
     ("INTROSPECTION", "true embedded, false with MySQL", "GraphQL introspection"),
     ("GRAPHIQL", "true embedded, false with MySQL", "serve GraphiQL at /graphiql"),
+    (
+        "CORS_ORIGINS",
+        "localhost embedded, off with MySQL",
+        "origins whose pages may call /graphql: comma-separated scheme://host[:port], localhost (any port), * or off",
+    ),
     ("LOG_FORMAT", "pretty", "pretty | json; levels via RUST_LOG"),
     ("DATA_DIR", "data", "where the embedded dev secret lives"),
     ("MIGRATE", "true", "apply pending migrations when `serve` starts"),
@@ -245,6 +250,9 @@ pub struct Config {
     pub introspection: bool,
     /// GraphiQL at `/graphiql`. Default: on when embedded, off with MySQL.
     pub graphiql: bool,
+    /// Origins whose pages may call the API (`TASKWIRE_CORS_ORIGINS`; default: localhost
+    /// origins in the embedded default, none in production mode).
+    pub cors_origins: crate::http::cors::CorsOrigins,
     /// Log format. Default pretty.
     pub log_format: LogFormat,
     /// Directory for embedded-mode files (the dev JWT secret). Default `data`.
@@ -376,6 +384,12 @@ impl Config {
             },
             introspection: parse_bool(get("INTROSPECTION"), "INTROSPECTION", !production)?,
             graphiql: parse_bool(get("GRAPHIQL"), "GRAPHIQL", !production)?,
+            cors_origins: match get("CORS_ORIGINS") {
+                Some(value) => crate::http::cors::CorsOrigins::parse(value)
+                    .map_err(|reason| ConfigError::Invalid { key: "CORS_ORIGINS", reason })?,
+                None if production => crate::http::cors::CorsOrigins::Off,
+                None => crate::http::cors::CorsOrigins::Localhost,
+            },
             log_format: match get("LOG_FORMAT").unwrap_or("pretty") {
                 "pretty" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
@@ -570,6 +584,20 @@ mod tests {
         assert!(!config.is_production());
         assert!(config.introspection && config.graphiql);
         assert!(config.migrate);
+        assert_eq!(config.cors_origins, crate::http::cors::CorsOrigins::Localhost, "local frontends may call");
+    }
+
+    #[test]
+    fn cors_is_off_in_production_mode_until_origins_are_listed() {
+        let mysql = ("TASKWIRE_DATABASE_URL", "mysql://root@localhost/t");
+        let production = Config::load_from(None, &env(&[mysql])).expect("loads");
+        let listed = Config::load_from(None, &env(&[mysql, ("TASKWIRE_CORS_ORIGINS", "https://app.example.com")]))
+            .expect("loads");
+        let bad = Config::load_from(None, &env(&[("TASKWIRE_CORS_ORIGINS", "app.example.com")]));
+
+        assert_eq!(production.cors_origins, crate::http::cors::CorsOrigins::Off);
+        assert!(matches!(listed.cors_origins, crate::http::cors::CorsOrigins::List(ref o) if o.len() == 1));
+        assert!(matches!(bad, Err(ConfigError::Invalid { key: "CORS_ORIGINS", .. })));
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub struct Application {
     api: bool,
     graphiql: bool,
     introspection: bool,
+    cors: crate::http::cors::CorsOrigins,
     connections: crate::http::serve::ConnectionLimits,
     background: Background,
 }
@@ -252,6 +253,7 @@ impl Application {
             api: config.roles.api,
             graphiql: config.graphiql,
             introspection: config.introspection,
+            cors: config.cors_origins.clone(),
             connections: config.connections,
             background: Background { relay, consumer, hub, dispatcher },
         })
@@ -296,7 +298,7 @@ impl Application {
     /// WebSockets with 1001, lets in-flight requests finish, and only then stops the
     /// background tasks (the relay publishes what committed meanwhile and flushes).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { listener, state, api, graphiql, introspection, connections, background } = self;
+        let Application { listener, state, api, graphiql, introspection, cors, connections, background } = self;
         let shutdown = state.shutdown.clone();
         let background_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -333,7 +335,7 @@ impl Application {
         tasks.close();
 
         let metrics = state.metrics.clone();
-        let app = router(state, api, graphiql, introspection);
+        let app = router(state, api, graphiql, introspection, &cors);
         let served = crate::http::serve::serve(listener, app, connections, metrics, shutdown).await;
         background_stop.cancel();
         tasks.wait().await;

@@ -185,3 +185,66 @@ async fn every_error_carries_a_request_id_that_matches_the_header() {
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
     assert_eq!(body["errors"][0]["extensions"]["requestId"], "trace-me-123");
 }
+
+/// A preflight from `origin` asking to POST with `Authorization` and JSON.
+async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
+    app.client
+        .request(reqwest::Method::OPTIONS, format!("{}/graphql", app.address))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization,content-type,traceparent")
+        .send()
+        .await
+        .expect("preflight sent")
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// A page on a listed origin may call the API from a browser: the preflight allows the
+/// method and the headers a GraphQL client sends, and the answer names the origin. Any
+/// other origin gets no `Access-Control-Allow-Origin`, so the browser refuses the call.
+#[tokio::test]
+async fn a_listed_origin_may_call_from_a_browser_and_others_may_not() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_CORS_ORIGINS", "https://app.example.com")]).await;
+    let alice = app.token("alice", &["client"]);
+
+    let allowed = preflight(&app, "https://app.example.com").await;
+    let refused = preflight(&app, "https://evil.example").await;
+    let call = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .header("Origin", "https://app.example.com")
+        .bearer_auth(&alice)
+        .json(&json!({ "query": "{ me { subject } }" }))
+        .send()
+        .await
+        .expect("sent");
+
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(header(&allowed, "access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+    let headers = header(&allowed, "access-control-allow-headers").unwrap_or_default().to_lowercase();
+    for name in ["authorization", "content-type", "traceparent"] {
+        assert!(headers.contains(name), "{name} is allowed: {headers}");
+    }
+    assert!(header(&allowed, "access-control-allow-methods").unwrap_or_default().contains("POST"));
+    assert_eq!(header(&refused, "access-control-allow-origin"), None, "an unlisted origin is not allowed");
+    assert_eq!(header(&call, "access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+    assert!(header(&call, "access-control-expose-headers").unwrap_or_default().to_lowercase().contains("retry-after"));
+    let body: Value = call.json().await.expect("JSON");
+    assert_eq!(body["data"]["me"]["subject"], "alice");
+}
+
+/// `localhost` (the embedded default) lets a frontend's dev server on any local port call,
+/// and nothing else.
+#[tokio::test]
+async fn localhost_origins_may_call_when_cors_is_set_to_localhost() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_CORS_ORIGINS", "localhost")]).await;
+
+    let vite = preflight(&app, "http://localhost:5173").await;
+    let lookalike = preflight(&app, "http://localhost.evil.example").await;
+
+    assert_eq!(header(&vite, "access-control-allow-origin").as_deref(), Some("http://localhost:5173"));
+    assert_eq!(header(&lookalike, "access-control-allow-origin"), None);
+}

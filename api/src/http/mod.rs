@@ -8,6 +8,7 @@
 //! | `GET /schema.graphql` | the SDL |
 
 pub mod apq;
+pub mod cors;
 pub mod graphql;
 pub mod health;
 pub mod protect;
@@ -92,7 +93,9 @@ pub struct Limits {
 ///
 /// A process without the `api` role (`TASKWIRE_ROLES=dispatcher`) serves only the
 /// health, readiness and metrics endpoints.
-pub fn router(state: AppState, api: bool, graphiql: bool, introspection: bool) -> Router {
+///
+/// Cross-origin calls are answered as `cors` allows (README, Frontends).
+pub fn router(state: AppState, api: bool, graphiql: bool, introspection: bool, cors: &cors::CorsOrigins) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -106,7 +109,13 @@ pub fn router(state: AppState, api: bool, graphiql: bool, introspection: bool) -
     if api && graphiql {
         router = router.route("/graphiql", get(graphql::graphiql));
     }
-    router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes)).with_state(state)
+    let router = router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes));
+    // Outermost, so a preflight is answered before any other layer looks at it.
+    let router = match cors.layer() {
+        Some(layer) => router.layer(layer),
+        None => router,
+    };
+    router.with_state(state)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
