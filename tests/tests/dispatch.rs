@@ -48,6 +48,16 @@ impl ManualWorker {
     }
 }
 
+/// Asserts that task `id` was never offered: its whole history is its creation. Polling
+/// until it reads `QUEUED` would also pass after a wrong offer that lapsed.
+async fn assert_never_offered(app: &TestApp, id: &str, why: &str) {
+    let admin = app.token("ops", &["operator"]);
+    let query = "query($id: ID!) { task(id: $id) { status events(last: 20) { status } } }";
+    let task = app.gql(Some(&admin), query, json!({ "id": id })).await.data()["task"].clone();
+    assert_eq!(task["status"], "QUEUED", "{why}");
+    assert_eq!(task["events"], json!([{ "status": "QUEUED" }]), "{why}: never offered");
+}
+
 async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
     let admin = app.token("ops", &["operator"]);
     for _ in 0..300 {
@@ -194,8 +204,7 @@ async fn a_worker_never_holds_more_than_its_capacity_and_gets_higher_priorities_
     let (second, _, _) = worker.next_offer().await;
     assert_eq!((first.as_str(), second.as_str()), (high.as_str(), mid.as_str()), "priority order");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let status = wait_for_status(&app, &low, "QUEUED").await;
-    assert_eq!(status["status"], "QUEUED", "capacity 2: the third waits");
+    assert_never_offered(&app, &low, "capacity 2: the third waits").await;
 
     let released = worker.call(&app, RELEASE, json!({ "id": first, "lease": lease_first })).await;
     assert_eq!(released.data()["releaseTask"]["status"], "QUEUED");
@@ -295,7 +304,7 @@ async fn max_concurrency_caps_a_queue_across_workers() {
     let (offered, lease, _) = one.next_offer().await;
     assert_eq!(offered, first);
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    assert_eq!(wait_for_status(&app, &second, "QUEUED").await["status"], "QUEUED", "one at a time in this queue");
+    assert_never_offered(&app, &second, "one at a time in this queue").await;
     one.call(&app, ACCEPT, json!({ "id": first, "lease": lease })).await.data();
     one.call(&app, COMPLETE, json!({ "id": first, "lease": lease })).await.data();
     // The slot is free: the second task goes to the less loaded worker... or the same
