@@ -394,7 +394,7 @@ async fn listing_fifty_tasks_with_events_and_workers_takes_a_few_statements_not_
     let alice = app.token("alice", &["client"]);
     let inputs: Vec<Value> = (0..50).map(|i| json!({ "queue": "q", "kind": format!("k{i}") })).collect();
     app.gql(Some(&alice), CREATE_MANY, json!({ "inputs": inputs })).await.data();
-    // Two workers hold some of the tasks (set up directly: worker registration is a later feature).
+    // Two workers hold some of the tasks (set up directly: the offers and accepts that would get them there are dispatch.rs's tests).
     app.sql(
         "INSERT INTO workers (id, name, queues, capacity, active, status, last_seen_at, version, created_at, updated_at) VALUES \
          ('w1', 'one', '[\"q\"]', 5, 0, 'ONLINE', 0, 1, 0, 0), ('w2', 'two', '[\"q\"]', 5, 0, 'ONLINE', 0, 1, 0, 0)",
