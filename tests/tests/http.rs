@@ -169,6 +169,23 @@ async fn a_body_that_is_not_a_graphql_request_is_bad_input() {
     assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
 }
 
+/// A JSON body without a document (and without a persisted query's hash) is not a
+/// GraphQL request: 400, not a parse error of an empty document with a location.
+#[tokio::test]
+async fn a_request_without_a_query_is_bad_input_with_400() {
+    let app = TestApp::spawn().await;
+    let token = app.token("alice", &["client"]);
+
+    let empty = app.post_json(Some(&token), &json!({})).await;
+    let blank = app.post_json(Some(&token), &json!({ "query": "  ", "variables": {} })).await;
+
+    for (case, response) in [("no query", &empty), ("a blank query", &blank)] {
+        assert_eq!(response.status, 400, "{case}: {:?}", response.body);
+        assert_eq!(response.code(), "BAD_USER_INPUT", "{case}");
+        assert!(response.errors()[0].get("locations").is_none(), "{case}: no location in a document that is not there");
+    }
+}
+
 #[tokio::test]
 async fn every_error_carries_a_request_id_that_matches_the_header() {
     let app = TestApp::spawn().await;

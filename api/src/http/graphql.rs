@@ -194,6 +194,12 @@ async fn execute(
         let err = ApiError::BatchTooLarge { limit: state.limits.max_batch_operations };
         return envelope_error(&request_id, StatusCode::BAD_REQUEST, err.code(), &err.message());
     }
+    // A body without a document and without a persisted query's hash is not a GraphQL
+    // request at all (README, Errors: 400), not a document that fails to parse.
+    if requests.iter().any(|r| r.query.trim().is_empty() && !r.extensions.0.contains_key("persistedQuery")) {
+        let message = "the request has no query (and no extensions.persistedQuery)";
+        return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, message);
+    }
     let mut prepared = Vec::with_capacity(requests.len());
     for mut request in requests {
         let outcome = state.protection.prepare(&mut request).await;
