@@ -312,6 +312,14 @@ impl TestApp {
         self.ws_with_headers(protocol, &[]).await.expect("WebSocket connects")
     }
 
+    /// A GraphQL WebSocket speaking `protocol`, initialised with `token` and acknowledged.
+    pub async fn ws_connected(&self, protocol: &str, token: &str) -> ws::WsClient {
+        let mut ws = self.ws(protocol).await;
+        assert_eq!(ws.protocol, protocol, "the server selects the offered subprotocol");
+        ws.init(ws::bearer(token)).await;
+        ws
+    }
+
     /// Opens a GraphQL WebSocket with extra upgrade headers.
     pub async fn ws_with_headers(&self, protocol: &str, headers: &[(&str, &str)]) -> Result<ws::WsClient, String> {
         let url = format!("{}/graphql", self.address.replacen("http://", "ws://", 1));

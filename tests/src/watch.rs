@@ -12,14 +12,13 @@ use std::{
     time::Duration,
 };
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::{net::TcpStream, sync::mpsc};
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
-};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+
+use crate::worker::{Socket, open_acknowledged, send};
 
 /// The subscription each watched task gets.
 pub const TASK_UPDATED: &str =
@@ -30,12 +29,8 @@ pub const TERMINAL: [&str; 3] = ["SUCCEEDED", "CANCELLED", "DEAD"];
 /// (`TASKWIRE_WS_MAX_SUBSCRIPTIONS`, 100 by default). Tasks handed over beyond that are
 /// counted as skipped, not watched.
 pub const MAX_OPEN: usize = 90;
-const PROTOCOL: &str = "graphql-transport-ws";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before connecting again after a failed attempt (the instance may be down).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What one watcher saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -160,7 +155,7 @@ pub async fn watch(
             break;
         }
         if socket.is_none() && !ws_urls.is_empty() {
-            match connect(&ws_urls[at % ws_urls.len()], &token).await {
+            match open_acknowledged(&ws_urls[at % ws_urls.len()], &token).await {
                 Ok(mut connected) => {
                     subscriptions.clear();
                     let mut failed = None;
@@ -304,45 +299,10 @@ pub async fn watch(
     report
 }
 
-async fn send(socket: &mut Socket, message: Value) -> Result<(), String> {
-    socket.send(Message::text(message.to_string())).await.map_err(|e| format!("send: {e}"))
-}
-
 async fn subscribe(socket: &mut Socket, id: &str, task: &str, after: u32) -> Result<(), String> {
     let payload =
         json!({ "query": TASK_UPDATED, "variables": { "id": task, "after": after }, "operationName": "Watch" });
     send(socket, json!({ "id": id, "type": "subscribe", "payload": payload })).await
-}
-
-/// Connects and waits for `connection_ack`.
-async fn connect(url: &str, token: &str) -> Result<Socket, String> {
-    let mut request = url.into_client_request().map_err(|e| format!("request: {e}"))?;
-    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
-    let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    send(&mut socket, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } }))
-        .await?;
-    let acked = async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    match message["type"].as_str() {
-                        Some("connection_ack") => return Ok(()),
-                        Some("ping") => send(&mut socket, json!({ "type": "pong" })).await?,
-                        _ => return Err(format!("expected connection_ack, got {message}")),
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None => return Err("closed before connection_ack".to_owned()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-            }
-        }
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, acked).await.map_err(|_| "no connection_ack in time".to_owned())??;
-    Ok(socket)
 }
 
 #[cfg(test)]

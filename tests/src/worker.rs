@@ -610,7 +610,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why a connection ended.
 enum SessionEnd {
@@ -792,37 +792,7 @@ impl Shared {
 
     /// Opens the WebSocket, initialises it and subscribes to `assignments`.
     async fn connect(&self) -> Result<Socket, String> {
-        let mut request =
-            self.endpoint().ws.as_str().into_client_request().map_err(|e| format!("WebSocket URL: {e}"))?;
-        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
-        let connecting = tokio_tungstenite::connect_async(request);
-        let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| "WebSocket connect timed out".to_owned())?
-            .map_err(|e| format!("WebSocket connect: {e}"))?;
-        let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", self.config.token) } });
-        send(&mut socket, init).await?;
-        let acked = async {
-            loop {
-                match socket.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                        match message["type"].as_str() {
-                            Some("connection_ack") => return Ok(()),
-                            Some("ping") => send(&mut socket, json!({ "type": "pong" })).await?,
-                            _ => return Err(format!("expected connection_ack, got {message}")),
-                        }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        return Err(format!("closed before connection_ack: {}", describe_close(frame.as_ref())));
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(format!("WebSocket: {e}")),
-                    None => return Err("closed before connection_ack".to_owned()),
-                }
-            }
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, acked).await.map_err(|_| "no connection_ack in time".to_owned())??;
+        let mut socket = open_acknowledged(&self.endpoint().ws, &self.config.token).await?;
         let subscribe = json!({
             "id": SUBSCRIPTION_ID,
             "type": "subscribe",
@@ -1123,8 +1093,45 @@ async fn heartbeat_loop(shared: Arc<Shared>, root: CancellationToken) {
     }
 }
 
-async fn send(socket: &mut Socket, message: Value) -> Result<(), String> {
+pub(crate) async fn send(socket: &mut Socket, message: Value) -> Result<(), String> {
     socket.send(Message::text(message.to_string())).await.map_err(|e| format!("WebSocket send: {e}"))
+}
+
+/// Opens a `graphql-transport-ws` connection to `url`, sends `connection_init` with
+/// `token` and waits for `connection_ack` (answering pings meanwhile), each step within
+/// [`CONNECT_TIMEOUT`].
+pub(crate) async fn open_acknowledged(url: &str, token: &str) -> Result<Socket, String> {
+    let mut request = url.into_client_request().map_err(|e| format!("WebSocket URL: {e}"))?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
+    let connecting = tokio_tungstenite::connect_async(request);
+    let (mut socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| "WebSocket connect timed out".to_owned())?
+        .map_err(|e| format!("WebSocket connect: {e}"))?;
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+    send(&mut socket, init).await?;
+    let acked = async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    match message["type"].as_str() {
+                        Some("connection_ack") => return Ok(()),
+                        Some("ping") => send(&mut socket, json!({ "type": "pong" })).await?,
+                        _ => return Err(format!("expected connection_ack, got {message}")),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(format!("closed before connection_ack: {}", describe_close(frame.as_ref())));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("WebSocket: {e}")),
+                None => return Err("closed before connection_ack".to_owned()),
+            }
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, acked).await.map_err(|_| "no connection_ack in time".to_owned())??;
+    Ok(socket)
 }
 
 fn describe_close(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {

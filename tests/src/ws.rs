@@ -20,6 +20,11 @@ pub const TRANSPORT_WS: &str = "graphql-transport-ws";
 /// The legacy `graphql-ws` protocol (subscriptions-transport-ws).
 pub const LEGACY_WS: &str = "graphql-ws";
 
+/// The `connection_init` payload carrying `token`.
+pub fn bearer(token: &str) -> Value {
+    json!({ "authorization": format!("Bearer {token}") })
+}
+
 /// What the server sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Received {

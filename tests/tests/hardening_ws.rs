@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use taskwire_tests::{
     TestApp,
-    ws::{LEGACY_WS, Received, TRANSPORT_WS, WsClient},
+    ws::{LEGACY_WS, Received, TRANSPORT_WS, WsClient, bearer},
 };
 
 const REGISTER: &str = "mutation($input: RegisterWorkerInput!) { registerWorker(input: $input) { id } }";
@@ -20,16 +20,6 @@ const FAIL: &str =
 const RELEASE: &str = "mutation($id: ID!, $lease: String!) { releaseTask(taskId: $id, leaseToken: $lease) { id } }";
 const TASK_UPDATED: &str = "subscription($id: ID!) { taskUpdated(id: $id) { seq status task { payload result } } }";
 const CREATE: &str = "mutation($input: CreateTaskInput!) { createTask(input: $input) { created task { id } } }";
-
-fn bearer(token: &str) -> Value {
-    json!({ "authorization": format!("Bearer {token}") })
-}
-
-async fn connected(app: &TestApp, protocol: &str, token: &str) -> WsClient {
-    let mut ws = app.ws(protocol).await;
-    ws.init(bearer(token)).await;
-    ws
-}
 
 /// The first message of subscription `id` that ends it or carries data.
 async fn next_for(ws: &mut WsClient, id: &str) -> Value {
@@ -56,7 +46,7 @@ async fn a_worker_that_lets_go_of_a_task_stops_hearing_of_it() {
     let w1 = app.token("w1", &["worker"]);
     let input = json!({ "input": { "name": "w1", "queues": ["q"], "capacity": 1 } });
     app.gql(Some(&w1), REGISTER, input).await.data();
-    let mut worker = connected(&app, TRANSPORT_WS, &w1).await;
+    let mut worker = app.ws_connected(TRANSPORT_WS, &w1).await;
     worker.subscribe("a", ASSIGNMENTS, json!({})).await;
 
     let alice = app.token("alice", &["client"]);
@@ -67,7 +57,7 @@ async fn a_worker_that_lets_go_of_a_task_stops_hearing_of_it() {
     app.gql(Some(&w1), ACCEPT, json!({ "id": id, "lease": lease })).await.data();
 
     // While it holds the task, the worker watches it and reads it.
-    let mut watch = connected(&app, TRANSPORT_WS, &w1).await;
+    let mut watch = app.ws_connected(TRANSPORT_WS, &w1).await;
     watch.subscribe("t", TASK_UPDATED, json!({ "id": id })).await;
     let running = watch.next_data("t").await;
     assert_eq!(running["taskUpdated"]["status"], "RUNNING", "{running}");
@@ -126,7 +116,7 @@ async fn mutations_over_websocket_spend_the_mutations_budget() {
         TestApp::spawn_with(&[("TASKWIRE_RATE_LIMIT_MUTATIONS", "1"), ("TASKWIRE_RATE_LIMIT_OPERATIONS", "1000")])
             .await;
     let alice = app.token("alice", &["client"]);
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     let ids: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
     for id in &ids {
         ws.subscribe(id, CREATE, json!({ "input": { "queue": "q", "kind": "k" } })).await;
@@ -169,7 +159,7 @@ async fn a_message_over_the_limit_closes_the_connection_with_1009() {
     let app = TestApp::spawn_with(&[("TASKWIRE_WS_MAX_MESSAGE_BYTES", "4096")]).await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.send(padded_subscribe("small", &id, 1000)).await;
     assert_eq!(ws.next_data("small").await["taskUpdated"]["seq"], 1, "a message under the limit is served");
 
@@ -186,7 +176,7 @@ async fn a_subscription_id_over_the_limit_closes_the_connection_with_4400() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.send(padded_subscribe(&"i".repeat(128), &id, 0)).await;
     assert_eq!(ws.next_data(&"i".repeat(128)).await["taskUpdated"]["seq"], 1, "the longest id allowed (default 128)");
 
@@ -202,7 +192,7 @@ async fn a_connection_holds_a_bounded_number_of_subscription_bytes() {
     let app = TestApp::spawn_with(&[("TASKWIRE_WS_MAX_CONNECTION_BYTES", "2500")]).await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     for sub in ["1", "2"] {
         ws.send(padded_subscribe(sub, &id, 1000)).await;
         assert_eq!(ws.next_data(sub).await["taskUpdated"]["seq"], 1);
@@ -225,8 +215,8 @@ async fn a_connection_holds_a_bounded_number_of_subscription_bytes() {
 async fn connections_per_subject_are_capped() {
     let app = TestApp::spawn_with(&[("TASKWIRE_WS_MAX_CONNECTIONS_PER_SUBJECT", "2")]).await;
     let alice = app.token("alice", &["client"]);
-    let first = connected(&app, TRANSPORT_WS, &alice).await;
-    let _second = connected(&app, LEGACY_WS, &alice).await;
+    let first = app.ws_connected(TRANSPORT_WS, &alice).await;
+    let _second = app.ws_connected(LEGACY_WS, &alice).await;
 
     let mut third = app.ws(TRANSPORT_WS).await;
     third.send(json!({ "type": "connection_init", "payload": bearer(&alice) })).await;
@@ -234,7 +224,7 @@ async fn connections_per_subject_are_capped() {
     assert_eq!(app.metric("taskwire_ws_refusals_total{reason=\"subject_connections\"}").await, 1.0);
 
     let bob = app.token("bob", &["client"]);
-    connected(&app, TRANSPORT_WS, &bob).await;
+    app.ws_connected(TRANSPORT_WS, &bob).await;
 
     // The server frees the place when it sees the close; until then it refuses.
     first.close().await;
@@ -264,7 +254,7 @@ async fn results_queued_for_a_client_that_does_not_read_stay_within_the_outbound
     ])
     .await;
     let alice = app.token("alice", &["client"]);
-    let mut silent = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut silent = app.ws_connected(TRANSPORT_WS, &alice).await;
     silent.subscribe("all", "subscription { taskEvents { taskId task { payload } } }", json!({})).await;
 
     // ~24 MB of events, more than the loopback socket buffers absorb.

@@ -7,29 +7,18 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::{Value, json};
 use taskwire_tests::{
     TestApp,
-    ws::{LEGACY_WS, TRANSPORT_WS, WsClient},
+    ws::{LEGACY_WS, TRANSPORT_WS, bearer},
 };
 
 const TASK_UPDATED: &str = "subscription($id: ID!, $afterSeq: Int) { taskUpdated(id: $id, afterSeq: $afterSeq) { taskId seq status previousStatus message } }";
 const CANCEL: &str = "mutation($id: ID!, $reason: String) { cancelTask(id: $id, reason: $reason) { status } }";
-
-fn bearer(token: &str) -> Value {
-    json!({ "authorization": format!("Bearer {token}") })
-}
-
-async fn connected(app: &TestApp, protocol: &str, token: &str) -> WsClient {
-    let mut ws = app.ws(protocol).await;
-    assert_eq!(ws.protocol, protocol, "the server selects the offered subprotocol");
-    ws.init(bearer(token)).await;
-    ws
-}
 
 #[tokio::test]
 async fn a_client_watches_its_task_live_over_graphql_transport_ws() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
 
     ws.subscribe("1", TASK_UPDATED, json!({ "id": id })).await;
     let first = ws.next_data("1").await;
@@ -55,7 +44,7 @@ async fn the_legacy_graphql_ws_protocol_works_too() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, LEGACY_WS, &alice).await;
+    let mut ws = app.ws_connected(LEGACY_WS, &alice).await;
     ws.subscribe("a", TASK_UPDATED, json!({ "id": id })).await;
     assert_eq!(ws.next_data("a").await["taskUpdated"]["seq"], 1);
     app.gql(Some(&alice), CANCEL, json!({ "id": id })).await.data();
@@ -69,20 +58,20 @@ async fn resuming_with_after_seq_replays_exactly_the_missed_events() {
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
 
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.subscribe("1", TASK_UPDATED, json!({ "id": id })).await;
     let seen = ws.next_data("1").await["taskUpdated"]["seq"].as_i64().unwrap_or_default();
     ws.close().await;
 
     app.gql(Some(&alice), CANCEL, json!({ "id": id })).await.data(); // missed while away
 
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.subscribe("1", TASK_UPDATED, json!({ "id": id, "afterSeq": seen })).await;
     let missed = ws.next_data("1").await;
     assert_eq!(missed["taskUpdated"]["seq"], 2);
     assert_eq!(missed["taskUpdated"]["status"], "CANCELLED");
 
-    let mut from_start = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut from_start = app.ws_connected(TRANSPORT_WS, &alice).await;
     from_start.subscribe("all", TASK_UPDATED, json!({ "id": id, "afterSeq": 0 })).await;
     let seqs = [from_start.next_data("all").await, from_start.next_data("all").await]
         .map(|d| d["taskUpdated"]["seq"].as_i64().unwrap_or_default());
@@ -95,7 +84,7 @@ async fn a_client_cannot_subscribe_to_another_clients_task() {
     let alice = app.token("alice", &["client"]);
     let bob = app.token("bob", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &bob).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &bob).await;
     ws.subscribe("1", TASK_UPDATED, json!({ "id": id })).await;
     let message = ws.recv_json().await;
     assert_eq!(message["type"], "error", "{message}");
@@ -161,7 +150,7 @@ async fn a_duplicate_subscription_id_is_closed_with_4409() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.subscribe("same", TASK_UPDATED, json!({ "id": id })).await;
     ws.next_data("same").await;
     ws.subscribe("same", TASK_UPDATED, json!({ "id": id })).await;
@@ -173,7 +162,7 @@ async fn a_completed_id_can_be_reused_at_once_and_the_new_subscription_keeps_it(
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.subscribe("x", TASK_UPDATED, json!({ "id": id })).await;
     ws.next_data("x").await;
     ws.send(json!({ "id": "x", "type": "complete" })).await;
@@ -192,7 +181,7 @@ async fn a_subscription_that_fails_to_start_frees_its_id() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     let unknown = "01JZZZZZZZZZZZZZZZZZZZZZZZ";
     ws.subscribe("y", TASK_UPDATED, json!({ "id": unknown })).await;
     let refused = ws.recv_json().await;
@@ -206,7 +195,7 @@ async fn a_subscription_that_fails_to_start_frees_its_id() {
 async fn a_second_connection_init_is_closed_with_4429() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     ws.send(json!({ "type": "connection_init", "payload": bearer(&alice) })).await;
     assert_eq!(ws.expect_close().await.0, 4429);
 }
@@ -216,7 +205,7 @@ async fn subscriptions_per_connection_are_capped() {
     let app = TestApp::spawn_with(&[("TASKWIRE_WS_MAX_SUBSCRIPTIONS", "2")]).await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     for n in ["1", "2"] {
         ws.subscribe(n, TASK_UPDATED, json!({ "id": id })).await;
         ws.next_data(n).await;
@@ -238,7 +227,7 @@ async fn the_connection_closes_when_its_token_expires() {
     let app = TestApp::spawn().await;
     let short =
         app.token_with_claims(json!({ "sub": "alice", "roles": ["client"], "exp": taskwire_tests::now_secs() + 2 }));
-    let mut ws = connected(&app, TRANSPORT_WS, &short).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &short).await;
     let (code, reason) = ws.expect_close().await;
     assert_eq!((code, reason.as_str()), (4401, "Token expired"));
 }
@@ -256,9 +245,9 @@ async fn origins_outside_the_allow_list_are_refused() {
 async fn the_server_sends_keepalives_in_both_protocols() {
     let app = TestApp::spawn_with(&[("TASKWIRE_WS_KEEPALIVE_MS", "100")]).await;
     let alice = app.token("alice", &["client"]);
-    let mut modern = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut modern = app.ws_connected(TRANSPORT_WS, &alice).await;
     assert_eq!(modern.expect_keepalive().await, "ping");
-    let mut legacy = connected(&app, LEGACY_WS, &alice).await;
+    let mut legacy = app.ws_connected(LEGACY_WS, &alice).await;
     assert_eq!(legacy.expect_keepalive().await, "ka");
 }
 
@@ -269,7 +258,7 @@ async fn the_server_sends_keepalives_in_both_protocols() {
 async fn a_wait_for_a_message_that_never_comes_fails_despite_keepalives() {
     let app = TestApp::spawn_with(&[("TASKWIRE_WS_KEEPALIVE_MS", "100")]).await;
     let alice = app.token("alice", &["client"]);
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
 
     let waiting = tokio::spawn(async move { ws.recv().await });
     let outcome = tokio::time::timeout(taskwire_tests::ws::WAIT + Duration::from_secs(10), waiting)
@@ -283,7 +272,7 @@ async fn a_wait_for_a_message_that_never_comes_fails_despite_keepalives() {
 async fn shutdown_closes_websockets_with_1001() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
-    let mut ws = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
     app.shutdown();
     assert_eq!(ws.expect_close().await.0, 1001);
 }
@@ -296,9 +285,9 @@ async fn task_events_shows_clients_their_own_tasks_and_operators_a_queue() {
     let operator = app.token("olga", &["operator"]);
     let events = "subscription($filter: TaskEventFilter) { taskEvents(filter: $filter) { taskId seq status task { queue createdBy } } }";
 
-    let mut alices = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut alices = app.ws_connected(TRANSPORT_WS, &alice).await;
     alices.subscribe("mine", events, json!({})).await;
-    let mut ops = connected(&app, TRANSPORT_WS, &operator).await;
+    let mut ops = app.ws_connected(TRANSPORT_WS, &operator).await;
     ops.subscribe("sms", events, json!({ "filter": { "queue": "sms" } })).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // let both register
 
@@ -318,7 +307,7 @@ async fn task_events_shows_clients_their_own_tasks_and_operators_a_queue() {
         .collect();
     assert_eq!(sms, [bobs_task, alices_sms].into(), "every sms task, nothing else");
 
-    let mut bobs = connected(&app, TRANSPORT_WS, &bob).await;
+    let mut bobs = app.ws_connected(TRANSPORT_WS, &bob).await;
     bobs.subscribe("q", "subscription { queueStats(name: \"sms\") { name queued } }", json!({})).await;
     let refused = bobs.recv_json().await;
     assert_eq!(refused["payload"][0]["extensions"]["code"], "FORBIDDEN", "{refused}");
@@ -332,7 +321,7 @@ async fn queue_stats_counts_tasks_and_updates_after_changes() {
     let operator = app.token("olga", &["operator"]);
     let a = app.create_task(&alice, json!({ "queue": "reports", "kind": "k" })).await;
     app.create_task(&alice, json!({ "queue": "reports", "kind": "k" })).await;
-    let mut ws = connected(&app, TRANSPORT_WS, &operator).await;
+    let mut ws = app.ws_connected(TRANSPORT_WS, &operator).await;
     ws.subscribe(
         "s",
         "subscription { queueStats(name: \"reports\") { name queued cancelled oldestQueuedAgeMs } }",
@@ -364,9 +353,9 @@ async fn a_slow_subscriber_stays_bounded_while_a_fast_one_keeps_receiving_in_ord
     .await;
     let alice = app.token("alice", &["client"]);
     let events = "subscription { taskEvents { taskId seq status task { payload } } }";
-    let mut slow = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut slow = app.ws_connected(TRANSPORT_WS, &alice).await;
     slow.subscribe("slow", events, json!({})).await;
-    let mut fast = connected(&app, TRANSPORT_WS, &alice).await;
+    let mut fast = app.ws_connected(TRANSPORT_WS, &alice).await;
     fast.subscribe("fast", events, json!({})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 

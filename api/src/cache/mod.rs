@@ -379,6 +379,11 @@ impl TaskCache {
         }
     }
 
+    /// Whether there is an L2 for [`TaskCache::announce`] to write to (Redis configured).
+    pub fn is_shared(&self) -> bool {
+        self.0.redis.is_configured()
+    }
+
     /// Versions committed by any process, about to be published: L2 gets a tombstone for
     /// each, in one round trip (per hash slot on a cluster). Called by the outbox relay
     /// before it hands the events to Kafka; does nothing without Redis, and a Redis

@@ -562,17 +562,8 @@ mod tests {
                 Command::ExpireDeadline,
             ]
         };
-        let statuses = [
-            TaskStatus::Scheduled,
-            TaskStatus::Queued,
-            TaskStatus::Assigned,
-            TaskStatus::Running,
-            TaskStatus::Succeeded,
-            TaskStatus::Cancelled,
-            TaskStatus::Dead,
-        ];
         let mut events = 0;
-        for status in statuses {
+        for status in TaskStatus::ALL {
             // Attempts left or exhausted, a deadline or none, a held task or not; the
             // commands run while the lease lives and after it lapsed.
             for (exhausted, deadline, held) in

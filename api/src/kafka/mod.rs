@@ -207,12 +207,14 @@ async fn create_topics(brokers: &str, names: &[String], settings: &KafkaSettings
 async fn existing_topics(brokers: &str, timeout: Duration) -> Result<std::collections::HashSet<String>, KafkaError> {
     use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, OperationTimedOut};
     let deadline = std::time::Instant::now() + timeout;
+    // One client for every attempt: it keeps reconnecting by itself between them.
+    let consumer: Arc<BaseConsumer> = Arc::new(ClientConfig::new().set("bootstrap.servers", brokers).create()?);
     loop {
         let remaining = deadline.saturating_duration_since(std::time::Instant::now());
         if remaining.is_zero() {
             return Err(KafkaError::MetadataFetch(OperationTimedOut));
         }
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        let consumer = consumer.clone();
         // librdkafka's metadata call blocks its thread.
         let outcome = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, remaining))
             .await

@@ -140,7 +140,10 @@ impl OutboxRelay {
             .store
             .publish_outbox(BATCH, move |messages| async move {
                 let attempted = messages.len();
-                cache.announce(&announced_versions(&messages, status_topic)).await;
+                // Without Redis there is no L2, and no need to read the payloads.
+                if cache.is_shared() {
+                    cache.announce(&announced_versions(&messages, status_topic)).await;
+                }
                 let published = publish(producer, metrics, messages).await;
                 *failed_ref = published.delivered.len() < attempted;
                 *fatal_ref = published.fatal || producer.client().fatal_error().is_some();
