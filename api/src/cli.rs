@@ -7,7 +7,8 @@ use sea_orm_migration::MigratorTrait;
 use taskwire_domain::Role;
 use taskwire_migration::Migrator;
 
-use crate::{auth::JwtKeys, config::Config, startup::Application, store::Store, telemetry};
+use crate::{auth::JwtKeys, config::Config, startup::Application, telemetry};
+use taskwire_store::Store;
 
 /// Lifetime of the admin token printed on an embedded start.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -171,7 +172,8 @@ fn banner(base: &str, graphiql: bool, keys: &JwtKeys) -> String {
 
 async fn migrate(mut config: Config, action: MigrateAction) -> Result<(), String> {
     config.migrate = false;
-    let store = Store::connect(&config).await.map_err(|e| e.to_string())?;
+    let topics = taskwire_store::Topics::new(&config.kafka.topic_prefix);
+    let store = Store::connect(&config.database, topics).await.map_err(|e| e.to_string())?;
     let db = store.connection();
     let result = match action {
         MigrateAction::Up => Migrator::up(db, None).await,
@@ -236,14 +238,14 @@ mod tests {
     fn the_banner_prints_a_token_only_for_the_generated_dev_secret() {
         let day = Duration::from_secs(24 * 3600);
         let dir = tempfile::tempdir().expect("tempdir");
-        let generated = crate::config::JwtConfig {
+        let generated = crate::auth::JwtSettings {
             secret: None,
             public_key_file: None,
             issuer: None,
             audience: None,
             max_ttl: day,
         };
-        let configured = crate::config::JwtConfig {
+        let configured = crate::auth::JwtSettings {
             secret: Some(secrecy::SecretString::from("an-operator-secret".to_owned())),
             ..generated.clone()
         };

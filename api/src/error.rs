@@ -5,11 +5,9 @@
 //! they become an `ApiError`; the client only ever sees `INTERNAL` or `UNAVAILABLE` and
 //! the request id (added to every error by the HTTP layer) to quote to an operator.
 
-use std::ops::Deref;
-
 use async_graphql::ErrorExtensions;
-use sea_orm::{DbErr, RuntimeErr, SqlErr, sqlx};
-use taskwire_domain::{DomainError, ErrorCode};
+use taskwire_domain::{DomainError, ErrorCode, error::chain};
+use taskwire_store::StoreError;
 
 /// Result alias for the API layer.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -71,8 +69,8 @@ pub enum ApiError {
     /// sends the full query with the hash next.
     PersistedQueryNotFound,
     /// `CONFLICT`: MySQL broke a deadlock by rolling this transaction back, or a row lock
-    /// was not granted in time, on every one of the store's retries (see
-    /// `Store::retry_lock_conflicts`). The database is up: the work met concurrent work.
+    /// was not granted in time, on every one of the store's retries. The database is up:
+    /// the work met concurrent work.
     LockConflict,
     /// `UNAVAILABLE`: a dependency is down or saturated; retrying later can succeed.
     Unavailable,
@@ -168,74 +166,18 @@ impl From<DomainError> for ApiError {
     }
 }
 
-impl From<DbErr> for ApiError {
-    fn from(err: DbErr) -> Self {
-        if is_lock_conflict(&err) {
-            // Contention, not an outage: the store's retries handle it where it is expected.
-            tracing::debug!(error = %chain(&err), "lock conflict");
-            ApiError::LockConflict
-        } else if is_unavailable(&err) {
-            tracing::warn!(error = %chain(&err), "database unavailable");
-            ApiError::Unavailable
-        } else {
-            ApiError::internal("database error", &err)
+/// The one place store failures become API errors.
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
+            StoreError::Domain(e) => ApiError::Domain(e),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::LockConflict => ApiError::LockConflict,
+            StoreError::Unavailable => ApiError::Unavailable,
+            StoreError::Internal => ApiError::Internal,
         }
     }
-}
-
-/// Whether the database error means "try again later" rather than a bug: the pool is
-/// exhausted or closed, the connection broke, or SQLite's file lock was busy. (A MySQL
-/// lock conflict is contention, not unavailability: see [`is_lock_conflict`].)
-pub fn is_unavailable(err: &DbErr) -> bool {
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match e.deref() {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(db) => {
-                    if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some() {
-                        return false;
-                    }
-                    // SQLite BUSY (5, and its extended 261/517) and LOCKED (6).
-                    matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517"))
-                        && !matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-                }
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether the database error is MySQL's "deadlock found" (1213: the transaction was
-/// rolled back) or "lock wait timeout" (1205), which a writer may retry from the start.
-pub fn is_lock_conflict(err: &DbErr) -> bool {
-    database_error(err)
-        .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-        .is_some_and(|mysql| matches!(mysql.number(), 1205 | 1213))
-}
-
-/// The error the database itself answered with, if that is what `err` is.
-fn database_error(err: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
-    match err {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.deref() {
-            sqlx::Error::Database(db) => Some(db.as_ref()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `error: cause: cause…` on one line, for logs.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -269,9 +211,17 @@ mod tests {
     }
 
     #[test]
-    fn pool_timeouts_are_unavailable_not_internal() {
-        let err = DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
-        assert_eq!(ApiError::from(err).code(), ErrorCode::Unavailable);
-        assert_eq!(ApiError::from(DbErr::Custom("bug".into())).code(), ErrorCode::Internal);
+    fn store_failures_keep_their_class() {
+        let cases = [
+            (StoreError::NotFound("task"), "NOT_FOUND"),
+            (StoreError::Domain(DomainError::LeaseLost), "LEASE_LOST"),
+            (StoreError::Conflict("x".into()), "CONFLICT"),
+            (StoreError::LockConflict, "CONFLICT"),
+            (StoreError::Unavailable, "UNAVAILABLE"),
+            (StoreError::Internal, "INTERNAL"),
+        ];
+        for (err, code) in cases {
+            assert_eq!(ApiError::from(err.clone()).code().as_str(), code, "{err:?}");
+        }
     }
 }

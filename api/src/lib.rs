@@ -1,14 +1,14 @@
 //! # taskwire-api
 //!
 //! The Taskwire service. `main.rs` is a thin shell around [`cli`]; everything else is a
-//! library so the black-box tests can start the real application on port 0.
+//! library so the black-box tests can start the real application on port 0. The
+//! database lives below it, in the `taskwire-store` crate (the only code that speaks SQL).
 //!
 //! - [`config`]: one `Config`, layered defaults → TOML file → environment
 //! - [`startup`]: `Application::build(config)`, the bound port, `run_until_stopped`
 //! - [`auth`]: JWT verification and dev-token minting
 //! - [`graphql`]: the schema (queries, mutations, types, loaders, guards)
 //! - [`http`]: the axum router and handlers
-//! - [`store`]: the SeaORM repository (the only module that speaks SQL)
 //! - [`kafka`]: embedded or real Kafka, the outbox relay, the status consumer
 //! - [`live`]: fan-out of status events to this process's subscriptions
 //! - [`metrics`]: the Prometheus registry behind `/metrics`
@@ -34,5 +34,4 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod startup;
-pub mod store;
 pub mod telemetry;

@@ -4,9 +4,10 @@
 //! state), so tests running several apps in one process do not mix their numbers.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder, core::Collector,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
 };
+use taskwire_store::StoreMetrics;
 
 /// Every series Taskwire exports.
 #[derive(Debug, Clone)]
@@ -77,16 +78,9 @@ pub struct Metrics {
     pub reaped: IntCounterVec,
     /// Workers marked `OFFLINE` after their TTL.
     pub workers_expired: IntCounter,
-    /// MySQL deadlocks and lock-wait time-outs met by the store's writers, by path
-    /// (`offer`, `transition`, `sweep`, `worker`) and outcome (`retried`; `exhausted`
-    /// when every retry lost too and the caller got `CONFLICT`).
-    pub db_lock_conflicts: IntCounterVec,
     /// Tasks a dispatcher with idle workers took over from the database after they waited
     /// for a worker elsewhere.
     pub dispatch_pulled: IntCounter,
-    /// Offers a queue's global limits held back in the offer transaction, by limit
-    /// (`concurrency`, `rate`).
-    pub dispatch_queue_limited: IntCounterVec,
     /// GraphQL operations, by operation name, type and result code (`OK` when no error).
     pub operations: IntCounterVec,
     /// Seconds per GraphQL operation, by operation name and type.
@@ -121,29 +115,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Tasks by status, sampled periodically from the database.
     pub tasks_by_status: IntGaugeVec,
-    /// SQLite's write gate, by writer (absent on MySQL).
-    pub write_gate: WriteGateMetrics,
-    /// SQLite WAL checkpoints (see `store::run_checkpointer`), by outcome (`complete`,
-    /// `partial`, `failed`).
-    pub wal_checkpoints: IntCounterVec,
-    /// Seconds per SQLite WAL checkpoint.
-    pub wal_checkpoint_duration: Histogram,
-    /// Frames in SQLite's WAL when it was last checkpointed.
-    pub wal_frames: IntGauge,
+    /// The store's series (lock conflicts, queue limits, SQLite's write gate and WAL).
+    pub store: StoreMetrics,
     operation_names: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
-}
-
-/// The use of SQLite's write gate (the mutex serialising write transactions), by
-/// `writer`: `create`, `transition`, `offer`, `sweep`, `worker`, `admin`, `relay`.
-#[derive(Debug, Clone)]
-pub struct WriteGateMetrics {
-    /// Times the gate was taken.
-    pub acquired: IntCounterVec,
-    /// Seconds spent waiting for the gate.
-    pub wait: CounterVec,
-    /// Seconds the gate was held; `rate()` of the sum over writers is the fraction of time
-    /// SQLite's one writer is busy.
-    pub held: CounterVec,
 }
 
 /// Distinct operation names kept as label values; later names are reported as `other`,
@@ -158,9 +132,6 @@ impl Metrics {
         let counter = |name: &str, help: &str| register(&registry, name, IntCounter::new(name, help));
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, name, IntCounterVec::new(Opts::new(name, help), labels))
-        };
-        let seconds_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&registry, name, CounterVec::new(Opts::new(name, help), labels))
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, name, IntGaugeVec::new(Opts::new(name, help), labels))
@@ -224,34 +195,7 @@ impl Metrics {
             db_pool_connections: gauge_vec("db_pool_connections", "Database pool connections", &["state"]),
             consumer_lag: gauge_vec("kafka_consumer_lag", "Kafka consumer lag in messages", &["consumer"]),
             tasks_by_status: gauge_vec("tasks", "Tasks by status (sampled)", &["status"]),
-            write_gate: WriteGateMetrics {
-                acquired: counter_vec(
-                    "sqlite_write_gate_acquired_total",
-                    "Times SQLite's write gate was taken, by writer",
-                    &["writer"],
-                ),
-                wait: seconds_vec(
-                    "sqlite_write_gate_wait_seconds_total",
-                    "Seconds spent waiting for SQLite's write gate, by writer",
-                    &["writer"],
-                ),
-                held: seconds_vec(
-                    "sqlite_write_gate_held_seconds_total",
-                    "Seconds SQLite's write gate was held, by writer",
-                    &["writer"],
-                ),
-            },
-            wal_checkpoints: counter_vec(
-                "sqlite_wal_checkpoints_total",
-                "SQLite WAL checkpoints by outcome (complete, partial, failed)",
-                &["outcome"],
-            ),
-            wal_checkpoint_duration: histogram(
-                "sqlite_wal_checkpoint_duration_seconds",
-                "Seconds per SQLite WAL checkpoint",
-                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-            ),
-            wal_frames: gauge("sqlite_wal_frames", "Frames in SQLite's WAL at its last checkpoint"),
+            store: StoreMetrics::register(&registry),
             operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),
@@ -268,19 +212,9 @@ impl Metrics {
             ),
             reaped: counter_vec("reaped_total", "Tasks moved by the reaper and scheduler", &["reason"]),
             workers_expired: counter("workers_expired_total", "Workers marked OFFLINE after their TTL"),
-            db_lock_conflicts: counter_vec(
-                "db_lock_conflicts_total",
-                "MySQL deadlocks and lock-wait time-outs met by the store's writers",
-                &["path", "outcome"],
-            ),
             dispatch_pulled: counter(
                 "dispatch_pulled_total",
                 "Tasks a dispatcher with idle workers took over from the database",
-            ),
-            dispatch_queue_limited: counter_vec(
-                "dispatch_queue_limited_total",
-                "Offers held back by a queue's global limits in the offer transaction",
-                &["limit"],
             ),
             outbox_backlog: gauge("outbox_backlog", "Outbox rows not yet published to Kafka"),
             outbox_publish_latency: latency,

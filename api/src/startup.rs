@@ -9,7 +9,7 @@ use std::sync::{Arc, atomic::AtomicUsize};
 
 use rdkafka::consumer::StreamConsumer;
 use sea_orm_migration::MigratorTrait;
-use taskwire_domain::{EnvelopeType, TaskEnvelope, machine::Effect};
+use taskwire_domain::EnvelopeType;
 use taskwire_migration::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -26,8 +26,8 @@ use crate::{
     metrics::Metrics,
     ratelimit::RateLimiter,
     redis_link::{RedisClient, RedisLink},
-    store::{CommitHook, DbStats, Store},
 };
+use taskwire_store::{DbStats, Store, Topics};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum StartupError {
     /// Bad or refused configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The JWT verification keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
     /// The database could not be reached or migrated.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
@@ -130,15 +133,14 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         config.check_serving()?;
         let keys = JwtKeys::load(&config.jwt, &config.data_dir)?;
-        let store = Store::connect(&config).await?;
+        let store = Store::connect(&config.database, Topics::new(&config.kafka.topic_prefix)).await?;
         if config.migrate {
             Migrator::up(store.connection(), None).await?;
         }
         let redis =
             config.redis_target.as_ref().map(|target| RedisClient::open(target, config.redis.timeout)).transpose()?;
         let metrics = Metrics::new();
-        store.observe_write_gate(metrics.write_gate.clone());
-        store.observe(metrics.clone());
+        store.observe(metrics.store.clone());
         let redis_link = Arc::new(RedisLink::new(redis.clone(), config.redis.clone(), metrics.clone()));
         let cache = TaskCache::new(config.cache.clone(), redis_link.clone(), metrics.clone());
         let kafka = kafka_step(&config.kafka, "creating the topics", Kafka::connect(&config.kafka)).await?;
@@ -165,33 +167,16 @@ impl Application {
             None => None,
         };
         // After a change commits, this process acts on it at once instead of after the
-        // relay → Kafka → consumer round trip: its event reaches this process's
-        // subscribers, a transition's task is written through to the cache, and a task
-        // that became `QUEUED` (created or not) reaches this process's matcher. The Kafka
-        // copies still come: the hub and the matcher drop them, and they are what
-        // other processes (and this one, for other writers) act on. Creations reach the
-        // subscribers here too: a queue's or a creator's subscriber would otherwise see a
-        // task offered at once (its `ASSIGNED` event, published here) before the Kafka copy
-        // of its creation, and then drop that copy as older. Creations skip the cache:
-        // nobody has read a new task yet, and a burst of them would push hot tasks out of
-        // L1.
-        let write_through = cache.clone();
-        let local_hub = config.roles.api.then(|| hub.clone());
-        let local_matcher = dispatcher.as_ref().map(|(matcher, _)| matcher.local_feed());
-        store.on_commit(CommitHook(Box::new(move |change, traceparent| {
-            let event = change.event.as_ref();
-            if event.is_none_or(|e| e.previous_status.is_some()) {
-                write_through.committed(&change.task);
-            }
-            if let (Some(hub), Some(event)) = (&local_hub, event) {
-                hub.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
-            }
-            if let (Some(feed), Some(event)) = (&local_matcher, event)
-                && change.effects.contains(&Effect::Dispatch)
-            {
-                feed.announce(TaskEnvelope::new(EnvelopeType::Dispatch, &change.task, event), traceparent);
-            }
-        })));
+        // relay → Kafka → consumer round trip (each listener says what it does). The Kafka
+        // copies still come: they are what other processes (and this one, for other
+        // writers) act on.
+        store.subscribe(Arc::new(cache.clone()));
+        if config.roles.api {
+            store.subscribe(hub.clone());
+        }
+        if let Some((matcher, _)) = &dispatcher {
+            store.subscribe(Arc::new(matcher.local_feed()));
+        }
         let consumer = if config.roles.api {
             let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
             let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
@@ -326,9 +311,9 @@ impl Application {
             tasks.spawn(reaper::run_status_sampler(store.clone(), metrics.clone(), background_stop.clone()));
             tasks.spawn(reaper::run_scheduler(store, metrics, background_stop.clone()));
         }
-        tasks.spawn(crate::store::run_checkpointer(
+        tasks.spawn(taskwire_store::run_checkpointer(
             state.store.clone(),
-            state.metrics.clone(),
+            state.metrics.store.clone(),
             background_stop.clone(),
         ));
         tasks.spawn(crate::kafka::run_lag_sampler(lagging, state.metrics.clone(), background_stop.clone()));

@@ -21,7 +21,14 @@ use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::Sd
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
-use crate::config::LogFormat;
+/// Log output format (`TASKWIRE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable (default).
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Default filter when `RUST_LOG` is unset. It also decides which spans are exported.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn";

@@ -22,8 +22,10 @@ fn help_documents_every_configuration_variable() {
     let output = taskwire(&["--help"], &[], dir.path());
     assert!(output.status.success());
     let help = stdout(&output);
-    for (key, _, _) in taskwire_api::config::KEYS {
-        assert!(help.contains(&format!("TASKWIRE_{key}")), "--help lists TASKWIRE_{key}");
+    for key in taskwire_api::config::KEYS {
+        let listed = format!("TASKWIRE_{}", key.name);
+        assert!(help.contains(&listed), "--help lists {listed}");
+        assert!(help.contains(&format!("[default: {}]", key.default.text())), "--help shows the default of {listed}");
     }
     for command in ["serve", "migrate", "schema", "token"] {
         assert!(help.contains(command), "--help lists {command}");

@@ -116,6 +116,10 @@ pub enum DomainError {
     /// `IDEMPOTENCY_CONFLICT`: the idempotency key was used before with a different input.
     #[error("idempotency key was already used with a different input")]
     IdempotencyConflict,
+    /// `FORBIDDEN`: the caller may see the task but its roles do not allow the command
+    /// (decided against the row the command would change).
+    #[error("not allowed for the caller's roles")]
+    Forbidden,
 }
 
 impl DomainError {
@@ -141,8 +145,21 @@ impl DomainError {
             DomainError::InvalidTransition { .. } => ErrorCode::Conflict,
             DomainError::LeaseLost => ErrorCode::LeaseLost,
             DomainError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            DomainError::Forbidden => ErrorCode::Forbidden,
         }
     }
+}
+
+/// `error: cause: cause…` on one line, for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

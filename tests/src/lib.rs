@@ -18,13 +18,15 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
-use taskwire_api::{config::Config, startup::Application, store::DbStats};
+use taskwire_api::{config::Config, startup::Application};
+use taskwire_store::DbStats;
+use taskwire_store::testing::{MysqlTestSchema, server_url};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::proxy::TcpProxy;
 
 /// Variable naming the MySQL/MariaDB server the suite may use.
-pub const DATABASE_URL_VAR: &str = "TASKWIRE_TEST_DATABASE_URL";
+pub use taskwire_store::testing::DATABASE_URL_VAR;
 /// Variable naming the real Kafka-compatible brokers the suite may use.
 pub const KAFKA_BROKERS_VAR: &str = "TASKWIRE_TEST_KAFKA_BROKERS";
 /// Variable naming the Redis server the suite may use.
@@ -54,7 +56,7 @@ pub struct TestApp {
     /// The Redis key prefix, when Redis is configured (peers share it).
     redis_prefix: Option<String>,
     shutdown: CancellationToken,
-    mysql_schema: Option<(String, String)>,
+    mysql_schema: Option<MysqlTestSchema>,
     _dir: tempfile::TempDir,
 }
 
@@ -99,7 +101,7 @@ impl GqlResponse {
 static TELEMETRY: std::sync::OnceLock<taskwire_api::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
 
 fn init_telemetry(otlp_endpoint: Option<&str>) {
-    use taskwire_api::{config::LogFormat, telemetry};
+    use taskwire_api::telemetry::{self, LogFormat};
     let logs = std::env::var("TEST_LOG").is_ok();
     if !logs && otlp_endpoint.is_none() {
         return;
@@ -189,12 +191,12 @@ impl TestApp {
         let (database_url, mysql_schema) = match (peer_of, env_var(DATABASE_URL_VAR)) {
             (Some(first), _) => (first.database_url.clone(), None),
             (None, Some(server)) => {
-                let (url, schema) = create_mysql_schema(&server).await;
+                let schema = MysqlTestSchema::create(&server, "taskwire_test").await;
                 let url = match mysql_via_port {
-                    Some(port) => proxied_url(&server, port, &schema),
-                    None => url,
+                    Some(port) => proxied_url(schema.server(), port, schema.name()),
+                    None => schema.url(),
                 };
-                (url, Some((server, schema)))
+                (url, Some(schema))
             }
             (None, None) => (format!("sqlite://{}/taskwire.db?mode=rwc", dir.path().display()), None),
         };
@@ -407,41 +409,8 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some((server, schema)) = self.mysql_schema.take() {
-            // Drop cannot await: clean up on a short-lived runtime of its own.
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                if let Ok(runtime) = runtime {
-                    runtime.block_on(async {
-                        if let Ok(db) = Database::connect(server_url(&server)).await {
-                            drop_schema(&db, &schema).await;
-                            let _ = db.close().await;
-                        }
-                    });
-                }
-            })
-            .join();
-        }
-    }
-}
-
-/// Drops a test schema. The app's runtime is blocked while `Drop` runs, so a
-/// transaction it left open would hold a metadata lock forever: its connections are
-/// killed first (they belong to a stopped test), then the schema is dropped.
-async fn drop_schema(db: &sea_orm::DatabaseConnection, schema: &str) {
-    let _ = db.execute_unprepared("SET SESSION lock_wait_timeout = 10").await;
-    let sql = format!("SELECT id FROM information_schema.processlist WHERE db = '{schema}'");
-    if let Ok(rows) = db.query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await {
-        for row in rows {
-            if let Ok(id) = row.try_get_by_index::<i64>(0) {
-                let _ = db.execute_unprepared(&format!("KILL CONNECTION {id}")).await;
-            }
-        }
-    }
-    let dropped = db.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`")).await;
-    if let Err(e) = dropped {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "warning: test schema {schema} not dropped: {e}");
+        // Dropping the schema kills the connections the stopped app left open first.
+        drop(self.mysql_schema.take());
     }
 }
 
@@ -450,30 +419,12 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
-/// The server part of a MySQL URL (any database path removed).
-fn server_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("mysql", url));
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    format!("{scheme}://{authority}")
-}
-
 /// `mysql://user@127.0.0.1:<port>/<schema>` with the credentials of `server`.
 fn proxied_url(server: &str, port: u16, schema: &str) -> String {
     let authority = server_url(server);
     let (scheme, rest) = authority.split_once("://").unwrap_or(("mysql", &authority));
     let credentials = rest.rsplit_once('@').map(|(c, _)| format!("{c}@")).unwrap_or_default();
     format!("{scheme}://{credentials}127.0.0.1:{port}/{schema}")
-}
-
-async fn create_mysql_schema(server: &str) -> (String, String) {
-    let schema = format!("taskwire_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-    let db =
-        Database::connect(server_url(server)).await.expect("MySQL server from TASKWIRE_TEST_DATABASE_URL is reachable");
-    db.execute_unprepared(&format!("CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-        .await
-        .expect("test schema created");
-    let _ = db.close().await;
-    (format!("{}/{schema}", server_url(server)), schema)
 }
 
 /// Prints the standard skip notice and returns the variable's value when set.

@@ -1,7 +1,7 @@
 //! Token verification and (HS256 only) minting.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -11,7 +11,30 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use taskwire_domain::{Principal, Role};
 
-use crate::config::{ConfigError, JwtConfig};
+/// How JSON web tokens are verified (`TASKWIRE_JWT_*`).
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// HS256 secret. Default: embedded mode generates one into the data dir.
+    pub secret: Option<SecretString>,
+    /// PEM public key (RS256 or ES256); when set, HS256 tokens are refused.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Longest accepted token lifetime (`TASKWIRE_JWT_MAX_TTL`).
+    pub max_ttl: Duration,
+}
+
+/// Why the verification keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("TASKWIRE_{key}: {reason}")]
+pub struct KeyError {
+    /// The configuration key at fault, without prefix.
+    pub key: &'static str,
+    /// What went wrong.
+    pub reason: String,
+}
 
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY_SECS: u64 = 30;
@@ -94,19 +117,17 @@ impl JwtKeys {
     /// Loads keys from configuration. Without a secret or key file (embedded mode only;
     /// production refuses earlier) the dev secret in `data_dir` is used, created on first
     /// start.
-    pub fn load(config: &JwtConfig, data_dir: &Path) -> Result<JwtKeys, ConfigError> {
+    pub fn load(config: &JwtSettings, data_dir: &Path) -> Result<JwtKeys, KeyError> {
         let mut generated_dev_secret = false;
         let (decoding, encoding, algorithm) = if let Some(path) = &config.public_key_file {
-            let pem = std::fs::read(path).map_err(|e| ConfigError::Invalid {
-                key: "JWT_PUBLIC_KEY_FILE",
-                reason: format!("{}: {e}", path.display()),
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| KeyError { key: "JWT_PUBLIC_KEY_FILE", reason: format!("{}: {e}", path.display()) })?;
             if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (key, None, Algorithm::RS256)
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                 (key, None, Algorithm::ES256)
             } else {
-                return Err(ConfigError::Invalid {
+                return Err(KeyError {
                     key: "JWT_PUBLIC_KEY_FILE",
                     reason: "not an RSA or EC (P-256) public key in PEM".into(),
                 });
@@ -230,8 +251,8 @@ pub fn bearer_token(value: &str) -> Result<&str, AuthError> {
 }
 
 /// Reads the embedded dev secret, creating it (owner-only permissions) on first use.
-fn dev_secret(data_dir: &Path) -> Result<SecretString, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid { key: "JWT_SECRET", reason };
+fn dev_secret(data_dir: &Path) -> Result<SecretString, KeyError> {
+    let invalid = |reason: String| KeyError { key: "JWT_SECRET", reason };
     let path = data_dir.join(DEV_SECRET_FILE);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let trimmed = existing.trim();
@@ -265,7 +286,7 @@ mod tests {
     use super::*;
 
     fn keys(issuer: Option<&str>, audience: Option<&str>) -> JwtKeys {
-        let config = JwtConfig {
+        let config = JwtSettings {
             secret: Some(SecretString::from("test-secret".to_owned())),
             public_key_file: None,
             issuer: issuer.map(str::to_owned),
@@ -303,7 +324,7 @@ mod tests {
     #[test]
     fn the_dev_secret_is_generated_once_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = JwtConfig {
+        let config = JwtSettings {
             secret: None,
             public_key_file: None,
             issuer: None,

@@ -6,5 +6,5 @@
 
 mod jwt;
 
-pub use jwt::{AuthError, JwtKeys, bearer_token};
+pub use jwt::{AuthError, JwtKeys, JwtSettings, KeyError, bearer_token};
 pub use taskwire_domain::{Principal, Role};

@@ -50,10 +50,11 @@ use futures::{
 };
 use moka::{Expiry, ops::compute::Op};
 use rand::Rng;
-use taskwire_domain::{TaskId, task::Task};
+use taskwire_domain::{TaskId, machine::Transition, task::Task};
 use tokio::sync::Semaphore;
 
-use crate::{error::ApiResult, metrics::Metrics, redis_link::RedisLink, store::Store};
+use crate::{error::ApiResult, metrics::Metrics, redis_link::RedisLink};
+use taskwire_store::{CommitListener, Store};
 
 /// How long a tombstone blocks stale fills. Longer than any request may take.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
@@ -463,6 +464,16 @@ impl TaskCache {
             Value::Task(_) => settings.l1_ttl,
             Value::Missing => settings.null_ttl,
             Value::Tombstone => TOMBSTONE_TTL,
+        }
+    }
+}
+
+/// Transitions are written through at commit. Creations are not: nobody has read a new
+/// task yet, and a burst of them would push hot tasks out of L1.
+impl CommitListener for TaskCache {
+    fn committed(&self, change: &Transition, _traceparent: Option<&str>) {
+        if change.event.as_ref().is_none_or(|e| e.previous_status.is_some()) {
+            TaskCache::committed(self, &change.task);
         }
     }
 }

@@ -102,7 +102,7 @@ fn a_commit_in_this_process_beats_a_slower_read_of_the_previous_version() {
 #[tokio::test]
 async fn a_thousand_concurrent_misses_on_one_id_load_it_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = crate::store::test_store(dir.path()).await;
+    let store = taskwire_store::testing::test_store(dir.path()).await;
     let cache = TaskCache::new(settings(), link(None, "t"), Metrics::new());
     let id = TaskId::generate(Utc::now());
     let reads = (0..1000).map(|_| {

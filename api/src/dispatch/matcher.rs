@@ -52,7 +52,11 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     message::{BorrowedMessage, Headers},
 };
-use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus, task::Task};
+use taskwire_domain::{
+    EnvelopeType, TaskEnvelope, TaskId, TaskStatus,
+    machine::{Effect, Transition},
+    task::Task,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -60,11 +64,8 @@ use super::{
     DispatchSettings, DispatcherId,
     ready::{Entry, ReadySet, Source},
 };
-use crate::{
-    metrics::Metrics,
-    store::{Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord},
-    telemetry,
-};
+use crate::{metrics::Metrics, telemetry};
+use taskwire_store::{CommitListener, Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord};
 
 /// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
 /// capacity freed by other processes, are noticed within this).
@@ -279,6 +280,18 @@ impl LocalFeed {
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         };
         self.metrics.dispatch_local.with_label_values(&[outcome]).inc();
+    }
+}
+
+/// A task this process committed into `QUEUED` (created, retried, requeued) reaches this
+/// process's matcher at once; its Kafka copy comes later and is dropped as known.
+impl CommitListener for LocalFeed {
+    fn committed(&self, change: &Transition, traceparent: Option<&str>) {
+        if let Some(event) = &change.event
+            && change.effects.contains(&Effect::Dispatch)
+        {
+            self.announce(TaskEnvelope::new(EnvelopeType::Dispatch, &change.task, event), traceparent);
+        }
     }
 }
 
@@ -905,7 +918,7 @@ mod tests {
     #[tokio::test]
     async fn kafka_copies_of_local_announcements_are_placed_without_a_query() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::test_store(dir.path()).await;
+        let store = taskwire_store::testing::test_store(dir.path()).await;
         // Never contacted: `ingest` reads nothing from Kafka.
         let consumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:9")

@@ -10,10 +10,8 @@ use taskwire_domain::{QueueSettings, TaskStatus, machine::Command, task::Task};
 use tokio_util::sync::CancellationToken;
 
 use super::DispatchSettings;
-use crate::{
-    metrics::Metrics,
-    store::{Due, Store},
-};
+use crate::metrics::Metrics;
+use taskwire_store::{Due, Store};
 
 /// Tasks claimed per sweep transaction.
 const SWEEP_BATCH: u64 = 200;
@@ -115,7 +113,7 @@ async fn promote_due(store: &Store, metrics: &Metrics) -> crate::error::ApiResul
             break;
         }
     }
-    store.next_scheduled_run_at().await
+    Ok(store.next_scheduled_run_at().await?)
 }
 
 /// How often the `tasks{status}` gauge is refreshed.

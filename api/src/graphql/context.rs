@@ -6,8 +6,8 @@ use taskwire_domain::Principal;
 use crate::{
     error::ApiError,
     graphql::{Loaders, SubscriptionLoaders},
-    store::Store,
 };
+use taskwire_store::Store;
 
 /// Per-request data inserted by the HTTP layer.
 #[derive(Debug, Clone)]

@@ -16,11 +16,8 @@ use taskwire_domain::{
     task::{Task, TaskEvent},
 };
 
-use crate::{
-    cache::TaskCache,
-    error::ApiError,
-    store::{Store, WorkerRecord},
-};
+use crate::{cache::TaskCache, error::ApiError};
+use taskwire_store::{Store, WorkerRecord};
 
 /// The loaders of one request.
 pub struct Loaders {

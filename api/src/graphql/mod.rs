@@ -18,7 +18,8 @@ use async_graphql::Schema;
 pub use context::RequestContext;
 pub use loaders::{Loaders, SubscriptionLoaders};
 
-use crate::{live::Hub, metrics::Metrics, store::Store};
+use crate::{live::Hub, metrics::Metrics};
+use taskwire_store::Store;
 
 /// The executable schema.
 pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;

@@ -19,10 +19,8 @@ use super::{
         RegisterWorkerInput, TaskObject, WorkerObject,
     },
 };
-use crate::{
-    error::ApiError,
-    store::{CreateMode, CreateOutcome, Leases},
-};
+use crate::error::ApiError;
+use taskwire_store::{CreateMode, CreateOutcome, Leases, StoreError};
 
 /// Most inputs one `createTasks` call accepts.
 pub const MAX_CREATE_BATCH: usize = 500;
@@ -49,7 +47,7 @@ impl TaskMutation {
         let new = NewTask::parse(input.into(), &caller.subject, Utc::now())
             .map_err(|e| ApiError::from(e.in_field("input")))?;
         // Committed together with concurrent creates (commit coalescing).
-        payload(store(ctx)?.create_task(new, traceparent(ctx)).await?)
+        payload(store(ctx)?.create_task(new, traceparent(ctx)).await.map_err(ApiError::from)?)
     }
 
     /// Creates up to 500 tasks in one transaction. All or nothing: an invalid input or
@@ -74,14 +72,15 @@ impl TaskMutation {
         let task = store(ctx)?
             .transition(id, traceparent(ctx), |task| {
                 if !caller.can_read_task(&task.created_by, task.worker_id.as_deref()) {
-                    return Err(ApiError::NotFound("task"));
+                    return Err(StoreError::NotFound("task"));
                 }
                 if !caller.can_cancel_task(&task.created_by) {
-                    return Err(ApiError::Forbidden);
+                    return Err(DomainError::Forbidden.into());
                 }
                 Ok(machine::transition(task, Command::Cancel { reason: reason.clone() }, Utc::now())?)
             })
-            .await?;
+            .await
+            .map_err(ApiError::from)?;
         Ok(TaskObject(task))
     }
 }
@@ -99,7 +98,7 @@ impl WorkerMutation {
         let caller = principal(ctx)?;
         let registration = WorkerRegistration::parse(&input.name, &input.queues, i64::from(input.capacity))
             .map_err(|e| ApiError::from(e.in_field("input")))?;
-        Ok(WorkerObject(store(ctx)?.register_worker(&caller.subject, &registration).await?))
+        Ok(WorkerObject(store(ctx)?.register_worker(&caller.subject, &registration).await.map_err(ApiError::from)?))
     }
 
     /// The calling worker is alive: keeps it `ONLINE` and extends the leases of the
@@ -114,8 +113,10 @@ impl WorkerMutation {
         let caller = principal(ctx)?;
         let store = store(ctx)?;
         let record = match tasks {
-            None => store.heartbeat(&caller.subject, Leases::All).await?,
-            Some(tasks) => store.heartbeat(&caller.subject, Leases::Named(&named_tasks(&tasks)?)).await?,
+            None => store.heartbeat(&caller.subject, Leases::All).await.map_err(ApiError::from)?,
+            Some(tasks) => {
+                store.heartbeat(&caller.subject, Leases::Named(&named_tasks(&tasks)?)).await.map_err(ApiError::from)?
+            }
         };
         Ok(WorkerObject(record))
     }
@@ -127,7 +128,7 @@ impl WorkerMutation {
     async fn renew_leases(&self, ctx: &Context<'_>, tasks: Vec<ID>) -> Result<Vec<LeaseRenewal>> {
         let caller = principal(ctx)?;
         let parsed = named_tasks(&tasks)?;
-        let (_, renewed) = store(ctx)?.renew_leases(&caller.subject, &parsed).await?;
+        let (_, renewed) = store(ctx)?.renew_leases(&caller.subject, &parsed).await.map_err(ApiError::from)?;
         let mut seen = HashSet::with_capacity(tasks.len());
         Ok(tasks
             .into_iter()
@@ -226,7 +227,7 @@ impl WorkerMutation {
     /// Stops new offers to a worker; its running tasks finish (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
     async fn drain_worker(&self, ctx: &Context<'_>, id: ID) -> Result<WorkerObject> {
-        Ok(WorkerObject(store(ctx)?.drain_worker(&id).await?))
+        Ok(WorkerObject(store(ctx)?.drain_worker(&id).await.map_err(ApiError::from)?))
     }
 }
 
@@ -253,9 +254,9 @@ impl QueueMutation {
     async fn configure_queue(&self, ctx: &Context<'_>, input: ConfigureQueueInput) -> Result<QueueObject> {
         let store = store(ctx)?;
         QueueName::parse(&input.name).map_err(|e| ApiError::from(e.in_field("input")))?;
-        let current = store.queue_settings(&input.name).await?;
+        let current = store.queue_settings(&input.name).await.map_err(ApiError::from)?;
         let next = input.changes().apply(current).map_err(|e| ApiError::from(e.in_field("input")))?;
-        Ok(QueueObject(store.save_queue(&next).await?))
+        Ok(QueueObject(store.save_queue(&next).await.map_err(ApiError::from)?))
     }
 
     /// Runs a `DEAD`, `CANCELLED` or backing-off task again now (operators).
@@ -264,7 +265,8 @@ impl QueueMutation {
         let id = TaskId::parse(&id).ok_or(ApiError::NotFound("task"))?;
         let task = store(ctx)?
             .transition(id, traceparent(ctx), |task| Ok(machine::transition(task, Command::Retry, Utc::now())?))
-            .await?;
+            .await
+            .map_err(ApiError::from)?;
         Ok(TaskObject(task))
     }
 
@@ -276,7 +278,7 @@ impl QueueMutation {
         let store = store(ctx)?;
         let mut requeued = 0i32;
         loop {
-            let ids = store.dead_task_ids(&queue, 500).await?;
+            let ids = store.dead_task_ids(&queue, 500).await.map_err(ApiError::from)?;
             if ids.is_empty() {
                 break;
             }
@@ -290,7 +292,7 @@ impl QueueMutation {
                     Ok(_) => requeued += 1,
                     // Requeued or changed by someone else meanwhile: not ours to count.
                     Err(e) if e.code() == taskwire_domain::ErrorCode::Conflict => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(ApiError::from(e).into()),
                 }
             }
             if ids.len() < 500 {
@@ -331,17 +333,17 @@ where
         .await;
     match outcome {
         Ok(task) => Ok(TaskObject(task)),
-        Err(ApiError::NotFound("task")) => Err(ApiError::from(DomainError::LeaseLost).into()),
-        Err(e) => Err(e.into()),
+        Err(StoreError::NotFound("task")) => Err(ApiError::from(DomainError::LeaseLost).into()),
+        Err(e) => Err(ApiError::from(e).into()),
     }
 }
 
 async fn set_paused(ctx: &Context<'_>, name: &str, paused: bool) -> Result<QueueObject> {
     let store = store(ctx)?;
     QueueName::parse(name).map_err(|e| ApiError::from(e.in_field("name")))?;
-    let mut settings = store.queue_settings(name).await?;
+    let mut settings = store.queue_settings(name).await.map_err(ApiError::from)?;
     settings.paused = paused;
-    Ok(QueueObject(store.save_queue(&settings).await?))
+    Ok(QueueObject(store.save_queue(&settings).await.map_err(ApiError::from)?))
 }
 
 /// Validates and creates a `createTasks` batch, all or nothing (errors name
@@ -358,7 +360,8 @@ async fn create_all(ctx: &Context<'_>, inputs: Vec<CreateTaskInput>) -> Result<V
     if batch.is_empty() {
         return Ok(vec![]);
     }
-    let outcomes = store(ctx)?.create_tasks(batch, CreateMode::AllOrNothing, traceparent(ctx)).await?;
+    let outcomes =
+        store(ctx)?.create_tasks(batch, CreateMode::AllOrNothing, traceparent(ctx)).await.map_err(ApiError::from)?;
     outcomes.into_iter().map(payload).collect()
 }
 

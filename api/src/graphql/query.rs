@@ -12,10 +12,8 @@ use super::{
     guards::RoleGuard,
     types::{QueueObject, TaskFilter, TaskObject, Viewer, WorkerObject, WorkerStatus},
 };
-use crate::{
-    error::ApiError,
-    store::{TaskListQuery, TaskScope},
-};
+use crate::error::ApiError;
+use taskwire_store::{TaskListQuery, TaskScope};
 
 /// Largest page of the `tasks` connection.
 pub const MAX_PAGE_SIZE: i32 = 100;
@@ -92,7 +90,7 @@ impl TaskQuery {
             // One extra row tells whether there is a next page.
             limit: first as u64 + 1,
         };
-        let mut tasks = store(ctx)?.list_tasks(&query).await?;
+        let mut tasks = store(ctx)?.list_tasks(&query).await.map_err(ApiError::from)?;
         let has_next = tasks.len() > first as usize;
         tasks.truncate(first as usize);
         // Nested fields (`TaskEvent.task`) find these without another query.
@@ -127,7 +125,7 @@ impl WorkerQuery {
         queue: Option<String>,
         status: Option<WorkerStatus>,
     ) -> Result<Vec<WorkerObject>> {
-        let workers = store(ctx)?.workers(queue.as_deref(), status.map(Into::into)).await?;
+        let workers = store(ctx)?.workers(queue.as_deref(), status.map(Into::into)).await.map_err(ApiError::from)?;
         Ok(workers.into_iter().map(WorkerObject).collect())
     }
 }
@@ -144,7 +142,7 @@ impl QueueQuery {
         if taskwire_domain::QueueName::parse(&name).is_err() {
             return Ok(None);
         }
-        Ok(Some(QueueObject(store(ctx)?.queue_settings(&name).await?)))
+        Ok(Some(QueueObject(store(ctx)?.queue_settings(&name).await.map_err(ApiError::from)?)))
     }
 
     /// Every queue that is configured or has tasks, by name.
@@ -152,8 +150,8 @@ impl QueueQuery {
     async fn queues(&self, ctx: &Context<'_>) -> Result<Vec<QueueObject>> {
         let store = store(ctx)?;
         let mut queues = Vec::new();
-        for name in store.queue_names().await? {
-            queues.push(QueueObject(store.queue_settings(&name).await?));
+        for name in store.queue_names().await.map_err(ApiError::from)? {
+            queues.push(QueueObject(store.queue_settings(&name).await.map_err(ApiError::from)?));
         }
         Ok(queues)
     }

@@ -35,8 +35,8 @@ use crate::{
     error::ApiError,
     live::{Generations, Hub, Next, Route},
     metrics::Metrics,
-    store::{EventScope, Store},
 };
+use taskwire_store::{EventScope, Store};
 
 // Every database read inside a stream below is boxed: a stream's state is as large as
 // its largest await point, and an inline query future would make every idle
@@ -90,7 +90,7 @@ impl Subscription {
         let (hub, metrics) = live(ctx)?;
         let id = TaskId::parse(&id).ok_or(ApiError::NotFound("task"))?;
         let mut live = hub.subscribe(Route::task(id));
-        let task = store.task(id).await?;
+        let task = store.task(id).await.map_err(ApiError::from)?;
         let task = task.filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref()));
         let task = task.ok_or(ApiError::NotFound("task"))?;
         let created_by = task.created_by.clone();
@@ -132,7 +132,7 @@ impl Subscription {
                                 }
                                 if !full { break; }
                             }
-                            Err(e) => { yield Err(e.into()); return; }
+                            Err(e) => { yield Err(ApiError::from(e).into()); return; }
                         }
                     }
                     replay = false;
@@ -171,7 +171,7 @@ impl Subscription {
         // Registered before the first read, so no offer slips between the two.
         let live = hub.subscribe(Route::Worker(worker_id.clone()));
         // From now on this process's dispatcher (if any) alone offers to the worker.
-        store.touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str)).await?;
+        store.touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str)).await.map_err(ApiError::from)?;
         metrics.subscriptions.inc();
         let cache = ctx.data_opt::<TaskCache>().cloned();
         let gauge = GaugeGuard(metrics.clone());
@@ -227,7 +227,7 @@ impl Subscription {
                                 }
                             }
                         }
-                        Err(e) => { yield Err(e.into()); return; }
+                        Err(e) => { yield Err(ApiError::from(e).into()); return; }
                     }
                     continue;
                 }
@@ -252,7 +252,7 @@ impl Subscription {
                                 }
                             }
                         }
-                        Err(e) => { yield Err(e.into()); return; }
+                        Err(e) => { yield Err(ApiError::from(e).into()); return; }
                     }
                     continue;
                 }
@@ -371,7 +371,7 @@ fn assignment_stream(
                             }
                         }
                     }
-                    Err(e) => { yield Err(e.into()); return; }
+                    Err(e) => { yield Err(ApiError::from(e).into()); return; }
                 }
             }
             check = false;
@@ -405,7 +405,7 @@ fn assignment_stream(
 }
 
 async fn stats(store: &Store, name: &str) -> Result<QueueStatsObject> {
-    let stats = store.queue_stats(name).await?;
+    let stats = store.queue_stats(name).await.map_err(ApiError::from)?;
     Ok(QueueStatsObject::new(name.to_owned(), stats, Utc::now()))
 }
 

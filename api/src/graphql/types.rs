@@ -10,7 +10,8 @@ use taskwire_domain::{
 };
 
 use super::context::{loaders, principal};
-use crate::{error::ApiError, store::WorkerRecord};
+use crate::error::ApiError;
+use taskwire_store::WorkerRecord;
 
 /// Largest `last` accepted by `Task.events`.
 pub const MAX_EVENTS_PER_TASK: i32 = 100;
@@ -343,7 +344,7 @@ pub struct QueueStatsObject {
 
 impl QueueStatsObject {
     /// From the store's counts, read at `at`.
-    pub fn new(name: String, stats: crate::store::QueueStats, at: DateTime<Utc>) -> Self {
+    pub fn new(name: String, stats: taskwire_store::QueueStats, at: DateTime<Utc>) -> Self {
         let count = |status: domain::TaskStatus| {
             stats
                 .counts
@@ -439,7 +440,7 @@ impl QueueObject {
     }
     /// Task counts now.
     async fn stats(&self, ctx: &Context<'_>) -> Result<QueueStatsObject> {
-        let stats = super::context::store(ctx)?.queue_stats(self.0.name.as_str()).await?;
+        let stats = super::context::store(ctx)?.queue_stats(self.0.name.as_str()).await.map_err(ApiError::from)?;
         Ok(QueueStatsObject::new(self.0.name.to_string(), stats, Utc::now()))
     }
 }

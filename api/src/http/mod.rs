@@ -30,7 +30,8 @@ use axum::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::JwtKeys, graphql::TaskwireSchema, kafka::Kafka, metrics::Metrics, store::Store};
+use crate::{auth::JwtKeys, graphql::TaskwireSchema, kafka::Kafka, metrics::Metrics};
+use taskwire_store::Store;
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use embedded::EmbeddedCluster;
 
-use crate::{metrics::Metrics, store::Topics, telemetry};
+use crate::{metrics::Metrics, telemetry};
+use taskwire_store::Topics;
 
 /// Brokers in the embedded mock cluster.
 const EMBEDDED_BROKERS: i32 = 3;

@@ -32,12 +32,8 @@ use taskwire_domain::TaskId;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{
-    cache::TaskCache,
-    metrics::Metrics,
-    store::{OutboxMessage, Store},
-    telemetry,
-};
+use crate::{cache::TaskCache, metrics::Metrics, telemetry};
+use taskwire_store::{OutboxMessage, Store};
 
 /// Messages claimed per round.
 const BATCH: u64 = 500;

@@ -29,7 +29,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use taskwire_domain::{TaskEnvelope, TaskId};
+use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, machine::Transition};
+use taskwire_store::CommitListener;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -284,6 +285,19 @@ impl Hub {
     /// Subscribers currently registered (all routes).
     pub fn subscriber_count(&self) -> usize {
         self.routes.lock().map(|r| r.by_route.values().map(HashMap::len).sum()).unwrap_or_default()
+    }
+}
+
+/// A change this process committed reaches its subscribers at once, before the relay
+/// publishes it. Creations too: a subscriber would otherwise see a task offered at once
+/// (its `ASSIGNED` event, published here) before the Kafka copy of its creation, and
+/// then drop that copy as older. The Kafka copy of each event comes later and is dropped
+/// as known.
+impl CommitListener for Hub {
+    fn committed(&self, change: &Transition, _traceparent: Option<&str>) {
+        if let Some(event) = &change.event {
+            self.publish(TaskEnvelope::new(EnvelopeType::Status, &change.task, event));
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId};
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use crate::{cache::TaskCache, error::ApiResult, metrics::Metrics, store::Store};
+use crate::{cache::TaskCache, error::ApiResult, metrics::Metrics};
+use taskwire_store::Store;
 
 /// Time between sweeps.
 pub const EVERY: Duration = Duration::from_secs(2);
@@ -153,11 +154,8 @@ mod tests {
     use taskwire_domain::{CreateTaskInput, NewTask};
 
     use super::*;
-    use crate::{
-        cache,
-        live::Route,
-        store::{CreateMode, CreateOutcome, test_store},
-    };
+    use crate::{cache, live::Route};
+    use taskwire_store::{CreateMode, CreateOutcome, testing::test_store};
 
     fn cache(metrics: &Metrics) -> TaskCache {
         TaskCache::new(cache::tests::settings(), cache::tests::link(None, "t"), metrics.clone())

@@ -13,7 +13,7 @@ use sea_orm::{
 use taskwire_entity::outbox;
 
 use super::{Store, Writer, convert, shape};
-use crate::error::ApiResult;
+use crate::error::StoreResult;
 
 /// A message waiting to be published.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Store {
     /// backlog without publishing a row twice. On SQLite (one process) they are read
     /// plainly and the delete takes the write gate only briefly, so a slow Kafka never
     /// blocks task writes.
-    pub async fn publish_outbox<F, Fut>(&self, limit: u64, publish: F) -> ApiResult<usize>
+    pub async fn publish_outbox<F, Fut>(&self, limit: u64, publish: F) -> StoreResult<usize>
     where
         F: FnOnce(Vec<OutboxMessage>) -> Fut,
         Fut: Future<Output = Vec<i64>>,
@@ -94,7 +94,7 @@ impl Store {
     /// the span of their ids (`MAX(id) - MIN(id) + 1`, an upper bound: ids of rolled-back
     /// transactions leave gaps). Counting a large backlog row by row every second would
     /// cost the database as much as publishing it.
-    pub async fn outbox_backlog(&self) -> ApiResult<u64> {
+    pub async fn outbox_backlog(&self) -> StoreResult<u64> {
         // A capped subquery: `COUNT(*)` over the whole table would read every row.
         let capped = Statement::from_sql_and_values(
             self.backend(),

@@ -16,7 +16,7 @@ use taskwire_domain::{
 use taskwire_entity::{queue, task, worker};
 
 use super::{Store, WorkerRecord, Writer, convert, shape};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{StoreError, StoreResult};
 
 /// Which of its running tasks a heartbeat keeps leased.
 #[derive(Debug, Clone, Copy)]
@@ -32,14 +32,14 @@ pub enum Leases<'a> {
 impl Store {
     /// Registers (or re-registers) worker `id`. A worker an admin drained stays
     /// `DRAINING`; any other comes back `ONLINE`. Its active count is kept.
-    pub async fn register_worker(&self, id: &str, registration: &WorkerRegistration) -> ApiResult<WorkerRecord> {
+    pub async fn register_worker(&self, id: &str, registration: &WorkerRegistration) -> StoreResult<WorkerRecord> {
         self.retry_lock_conflicts(super::ConflictPath::Worker, || self.register_worker_once(id, registration)).await
     }
 
-    async fn register_worker_once(&self, id: &str, registration: &WorkerRegistration) -> ApiResult<WorkerRecord> {
+    async fn register_worker_once(&self, id: &str, registration: &WorkerRegistration) -> StoreResult<WorkerRecord> {
         let now = convert::to_ms(Utc::now());
         let queues = serde_json::to_string(&registration.queues.iter().map(QueueName::as_str).collect::<Vec<_>>())
-            .map_err(|e| ApiError::internal("serialising queues", &e))?;
+            .map_err(|e| StoreError::internal("serialising queues", &e))?;
         let writing = self.write_lock(Writer::Worker).await;
         for _ in 0..3 {
             let existing = worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?;
@@ -88,13 +88,13 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::Conflict("the worker registration changed concurrently; retry".into()))
+        Err(StoreError::Conflict("the worker registration changed concurrently; retry".into()))
     }
 
     /// Records a heartbeat of worker `id` (an `OFFLINE` worker comes back `ONLINE`) and
     /// extends the leases of its running tasks that `leases` names by their queue's lease
     /// length.
-    pub async fn heartbeat(&self, id: &str, leases: Leases<'_>) -> ApiResult<WorkerRecord> {
+    pub async fn heartbeat(&self, id: &str, leases: Leases<'_>) -> StoreResult<WorkerRecord> {
         Ok(self.beat(id, leases, false).await?.0)
     }
 
@@ -105,7 +105,7 @@ impl Store {
         &self,
         id: &str,
         tasks: &[TaskId],
-    ) -> ApiResult<(WorkerRecord, HashMap<TaskId, chrono::DateTime<Utc>>)> {
+    ) -> StoreResult<(WorkerRecord, HashMap<TaskId, chrono::DateTime<Utc>>)> {
         let (record, renewed) = self.beat(id, Leases::Named(tasks), true).await?;
         Ok((record, renewed.unwrap_or_default()))
     }
@@ -117,7 +117,7 @@ impl Store {
         id: &str,
         leases: Leases<'_>,
         report: bool,
-    ) -> ApiResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
+    ) -> StoreResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
         self.retry_lock_conflicts(super::ConflictPath::Worker, || self.beat_once(id, leases, report)).await
     }
 
@@ -126,11 +126,11 @@ impl Store {
         id: &str,
         leases: Leases<'_>,
         report: bool,
-    ) -> ApiResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
+    ) -> StoreResult<(WorkerRecord, Option<HashMap<TaskId, chrono::DateTime<Utc>>>)> {
         let now = Utc::now();
         let writing = self.write_lock(Writer::Worker).await;
         let row =
-            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
+            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(StoreError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
         let mut active: worker::ActiveModel = row.clone().into();
         if came_back {
@@ -179,10 +179,10 @@ impl Store {
     }
 
     /// Marks worker `id` draining: no new offers, running tasks finish.
-    pub async fn drain_worker(&self, id: &str) -> ApiResult<WorkerRecord> {
+    pub async fn drain_worker(&self, id: &str) -> StoreResult<WorkerRecord> {
         let writing = self.write_lock(Writer::Worker).await;
         let row =
-            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
+            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(StoreError::NotFound("worker"))?;
         let mut active: worker::ActiveModel = row.clone().into();
         active.status = Set(WorkerStatus::Draining.as_str().to_owned());
         active.version = Set(row.version + 1);
@@ -191,29 +191,29 @@ impl Store {
     }
 
     /// Workers, optionally only those serving `queue` and/or in `status`, by id.
-    pub async fn workers(&self, queue: Option<&str>, status: Option<WorkerStatus>) -> ApiResult<Vec<WorkerRecord>> {
+    pub async fn workers(&self, queue: Option<&str>, status: Option<WorkerStatus>) -> StoreResult<Vec<WorkerRecord>> {
         let mut select = worker::Entity::find().order_by_asc(worker::Column::Id);
         if let Some(status) = status {
             select = select.filter(worker::Column::Status.eq(status.as_str()));
         }
         let rows = select.limit(10_000).all(&self.db).await?;
-        let workers = rows.into_iter().map(convert::worker_from_row).collect::<ApiResult<Vec<_>>>()?;
+        let workers = rows.into_iter().map(convert::worker_from_row).collect::<StoreResult<Vec<_>>>()?;
         Ok(workers.into_iter().filter(|w| queue.is_none_or(|q| w.queues.iter().any(|wq| wq == q))).collect())
     }
 
     /// The settings of `name` (defaults when never configured).
-    pub async fn queue_settings(&self, name: &str) -> ApiResult<QueueSettings> {
+    pub async fn queue_settings(&self, name: &str) -> StoreResult<QueueSettings> {
         self.queue_settings_unlocked(name).await
     }
 
-    async fn queue_settings_unlocked(&self, name: &str) -> ApiResult<QueueSettings> {
-        let parsed = QueueName::parse(name).map_err(ApiError::from)?;
+    async fn queue_settings_unlocked(&self, name: &str) -> StoreResult<QueueSettings> {
+        let parsed = QueueName::parse(name).map_err(StoreError::from)?;
         let row = queue::Entity::find_by_id(name.to_owned()).one(&self.db).await?;
         Ok(row.map(settings_from_row).transpose()?.unwrap_or_else(|| QueueSettings::defaults(parsed)))
     }
 
     /// Stores `settings` (insert or update).
-    pub async fn save_queue(&self, settings: &QueueSettings) -> ApiResult<QueueSettings> {
+    pub async fn save_queue(&self, settings: &QueueSettings) -> StoreResult<QueueSettings> {
         let now = convert::to_ms(Utc::now());
         let writing = self.write_lock(Writer::Admin).await;
         let exists = queue::Entity::find_by_id(settings.name.to_string()).one(writing.db()).await?.is_some();
@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// Names of every queue that is configured or has tasks.
-    pub async fn queue_names(&self) -> ApiResult<Vec<String>> {
+    pub async fn queue_names(&self) -> StoreResult<Vec<String>> {
         let mut names: Vec<String> =
             queue::Entity::find().select_only().column(queue::Column::Name).into_tuple().all(&self.db).await?;
         let used: Vec<String> = task::Entity::find()
@@ -258,7 +258,7 @@ impl Store {
     }
 
     /// Ids of up to `limit` `DEAD` tasks of `queue`, oldest first.
-    pub async fn dead_task_ids(&self, queue: &str, limit: u64) -> ApiResult<Vec<String>> {
+    pub async fn dead_task_ids(&self, queue: &str, limit: u64) -> StoreResult<Vec<String>> {
         Ok(task::Entity::find()
             .select_only()
             .column(task::Column::Id)
@@ -272,8 +272,8 @@ impl Store {
     }
 }
 
-pub(super) fn settings_from_row(row: queue::Model) -> ApiResult<QueueSettings> {
-    let name = QueueName::parse(&row.name).map_err(|_| ApiError::Internal)?;
+pub(super) fn settings_from_row(row: queue::Model) -> StoreResult<QueueSettings> {
+    let name = QueueName::parse(&row.name).map_err(|_| StoreError::Internal)?;
     let defaults = RetryPolicy::default();
     let ms = |v: Option<i64>, default: std::time::Duration| {
         v.and_then(|v| u64::try_from(v).ok()).map(std::time::Duration::from_millis).unwrap_or(default)
@@ -363,7 +363,7 @@ impl NamedLeases {
     /// After [`NamedLeases::update`], in its transaction: the named tasks the worker
     /// still holds, with their lease ends: those whose lease had not lapsed, which the
     /// update extended.
-    async fn held<C: ConnectionTrait>(&self, conn: &C) -> ApiResult<HashMap<TaskId, chrono::DateTime<Utc>>> {
+    async fn held<C: ConnectionTrait>(&self, conn: &C) -> StoreResult<HashMap<TaskId, chrono::DateTime<Utc>>> {
         if self.is_empty() {
             return Ok(HashMap::new());
         }
@@ -405,7 +405,7 @@ mod tests {
     use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
 
     use super::*;
-    use crate::store::test_store;
+    use crate::testing::test_store;
 
     /// SQLite's plan of `statement` (`EXPLAIN QUERY PLAN`), one detail per line.
     async fn plan(store: &Store, statement: Statement) -> String {
@@ -427,7 +427,7 @@ mod tests {
         let store = test_store(dir.path()).await;
         let now = Utc::now();
         let heartbeat = extend_leases("w1", "default", now, now + chrono::Duration::seconds(30));
-        let offers = crate::store::dispatch::offers_for_query("w1");
+        let offers = crate::dispatch::offers_for_query("w1");
         let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate(now)).collect();
         let queues = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let named = NamedLeases::new("w1", &ids, &queues, now).update().expect("an update");
@@ -473,7 +473,7 @@ mod tests {
     #[tokio::test]
     async fn mysql_plans_a_heartbeat_through_the_workers_running_tasks() {
         let test = "mysql_plans_a_heartbeat_through_the_workers_running_tasks";
-        let Some(store) = crate::store::mysql_test_store(test).await else { return };
+        let Some(store) = crate::testing::mysql_test_store(test).await else { return };
         let now = convert::to_ms(Utc::now());
         let later = now + 60_000;
         // Worker w1: 600 finished tasks and 3 running; w2…w9: 400 running between them.

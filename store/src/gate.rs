@@ -2,10 +2,10 @@
 //! (SQLite has one writer; waiting here is orderly, where racing for the file lock would
 //! fail with `SQLITE_BUSY`). On MySQL/MariaDB there is no gate: row locks do the work.
 //!
-//! Every acquisition names its [`Writer`], and, once [`Store::observe_write_gate`] has
-//! been given the metrics, is counted with the time spent waiting for the gate and
-//! holding it. The held time's rate is the fraction of time SQLite's one writer is busy,
-//! which bounds every write's latency on the embedded default (see docs/BENCHMARKS.md).
+//! Every acquisition names its [`Writer`], and, once [`Store::observe`] has been given
+//! the metrics, is counted with the time spent waiting for the gate and holding it. The
+//! held time's rate is the fraction of time SQLite's one writer is busy, which bounds
+//! every write's latency on the embedded default.
 
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Isolati
 use tokio::sync::MutexGuard;
 
 use super::Store;
-use crate::metrics::WriteGateMetrics;
+use crate::metrics::{StoreMetrics, WriteGateMetrics};
 
 /// Who takes the write gate: a label of the gate's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl Store {
         };
         let held = gate.lock().await;
         let now = Instant::now();
-        let observed = self.gate_metrics.get().map(|metrics| (metrics, writer));
+        let observed = self.metrics.get().map(|metrics| (&metrics.write_gate, writer));
         if let Some((metrics, writer)) = observed {
             metrics.acquired.with_label_values(&[writer.label()]).inc();
             metrics.wait.with_label_values(&[writer.label()]).inc_by((now - since).as_secs_f64());
@@ -112,23 +112,23 @@ impl Store {
         Writing { db: &self.writer, _held: Some(held), since: now, observed }
     }
 
-    /// Counts every use of the write gate in `metrics` from now on (the first call
-    /// counts; clones of this store share it).
-    pub fn observe_write_gate(&self, metrics: WriteGateMetrics) {
-        let _ = self.gate_metrics.set(metrics);
+    /// Counts the write gate's use, lock conflicts and offers held back by queue limits
+    /// in `metrics` from now on (the first call counts; clones of this store share it).
+    pub fn observe(&self, metrics: StoreMetrics) {
+        let _ = self.metrics.set(metrics);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::metrics::Metrics;
+    use crate::metrics::TestMetrics;
 
     #[tokio::test]
     async fn each_writer_counts_its_waits_and_holds() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = super::super::test_store(dir.path()).await;
-        let metrics = Metrics::new();
-        store.observe_write_gate(metrics.write_gate.clone());
+        let store = crate::testing::test_store(dir.path()).await;
+        let metrics = TestMetrics::new();
+        store.observe(metrics.store.clone());
 
         let held = store.write_lock(super::Writer::Relay).await;
         // A second writer waits while the first holds the gate.
@@ -142,7 +142,7 @@ mod tests {
         drop(held);
         waiter.await.expect("second writer ran");
 
-        let gate = &metrics.write_gate;
+        let gate = &metrics.store.write_gate;
         assert_eq!(gate.acquired.with_label_values(&["relay"]).get(), 1);
         assert_eq!(gate.acquired.with_label_values(&["offer"]).get(), 1);
         assert!(gate.held.with_label_values(&["relay"]).get() >= 0.03, "the first writer held it ≥ 30 ms");
@@ -154,7 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn mysql_has_no_gate() {
-        let Some(store) = super::super::mysql_test_store("mysql_has_no_gate").await else { return };
+        let Some(store) = crate::testing::mysql_test_store("mysql_has_no_gate").await else { return };
         let writing = store.write_lock(super::Writer::Create).await;
         assert!(writing._held.is_none(), "row locks serialise MySQL writers");
     }

@@ -5,7 +5,7 @@
 //! `fsync` (the WAL before copying, the database file after). Left to itself, SQLite runs
 //! the checkpoint inside the commit that takes the WAL past 1,000 pages: on the write
 //! connection, under the write gate, so every writer of the process waits for two
-//! `fsync`s and a few megabytes of copying (see docs/BENCHMARKS.md).
+//! `fsync`s and a few megabytes of copying.
 //!
 //! Instead, [`run_checkpointer`] checkpoints every [`CHECKPOINT_EVERY`] on a pooled read
 //! connection. Its checkpoints are `PASSIVE`: they neither wait for nor block readers and
@@ -21,7 +21,7 @@ use sea_orm::{DbBackend, DbErr, FromQueryResult, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
-use crate::metrics::Metrics;
+use crate::metrics::StoreMetrics;
 
 /// How often the WAL is checkpointed.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -63,7 +63,7 @@ impl Store {
 /// and its duration in `taskwire_sqlite_wal_checkpoint_duration_seconds`, and sets
 /// `taskwire_sqlite_wal_frames` to the WAL's length it found. A failure is logged and
 /// retried at the next tick; the writer's backstop bounds the WAL meanwhile.
-pub async fn run_checkpointer(store: Store, metrics: Metrics, shutdown: CancellationToken) {
+pub async fn run_checkpointer(store: Store, metrics: StoreMetrics, shutdown: CancellationToken) {
     if store.backend() != DbBackend::Sqlite {
         return;
     }
@@ -97,7 +97,7 @@ mod tests {
     use sea_orm::{ConnectionTrait, Statement};
 
     use super::*;
-    use crate::store::{Writer, test_store};
+    use crate::{Writer, testing::test_store};
 
     /// The write connection leaves checkpoints to the background task up to its backstop.
     #[tokio::test]
@@ -134,11 +134,11 @@ mod tests {
         store.checkpoint_wal().await.expect("checkpoint");
         assert_eq!(store.stats().statements(), before, "checkpoints are not counted as traffic");
 
-        let metrics = Metrics::new();
+        let metrics = crate::metrics::TestMetrics::new();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_checkpointer(store.clone(), metrics.clone(), shutdown.clone()));
+        let task = tokio::spawn(run_checkpointer(store.clone(), metrics.store.clone(), shutdown.clone()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metrics.wal_checkpoints.with_label_values(&["complete"]).get() == 0 {
+        while metrics.store.wal_checkpoints.with_label_values(&["complete"]).get() == 0 {
             assert!(Instant::now() < deadline, "no checkpoint within 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -149,10 +149,11 @@ mod tests {
 
     #[tokio::test]
     async fn mysql_has_no_checkpoints() {
-        let Some(store) = crate::store::mysql_test_store("mysql_has_no_checkpoints").await else { return };
+        let Some(store) = crate::testing::mysql_test_store("mysql_has_no_checkpoints").await else { return };
         assert_eq!(store.checkpoint_wal().await.expect("no query"), None);
         // The task ends at once instead of ticking forever.
-        let run = run_checkpointer(Store::clone(&store), Metrics::new(), CancellationToken::new());
+        let run =
+            run_checkpointer(Store::clone(&store), crate::metrics::TestMetrics::new().store, CancellationToken::new());
         tokio::time::timeout(Duration::from_secs(5), run).await.expect("returns on MySQL");
     }
 }

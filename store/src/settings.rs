@@ -3,8 +3,7 @@
 //!
 //! Every create (its queue's default `maxAttempts`), transition batch, sweep, heartbeat
 //! and matcher round needs the settings of the queues involved. Read from the database
-//! each time, that was the most frequent `SELECT` on MariaDB: 1.2 per dispatched task
-//! (docs/BENCHMARKS.md). Settings change only through `configureQueue`, `pauseQueue` and
+//! each time, it would be the most frequent `SELECT` of all. Settings change only through `configureQueue`, `pauseQueue` and
 //! `resumeQueue` ([`Store::save_queue`]): this process forgets its copy when it saves
 //! one, and other processes read the change within the time-to-live. A plain read of
 //! the database is no stronger: it is not locked, so a change committed just after it is
@@ -27,7 +26,7 @@ use taskwire_entity::queue;
 #[cfg(doc)]
 use super::Store;
 use super::{admin::settings_from_row, shape};
-use crate::error::ApiResult;
+use crate::error::StoreResult;
 
 /// How long a process may act on queue settings another process has since changed.
 pub const QUEUE_SETTINGS_TTL: Duration = Duration::from_secs(1);
@@ -60,7 +59,7 @@ impl SettingsCache {
         &self,
         conn: &C,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> ApiResult<HashMap<String, QueueSettings>> {
+    ) -> StoreResult<HashMap<String, QueueSettings>> {
         let names: HashSet<&str> = names.into_iter().collect();
         let mut out = HashMap::with_capacity(names.len());
         let mut missing = Vec::new();
@@ -105,7 +104,7 @@ impl SettingsCache {
 async fn read<'a, C: ConnectionTrait>(
     conn: &C,
     names: impl IntoIterator<Item = &'a str>,
-) -> ApiResult<HashMap<String, QueueSettings>> {
+) -> StoreResult<HashMap<String, QueueSettings>> {
     let names: HashSet<&str> = names.into_iter().collect();
     if names.is_empty() {
         return Ok(HashMap::new());
@@ -132,7 +131,7 @@ mod tests {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     use super::*;
-    use crate::store::test_store;
+    use crate::testing::test_store;
 
     fn pause_behind_the_cache(name: &str) -> Statement {
         // Another process's save, as far as this one can tell.

@@ -20,7 +20,7 @@ use super::{
     convert, shape,
     shape::Writes,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{StoreError, StoreResult};
 
 /// How often a conditional update is retried after losing an optimistic-lock race.
 const MAX_OPTIMISTIC_RETRIES: usize = 5;
@@ -84,13 +84,13 @@ pub enum CreateMode {
 
 impl Store {
     /// One task by id, whoever may see it (callers check visibility).
-    pub async fn task(&self, id: TaskId) -> ApiResult<Option<Task>> {
+    pub async fn task(&self, id: TaskId) -> StoreResult<Option<Task>> {
         let row = task::Entity::find_by_id(id.to_string()).one(&self.db).await?;
         row.map(convert::task_from_row).transpose()
     }
 
     /// Tasks by id; missing ids are simply absent.
-    pub async fn tasks_by_ids(&self, ids: &[TaskId]) -> ApiResult<Vec<Task>> {
+    pub async fn tasks_by_ids(&self, ids: &[TaskId]) -> StoreResult<Vec<Task>> {
         if ids.is_empty() {
             return Ok(vec![]);
         }
@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// A page of tasks, newest first.
-    pub async fn list_tasks(&self, query: &TaskListQuery) -> ApiResult<Vec<Task>> {
+    pub async fn list_tasks(&self, query: &TaskListQuery) -> StoreResult<Vec<Task>> {
         let mut condition = Condition::all();
         if let TaskScope::Restricted { created_by, worker_id } = &query.scope {
             let mut visible = Condition::any();
@@ -148,7 +148,7 @@ impl Store {
     }
 
     /// The latest `last` events of each task, oldest first, in one statement.
-    pub async fn latest_events(&self, ids: &[TaskId], last: u32) -> ApiResult<HashMap<TaskId, Vec<TaskEvent>>> {
+    pub async fn latest_events(&self, ids: &[TaskId], last: u32) -> StoreResult<HashMap<TaskId, Vec<TaskEvent>>> {
         let mut out: HashMap<TaskId, Vec<TaskEvent>> = HashMap::new();
         if ids.is_empty() || last == 0 {
             return Ok(out);
@@ -181,7 +181,7 @@ impl Store {
         batch: Vec<NewTask>,
         mode: CreateMode,
         traceparent: Option<&str>,
-    ) -> ApiResult<Vec<CreateOutcome>> {
+    ) -> StoreResult<Vec<CreateOutcome>> {
         let traces = vec![traceparent; batch.len()];
         self.create_tasks_traced(batch, mode, &traces).await
     }
@@ -192,7 +192,7 @@ impl Store {
         batch: Vec<NewTask>,
         mode: CreateMode,
         traces: &[Option<&str>],
-    ) -> ApiResult<Vec<CreateOutcome>> {
+    ) -> StoreResult<Vec<CreateOutcome>> {
         let writing = self.write_lock(Writer::Create).await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
             match self.try_create_tasks(&writing, &batch, mode, traces).await {
@@ -205,7 +205,7 @@ impl Store {
                 Ok(result) => return result,
             }
         }
-        Err(ApiError::Conflict("too much contention on idempotency keys; retry".into()))
+        Err(StoreError::Conflict("too much contention on idempotency keys; retry".into()))
     }
 
     /// The configured `maxAttempts` of the queues of inputs that do not set their own.
@@ -213,7 +213,7 @@ impl Store {
         &self,
         txn: &DatabaseTransaction,
         batch: &[NewTask],
-    ) -> ApiResult<HashMap<String, MaxAttempts>> {
+    ) -> StoreResult<HashMap<String, MaxAttempts>> {
         let names = batch.iter().filter(|n| n.max_attempts.is_none()).map(|n| n.queue.as_str());
         let settings = self.settings.get_many(txn, names).await?;
         Ok(settings.into_iter().filter_map(|(name, s)| Some((name, s.max_attempts?))).collect())
@@ -225,7 +225,7 @@ impl Store {
         batch: &[NewTask],
         mode: CreateMode,
         traces: &[Option<&str>],
-    ) -> Result<ApiResult<Vec<CreateOutcome>>, DbErr> {
+    ) -> Result<StoreResult<Vec<CreateOutcome>>, DbErr> {
         let now = Utc::now();
         let txn = writing.db().begin().await?;
         let defaults = match self.queue_max_attempts(&txn, batch).await {
@@ -278,9 +278,9 @@ impl Store {
     /// `decide` sees the current task and returns the transition (or an error, such as
     /// `NOT_FOUND` for a task the caller may not see). On a lost race it is called again
     /// with the fresh state.
-    pub async fn transition<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
+    pub async fn transition<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> StoreResult<Task>
     where
-        F: Fn(&Task) -> ApiResult<Transition>,
+        F: Fn(&Task) -> StoreResult<Transition>,
     {
         self.transition_inner(id, traceparent, false, |task, _| decide(task)).await
     }
@@ -295,9 +295,9 @@ impl Store {
         traceparent: Option<&str>,
         with_settings: bool,
         decide: F,
-    ) -> ApiResult<Task>
+    ) -> StoreResult<Task>
     where
-        F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
+        F: Fn(&Task, Option<&QueueSettings>) -> StoreResult<Transition>,
     {
         self.retry_lock_conflicts(ConflictPath::Transition, || {
             self.transition_inner_once(id, traceparent, with_settings, &decide)
@@ -311,15 +311,15 @@ impl Store {
         traceparent: Option<&str>,
         with_settings: bool,
         decide: &F,
-    ) -> ApiResult<Task>
+    ) -> StoreResult<Task>
     where
-        F: Fn(&Task, Option<&QueueSettings>) -> ApiResult<Transition>,
+        F: Fn(&Task, Option<&QueueSettings>) -> StoreResult<Transition>,
     {
         let writing = self.write_lock(Writer::Transition).await;
         for _ in 0..MAX_OPTIMISTIC_RETRIES {
             let txn = writing.db().begin().await?;
             let Some(row) = task::Entity::find_by_id(id.to_string()).one(&txn).await? else {
-                return Err(ApiError::NotFound("task"));
+                return Err(StoreError::NotFound("task"));
             };
             let current = convert::task_from_row(row)?;
             let settings = match with_settings {
@@ -337,7 +337,7 @@ impl Store {
                 // so a future leasing transition fails cleanly instead of overbooking.
                 Applied::NoCapacity => {
                     txn.rollback().await?;
-                    return Err(ApiError::Conflict("the worker has no free capacity".into()));
+                    return Err(StoreError::Conflict("the worker has no free capacity".into()));
                 }
             }
             self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
@@ -345,7 +345,7 @@ impl Store {
             self.after_commit([(Some(&current), &transition, traceparent)]);
             return Ok(transition.task);
         }
-        Err(ApiError::Conflict("the task changed concurrently too many times; retry".into()))
+        Err(StoreError::Conflict("the task changed concurrently too many times; retry".into()))
     }
 
     /// Applies the transitions of a coalesced batch in one transaction: the tasks and
@@ -357,11 +357,11 @@ impl Store {
     /// On MySQL a batch can deadlock with another writer that locks the same task and
     /// worker rows in the other order (an offer, the reaper). InnoDB then rolls the batch
     /// back, so it is simply run again (see `contention`).
-    pub(super) async fn transition_many(&self, batch: &[PendingTransition]) -> ApiResult<Vec<Step>> {
+    pub(super) async fn transition_many(&self, batch: &[PendingTransition]) -> StoreResult<Vec<Step>> {
         self.retry_lock_conflicts(ConflictPath::Transition, || self.transition_many_once(batch)).await
     }
 
-    async fn transition_many_once(&self, batch: &[PendingTransition]) -> ApiResult<Vec<Step>> {
+    async fn transition_many_once(&self, batch: &[PendingTransition]) -> StoreResult<Vec<Step>> {
         // Read before the gate (every write below is conditional on the version read), so
         // that the writers queued behind this batch wait only for its writes.
         let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
@@ -389,11 +389,11 @@ impl Store {
         for i in order {
             let pending = &batch[i];
             let Some(before) = current.get(&pending.id).cloned() else {
-                steps[i] = Some(Step::Failed(ApiError::NotFound("task")));
+                steps[i] = Some(Step::Failed(StoreError::NotFound("task")));
                 continue;
             };
             let Some(queue) = settings.get(&before.queue) else {
-                steps[i] = Some(Step::Failed(ApiError::Internal));
+                steps[i] = Some(Step::Failed(StoreError::Internal));
                 continue;
             };
             let transition = match (pending.decide)(&before, queue) {
@@ -430,14 +430,14 @@ impl Store {
                     if let Some(savepoint) = savepoint {
                         savepoint.rollback().await?;
                     }
-                    Step::Failed(ApiError::Conflict("the worker has no free capacity".into()))
+                    Step::Failed(StoreError::Conflict("the worker has no free capacity".into()))
                 }
             });
         }
         let mut writes = Writes::new(self.backend());
         writes.extend(release_slots_statements(self.backend(), releases, convert::to_ms(Utc::now())));
         // Every index was visited once above; `Internal` cannot be reached.
-        let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect();
+        let steps = steps.into_iter().map(|step| step.unwrap_or(Step::Failed(StoreError::Internal))).collect();
         self.commit_changes(txn, writes, &made).await?;
         Ok(steps)
     }
@@ -452,7 +452,7 @@ impl Store {
         batch: &[PendingTransition],
         current: &HashMap<TaskId, Task>,
         settings: &HashMap<String, QueueSettings>,
-    ) -> ApiResult<Option<Vec<Step>>> {
+    ) -> StoreResult<Option<Vec<Step>>> {
         let mut seen = HashSet::with_capacity(batch.len());
         if !batch.iter().all(|p| seen.insert(p.id)) {
             return Ok(None);
@@ -461,11 +461,11 @@ impl Store {
         let mut changes: Vec<(usize, &Task, Transition)> = Vec::with_capacity(batch.len());
         for (i, pending) in batch.iter().enumerate() {
             let Some(before) = current.get(&pending.id) else {
-                steps.push(Some(Step::Failed(ApiError::NotFound("task"))));
+                steps.push(Some(Step::Failed(StoreError::NotFound("task"))));
                 continue;
             };
             let Some(queue) = settings.get(&before.queue) else {
-                steps.push(Some(Step::Failed(ApiError::Internal)));
+                steps.push(Some(Step::Failed(StoreError::Internal)));
                 continue;
             };
             match (pending.decide)(before, queue) {
@@ -504,7 +504,7 @@ impl Store {
             steps[i] = Some(Step::Done(Box::new(transition.task)));
         }
         // Every index got its step above; `Internal` cannot be reached.
-        Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(ApiError::Internal))).collect()))
+        Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(StoreError::Internal))).collect()))
     }
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with
@@ -529,17 +529,17 @@ impl Store {
     }
 
     /// After changes committed (`(before, transition, traceparent)`, `before` `None` for a
-    /// creation): tells the commit hook (cache, local hub, local matcher), wakes the relay
+    /// creation): tells the commit listeners (cache, local hub, local matcher), wakes the relay
     /// (new outbox rows) and the matcher (freed worker capacity).
     pub(super) fn after_commit<'a>(
         &self,
         changes: impl IntoIterator<Item = (Option<&'a Task>, &'a Transition, Option<&'a str>)>,
     ) {
-        let hook = self.on_commit.get();
+        let listeners = self.listeners();
         let (mut events, mut freed) = (false, false);
         for (before, transition, traceparent) in changes {
-            if let Some(hook) = hook {
-                (hook.0)(transition, traceparent);
+            for listener in listeners.iter() {
+                listener.committed(transition, traceparent);
             }
             events |= transition.event.is_some();
             freed |= before.is_some_and(|b| b.status.is_leased()) && !transition.task.status.is_leased();
@@ -752,12 +752,9 @@ pub(super) fn release_slots_statements(
 /// then the caller must roll back (a statement does not say which rows it wrote) and go
 /// row by row.
 ///
-/// Tried on MariaDB and left out: the rows as a `UNION ALL` derived table joined to
-/// `tasks` (`UPDATE (SELECT ? AS id, …) AS v STRAIGHT_JOIN tasks …`). Typed by its
-/// parameters, the derived table silently cut a 70 KB `result` to its length modulo
-/// 64 KiB; typed by a `SELECT … FROM tasks WHERE FALSE` branch, it went to two on-disk
-/// temporary tables per statement (the text columns), slower than this at the batch
-/// sizes dispatch makes (docs/BENCHMARKS.md). The tests below would catch the truncation.
+/// Not a `UNION ALL` derived table joined to `tasks`: typed by its parameters, MariaDB
+/// silently truncates long `result` texts in it, and typed by a query on `tasks` it goes
+/// through on-disk temporary tables. The tests below would catch the truncation.
 pub(super) async fn update_all_if_unchanged(
     txn: &DatabaseTransaction,
     changes: &[(&Task, &Transition)],
@@ -781,9 +778,9 @@ pub(super) async fn update_all_if_unchanged(
 /// WHERE `id` IN (?, …) AND `version` = CASE WHEN `id` = ? THEN ? … END
 /// ```
 ///
-/// Written as text, not through sea-query's expression trees: with 13 columns × 32 rows
-/// of arms, building and dropping those trees was 8.8 % of the server's CPU in `real
-/// dispatch` (docs/BENCHMARKS.md). Both backends accept the backquoted names. `id IN
+/// Written as text, not through sea-query's expression trees: with a column's arms for
+/// every row, building and dropping those trees is a large share of the server's CPU
+/// under dispatch load. Both backends accept the backquoted names. `id IN
 /// (…)` is a primary-key lookup on every backend, so MySQL locks exactly these rows (an
 /// `OR` of `id = ? AND version = ?` pairs can be planned as a scan that locks more, and
 /// was seen to deadlock creates); the version check is per row.
@@ -869,7 +866,7 @@ mod tests {
     use taskwire_domain::CreateTaskInput;
 
     use super::*;
-    use crate::store::test_store;
+    use crate::testing::test_store;
 
     fn keyed(creator: &str, key: &str, kind: &str) -> NewTask {
         let input = CreateTaskInput {

@@ -1,4 +1,4 @@
-//! Commit coalescing for single creates and for workers' task transitions (docs/BENCHMARKS.md).
+//! Commit coalescing for single creates and for workers' task transitions.
 //!
 //! Concurrent `createTask` calls queue here; one task takes everything waiting and
 //! commits it as one transaction with multi-row inserts, answering each caller only
@@ -31,7 +31,7 @@ use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task:
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CreateMode, CreateOutcome, Store};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{StoreError, StoreResult};
 
 /// Creates waiting to be committed, at most.
 pub(super) const QUEUE: usize = 10_000;
@@ -41,7 +41,7 @@ const MAX_BATCH: usize = 250;
 pub(super) struct Pending {
     task: NewTask,
     traceparent: Option<String>,
-    reply: oneshot::Sender<ApiResult<CreateOutcome>>,
+    reply: oneshot::Sender<StoreResult<CreateOutcome>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -114,15 +114,15 @@ async fn commit_creates(store: Store, batch: Vec<Pending>) {
 
 impl Store {
     /// Creates one task, committed together with concurrent creates.
-    pub async fn create_task(&self, task: NewTask, traceparent: Option<&str>) -> ApiResult<CreateOutcome> {
+    pub async fn create_task(&self, task: NewTask, traceparent: Option<&str>) -> StoreResult<CreateOutcome> {
         let Some(queue) = &self.coalescer else {
             let mut outcomes = self.create_tasks(vec![task], CreateMode::PerInput, traceparent).await?;
-            return outcomes.pop().ok_or(ApiError::Internal);
+            return outcomes.pop().ok_or(StoreError::Internal);
         };
         let (reply, answer) = oneshot::channel();
         let pending = Pending { task, traceparent: traceparent.map(str::to_owned), reply };
-        queue.send(pending).await.map_err(|_| ApiError::Unavailable)?;
-        answer.await.map_err(|_| ApiError::Internal)?
+        queue.send(pending).await.map_err(|_| StoreError::Unavailable)?;
+        answer.await.map_err(|_| StoreError::Internal)?
     }
 }
 
@@ -131,14 +131,14 @@ impl Store {
 
 /// A transition decision: the task's next state from its current state and its queue's
 /// settings.
-pub(super) type Decide = Box<dyn Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync>;
+pub(super) type Decide = Box<dyn Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync>;
 
 /// One caller's transition, waiting to be committed with others.
 pub(super) struct PendingTransition {
     pub(super) id: TaskId,
     pub(super) traceparent: Option<String>,
     pub(super) decide: Decide,
-    reply: oneshot::Sender<ApiResult<Task>>,
+    reply: oneshot::Sender<StoreResult<Task>>,
 }
 
 impl std::fmt::Debug for PendingTransition {
@@ -153,7 +153,7 @@ pub(super) enum Step {
     /// Committed: the task's new state.
     Done(Box<Task>),
     /// Refused (the decision's error, `NOT_FOUND`, …); nothing changed.
-    Failed(ApiError),
+    Failed(StoreError),
     /// The task changed under the batch (another writer): try again alone.
     Raced,
 }
@@ -182,7 +182,7 @@ async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
                 let decide = pending.decide;
                 store
                     .transition_inner(pending.id, pending.traceparent.as_deref(), true, |task, settings| {
-                        decide(task, settings.ok_or(ApiError::Internal)?)
+                        decide(task, settings.ok_or(StoreError::Internal)?)
                     })
                     .await
             }
@@ -196,22 +196,22 @@ impl Store {
     /// backoff) under the optimistic lock: `decide` sees the current task and returns the
     /// transition or an error; on a lost race it is called again with the fresh state.
     /// Committed together with concurrent transitions (see the module docs).
-    pub async fn transition_in_queue<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> ApiResult<Task>
+    pub async fn transition_in_queue<F>(&self, id: TaskId, traceparent: Option<&str>, decide: F) -> StoreResult<Task>
     where
-        F: Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static,
+        F: Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync + 'static,
     {
         let Some(queue) = &self.transitions else {
             return self
                 .transition_inner(id, traceparent, true, |task, settings| {
-                    decide(task, settings.ok_or(ApiError::Internal)?)
+                    decide(task, settings.ok_or(StoreError::Internal)?)
                 })
                 .await;
         };
         let (reply, answer) = oneshot::channel();
         let pending =
             PendingTransition { id, traceparent: traceparent.map(str::to_owned), decide: Box::new(decide), reply };
-        queue.send(pending).await.map_err(|_| ApiError::Unavailable)?;
-        answer.await.map_err(|_| ApiError::Internal)?
+        queue.send(pending).await.map_err(|_| StoreError::Unavailable)?;
+        answer.await.map_err(|_| StoreError::Internal)?
     }
 }
 
@@ -226,7 +226,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{OfferOutcome, PlannedOffer, Writer, test_store};
+    use crate::{OfferOutcome, PlannedOffer, Writer, testing::test_store};
 
     /// Two tasks offered to worker `w1` (capacity 2); their lease tokens.
     async fn offered(store: &Store) -> Vec<(TaskId, String)> {
@@ -267,14 +267,14 @@ mod tests {
             .collect()
     }
 
-    fn accept(token: &str) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+    fn accept(token: &str) -> impl Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync + 'static {
         accept_as("w1", token)
     }
 
     fn accept_as(
         worker: &str,
         token: &str,
-    ) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+    ) -> impl Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync + 'static {
         let (worker, token) = (worker.to_owned(), token.to_owned());
         move |task, queue| {
             let now = Utc::now();
@@ -285,14 +285,14 @@ mod tests {
         }
     }
 
-    fn complete(token: &str) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+    fn complete(token: &str) -> impl Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync + 'static {
         complete_as("w1", token)
     }
 
     fn complete_as(
         worker: &str,
         token: &str,
-    ) -> impl Fn(&Task, &QueueSettings) -> ApiResult<Transition> + Send + Sync + 'static {
+    ) -> impl Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync + 'static {
         let (worker, token) = (worker.to_owned(), token.to_owned());
         move |task, _| {
             let command = Command::Complete { worker_id: worker.clone(), lease_token: token.clone(), result: None };
@@ -426,17 +426,17 @@ mod tests {
     #[tokio::test]
     async fn on_mysql_a_batch_that_loses_a_deadlock_is_run_again() {
         use sea_orm::{ConnectionTrait, TransactionTrait};
-        let Some(store) = crate::store::mysql_test_store("on_mysql_a_batch_that_loses_a_deadlock_is_run_again").await
+        let Some(store) = crate::testing::mysql_test_store("on_mysql_a_batch_that_loses_a_deadlock_is_run_again").await
         else {
             return;
         };
-        let metrics = crate::metrics::Metrics::new();
-        store.observe(metrics.clone());
+        let metrics = crate::metrics::TestMetrics::new();
+        store.observe(metrics.store.clone());
         let tasks = offered(&store).await;
         let (a, token_a) = tasks[0].clone();
         store.transition_in_queue(a, None, accept(&token_a)).await.expect("a accepted");
 
-        let other = sea_orm::Database::connect(store.url()).await.expect("second connection");
+        let other = sea_orm::Database::connect(store.schema().url()).await.expect("second connection");
         let blocker = other.begin().await.expect("begin");
         for i in 0..20 {
             let filler =
@@ -476,7 +476,8 @@ mod tests {
         assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Succeeded), "{steps:?}");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 1, "a's slot freed once, b still holds one");
-        let conflicts = |outcome: &str| metrics.db_lock_conflicts.with_label_values(&["transition", outcome]).get();
+        let conflicts =
+            |outcome: &str| metrics.store.db_lock_conflicts.with_label_values(&["transition", outcome]).get();
         assert_eq!((conflicts("retried"), conflicts("exhausted")), (1, 0), "the deadlock was counted and retried");
     }
 
@@ -537,7 +538,7 @@ mod tests {
         let steps = store.transition_many(&batch).await.expect("committed");
 
         assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Running), "{steps:?}");
-        assert!(matches!(&steps[1], Step::Failed(ApiError::NotFound(_))), "{steps:?}");
+        assert!(matches!(&steps[1], Step::Failed(StoreError::NotFound(_))), "{steps:?}");
         assert!(matches!(&steps[2], Step::Done(t) if t.status == TaskStatus::Succeeded), "{steps:?}");
         let stored = store.task(a).await.expect("read").expect("exists");
         assert_eq!((stored.status, stored.last_seq), (TaskStatus::Succeeded, 4));

@@ -22,7 +22,7 @@ use super::{
     shape::Writes,
     tasks::{Applied, apply, release_slots_statements, reserve_slots, update_all_if_unchanged},
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{StoreError, StoreResult};
 
 /// What became of an offer.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,7 +136,7 @@ impl Store {
         offers: &[PlannedOffer],
         limited: &[&str],
         expires_at: DateTime<Utc>,
-    ) -> ApiResult<Offers> {
+    ) -> StoreResult<Offers> {
         if offers.is_empty() {
             return Ok(Offers::default());
         }
@@ -148,7 +148,7 @@ impl Store {
         offers: &[PlannedOffer],
         limited: &[&str],
         expires_at: DateTime<Utc>,
-    ) -> ApiResult<Offers> {
+    ) -> StoreResult<Offers> {
         // Read before the gate: every offer is conditional on the version read.
         let rows = task::Entity::find()
             .filter(task::Column::Id.is_in(shape::padded(offers.iter().map(|o| o.id.to_string()))))
@@ -279,14 +279,14 @@ impl Store {
     /// COMMITTED, so several dispatcher processes sweep side by side without claiming a
     /// task twice and without gap locks stalling task inserts. On SQLite the write gate
     /// serialises sweeps with every other writer.
-    pub async fn sweep<F>(&self, due: Due, now: DateTime<Utc>, limit: u64, decide: F) -> ApiResult<Vec<Task>>
+    pub async fn sweep<F>(&self, due: Due, now: DateTime<Utc>, limit: u64, decide: F) -> StoreResult<Vec<Task>>
     where
         F: Fn(&Task, &QueueSettings) -> Command,
     {
         self.retry_lock_conflicts(ConflictPath::Sweep, || self.sweep_once(&due, now, limit, &decide)).await
     }
 
-    async fn sweep_once<F>(&self, due: &Due, now: DateTime<Utc>, limit: u64, decide: &F) -> ApiResult<Vec<Task>>
+    async fn sweep_once<F>(&self, due: &Due, now: DateTime<Utc>, limit: u64, decide: &F) -> StoreResult<Vec<Task>>
     where
         F: Fn(&Task, &QueueSettings) -> Command,
     {
@@ -350,7 +350,7 @@ impl Store {
             txn.rollback().await?;
             return Ok(vec![]);
         }
-        let tasks = rows.into_iter().map(convert::task_from_row).collect::<ApiResult<Vec<_>>>()?;
+        let tasks = rows.into_iter().map(convert::task_from_row).collect::<StoreResult<Vec<_>>>()?;
         let settings = self.settings.get_many(&txn, tasks.iter().map(|t| t.queue.as_str())).await?;
         let mut changes: Vec<(Task, Transition)> = Vec::with_capacity(tasks.len());
         // Worker slots are freed last, in worker-id order: the lock order of every writer
@@ -376,7 +376,7 @@ impl Store {
     }
 
     /// The earliest `runAt` of a `SCHEDULED` task, if any.
-    pub async fn next_scheduled_run_at(&self) -> ApiResult<Option<DateTime<Utc>>> {
+    pub async fn next_scheduled_run_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
         let min: Option<Option<i64>> = task::Entity::find()
             .select_only()
             .column_as(task::Column::RunAt.min(), "min_run_at")
@@ -389,11 +389,11 @@ impl Store {
 
     /// Marks `ONLINE` and `DRAINING` workers not seen since `cutoff` as `OFFLINE`;
     /// returns how many.
-    pub async fn expire_workers(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
+    pub async fn expire_workers(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
         self.retry_lock_conflicts(ConflictPath::Worker, || self.expire_workers_once(cutoff)).await
     }
 
-    async fn expire_workers_once(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
+    async fn expire_workers_once(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
         let stale = Condition::all()
             .add(worker::Column::Status.is_in([WorkerStatus::Online.as_str(), WorkerStatus::Draining.as_str()]))
             .add(worker::Column::LastSeenAt.lt(convert::to_ms(cutoff)));
@@ -419,14 +419,14 @@ impl Store {
     /// worker is marked held by `dispatcher` (this process's instance id when it runs a
     /// dispatcher, else `None`: any dispatcher may offer to it). `NOT_FOUND` for a worker
     /// that never registered.
-    pub async fn touch_worker(&self, id: &str, dispatcher: Option<&str>) -> ApiResult<WorkerRecord> {
+    pub async fn touch_worker(&self, id: &str, dispatcher: Option<&str>) -> StoreResult<WorkerRecord> {
         self.retry_lock_conflicts(ConflictPath::Worker, || self.touch_worker_once(id, dispatcher)).await
     }
 
-    async fn touch_worker_once(&self, id: &str, dispatcher: Option<&str>) -> ApiResult<WorkerRecord> {
+    async fn touch_worker_once(&self, id: &str, dispatcher: Option<&str>) -> StoreResult<WorkerRecord> {
         let writing = self.write_lock(Writer::Worker).await;
         let row =
-            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(ApiError::NotFound("worker"))?;
+            worker::Entity::find_by_id(id.to_owned()).one(writing.db()).await?.ok_or(StoreError::NotFound("worker"))?;
         let came_back = row.status == WorkerStatus::Offline.as_str();
         let moved = row.connected_to.as_deref() != dispatcher;
         let now = convert::to_ms(Utc::now());
@@ -450,7 +450,7 @@ impl Store {
     /// (their stream is on a process without a dispatcher). A worker held by another
     /// dispatcher is that dispatcher's alone, so two never plan against one worker's
     /// capacity.
-    pub async fn available_workers(&self, cutoff: DateTime<Utc>, dispatcher: &str) -> ApiResult<Vec<WorkerRecord>> {
+    pub async fn available_workers(&self, cutoff: DateTime<Utc>, dispatcher: &str) -> StoreResult<Vec<WorkerRecord>> {
         let rows = worker::Entity::find()
             .filter(worker::Column::Status.eq(WorkerStatus::Online.as_str()))
             .filter(
@@ -470,7 +470,7 @@ impl Store {
     /// Up to `limit` `QUEUED` tasks of `queues` last changed before `cutoff`, in dispatch
     /// order: what a dispatcher with idle workers takes over from dispatchers that hold
     /// tasks but no free worker for them.
-    pub async fn queued_tasks_in(&self, queues: &[&str], cutoff: DateTime<Utc>, limit: u64) -> ApiResult<Vec<Task>> {
+    pub async fn queued_tasks_in(&self, queues: &[&str], cutoff: DateTime<Utc>, limit: u64) -> StoreResult<Vec<Task>> {
         if queues.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -489,14 +489,14 @@ impl Store {
 
     /// The tasks currently offered to worker `id` (not yet accepted), in dispatch order
     /// (priority desc, `runAt` asc, id asc).
-    pub async fn offers_for(&self, id: &str) -> ApiResult<Vec<Task>> {
+    pub async fn offers_for(&self, id: &str) -> StoreResult<Vec<Task>> {
         let rows = offers_for_query(id).all(&self.db).await?;
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
     /// Up to `limit` `QUEUED` tasks last changed before `cutoff`, in dispatch order
     /// (for the matcher's start-up and periodic reconciliation).
-    pub async fn queued_tasks(&self, cutoff: DateTime<Utc>, limit: u64) -> ApiResult<Vec<Task>> {
+    pub async fn queued_tasks(&self, cutoff: DateTime<Utc>, limit: u64) -> StoreResult<Vec<Task>> {
         let rows = task::Entity::find()
             .filter(task::Column::Status.eq(TaskStatus::Queued.as_str()))
             .filter(task::Column::UpdatedAt.lt(convert::to_ms(cutoff)))
@@ -514,7 +514,7 @@ impl Store {
     pub async fn queue_settings_many<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> ApiResult<HashMap<String, QueueSettings>> {
+    ) -> StoreResult<HashMap<String, QueueSettings>> {
         self.settings.get_many(&self.db, names).await
     }
 }
@@ -722,7 +722,7 @@ mod tests {
     use taskwire_domain::{CreateTaskInput, NewTask, WorkerRegistration};
 
     use super::*;
-    use crate::store::{CreateMode, test_store};
+    use crate::{CreateMode, testing::test_store};
 
     async fn queued(store: &Store, n: usize) -> Vec<Task> {
         let inputs = (0..n)
@@ -735,7 +735,7 @@ mod tests {
         outcomes
             .into_iter()
             .map(|o| match o {
-                crate::store::CreateOutcome::Created(task) => task,
+                crate::CreateOutcome::Created(task) => task,
                 other => panic!("created, not {other:?}"),
             })
             .collect()

@@ -12,7 +12,7 @@ use taskwire_domain::{
 use taskwire_entity::{task, task_event, worker};
 
 use super::WorkerRecord;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{StoreError, StoreResult};
 
 pub(super) fn to_ms(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -22,16 +22,16 @@ pub(super) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-fn corrupt(what: &str, id: &str) -> ApiError {
+fn corrupt(what: &str, id: &str) -> StoreError {
     tracing::error!(row = id, "stored {what} does not convert back");
-    ApiError::Internal
+    StoreError::Internal
 }
 
 fn json_text(value: &Option<serde_json::Value>) -> Option<String> {
     value.as_ref().map(|v| v.to_string())
 }
 
-fn parse_json(text: Option<String>, id: &str) -> ApiResult<Option<serde_json::Value>> {
+fn parse_json(text: Option<String>, id: &str) -> StoreResult<Option<serde_json::Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|_| corrupt("json", id))).transpose()
 }
 
@@ -39,7 +39,7 @@ fn count(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()
 }
 
-pub(super) fn task_from_row(row: task::Model) -> ApiResult<Task> {
+pub(super) fn task_from_row(row: task::Model) -> StoreResult<Task> {
     let id = TaskId::parse(&row.id).ok_or_else(|| corrupt("task id", &row.id))?;
     let status: TaskStatus = row.status.parse().map_err(|_| corrupt("status", &row.id))?;
     Ok(Task {
@@ -116,7 +116,7 @@ pub(super) fn event_to_row(event: &TaskEvent) -> task_event::ActiveModel {
     }
 }
 
-pub(super) fn event_from_row(row: task_event::Model) -> ApiResult<TaskEvent> {
+pub(super) fn event_from_row(row: task_event::Model) -> StoreResult<TaskEvent> {
     let corrupt_event = || corrupt("event", &row.task_id);
     Ok(TaskEvent {
         task_id: TaskId::parse(&row.task_id).ok_or_else(corrupt_event)?,
@@ -130,7 +130,7 @@ pub(super) fn event_from_row(row: task_event::Model) -> ApiResult<TaskEvent> {
     })
 }
 
-pub(super) fn worker_from_row(row: worker::Model) -> ApiResult<WorkerRecord> {
+pub(super) fn worker_from_row(row: worker::Model) -> StoreResult<WorkerRecord> {
     let queues: Vec<String> = serde_json::from_str(&row.queues).map_err(|_| corrupt("worker queues", &row.id))?;
     Ok(WorkerRecord {
         queues,

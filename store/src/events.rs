@@ -7,7 +7,7 @@ use taskwire_domain::{TaskId, TaskStatus, task::TaskEvent};
 use taskwire_entity::task_event;
 
 use super::{Store, convert};
-use crate::error::ApiResult;
+use crate::error::StoreResult;
 
 /// Which tasks a multi-task subscription covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,7 +70,7 @@ struct StatusCount {
 
 impl Store {
     /// Events of `task` with `seq > after`, oldest first, at most `limit`.
-    pub async fn events_after(&self, task: TaskId, after: u32, limit: u64) -> ApiResult<Vec<TaskEvent>> {
+    pub async fn events_after(&self, task: TaskId, after: u32, limit: u64) -> StoreResult<Vec<TaskEvent>> {
         let rows = task_event::Entity::find()
             .filter(task_event::Column::TaskId.eq(task.to_string()))
             .filter(task_event::Column::Seq.gt(after as i32))
@@ -89,7 +89,7 @@ impl Store {
         until: DateTime<Utc>,
         after: Option<(i64, i64)>,
         limit: u64,
-    ) -> ApiResult<Vec<EventHead>> {
+    ) -> StoreResult<Vec<EventHead>> {
         let (from, until) = (convert::to_ms(from), convert::to_ms(until));
         let (after_at, after_id) = after.unwrap_or((from, i64::MIN));
         let sql = "SELECT id, task_id, seq, `at` FROM task_events \
@@ -112,7 +112,7 @@ impl Store {
         scope: &EventScope,
         since: DateTime<Utc>,
         limit: u64,
-    ) -> ApiResult<Vec<TaskEvent>> {
+    ) -> StoreResult<Vec<TaskEvent>> {
         let mut sql = String::from(
             "SELECT e.id, e.task_id, e.seq, e.status, e.previous_status, e.attempt, e.worker_id, e.message, e.`at` \
              FROM task_events e JOIN tasks t ON t.id = e.task_id WHERE e.`at` >= ?",
@@ -149,7 +149,7 @@ impl Store {
     }
 
     /// Task counts by status over the whole table (for the `tasks` gauge).
-    pub async fn status_counts(&self) -> ApiResult<Vec<(TaskStatus, u64)>> {
+    pub async fn status_counts(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
         let sql = "SELECT status, COUNT(*) AS n, NULL AS oldest FROM tasks GROUP BY status";
         let rows = StatusCount::find_by_statement(Statement::from_string(self.backend(), sql)).all(&self.db).await?;
         Ok(rows
@@ -159,7 +159,7 @@ impl Store {
     }
 
     /// Task counts of `queue` by status, and the oldest queued task's `runAt`.
-    pub async fn queue_stats(&self, queue: &str) -> ApiResult<QueueStats> {
+    pub async fn queue_stats(&self, queue: &str) -> StoreResult<QueueStats> {
         let sql = "SELECT status, COUNT(*) AS n, MIN(run_at) AS oldest FROM tasks WHERE queue = ? GROUP BY status";
         let rows = StatusCount::find_by_statement(Statement::from_sql_and_values(self.backend(), sql, [queue.into()]))
             .all(&self.db)

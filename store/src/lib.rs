@@ -1,4 +1,11 @@
-//! The SeaORM repository: the only place that speaks SQL.
+//! # taskwire-store
+//!
+//! Taskwire's persistence: the SeaORM repository, the only code that speaks SQL.
+//!
+//! It depends on the domain and the entities, never on the service above it: it takes
+//! narrow [`DatabaseSettings`] and the Kafka [`Topics`] its outbox rows go to, answers
+//! with its own [`StoreError`], counts into [`StoreMetrics`] the application registers,
+//! and tells [`CommitListener`]s about every change it committed.
 //!
 //! Every state change of a task is one transaction that updates the row conditionally
 //! on its version, appends the event and writes the outbox rows (README, Task lifecycle).
@@ -6,8 +13,13 @@
 //! transactions are serialised in-process (SQLite has one writer anyway, and this turns
 //! `SQLITE_BUSY` upgrade failures into orderly waiting).
 
+// A panic on anything a user, the network or a dependency can reach is an outage:
+// production code returns errors instead (tests may panic; see clippy.toml).
+#![warn(clippy::expect_used)]
+#![warn(missing_docs)]
+
 /// Two tests of one check (an `async fn(&Store)`): `$sqlite` runs it on a fresh SQLite
-/// file, `$mysql` on a fresh MySQL schema ([`mysql_test_store`]; it says it skipped when
+/// file, `$mysql` on a fresh MySQL schema (`testing::mysql_test_store`; it says it skipped when
 /// `TASKWIRE_TEST_DATABASE_URL` is not set). Defined before the modules that use it.
 #[cfg(test)]
 macro_rules! on_both_backends {
@@ -15,12 +27,12 @@ macro_rules! on_both_backends {
         #[tokio::test]
         async fn $sqlite() {
             let dir = tempfile::tempdir().expect("tempdir");
-            $check(&crate::store::test_store(dir.path()).await).await;
+            $check(&crate::testing::test_store(dir.path()).await).await;
         }
 
         #[tokio::test]
         async fn $mysql() {
-            let Some(store) = crate::store::mysql_test_store(stringify!($mysql)).await else { return };
+            let Some(store) = crate::testing::mysql_test_store(stringify!($mysql)).await else { return };
             $check(&store).await;
         }
     };
@@ -31,12 +43,16 @@ mod coalesce;
 mod contention;
 mod convert;
 mod dispatch;
+mod error;
 mod events;
 mod gate;
+mod metrics;
 mod outbox;
 mod settings;
 mod shape;
 mod tasks;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod wal;
 
 pub use settings::QUEUE_SETTINGS_TTL;
@@ -62,13 +78,15 @@ use tokio::sync::{Mutex, Notify};
 pub use admin::Leases;
 pub(crate) use contention::ConflictPath;
 pub use dispatch::{Due, Limited, OfferOutcome, Offers, PlannedOffer};
+pub use error::{StoreError, StoreResult};
 pub use events::{EventHead, EventScope, QueueStats};
 pub(crate) use gate::{Writer, Writing};
+pub use metrics::{StoreMetrics, WriteGateMetrics};
 pub use outbox::{BACKLOG_EXACT_UP_TO, OutboxMessage};
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 pub use wal::{CHECKPOINT_EVERY, Checkpoint, run_checkpointer};
 
-use crate::{config::Config, error::ApiResult};
+use taskwire_domain::machine::Transition;
 
 /// Counters about the database traffic of this process.
 #[derive(Debug, Default)]
@@ -144,11 +162,9 @@ pub struct Store {
     /// What writes go through (see `gate::Writing`): on SQLite a connection of its own,
     /// taken only under the gate; on MySQL the pool itself.
     writer: DatabaseConnection,
-    /// Where the gate's use is counted, once the application has metrics.
-    gate_metrics: Arc<std::sync::OnceLock<crate::metrics::WriteGateMetrics>>,
-    /// Where the dispatch paths count lock conflicts (see `contention`) and offers held
-    /// back by queue limits, once the application has metrics.
-    metrics: Arc<std::sync::OnceLock<crate::metrics::Metrics>>,
+    /// Where the write gate's use, lock conflicts (see `contention`) and offers held
+    /// back by queue limits are counted, once the application has metrics.
+    metrics: Arc<std::sync::OnceLock<StoreMetrics>>,
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
     dispatch_signal: Arc<Notify>,
@@ -160,27 +176,57 @@ pub struct Store {
     transitions: Option<tokio::sync::mpsc::Sender<coalesce::PendingTransition>>,
     /// Told about every change committed (the cache's write-through, the local hub and
     /// the local matcher).
-    on_commit: Arc<std::sync::OnceLock<CommitHook>>,
+    listeners: Arc<std::sync::RwLock<Listeners>>,
     /// Queue settings for the task paths (see `settings`).
     settings: settings::SettingsCache,
 }
 
-/// What [`Store::on_commit`] calls with each change committed (creations included), and
-/// the W3C trace context of the request that made it.
-#[allow(clippy::type_complexity)]
-pub struct CommitHook(pub Box<dyn Fn(&taskwire_domain::machine::Transition, Option<&str>) + Send + Sync>);
+/// The commit listeners at one moment; replaced whole when one is added.
+type Listeners = Arc<[Arc<dyn CommitListener>]>;
 
-impl std::fmt::Debug for CommitHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CommitHook")
+/// Something this process tells about every change it committed, right after the
+/// commit and before the outbox relay has published the change's events: the cache
+/// writes the task through, the live hub routes the event to local subscribers, the
+/// matcher takes a task that became `QUEUED`. Other processes learn the same change from
+/// Kafka; a listener must therefore tolerate seeing it a second time from there.
+///
+/// Called on the committing task, once per change, in commit order: an implementation
+/// must not block or await (hand the work to a queue of its own instead).
+pub trait CommitListener: Send + Sync + std::fmt::Debug {
+    /// `change` was committed (a creation has no `previous_status` in its event);
+    /// `traceparent` is the W3C trace context of the request that made it.
+    fn committed(&self, change: &Transition, traceparent: Option<&str>);
+}
+
+/// The narrow settings the store needs (the application's configuration assembles them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseSettings {
+    /// `sqlite:…` (embedded) or `mysql://…` / `mariadb://…`.
+    pub url: String,
+    /// Pool size (on SQLite the readers; writes have one connection of their own).
+    pub max_connections: u32,
+    /// Wait for a pooled connection before [`StoreError::Unavailable`].
+    pub acquire_timeout: Duration,
+    /// Prepared statements kept per MySQL connection.
+    pub statement_cache: usize,
+}
+
+impl DatabaseSettings {
+    /// Whether the URL names MySQL/MariaDB (production mode) rather than SQLite.
+    pub fn is_mysql(&self) -> bool {
+        is_mysql_url(&self.url)
     }
+}
+
+/// Whether `url` names MySQL/MariaDB.
+pub fn is_mysql_url(url: &str) -> bool {
+    url.starts_with("mysql://") || url.starts_with("mariadb://")
 }
 
 /// A pooled MySQL connection idle for at least this long is pinged before it is handed
 /// out; one used more recently is not. sqlx pings every connection when it goes back to
 /// the pool anyway (a connection broken during use is closed there), so pinging again on
-/// every checkout only doubled the round trips: 3.5 pings per dispatched task
-/// (docs/BENCHMARKS.md). What this leaves open: a connection the server drops in the
+/// every checkout doubles the round trips of a busy connection. What this leaves open: a connection the server drops in the
 /// second after its last use fails one statement, and the pool then replaces it.
 pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -195,16 +241,15 @@ pub const TRANSITION_COMMITTERS_MYSQL: usize = 2;
 /// Create committers on MySQL/MariaDB, at most (and at most one per two pooled
 /// connections; SQLite has one). Two are enough to overlap one batch's commit with the
 /// next batch's inserts; more only split the waiting creates into smaller batches, and
-/// every batch costs the same five round trips and one commit whatever its size. With
-/// the server and MariaDB on one 2-core box, four committers (the default pool of 8)
-/// made 4,252–4,630 creates/s at p99 30.9–34.1 ms, two made 4,488–4,845/s at p99
-/// 28.0–30.4 ms (docs/BENCHMARKS.md).
+/// every batch costs the same five round trips and one commit whatever its size (the
+/// measurement is in docs/benchmarks-history.md).
 pub const CREATE_COMMITTERS_MYSQL: usize = 2;
 
 impl Store {
     /// Connects with the configured pool; creates the SQLite file's directory if needed.
-    pub async fn connect(config: &Config) -> Result<Store, DbErr> {
-        let url = &config.database_url;
+    /// Outbox rows name topics of `topics`.
+    pub async fn connect(settings: &DatabaseSettings, topics: Topics) -> Result<Store, DbErr> {
+        let url = &settings.url;
         let sqlite = url.starts_with("sqlite:");
         if sqlite
             && let Some(parent) = sqlite_path(url).and_then(|p| p.parent().map(Path::to_owned))
@@ -215,9 +260,9 @@ impl Store {
         }
         let mut options = ConnectOptions::new(url.clone());
         options
-            .max_connections(config.database_max_connections)
+            .max_connections(settings.max_connections)
             .min_connections(1)
-            .acquire_timeout(config.database_acquire_timeout)
+            .acquire_timeout(settings.acquire_timeout)
             .connect_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
         if sqlite {
@@ -227,7 +272,7 @@ impl Store {
             // Every distinct statement text is prepared once per connection and cached.
             // `shape` keeps the texts to a few dozen; the cache size is headroom above that
             // (replacing an evicted statement stalled MariaDB commits, see `shape`).
-            let cache = config.database_statement_cache;
+            let cache = settings.statement_cache;
             options
                 .map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache))
                 .test_before_acquire_if_idle_for(MYSQL_PING_IF_IDLE_FOR);
@@ -253,21 +298,20 @@ impl Store {
         };
         let mut store = Store {
             db,
-            topics: Topics::new(&config.kafka.topic_prefix),
+            topics,
             write_gate: sqlite.then(|| Arc::new(Mutex::new(()))),
             writer,
-            gate_metrics: Arc::new(std::sync::OnceLock::new()),
             metrics: Arc::new(std::sync::OnceLock::new()),
             stats,
             outbox_signal: Arc::new(Notify::new()),
             dispatch_signal: Arc::new(Notify::new()),
             coalescer: None,
             transitions: None,
-            on_commit: Arc::new(std::sync::OnceLock::new()),
+            listeners: Arc::new(std::sync::RwLock::new(Arc::new([]))),
             settings: settings::SettingsCache::new(QUEUE_SETTINGS_TTL),
         };
         let committers =
-            if sqlite { 1 } else { (config.database_max_connections as usize / 2).clamp(1, CREATE_COMMITTERS_MYSQL) };
+            if sqlite { 1 } else { (settings.max_connections as usize / 2).clamp(1, CREATE_COMMITTERS_MYSQL) };
         // The committers get handles without queues of their own, so that each queue
         // closes (and its committer ends) when the last outside handle is dropped.
         let base = store.clone();
@@ -294,11 +338,18 @@ impl Store {
         self.dispatch_signal.clone()
     }
 
-    /// Registers the hook told about every change (creation or transition) committed in
-    /// this process, right after the commit (before the relay has published its status
-    /// event). Only the first registration counts.
-    pub fn on_commit(&self, hook: CommitHook) {
-        let _ = self.on_commit.set(hook);
+    /// Adds `listener` to those told about every change (creation or transition)
+    /// committed through this store or its clones from now on (see [`CommitListener`]).
+    pub fn subscribe(&self, listener: Arc<dyn CommitListener>) {
+        let mut listeners = self.listeners.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = listeners.to_vec();
+        all.push(listener);
+        *listeners = all.into();
+    }
+
+    /// The listeners at this moment (a snapshot: no lock is held while they run).
+    fn listeners(&self) -> Listeners {
+        self.listeners.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Statement counters.
@@ -323,7 +374,7 @@ impl Store {
     }
 
     /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> ApiResult<()> {
+    pub async fn ping(&self) -> StoreResult<()> {
         self.db.execute_unprepared("SELECT 1").await?;
         Ok(())
     }
@@ -334,7 +385,7 @@ impl Store {
     }
 
     /// Workers by id (missing ids are simply absent).
-    pub async fn workers_by_ids(&self, ids: &[String]) -> ApiResult<Vec<WorkerRecord>> {
+    pub async fn workers_by_ids(&self, ids: &[String]) -> StoreResult<Vec<WorkerRecord>> {
         if ids.is_empty() {
             return Ok(vec![]);
         }
@@ -368,103 +419,6 @@ fn count_statements(db: &mut DatabaseConnection, stats: &Arc<DbStats>) {
     });
 }
 
-/// A migrated SQLite store in `dir`, for unit tests.
-#[cfg(test)]
-pub(crate) async fn test_store(dir: &Path) -> Store {
-    use sea_orm_migration::MigratorTrait;
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.display());
-    let env = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
-    let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
-    taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
-    store
-}
-
-/// A migrated store on a fresh schema of the MySQL/MariaDB server named by
-/// `TASKWIRE_TEST_DATABASE_URL` (any database in the URL is ignored), with that schema's
-/// `None`, after the standard skip notice naming `test`, when the variable is unset.
-#[cfg(test)]
-pub(crate) async fn mysql_test_store(test: &str) -> Option<MysqlTestStore> {
-    use sea_orm_migration::MigratorTrait;
-    let Some(url) = std::env::var("TASKWIRE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: TASKWIRE_TEST_DATABASE_URL is not set (CI sets it; see README, Testing)"
-        );
-        return None;
-    };
-    let (scheme, rest) = url.split_once("://").unwrap_or(("mysql", &url));
-    let server = format!("{scheme}://{}", rest.split(['/', '?']).next().unwrap_or(rest));
-    let schema = format!("taskwire_unit_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-    let admin = Database::connect(&server).await.expect("MySQL server reachable");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE `{schema}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-        .await
-        .expect("schema created");
-    let _ = admin.close().await;
-    let env = [("TASKWIRE_DATABASE_URL".to_owned(), format!("{server}/{schema}"))].into();
-    let store = Store::connect(&Config::load_from(None, &env).expect("config")).await.expect("store");
-    taskwire_migration::Migrator::up(store.connection(), None).await.expect("migrations");
-    Some(MysqlTestStore { store, server, schema })
-}
-
-/// A [`Store`] on a MySQL schema made for one unit test ([`mysql_test_store`]). The
-/// schema is dropped with this value, so test runs leave nothing behind on a shared
-/// server. It is one value, not a store and a guard, so that a test cannot drop the
-/// schema early by not binding the guard.
-#[cfg(test)]
-pub(crate) struct MysqlTestStore {
-    store: Store,
-    /// `mysql://user@host:port`.
-    pub(crate) server: String,
-    /// The schema's name.
-    pub(crate) schema: String,
-}
-
-#[cfg(test)]
-impl std::ops::Deref for MysqlTestStore {
-    type Target = Store;
-
-    fn deref(&self) -> &Store {
-        &self.store
-    }
-}
-
-#[cfg(test)]
-impl MysqlTestStore {
-    /// The URL of the schema.
-    pub(crate) fn url(&self) -> String {
-        format!("{}/{}", self.server, self.schema)
-    }
-}
-
-#[cfg(test)]
-impl Drop for MysqlTestStore {
-    fn drop(&mut self) {
-        let (server, schema) = (self.server.clone(), self.schema.clone());
-        // The test's runtime may be blocked in this `drop`: a thread with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let admin = Database::connect(&server).await.ok()?;
-                // Connections the test left open would hold the schema's metadata locks.
-                let _ = admin.execute_unprepared("SET SESSION lock_wait_timeout = 10").await;
-                let sql = format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{schema}'");
-                for row in admin.query_all_raw(sea_orm::Statement::from_string(DbBackend::MySql, sql)).await.ok()? {
-                    if let Ok(id) = row.try_get_by_index::<i64>(0) {
-                        let _ = admin.execute_unprepared(&format!("KILL CONNECTION {id}")).await;
-                    }
-                }
-                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{schema}`")).await.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("warning: test schema {} not dropped", self.schema);
-        }
-    }
-}
-
 /// The file path of a `sqlite:` URL, if it names a file.
 fn sqlite_path(url: &str) -> Option<&Path> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
@@ -481,9 +435,9 @@ mod tests {
     #[tokio::test]
     async fn mysql_replaces_a_pooled_connection_the_server_killed() {
         let test = "mysql_replaces_a_pooled_connection_the_server_killed";
-        let Some(store) = mysql_test_store(test).await else { return };
+        let Some(store) = crate::testing::mysql_test_store(test).await else { return };
         store.ping().await.expect("a first statement");
-        let (server, schema) = (&store.server, &store.schema);
+        let (server, schema) = (store.schema().server(), store.schema().name());
         let admin = Database::connect(server).await.expect("MySQL server reachable");
         let ids = admin
             .query_all_raw(sea_orm::Statement::from_string(

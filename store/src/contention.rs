@@ -13,7 +13,7 @@ use std::{future::Future, time::Duration};
 use rand::Rng;
 
 use super::Store;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{StoreError, StoreResult};
 
 /// Attempts a writer makes in all before it gives up on a lock conflict.
 pub const LOCK_CONFLICT_ATTEMPTS: u32 = 6;
@@ -58,27 +58,27 @@ impl Store {
     /// [`LOCK_CONFLICT_ATTEMPTS`] times, pausing a random, growing moment in between.
     /// `attempt` must be a whole transaction (re-reading what it decides on): InnoDB
     /// rolled the losing one back entirely.
-    pub(crate) async fn retry_lock_conflicts<T, F, Fut>(&self, path: ConflictPath, mut attempt: F) -> ApiResult<T>
+    pub(crate) async fn retry_lock_conflicts<T, F, Fut>(&self, path: ConflictPath, mut attempt: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = ApiResult<T>>,
+        Fut: Future<Output = StoreResult<T>>,
     {
         let mut retry = 0;
         loop {
             match attempt().await {
-                Err(ApiError::LockConflict) if retry + 1 < LOCK_CONFLICT_ATTEMPTS => {
+                Err(StoreError::LockConflict) if retry + 1 < LOCK_CONFLICT_ATTEMPTS => {
                     retry += 1;
                     self.count_lock_conflict(path, "retried");
                     tokio::time::sleep(backoff(retry)).await;
                 }
-                Err(ApiError::LockConflict) => {
+                Err(StoreError::LockConflict) => {
                     self.count_lock_conflict(path, "exhausted");
                     tracing::warn!(
                         path = path.label(),
                         attempts = LOCK_CONFLICT_ATTEMPTS,
                         "lock conflicts on every attempt"
                     );
-                    return Err(ApiError::LockConflict);
+                    return Err(StoreError::LockConflict);
                 }
                 other => return other,
             }
@@ -90,12 +90,6 @@ impl Store {
             metrics.db_lock_conflicts.with_label_values(&[path.label(), outcome]).inc();
         }
     }
-
-    /// Counts lock conflicts and offers held back by queue limits in `metrics` from now
-    /// on (the first call counts; clones of this store share it).
-    pub fn observe(&self, metrics: crate::metrics::Metrics) {
-        let _ = self.metrics.set(metrics);
-    }
 }
 
 #[cfg(test)]
@@ -103,7 +97,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::metrics::TestMetrics;
 
     #[test]
     fn pauses_are_random_below_a_growing_capped_ceiling() {
@@ -120,15 +114,15 @@ mod tests {
     #[tokio::test]
     async fn a_lock_conflict_is_retried_and_counted_until_it_passes_or_the_attempts_run_out() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::store::test_store(dir.path()).await;
-        let metrics = Metrics::new();
-        store.observe(metrics.clone());
-        let count = |outcome: &str| metrics.db_lock_conflicts.with_label_values(&["offer", outcome]).get();
+        let store = crate::testing::test_store(dir.path()).await;
+        let metrics = TestMetrics::new();
+        store.observe(metrics.store.clone());
+        let count = |outcome: &str| metrics.store.db_lock_conflicts.with_label_values(&["offer", outcome]).get();
 
         let calls = AtomicU32::new(0);
         let passed = store
             .retry_lock_conflicts(ConflictPath::Offer, || async {
-                if calls.fetch_add(1, Ordering::Relaxed) < 2 { Err(ApiError::LockConflict) } else { Ok(7) }
+                if calls.fetch_add(1, Ordering::Relaxed) < 2 { Err(StoreError::LockConflict) } else { Ok(7) }
             })
             .await;
         assert!(matches!(passed, Ok(7)), "{passed:?}");
@@ -138,10 +132,10 @@ mod tests {
         let lost = store
             .retry_lock_conflicts(ConflictPath::Offer, || async {
                 calls.fetch_add(1, Ordering::Relaxed);
-                Err::<(), _>(ApiError::LockConflict)
+                Err::<(), _>(StoreError::LockConflict)
             })
             .await;
-        assert!(matches!(lost, Err(ApiError::LockConflict)));
+        assert!(matches!(lost, Err(StoreError::LockConflict)));
         assert_eq!(
             lost.err().map(|e| e.code()),
             Some(taskwire_domain::ErrorCode::Conflict),
@@ -154,10 +148,10 @@ mod tests {
         let other = store
             .retry_lock_conflicts(ConflictPath::Offer, || async {
                 calls.fetch_add(1, Ordering::Relaxed);
-                Err::<(), _>(ApiError::Unavailable)
+                Err::<(), _>(StoreError::Unavailable)
             })
             .await;
-        assert!(matches!(other, Err(ApiError::Unavailable)));
+        assert!(matches!(other, Err(StoreError::Unavailable)));
         assert_eq!(calls.load(Ordering::Relaxed), 1, "other errors are not retried");
     }
 }

@@ -1,21 +1,18 @@
 //! The outbox store operations the relay relies on, against a real (SQLite) database.
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use sea_orm_migration::MigratorTrait;
-use taskwire_api::{
-    config::Config,
-    store::{BACKLOG_EXACT_UP_TO, Store},
-};
+use taskwire_store::{BACKLOG_EXACT_UP_TO, DatabaseSettings, Store, Topics};
 
 /// A store on a fresh SQLite file, not migrated.
 async fn unmigrated() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}/o.db?mode=rwc", dir.path().display());
-    let env: BTreeMap<String, String> = [("TASKWIRE_DATABASE_URL".to_owned(), url)].into();
-    let config = Config::load_from(None, &env).expect("config");
-    (Store::connect(&config).await.expect("connects"), dir)
+    let settings =
+        DatabaseSettings { url, max_connections: 4, acquire_timeout: Duration::from_secs(2), statement_cache: 64 };
+    (Store::connect(&settings, Topics::new("taskwire")).await.expect("connects"), dir)
 }
 
 async fn store() -> (Store, tempfile::TempDir) {

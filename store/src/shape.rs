@@ -5,8 +5,7 @@
 //! `INSERT` has a different text for every length, and those lengths follow the load
 //! (coalesced create batches, relay rounds, DataLoader batches, matcher rounds). Left
 //! alone they keep the cache churning: once it is full, every new length evicts and
-//! prepares a statement, and on MariaDB each such commit was seen to stall ~130 ms
-//! (docs/BENCHMARKS.md). So every variable-length list in the store goes through here:
+//! prepares a statement, and on MariaDB such a commit stalls for a long time. So every variable-length list in the store goes through here:
 //! `IN` lists are padded to the next power of two, and rows are inserted in chunks whose
 //! lengths are powers of two. A statement then has about log2(longest) shapes, whatever
 //! the traffic, and the cache size stops mattering.
@@ -38,9 +37,9 @@ pub(super) fn power_of_two_chunks<T>(mut rows: Vec<T>) -> Vec<Vec<T>> {
 /// Rows a multi-row `UPDATE … SET col = CASE WHEN id = ? THEN ? … END` writes at most.
 ///
 /// Every row evaluates the `CASE` arms before its own, so such a statement costs the
-/// database more per row the longer it is. On MariaDB 10.11 (docs/BENCHMARKS.md,
-/// 2026-12-06): 0.04–0.05 ms of server CPU per row at 16 or 32 rows a statement, 0.10–0.16
-/// ms at 128 or 256. Longer batches go as several statements of at most this many rows.
+/// database more per row the longer it is: the per-row cost stays flat up to a few dozen
+/// rows and grows past that (docs/benchmarks-history.md). Longer batches go as several
+/// statements of at most this many rows.
 pub(super) const CASE_ROWS: usize = 32;
 
 /// `rows` split into chunks of at most [`CASE_ROWS`], each [`padded`]: the row lists of a
@@ -57,9 +56,8 @@ pub(super) fn case_chunks<T: Clone>(rows: &[T]) -> impl Iterator<Item = Vec<T>> 
 /// under SQLite's write gate those round trips, not the statements, are most of a write
 /// transaction's time. On MySQL each statement is sent on its own, as a prepared
 /// statement of bounded shape. On SQLite the joined text has a shape per mix of chunk
-/// lengths, more than the driver's per-connection statement cache (100) holds, so some
-/// calls prepare again; that costs microseconds, and fewer round trips outweighed it in
-/// the measurements (docs/BENCHMARKS.md).
+/// lengths, more than the driver's per-connection statement cache holds, so some calls
+/// prepare again; that costs far less than the round trips it saves.
 #[derive(Debug)]
 pub(super) struct Writes {
     backend: DbBackend,
@@ -157,7 +155,7 @@ mod tests {
         use taskwire_entity::{outbox, worker};
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = super::super::test_store(dir.path()).await;
+        let store = crate::testing::test_store(dir.path()).await;
         let db = store.connection();
         let message = |n: i64| outbox::ActiveModel {
             topic: Set(format!("topic-{n}")),
