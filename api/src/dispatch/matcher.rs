@@ -48,8 +48,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use rdkafka::{
-    ClientContext, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
     message::{BorrowedMessage, Headers},
 };
 use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus, task::Task};
@@ -61,6 +62,7 @@ use super::{
     ready::{Entry, ReadySet, Source},
 };
 use crate::{
+    kafka::{GroupContext, RebalanceListener},
     metrics::Metrics,
     store::{Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord},
     telemetry,
@@ -135,46 +137,44 @@ impl GroupMembership {
     }
 }
 
-/// Records partitions revoked by a consumer-group rebalance, for the matcher to drop,
-/// and the assignment, for [`GroupMembership`].
+/// Hears the dispatcher group's rebalances: records the partitions revoked, for the
+/// matcher to drop what it holds from them, and the assignment, for [`GroupMembership`].
 #[derive(Debug, Default, Clone)]
-pub struct RebalanceContext {
+pub struct Rebalances {
     revoked: Arc<Mutex<Vec<i32>>>,
     membership: GroupMembership,
 }
 
-impl ClientContext for RebalanceContext {}
-
-impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance
-            && let Ok(mut revoked) = self.revoked.lock()
-        {
-            revoked.extend(list.elements().iter().map(|e| e.partition()));
+impl RebalanceListener for Rebalances {
+    fn revoking(&self, partitions: &[i32]) {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            revoked.extend_from_slice(partitions);
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-                self.membership.set(partitions.len());
-                tracing::info!(?partitions, "dispatch partitions assigned");
-            }
-            Rebalance::Revoke(list) => {
-                self.membership.set(0);
-                tracing::info!(partitions = list.count(), "dispatch partitions revoked");
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "dispatch consumer rebalance failed"),
-        }
+    fn assigned(&self, partitions: &[i32]) {
+        self.membership.set(partitions.len());
+        tracing::info!(?partitions, "dispatch partitions assigned");
+    }
+
+    fn revoked(&self, partitions: &[i32]) {
+        self.membership.set(0);
+        tracing::info!(partitions = partitions.len(), "dispatch partitions revoked");
+    }
+
+    fn failed(&self, error: &KafkaError) {
+        tracing::warn!(error = %error, "dispatch consumer rebalance failed");
     }
 }
 
-impl RebalanceContext {
+impl Rebalances {
     fn take_revoked(&self) -> Vec<i32> {
         self.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
     }
 }
+
+/// The matcher's consumer of the dispatch topic.
+pub type DispatchConsumer = StreamConsumer<GroupContext<Rebalances>>;
 
 /// The matcher loop's state.
 pub struct Matcher {
@@ -183,7 +183,7 @@ pub struct Matcher {
     metrics: Metrics,
     /// This process among dispatchers: it offers to the workers marked with it.
     id: DispatcherId,
-    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    consumer: Arc<DispatchConsumer>,
     topic: String,
     wake: Arc<Notify>,
     ready: ReadySet,
@@ -295,7 +295,7 @@ impl Matcher {
         settings: DispatchSettings,
         metrics: Metrics,
         id: DispatcherId,
-        consumer: StreamConsumer<RebalanceContext>,
+        consumer: DispatchConsumer,
         topic: String,
     ) -> Self {
         let wake = store.dispatch_signal();
@@ -328,11 +328,11 @@ impl Matcher {
 
     /// This process's membership in the dispatcher group (for `/readyz`).
     pub fn membership(&self) -> GroupMembership {
-        self.consumer.context().membership.clone()
+        self.consumer.context().listener().membership.clone()
     }
 
     /// The dispatch consumer, shared (the lag sampler reads its positions).
-    pub fn consumer(&self) -> Arc<StreamConsumer<RebalanceContext>> {
+    pub fn consumer(&self) -> Arc<DispatchConsumer> {
         self.consumer.clone()
     }
 
@@ -342,7 +342,7 @@ impl Matcher {
         let mut reconciled = Instant::now();
         let mut pulled = Instant::now();
         loop {
-            let revoked = self.consumer.context().take_revoked();
+            let revoked = self.consumer.context().listener().take_revoked();
             if !revoked.is_empty() {
                 self.revoke(&revoked);
             }
@@ -910,7 +910,7 @@ mod tests {
         let consumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("group.id", "matcher-test")
-            .create_with_context(RebalanceContext::default())
+            .create_with_context(GroupContext::default())
             .expect("consumer");
         let metrics = Metrics::new();
         let mut matcher = Matcher::new(

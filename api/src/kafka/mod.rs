@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod embedded;
+pub mod rebalance;
 pub mod relay;
 
 use std::{sync::Arc, time::Duration};
@@ -24,6 +25,7 @@ use taskwire_domain::EnvelopeType;
 use tokio_util::sync::CancellationToken;
 
 pub use embedded::EmbeddedCluster;
+pub use rebalance::{GroupContext, RebalanceListener};
 
 use crate::{metrics::Metrics, store::Topics, telemetry};
 
@@ -136,22 +138,23 @@ impl Kafka {
         Ok(consumer)
     }
 
-    /// The matcher's consumer of `topic`: group `group` (shared by every dispatcher
-    /// process), from the earliest offset when the group has none, offsets committed by
-    /// the matcher itself (only below the lowest task not yet placed).
-    pub fn dispatch_consumer(
+    /// The dispatch consumer of `topic`: group `group` (shared by every dispatcher
+    /// process), from the earliest offset when the group has none, never committing by
+    /// itself (its owner commits only what it has placed). The group's rebalances go to
+    /// an `L` of the owner's.
+    pub fn dispatch_consumer<L: RebalanceListener + Default>(
         &self,
         group: &str,
         topic: &str,
-    ) -> Result<StreamConsumer<crate::dispatch::matcher::RebalanceContext>, KafkaError> {
-        let consumer: StreamConsumer<crate::dispatch::matcher::RebalanceContext> = ClientConfig::new()
+    ) -> Result<StreamConsumer<GroupContext<L>>, KafkaError> {
+        let consumer: StreamConsumer<GroupContext<L>> = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", group)
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("session.timeout.ms", "10000")
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-            .create_with_context(crate::dispatch::matcher::RebalanceContext::default())?;
+            .create_with_context(GroupContext::default())?;
         consumer.subscribe(&[topic])?;
         Ok(consumer)
     }
@@ -292,9 +295,9 @@ impl ConsumerLag for StreamConsumer {
     }
 }
 
-/// The matcher's consumer of [`Kafka::dispatch_consumer`] starts at the beginning
+/// The dispatch consumers of [`Kafka::dispatch_consumer`] start at the beginning
 /// (`earliest`).
-impl ConsumerLag for StreamConsumer<crate::dispatch::matcher::RebalanceContext> {
+impl<L: RebalanceListener> ConsumerLag for StreamConsumer<GroupContext<L>> {
     fn lag(&self, timeout: Duration) -> Result<i64, KafkaError> {
         lag_of(self, Reset::Earliest, timeout)
     }
