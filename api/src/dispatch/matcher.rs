@@ -53,7 +53,7 @@ use rdkafka::{
     error::KafkaError,
     message::{BorrowedMessage, Headers},
 };
-use taskwire_domain::{EnvelopeType, TaskEnvelope, TaskId, TaskStatus, task::Task};
+use taskwire_domain::{EnvelopeType, QueueSettings, TaskEnvelope, TaskId, TaskStatus, task::Task};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -554,6 +554,9 @@ impl Matcher {
     /// Offers what can be offered now; returns how many ready tasks it settled (offered,
     /// or found no longer `QUEUED`): 0 when nothing could be offered. Records which
     /// queues local workers could serve more of ([`Matcher::pull`]).
+    ///
+    /// A round reads what it plans against, plans every offer against the capacities it
+    /// read, then makes the offers in as few transactions as possible.
     async fn round(&mut self) -> usize {
         self.idle.clear();
         if self.ready.is_empty() {
@@ -561,35 +564,47 @@ impl Matcher {
         }
         self.metrics.dispatch_rounds.inc();
         let now = Utc::now();
-        let Some(mut workers) = self.local_workers(now).await else { return 0 };
-        if workers.is_empty() {
-            return 0;
-        }
-        let queues = self.ready.queues();
-        let settings = match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
-            Ok(settings) => settings,
-            Err(e) => {
-                tracing::warn!(error = ?e, "cannot load queue settings; retrying");
-                return 0;
-            }
-        };
+        let Some(mut snapshot) = self.read_snapshot(now).await else { return 0 };
         let clock = Instant::now();
         self.held.retain(|_, (until, _)| *until > clock);
-        // Queues with a cap or a rate: the offer transaction enforces them over every
-        // dispatcher; planning only keeps a round from planning beyond the cap itself.
-        let limited: Vec<&str> = queues
-            .iter()
-            .filter(|q| {
-                settings.get(*q).is_some_and(|s| s.max_concurrency.is_some() || s.rate_limit_per_second.is_some())
-            })
-            .map(String::as_str)
-            .collect();
+        let plan = self.plan(&mut snapshot);
+        let limited = snapshot.limited_queues();
         let expires_at = now + self.settings.offer_timeout;
-        // Plan the whole round first, against the capacities read above; then make the
-        // offers in as few transactions as possible.
-        let mut plan: Vec<(PlannedOffer, DateTime<Utc>)> = Vec::new();
-        for queue in &queues {
-            let Some(settings) = settings.get(queue) else { continue };
+        let mut settled = 0;
+        for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
+            let Some(settled_now) = self.offer(chunk, &limited, expires_at, clock).await else { return settled };
+            settled += settled_now;
+        }
+        self.idle = self.idle_queues(&snapshot.workers);
+        settled
+    }
+
+    /// What a round plans against: the queues the ready set holds tasks of, their
+    /// settings, and the workers this dispatcher may offer to. `None` when there is no
+    /// worker, or when they or the settings cannot be read.
+    async fn read_snapshot(&self, now: DateTime<Utc>) -> Option<Snapshot> {
+        let workers = self.local_workers(now).await?;
+        if workers.is_empty() {
+            return None;
+        }
+        let queues = self.ready.queues();
+        match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
+            Ok(settings) => Some(Snapshot { queues, settings, workers }),
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot load queue settings; retrying");
+                None
+            }
+        }
+    }
+
+    /// The round's offers, in dispatch order within each queue: each ready task goes to
+    /// the least loaded worker that serves its queue, while the queue is neither paused
+    /// nor held and its concurrency cap allows. Counts the planned offers into the
+    /// snapshot's workers.
+    fn plan(&self, snapshot: &mut Snapshot) -> Vec<(PlannedOffer, DateTime<Utc>)> {
+        let mut plan = Vec::new();
+        for queue in &snapshot.queues {
+            let Some(settings) = snapshot.settings.get(queue) else { continue };
             if settings.paused || self.held.contains_key(queue) {
                 continue;
             }
@@ -598,7 +613,7 @@ impl Matcher {
                 if budget == 0 {
                     break;
                 }
-                let Some(worker) = least_loaded(&mut workers, queue, entry.avoid.as_deref()) else { break };
+                let Some(worker) = least_loaded(&mut snapshot.workers, queue, entry.avoid.as_deref()) else { break };
                 worker.active += 1;
                 budget -= 1;
                 let offer =
@@ -606,42 +621,61 @@ impl Matcher {
                 plan.push((offer, entry.queued_at));
             }
         }
-        let mut settled = 0;
-        for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
-            let offers: Vec<PlannedOffer> = chunk.iter().map(|(offer, _)| offer.clone()).collect();
-            let made = match self.store.offer_many(&offers, &limited, expires_at).await {
-                Ok(made) => made,
-                Err(e) => {
-                    tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
-                    return settled;
-                }
-            };
-            for (queue, limited) in made.limited {
-                self.hold(queue, limited, clock);
+        plan
+    }
+
+    /// Makes `planned` offers (with when each task was queued) in one transaction, holds
+    /// back the queues whose limits refused some, and records each outcome; returns how
+    /// many ready tasks it settled, or `None` when the transaction failed.
+    async fn offer(
+        &mut self,
+        planned: &[(PlannedOffer, DateTime<Utc>)],
+        limited: &[&str],
+        expires_at: DateTime<Utc>,
+        clock: Instant,
+    ) -> Option<usize> {
+        let offers: Vec<PlannedOffer> = planned.iter().map(|(offer, _)| offer.clone()).collect();
+        let made = match self.store.offer_many(&offers, limited, expires_at).await {
+            Ok(made) => made,
+            Err(e) => {
+                tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
+                return None;
             }
-            for ((offer, queued_at), outcome) in chunk.iter().zip(made.outcomes) {
-                match outcome {
-                    OfferOutcome::Offered(task) => {
-                        settled += 1;
-                        self.ready.remove(offer.id);
-                        self.metrics.dispatch_offers.inc();
-                        let waited = (task.updated_at - *queued_at).to_std().unwrap_or_default();
-                        self.metrics.dispatch_latency.observe(waited.as_secs_f64());
-                        tracing::debug!(task = %offer.id, worker = %offer.worker_id, "offered");
-                    }
-                    OfferOutcome::NotQueued => {
-                        settled += 1;
-                        self.ready.remove(offer.id);
-                    }
-                    // Drained, offline or full since it was read, or the queue is at its
-                    // limits (other dispatchers count too): the task stays ready and a
-                    // later round offers it.
-                    OfferOutcome::WorkerUnavailable | OfferOutcome::QueueLimited => {}
-                }
+        };
+        for (queue, limited) in made.limited {
+            self.hold(queue, limited, clock);
+        }
+        let mut settled = 0;
+        for ((offer, queued_at), outcome) in planned.iter().zip(made.outcomes) {
+            if self.record(offer, *queued_at, outcome) {
+                settled += 1;
             }
         }
-        self.idle = self.idle_queues(&workers);
-        settled
+        Some(settled)
+    }
+
+    /// Records the outcome of one offer: a task offered, or found no longer `QUEUED`,
+    /// leaves the ready set (an offered one is counted, with how long it waited);
+    /// returns whether it did.
+    fn record(&mut self, offer: &PlannedOffer, queued_at: DateTime<Utc>, outcome: OfferOutcome) -> bool {
+        match outcome {
+            OfferOutcome::Offered(task) => {
+                self.ready.remove(offer.id);
+                self.metrics.dispatch_offers.inc();
+                let waited = (task.updated_at - queued_at).to_std().unwrap_or_default();
+                self.metrics.dispatch_latency.observe(waited.as_secs_f64());
+                tracing::debug!(task = %offer.id, worker = %offer.worker_id, "offered");
+                true
+            }
+            OfferOutcome::NotQueued => {
+                self.ready.remove(offer.id);
+                true
+            }
+            // Drained, offline or full since it was read, or the queue is at its
+            // limits (other dispatchers count too): the task stays ready and a
+            // later round offers it.
+            OfferOutcome::WorkerUnavailable | OfferOutcome::QueueLimited => false,
+        }
     }
 
     /// Leaves `queue` out of the rounds after its limits held offers back: a rate-limited
@@ -753,6 +787,32 @@ impl Matcher {
             // The next commit carries the same or higher positions.
             tracing::debug!(error = %e, "offset commit failed");
         }
+    }
+}
+
+/// What a round plans against, read at its start.
+#[derive(Debug)]
+struct Snapshot {
+    /// The queues the ready set holds tasks of, by name.
+    queues: Vec<String>,
+    /// Their settings (a queue missing here is not offered from this round).
+    settings: HashMap<String, QueueSettings>,
+    /// The workers this dispatcher may offer to; planning counts its offers into their
+    /// `active`.
+    workers: Vec<WorkerRecord>,
+}
+
+impl Snapshot {
+    /// The queues with a cap or a rate: the offer transaction enforces them over every
+    /// dispatcher; planning only keeps a round from planning beyond the cap itself.
+    fn limited_queues(&self) -> Vec<&str> {
+        self.queues
+            .iter()
+            .filter(|q| {
+                self.settings.get(*q).is_some_and(|s| s.max_concurrency.is_some() || s.rate_limit_per_second.is_some())
+            })
+            .map(String::as_str)
+            .collect()
     }
 }
 
