@@ -56,7 +56,7 @@ const IDLE_LIFETIME: Duration = FULL_REFILL.saturating_add(Duration::from_secs(2
 /// clocks share one clock. Returns `{0, 0}` after taking from both buckets, or
 /// `{retry_after_ms, bucket}` (1 operations, 2 mutations: whichever must wait longer)
 /// and takes nothing. Only buckets that are on and charged are read or written.
-pub const SCRIPT: &str = r"
+pub(crate) const SCRIPT: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local levels = {}
@@ -137,7 +137,7 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     /// A limiter with `limits` per subject, global through `redis` when it is configured
     /// and answering. Refusals are counted in `metrics.rate_limited`.
-    pub fn new(limits: RateLimits, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
+    pub(crate) fn new(limits: RateLimits, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
         let local = moka::future::Cache::builder().max_capacity(MAX_SUBJECTS).time_to_idle(IDLE_LIFETIME).build();
         RateLimiter {
             limits,
@@ -153,7 +153,7 @@ impl RateLimiter {
     /// A limiter of refused tokens: `per_second` per subject (a client address), spent
     /// one per refused token, in its own buckets. Refusals are counted in
     /// `metrics.rate_limited` as `invalid_tokens`. 0 turns it off.
-    pub fn for_invalid_tokens(per_second: u32, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
+    pub(crate) fn for_invalid_tokens(per_second: u32, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
         let limits = RateLimits { operations_per_second: per_second, mutations_per_second: 0 };
         RateLimiter { operations_label: "invalid_tokens", ..RateLimiter::new(limits, redis, metrics) }
     }
@@ -170,7 +170,7 @@ impl RateLimiter {
     /// when the refused request would fit; Redis trouble never fails a check. Refusals
     /// are counted in `metrics.rate_limited` under the bucket that must wait longer
     /// (`operations` or `mutations`).
-    pub async fn check(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
+    pub(crate) async fn check(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
         let costs = Costs::clamped(self.limits, operations, mutations);
         if costs.is_free(self.limits) {
             return Ok(());

@@ -85,12 +85,12 @@ const OFFERS_PER_TRANSACTION: usize = 100;
 /// Messages taken from Kafka (or the local feed) per batch at most.
 const BATCH: usize = 500;
 /// Tasks the local feed holds for the matcher at most (see [`LocalFeed`]).
-pub const LOCAL_FEED_CAPACITY: usize = 4_096;
+const LOCAL_FEED_CAPACITY: usize = 4_096;
 /// Local announcements remembered so that their Kafka copies skip the database check (see
 /// [`Handled`]): a few seconds of dispatch at full speed.
 const HANDLED_CAPACITY: usize = 8_192;
 /// How often the ready set is reconciled with the database.
-pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the ready set is reconciled while the matcher owns no partition (start-up
 /// until the group assigns it, rebalances, Kafka down): the dispatch latency then.
 const UNASSIGNED_RECONCILE_EVERY: Duration = Duration::from_millis(250);
@@ -128,7 +128,7 @@ impl Default for GroupMembership {
 impl GroupMembership {
     /// `None` until the group has assigned this process (possibly nothing), then the
     /// number of partitions it holds.
-    pub fn partitions(&self) -> Option<u32> {
+    pub(crate) fn partitions(&self) -> Option<u32> {
         u32::try_from(self.partitions.load(Ordering::Relaxed)).ok()
     }
 
@@ -140,7 +140,7 @@ impl GroupMembership {
 /// Hears the dispatcher group's rebalances: records the partitions revoked, for the
 /// matcher to drop what it holds from them, and the assignment, for [`GroupMembership`].
 #[derive(Debug, Default, Clone)]
-pub struct Rebalances {
+pub(crate) struct Rebalances {
     revoked: Arc<Mutex<Vec<i32>>>,
     membership: GroupMembership,
 }
@@ -174,10 +174,10 @@ impl Rebalances {
 }
 
 /// The matcher's consumer of the dispatch topic.
-pub type DispatchConsumer = StreamConsumer<GroupContext<Rebalances>>;
+pub(crate) type DispatchConsumer = StreamConsumer<GroupContext<Rebalances>>;
 
 /// The matcher loop's state.
-pub struct Matcher {
+pub(crate) struct Matcher {
     store: Store,
     settings: DispatchSettings,
     metrics: Metrics,
@@ -262,14 +262,14 @@ impl Handled {
 /// `dispatch_local_total{outcome="dropped"}`) and is offered from its Kafka announcement
 /// instead, like a task queued by another process. Never waits: it runs on the commit path.
 #[derive(Debug, Clone)]
-pub struct LocalFeed {
+pub(crate) struct LocalFeed {
     tx: mpsc::Sender<Announcement>,
     metrics: Metrics,
 }
 
 impl LocalFeed {
     /// Announces `envelope` (a dispatch envelope) to the matcher, unless the feed is full.
-    pub fn announce(&self, envelope: TaskEnvelope, traceparent: Option<&str>) {
+    pub(crate) fn announce(&self, envelope: TaskEnvelope, traceparent: Option<&str>) {
         let announcement =
             Announcement { source: None, envelope: Some(envelope), traceparent: traceparent.map(str::to_owned) };
         let outcome = match self.tx.try_send(announcement) {
@@ -290,7 +290,7 @@ impl std::fmt::Debug for Matcher {
 
 impl Matcher {
     /// A matcher reading `topic` with `consumer` (subscribed, auto-commit off).
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: DispatchSettings,
         metrics: Metrics,
@@ -322,22 +322,22 @@ impl Matcher {
 
     /// The feed through which this process's commits hand newly `QUEUED` tasks to this
     /// matcher.
-    pub fn local_feed(&self) -> LocalFeed {
+    pub(crate) fn local_feed(&self) -> LocalFeed {
         self.feed.clone()
     }
 
     /// This process's membership in the dispatcher group (for `/readyz`).
-    pub fn membership(&self) -> GroupMembership {
+    pub(crate) fn membership(&self) -> GroupMembership {
         self.consumer.context().listener().membership.clone()
     }
 
     /// The dispatch consumer, shared (the lag sampler reads its positions).
-    pub fn consumer(&self) -> Arc<DispatchConsumer> {
+    pub(crate) fn consumer(&self) -> Arc<DispatchConsumer> {
         self.consumer.clone()
     }
 
     /// Runs until `shutdown`, then commits what it placed.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         self.reconcile(Utc::now()).await;
         let mut reconciled = Instant::now();
         let mut pulled = Instant::now();

@@ -13,7 +13,7 @@ use rdkafka::{
 
 /// What the owner of a group consumer hears of the group's rebalances. Called on
 /// librdkafka's thread, in the middle of a rebalance: every call must return quickly.
-pub trait RebalanceListener: Send + Sync + 'static {
+pub(crate) trait RebalanceListener: Send + Sync + 'static {
     /// `partitions` are about to be revoked.
     fn revoking(&self, partitions: &[i32]);
     /// The group assigned `partitions`: the whole assignment, replacing any before it.
@@ -26,13 +26,13 @@ pub trait RebalanceListener: Send + Sync + 'static {
 
 /// The context of a group consumer: passes the group's rebalances to `L`.
 #[derive(Debug, Default)]
-pub struct GroupContext<L> {
+pub(crate) struct GroupContext<L> {
     listener: L,
 }
 
 impl<L> GroupContext<L> {
     /// The listener this context tells of rebalances.
-    pub fn listener(&self) -> &L {
+    pub(crate) fn listener(&self) -> &L {
         &self.listener
     }
 }
