@@ -8,8 +8,9 @@
 //!
 //! When Redis is configured and answering, the buckets live there and one Lua script
 //! ([`SCRIPT`]) does the whole check atomically on Redis's clock, so every process of a
-//! deployment shares one budget per subject. Otherwise the same arithmetic runs on
-//! in-process buckets (`SubjectBuckets`), and each process has its own budget.
+//! deployment shares one budget per subject. Otherwise the same rule runs on in-process
+//! buckets (`SubjectBuckets`, two of the domain's [`RateBucket`], the bucket that also
+//! rate-limits queues), and each process has its own budget.
 //!
 //! What this module must never do:
 //! - fail a request because Redis failed: Redis is an optimisation, and any Redis trouble
@@ -25,6 +26,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
+use taskwire_domain::RateBucket;
 
 use crate::{error::ApiError, metrics::Metrics, redis_link::RedisLink};
 
@@ -39,12 +41,11 @@ const FULL_REFILL: Duration = Duration::from_secs(1);
 /// forgotten bucket was full anyway and forgetting it changes no decision.
 const IDLE_LIFETIME: Duration = FULL_REFILL.saturating_add(Duration::from_secs(2));
 
+/// The Lua script behind the Redis buckets: the rule of [`RateBucket`], in Lua.
+///
 /// Tokens are counted in millionths and time in microseconds, so that refilling at `rate`
 /// tokens per second adds exactly `elapsed_us × rate` millionths: whole numbers only,
-/// the same in Rust and in Lua (where every value stays below 2^53 and is exact).
-const MICROS: u64 = 1_000_000;
-
-/// The Lua script behind the Redis buckets.
+/// which Lua (where every value stays below 2^53) computes exactly.
 ///
 /// - `KEYS[1]`, `KEYS[2]`: the operations and mutations buckets, hashes with `tokens`
 ///   (millionths of a token) and `ts` (microseconds of Redis's clock at the last take).
@@ -55,7 +56,7 @@ const MICROS: u64 = 1_000_000;
 /// clocks share one clock. Returns `{0, 0}` after taking from both buckets, or
 /// `{retry_after_ms, bucket}` (1 operations, 2 mutations: whichever must wait longer)
 /// and takes nothing. Only buckets that are on and charged are read or written.
-pub const SCRIPT: &str = r"
+pub(crate) const SCRIPT: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local levels = {}
@@ -136,7 +137,7 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     /// A limiter with `limits` per subject, global through `redis` when it is configured
     /// and answering. Refusals are counted in `metrics.rate_limited`.
-    pub fn new(limits: RateLimits, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
+    pub(crate) fn new(limits: RateLimits, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
         let local = moka::future::Cache::builder().max_capacity(MAX_SUBJECTS).time_to_idle(IDLE_LIFETIME).build();
         RateLimiter {
             limits,
@@ -152,7 +153,7 @@ impl RateLimiter {
     /// A limiter of refused tokens: `per_second` per subject (a client address), spent
     /// one per refused token, in its own buckets. Refusals are counted in
     /// `metrics.rate_limited` as `invalid_tokens`. 0 turns it off.
-    pub fn for_invalid_tokens(per_second: u32, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
+    pub(crate) fn for_invalid_tokens(per_second: u32, redis: Arc<RedisLink>, metrics: Metrics) -> RateLimiter {
         let limits = RateLimits { operations_per_second: per_second, mutations_per_second: 0 };
         RateLimiter { operations_label: "invalid_tokens", ..RateLimiter::new(limits, redis, metrics) }
     }
@@ -169,7 +170,7 @@ impl RateLimiter {
     /// when the refused request would fit; Redis trouble never fails a check. Refusals
     /// are counted in `metrics.rate_limited` under the bucket that must wait longer
     /// (`operations` or `mutations`).
-    pub async fn check(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
+    pub(crate) async fn check(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
         let costs = Costs::clamped(self.limits, operations, mutations);
         if costs.is_free(self.limits) {
             return Ok(());
@@ -236,18 +237,18 @@ impl RateLimiter {
     /// The check on this process's buckets.
     async fn check_in_process(&self, key: SubjectKey, costs: Costs) -> Outcome {
         let limits = self.limits;
-        let now_us = self.now_us();
+        let now_ms = self.now_ms();
         let entry =
-            self.local.get_with(key, async move { Arc::new(Mutex::new(SubjectBuckets::full(limits, now_us))) }).await;
+            self.local.get_with(key, async move { Arc::new(Mutex::new(SubjectBuckets::full(limits, now_ms))) }).await;
         // The state is two plain values updated by assignment, so a poisoned lock still
         // holds a consistent state: keep using it. The guard never meets an `.await`.
         let mut buckets = entry.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.take(limits, costs, now_us)
+        buckets.take(limits, costs, now_ms)
     }
 
-    /// Microseconds since this limiter was made, on a monotonic clock.
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    /// Milliseconds since this limiter was made, on a monotonic clock.
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 }
 
@@ -317,85 +318,55 @@ impl Costs {
     }
 }
 
-/// One token bucket at its last take: the state both the Lua script and the in-process
-/// limiter keep. Its capacity is `rate` tokens (one second's worth).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TokenBucket {
-    /// Millionths of a token left after the last take.
-    micro_tokens: u64,
-    /// When the last take happened, in microseconds.
-    updated_us: u64,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    fn full(rate: u32, now_us: u64) -> TokenBucket {
-        TokenBucket { micro_tokens: capacity(rate), updated_us: now_us }
-    }
-
-    /// Millionths of a token at `now_us`: refilled at `rate` per second since the last
-    /// take, up to the capacity. A clock that went backwards refills nothing.
-    fn level(&self, rate: u32, now_us: u64) -> u64 {
-        let elapsed_us = now_us.saturating_sub(self.updated_us);
-        self.micro_tokens.saturating_add(elapsed_us.saturating_mul(u64::from(rate))).min(capacity(rate))
-    }
-}
-
-/// A bucket's capacity (its burst) in millionths of a token.
-fn capacity(rate: u32) -> u64 {
-    u64::from(rate) * MICROS
-}
-
-/// Microseconds until a bucket at `level` can pay `cost` tokens at `rate`; 0 when it can
-/// now, or when the bucket is off.
-fn wait_us(level: u64, rate: u32, cost: u32) -> u64 {
-    if rate == 0 {
-        return 0;
-    }
-    (u64::from(cost) * MICROS).saturating_sub(level).div_ceil(u64::from(rate))
-}
-
-/// A subject's two buckets in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A subject's two buckets in this process, on the limiter's clock.
+#[derive(Debug, Clone, Copy)]
 struct SubjectBuckets {
-    operations: TokenBucket,
-    mutations: TokenBucket,
+    operations: RateBucket,
+    mutations: RateBucket,
 }
 
 impl SubjectBuckets {
     /// Both buckets full.
-    fn full(limits: RateLimits, now_us: u64) -> SubjectBuckets {
+    fn full(limits: RateLimits, now_ms: i64) -> SubjectBuckets {
         SubjectBuckets {
-            operations: TokenBucket::full(limits.operations_per_second, now_us),
-            mutations: TokenBucket::full(limits.mutations_per_second, now_us),
+            operations: RateBucket::full(f64::from(limits.operations_per_second), now_ms),
+            mutations: RateBucket::full(f64::from(limits.mutations_per_second), now_ms),
         }
     }
 
-    /// Takes `costs` from both buckets at `now_us`, or nothing if either cannot pay. The
-    /// same arithmetic as [`SCRIPT`]: the retry-after is the longer of the two waits,
-    /// rounded up to whole milliseconds, at least 1.
-    fn take(&mut self, limits: RateLimits, costs: Costs, now_us: u64) -> Outcome {
+    /// Takes `costs` from both buckets at `now_ms`, or nothing if either cannot pay. The
+    /// same rule as [`SCRIPT`]: the retry-after is the longer of the two waits, rounded
+    /// up to whole milliseconds, at least 1.
+    fn take(&mut self, limits: RateLimits, costs: Costs, now_ms: i64) -> Outcome {
         let (ops_rate, mut_rate) = (limits.operations_per_second, limits.mutations_per_second);
-        let ops_level = self.operations.level(ops_rate, now_us);
-        let mut_level = self.mutations.level(mut_rate, now_us);
-        let ops_wait = wait_us(ops_level, ops_rate, costs.operations);
-        let mut_wait = wait_us(mut_level, mut_rate, costs.mutations);
-        if ops_wait > 0 || mut_wait > 0 {
+        let operations = charged(self.operations, ops_rate, costs.operations, now_ms);
+        let mutations = charged(self.mutations, mut_rate, costs.mutations, now_ms);
+        let wait = |bucket: Option<RateBucket>, rate: u32, cost: u32| {
+            bucket.map_or(Duration::ZERO, |b| b.until_holding(cost, f64::from(rate)))
+        };
+        let ops_wait = wait(operations, ops_rate, costs.operations);
+        let mut_wait = wait(mutations, mut_rate, costs.mutations);
+        if !ops_wait.is_zero() || !mut_wait.is_zero() {
             let (wait, bucket) =
                 if mut_wait >= ops_wait { (mut_wait, Bucket::Mutations) } else { (ops_wait, Bucket::Operations) };
-            return Outcome::Refused { retry_after_ms: wait.div_ceil(1000).max(1), bucket };
+            let retry_after_ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX).max(1);
+            return Outcome::Refused { retry_after_ms, bucket };
         }
-        // An uncharged bucket keeps its old state: its level is computed from it anyway.
-        if ops_rate > 0 && costs.operations > 0 {
-            let micro_tokens = ops_level - u64::from(costs.operations) * MICROS;
-            self.operations = TokenBucket { micro_tokens, updated_us: now_us };
+        // An uncharged bucket keeps its old state: the next charge refills it from there.
+        if let Some(bucket) = operations {
+            self.operations = bucket.spent(costs.operations);
         }
-        if mut_rate > 0 && costs.mutations > 0 {
-            let micro_tokens = mut_level - u64::from(costs.mutations) * MICROS;
-            self.mutations = TokenBucket { micro_tokens, updated_us: now_us };
+        if let Some(bucket) = mutations {
+            self.mutations = bucket.spent(costs.mutations);
         }
         Outcome::Allowed
     }
+}
+
+/// `bucket` refilled to `now_ms`, when a check charges it: it is on (`rate` above 0) and
+/// the check takes tokens from it.
+fn charged(bucket: RateBucket, rate: u32, cost: u32, now_ms: i64) -> Option<RateBucket> {
+    (rate > 0 && cost > 0).then(|| bucket.refilled(f64::from(rate), now_ms))
 }
 
 #[cfg(test)]
@@ -406,15 +377,15 @@ mod tests {
         testing::{self, connected_link},
     };
 
-    const SECOND_US: u64 = 1_000_000;
+    const SECOND_MS: i64 = 1_000;
 
     fn limits(operations_per_second: u32, mutations_per_second: u32) -> RateLimits {
         RateLimits { operations_per_second, mutations_per_second }
     }
 
-    /// Takes at `now_us` with costs clamped as `check` does.
-    fn take(buckets: &mut SubjectBuckets, limits: RateLimits, operations: u32, mutations: u32, now_us: u64) -> Outcome {
-        buckets.take(limits, Costs::clamped(limits, operations, mutations), now_us)
+    /// Takes at `now_ms` with costs clamped as `check` does.
+    fn take(buckets: &mut SubjectBuckets, limits: RateLimits, operations: u32, mutations: u32, now_ms: i64) -> Outcome {
+        buckets.take(limits, Costs::clamped(limits, operations, mutations), now_ms)
     }
 
     fn settings(timeout: Duration) -> RedisSettings {
@@ -452,7 +423,7 @@ mod tests {
             "at 4/s the next token comes in 250 ms"
         );
         assert_eq!(
-            take(&mut buckets, limits, 1, 0, 100_000),
+            take(&mut buckets, limits, 1, 0, 100),
             Outcome::Refused { retry_after_ms: 150, bucket: Bucket::Operations },
             "100 ms later, 150 ms are left"
         );
@@ -463,17 +434,14 @@ mod tests {
         let limits = limits(10, 0);
         let mut buckets = SubjectBuckets::full(limits, 0);
         assert_eq!(take(&mut buckets, limits, 10, 0, 0), Outcome::Allowed, "the burst empties the bucket");
-        assert!(
-            matches!(take(&mut buckets, limits, 1, 0, 50_000), Outcome::Refused { .. }),
-            "half a token after 50 ms"
-        );
-        assert_eq!(take(&mut buckets, limits, 3, 0, 300_000), Outcome::Allowed, "three tokens after 300 ms");
-        assert!(matches!(take(&mut buckets, limits, 1, 0, 300_000), Outcome::Refused { .. }), "and no more");
+        assert!(matches!(take(&mut buckets, limits, 1, 0, 50), Outcome::Refused { .. }), "half a token after 50 ms");
+        assert_eq!(take(&mut buckets, limits, 3, 0, 300), Outcome::Allowed, "three tokens after 300 ms");
+        assert!(matches!(take(&mut buckets, limits, 1, 0, 300), Outcome::Refused { .. }), "and no more");
 
         let mut idle = SubjectBuckets::full(limits, 0);
-        assert_eq!(take(&mut idle, limits, 10, 0, 3600 * SECOND_US), Outcome::Allowed, "an hour idle: full");
+        assert_eq!(take(&mut idle, limits, 10, 0, 3600 * SECOND_MS), Outcome::Allowed, "an hour idle: full");
         assert_eq!(
-            take(&mut idle, limits, 1, 0, 3600 * SECOND_US),
+            take(&mut idle, limits, 1, 0, 3600 * SECOND_MS),
             Outcome::Refused { retry_after_ms: 100, bucket: Bucket::Operations },
             "an idle bucket holds no more than its burst"
         );
@@ -536,15 +504,15 @@ mod tests {
             Outcome::Refused { retry_after_ms: 1000, bucket: Bucket::Operations },
             "and the next one waits for a full bucket, not forever"
         );
-        assert_eq!(take(&mut buckets, limits, 10, 0, SECOND_US), Outcome::Allowed, "one second later it fits");
+        assert_eq!(take(&mut buckets, limits, 10, 0, SECOND_MS), Outcome::Allowed, "one second later it fits");
     }
 
     #[test]
     fn a_clock_that_goes_backwards_refills_nothing() {
         let limits = limits(1, 0);
-        let mut buckets = SubjectBuckets::full(limits, 10 * SECOND_US);
-        assert_eq!(take(&mut buckets, limits, 1, 0, 10 * SECOND_US), Outcome::Allowed);
-        assert!(matches!(take(&mut buckets, limits, 1, 0, 9 * SECOND_US), Outcome::Refused { .. }));
+        let mut buckets = SubjectBuckets::full(limits, 10 * SECOND_MS);
+        assert_eq!(take(&mut buckets, limits, 1, 0, 10 * SECOND_MS), Outcome::Allowed);
+        assert!(matches!(take(&mut buckets, limits, 1, 0, 9 * SECOND_MS), Outcome::Refused { .. }));
     }
 
     #[test]

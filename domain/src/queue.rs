@@ -81,10 +81,17 @@ impl RateBucket {
 
     /// How long until the bucket holds a whole token again at `rate`.
     pub fn until_next(self, rate: f64) -> Duration {
-        if self.tokens >= 1.0 || rate <= 0.0 {
+        self.until_holding(1, rate)
+    }
+
+    /// How long until the bucket holds `n` tokens at `rate` (zero when it does now; at
+    /// most an hour).
+    pub fn until_holding(self, n: u32, rate: f64) -> Duration {
+        let missing = f64::from(n) - self.tokens;
+        if missing <= 0.0 || rate <= 0.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64(((1.0 - self.tokens) / rate).min(3_600.0))
+        Duration::from_secs_f64((missing / rate).min(3_600.0))
     }
 }
 
@@ -173,6 +180,15 @@ mod tests {
         assert_eq!(empty.refilled(5.0, -1_000).whole(), 0, "a clock that went back refills nothing");
         assert_eq!(bucket.spent(9).tokens, 0.0, "never below empty");
         assert_eq!(RateBucket::full(50.0, 0).refilled(2.0, 0).whole(), 2, "a lowered rate caps what is left");
+    }
+
+    #[test]
+    fn the_wait_for_several_tokens_counts_from_what_is_left() {
+        let bucket = RateBucket { tokens: 0.5, at_ms: 0 };
+        assert_eq!(bucket.until_holding(3, 5.0), Duration::from_millis(500));
+        assert_eq!(bucket.until_holding(0, 5.0), Duration::ZERO, "nothing to wait for");
+        assert_eq!(RateBucket::full(4.0, 0).until_holding(4, 4.0), Duration::ZERO, "a full bucket pays its burst");
+        assert_eq!(bucket.until_holding(1, 0.0), Duration::ZERO, "no rate: nothing to wait for");
     }
 
     #[test]

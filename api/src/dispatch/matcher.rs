@@ -48,12 +48,13 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use rdkafka::{
-    ClientContext, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
     message::{BorrowedMessage, Headers},
 };
 use taskwire_domain::{
-    EnvelopeType, TaskEnvelope, TaskId, TaskStatus,
+    EnvelopeType, QueueSettings, TaskEnvelope, TaskId, TaskStatus,
     machine::{Effect, Transition},
     task::Task,
 };
@@ -64,8 +65,13 @@ use super::{
     DispatchSettings, DispatcherId,
     ready::{Entry, ReadySet, Source},
 };
-use crate::{metrics::Metrics, telemetry};
 use taskwire_store::{CommitListener, Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord};
+
+use crate::{
+    kafka::{GroupContext, RebalanceListener},
+    metrics::Metrics,
+    telemetry,
+};
 
 /// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
 /// capacity freed by other processes, are noticed within this).
@@ -84,12 +90,12 @@ const OFFERS_PER_TRANSACTION: usize = 100;
 /// Messages taken from Kafka (or the local feed) per batch at most.
 const BATCH: usize = 500;
 /// Tasks the local feed holds for the matcher at most (see [`LocalFeed`]).
-pub const LOCAL_FEED_CAPACITY: usize = 4_096;
+const LOCAL_FEED_CAPACITY: usize = 4_096;
 /// Local announcements remembered so that their Kafka copies skip the database check (see
 /// [`Handled`]): a few seconds of dispatch at full speed.
 const HANDLED_CAPACITY: usize = 8_192;
 /// How often the ready set is reconciled with the database.
-pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the ready set is reconciled while the matcher owns no partition (start-up
 /// until the group assigns it, rebalances, Kafka down): the dispatch latency then.
 const UNASSIGNED_RECONCILE_EVERY: Duration = Duration::from_millis(250);
@@ -127,7 +133,7 @@ impl Default for GroupMembership {
 impl GroupMembership {
     /// `None` until the group has assigned this process (possibly nothing), then the
     /// number of partitions it holds.
-    pub fn partitions(&self) -> Option<u32> {
+    pub(crate) fn partitions(&self) -> Option<u32> {
         u32::try_from(self.partitions.load(Ordering::Relaxed)).ok()
     }
 
@@ -136,55 +142,53 @@ impl GroupMembership {
     }
 }
 
-/// Records partitions revoked by a consumer-group rebalance, for the matcher to drop,
-/// and the assignment, for [`GroupMembership`].
+/// Hears the dispatcher group's rebalances: records the partitions revoked, for the
+/// matcher to drop what it holds from them, and the assignment, for [`GroupMembership`].
 #[derive(Debug, Default, Clone)]
-pub struct RebalanceContext {
+pub(crate) struct Rebalances {
     revoked: Arc<Mutex<Vec<i32>>>,
     membership: GroupMembership,
 }
 
-impl ClientContext for RebalanceContext {}
-
-impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance
-            && let Ok(mut revoked) = self.revoked.lock()
-        {
-            revoked.extend(list.elements().iter().map(|e| e.partition()));
+impl RebalanceListener for Rebalances {
+    fn revoking(&self, partitions: &[i32]) {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            revoked.extend_from_slice(partitions);
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-                self.membership.set(partitions.len());
-                tracing::info!(?partitions, "dispatch partitions assigned");
-            }
-            Rebalance::Revoke(list) => {
-                self.membership.set(0);
-                tracing::info!(partitions = list.count(), "dispatch partitions revoked");
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "dispatch consumer rebalance failed"),
-        }
+    fn assigned(&self, partitions: &[i32]) {
+        self.membership.set(partitions.len());
+        tracing::info!(?partitions, "dispatch partitions assigned");
+    }
+
+    fn revoked(&self, partitions: &[i32]) {
+        self.membership.set(0);
+        tracing::info!(partitions = partitions.len(), "dispatch partitions revoked");
+    }
+
+    fn failed(&self, error: &KafkaError) {
+        tracing::warn!(error = %error, "dispatch consumer rebalance failed");
     }
 }
 
-impl RebalanceContext {
+impl Rebalances {
     fn take_revoked(&self) -> Vec<i32> {
         self.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
     }
 }
 
+/// The matcher's consumer of the dispatch topic.
+pub(crate) type DispatchConsumer = StreamConsumer<GroupContext<Rebalances>>;
+
 /// The matcher loop's state.
-pub struct Matcher {
+pub(crate) struct Matcher {
     store: Store,
     settings: DispatchSettings,
     metrics: Metrics,
     /// This process among dispatchers: it offers to the workers marked with it.
     id: DispatcherId,
-    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    consumer: Arc<DispatchConsumer>,
     topic: String,
     wake: Arc<Notify>,
     ready: ReadySet,
@@ -263,14 +267,14 @@ impl Handled {
 /// `dispatch_local_total{outcome="dropped"}`) and is offered from its Kafka announcement
 /// instead, like a task queued by another process. Never waits: it runs on the commit path.
 #[derive(Debug, Clone)]
-pub struct LocalFeed {
+pub(crate) struct LocalFeed {
     tx: mpsc::Sender<Announcement>,
     metrics: Metrics,
 }
 
 impl LocalFeed {
     /// Announces `envelope` (a dispatch envelope) to the matcher, unless the feed is full.
-    pub fn announce(&self, envelope: TaskEnvelope, traceparent: Option<&str>) {
+    pub(crate) fn announce(&self, envelope: TaskEnvelope, traceparent: Option<&str>) {
         let announcement =
             Announcement { source: None, envelope: Some(envelope), traceparent: traceparent.map(str::to_owned) };
         let outcome = match self.tx.try_send(announcement) {
@@ -303,12 +307,12 @@ impl std::fmt::Debug for Matcher {
 
 impl Matcher {
     /// A matcher reading `topic` with `consumer` (subscribed, auto-commit off).
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         settings: DispatchSettings,
         metrics: Metrics,
         id: DispatcherId,
-        consumer: StreamConsumer<RebalanceContext>,
+        consumer: DispatchConsumer,
         topic: String,
     ) -> Self {
         let wake = store.dispatch_signal();
@@ -335,27 +339,27 @@ impl Matcher {
 
     /// The feed through which this process's commits hand newly `QUEUED` tasks to this
     /// matcher.
-    pub fn local_feed(&self) -> LocalFeed {
+    pub(crate) fn local_feed(&self) -> LocalFeed {
         self.feed.clone()
     }
 
     /// This process's membership in the dispatcher group (for `/readyz`).
-    pub fn membership(&self) -> GroupMembership {
-        self.consumer.context().membership.clone()
+    pub(crate) fn membership(&self) -> GroupMembership {
+        self.consumer.context().listener().membership.clone()
     }
 
     /// The dispatch consumer, shared (the lag sampler reads its positions).
-    pub fn consumer(&self) -> Arc<StreamConsumer<RebalanceContext>> {
+    pub(crate) fn consumer(&self) -> Arc<DispatchConsumer> {
         self.consumer.clone()
     }
 
     /// Runs until `shutdown`, then commits what it placed.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         self.reconcile(Utc::now()).await;
         let mut reconciled = Instant::now();
         let mut pulled = Instant::now();
         loop {
-            let revoked = self.consumer.context().take_revoked();
+            let revoked = self.consumer.context().listener().take_revoked();
             if !revoked.is_empty() {
                 self.revoke(&revoked);
             }
@@ -567,6 +571,9 @@ impl Matcher {
     /// Offers what can be offered now; returns how many ready tasks it settled (offered,
     /// or found no longer `QUEUED`): 0 when nothing could be offered. Records which
     /// queues local workers could serve more of ([`Matcher::pull`]).
+    ///
+    /// A round reads what it plans against, plans every offer against the capacities it
+    /// read, then makes the offers in as few transactions as possible.
     async fn round(&mut self) -> usize {
         self.idle.clear();
         if self.ready.is_empty() {
@@ -574,35 +581,47 @@ impl Matcher {
         }
         self.metrics.dispatch_rounds.inc();
         let now = Utc::now();
-        let Some(mut workers) = self.local_workers(now).await else { return 0 };
-        if workers.is_empty() {
-            return 0;
-        }
-        let queues = self.ready.queues();
-        let settings = match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
-            Ok(settings) => settings,
-            Err(e) => {
-                tracing::warn!(error = ?e, "cannot load queue settings; retrying");
-                return 0;
-            }
-        };
+        let Some(mut snapshot) = self.read_snapshot(now).await else { return 0 };
         let clock = Instant::now();
         self.held.retain(|_, (until, _)| *until > clock);
-        // Queues with a cap or a rate: the offer transaction enforces them over every
-        // dispatcher; planning only keeps a round from planning beyond the cap itself.
-        let limited: Vec<&str> = queues
-            .iter()
-            .filter(|q| {
-                settings.get(*q).is_some_and(|s| s.max_concurrency.is_some() || s.rate_limit_per_second.is_some())
-            })
-            .map(String::as_str)
-            .collect();
+        let plan = self.plan(&mut snapshot);
+        let limited = snapshot.limited_queues();
         let expires_at = now + self.settings.offer_timeout;
-        // Plan the whole round first, against the capacities read above; then make the
-        // offers in as few transactions as possible.
-        let mut plan: Vec<(PlannedOffer, DateTime<Utc>)> = Vec::new();
-        for queue in &queues {
-            let Some(settings) = settings.get(queue) else { continue };
+        let mut settled = 0;
+        for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
+            let Some(settled_now) = self.offer(chunk, &limited, expires_at, clock).await else { return settled };
+            settled += settled_now;
+        }
+        self.idle = self.idle_queues(&snapshot.workers);
+        settled
+    }
+
+    /// What a round plans against: the queues the ready set holds tasks of, their
+    /// settings, and the workers this dispatcher may offer to. `None` when there is no
+    /// worker, or when they or the settings cannot be read.
+    async fn read_snapshot(&self, now: DateTime<Utc>) -> Option<Snapshot> {
+        let workers = self.local_workers(now).await?;
+        if workers.is_empty() {
+            return None;
+        }
+        let queues = self.ready.queues();
+        match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
+            Ok(settings) => Some(Snapshot { queues, settings, workers }),
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot load queue settings; retrying");
+                None
+            }
+        }
+    }
+
+    /// The round's offers, in dispatch order within each queue: each ready task goes to
+    /// the least loaded worker that serves its queue, while the queue is neither paused
+    /// nor held and its concurrency cap allows. Counts the planned offers into the
+    /// snapshot's workers.
+    fn plan(&self, snapshot: &mut Snapshot) -> Vec<(PlannedOffer, DateTime<Utc>)> {
+        let mut plan = Vec::new();
+        for queue in &snapshot.queues {
+            let Some(settings) = snapshot.settings.get(queue) else { continue };
             if settings.paused || self.held.contains_key(queue) {
                 continue;
             }
@@ -611,7 +630,7 @@ impl Matcher {
                 if budget == 0 {
                     break;
                 }
-                let Some(worker) = least_loaded(&mut workers, queue, entry.avoid.as_deref()) else { break };
+                let Some(worker) = least_loaded(&mut snapshot.workers, queue, entry.avoid.as_deref()) else { break };
                 worker.active += 1;
                 budget -= 1;
                 let offer =
@@ -619,42 +638,61 @@ impl Matcher {
                 plan.push((offer, entry.queued_at));
             }
         }
-        let mut settled = 0;
-        for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
-            let offers: Vec<PlannedOffer> = chunk.iter().map(|(offer, _)| offer.clone()).collect();
-            let made = match self.store.offer_many(&offers, &limited, expires_at).await {
-                Ok(made) => made,
-                Err(e) => {
-                    tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
-                    return settled;
-                }
-            };
-            for (queue, limited) in made.limited {
-                self.hold(queue, limited, clock);
+        plan
+    }
+
+    /// Makes `planned` offers (with when each task was queued) in one transaction, holds
+    /// back the queues whose limits refused some, and records each outcome; returns how
+    /// many ready tasks it settled, or `None` when the transaction failed.
+    async fn offer(
+        &mut self,
+        planned: &[(PlannedOffer, DateTime<Utc>)],
+        limited: &[&str],
+        expires_at: DateTime<Utc>,
+        clock: Instant,
+    ) -> Option<usize> {
+        let offers: Vec<PlannedOffer> = planned.iter().map(|(offer, _)| offer.clone()).collect();
+        let made = match self.store.offer_many(&offers, limited, expires_at).await {
+            Ok(made) => made,
+            Err(e) => {
+                tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
+                return None;
             }
-            for ((offer, queued_at), outcome) in chunk.iter().zip(made.outcomes) {
-                match outcome {
-                    OfferOutcome::Offered(task) => {
-                        settled += 1;
-                        self.ready.remove(offer.id);
-                        self.metrics.dispatch_offers.inc();
-                        let waited = (task.updated_at - *queued_at).to_std().unwrap_or_default();
-                        self.metrics.dispatch_latency.observe(waited.as_secs_f64());
-                        tracing::debug!(task = %offer.id, worker = %offer.worker_id, "offered");
-                    }
-                    OfferOutcome::NotQueued => {
-                        settled += 1;
-                        self.ready.remove(offer.id);
-                    }
-                    // Drained, offline or full since it was read, or the queue is at its
-                    // limits (other dispatchers count too): the task stays ready and a
-                    // later round offers it.
-                    OfferOutcome::WorkerUnavailable | OfferOutcome::QueueLimited => {}
-                }
+        };
+        for (queue, limited) in made.limited {
+            self.hold(queue, limited, clock);
+        }
+        let mut settled = 0;
+        for ((offer, queued_at), outcome) in planned.iter().zip(made.outcomes) {
+            if self.record(offer, *queued_at, outcome) {
+                settled += 1;
             }
         }
-        self.idle = self.idle_queues(&workers);
-        settled
+        Some(settled)
+    }
+
+    /// Records the outcome of one offer: a task offered, or found no longer `QUEUED`,
+    /// leaves the ready set (an offered one is counted, with how long it waited);
+    /// returns whether it did.
+    fn record(&mut self, offer: &PlannedOffer, queued_at: DateTime<Utc>, outcome: OfferOutcome) -> bool {
+        match outcome {
+            OfferOutcome::Offered(task) => {
+                self.ready.remove(offer.id);
+                self.metrics.dispatch_offers.inc();
+                let waited = (task.updated_at - queued_at).to_std().unwrap_or_default();
+                self.metrics.dispatch_latency.observe(waited.as_secs_f64());
+                tracing::debug!(task = %offer.id, worker = %offer.worker_id, "offered");
+                true
+            }
+            OfferOutcome::NotQueued => {
+                self.ready.remove(offer.id);
+                true
+            }
+            // Drained, offline or full since it was read, or the queue is at its
+            // limits (other dispatchers count too): the task stays ready and a
+            // later round offers it.
+            OfferOutcome::WorkerUnavailable | OfferOutcome::QueueLimited => false,
+        }
     }
 
     /// Leaves `queue` out of the rounds after its limits held offers back: a rate-limited
@@ -766,6 +804,32 @@ impl Matcher {
             // The next commit carries the same or higher positions.
             tracing::debug!(error = %e, "offset commit failed");
         }
+    }
+}
+
+/// What a round plans against, read at its start.
+#[derive(Debug)]
+struct Snapshot {
+    /// The queues the ready set holds tasks of, by name.
+    queues: Vec<String>,
+    /// Their settings (a queue missing here is not offered from this round).
+    settings: HashMap<String, QueueSettings>,
+    /// The workers this dispatcher may offer to; planning counts its offers into their
+    /// `active`.
+    workers: Vec<WorkerRecord>,
+}
+
+impl Snapshot {
+    /// The queues with a cap or a rate: the offer transaction enforces them over every
+    /// dispatcher; planning only keeps a round from planning beyond the cap itself.
+    fn limited_queues(&self) -> Vec<&str> {
+        self.queues
+            .iter()
+            .filter(|q| {
+                self.settings.get(*q).is_some_and(|s| s.max_concurrency.is_some() || s.rate_limit_per_second.is_some())
+            })
+            .map(String::as_str)
+            .collect()
     }
 }
 
@@ -923,7 +987,7 @@ mod tests {
         let consumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("group.id", "matcher-test")
-            .create_with_context(RebalanceContext::default())
+            .create_with_context(GroupContext::default())
             .expect("consumer");
         let metrics = Metrics::new();
         let mut matcher = Matcher::new(

@@ -16,9 +16,9 @@
 //! Every change they make goes through the store's conditional transactions, so several
 //! dispatcher processes can run side by side: the database decides who wins.
 
-pub mod matcher;
-pub mod ready;
-pub mod reaper;
+pub(crate) mod matcher;
+mod ready;
+pub(crate) mod reaper;
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,11 +27,11 @@ use std::{sync::Arc, time::Duration};
 /// Unique per start (host, process id and a random part), so a restarted process never
 /// mistakes the workers of its previous life for its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DispatcherId(Arc<str>);
+pub(crate) struct DispatcherId(Arc<str>);
 
 impl DispatcherId {
     /// A fresh id for this process.
-    pub fn generate() -> DispatcherId {
+    pub(crate) fn generate() -> DispatcherId {
         let host = std::env::var("HOSTNAME")
             .ok()
             .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -45,7 +45,7 @@ impl DispatcherId {
     }
 
     /// The id as stored.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -53,7 +53,7 @@ impl DispatcherId {
 /// The dispatcher of this process, if it runs one: what an `assignments` stream marks
 /// its worker with (schema data).
 #[derive(Debug, Clone, Default)]
-pub struct LocalDispatcher(pub Option<DispatcherId>);
+pub struct LocalDispatcher(pub(crate) Option<DispatcherId>);
 
 /// Dispatcher settings from the configuration.
 #[derive(Debug, Clone)]

@@ -16,28 +16,28 @@ use chrono::{DateTime, Utc};
 use taskwire_domain::TaskId;
 
 /// Where a dispatch message came from: `(partition, offset)`.
-pub type Source = (i32, i64);
+pub(crate) type Source = (i32, i64);
 
 /// A task waiting for a worker.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The task.
-    pub id: TaskId,
+    pub(crate) id: TaskId,
     /// Its queue.
-    pub queue: String,
+    pub(crate) queue: String,
     /// 0–9, higher first.
-    pub priority: u8,
+    pub(crate) priority: u8,
     /// Earlier first among equal priorities.
-    pub run_at: DateTime<Utc>,
+    pub(crate) run_at: DateTime<Utc>,
     /// When it became `QUEUED` (for the dispatch latency metric).
-    pub queued_at: DateTime<Utc>,
+    pub(crate) queued_at: DateTime<Utc>,
     /// The message that announced it; `None` when found by reconciliation.
-    pub source: Option<Source>,
+    pub(crate) source: Option<Source>,
     /// W3C trace context of the message, continued by the offer.
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
     /// The worker that just let the task go (its offer lapsed, it released the task or
     /// went offline): offered to another worker when one is free.
-    pub avoid: Option<String>,
+    pub(crate) avoid: Option<String>,
 }
 
 type Key = (Reverse<u8>, DateTime<Utc>, TaskId);
@@ -58,7 +58,7 @@ struct Partition {
 
 /// The ready set. See the module docs.
 #[derive(Debug)]
-pub struct ReadySet {
+pub(crate) struct ReadySet {
     capacity: usize,
     queues: HashMap<String, BTreeMap<Key, Entry>>,
     index: HashMap<TaskId, (String, Key)>,
@@ -67,7 +67,7 @@ pub struct ReadySet {
 
 impl ReadySet {
     /// An empty set holding at most `capacity` tasks.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         ReadySet {
             capacity: capacity.max(1),
             queues: HashMap::new(),
@@ -77,28 +77,28 @@ impl ReadySet {
     }
 
     /// Tasks held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.index.len()
     }
 
     /// Whether no task is held.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 
     /// Whether the set is at its bound (the matcher then stops reading Kafka).
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.index.len() >= self.capacity
     }
 
     /// Whether `id` is held.
-    pub fn contains(&self, id: TaskId) -> bool {
+    pub(crate) fn contains(&self, id: TaskId) -> bool {
         self.index.contains_key(&id)
     }
 
     /// Records that the message at `source` (if the announcement came from Kafka) was
     /// read and is already placed (a stale or duplicate announcement).
-    pub fn placed_on_arrival(&mut self, source: Option<Source>) {
+    pub(crate) fn placed_on_arrival(&mut self, source: Option<Source>) {
         if let Some((partition, offset)) = source {
             let p = self.partitions.entry(partition).or_default();
             p.next = p.next.max(offset + 1);
@@ -111,7 +111,7 @@ impl ReadySet {
     /// over: its offset then waits for the task, as if the message had come first. The
     /// matcher never reads more messages than the set has room for, so only
     /// reconciliation and the local feed meet a full set.
-    pub fn insert(&mut self, entry: Entry) -> bool {
+    pub(crate) fn insert(&mut self, entry: Entry) -> bool {
         if let Some((queue, k)) = self.index.get(&entry.id) {
             let held = self.queues.get_mut(queue).and_then(|q| q.get_mut(k));
             match (held, entry.source) {
@@ -143,17 +143,17 @@ impl ReadySet {
     }
 
     /// The next task of `queue` in dispatch order.
-    pub fn peek(&self, queue: &str) -> Option<&Entry> {
+    pub(crate) fn peek(&self, queue: &str) -> Option<&Entry> {
         self.queues.get(queue).and_then(|q| q.values().next())
     }
 
     /// The tasks of `queue` in dispatch order.
-    pub fn in_order<'a>(&'a self, queue: &str) -> impl Iterator<Item = &'a Entry> + 'a {
+    pub(crate) fn in_order<'a>(&'a self, queue: &str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.queues.get(queue).into_iter().flat_map(|q| q.values())
     }
 
     /// Removes `id` (offered, or no longer `QUEUED`) and places its message.
-    pub fn remove(&mut self, id: TaskId) -> Option<Entry> {
+    pub(crate) fn remove(&mut self, id: TaskId) -> Option<Entry> {
         let (queue, k) = self.index.remove(&id)?;
         let tasks = self.queues.get_mut(&queue)?;
         let entry = tasks.remove(&k);
@@ -169,7 +169,7 @@ impl ReadySet {
     }
 
     /// Queues with tasks held, by name.
-    pub fn queues(&self) -> Vec<String> {
+    pub(crate) fn queues(&self) -> Vec<String> {
         let mut names: Vec<String> = self.queues.keys().cloned().collect();
         names.sort();
         names
@@ -178,7 +178,7 @@ impl ReadySet {
     /// Drops the tasks and offsets of partitions this matcher no longer owns (after a
     /// consumer-group rebalance); their new owner replays them from its committed offset.
     /// Returns the tasks dropped.
-    pub fn revoke(&mut self, partitions: &[i32]) -> Vec<TaskId> {
+    pub(crate) fn revoke(&mut self, partitions: &[i32]) -> Vec<TaskId> {
         let gone: Vec<TaskId> = self
             .queues
             .values()
@@ -197,7 +197,7 @@ impl ReadySet {
 
     /// Positions to commit, per partition, that moved since the last call: the lowest
     /// unplaced offset, or one past the highest seen when all are placed.
-    pub fn commits(&mut self) -> Vec<(i32, i64)> {
+    pub(crate) fn commits(&mut self) -> Vec<(i32, i64)> {
         let mut out = Vec::new();
         for (partition, p) in &mut self.partitions {
             let position = p.unplaced.first().copied().unwrap_or(p.next);

@@ -26,7 +26,12 @@ fn retry_at(task: &Task, queue: &QueueSettings, now: DateTime<Utc>) -> DateTime<
 }
 
 /// Runs the reaper every `settings.reaper_interval` until `shutdown`.
-pub async fn run_reaper(store: Store, settings: DispatchSettings, metrics: Metrics, shutdown: CancellationToken) {
+pub(crate) async fn run_reaper(
+    store: Store,
+    settings: DispatchSettings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(settings.reaper_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -43,7 +48,7 @@ pub async fn run_reaper(store: Store, settings: DispatchSettings, metrics: Metri
 
 /// One reaper pass: stale workers go offline, then every kind of lapsed claim is
 /// reclaimed.
-pub async fn reap(store: &Store, settings: &DispatchSettings, metrics: &Metrics) -> crate::error::ApiResult<()> {
+async fn reap(store: &Store, settings: &DispatchSettings, metrics: &Metrics) -> crate::error::ApiResult<()> {
     let now = Utc::now();
     let expired = store.expire_workers(now - settings.worker_ttl).await?;
     if expired > 0 {
@@ -80,7 +85,7 @@ pub async fn reap(store: &Store, settings: &DispatchSettings, metrics: &Metrics)
 /// Promotes due `SCHEDULED` tasks to `QUEUED` until `shutdown`, sleeping until the next
 /// `runAt` but never longer than the poll interval (tasks scheduled by other processes
 /// are noticed within it).
-pub async fn run_scheduler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
+pub(crate) async fn run_scheduler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
     loop {
         let wait = match promote_due(&store, &metrics).await {
             Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or_default().min(SCHEDULER_POLL),
@@ -121,7 +126,7 @@ const STATUS_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Refreshes the `tasks{status}` gauge from the database until `shutdown`: at once, then
 /// every 15 s. One `GROUP BY` over the status index per round; runs with the dispatcher.
-pub async fn run_status_sampler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
+pub(crate) async fn run_status_sampler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
     loop {
         let pause = match store.status_counts().await {
             Ok(counts) => {

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::{cache::TaskCache, live::Hub, metrics::Metrics};
 
 /// Assigns every partition of `topic` at its current end offset.
-pub async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> Result<(), KafkaError> {
+pub(crate) async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> Result<(), KafkaError> {
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
@@ -39,7 +39,7 @@ pub async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> Resu
 }
 
 /// Routes every status event to the hub until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     consumer: Arc<StreamConsumer>,
     hub: Arc<Hub>,
     cache: TaskCache,

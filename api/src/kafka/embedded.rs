@@ -46,7 +46,7 @@ impl std::fmt::Debug for Request {
 
 impl EmbeddedCluster {
     /// Starts a cluster of `brokers` brokers with `topics` created (`partitions` each).
-    pub fn start(brokers: i32, topics: &[String], partitions: i32) -> Result<EmbeddedCluster, KafkaError> {
+    pub(crate) fn start(brokers: i32, topics: &[String], partitions: i32) -> Result<EmbeddedCluster, KafkaError> {
         let (requests, inbox) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, KafkaError>>();
         let topics = topics.to_vec();

@@ -5,9 +5,10 @@
 //! in-process ([`embedded`]); otherwise it connects to the given brokers and creates the
 //! topics if they are missing. Either way, everything else talks real Kafka protocol.
 
-pub mod consumer;
-pub mod embedded;
-pub mod relay;
+pub(crate) mod consumer;
+pub(crate) mod embedded;
+mod rebalance;
+pub(crate) mod relay;
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,6 +25,7 @@ use taskwire_domain::EnvelopeType;
 use tokio_util::sync::CancellationToken;
 
 pub use embedded::EmbeddedCluster;
+pub(crate) use rebalance::{GroupContext, RebalanceListener};
 
 use crate::{metrics::Metrics, telemetry};
 use taskwire_store::Topics;
@@ -71,7 +73,7 @@ const FETCH_WAIT_MAX_MS: &str = "50";
 impl Kafka {
     /// Starts the embedded cluster or reaches the configured brokers, and makes sure the
     /// three topics exist.
-    pub async fn connect(settings: &KafkaSettings) -> Result<Kafka, KafkaError> {
+    pub(crate) async fn connect(settings: &KafkaSettings) -> Result<Kafka, KafkaError> {
         let topics = Topics::new(&settings.topic_prefix);
         let names = topics.all();
         match &settings.brokers {
@@ -96,17 +98,17 @@ impl Kafka {
     }
 
     /// The topic names.
-    pub fn topics(&self) -> &Topics {
+    pub(crate) fn topics(&self) -> &Topics {
         &self.topics
     }
 
     /// The embedded cluster, when running on it (fault tests take its brokers down).
-    pub fn embedded(&self) -> Option<Arc<EmbeddedCluster>> {
+    pub(crate) fn embedded(&self) -> Option<Arc<EmbeddedCluster>> {
         self.embedded.clone()
     }
 
     /// The outbox producer: idempotent, `acks=all`, tuned for latency (`linger.ms` 1).
-    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    pub(crate) fn producer(&self) -> Result<FutureProducer, KafkaError> {
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("enable.idempotence", "true")
@@ -125,7 +127,7 @@ impl Kafka {
     /// explicitly ([`consumer::assign_at_end`]). A subscription as well would make the
     /// group's first rebalance replace that assignment with offsets taken later, and the
     /// events committed in between would never reach this process.
-    pub fn live_consumer(&self, group: &str) -> Result<StreamConsumer, KafkaError> {
+    pub(crate) fn live_consumer(&self, group: &str) -> Result<StreamConsumer, KafkaError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", group)
@@ -137,28 +139,29 @@ impl Kafka {
         Ok(consumer)
     }
 
-    /// The matcher's consumer of `topic`: group `group` (shared by every dispatcher
-    /// process), from the earliest offset when the group has none, offsets committed by
-    /// the matcher itself (only below the lowest task not yet placed).
-    pub fn dispatch_consumer(
+    /// The dispatch consumer of `topic`: group `group` (shared by every dispatcher
+    /// process), from the earliest offset when the group has none, never committing by
+    /// itself (its owner commits only what it has placed). The group's rebalances go to
+    /// an `L` of the owner's.
+    pub(crate) fn dispatch_consumer<L: RebalanceListener + Default>(
         &self,
         group: &str,
         topic: &str,
-    ) -> Result<StreamConsumer<crate::dispatch::matcher::RebalanceContext>, KafkaError> {
-        let consumer: StreamConsumer<crate::dispatch::matcher::RebalanceContext> = ClientConfig::new()
+    ) -> Result<StreamConsumer<GroupContext<L>>, KafkaError> {
+        let consumer: StreamConsumer<GroupContext<L>> = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", group)
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("session.timeout.ms", "10000")
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-            .create_with_context(crate::dispatch::matcher::RebalanceContext::default())?;
+            .create_with_context(GroupContext::default())?;
         consumer.subscribe(&[topic])?;
         Ok(consumer)
     }
 
     /// Whether the cluster answers a metadata request for the status topic in time.
-    pub async fn ping(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), KafkaError> {
         let bootstrap = self.bootstrap_servers.clone();
         let topic = self.topics.for_envelope(EnvelopeType::Status);
         tokio::task::spawn_blocking(move || {
@@ -240,7 +243,7 @@ async fn existing_topics(brokers: &str, timeout: Duration) -> Result<std::collec
 
 /// The trace-context headers of a Kafka message, for [`telemetry::set_parent_from`]. Reads
 /// the headers in place: nothing is copied.
-pub struct HeaderCarrier<'a, H: Headers>(pub &'a H);
+struct HeaderCarrier<'a, H: Headers>(&'a H);
 
 impl<H: Headers> std::fmt::Debug for HeaderCarrier<'_, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,7 +267,7 @@ impl<H: Headers> opentelemetry::propagation::Extractor for HeaderCarrier<'_, H> 
 
 /// Makes `span` a child of the trace context in a message's headers, when spans are
 /// exported (free otherwise).
-pub fn set_parent_from_headers<H: Headers>(span: &tracing::Span, headers: Option<&H>) {
+pub(crate) fn set_parent_from_headers<H: Headers>(span: &tracing::Span, headers: Option<&H>) {
     if let Some(headers) = headers
         && telemetry::exporting()
     {
@@ -273,12 +276,12 @@ pub fn set_parent_from_headers<H: Headers>(span: &tracing::Span, headers: Option
 }
 
 /// How often [`run_lag_sampler`] samples.
-pub const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// How long one high-watermark request may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A consumer whose lag can be measured.
-pub trait ConsumerLag: Send + Sync {
+pub(crate) trait ConsumerLag: Send + Sync {
     /// Σ(high watermark − position) over the partitions assigned to this consumer. A
     /// partition it has not read from since its assignment counts from the group's
     /// committed offset, or else from where its `auto.offset.reset` starts it. Blocking
@@ -293,9 +296,9 @@ impl ConsumerLag for StreamConsumer {
     }
 }
 
-/// The matcher's consumer of [`Kafka::dispatch_consumer`] starts at the beginning
+/// The dispatch consumers of [`Kafka::dispatch_consumer`] start at the beginning
 /// (`earliest`).
-impl ConsumerLag for StreamConsumer<crate::dispatch::matcher::RebalanceContext> {
+impl<L: RebalanceListener> ConsumerLag for StreamConsumer<GroupContext<L>> {
     fn lag(&self, timeout: Duration) -> Result<i64, KafkaError> {
         lag_of(self, Reset::Earliest, timeout)
     }
@@ -345,7 +348,7 @@ fn lag_of<C: ConsumerContext, K: Consumer<C>>(
 
 /// Every [`LAG_SAMPLE_EVERY`], sets `kafka_consumer_lag{consumer=<label>}` for each
 /// consumer, until `shutdown`. A sample that fails (brokers down) leaves the last value.
-pub async fn run_lag_sampler(
+pub(crate) async fn run_lag_sampler(
     consumers: Vec<(&'static str, Arc<dyn ConsumerLag>)>,
     metrics: Metrics,
     shutdown: CancellationToken,

@@ -45,10 +45,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const BACKLOG_SAMPLE: Duration = Duration::from_secs(1);
 
 /// Builds the relay's producer (again, after a fatal error).
-pub type MakeProducer = Box<dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync>;
+pub(crate) type MakeProducer = Box<dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync>;
 
 /// The relay task's state.
-pub struct OutboxRelay {
+pub(crate) struct OutboxRelay {
     store: Store,
     producer: FutureProducer,
     make_producer: MakeProducer,
@@ -67,7 +67,7 @@ impl std::fmt::Debug for OutboxRelay {
 impl OutboxRelay {
     /// A relay publishing `store`'s outbox with the producers `make_producer` builds
     /// (the first one now), announcing the versions of events to `status_topic` to `cache`.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         make_producer: MakeProducer,
         cache: TaskCache,
@@ -79,7 +79,7 @@ impl OutboxRelay {
     }
 
     /// Runs until `shutdown`, then drains what it can and flushes the producer.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let signal = self.store.outbox_signal();
         let mut backoff = Duration::from_millis(100);
         let mut last_count = std::time::Instant::now() - BACKLOG_SAMPLE;
