@@ -205,7 +205,7 @@ impl Application {
             config.max_query_bytes,
             PersistedQueries::new(redis_link.clone(), metrics.clone()),
             RateLimiter::new(config.rate_limits, redis_link.clone(), metrics.clone()),
-            RateLimiter::for_invalid_tokens(config.rate_limit_invalid_tokens, redis_link.clone(), metrics.clone()),
+            RateLimiter::for_invalid_tokens(config.rate_limit_invalid_tokens, redis_link, metrics.clone()),
             metrics.clone(),
         )
         .map_err(StartupError::Schema)?;
@@ -216,7 +216,6 @@ impl Application {
             keys: Arc::new(keys),
             sdl: schema_sdl.into(),
             redis,
-            redis_link,
             cache,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,

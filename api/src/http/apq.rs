@@ -23,7 +23,7 @@ const LOCAL_BYTES: u64 = 32 * 1024 * 1024;
 const REDIS_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The persisted-query store.
-pub struct PersistedQueries {
+pub(crate) struct PersistedQueries {
     local: moka::sync::Cache<String, Arc<str>>,
     redis: Arc<RedisLink>,
     metrics: Metrics,
@@ -37,7 +37,7 @@ impl std::fmt::Debug for PersistedQueries {
 
 impl PersistedQueries {
     /// An empty store, shared through `redis` when it is configured.
-    pub fn new(redis: Arc<RedisLink>, metrics: Metrics) -> PersistedQueries {
+    pub(crate) fn new(redis: Arc<RedisLink>, metrics: Metrics) -> PersistedQueries {
         let local = moka::sync::Cache::builder()
             .max_capacity(LOCAL_BYTES)
             .weigher(|hash: &String, query: &Arc<str>| (hash.len() + query.len()).try_into().unwrap_or(u32::MAX))
@@ -48,7 +48,7 @@ impl PersistedQueries {
     /// Applies the APQ protocol to `request`: fills in the query of a known hash, stores
     /// a new (query, hash) pair, or fails with `PERSISTED_QUERY_NOT_FOUND`. A request
     /// without `extensions.persistedQuery` is left alone.
-    pub async fn resolve(&self, request: &mut Request) -> Result<(), ApiError> {
+    pub(crate) async fn resolve(&self, request: &mut Request) -> Result<(), ApiError> {
         let Some(hash) = requested_hash(request)? else { return Ok(()) };
         if !request.query.is_empty() {
             if hex::encode(Sha256::digest(request.query.as_bytes())) != hash {

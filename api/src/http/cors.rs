@@ -33,7 +33,7 @@ pub enum CorsOrigins {
 
 impl CorsOrigins {
     /// Parses `TASKWIRE_CORS_ORIGINS`: `*`, `off`, `localhost`, or comma-separated origins.
-    pub fn parse(value: &str) -> Result<CorsOrigins, String> {
+    pub(crate) fn parse(value: &str) -> Result<CorsOrigins, String> {
         match value.trim() {
             "*" => return Ok(CorsOrigins::Any),
             "off" | "none" => return Ok(CorsOrigins::Off),
@@ -57,7 +57,7 @@ impl CorsOrigins {
     }
 
     /// The layer answering preflights and decorating responses, `None` when off.
-    pub fn layer(&self) -> Option<CorsLayer> {
+    pub(crate) fn layer(&self) -> Option<CorsLayer> {
         let allow = match self {
             CorsOrigins::Off => return None,
             CorsOrigins::Any => AllowOrigin::any(),

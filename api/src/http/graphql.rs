@@ -36,7 +36,7 @@ const REQUEST_ID_HEADER: &str = "x-request-id";
 ///
 /// The body must arrive within `TASKWIRE_BODY_READ_TIMEOUT_MS` of the headers (else 408):
 /// a client trickling its body would otherwise hold the connection and its buffer.
-pub async fn post(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+pub(crate) async fn post(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
     let headers = request.headers().clone();
     let request_id = request_id(&headers);
@@ -102,7 +102,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// `GET /graphql`: a WebSocket upgrade (subscriptions), or
 /// `?query=…&variables=…&operationName=…&extensions=…` for queries only (and persisted
 /// queries by hash).
-pub async fn get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+pub(crate) async fn get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (mut parts, _) = request.into_parts();
     let headers = parts.headers.clone();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(UNKNOWN_PEER, |c| c.0);
@@ -163,7 +163,7 @@ fn parse_query_string(uri: &axum::http::Uri) -> Result<Request, String> {
 const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// `GET /graphiql`.
-pub async fn graphiql() -> impl IntoResponse {
+pub(crate) async fn graphiql() -> impl IntoResponse {
     Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").title("Taskwire").finish())
 }
 

@@ -16,12 +16,12 @@ use super::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness: the process is up.
-pub async fn healthz() -> impl IntoResponse {
+pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// Readiness: can this process serve traffic now?
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (database, redis, kafka) = tokio::join!(check_database(&state), check_redis(&state), check_kafka(&state));
     let usable = database["state"] == "up" && kafka["state"] == "up";
     let redis_degraded = redis["state"] == "down";

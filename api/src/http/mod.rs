@@ -7,11 +7,11 @@
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /schema.graphql` | the SDL |
 
-pub mod apq;
+pub(crate) mod apq;
 pub mod cors;
-pub mod graphql;
-pub mod health;
-pub mod protect;
+pub(crate) mod graphql;
+pub(crate) mod health;
+pub(crate) mod protect;
 pub mod serve;
 pub mod ws;
 
@@ -35,7 +35,7 @@ use taskwire_store::Store;
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The executable schema.
     pub schema: TaskwireSchema,
     /// The repository.
@@ -46,8 +46,6 @@ pub struct AppState {
     pub sdl: Arc<str>,
     /// Redis, when configured (readiness reports it).
     pub redis: Option<crate::redis_link::RedisClient>,
-    /// The shared Redis link (cache, rate limits, persisted queries).
-    pub redis_link: Arc<crate::redis_link::RedisLink>,
     /// The task read cache.
     pub cache: crate::cache::TaskCache,
     /// Persisted queries, query limits and rate limits.
@@ -78,7 +76,7 @@ impl std::fmt::Debug for AppState {
 
 /// HTTP-level limits.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Operations in one batched request.
@@ -96,7 +94,13 @@ pub struct Limits {
 /// health, readiness and metrics endpoints.
 ///
 /// Cross-origin calls are answered as `cors` allows (README, Frontends).
-pub fn router(state: AppState, api: bool, graphiql: bool, introspection: bool, cors: &cors::CorsOrigins) -> Router {
+pub(crate) fn router(
+    state: AppState,
+    api: bool,
+    graphiql: bool,
+    introspection: bool,
+    cors: &cors::CorsOrigins,
+) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -32,7 +32,7 @@ const PARSE_CACHE_MAX_QUERY: usize = 32 * 1024;
 
 /// The checks, built once at start-up.
 #[derive(Debug)]
-pub struct Protection {
+pub(crate) struct Protection {
     shape: SchemaShape,
     limits: QueryLimits,
     /// Longest document text parsed (`TASKWIRE_LIMIT_QUERY_BYTES`).
@@ -49,7 +49,7 @@ pub struct Protection {
 
 impl Protection {
     /// The checks for the schema whose SDL is `sdl`.
-    pub fn new(
+    pub(crate) fn new(
         sdl: &str,
         limits: QueryLimits,
         max_query_bytes: usize,
@@ -70,7 +70,7 @@ impl Protection {
     /// applies the query limits. The type of the selected operation, when there is one;
     /// `None` when the document does not parse or names no operation, which execution
     /// then reports as bad input without running anything.
-    pub async fn prepare(&self, request: &mut Request) -> Result<Option<Operation>, ApiError> {
+    pub(crate) async fn prepare(&self, request: &mut Request) -> Result<Option<Operation>, ApiError> {
         self.apq.resolve(request).await?;
         // Parsing costs time in the length of the text: refuse what is too long first.
         if request.query.len() > self.max_query_bytes {
@@ -106,29 +106,26 @@ impl Protection {
     }
 
     /// Spends `operations` (of which `mutations` are mutations) from `subject`'s budget.
-    pub async fn admit(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
+    pub(crate) async fn admit(&self, subject: &str, operations: u32, mutations: u32) -> Result<(), ApiError> {
         self.rate.check(subject, operations, mutations).await
     }
 
     /// Spends one refused token from `ip`'s budget (`TASKWIRE_RATE_LIMIT_INVALID_TOKENS`):
     /// `RATE_LIMITED` once the address refuses more than its rate, so nobody can make the
     /// server verify signatures without end from one address.
-    pub async fn admit_invalid_token(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+    pub(crate) async fn admit_invalid_token(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
         // A subject of its own: the anonymous operations budget is keyed by `ip:<addr>`.
         self.invalid_tokens.check(&format!("invalid-token:{ip}"), 1, 0).await
     }
 }
 
-/// Shared handle.
-pub type SharedProtection = Arc<Protection>;
-
 /// The operation a request selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operation {
+pub(crate) struct Operation {
     /// Query, mutation or subscription.
-    pub ty: OperationType,
+    pub(crate) ty: OperationType,
     /// Its name in the document, if it has one (for logs and metrics).
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 /// The operation `name` selects in `document` (the only one when `name` is `None`).
@@ -136,7 +133,7 @@ pub struct Operation {
 /// The name is the document's own: a request's `operationName` that names no operation
 /// (an anonymous operation's) is not taken for one, so clients cannot choose names that
 /// then appear in logs and metrics.
-pub fn selected_operation(document: &ExecutableDocument, name: Option<&str>) -> Option<Operation> {
+fn selected_operation(document: &ExecutableDocument, name: Option<&str>) -> Option<Operation> {
     match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => Some(Operation { ty: op.node.ty, name: None }),
         (DocumentOperations::Multiple(ops), Some(name)) => ops

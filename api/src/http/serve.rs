@@ -72,7 +72,7 @@ impl Default for ConnectionLimits {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets each connection finish its in-flight request and waits for them.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
