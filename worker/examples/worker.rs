@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, env = "TASKWIRE_TOKEN", hide_env_values = true)]
     token: String,
     /// A queue to serve (repeatable, or comma-separated).
-    #[arg(long = "queue", required = true, value_delimiter = ',')]
+    #[arg(long = "queue", value_name = "NAME", required = true, value_delimiter = ',')]
     queues: Vec<String>,
     /// Tasks handled at once.
     #[arg(long, default_value_t = 4)]

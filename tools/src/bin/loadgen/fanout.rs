@@ -177,7 +177,7 @@ impl Received {
 /// `fanout`: S subscribers to one queue's events, E tasks created into it.
 pub(crate) async fn fanout(o: &Options, target: &Target) -> Result<(Value, String), String> {
     let clock = target.clock;
-    let rss_before = o.pid.and_then(rss_kib);
+    let mut rss = ServerRss { before: o.pid.and_then(rss_kib), ..ServerRss::default() };
     let stop = CancellationToken::new();
     let shared = Arc::new(FanoutShared {
         phase: Mutex::new(ConnectPhase { open: true, connected: 0, failed: 0 }),
@@ -194,7 +194,8 @@ pub(crate) async fn fanout(o: &Options, target: &Target) -> Result<(Value, Strin
     let connected = shared.close_connect_phase(o.subscribers, connect_started).await;
     let connect_seconds = connect_started.elapsed().as_secs_f64();
     tokio::time::sleep(IDLE_SETTLE).await;
-    let rss_idle = o.pid.and_then(rss_kib);
+    rss.subscriptions = connected;
+    rss.idle = o.pid.and_then(rss_kib);
 
     let acks: Arc<Mutex<HashMap<u128, i64>>> = Arc::default();
     let sink = acks.clone();
@@ -208,7 +209,7 @@ pub(crate) async fn fanout(o: &Options, target: &Target) -> Result<(Value, Strin
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let waited = grace_started.elapsed().as_secs_f64();
-    let rss_end = o.pid.and_then(rss_kib);
+    rss.end = o.pid.and_then(rss_kib);
     tokio::time::sleep(o.hold).await;
     stop.cancel();
     let results = futures::future::join_all(subscribers).await;
@@ -218,13 +219,6 @@ pub(crate) async fn fanout(o: &Options, target: &Target) -> Result<(Value, Strin
     let Received { from_at, from_ack, received, duplicates, unacknowledged } =
         Received::count(results, &acks, &mut errors);
 
-    let mib = |kib: Option<u64>| kib.map(|k| k as f64 / 1024.0);
-    let per_subscription = |kib: Option<u64>| match (rss_before, kib) {
-        (Some(before), Some(after)) if connected > 0 => {
-            Some((after as f64 - before as f64) * 1024.0 / connected as f64)
-        }
-        _ => None,
-    };
     let result = json!({
         "scenario": "fanout",
         "queue": o.queue,
@@ -247,20 +241,10 @@ pub(crate) async fn fanout(o: &Options, target: &Target) -> Result<(Value, Strin
             "at_to_received": latency_ms(from_at),
             "ack_to_received": latency_ms(from_ack),
         },
-        "server_rss_mib": { "pid": o.pid, "before": mib(rss_before), "idle": mib(rss_idle), "end": mib(rss_end) },
-        "server_rss_bytes_per_subscription": { "idle": per_subscription(rss_idle), "end": per_subscription(rss_end) },
+        "server_rss_mib": rss.mib(o.pid),
+        "server_rss_bytes_per_subscription": rss.bytes_per_subscription(),
         "errors": errors,
     });
-    let rss = match (rss_before, rss_idle, rss_end) {
-        (Some(before), Some(idle), Some(end)) => format!(
-            "server RSS {:.1} → {:.1} (idle) → {:.1} MiB (end), {:.1} KiB/subscription idle",
-            before as f64 / 1024.0,
-            idle as f64 / 1024.0,
-            end as f64 / 1024.0,
-            per_subscription(rss_idle).unwrap_or_default() / 1024.0
-        ),
-        _ => "server RSS not measured (--pid)".to_owned(),
-    };
     let line = format!(
         "fanout subscribers={} (connected {} in {:.1} s) events={} rate={}/s: deliveries {}/{}; p50/p95/p99/max \
          at→received {}, ack→received {}; {}; errors {}",
@@ -273,8 +257,53 @@ pub(crate) async fn fanout(o: &Options, target: &Target) -> Result<(Value, Strin
         expected,
         brief(&result["latency_ms"]["at_to_received"]),
         brief(&result["latency_ms"]["ack_to_received"]),
-        rss,
+        rss.describe(),
         result["errors"],
     );
     Ok((result, line))
+}
+
+/// The server's resident set size (KiB) before the subscribers connect, once they are
+/// connected and idle, and at the end; `None` without `--pid`.
+#[derive(Default)]
+struct ServerRss {
+    before: Option<u64>,
+    idle: Option<u64>,
+    end: Option<u64>,
+    /// Subscriptions open at the readings after `before`.
+    subscriptions: usize,
+}
+
+impl ServerRss {
+    /// Bytes per subscription added since `before`.
+    fn per_subscription(&self, kib: Option<u64>) -> Option<f64> {
+        match (self.before, kib) {
+            (Some(before), Some(after)) if self.subscriptions > 0 => {
+                Some((after as f64 - before as f64) * 1024.0 / self.subscriptions as f64)
+            }
+            _ => None,
+        }
+    }
+
+    fn mib(&self, pid: Option<u32>) -> Value {
+        let mib = |kib: Option<u64>| kib.map(|k| k as f64 / 1024.0);
+        json!({ "pid": pid, "before": mib(self.before), "idle": mib(self.idle), "end": mib(self.end) })
+    }
+
+    fn bytes_per_subscription(&self) -> Value {
+        json!({ "idle": self.per_subscription(self.idle), "end": self.per_subscription(self.end) })
+    }
+
+    fn describe(&self) -> String {
+        match (self.before, self.idle, self.end) {
+            (Some(before), Some(idle), Some(end)) => format!(
+                "server RSS {:.1} → {:.1} (idle) → {:.1} MiB (end), {:.1} KiB/subscription idle",
+                before as f64 / 1024.0,
+                idle as f64 / 1024.0,
+                end as f64 / 1024.0,
+                self.per_subscription(self.idle).unwrap_or_default() / 1024.0
+            ),
+            _ => "server RSS not measured (--pid)".to_owned(),
+        }
+    }
 }
