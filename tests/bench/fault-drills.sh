@@ -67,7 +67,7 @@ if [ ${#drills[@]} -eq 0 ]; then
   if [ "$stack" = real ]; then drills=(kill9 frozen-worker brokers redis mariadb kill9-cluster rolling-restart); else drills=(kill9 frozen-worker); fi
 fi
 
-[ -n "$prebuilt" ] || cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin drill
+[ -n "$prebuilt" ] || cargo build --release --quiet -p taskwire-api -p taskwire-tools --bin taskwire --bin drill
 out="$CARGO_TARGET_DIR/bench"
 mkdir -p "$out"
 

@@ -48,7 +48,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target}"
 if [ -n "${TASKWIRE_BENCH_BIN:-}" ]; then
   bin=$TASKWIRE_BENCH_BIN
 else
-  cargo build --release --quiet -p taskwire-api -p taskwire-tests --bin taskwire --bin loadgen
+  cargo build --release --quiet -p taskwire-api -p taskwire-tools --bin taskwire --bin loadgen
   bin="$CARGO_TARGET_DIR/release"
 fi
 out="${TASKWIRE_BENCH_OUT:-$CARGO_TARGET_DIR/bench}"

@@ -7,10 +7,7 @@
 //! `TASKWIRE_TEST_DATABASE_URL=mysql://user@host:port` a fresh MySQL/MariaDB schema,
 //! dropped when the `TestApp` is dropped. Logs are silent unless `TEST_LOG` is set.
 
-pub mod load;
 pub mod proxy;
-pub mod watch;
-pub mod worker;
 pub mod ws;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};

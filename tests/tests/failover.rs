@@ -7,12 +7,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use serde_json::json;
-use taskwire_tests::{
-    TestApp,
-    proxy::TcpProxy,
-    watch::{self, WatchReport},
-    worker::{Handler, Outcome, Worker, WorkerConfig},
-};
+use taskwire_tests::{TestApp, proxy::TcpProxy};
+use taskwire_tools::watch::{self, WatchReport};
+use taskwire_worker::{Handler, Outcome, Worker, WorkerConfig};
 use tokio::sync::{mpsc, watch as signal};
 use tokio_util::sync::CancellationToken;
 

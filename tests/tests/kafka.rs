@@ -325,7 +325,7 @@ async fn metrics_are_valid_prometheus_text_with_the_backbone_series() {
 #[tokio::test]
 async fn a_dead_task_is_published_to_the_dead_letter_topic() {
     use futures::FutureExt;
-    use taskwire_tests::worker::{Outcome, Worker, WorkerConfig};
+    use taskwire_worker::{Outcome, Worker, WorkerConfig};
     let app = TestApp::spawn().await;
     let config = WorkerConfig {
         url: app.address.clone(),

@@ -1,4 +1,4 @@
-//! The dispatcher with reference workers (`taskwire_tests::worker`) that crash, hang,
+//! The dispatcher with reference workers (`taskwire_worker`) that crash, hang,
 //! drop off the network and fail: every task still ends, nothing runs on two workers
 //! at once, and attempts stay within their budget.
 
@@ -7,10 +7,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures::FutureExt;
 use rand::Rng;
 use serde_json::{Value, json};
-use taskwire_tests::{
-    TestApp,
-    worker::{Handler, Outcome, Worker, WorkerConfig},
-};
+use taskwire_tests::TestApp;
+use taskwire_worker::{Handler, Outcome, Worker, WorkerConfig};
 
 const CONFIGURE: &str = "mutation($input: ConfigureQueueInput!) { configureQueue(input: $input) { name } }";
 

@@ -1,5 +1,6 @@
 //! Pieces shared by the load tools (`loadgen`, `drill`, `plot`): a GraphQL POST that
-//! answers the error code, token minting, latency summaries and small helpers.
+//! answers the error code, token minting, latency summaries, command-line value parsers
+//! and small helpers.
 
 use std::{
     collections::BTreeMap,
@@ -7,8 +8,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use futures::StreamExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
+use taskwire_worker::{Handler, Worker, WorkerConfig};
 
 /// Percentiles of the latency curve in [`latency_ms`] (what `plot` draws).
 pub const CURVE_PERCENTILES: [f64; 14] =
@@ -113,6 +116,28 @@ pub fn failover_list(urls: &[String], i: usize) -> String {
     (0..urls.len()).map(|k| urls[(i + k) % n].as_str()).collect::<Vec<_>>().join(",")
 }
 
+/// Starts one reference worker per configuration, `concurrency` at a time, all with
+/// `handler`: the workers that started, and why the others did not.
+pub async fn start_workers(
+    configs: Vec<WorkerConfig>,
+    handler: Handler,
+    concurrency: usize,
+) -> (Vec<Worker>, Vec<taskwire_worker::Error>) {
+    let started: Vec<_> = futures::stream::iter(configs)
+        .map(|config| Worker::start(config, handler.clone()))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let (mut workers, mut failures) = (Vec::new(), Vec::new());
+    for worker in started {
+        match worker {
+            Ok(worker) => workers.push(worker),
+            Err(e) => failures.push(e),
+        }
+    }
+    (workers, failures)
+}
+
 /// The GraphQL WebSocket endpoint of a base URL (`http://h:p` → `ws://h:p/graphql`).
 pub fn ws_graphql(base: &str) -> String {
     let base = base.trim_end_matches('/');
@@ -120,6 +145,30 @@ pub fn ws_graphql(base: &str) -> String {
         Some(rest) => format!("wss://{rest}/graphql"),
         None => format!("{}/graphql", base.replacen("http://", "ws://", 1)),
     }
+}
+
+/// A short random id naming one run's queue and subjects.
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+/// A count of seconds, `20` or `20s`.
+pub fn parse_seconds(value: &str) -> Result<u64, String> {
+    value.trim_end_matches('s').parse().map_err(|_| format!("not a number of seconds: {value}"))
+}
+
+/// A rate per second: finite and positive.
+pub fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        Ok(_) => Err(format!("must be positive: {value}")),
+        Err(_) => Err(format!("not a number: {value}")),
+    }
+}
+
+/// A queue name the server accepts.
+pub fn parse_queue_name(value: &str) -> Result<String, String> {
+    taskwire_domain::QueueName::parse(value).map(|name| name.to_string()).map_err(|e| e.to_string())
 }
 
 /// Adds error counts by reason.
@@ -174,6 +223,17 @@ mod tests {
         assert_eq!(failover_list(&urls[..1], 7), "http://127.0.0.1:1");
         assert_eq!(ws_graphql("http://127.0.0.1:1/"), "ws://127.0.0.1:1/graphql");
         assert_eq!(ws_graphql("https://localhost"), "wss://localhost/graphql");
+    }
+
+    #[test]
+    fn command_line_values() {
+        assert_eq!((parse_seconds("20"), parse_seconds("20s")), (Ok(20), Ok(20)));
+        assert!(parse_seconds("soon").is_err());
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert!(parse_rate("0").is_err() && parse_rate("inf").is_err() && parse_rate("x").is_err());
+        assert_eq!(parse_queue_name("images.thumbs"), Ok("images.thumbs".to_owned()));
+        assert!(parse_queue_name("Images").is_err());
+        assert_eq!(new_run_id().len(), 8);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{Socket, open_acknowledged, send};
+use taskwire_worker::transport::{Socket, connect, send};
 
 /// The subscription each watched task gets.
 pub const TASK_UPDATED: &str =
@@ -155,7 +155,7 @@ pub async fn watch(
             break;
         }
         if socket.is_none() && !ws_urls.is_empty() {
-            match open_acknowledged(&ws_urls[at % ws_urls.len()], &token).await {
+            match connect(&ws_urls[at % ws_urls.len()], &token).await {
                 Ok(mut connected) => {
                     subscriptions.clear();
                     let mut failed = None;
@@ -299,7 +299,7 @@ pub async fn watch(
     report
 }
 
-async fn subscribe(socket: &mut Socket, id: &str, task: &str, after: u32) -> Result<(), String> {
+async fn subscribe(socket: &mut Socket, id: &str, task: &str, after: u32) -> Result<(), taskwire_worker::Error> {
     let payload =
         json!({ "query": TASK_UPDATED, "variables": { "id": task, "after": after }, "operationName": "Watch" });
     send(socket, json!({ "id": id, "type": "subscribe", "payload": payload })).await

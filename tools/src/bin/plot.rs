@@ -2,7 +2,7 @@
 //! `drill` write.
 //!
 //! ```text
-//! cargo run --release -p taskwire-tests --bin plot -- docs/img $CARGO_TARGET_DIR/bench/*.json
+//! cargo run --release -p taskwire-tools --bin plot -- docs/img $CARGO_TARGET_DIR/bench/*.json
 //! ```
 //!
 //! - Load-generator results named `<stack>-<scenario>.json` become `latency-<scenario>.png`:
@@ -17,6 +17,7 @@
 
 use std::{collections::BTreeMap, error::Error, path::Path};
 
+use clap::Parser;
 use plotters::{prelude::*, style::FontStyle};
 use serde_json::Value;
 
@@ -29,8 +30,21 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 /// A named latency curve: `(series name, [(nines, ms)])`.
 type Curve = (String, Vec<(f64, f64)>);
 
+/// Draws the PNG figures of docs/BENCHMARKS.md from the JSON results of `loadgen` and
+/// `drill`.
+#[derive(Parser)]
+struct Args {
+    /// The TrueType font the text is drawn with.
+    #[arg(long, default_value = DEFAULT_FONT)]
+    font: String,
+    /// Where the PNG files go (created when missing).
+    out_dir: String,
+    /// The result files (`<stack>-<scenario>.json`, `drill-<stack>-<drill>.json`).
+    inputs: Vec<String>,
+}
+
 fn main() -> std::process::ExitCode {
-    match run() {
+    match run(Args::parse()) {
         Ok(written) => {
             for path in written {
                 println!("{path}");
@@ -44,23 +58,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> Result<Vec<String>> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut font = DEFAULT_FONT.to_owned();
-    if let Some(at) = args.iter().position(|a| a == "--font") {
-        font = args.get(at + 1).cloned().ok_or("--font needs a path")?;
-        args.drain(at..=at + 1);
-    }
-    let (out_dir, inputs) = args.split_first().ok_or("usage: plot [--font TTF] <out-dir> <result.json>…")?;
+fn run(Args { font, out_dir, inputs }: Args) -> Result<Vec<String>> {
     let bytes = std::fs::read(&font).map_err(|e| format!("reading the font {font}: {e}"))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
         .map_err(|_| format!("{font} is not a usable TrueType font"))?;
-    std::fs::create_dir_all(out_dir)?;
+    std::fs::create_dir_all(&out_dir)?;
 
     // Scenario → [(series name, curve)].
     let mut latency: BTreeMap<String, Vec<Curve>> = BTreeMap::new();
     let mut written = Vec::new();
-    for input in inputs {
+    for input in &inputs {
         let text = std::fs::read_to_string(input).map_err(|e| format!("reading {input}: {e}"))?;
         let result: Value = serde_json::from_str(&text).map_err(|e| format!("{input}: {e}"))?;
         let stem = Path::new(input).file_stem().and_then(|s| s.to_str()).unwrap_or("result").to_owned();

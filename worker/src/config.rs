@@ -1,0 +1,38 @@
+//! What a worker connects to and registers as.
+
+use std::{fmt, time::Duration};
+
+/// How to reach the server and what to register as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Base URL of the server, `http://host:port` (`/graphql` is appended; the WebSocket
+    /// uses the same address with `ws://`). Several comma-separated base URLs (instances
+    /// of one deployment) are a fail-over list: the worker starts on the first that
+    /// answers and, whenever its connection dies or cannot be opened, moves on to the next
+    /// (wrapping around); its HTTP calls go where its subscription is.
+    pub url: String,
+    /// The worker's JWT (role `worker`); its `sub` is the worker id.
+    pub token: String,
+    /// Display name sent to `registerWorker` (1–128 characters).
+    pub name: String,
+    /// Queues served (1–64).
+    pub queues: Vec<String>,
+    /// Tasks handled at once (1–1000); registered with the server and enforced locally.
+    pub capacity: u32,
+    /// Period of the `heartbeat` mutation; keep it well under the queues' lease length
+    /// (30 s by default). Values under 10 ms are raised to 10 ms.
+    pub heartbeat_every: Duration,
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("queues", &self.queues)
+            .field("capacity", &self.capacity)
+            .field("heartbeat_every", &self.heartbeat_every)
+            .finish()
+    }
+}
