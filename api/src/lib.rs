@@ -20,18 +20,18 @@
 // production code returns errors instead (tests may panic; see clippy.toml).
 #![warn(clippy::expect_used)]
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
-pub mod error;
+pub(crate) mod dispatch;
+pub(crate) mod error;
 pub mod graphql;
-pub mod http;
+pub(crate) mod http;
 pub mod kafka;
-pub mod live;
-pub mod metrics;
-pub mod ratelimit;
-pub mod redis_link;
+pub(crate) mod live;
+pub(crate) mod metrics;
+pub(crate) mod ratelimit;
+pub(crate) mod redis_link;
 pub mod startup;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! Authentication: JSON web tokens in, [`Principal`]s out.
+//! Authentication: JSON web tokens in, `taskwire_domain::Principal`s out.
 //!
 //! Algorithms are pinned by configuration (HS256 with a secret, or RS256/ES256 with a
 //! public key, never both, never `none`); `exp` is required; `iss`/`aud` are checked when
@@ -6,5 +6,4 @@
 
 mod jwt;
 
-pub use jwt::{AuthError, JwtKeys, JwtSettings, KeyError, bearer_token};
-pub use taskwire_domain::{Principal, Role};
+pub use jwt::{JwtKeys, JwtSettings, KeyError, bearer_token};
