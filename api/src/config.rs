@@ -251,7 +251,7 @@ pub enum ConfigError {
 /// The whole service configuration. Defaults are the embedded ones.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Bind address. Default `127.0.0.1:8080`; port 0 picks a free port.
+    /// Bind address; port 0 picks a free port.
     pub listen: SocketAddr,
     /// The database (`DATABASE_*`).
     pub database: DatabaseSettings,
@@ -262,12 +262,12 @@ pub struct Config {
     pub redis: crate::redis_link::RedisSettings,
     /// Task cache sizes and lifetimes (defaults in [`KEYS`]).
     pub cache: crate::cache::CacheSettings,
-    /// OpenTelemetry collector for traces (OTLP/HTTP). Default unset: no export.
+    /// OpenTelemetry collector for traces (OTLP/HTTP).
     pub otlp_endpoint: Option<String>,
     /// Kafka settings: brokers (default unset: embedded mock cluster), topic prefix
     /// (default `taskwire`), partitions (default 3), replication (default 1).
     pub kafka: crate::kafka::KafkaSettings,
-    /// Events buffered per subscription before it resyncs. Default 256.
+    /// Events buffered per subscription before it resyncs.
     pub subscriber_buffer: usize,
     /// WebSocket limits and timers (defaults in [`KEYS`]).
     pub ws: crate::http::ws::WsSettings,
@@ -280,23 +280,23 @@ pub struct Config {
     /// Origins whose pages may call the API (`TASKWIRE_CORS_ORIGINS`; default: localhost
     /// origins in the embedded default, none in production mode).
     pub cors_origins: crate::http::cors::CorsOrigins,
-    /// Log format. Default pretty.
+    /// Log format.
     pub log_format: crate::telemetry::LogFormat,
-    /// Directory for embedded-mode files (the dev JWT secret). Default `data`.
+    /// Directory for embedded-mode files (the dev JWT secret).
     pub data_dir: PathBuf,
-    /// Apply pending migrations when serving. Default true.
+    /// Apply pending migrations when serving.
     pub migrate: bool,
-    /// Largest request body in bytes. Default 2 MiB.
+    /// Largest request body in bytes.
     pub max_body_bytes: usize,
-    /// Operations in one batched HTTP request. Default 10.
+    /// Operations in one batched HTTP request.
     pub max_batch_operations: usize,
-    /// Per-request time limit. Default 10 s.
+    /// Per-request time limit.
     pub request_timeout: Duration,
     /// Static limits on every operation (defaults in [`KEYS`]).
     pub query_limits: crate::graphql::limits::QueryLimits,
     /// Per-subject rate limits (defaults in [`KEYS`]).
     pub rate_limits: crate::ratelimit::RateLimits,
-    /// Components to run. Default both.
+    /// Components to run.
     pub roles: Roles,
     /// Dispatcher timers and bounds (defaults in [`KEYS`]).
     pub dispatch: crate::dispatch::DispatchSettings,
@@ -312,6 +312,12 @@ impl Config {
     /// Whether this is production mode (a MySQL/MariaDB database).
     pub fn is_production(&self) -> bool {
         self.database.is_mysql()
+    }
+
+    /// The defaults alone (for tests of the modules whose settings these are).
+    #[cfg(test)]
+    pub(crate) fn defaults() -> Config {
+        Config::load_from(None, &BTreeMap::new()).expect("the defaults load")
     }
 
     /// Loads defaults, then `file` if given, then the process environment.
@@ -434,7 +440,7 @@ impl Config {
             migrate: boolean(text(get("MIGRATE"), "MIGRATE")?, "MIGRATE")?,
             max_body_bytes,
             max_batch_operations: parse(get("MAX_BATCH_OPERATIONS"), "MAX_BATCH_OPERATIONS")?,
-            request_timeout: Duration::from_millis(parse(get("REQUEST_TIMEOUT_MS"), "REQUEST_TIMEOUT_MS")?),
+            request_timeout: millis(get("REQUEST_TIMEOUT_MS"), "REQUEST_TIMEOUT_MS")?,
             query_limits: crate::graphql::limits::QueryLimits {
                 max_depth: parse(get("LIMIT_DEPTH"), "LIMIT_DEPTH")?,
                 max_complexity: parse(get("LIMIT_COMPLEXITY"), "LIMIT_COMPLEXITY")?,

@@ -98,16 +98,10 @@ return {0, 0}
 /// (burst = rate, at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
-    /// Operations of any kind per second. Default 200.
+    /// Operations of any kind per second.
     pub operations_per_second: u32,
-    /// Mutations per second (they also count as operations). Default 50.
+    /// Mutations per second (they also count as operations).
     pub mutations_per_second: u32,
-}
-
-impl Default for RateLimits {
-    fn default() -> RateLimits {
-        RateLimits { operations_per_second: 200, mutations_per_second: 50 }
-    }
 }
 
 /// Per-subject rate limiter: Redis-wide when Redis answers, in-process otherwise.
@@ -407,7 +401,7 @@ mod tests {
 
     #[test]
     fn the_default_limits_are_200_operations_and_50_mutations_per_second() {
-        assert_eq!(RateLimits::default(), limits(200, 50));
+        assert_eq!(crate::config::Config::defaults().rate_limits, limits(200, 50));
     }
 
     #[test]

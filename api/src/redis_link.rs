@@ -45,12 +45,12 @@ pub const FAILURES_TO_OPEN: u32 = 3;
 /// Redis settings.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// Time limit for one command (and for connecting). Default 250 ms.
+    /// Time limit for one command (and for connecting).
     pub timeout: Duration,
-    /// How long the breaker stays open before a probe. Default 2 s.
+    /// How long the breaker stays open before a probe.
     pub cooldown: Duration,
     /// Prefix of every key this service writes, so several deployments (or test runs)
-    /// can share one Redis. Default `taskwire`.
+    /// can share one Redis.
     pub key_prefix: String,
 }
 

@@ -271,7 +271,7 @@ impl Store {
         } else {
             // Every distinct statement text is prepared once per connection and cached.
             // `shape` keeps the texts to a few dozen; the cache size is headroom above that
-            // (replacing an evicted statement stalled MariaDB commits, see `shape`).
+            // (replacing an evicted statement stalls MariaDB commits, see `shape`).
             let cache = settings.statement_cache;
             options
                 .map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache))

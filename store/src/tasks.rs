@@ -509,7 +509,7 @@ impl Store {
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with
     /// `writes` (statements that go with them, such as freed worker slots), their events
-    /// and outbox rows, then runs the after-commit hooks. The database's own error, so
+    /// and outbox rows, then tells the commit listeners. The database's own error, so
     /// that a transition batch can tell a lost deadlock (run it again) from the rest.
     pub(super) async fn commit_changes(
         &self,
@@ -783,7 +783,7 @@ pub(super) async fn update_all_if_unchanged(
 /// under dispatch load. Both backends accept the backquoted names. `id IN
 /// (…)` is a primary-key lookup on every backend, so MySQL locks exactly these rows (an
 /// `OR` of `id = ? AND version = ?` pairs can be planned as a scan that locks more, and
-/// was seen to deadlock creates); the version check is per row.
+/// can deadlock with creates); the version check is per row.
 fn case_update(backend: sea_orm::DbBackend, rows: &[(&Task, &Transition)]) -> Result<Statement, DbErr> {
     use std::fmt::Write;
 

@@ -1,4 +1,4 @@
-//! The WebSocket and worker-mutation limits of issue #24, black-box: visibility re-checked
+//! The WebSocket and worker-mutation limits, black-box: visibility re-checked
 //! for every live event, bounded ids, messages, bytes and connections per subject, the
 //! mutation budget over WebSocket, worker mutations that reveal nothing about tasks the
 //! caller holds no lease on, and refused subprotocols.

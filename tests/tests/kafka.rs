@@ -180,8 +180,8 @@ async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
 
 /// A task created here reaches this process's queue subscribers at commit, like any other
 /// change: with every broker down, the subscriber hears of the creation, and not from the
-/// history sweep. Before, creations came only through Kafka, so a subscriber saw a task
-/// offered at once (`ASSIGNED`, published here) first and then dropped its creation.
+/// history sweep. Were creations to come only through Kafka, a subscriber would see a
+/// task offered at once (`ASSIGNED`, published here) first and then drop its creation.
 #[tokio::test]
 async fn a_task_created_here_reaches_subscribers_here_without_kafka() {
     let (app, cluster) = TestApp::spawn_on_embedded_kafka().await;

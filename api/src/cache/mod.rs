@@ -62,15 +62,15 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
 /// Sizes and lifetimes of the cache (`TASKWIRE_CACHE_*`).
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// Memory L1 may use, by an estimate of each entry's size. Default 128 MiB.
+    /// Memory L1 may use, by an estimate of each entry's size.
     pub l1_max_bytes: u64,
-    /// Lifetime of an L1 entry. Default 5 s.
+    /// Lifetime of an L1 entry.
     pub l1_ttl: Duration,
-    /// Lifetime of a settled task in L2, ±10% jitter. Default 5 min.
+    /// Lifetime of a settled task in L2, ±10% jitter.
     pub l2_ttl: Duration,
-    /// Lifetime of a "no such task" entry (L1 and L2). Default 2 s.
+    /// Lifetime of a "no such task" entry (L1 and L2).
     pub null_ttl: Duration,
-    /// Concurrent batch loads from the database. Default 4.
+    /// Concurrent batch loads from the database.
     pub db_concurrency: usize,
 }
 

@@ -80,7 +80,7 @@ const TICK: Duration = Duration::from_millis(200);
 /// rate-limited), the next round waits this long unless a local wake-up comes first
 /// (capacity freed, a worker came online, a queue changed): new tasks alone cannot make
 /// an offer possible, so they need not each cost a read of the workers. Capacity freed by
-/// another process is noticed within this (it was noticed with the next task before).
+/// another process is noticed within this.
 const IDLE_RECHECK: Duration = Duration::from_millis(25);
 /// How long a queue at its concurrency cap sits out the rounds unless a local wake-up
 /// comes first: the latency of noticing room freed through another process.
@@ -262,7 +262,7 @@ impl Handled {
 }
 
 /// Hands tasks that became `QUEUED` in this process to its matcher at commit (the store's
-/// commit hook calls [`LocalFeed::announce`]). Bounded: when the matcher is
+/// store tells it as a commit listener, which calls [`LocalFeed::announce`]). Bounded: when the matcher is
 /// [`LOCAL_FEED_CAPACITY`] behind, the newest task is dropped (counted as
 /// `dispatch_local_total{outcome="dropped"}`) and is offered from its Kafka announcement
 /// instead, like a task queued by another process. Never waits: it runs on the commit path.
@@ -992,7 +992,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut matcher = Matcher::new(
             store.clone(),
-            DispatchSettings::default(),
+            crate::config::Config::defaults().dispatch,
             metrics.clone(),
             DispatcherId::generate(),
             consumer,

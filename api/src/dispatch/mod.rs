@@ -58,26 +58,15 @@ pub struct LocalDispatcher(pub(crate) Option<DispatcherId>);
 /// Dispatcher settings from the configuration.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
-    /// How long a worker has to accept an offer. Default 10 s.
+    /// How long a worker has to accept an offer.
     pub offer_timeout: Duration,
     /// A worker neither subscribed to `assignments` nor heartbeating for this long goes
-    /// `OFFLINE`. Default 30 s.
+    /// `OFFLINE`.
     pub worker_ttl: Duration,
-    /// Most tasks the matcher holds in memory. Default 100 000.
+    /// Most tasks the matcher holds in memory.
     pub ready_capacity: usize,
-    /// How often the reaper runs. Default 500 ms.
+    /// How often the reaper runs.
     pub reaper_interval: Duration,
-}
-
-impl Default for DispatchSettings {
-    fn default() -> Self {
-        DispatchSettings {
-            offer_timeout: Duration::from_secs(10),
-            worker_ttl: Duration::from_secs(30),
-            ready_capacity: 100_000,
-            reaper_interval: Duration::from_millis(500),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -53,38 +53,26 @@ const INTROSPECTION_ROOT_FIELDS: [&str; 2] = ["__schema", "__type"];
 /// definition). An operation beyond it is reported as `QUERY_TOO_DEEP` with this limit.
 pub const MAX_NESTING: usize = 128;
 
-/// Limits on an operation. The [`Default`] values are safe for the public endpoint.
+/// Limits on an operation (`TASKWIRE_LIMIT_*`; the defaults, safe for a public endpoint, are in
+/// `config::KEYS`).
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
-    /// Deepest field nesting (a root field is at depth 1). Default 12.
+    /// Deepest field nesting (a root field is at depth 1).
     pub max_depth: usize,
     /// Highest cost, where a field costs 1 plus its multiplier times the cost of its
-    /// sub-selection (see [`check`]). Default 10,000.
+    /// sub-selection (see [`check`]).
     pub max_complexity: usize,
-    /// Most aliased fields, counted in the expanded tree. Default 30.
+    /// Most aliased fields, counted in the expanded tree.
     pub max_aliases: usize,
-    /// Most directive usages, counted in the expanded tree. Default 50.
+    /// Most directive usages, counted in the expanded tree.
     pub max_directives: usize,
-    /// The multiplier of a list field that has no `first`/`last` argument. Default 20.
+    /// The multiplier of a list field that has no `first`/`last` argument.
     pub default_list_size: usize,
     /// Most selections in the whole document (every operation, selected or not), with
     /// fragments expanded wherever they are spread: each field, inline fragment and
     /// fragment spread counts 1, and so does each argument and directive on them.
-    /// Introspection fields count too. Default 2,000.
+    /// Introspection fields count too.
     pub max_selections: usize,
-}
-
-impl Default for QueryLimits {
-    fn default() -> Self {
-        QueryLimits {
-            max_depth: 12,
-            max_complexity: 10_000,
-            max_aliases: 30,
-            max_directives: 50,
-            default_list_size: 20,
-            max_selections: 2_000,
-        }
-    }
 }
 
 /// What an operation measured (for logs and metrics).
@@ -763,7 +751,13 @@ mod tests {
         variables: serde_json::Value,
     ) -> Result<QueryCost, ApiError> {
         let document = parse_query(query).expect("the test query parses");
-        check(&SHAPE, &document, operation_name, &Variables::from_json(variables), &QueryLimits::default())
+        check(
+            &SHAPE,
+            &document,
+            operation_name,
+            &Variables::from_json(variables),
+            &crate::config::Config::defaults().query_limits,
+        )
     }
 
     fn check_query(query: &str) -> Result<QueryCost, ApiError> {
@@ -806,7 +800,13 @@ mod tests {
             let document = parse_query(&text).expect("the operations file parses");
             for (name, _) in document.operations.iter() {
                 let name = name.map(Name::as_str);
-                let result = check(&SHAPE, &document, name, &Variables::default(), &QueryLimits::default());
+                let result = check(
+                    &SHAPE,
+                    &document,
+                    name,
+                    &Variables::default(),
+                    &crate::config::Config::defaults().query_limits,
+                );
                 assert!(result.is_ok(), "{} operation {name:?}: {result:?}", path.display());
                 checked += 1;
             }

@@ -17,7 +17,7 @@ use std::{
 use async_graphql::{Variables, parser::parse_query};
 use proptest::prelude::*;
 
-use super::{QueryLimits, SchemaShape, check};
+use super::{SchemaShape, check};
 
 /// The longest one check may take: far above what a linear walk of these documents
 /// costs, far below what a quadratic or exponential one would.
@@ -205,7 +205,7 @@ proptest! {
         let Ok(parsed) = parse_query(&text) else { return Ok(()) };
         let name = selected.map(|i| format!("Op{i}"));
         let variables = Variables::from_json(serde_json::json!({ "n": n }));
-        let limits = QueryLimits::default();
+        let limits = crate::config::Config::defaults().query_limits;
         let mut fastest = Duration::MAX;
         for _ in 0..RUNS {
             let started = Instant::now();

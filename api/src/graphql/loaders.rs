@@ -64,9 +64,8 @@ impl Loaders {
 }
 
 /// The loaders of one subscription, made when its first event needs one: most
-/// subscriptions select no field that loads anything, and a set is ~1 KiB that an open
-/// subscription would otherwise hold for its whole life (docs/BENCHMARKS.md, memory per
-/// WebSocket). Uncached, like [`Loaders::uncached`].
+/// subscriptions select no field that loads anything, and a set is memory an open
+/// subscription would otherwise hold for its whole life. Uncached, like [`Loaders::uncached`].
 #[derive(Debug, Default)]
 pub struct SubscriptionLoaders(OnceLock<Arc<Loaders>>);
 

@@ -55,8 +55,8 @@ const RESYNC_LIMIT: u64 = 5_000;
 /// be apart (the Kafka copy of an event another process published at commit; the
 /// history sweep's window): a task forgotten sooner could see an older event re-delivered,
 /// or a later one delivered without filling the gap before it. 7,168 tasks fill an
-/// 8,192-bucket table exactly, so a subscription's tracker stays under ~350 KiB on the
-/// busiest queue (it grew to 50,000 tasks, ~1.4 MiB, before). A task heard of again is
+/// 8,192-bucket table exactly, which bounds a subscription's tracker on the busiest
+/// queue. A task heard of again is
 /// kept, so only tasks silent while 7,168 others were heard of are forgotten.
 const TRACKED_TASKS: usize = 7_168;
 /// Tasks whose offer events an `assignments` subscription surely remembers (so that a

@@ -59,17 +59,6 @@ pub struct ConnectionLimits {
     pub max_connections_per_ip: usize,
 }
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections_per_ip: 512,
-        }
-    }
-}
-
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets each connection finish its in-flight request and waits for them.
 pub(crate) async fn serve(

@@ -66,8 +66,8 @@ pub struct Kafka {
 /// through these consumers; they carry other processes' changes. Two brokers do not cut
 /// the wait short: librdkafka's mock cluster holds an empty answer for the whole wait, and
 /// tansu 0.6 sleeps out the rest of it even when it found records. On them a change from
-/// another process can arrive up to this much later. At 10 ms, tansu spent a quarter of
-/// a core answering fetches during `real dispatch` (docs/BENCHMARKS.md).
+/// another process can arrive up to this much later. A shorter wait makes idle consumers
+/// poll the brokers more often, at the brokers' CPU cost.
 const FETCH_WAIT_MAX_MS: &str = "50";
 
 impl Kafka {

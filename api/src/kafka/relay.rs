@@ -12,7 +12,7 @@
 //! no process hears of a change through Kafka while Redis still serves the version before.
 //!
 //! An idempotent producer can fail for good: after a broker outage the broker may
-//! answer `PRODUCER_FENCED` (seen with tansu after its process was frozen for 30 s), and
+//! answer `PRODUCER_FENCED` (for example after the broker process was frozen), and
 //! librdkafka then fails every later message. The relay notices such a fatal error and
 //! replaces the producer with a new one (a new producer id); the rows it could not
 //! deliver are still in the outbox and go out through the new producer. Consumers

@@ -3,8 +3,7 @@
 //! Live events normally reach the hub in milliseconds through Kafka. A broker outage, a
 //! lost message or an offset reset can leave a task's last events unheard, and a
 //! subscriber would then wait for them forever. Instead of every idle subscriber reading
-//! the history itself (one query per subscriber every few seconds: 2,000 queries/s for
-//! 10,000 idle sockets), this one task per process reads the `(task, seq)` of the events
+//! the history itself (one query per idle subscriber every few seconds), this one task per process reads the `(task, seq)` of the events
 //! committed a few seconds ago, asks the hub which it has not routed
 //! ([`Hub::unheard`]), and routes those from `task_events`, invalidating the cache as the
 //! status consumer would. Subscribers de-duplicate by `seq`, so an event that arrives both

@@ -13,10 +13,9 @@ pub(super) const OUTBOUND_CAPACITY: usize = 64;
 
 /// A message queued for the socket writer, with the share of the connection's outbound
 /// byte budget it holds until it is written (none for the small protocol messages the
-/// connection itself sends). Boxed: tokio's channel allocates its slots 32 at a time
-/// when it is created, and a `Message` is 48 bytes, so an idle connection held a 1.5 KiB
-/// block of empty slots; boxed, the block is 256 bytes (docs/BENCHMARKS.md, 10,000 idle
-/// subscriptions).
+/// connection itself sends). Boxed: tokio's channel allocates its slots in blocks when
+/// it is created, so an idle connection holds a block of empty slots; boxed, each slot
+/// is pointer-sized.
 pub(super) type Outbound = Box<(Message, Option<OutboundShare>)>;
 
 /// A text message that holds no share of the outbound budget.
