@@ -21,7 +21,7 @@ use crate::{
     dispatch::{DispatchSettings, DispatcherId, LocalDispatcher, matcher::Matcher, reaper},
     graphql::{SchemaOptions, build_schema, sdl},
     http::{AppState, Limits, apq::PersistedQueries, protect::Protection, router},
-    kafka::{EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
+    kafka::{ClosesAside, EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
     live::{Hub, sweep::Sweeper},
     metrics::Metrics,
     ratelimit::RateLimiter,
@@ -104,7 +104,7 @@ async fn kafka_step<T>(
 struct Background {
     relay: OutboxRelay,
     /// The status consumer feeding live subscriptions (`api` role).
-    consumer: Option<Arc<StreamConsumer>>,
+    consumer: Option<Arc<ClosesAside<StreamConsumer>>>,
     hub: Arc<Hub>,
     /// The matcher, reaper and scheduler (`dispatcher` role).
     dispatcher: Option<(Matcher, DispatchSettings)>,
@@ -180,7 +180,7 @@ impl Application {
         let consumer = if config.roles.api {
             let status_topic = kafka.topics().for_envelope(EnvelopeType::Status);
             let group = format!("taskwire-api-{}", uuid::Uuid::new_v4().simple());
-            let consumer = Arc::new(kafka.live_consumer(&group)?);
+            let consumer = Arc::new(ClosesAside::new(kafka.live_consumer(&group)?));
             // Fixed before serving: every status event committed from now on reaches us.
             let assign = consumer::assign_at_end(consumer.clone(), status_topic);
             kafka_step(&config.kafka, "reading the status topic's end offsets", assign).await?;

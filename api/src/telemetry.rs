@@ -33,9 +33,9 @@ pub enum LogFormat {
 /// Default filter when `RUST_LOG` is unset. It also decides which spans are exported.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn";
 /// The `service.name` of exported spans.
-pub const SERVICE_NAME: &str = "taskwire";
+pub(crate) const SERVICE_NAME: &str = "taskwire";
 /// The header (HTTP and Kafka) carrying the W3C trace context.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 /// Path of the OTLP/HTTP traces endpoint, appended to a collector's base URL.
 const TRACES_PATH: &str = "/v1/traces";
 
@@ -173,14 +173,14 @@ fn traces_url(endpoint: &str) -> String {
 }
 
 /// Whether spans are exported. When not, the helpers below do nothing.
-pub fn exporting() -> bool {
+pub(crate) fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
 /// Makes `span` continue the trace of the W3C `traceparent` (its remote parent), when
 /// spans are exported. A malformed value is ignored (the span starts a trace of its own).
 /// Must happen before the span is first entered.
-pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+pub(crate) fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     if exporting() {
         continue_trace(span, &Traceparent(traceparent));
     }
@@ -188,7 +188,7 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
 
 /// Like [`set_remote_parent`], reading the trace context from any carrier (e.g. the
 /// headers of a Kafka message).
-pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
+pub(crate) fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
     if exporting() {
         continue_trace(span, carrier);
     }
@@ -196,7 +196,7 @@ pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
 
 /// The W3C `traceparent` of `span` itself, when spans are exported (`None` otherwise):
 /// what to send along with work `span` causes, so that work's spans become its children.
-pub fn span_traceparent(span: &tracing::Span) -> Option<String> {
+pub(crate) fn span_traceparent(span: &tracing::Span) -> Option<String> {
     if exporting() { own_traceparent(span) } else { None }
 }
 
@@ -207,7 +207,7 @@ pub fn span_traceparent(span: &tracing::Span) -> Option<String> {
 /// and the result is `span`'s own context, so the messages' spans are its children.
 /// Otherwise the result is [`traceparent`]`(incoming)`. Either way its trace id is the
 /// caller's when the caller sent a valid one.
-pub fn request_traceparent(span: &tracing::Span, incoming: Option<&str>) -> String {
+pub(crate) fn request_traceparent(span: &tracing::Span, incoming: Option<&str>) -> String {
     if let Some(incoming) = incoming {
         set_remote_parent(span, incoming);
     }
@@ -269,7 +269,7 @@ impl Injector for Traceparent<Option<String>> {
 /// A W3C `traceparent` for work caused by a request: the caller's trace continues when it
 /// sent a valid `traceparent`, with a new span id for us; otherwise a new trace starts.
 /// It travels in the Kafka headers of every message the request's writes produce.
-pub fn traceparent(incoming: Option<&str>) -> String {
+pub(crate) fn traceparent(incoming: Option<&str>) -> String {
     use rand::RngCore;
     let mut rng = rand::rng();
     let span_id = loop {

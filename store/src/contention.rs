@@ -16,7 +16,7 @@ use super::Store;
 use crate::error::{StoreError, StoreResult};
 
 /// Attempts a writer makes in all before it gives up on a lock conflict.
-pub const LOCK_CONFLICT_ATTEMPTS: u32 = 6;
+pub(crate) const LOCK_CONFLICT_ATTEMPTS: u32 = 6;
 /// The pause before retry `n` is random in `[0, BACKOFF_STEP × 2^n)`, capped at
 /// [`BACKOFF_CAP`]: long enough for the winner to commit, short next to a request.
 const BACKOFF_STEP: Duration = Duration::from_millis(2);

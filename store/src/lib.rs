@@ -55,7 +55,7 @@ mod tasks;
 pub mod testing;
 mod wal;
 
-pub use settings::QUEUE_SETTINGS_TTL;
+pub(crate) use settings::QUEUE_SETTINGS_TTL;
 
 use std::{
     path::Path,
@@ -84,7 +84,7 @@ pub(crate) use gate::{Writer, Writing};
 pub use metrics::{StoreMetrics, WriteGateMetrics};
 pub use outbox::{BACKLOG_EXACT_UP_TO, OutboxMessage};
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
-pub use wal::{CHECKPOINT_EVERY, Checkpoint, run_checkpointer};
+pub use wal::run_checkpointer;
 
 use taskwire_domain::machine::Transition;
 
@@ -228,7 +228,7 @@ pub fn is_mysql_url(url: &str) -> bool {
 /// the pool anyway (a connection broken during use is closed there), so pinging again on
 /// every checkout doubles the round trips of a busy connection. What this leaves open: a connection the server drops in the
 /// second after its last use fails one statement, and the pool then replaces it.
-pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+pub(crate) const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Transition committers on MySQL/MariaDB (SQLite has one: it has one writer). Two
 /// batches in flight overlap one's commit (the redo-log flush) and round trips with the
@@ -236,14 +236,14 @@ pub const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// rows, each in id order, so two such batches wait for each other but do not deadlock;
 /// the rarer paths that go one transition or offer at a time can, and InnoDB then rolls
 /// one side back and a batch is run again (see `coalesce`).
-pub const TRANSITION_COMMITTERS_MYSQL: usize = 2;
+pub(crate) const TRANSITION_COMMITTERS_MYSQL: usize = 2;
 
 /// Create committers on MySQL/MariaDB, at most (and at most one per two pooled
 /// connections; SQLite has one). Two are enough to overlap one batch's commit with the
 /// next batch's inserts; more only split the waiting creates into smaller batches, and
 /// every batch costs the same five round trips and one commit whatever its size (the
 /// measurement is in docs/benchmarks-history.md).
-pub const CREATE_COMMITTERS_MYSQL: usize = 2;
+pub(crate) const CREATE_COMMITTERS_MYSQL: usize = 2;
 
 impl Store {
     /// Connects with the configured pool; creates the SQLite file's directory if needed.

@@ -13,6 +13,10 @@ pub struct StoreMetrics {
     /// Offers a queue's global limits held back in the offer transaction, by limit
     /// (`concurrency`, `rate`).
     pub dispatch_queue_limited: IntCounterVec,
+    /// Creates that met another transaction's insert of the same `(creator, idempotency
+    /// key)` between reading the keys and inserting (a unique-index violation), by
+    /// outcome: `retried` (run again, which finds the other task), `exhausted`.
+    pub idempotency_races: IntCounterVec,
     /// SQLite's write gate, by writer (absent on MySQL).
     pub write_gate: WriteGateMetrics,
     /// SQLite WAL checkpoints (see [`crate::run_checkpointer`]), by outcome (`complete`,
@@ -57,6 +61,11 @@ impl StoreMetrics {
                 "dispatch_queue_limited_total",
                 "Offers held back by a queue's global limits in the offer transaction",
                 &["limit"],
+            ),
+            idempotency_races: counter_vec(
+                "idempotency_races_total",
+                "Creates that raced another insert of the same idempotency key, by outcome",
+                &["outcome"],
             ),
             write_gate: WriteGateMetrics {
                 acquired: counter_vec(

@@ -29,7 +29,7 @@ use super::{admin::settings_from_row, shape};
 use crate::error::StoreResult;
 
 /// How long a process may act on queue settings another process has since changed.
-pub const QUEUE_SETTINGS_TTL: Duration = Duration::from_secs(1);
+pub(crate) const QUEUE_SETTINGS_TTL: Duration = Duration::from_secs(1);
 
 /// Queues whose settings are kept; the least recently used beyond that are dropped.
 const CAPACITY: u64 = 10_000;

@@ -199,13 +199,21 @@ impl Store {
                 // Another transaction committed the same key between our read and our
                 // insert: run again, and the read will find it.
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    self.count_idempotency_race("retried");
                     continue;
                 }
                 Err(err) => return Err(err.into()),
                 Ok(result) => return result,
             }
         }
+        self.count_idempotency_race("exhausted");
         Err(StoreError::Conflict("too much contention on idempotency keys; retry".into()))
+    }
+
+    fn count_idempotency_race(&self, outcome: &str) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.idempotency_races.with_label_values(&[outcome]).inc();
+        }
     }
 
     /// The configured `maxAttempts` of the queues of inputs that do not set their own.
@@ -900,6 +908,67 @@ mod tests {
         assert!(matches!(&outcomes[1], CreateOutcome::Created(t) if t.kind.as_str() == "c"), "bob's k1 is new");
         assert!(matches!(&outcomes[2], CreateOutcome::Created(t) if t.kind.as_str() == "d"), "alice's k2 is new");
         assert_eq!(outcomes[3], CreateOutcome::Conflict, "bob's k2 with another input");
+    }
+
+    /// Two writers insert one `(creator, idempotency key)` at once (MySQL, which runs
+    /// writers concurrently): the store's create reads the key as free, then its insert
+    /// meets the other transaction's uncommitted row on the unique index and waits. Once
+    /// the other commits, the insert fails with a unique violation, which is counted, and
+    /// the create runs again and answers the other's task as the original.
+    #[tokio::test]
+    async fn a_create_that_loses_an_idempotency_race_answers_the_winner() {
+        use sea_orm::{ConnectionTrait, EntityTrait, Statement, TransactionTrait};
+        let test = "a_create_that_loses_an_idempotency_race_answers_the_winner";
+        let Some(mysql) = crate::testing::mysql_test_store(test).await else { return };
+        let store: &Store = &mysql;
+        let metrics = crate::metrics::TestMetrics::new();
+        store.observe(metrics.store.clone());
+
+        // The winner: another writer's transaction holding the key, not yet committed.
+        let new = keyed("alice", "raced", "k");
+        let now = Utc::now();
+        let winner = machine::create(new.clone(), TaskId::generate(now), MaxAttempts::DEFAULT, now).task;
+        let other = store.db.begin().await.expect("begin");
+        task::Entity::insert(convert::task_to_row(&winner, &new.fingerprint))
+            .exec(&other)
+            .await
+            .expect("the winner's insert");
+
+        let racing = tokio::spawn({
+            let store = store.clone();
+            async move { store.create_tasks(vec![new], CreateMode::PerInput, None).await }
+        });
+        // Until the store's insert is under way and waits (on the winner's uncommitted
+        // key): then it has read the key as free, and only the unique index stands
+        // between them.
+        let waiting = Statement::from_string(
+            sea_orm::DbBackend::MySql,
+            "SELECT COUNT(*) AS n FROM information_schema.processlist \
+             WHERE db = DATABASE() AND info LIKE 'INSERT INTO `tasks`%' AND time_ms > 50",
+        );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let row = store.db.query_one_raw(waiting.clone()).await.expect("innodb_trx").expect("a row");
+            if row.try_get::<i64>("", "n").expect("count") > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the racing insert never waited on the winner (finished: {})",
+                racing.is_finished()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        other.commit().await.expect("the winner commits");
+
+        let outcomes = racing.await.expect("join").expect("the loser is answered, not failed");
+        assert!(
+            matches!(&outcomes[..], [CreateOutcome::Existing(t)] if t.id == winner.id),
+            "the winner's task is the original: {outcomes:?}"
+        );
+        let races = |outcome: &str| metrics.store.idempotency_races.with_label_values(&[outcome]).get();
+        assert_eq!((races("retried"), races("exhausted")), (1, 0), "the race was met once and counted");
+        assert_eq!(store.tasks_by_ids(&[winner.id]).await.expect("read").len(), 1);
     }
 
     /// Creates `n` tasks keyed `{prefix}-{i}`; their ids in order.

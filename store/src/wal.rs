@@ -24,7 +24,7 @@ use super::Store;
 use crate::metrics::StoreMetrics;
 
 /// How often the WAL is checkpointed.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL pages past which the write connection checkpoints by itself (SQLite's default is
 /// 1,000): only reached when [`run_checkpointer`] falls behind or has stopped.
 pub(super) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 10_000;
@@ -34,7 +34,7 @@ pub(super) const CHECKPOINT_SQL: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 
 /// What one checkpoint did (the row `PRAGMA wal_checkpoint` answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     /// 1 when the checkpoint could not copy every frame (a reader still needs an older
     /// one, or a writer appended meanwhile); the rest goes next time.
     pub busy: i32,
@@ -47,7 +47,7 @@ pub struct Checkpoint {
 impl Store {
     /// Runs a `PASSIVE` checkpoint of SQLite's WAL on a pooled connection (off the write
     /// gate). `None` on MySQL/MariaDB, and on a database that lives in memory.
-    pub async fn checkpoint_wal(&self) -> Result<Option<Checkpoint>, DbErr> {
+    pub(crate) async fn checkpoint_wal(&self) -> Result<Option<Checkpoint>, DbErr> {
         if self.backend() != DbBackend::Sqlite {
             return Ok(None);
         }

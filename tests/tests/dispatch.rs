@@ -376,3 +376,60 @@ async fn a_matcher_with_a_tiny_ready_set_still_dispatches_everything() {
     }
     assert!(app.metric("taskwire_dispatch_ready").await <= 2.0);
 }
+
+/// Resuming with `afterSeq` while the task keeps changing: subscribers that join at
+/// different points of a run of live events (a worker taking the task and giving it back
+/// again and again, then completing it) each get exactly the events after their
+/// `afterSeq`: in order, none missing, none twice, up to the end.
+#[tokio::test]
+async fn resuming_with_after_seq_while_events_keep_coming_misses_and_repeats_nothing() {
+    const TASK_UPDATED: &str =
+        "subscription($id: ID!, $afterSeq: Int) { taskUpdated(id: $id, afterSeq: $afterSeq) { seq status } }";
+    const LAST_SEQ: &str = "query($id: ID!) { task(id: $id) { events(last: 1) { seq } } }";
+    const CYCLES: usize = 12;
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let mut worker = ManualWorker::start(&app, "w-resume", &["resume"], 1).await;
+    let id = app.create_task(&alice, json!({ "queue": "resume", "kind": "k", "maxAttempts": 50 })).await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+
+    let work = async {
+        for cycle in 0..=CYCLES {
+            let (offered, lease, _) = worker.next_offer().await;
+            assert_eq!(offered, id);
+            worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await.data();
+            let last = if cycle == CYCLES { COMPLETE } else { RELEASE };
+            worker.call(&app, last, json!({ "id": id, "lease": lease })).await.data();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    };
+    let join = async {
+        let mut joined: Vec<(i64, WsClient)> = Vec::new();
+        let mut step = 0;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            let read = app.gql(Some(&alice), LAST_SEQ, json!({ "id": id })).await;
+            let last = read.data()["task"]["events"][0]["seq"].as_i64().expect("a seq");
+            // At the newest event, and one or two behind it, by turns.
+            let after = (last - (step % 3)).max(0);
+            step += 1;
+            let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
+            ws.subscribe("t", TASK_UPDATED, json!({ "id": id, "afterSeq": after })).await;
+            joined.push((after, ws));
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        joined
+    };
+    let ((), joined) = tokio::join!(work, join);
+    assert!(joined.len() >= 3, "subscribers joined while the task changed ({})", joined.len());
+
+    let final_seq = 1 + 3 * (CYCLES as i64 + 1);
+    for (after, mut ws) in joined {
+        let mut expected = after + 1;
+        while expected <= final_seq {
+            let event = ws.next_data("t").await["taskUpdated"].clone();
+            assert_eq!(event["seq"], expected, "joined after {after}: the next event in order, no gap, no repeat");
+            expected += 1;
+        }
+        assert_eq!(expected - 1, final_seq);
+    }
+}

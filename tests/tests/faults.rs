@@ -48,3 +48,74 @@ async fn database_outage_answers_unavailable_and_recovers_without_restart() {
         "the failed create left nothing behind"
     );
 }
+
+/// Redis cut for several seconds while writes, reads by persisted-query hash and rate
+/// limits are in flight: every create and read succeeds (the rate limits and persisted
+/// queries fall back to this process), the limits still refuse a burst, and once Redis is
+/// back the breaker closes and what was written meanwhile reads back.
+#[tokio::test]
+async fn a_redis_outage_under_writes_rate_limits_and_persisted_queries_fails_soft() {
+    use sha2::Digest;
+    let test = "a_redis_outage_under_writes_rate_limits_and_persisted_queries_fails_soft";
+    let Some(url) = taskwire_tests::require_service(taskwire_tests::REDIS_URL_VAR, test) else { return };
+    let authority = url.trim_start_matches("redis://").split('/').next().unwrap_or_default().to_owned();
+    let upstream = tokio::net::lookup_host(authority).await.expect("redis address").next().expect("an address");
+    let proxy = taskwire_tests::TcpProxy::start(upstream).await;
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port());
+    let app = TestApp::spawn_with(&[
+        ("TASKWIRE_REDIS_URL", &proxied),
+        ("TASKWIRE_REDIS_BREAKER_COOLDOWN_MS", "300"),
+        ("TASKWIRE_RATE_LIMIT_OPERATIONS", "60"),
+    ])
+    .await;
+    let alice = app.token("alice", &["client"]);
+    let query = "query Mine($id: ID!) { task(id: $id) { id status } }";
+    let hash = hex::encode(sha2::Sha256::digest(query.as_bytes()));
+    let persisted = |id: &str| json!({ "variables": { "id": id }, "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } });
+    let first = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let registered = app
+        .post_json(
+            Some(&alice),
+            &json!({ "query": query, "variables": { "id": first }, "extensions": persisted(&first)["extensions"] }),
+        )
+        .await;
+    assert_eq!(registered.data()["task"]["id"], first.as_str(), "registered before the outage");
+
+    proxy.stop().await;
+    let mut created = vec![first];
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        // About 20 operations a second: within alice's budget of 60.
+        let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+        let read = app.post_json(Some(&alice), &persisted(&id)).await;
+        assert_eq!(read.data()["task"]["id"], id.as_str(), "a read by hash while Redis is down: {read:?}");
+        created.push(id);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.metric("taskwire_redis_breaker_open").await, 1.0, "the breaker opened");
+    // The limits still hold, from this process's own buckets.
+    let carol = app.token("carol", &["client"]);
+    let burst =
+        futures::future::join_all((0..120).map(|_| app.gql(Some(&carol), "{ me { subject } }", json!({})))).await;
+    let limited =
+        burst.iter().filter(|r| r.errors().first().is_some_and(|e| e["extensions"]["code"] == "RATE_LIMITED")).count();
+    assert!(limited >= 10, "a burst of 120 against a budget of 60 is refused in part while Redis is down ({limited})");
+    assert!(burst.iter().all(|r| r.errors().is_empty() || r.code() == "RATE_LIMITED"), "nothing else fails");
+
+    proxy.resume().await;
+    let mut closed = false;
+    for _ in 0..100 {
+        let read = app.post_json(Some(&alice), &persisted(&created[0])).await;
+        assert!(read.errors().is_empty(), "reads succeed while Redis comes back: {read:?}");
+        if app.metric("taskwire_redis_breaker_open").await == 0.0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the breaker closed again once Redis was back");
+    for id in &created {
+        let read = app.post_json(Some(&alice), &persisted(id)).await;
+        assert_eq!(read.data()["task"]["status"], "QUEUED", "{id} was written during the outage and reads back");
+    }
+}

@@ -141,6 +141,41 @@ async fn mutations_over_websocket_spend_the_mutations_budget() {
     assert!(app.metric("taskwire_rate_limited_total{bucket=\"mutations\"}").await >= 1.0);
 }
 
+/// Subscriptions spend from the operations budget too: with a burst of three operations,
+/// the fourth and fifth `subscribe` on a connection are refused with `RATE_LIMITED` while
+/// the first three stay open and deliver.
+#[tokio::test]
+async fn subscribes_spend_the_operations_budget() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_RATE_LIMIT_OPERATIONS", "3")]).await;
+    let alice = app.token("alice", &["client"]);
+    let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
+    for i in 0..5 {
+        ws.subscribe(&format!("s{i}"), "subscription { taskEvents { taskId seq } }", json!({})).await;
+    }
+    let mut refused = std::collections::BTreeSet::new();
+    while refused.len() < 2 {
+        let answer = ws.recv_json().await;
+        assert_eq!(answer["type"], "error", "only refusals come before any event: {answer}");
+        assert_eq!(answer["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{answer}");
+        assert!(answer["payload"][0]["extensions"]["retryAfterMs"].as_u64().is_some(), "{answer}");
+        refused.insert(answer["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(refused, ["s3", "s4"].map(str::to_owned).into(), "the burst admits the first three in order");
+    assert!(app.metric("taskwire_rate_limited_total{bucket=\"operations\"}").await >= 2.0);
+
+    // The admitted subscriptions are live: one event reaches each of them.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the create needs a token too
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < 3 {
+        let answer = ws.recv_json().await;
+        assert_eq!(answer["type"], "next", "{answer}");
+        assert_eq!(answer["payload"]["data"]["taskEvents"]["taskId"], id.as_str());
+        delivered.insert(answer["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(delivered, ["s0", "s1", "s2"].map(str::to_owned).into());
+}
+
 /// Item 11: an upgrade that offers no subprotocol, or only unknown ones, is refused.
 #[tokio::test]
 async fn an_upgrade_without_a_supported_subprotocol_is_refused_with_400() {
@@ -151,6 +186,34 @@ async fn an_upgrade_without_a_supported_subprotocol_is_refused_with_400() {
     }
     assert_eq!(app.metric("taskwire_ws_refusals_total{reason=\"subprotocol\"}").await, 2.0);
     assert_eq!(app.ws(LEGACY_WS).await.protocol, LEGACY_WS, "the supported ones still connect");
+}
+
+/// `TASKWIRE_WS_MAX_CONNECTIONS` caps the open WebSockets of the process: the upgrade past
+/// it answers 503 (counted), and a place freed by a close is taken again.
+#[tokio::test]
+async fn upgrades_past_the_connection_cap_answer_503_until_a_place_frees() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_WS_MAX_CONNECTIONS", "2")]).await;
+    let alice = app.token("alice", &["client"]);
+    let first = app.ws_connected(TRANSPORT_WS, &alice).await;
+    let _second = app.ws_connected(LEGACY_WS, &alice).await;
+
+    let refused = app.ws_with_headers(TRANSPORT_WS, &[]).await.expect_err("the third upgrade is refused");
+    assert!(refused.contains("503"), "{refused}");
+    assert_eq!(app.metric("taskwire_ws_refusals_total{reason=\"connections\"}").await, 1.0);
+
+    first.close().await;
+    for attempt in 0.. {
+        match app.ws_with_headers(TRANSPORT_WS, &[]).await {
+            Ok(mut again) => {
+                again.init(bearer(&alice)).await;
+                break;
+            }
+            Err(refused) if refused.contains("503") && attempt < 100 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("a place should have been freed: {other}"),
+        }
+    }
 }
 
 /// Items 3 and 11: a message over `TASKWIRE_WS_MAX_MESSAGE_BYTES` closes with 1009.

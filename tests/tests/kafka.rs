@@ -160,20 +160,18 @@ async fn a_change_committed_here_reaches_subscribers_here_without_kafka() {
     let alice = app.token("alice", &["client"]);
     let first = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
     let second = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
-    const ROUTED: &str = "taskwire_status_events_total{outcome=\"routed\"}";
     app.wait_for_metric(ROUTED, |v| v >= 2.0).await;
     let mut ws = subscribed(&app, &alice, "mine", "subscription { taskEvents { taskId seq status } }").await;
-    let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
 
     set_brokers(&cluster, false).await;
-    app.gql(Some(&alice), cancel, json!({ "id": first })).await.data();
+    app.gql(Some(&alice), CANCEL, json!({ "id": first })).await.data();
     let event = ws.next_data("mine").await;
     assert_eq!(event["taskEvents"], json!({ "taskId": first, "seq": 2, "status": "CANCELLED" }));
     assert_eq!(app.metric("taskwire_live_events_recovered_total").await, 0.0, "not routed by the sweep");
 
     set_brokers(&cluster, true).await;
     assert!(app.wait_for_metric(ROUTED, |v| v >= 3.0).await >= 3.0, "the Kafka copy was routed too");
-    app.gql(Some(&alice), cancel, json!({ "id": second })).await.data();
+    app.gql(Some(&alice), CANCEL, json!({ "id": second })).await.data();
     let event = ws.next_data("mine").await;
     assert_eq!(event["taskEvents"], json!({ "taskId": second, "seq": 2, "status": "CANCELLED" }), "no duplicate");
 }
@@ -198,12 +196,108 @@ async fn a_task_created_here_reaches_subscribers_here_without_kafka() {
     assert_eq!(app.metric("taskwire_live_events_recovered_total").await, 0.0, "not routed by the sweep");
 
     set_brokers(&cluster, true).await;
-    const ROUTED: &str = "taskwire_status_events_total{outcome=\"routed\"}";
     assert!(app.wait_for_metric(ROUTED, |v| v >= 1.0).await >= 1.0, "the Kafka copy was routed too");
-    let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
-    app.gql(Some(&alice), cancel, json!({ "id": id })).await.data();
+    app.gql(Some(&alice), CANCEL, json!({ "id": id })).await.data();
     let event = ws.next_data("q").await;
     assert_eq!(event["taskEvents"], json!({ "taskId": id, "seq": 2, "status": "CANCELLED" }), "no duplicate");
+}
+
+const ROUTED: &str = "taskwire_status_events_total{outcome=\"routed\"}";
+const CANCEL: &str = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
+
+/// Two processes of one deployment on the embedded stack: `a` (api and dispatcher) and a
+/// peer `b` with the `api` role only, sharing `a`'s database file and Kafka cluster. `b`
+/// commits nothing, so an event reaches its hub only through the status topic (or, late,
+/// through its history sweep).
+async fn a_and_an_api_peer() -> (TestApp, TestApp, Arc<EmbeddedCluster>) {
+    let (a, cluster) = TestApp::spawn_on_embedded_kafka().await;
+    let b = a.spawn_peer(&[("TASKWIRE_ROLES", "api")]).await;
+    (a, b, cluster)
+}
+
+/// Creates `count` tasks on `app` in `queue` and cancels each: two events per task.
+async fn create_and_cancel(app: &TestApp, token: &str, queue: &str, count: usize) -> Vec<String> {
+    let inputs: Vec<Value> = (0..count).map(|_| json!({ "queue": queue, "kind": "k" })).collect();
+    let created = app.gql(Some(token), CREATE_MANY, json!({ "i": inputs })).await;
+    let ids: Vec<String> = created.data()["createTasks"]
+        .as_array()
+        .expect("payloads")
+        .iter()
+        .map(|p| p["task"]["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), count);
+    for id in &ids {
+        app.gql(Some(token), CANCEL, json!({ "id": id })).await.data();
+    }
+    ids
+}
+
+/// Reads `ws`'s subscription `sub` until every task in `ids` has had both its events,
+/// and checks each task's events: exactly `QUEUED` (seq 1) then `CANCELLED` (seq 2), none
+/// twice, none from another task.
+async fn expect_created_and_cancelled(ws: &mut WsClient, sub: &str, ids: &[String]) {
+    let mut seen: std::collections::HashMap<String, Vec<(u64, String)>> =
+        ids.iter().map(|id| (id.clone(), Vec::new())).collect();
+    for _ in 0..ids.len() * 2 {
+        let event = ws.next_data(sub).await["taskEvents"].clone();
+        let id = event["taskId"].as_str().expect("taskId");
+        let events = seen.get_mut(id).unwrap_or_else(|| panic!("an event of an unknown task: {event}"));
+        events.push((event["seq"].as_u64().expect("seq"), event["status"].as_str().expect("status").to_owned()));
+    }
+    let expected = vec![(1, "QUEUED".to_owned()), (2, "CANCELLED".to_owned())];
+    for (id, events) in &seen {
+        assert_eq!(events, &expected, "task {id}: every event, in order, once");
+    }
+}
+
+/// What one process commits reaches a subscriber on another through Kafka: every task's
+/// every event, in order, once; and the other process's status consumer routed a copy of
+/// each (so the subscriber was not served by the history sweep alone).
+#[tokio::test]
+async fn events_committed_by_another_process_reach_subscribers_here_through_kafka() {
+    let (a, b, _cluster) = a_and_an_api_peer().await;
+    let alice = a.token("alice", &["client"]);
+    let operator = b.token("olga", &["operator"]);
+    let query = "subscription { taskEvents(filter: { queue: \"across\" }) { taskId seq status } }";
+    let mut ws = subscribed(&b, &operator, "q", query).await;
+    let routed_before = b.metric(ROUTED).await;
+
+    let ids = create_and_cancel(&a, &alice, "across", 25).await;
+    expect_created_and_cancelled(&mut ws, "q", &ids).await;
+    let events = (ids.len() * 2) as f64;
+    let routed = b.wait_for_metric(ROUTED, |v| v >= routed_before + events).await;
+    assert!(routed >= routed_before + events, "b's status consumer routed every event ({routed} - {routed_before})");
+}
+
+/// A broker outage while another process commits: the subscriber here is served from the
+/// history meanwhile; once the brokers return, the Kafka copies of every event still
+/// arrive here, and none of them is delivered to the subscriber a second time.
+#[tokio::test]
+async fn after_an_outage_another_process_s_events_arrive_through_kafka_and_are_not_delivered_twice() {
+    let (a, b, cluster) = a_and_an_api_peer().await;
+    let alice = a.token("alice", &["client"]);
+    let operator = b.token("olga", &["operator"]);
+    let query = "subscription { taskEvents(filter: { queue: \"outage\" }) { taskId seq status } }";
+    let mut ws = subscribed(&b, &operator, "q", query).await;
+    let (routed_before, duplicates_before) = (b.metric(ROUTED).await, b.metric("taskwire_live_duplicates_total").await);
+
+    set_brokers(&cluster, false).await;
+    let ids = create_and_cancel(&a, &alice, "outage", 20).await;
+    expect_created_and_cancelled(&mut ws, "q", &ids).await;
+    assert!(b.metric("taskwire_live_events_recovered_total").await > 0.0, "the history sweep served the outage");
+    assert_eq!(b.metric(ROUTED).await, routed_before, "nothing came through Kafka while it was down");
+
+    set_brokers(&cluster, true).await;
+    let events = (ids.len() * 2) as f64;
+    let routed = b.wait_for_metric(ROUTED, |v| v >= routed_before + events).await;
+    assert!(routed >= routed_before + events, "every Kafka copy arrived after the outage");
+    let duplicates = b.metric("taskwire_live_duplicates_total").await;
+    assert!(duplicates >= duplicates_before + events, "the hub dropped every late copy ({duplicates})");
+
+    // The next events the subscriber gets are a new task's: no late copy slipped through.
+    let next = create_and_cancel(&a, &alice, "outage", 1).await;
+    expect_created_and_cancelled(&mut ws, "q", &next).await;
+    assert_eq!(a.wait_for_metric("taskwire_outbox_backlog", |v| v == 0.0).await, 0.0, "the outbox drained");
 }
 
 /// A `graphql-transport-ws` connection authenticated with `token`, carrying `query`

@@ -198,11 +198,17 @@ async fn the_rate_limit_answers_rate_limited_with_a_retry_time_and_recovers() {
         .await
         .expect("POST");
     assert_eq!(response.status().as_u16(), 429);
-    assert!(response.headers().get("retry-after").is_some(), "Retry-After header");
+    let header: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header in whole seconds");
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{body}");
     let retry_after = body["errors"][0]["extensions"]["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!((1..=1000).contains(&retry_after), "a refill of one token at 5/s: {retry_after}");
+    assert_eq!(header, retry_after.div_ceil(1000), "Retry-After is retryAfterMs rounded up to whole seconds");
 
     let other = app.gql(Some(&bob), "{ me { subject } }", json!({})).await;
     assert!(other.errors().is_empty(), "another subject has its own budget");

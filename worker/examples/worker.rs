@@ -78,7 +78,7 @@ fn handler(fail_rate: f64) -> Handler {
 fn describe(record: &TaskRecord) -> String {
     let at = record.finished_at.unwrap_or(record.offered_at).utc.format("%H:%M:%S%.3f");
     let what = match (&record.accept, &record.outcome, &record.answer) {
-        (Some(Err(code)), _, _) => format!("accept failed: {code}"),
+        (Some(Err(e)), _, _) => format!("accept failed: {e}"),
         (None, _, _) => "offer ignored".to_owned(),
         (Some(Ok(())), Some(outcome), answer) => {
             let sent = match outcome {
@@ -88,7 +88,7 @@ fn describe(record: &TaskRecord) -> String {
                 Outcome::Ignore => "ignored".to_owned(),
             };
             match answer {
-                Some(Err(code)) => format!("{sent}, server said {code}"),
+                Some(Err(e)) => format!("{sent}, server said {e}"),
                 _ => sent,
             }
         }

@@ -4,12 +4,11 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::Outcome;
+use crate::{CallError, Outcome};
 
-/// The server's answer to a task mutation: `Ok`, or the failure's stable code
-/// ([`CallError::code`](crate::CallError::code)), e.g. `LEASE_LOST`, `TRANSPORT` or
-/// `HTTP_502`.
-pub type Answer = Result<(), String>;
+/// The server's answer to a task mutation: `Ok`, or why it failed (its stable code is
+/// [`CallError::code`], e.g. `LEASE_LOST`, `TRANSPORT` or `HTTP_502`).
+pub type Answer = Result<(), CallError>;
 
 /// A moment, both monotonic (for durations) and wall-clock (to compare with server times).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

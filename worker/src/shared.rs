@@ -278,9 +278,8 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                let code = e.code().into_owned();
-                bump(if code == "LEASE_LOST" { &self.counters.lease_lost } else { &self.counters.errors });
-                Err(code)
+                bump(if e.code() == "LEASE_LOST" { &self.counters.lease_lost } else { &self.counters.errors });
+                Err(e)
             }
         }
     }

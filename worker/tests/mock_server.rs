@@ -241,7 +241,7 @@ async fn handles_offers_duplicates_and_lost_leases() {
     let log = worker.log();
     let lost = log.iter().find(|r| r.task_id == "t2").expect("t2 recorded");
     assert_eq!(
-        (lost.accept.clone(), lost.accepted, lost.outcome.clone()),
+        (lost.accept.as_ref().map(|a| a.as_ref().map_err(|e| e.code())), lost.accepted, lost.outcome.clone()),
         (Some(Err("LEASE_LOST".into())), false, None)
     );
     let done = log.iter().find(|r| r.task_id == "t1").expect("t1 recorded");

@@ -68,7 +68,7 @@ use super::{
 use taskwire_store::{CommitListener, Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord};
 
 use crate::{
-    kafka::{GroupContext, RebalanceListener},
+    kafka::{ClosesAside, GroupContext, RebalanceListener, leave_group},
     metrics::Metrics,
     telemetry,
 };
@@ -76,6 +76,8 @@ use crate::{
 /// Longest the matcher sleeps without a message or wake-up (rate-limit refills, and
 /// capacity freed by other processes, are noticed within this).
 const TICK: Duration = Duration::from_millis(200);
+/// How long shutdown waits for the group to take this dispatcher's partitions back.
+const LEAVE_GROUP_LIMIT: Duration = Duration::from_secs(5);
 /// After a round that offered nothing (every worker full or gone, queues paused or
 /// rate-limited), the next round waits this long unless a local wake-up comes first
 /// (capacity freed, a worker came online, a queue changed): new tasks alone cannot make
@@ -188,7 +190,7 @@ pub(crate) struct Matcher {
     metrics: Metrics,
     /// This process among dispatchers: it offers to the workers marked with it.
     id: DispatcherId,
-    consumer: Arc<DispatchConsumer>,
+    consumer: Arc<ClosesAside<DispatchConsumer>>,
     topic: String,
     wake: Arc<Notify>,
     ready: ReadySet,
@@ -324,7 +326,7 @@ impl Matcher {
             settings,
             metrics,
             id,
-            consumer: Arc::new(consumer),
+            consumer: Arc::new(ClosesAside::new(consumer)),
             topic,
             wake,
             ready,
@@ -349,7 +351,7 @@ impl Matcher {
     }
 
     /// The dispatch consumer, shared (the lag sampler reads its positions).
-    pub(crate) fn consumer(&self) -> Arc<DispatchConsumer> {
+    pub(crate) fn consumer(&self) -> Arc<ClosesAside<DispatchConsumer>> {
         self.consumer.clone()
     }
 
@@ -431,6 +433,10 @@ impl Matcher {
             self.commit(CommitMode::Async);
         }
         self.commit(CommitMode::Sync);
+        // Before the consumer is dropped: the group reassigns these partitions at once
+        // rather than after the session time-out, and the close has nothing left to
+        // rebalance (see `kafka::leave_group`).
+        leave_group(&self.consumer, LEAVE_GROUP_LIMIT).await;
         tracing::info!("matcher stopped");
     }
 

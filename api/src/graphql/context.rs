@@ -14,8 +14,6 @@ use taskwire_store::Store;
 pub struct RequestContext {
     /// The authenticated caller, `None` for anonymous requests.
     pub principal: Option<Principal>,
-    /// Correlates client-visible errors with server logs.
-    pub request_id: String,
     /// W3C trace context carried into the Kafka messages this request's writes produce.
     pub traceparent: Option<String>,
 }

@@ -2,34 +2,34 @@
 //! DataLoaders. Resolvers stay thin: they check who may do what, call the store, and
 //! convert domain values into the API types of [`types`].
 
-pub mod context;
-pub mod guards;
-pub mod limits;
-pub mod loaders;
-pub mod mutation;
-pub mod query;
-pub mod subscription;
-pub mod types;
+pub(crate) mod context;
+pub(crate) mod guards;
+pub(crate) mod limits;
+pub(crate) mod loaders;
+pub(crate) mod mutation;
+pub(crate) mod query;
+pub(crate) mod subscription;
+pub(crate) mod types;
 
 use std::sync::Arc;
 
 use async_graphql::Schema;
 
-pub use context::RequestContext;
-pub use loaders::{Loaders, SubscriptionLoaders};
+pub(crate) use context::RequestContext;
+pub(crate) use loaders::{Loaders, SubscriptionLoaders};
 
 use crate::{live::Hub, metrics::Metrics};
 use taskwire_store::Store;
 
 /// The executable schema.
-pub type TaskwireSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
+pub(crate) type TaskwireSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
 /// Schema-level switches.
 ///
 /// The query limits (depth, complexity, aliases, directives) are not set on the schema:
 /// [`limits`] checks them before execution, so each is answered with its own code.
 #[derive(Debug, Clone, Copy)]
-pub struct SchemaOptions {
+pub(crate) struct SchemaOptions {
     /// Allow introspection queries.
     pub introspection: bool,
     /// A worker's TTL: an open `assignments` subscription refreshes its `lastSeenAt`
@@ -39,7 +39,7 @@ pub struct SchemaOptions {
 
 /// Builds the schema around the store and the live hub; `dispatcher` is this process's
 /// dispatcher, if it runs one (its `assignments` streams mark their workers with it).
-pub fn build_schema(
+pub(crate) fn build_schema(
     store: Store,
     hub: Arc<Hub>,
     metrics: Metrics,

@@ -15,8 +15,6 @@ use taskwire_store::WorkerRecord;
 
 /// Largest `last` accepted by `Task.events`.
 pub const MAX_EVENTS_PER_TASK: i32 = 100;
-/// `last` of `Task.events` when absent or null.
-pub const DEFAULT_EVENTS_PER_TASK: i32 = 20;
 
 /// Where a task is in its lifecycle.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]

@@ -235,7 +235,7 @@ async fn execute(
     );
     let incoming_trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let traceparent = crate::telemetry::request_traceparent(&span, incoming_trace);
-    let context = RequestContext { principal, request_id: request_id.clone(), traceparent: Some(traceparent) };
+    let context = RequestContext { principal, traceparent: Some(traceparent) };
     let run = async {
         let mut responses = Vec::with_capacity(prepared.len());
         for outcome in prepared {

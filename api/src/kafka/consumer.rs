@@ -20,10 +20,11 @@ use taskwire_domain::{TaskEnvelope, TaskId};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::ClosesAside;
 use crate::{cache::TaskCache, live::Hub, metrics::Metrics};
 
 /// Assigns every partition of `topic` at its current end offset.
-pub(crate) async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) -> Result<(), KafkaError> {
+pub(crate) async fn assign_at_end(consumer: Arc<ClosesAside<StreamConsumer>>, topic: String) -> Result<(), KafkaError> {
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
@@ -40,7 +41,7 @@ pub(crate) async fn assign_at_end(consumer: Arc<StreamConsumer>, topic: String) 
 
 /// Routes every status event to the hub until `shutdown`.
 pub(crate) async fn run(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ClosesAside<StreamConsumer>>,
     hub: Arc<Hub>,
     cache: TaskCache,
     metrics: Metrics,

@@ -5,6 +5,7 @@
 //! in-process ([`embedded`]); otherwise it connects to the given brokers and creates the
 //! topics if they are missing. Either way, everything else talks real Kafka protocol.
 
+mod close;
 pub(crate) mod consumer;
 pub(crate) mod embedded;
 mod rebalance;
@@ -24,6 +25,7 @@ use rdkafka::{
 use taskwire_domain::EnvelopeType;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use close::{ClosesAside, leave_group};
 pub use embedded::EmbeddedCluster;
 pub(crate) use rebalance::{GroupContext, RebalanceListener};
 
@@ -52,7 +54,7 @@ pub struct KafkaSettings {
 
 /// A connected Kafka: where it is and which topics it has.
 #[derive(Debug, Clone)]
-pub struct Kafka {
+pub(crate) struct Kafka {
     bootstrap_servers: String,
     topics: Topics,
     embedded: Option<Arc<EmbeddedCluster>>,
@@ -301,6 +303,12 @@ impl ConsumerLag for StreamConsumer {
 impl<L: RebalanceListener> ConsumerLag for StreamConsumer<GroupContext<L>> {
     fn lag(&self, timeout: Duration) -> Result<i64, KafkaError> {
         lag_of(self, Reset::Earliest, timeout)
+    }
+}
+
+impl<T: ConsumerLag + Send + 'static> ConsumerLag for ClosesAside<T> {
+    fn lag(&self, timeout: Duration) -> Result<i64, KafkaError> {
+        (**self).lag(timeout)
     }
 }
 

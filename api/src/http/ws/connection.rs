@@ -328,8 +328,7 @@ impl Connection {
         out: &mpsc::Sender<Outbound>,
         running: &mut JoinSet<(String, u64)>,
     ) {
-        let context =
-            RequestContext { principal: Some(principal), request_id: self.request_id.clone(), traceparent: None };
+        let context = RequestContext { principal: Some(principal), traceparent: None };
         // Loaders read past the cache (a subscription's fields are fresh) and are made on
         // first use; the cache itself is there for `assignments`, which takes an offer
         // this process just committed from L1 (checked by version) instead of querying

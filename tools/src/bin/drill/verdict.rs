@@ -212,8 +212,8 @@ fn check_runs(records: &[&TaskRecord]) -> Runs {
     let mut by_task: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
     let mut runs = Runs::default();
     for record in records {
-        if matches!(&record.accept, Some(Err(code)) if code == "LEASE_LOST")
-            || matches!(&record.answer, Some(Err(code)) if code == "LEASE_LOST")
+        if matches!(&record.accept, Some(Err(e)) if e.code() == "LEASE_LOST")
+            || matches!(&record.answer, Some(Err(e)) if e.code() == "LEASE_LOST")
         {
             runs.fenced += 1;
         }
@@ -255,11 +255,15 @@ fn check_runs(records: &[&TaskRecord]) -> Runs {
 mod tests {
     use std::time::Duration;
 
-    use taskwire_worker::Stamp;
+    use taskwire_worker::{CallError, Stamp};
 
     use super::*;
 
-    fn record(task: &str, accepted_at: Duration, finished_at: Duration, answer: Result<(), String>) -> TaskRecord {
+    fn lease_lost() -> Result<(), CallError> {
+        Err(CallError::Rejected { code: "LEASE_LOST".into(), message: "lease lost".into() })
+    }
+
+    fn record(task: &str, accepted_at: Duration, finished_at: Duration, answer: Result<(), CallError>) -> TaskRecord {
         let base = Stamp::now();
         let at = |d: Duration| Stamp { instant: base.instant + d, utc: base.utc };
         TaskRecord {
@@ -297,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_fenced_frozen_worker_is_not_a_double_run() {
-        let frozen = record("a", S(0), S(40), Err("LEASE_LOST".into()));
+        let frozen = record("a", S(0), S(40), lease_lost());
         let rescuer = record("a", S(31), S(32), Ok(()));
         let runs = check_runs(&[&frozen, &rescuer]);
         assert_eq!(runs, Runs { fenced: 1, ..Runs::default() });
@@ -306,7 +310,7 @@ mod tests {
     #[test]
     fn an_accepted_report_during_another_run_is_a_double_run() {
         let first = record("a", S(0), S(40), Ok(()));
-        let second = record("a", S(31), S(32), Err("LEASE_LOST".into()));
+        let second = record("a", S(31), S(32), lease_lost());
         let runs = check_runs(&[&first, &second]);
         assert_eq!((runs.overlapping, runs.run_twice, runs.fenced), (1, 1, 1));
     }

@@ -275,11 +275,11 @@ async fn start_workers(o: &Options) -> Result<(Vec<Worker>, BTreeMap<String, u64
 /// Failed accepts and reports of the workers, by code.
 fn add_worker_errors(errors: &mut BTreeMap<String, u64>, stopped: &[Stopped]) {
     for record in stopped.iter().flat_map(|s| &s.log) {
-        if let Some(Err(code)) = &record.accept {
-            *errors.entry(format!("worker accept: {code}")).or_default() += 1;
+        if let Some(Err(e)) = &record.accept {
+            *errors.entry(format!("worker accept: {}", e.code())).or_default() += 1;
         }
-        if let Some(Err(code)) = &record.answer {
-            *errors.entry(format!("worker report: {code}")).or_default() += 1;
+        if let Some(Err(e)) = &record.answer {
+            *errors.entry(format!("worker report: {}", e.code())).or_default() += 1;
         }
     }
 }
