@@ -59,6 +59,7 @@ METRIC = re.compile(r"\btaskwire_[A-Za-z0-9_]+")
 SELECTOR = re.compile(r"\b(taskwire_[A-Za-z0-9_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+LABEL_VALUES = re.compile(r"label_values\(.*,\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)\s*$")
 SERIES = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s")
 LABEL_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -89,6 +90,13 @@ def dashboard_expressions():
 
     walk(json.loads(DASHBOARD.read_text()), "?")
     return found
+
+
+def dashboard_variable_queries():
+    """(where, query) for the dashboard's query variables (`label_values(...)`): not PromQL,
+    but the metrics and labels they name must exist too."""
+    variables = json.loads(DASHBOARD.read_text()).get("templating", {}).get("list", [])
+    return [(f"dashboard variable '{v['name']}'", v["definition"]) for v in variables if v.get("type") == "query"]
 
 
 def rules():
@@ -342,6 +350,9 @@ def check_labels(problems, expressions, families):
                     problems.add(f"{where}: {metric} has no label '{label}'")
                 elif op == "=" and "$" not in value and value not in labels.get(label, ()):
                     problems.add(f"{where}: {metric}{{{label}=\"{value}\"}} was never seen (values: {sorted(labels[label])})")
+        for label in LABEL_VALUES.findall(expr):
+            if label not in known:
+                problems.add(f"{where}: label '{label}' is on none of {sorted(names)}")
         for group in GROUPING.findall(expr):
             for label in filter(None, (part.strip() for part in group.split(","))):
                 if label not in known:
@@ -349,7 +360,7 @@ def check_labels(problems, expressions, families):
 
 
 def check_server(problems, binary, seconds):
-    expressions = dashboard_expressions() + rule_expressions()
+    expressions = dashboard_expressions() + dashboard_variable_queries() + rule_expressions()
     used = used_metrics(expressions)
     print(f"metrics used: {len(used)} names in {len(expressions)} expressions; starting {binary}")
     server = Server(binary)
