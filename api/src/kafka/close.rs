@@ -31,6 +31,7 @@ impl<T: Send + 'static> ClosesAside<T> {
 impl<T: Send + 'static> Deref for ClosesAside<T> {
     type Target = T;
 
+    #[allow(clippy::expect_used)] // `None` only inside `drop`, where nothing derefs it.
     fn deref(&self) -> &T {
         self.0.as_ref().expect("taken only by drop")
     }
