@@ -60,6 +60,9 @@ pub struct Metrics {
     pub ws_outbound_bytes: IntGauge,
     /// Tasks the matcher holds, ready to offer.
     pub dispatch_ready: IntGauge,
+    /// Partitions of the dispatch topic this process's dispatcher holds in the group
+    /// (0 until it has joined; absent in a process without the dispatcher role).
+    pub dispatch_partitions: IntGauge,
     /// Offers made by the matcher.
     pub dispatch_offers: IntCounter,
     /// Matcher rounds that read workers and queue settings to plan offers (one per batch
@@ -198,6 +201,10 @@ impl Metrics {
             store: StoreMetrics::register(&registry),
             operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),
+            dispatch_partitions: gauge(
+                "dispatch_partitions",
+                "Partitions of the dispatch topic this process's dispatcher holds in the group",
+            ),
             dispatch_offers: counter("dispatch_offers_total", "Offers made by the matcher"),
             dispatch_rounds: counter(
                 "dispatch_rounds_total",

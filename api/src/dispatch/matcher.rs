@@ -408,7 +408,9 @@ impl Matcher {
             self.ingest(batch).await;
             // Without partitions (Kafka down, or the group not yet joined) dispatching
             // falls back to polling the database every second, so it never stalls.
-            let assigned = self.consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+            let partitions = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            self.metrics.dispatch_partitions.set(partitions as i64);
+            let assigned = partitions > 0;
             let (every, grace) = if assigned {
                 (RECONCILE_EVERY, RECONCILE_GRACE)
             } else {
