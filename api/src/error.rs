@@ -146,6 +146,15 @@ impl ApiError {
         }
         error
     }
+
+    /// The error as a response error of a request that never reached execution: no
+    /// `locations` (there is no place in a document to point at; a `0:0` would be read as
+    /// one), no `path`.
+    pub fn to_request_error(&self) -> async_graphql::ServerError {
+        let mut error = self.to_graphql().into_server_error(async_graphql::Pos::default());
+        error.locations.clear();
+        error
+    }
 }
 
 impl ErrorExtensions for ApiError {

@@ -137,6 +137,7 @@ async fn persisted_queries_miss_register_and_hit_over_post_and_get() {
     let miss = app.post_json(Some(&token), &json!({ "extensions": extensions })).await;
     assert_eq!(miss.code(), "PERSISTED_QUERY_NOT_FOUND", "{miss:?}");
     assert_eq!(miss.errors()[0]["message"], "PersistedQueryNotFound", "Apollo clients match this message");
+    assert!(miss.errors()[0].get("locations").is_none(), "no document, so no locations: {miss:?}");
 
     let register = app.post_json(Some(&token), &json!({ "query": query, "extensions": extensions })).await;
     assert_eq!(register.data()["me"]["subject"], "alice", "{register:?}");
@@ -206,6 +207,7 @@ async fn the_rate_limit_answers_rate_limited_with_a_retry_time_and_recovers() {
         .expect("a Retry-After header in whole seconds");
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{body}");
+    assert!(body["errors"][0].get("locations").is_none(), "the GraphQL error shape, no locations: {body}");
     let retry_after = body["errors"][0]["extensions"]["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!((1..=1000).contains(&retry_after), "a refill of one token at 5/s: {retry_after}");
     assert_eq!(header, retry_after.div_ceil(1000), "Retry-After is retryAfterMs rounded up to whole seconds");

@@ -103,7 +103,7 @@ async fn invalid_inputs_are_rejected_with_the_offending_field() {
     for (input, field, why) in cases {
         let response = app.gql(Some(&alice), CREATE, json!({ "input": input })).await;
         assert_eq!(response.codes(), ["BAD_USER_INPUT"], "{why}: {}", response.body);
-        assert_eq!(response.errors()[0]["extensions"]["field"], field, "{why}");
+        assert_eq!(response.errors()[0]["extensions"]["field"], field, "{why}: {}", response.body);
     }
     let listed = app.gql(Some(&alice), LIST, json!({})).await;
     assert_eq!(ids_of(listed.data()), Vec::<String>::new(), "no invalid input created a task");
@@ -117,6 +117,18 @@ async fn graphql_type_errors_also_carry_a_code() {
     assert_eq!(response.codes(), ["BAD_USER_INPUT"], "missing required field kind: {}", response.body);
     let unknown = app.gql(Some(&alice), "{ task(id: \"x\") { nope } }", json!({})).await;
     assert_eq!(unknown.codes(), ["BAD_USER_INPUT"], "unknown field: {}", unknown.body);
+}
+
+/// A value of the wrong type written into the document is refused by validation before
+/// any resolver runs, and names its field like the resolvers' own checks do.
+#[tokio::test]
+async fn a_literal_of_the_wrong_type_names_its_field() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("alice", &["client"]);
+    let create = r#"mutation { createTasks(inputs: [{ queue: "q", kind: "k" }, { queue: "q", kind: "k", priority: "high" }]) { created } }"#;
+    let response = app.gql(Some(&alice), create, json!({})).await;
+    assert_eq!(response.codes(), ["BAD_USER_INPUT"], "{}", response.body);
+    assert_eq!(response.errors()[0]["extensions"]["field"], "inputs[1].priority", "{}", response.body);
 }
 
 #[tokio::test]

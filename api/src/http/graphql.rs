@@ -257,9 +257,7 @@ async fn execute(
                     response
                 }
                 Err(err) => {
-                    let response = async_graphql::Response::from_errors(vec![
-                        err.to_graphql().into_server_error(async_graphql::Pos::default()),
-                    ]);
+                    let response = async_graphql::Response::from_errors(vec![err.to_request_error()]);
                     record(&state, "-", None, &response, std::time::Duration::ZERO);
                     response
                 }
@@ -364,16 +362,44 @@ fn operation_name(prepared: &[Result<(Request, Option<Operation>), ApiError>]) -
 /// Every error leaves with a code (parse and validation errors are bad input) and the
 /// request id.
 pub(crate) fn stamp(error: &mut ServerError, request_id: &str) {
+    let field = invalid_argument_field(&error.message);
     let extensions = error.extensions.get_or_insert_with(Default::default);
     if extensions.get("code").is_none() {
         extensions.set("code", ErrorCode::BadUserInput.as_str());
     }
+    if let Some(field) = field
+        && extensions.get("field").is_none()
+    {
+        extensions.set("field", field);
+    }
     extensions.set("requestId", request_id);
+}
+
+/// The input an error of async-graphql's validation is about (`Invalid value for argument
+/// "input.runAt", …`: a malformed scalar, a missing field), in the notation of this API's
+/// own `extensions.field` (`inputs[1].queue`), so every invalid input names its field.
+fn invalid_argument_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("Invalid value for argument \"")?;
+    let path = &rest[..rest.find('"')?];
+    let mut field = String::new();
+    for segment in path.split('.') {
+        if !field.is_empty() && !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            field.push('[');
+            field.push_str(segment);
+            field.push(']');
+        } else {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(segment);
+        }
+    }
+    Some(field)
 }
 
 /// A request-level failure of `err`, with its extensions (e.g. `retryAfterMs`).
 fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> Response {
-    let mut error = err.to_graphql().into_server_error(async_graphql::Pos::default());
+    let mut error = err.to_request_error();
     stamp(&mut error, request_id);
     let body = json!({ "errors": [error] });
     let mut response = (status, axum::Json(body)).into_response();
@@ -405,4 +431,18 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invalid_argument_field;
+
+    #[test]
+    fn validation_errors_name_their_field_in_the_api_notation() {
+        let message = r#"Invalid value for argument "input.runAt", expected type "DateTime""#;
+        assert_eq!(invalid_argument_field(message).as_deref(), Some("input.runAt"));
+        let listed = r#"Invalid value for argument "inputs.1.deadline", expected type "DateTime""#;
+        assert_eq!(invalid_argument_field(listed).as_deref(), Some("inputs[1].deadline"));
+        assert_eq!(invalid_argument_field("Unknown field \"x\" on type \"Query\"."), None);
+    }
 }

@@ -312,7 +312,7 @@ impl Connection {
             Err(err) => Err(err),
         };
         checked.map_err(|err| {
-            let mut error = err.to_graphql().into_server_error(async_graphql::Pos::default());
+            let mut error = err.to_request_error();
             stamp(&mut error, &self.request_id);
             error
         })
