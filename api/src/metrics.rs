@@ -38,6 +38,8 @@ pub struct Metrics {
     pub subscribers_too_slow: IntCounter,
     /// Open WebSocket connections.
     pub ws_connections: IntGauge,
+    /// Open GraphQL event streams (`graphql-sse`).
+    pub sse_streams: IntGauge,
     /// Active subscriptions.
     pub subscriptions: IntGauge,
     /// Offers delivered on `assignments` streams, by where the offer was read: `commit`
@@ -244,6 +246,7 @@ impl Metrics {
             ),
             subscribers_too_slow: counter("subscribers_too_slow_total", "Subscriptions ended for not keeping up"),
             ws_connections: gauge("ws_connections", "Open WebSocket connections"),
+            sse_streams: gauge("sse_streams", "Open GraphQL event streams (graphql-sse)"),
             subscriptions: gauge("subscriptions", "Active subscriptions"),
             assignments_delivered: counter_vec(
                 "assignments_delivered_total",

@@ -72,6 +72,9 @@ pub(crate) async fn post(State(state): State<AppState>, request: axum::extract::
             return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
+    if super::sse::wants_event_stream(&headers) {
+        return event_stream(state, &headers, peer, request_id, batch).await;
+    }
     let transport = Transport::Post { json: is_json(&headers) };
     execute(state, &headers, peer, request_id, batch, transport).await
 }
@@ -121,7 +124,30 @@ pub(crate) async fn get(State(state): State<AppState>, request: axum::extract::R
             return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
+    if super::sse::wants_event_stream(&headers) {
+        return event_stream(state, &headers, peer, request_id, BatchRequest::Single(request)).await;
+    }
     execute(state, &headers, peer, request_id, BatchRequest::Single(request), Transport::Get).await
+}
+
+/// One operation as an event stream ([`super::sse`]); a batch or a request without a
+/// document is refused as over plain HTTP.
+async fn event_stream(
+    state: AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    request_id: String,
+    batch: BatchRequest,
+) -> Response {
+    let BatchRequest::Single(request) = batch else {
+        let message = "an event stream carries one operation, not a batch";
+        return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, message);
+    };
+    if request.query.trim().is_empty() && !request.extensions.0.contains_key("persistedQuery") {
+        let message = "the request has no query (and no extensions.persistedQuery)";
+        return envelope_error(&request_id, StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, message);
+    }
+    super::sse::stream(state, headers, peer, request_id, request).await
 }
 
 /// The parameters of a GET request (GraphQL over HTTP): `variables` and `extensions`
@@ -289,7 +315,7 @@ fn executed(response: &async_graphql::Response) -> bool {
 }
 
 /// A 429 for a refused rate limit, with `Retry-After` in whole seconds.
-fn rate_limited(request_id: &str, err: &ApiError) -> Response {
+pub(super) fn rate_limited(request_id: &str, err: &ApiError) -> Response {
     let mut response = envelope_error_with(request_id, StatusCode::TOO_MANY_REQUESTS, err);
     if let ApiError::RateLimited { retry_after_ms } = err
         && let Ok(value) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string())
@@ -398,7 +424,7 @@ fn invalid_argument_field(message: &str) -> Option<String> {
 }
 
 /// A request-level failure of `err`, with its extensions (e.g. `retryAfterMs`).
-fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> Response {
+pub(super) fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> Response {
     let mut error = err.to_request_error();
     stamp(&mut error, request_id);
     let body = json!({ "errors": [error] });
@@ -408,7 +434,7 @@ fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> 
 }
 
 /// A request-level failure in the GraphQL error shape.
-fn envelope_error(request_id: &str, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+pub(super) fn envelope_error(request_id: &str, status: StatusCode, code: ErrorCode, message: &str) -> Response {
     let body = json!({
         "errors": [{ "message": message, "extensions": { "code": code.as_str(), "requestId": request_id } }]
     });

@@ -13,6 +13,7 @@ pub(crate) mod graphql;
 pub(crate) mod health;
 pub(crate) mod protect;
 pub mod serve;
+pub(crate) mod sse;
 pub mod ws;
 
 use std::{

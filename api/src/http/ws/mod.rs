@@ -94,7 +94,7 @@ pub(crate) struct SubjectConnections(Mutex<HashMap<String, usize>>);
 
 impl SubjectConnections {
     /// A slot for one more connection of `subject`, unless it holds `max` already.
-    fn acquire(self: &Arc<Self>, subject: &str, max: usize) -> Option<SubjectSlot> {
+    pub(in crate::http) fn acquire(self: &Arc<Self>, subject: &str, max: usize) -> Option<SubjectSlot> {
         let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = open.entry(subject.to_owned()).or_insert(0);
         if *count >= max {
@@ -107,7 +107,7 @@ impl SubjectConnections {
 
 /// One connection's place in its subject's count, given back when dropped.
 #[derive(Debug)]
-struct SubjectSlot {
+pub(in crate::http) struct SubjectSlot {
     registry: Arc<SubjectConnections>,
     subject: String,
 }
