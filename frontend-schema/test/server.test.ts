@@ -276,9 +276,11 @@ describe("a browser frontend on another origin", { timeout: DEADLINE_MS }, () =>
       const page1 = await user.apollo.query({ query: ListTasksDocument, variables: { filter, first: 2 } });
       assert.equal(page1.data?.tasks.edges.length, 2);
       assert.equal(page1.data?.tasks.pageInfo.hasNextPage, true);
+      // As `fetchMore` does: the next page from the server, merged into the cached list.
       await user.apollo.query({
         query: ListTasksDocument,
         variables: { filter, first: 2, after: page1.data?.tasks.pageInfo.endCursor ?? null },
+        fetchPolicy: "network-only",
       });
       const merged = user.apollo.readQuery({ query: ListTasksDocument, variables: { filter, first: 2 } });
       assert.deepEqual(

@@ -361,6 +361,8 @@ async fn every_checked_in_operation_runs_without_errors() {
         for operation in &operations {
             let at = format!("operations/{} {}", operation.file, operation.name);
             *current.lock().expect("not poisoned") = at.clone();
+            // Shown with the failure when a step panics (a WebSocket wait, say).
+            eprintln!("running {at}");
             let case = contract.case(&operation.name).await.unwrap_or_else(|| {
                 panic!("{at} has no case in frontend-schema/tests/contract.rs (Contract::case): add its token and sample variables")
             });
