@@ -96,6 +96,19 @@ fn offset(source: &str, line: usize, column: usize) -> usize {
     line_start + source[line_start..].chars().take(column - 1).map(char::len_utf8).sum::<usize>()
 }
 
+/// What a definition of an operations file is.
+enum Named {
+    Operation(String, OperationType),
+    Fragment(String),
+}
+
+/// A definition found in a file: where it starts, what it is, what it spreads.
+struct Found {
+    start: usize,
+    named: Named,
+    spreads: BTreeSet<String>,
+}
+
 /// Every operation of every file, each with the fragments it needs. Operation and fragment
 /// names are unique across files, as codegen requires.
 fn operations() -> Vec<Operation> {
@@ -103,32 +116,31 @@ fn operations() -> Vec<Operation> {
     let mut operations: Vec<(&'static str, String, OperationType, Definition)> = Vec::new();
     for (file, source) in OPERATIONS {
         let document = parse_query(source).unwrap_or_else(|e| panic!("operations/{file} parses: {e}"));
-        // Each definition's text runs from its start to the next one's.
-        let mut starts: Vec<(usize, Option<String>, Option<OperationType>, BTreeSet<String>)> = Vec::new();
+        let mut found = Vec::new();
         for (name, operation) in document.operations.iter() {
             let name = name.unwrap_or_else(|| panic!("operations/{file}: every operation is named")).to_string();
             let mut spreads = BTreeSet::new();
             spreads_of(&operation.node.selection_set.node, &mut spreads);
-            starts.push((offset(source, operation.pos.line, operation.pos.column), Some(name), Some(operation.node.ty), spreads));
+            let start = offset(source, operation.pos.line, operation.pos.column);
+            found.push(Found { start, named: Named::Operation(name, operation.node.ty), spreads });
         }
         for (name, fragment) in &document.fragments {
             let mut spreads = BTreeSet::new();
             spreads_of(&fragment.node.selection_set.node, &mut spreads);
             let start = offset(source, fragment.pos.line, fragment.pos.column);
-            starts.push((start, Some(format!("fragment {name}")), None, spreads));
+            found.push(Found { start, named: Named::Fragment(name.to_string()), spreads });
         }
-        starts.sort_by_key(|(start, ..)| *start);
-        let ends: Vec<usize> = starts.iter().skip(1).map(|(start, ..)| *start).chain([source.len()]).collect();
-        for ((start, name, kind, spreads), end) in starts.into_iter().zip(ends) {
+        // Each definition's text runs from its start to the next one's.
+        found.sort_by_key(|definition| definition.start);
+        let ends: Vec<usize> = found.iter().skip(1).map(|next| next.start).chain([source.len()]).collect();
+        for (Found { start, named, spreads }, end) in found.into_iter().zip(ends) {
             let definition = Definition { text: source[start..end].trim_end().to_owned(), spreads };
-            let name = name.unwrap_or_default();
-            match (kind, name.strip_prefix("fragment ")) {
-                (None, Some(fragment)) => {
-                    let previous = fragments.insert(fragment.to_owned(), definition);
+            match named {
+                Named::Fragment(fragment) => {
+                    let previous = fragments.insert(fragment.clone(), definition);
                     assert!(previous.is_none(), "fragment {fragment} is defined once across operations/");
                 }
-                (Some(kind), _) => operations.push((file, name, kind, definition)),
-                (None, None) => unreachable!("a fragment's name is recorded with its prefix"),
+                Named::Operation(name, kind) => operations.push((file, name, kind, definition)),
             }
         }
     }
@@ -325,7 +337,8 @@ impl Contract {
     async fn over_ws(&self, operation: &Operation, case: &Case) -> Value {
         let at = format!("operations/{} {}", operation.file, operation.name);
         let mut ws = self.app.ws_connected(TRANSPORT_WS, &case.token).await;
-        let payload = json!({ "query": operation.document, "operationName": operation.name, "variables": case.variables });
+        let payload =
+            json!({ "query": operation.document, "operationName": operation.name, "variables": case.variables });
         ws.send(json!({ "id": "s", "type": "subscribe", "payload": payload })).await;
         let message = if operation.name == "TaskEvents" {
             // Only new events arrive, and the subscription starts listening a moment after
