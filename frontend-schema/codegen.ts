@@ -13,8 +13,6 @@ const config: CodegenConfig = {
         // Plain result types: Apollo Client reads fragments from its cache itself, and
         // consumers use `ListTasksQuery["tasks"]["edges"][number]["node"]` and the like.
         fragmentMasking: false,
-        // Documents are imported by name (`CreateTaskDocument`), never looked up by text.
-        gqlTagName: "graphql",
       },
       config: {
         // Every custom scalar must be mapped, so a new one in the schema fails codegen
@@ -32,15 +30,6 @@ const config: CodegenConfig = {
         enumsAsTypes: true,
         // Imports with `.js`: the package is ESM and type-checked with NodeNext.
         emitLegacyCommonJSImports: false,
-        avoidOptionals: {
-          field: true,
-          inputValue: false,
-          object: true,
-          defaultValue: false,
-        },
-        nonOptionalTypename: false,
-        skipTypename: false,
-        dedupeFragments: true,
       },
     },
   },

@@ -8,7 +8,6 @@
  * - a graphql-ws client with Taskwire's token and retry rules.
  */
 export * from "./generated/graphql.js";
-export { graphql } from "./generated/gql.js";
 export type { JsonValue } from "./json.js";
 export * from "./codes.js";
 export * from "./apollo.js";

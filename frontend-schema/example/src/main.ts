@@ -1,6 +1,8 @@
-// A task board in plain DOM: lists the caller's tasks, creates tasks, and keeps the list
-// live over graphql-ws. Served by any bundler that handles TypeScript (e.g. `npx vite`
-// in this folder, on http://localhost:5173, an origin the embedded server allows).
+// A task board in plain DOM: lists the caller's tasks, creates and cancels tasks, and keeps
+// the list live over graphql-ws. CI type-checks it (`npm run typecheck`). To run it, serve
+// index.html with a bundler that maps `@taskwire/frontend-schema` to ../src/index.ts as
+// tsconfig.json's `paths` does (Vite: `resolve.alias`); a dev server on
+// http://localhost:5173 is an origin the embedded server allows.
 import { CombinedGraphQLErrors } from "@apollo/client";
 import {
   CancelTaskDocument,
