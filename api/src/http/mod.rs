@@ -3,11 +3,12 @@
 //! | path | handler |
 //! |---|---|
 //! | `POST/GET /graphql` | [`graphql::post`], [`graphql::get`] |
-//! | `GET /graphiql` | [`graphql::graphiql`] (when enabled) |
+//! | `GET /graphiql`, `GET /graphiql/assets/{name}` | [`assets`]: GraphiQL and its embedded assets (when enabled) |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /schema.graphql` | the SDL |
 
 pub(crate) mod apq;
+pub(crate) mod assets;
 pub mod cors;
 pub(crate) mod graphql;
 pub(crate) mod health;
@@ -112,7 +113,9 @@ pub(crate) fn router(
         router = router.route("/schema.graphql", get(schema_sdl));
     }
     if api && graphiql {
-        router = router.route("/graphiql", get(graphql::graphiql));
+        router = router
+            .route("/graphiql", get(assets::graphiql_page))
+            .route("/graphiql/assets/{name}", get(assets::graphiql_asset));
     }
     let router = router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes));
     // Outermost, so a preflight is answered before any other layer looks at it.

@@ -1,0 +1,83 @@
+//! GraphiQL is served from the binary alone: its page refers only to same-origin assets,
+//! each served with its content type and a long cache lifetime, under a strict
+//! Content-Security-Policy. (The browser test in `web/tests/` runs it offline.)
+
+use taskwire_tests::TestApp;
+
+/// The `src`/`href` values of the page's `<script>` and `<link>` tags, but for the empty
+/// `data:` favicon (which keeps the browser from asking for `/favicon.ico`).
+fn referenced_urls(page: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        let mut rest = page;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').expect("a closing quote");
+            if &rest[..end] != "data:," {
+                urls.push(rest[..end].to_owned());
+            }
+            rest = &rest[end..];
+        }
+    }
+    urls
+}
+
+#[tokio::test]
+async fn graphiql_has_a_strict_policy_and_only_same_origin_assets() {
+    let app = TestApp::spawn().await;
+    let response = app.client.get(format!("{}/graphiql", app.address)).send().await.expect("request sent");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let page = response.text().await.expect("body");
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"), "{headers:?}");
+
+    let policy = headers.get("content-security-policy").expect("a CSP header").to_str().unwrap().to_owned();
+    let directive = |name: &str| {
+        policy
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix(name).filter(|rest| rest.starts_with(' ')).map(str::trim))
+            .unwrap_or_else(|| panic!("no {name} in {policy}"))
+            .to_owned()
+    };
+    assert_eq!(directive("default-src"), "'self'");
+    assert_eq!(directive("script-src"), "'self'", "no inline script, no eval: {policy}");
+    assert_eq!(directive("object-src"), "'none'");
+    assert_eq!(directive("frame-ancestors"), "'none'");
+    let host = app.address.trim_start_matches("http://");
+    assert_eq!(directive("connect-src"), format!("'self' ws://{host} wss://{host}"));
+    assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"), "{policy}");
+    // The style nonce is the one the script tag carries, and fresh per response.
+    let nonce = directive("style-src").strip_prefix("'self' 'nonce-").and_then(|n| n.strip_suffix('\'')).map(str::to_owned);
+    let nonce = nonce.unwrap_or_else(|| panic!("style-src is 'self' and a nonce: {policy}"));
+    assert!(nonce.len() >= 32 && page.contains(&format!("nonce=\"{nonce}\"")), "{nonce} in {page}");
+    let again = app.client.get(format!("{}/graphiql", app.address)).send().await.expect("request sent");
+    let again = again.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(!again.contains(&nonce), "a nonce is used once: {again}");
+
+    let urls = referenced_urls(&page);
+    assert!(urls.iter().any(|u| u.ends_with(".js")) && urls.iter().any(|u| u.ends_with(".css")), "{page}");
+    let mut script = String::new();
+    for url in &urls {
+        assert!(url.starts_with("/graphiql/assets/"), "same-origin asset paths only: {url}");
+        let response = app.client.get(format!("{}{url}", app.address)).send().await.expect("request sent");
+        assert_eq!(response.status(), 200, "{url}");
+        let expected = if url.ends_with(".js") { "text/javascript" } else { "text/css" };
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with(expected), "{url}: {content_type}");
+        let cache = response.headers()["cache-control"].to_str().unwrap().to_owned();
+        assert!(cache.contains("max-age=31536000") && cache.contains("immutable"), "{url}: {cache}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let body = response.text().await.expect("body");
+        assert!(body.len() > 10_000, "{url} is the bundle, {} bytes", body.len());
+        if url.ends_with(".js") {
+            script = body;
+        }
+    }
+    // The bundle talks to this server: /graphql over HTTP, and over WebSocket.
+    assert!(script.contains("\"/graphql\""), "the script names the endpoint");
+    assert!(!script.contains("unpkg.com") && !script.contains("jsdelivr"), "no CDN");
+
+    let (status, _) = app.get("/graphiql/assets/graphiql.0000000000000000.js").await;
+    assert_eq!(status, 404, "an asset name that no build made");
+}
