@@ -26,6 +26,7 @@ const common = {
 
 const apps = [
   { app: "graphiql", entry: "web/src/graphiql/main.jsx", jsx: { jsx: "automatic" } },
+  { app: "console", entry: "web/src/console/main.jsx", jsx: { jsx: "automatic", jsxImportSource: "preact" } },
 ];
 
 for (const { app, entry, jsx } of apps) {

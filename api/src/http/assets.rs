@@ -1,4 +1,5 @@
-//! Browser apps served by the binary: GraphiQL (`/graphiql`) and their static assets.
+//! Browser apps served by the binary: GraphiQL (`/graphiql`), the operator console
+//! (`/console`), and their static assets.
 //!
 //! The assets are built at development time from pinned npm packages (`web/`, README,
 //! Frontends) into `api/assets/` and embedded here, so a page never loads anything from
@@ -147,6 +148,19 @@ fn is_plain_host(host: &str) -> bool {
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
+const CONSOLE_ASSETS: &[Asset] = &[
+    Asset {
+        file: "console.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../../assets/console/console.js"),
+    },
+    Asset {
+        file: "console.css",
+        content_type: "text/css; charset=utf-8",
+        bytes: include_bytes!("../../assets/console/console.css"),
+    },
+];
+
 static GRAPHIQL: LazyLock<App> = LazyLock::new(|| App::new("/graphiql", "Taskwire GraphiQL", GRAPHIQL_ASSETS));
 
 /// `GET /graphiql`.
@@ -159,18 +173,32 @@ pub(crate) async fn graphiql_asset(Path(name): Path<String>) -> Response {
     GRAPHIQL.asset(&name)
 }
 
+static CONSOLE: LazyLock<App> = LazyLock::new(|| App::new("/console", "Taskwire console", CONSOLE_ASSETS));
+
+/// `GET /console`.
+pub(crate) async fn console_page(headers: HeaderMap) -> Response {
+    CONSOLE.page(&headers)
+}
+
+/// `GET /console/assets/{name}`.
+pub(crate) async fn console_asset(Path(name): Path<String>) -> Response {
+    CONSOLE.asset(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_page_refers_to_every_asset_by_its_hashed_name() {
-        let app = App::new("/graphiql", "t", GRAPHIQL_ASSETS);
-        assert_eq!(app.by_name.len(), GRAPHIQL_ASSETS.len());
-        for name in app.by_name.keys() {
-            assert!(app.page.contains(&format!("/graphiql/assets/{name}")), "{name} in {}", app.page);
+    fn each_page_refers_to_every_asset_by_its_hashed_name() {
+        for (prefix, assets) in [("/graphiql", GRAPHIQL_ASSETS), ("/console", CONSOLE_ASSETS)] {
+            let app = App::new(prefix, "t", assets);
+            assert_eq!(app.by_name.len(), assets.len());
+            for name in app.by_name.keys() {
+                assert!(app.page.contains(&format!("{prefix}/assets/{name}")), "{name} in {}", app.page);
+            }
+            assert!(!app.page.contains("http"), "no absolute URL: {}", app.page);
         }
-        assert!(!app.page.contains("http"), "no absolute URL: {}", app.page);
     }
 
     #[test]
