@@ -384,14 +384,15 @@ function Tasks({ params, notify }) {
   return (
     <section aria-labelledby="tasks-title">
       <h1 id="tasks-title">Tasks</h1>
-      <form class="filters" onSubmit={apply}>
-        <label>Queue <input name="queue" value={filter.queue ?? ""} /></label>
-        <label>Kind <input name="kind" value={filter.kind ?? ""} /></label>
-        <label>Created by <input name="createdBy" value={filter.createdBy ?? ""} /></label>
+      {/* Uncontrolled fields, filled from the route: a new route makes a new form. */}
+      <form class="filters" onSubmit={apply} key={key}>
+        <label>Queue <input name="queue" defaultValue={filter.queue ?? ""} /></label>
+        <label>Kind <input name="kind" defaultValue={filter.kind ?? ""} /></label>
+        <label>Created by <input name="createdBy" defaultValue={filter.createdBy ?? ""} /></label>
         <label>Status
-          <select name="status" value={params.get("status") ?? ""}>
+          <select name="status">
             <option value="">any</option>
-            {STATUSES.map((s) => <option key={s} value={s}>{s}</option>)}
+            {STATUSES.map((s) => <option key={s} value={s} selected={params.get("status") === s}>{s}</option>)}
           </select>
         </label>
         <button type="submit">Filter</button>
