@@ -14,11 +14,16 @@ async function typeInto(page, editor, text) {
 }
 
 async function resultContains(page, text, timeout = 15_000) {
-  await page.waitForFunction(
-    (t) => document.querySelector(".result-window")?.textContent.includes(t),
-    text,
-    { timeout },
-  );
+  try {
+    await page.waitForFunction(
+      (t) => document.querySelector(".result-window")?.textContent.includes(t),
+      text,
+      { timeout },
+    );
+  } catch (e) {
+    const shown = await page.locator(".result-window").textContent().catch(() => "(no result pane)");
+    throw new Error(`${text} not in the result pane: ${shown}`, { cause: e });
+  }
 }
 
 test("GraphiQL works offline: a query and a subscription with the Headers pane's token", async () => {
@@ -37,6 +42,7 @@ test("GraphiQL works offline: a query and a subscription with the Headers pane's
     await typeInto(page, headers, JSON.stringify({ Authorization: `Bearer ${token}` }));
     const query = page.locator(".graphiql-query-editor .CodeMirror");
     await typeInto(page, query, "query Me {\n  me { subject roles }\n}");
+    await page.locator(".graphiql-tab", { hasText: "Me" }).waitFor();
     await page.click(".graphiql-execute-button");
     await resultContains(page, '"graphiql-admin"');
 
@@ -54,6 +60,9 @@ test("GraphiQL works offline: a query and a subscription with the Headers pane's
       query,
       `subscription Watch {\n  taskUpdated(id: "${id}", afterSeq: 0) {\n    seq\n    status\n    previousStatus\n    message\n  }\n}`,
     );
+    // GraphiQL reads the operation name from the editor a moment after typing; its tab
+    // shows it once it has.
+    await page.locator(".graphiql-tab", { hasText: "Watch" }).waitFor();
     await page.click(".graphiql-execute-button");
     await resultContains(page, '"QUEUED"');
     await gql(server.url, token, "mutation($id: ID!) { cancelTask(id: $id, reason: \"seen live in GraphiQL\") { id } }", {
