@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { createClient } from "graphql-ws";
+import WebSocket from "ws";
 
 const repo = new URL("../..", import.meta.url).pathname;
 
@@ -92,6 +93,8 @@ export function wsClient(url, token) {
     connectionParams: { authorization: `Bearer ${token}` },
     lazy: true,
     retryAttempts: 0,
+    // Node 20 has no WebSocket of its own.
+    webSocketImpl: WebSocket,
   });
 }
 

@@ -27,6 +27,9 @@ function useRoute() {
 
 // ---- shared pieces ---------------------------------------------------------------------
 
+/// Points a sparkline keeps: one a second (or one per queueStats update), a minute's worth.
+const HISTORY = 60;
+
 /// Messages for the operator: one live region, so screen readers announce them.
 function useNotice() {
   const [notice, setNotice] = useState(null);
@@ -46,15 +49,20 @@ function Status({ status }) {
   return <span class={`status status-${status.toLowerCase()}`}>{status}</span>;
 }
 
-/// A small inline SVG line of the last values (no style attributes: the CSP allows none).
+/// A small inline SVG line of the last `HISTORY` values, newest at the right edge (no
+/// style attributes: the CSP allows none).
 function Sparkline({ values, label }) {
   const width = 120;
   const height = 24;
   const max = Math.max(1, ...values);
-  const step = values.length > 1 ? width / (values.length - 1) : width;
-  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - (v / max) * (height - 2) - 1).toFixed(1)}`);
+  const step = width / (HISTORY - 1);
+  const x = (i) => width - (values.length - 1 - i) * step;
+  const y = (v) => height - (v / max) * (height - 2) - 1;
+  const points = values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`);
   return (
     <svg class="sparkline" width={width} height={height} viewBox={`0 0 ${width} ${height}`} role="img" aria-label={label}>
+      <line class="baseline" x1="0" y1={height - 0.5} x2={width} y2={height - 0.5} />
+      {values.length === 1 && <circle cx={width - 1.5} cy={y(values[0])} r="1.5" fill="currentColor" />}
       <polyline points={points.join(" ")} fill="none" stroke="currentColor" stroke-width="1.5" />
     </svg>
   );
@@ -99,7 +107,6 @@ function Login({ onLogin }) {
 
 const QUEUE_FIELDS = "name paused rateLimitPerSecond maxConcurrency maxAttempts leaseSeconds";
 const STATS_FIELDS = "name scheduled queued assigned running succeeded cancelled dead oldestQueuedAgeMs at";
-const HISTORY = 60;
 
 function Queues({ me, notify }) {
   const admin = me.roles.includes("ADMIN");
