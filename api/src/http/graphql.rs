@@ -10,9 +10,7 @@
 
 use std::net::SocketAddr;
 
-use async_graphql::{
-    BatchRequest, BatchResponse, Request, ServerError, parser::types::OperationType,
-};
+use async_graphql::{BatchRequest, BatchResponse, Request, ServerError, parser::types::OperationType};
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, State, ws::WebSocketUpgrade},
