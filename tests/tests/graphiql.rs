@@ -42,15 +42,21 @@ async fn the_console_can_be_switched_off() {
     assert_eq!(app.get("/graphiql").await.0, 200, "GraphiQL has a switch of its own");
 }
 
+/// A response header's value, which must be there.
+fn header(headers: &reqwest::header::HeaderMap, name: &str) -> String {
+    let value = headers.get(name).unwrap_or_else(|| panic!("no {name} header: {headers:?}"));
+    value.to_str().expect("a visible ASCII header value").to_owned()
+}
+
 /// The page at `path`: its policy, and every asset it names.
 async fn check_page(app: &TestApp, path: &str) {
     let response = app.client.get(format!("{}{path}", app.address)).send().await.expect("request sent");
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     let page = response.text().await.expect("body");
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"), "{headers:?}");
+    assert!(header(&headers, "content-type").starts_with("text/html"), "{headers:?}");
 
-    let policy = headers.get("content-security-policy").expect("a CSP header").to_str().unwrap().to_owned();
+    let policy = header(&headers, "content-security-policy");
     let directive = |name: &str| {
         policy
             .split(';')
@@ -72,7 +78,7 @@ async fn check_page(app: &TestApp, path: &str) {
     let nonce = nonce.unwrap_or_else(|| panic!("style-src is 'self' and a nonce: {policy}"));
     assert!(nonce.len() >= 32 && page.contains(&format!("nonce=\"{nonce}\"")), "{nonce} in {page}");
     let again = app.client.get(format!("{}{path}", app.address)).send().await.expect("request sent");
-    let again = again.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    let again = header(again.headers(), "content-security-policy");
     assert!(!again.contains(&nonce), "a nonce is used once: {again}");
 
     let urls = referenced_urls(&page);
@@ -83,9 +89,9 @@ async fn check_page(app: &TestApp, path: &str) {
         let response = app.client.get(format!("{}{url}", app.address)).send().await.expect("request sent");
         assert_eq!(response.status(), 200, "{url}");
         let expected = if url.ends_with(".js") { "text/javascript" } else { "text/css" };
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let content_type = header(response.headers(), "content-type");
         assert!(content_type.starts_with(expected), "{url}: {content_type}");
-        let cache = response.headers()["cache-control"].to_str().unwrap().to_owned();
+        let cache = header(response.headers(), "cache-control");
         assert!(cache.contains("max-age=31536000") && cache.contains("immutable"), "{url}: {cache}");
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
         let body = response.text().await.expect("body");
