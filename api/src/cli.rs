@@ -134,11 +134,11 @@ async fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn serve_with(config: Config) -> Result<(), String> {
-    let graphiql = config.graphiql;
+    let (graphiql, console) = (config.graphiql, config.console);
     let host = config.listen.ip();
     let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{host}:{}", app.port());
-    print!("{}", banner(&base, graphiql, &app.keys()));
+    print!("{}", banner(&base, graphiql, console, &app.keys()));
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -151,17 +151,20 @@ async fn serve_with(config: Config) -> Result<(), String> {
 /// What `serve` prints at start. An admin token only when tokens are signed with the
 /// development secret generated into the data dir: a token signed with a configured
 /// secret would be a real credential, printed to whatever collects the output.
-fn banner(base: &str, graphiql: bool, keys: &JwtKeys) -> String {
+fn banner(base: &str, graphiql: bool, console: bool, keys: &JwtKeys) -> String {
     let mut out = format!("Taskwire is listening on {base}\n  GraphQL:  {base}/graphql\n");
     if graphiql {
         out.push_str(&format!("  GraphiQL: {base}/graphiql\n"));
+    }
+    if console {
+        out.push_str(&format!("  Console:  {base}/console (sign in with an operator or admin token)\n"));
     }
     let ttl = DEV_TOKEN_TTL.min(keys.max_ttl());
     if keys.is_generated_dev_secret()
         && let Some(token) = keys.mint("dev-admin", &[Role::Admin, Role::Client], ttl)
     {
         out.push_str(&format!(
-            "  Admin token (sub dev-admin, roles admin+client, valid {}h; paste into GraphiQL's headers as\n",
+            "  Admin token (sub dev-admin, roles admin+client, valid {}h; paste it into the console, or into\n  GraphiQL's headers as\n",
             ttl.as_secs() / 3600
         ));
         out.push_str("  {\"Authorization\": \"Bearer <token>\"}):\n");
@@ -252,14 +255,16 @@ mod tests {
         let dev = JwtKeys::load(&generated, dir.path()).expect("dev keys");
         let real = JwtKeys::load(&configured, dir.path()).expect("configured keys");
 
-        let with_dev = banner("http://127.0.0.1:8080", true, &dev);
-        let with_real = banner("http://127.0.0.1:8080", true, &real);
+        let with_dev = banner("http://127.0.0.1:8080", true, true, &dev);
+        let with_real = banner("http://127.0.0.1:8080", true, true, &real);
 
         assert!(with_dev.contains("Admin token"), "{with_dev}");
         let token = with_dev.lines().last().expect("a token line");
         assert!(dev.verify(token).is_ok(), "the printed token works: {with_dev}");
         assert!(!with_real.contains("Admin token") && !with_real.contains("eyJ"), "{with_real}");
         assert!(with_real.contains("/graphiql"), "the rest of the banner stays: {with_real}");
+        assert!(with_real.contains("http://127.0.0.1:8080/console"), "the console is linked: {with_real}");
+        assert!(!banner("http://127.0.0.1:8080", false, false, &real).contains("/console"));
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub const KEYS: &[Key] = &[
     derived("JWT_AUDIENCE", "unset", "required `aud` when set"),
     derived("INTROSPECTION", "true embedded, false with MySQL", "GraphQL introspection"),
     derived("GRAPHIQL", "true embedded, false with MySQL", "serve GraphiQL at /graphiql"),
+    value("CONSOLE", "true", "serve the operator console at /console (it holds no data: it asks for a token)"),
     derived(
         "CORS_ORIGINS",
         "localhost embedded, off with MySQL",
@@ -277,6 +278,8 @@ pub struct Config {
     pub introspection: bool,
     /// GraphiQL at `/graphiql`. Default: on when embedded, off with MySQL.
     pub graphiql: bool,
+    /// The operator console at `/console`.
+    pub console: bool,
     /// Origins whose pages may call the API (`TASKWIRE_CORS_ORIGINS`; default: localhost
     /// origins in the embedded default, none in production mode).
     pub cors_origins: crate::http::cors::CorsOrigins,
@@ -420,6 +423,7 @@ impl Config {
             },
             introspection: flag(get("INTROSPECTION"), "INTROSPECTION")?.unwrap_or(!production),
             graphiql: flag(get("GRAPHIQL"), "GRAPHIQL")?.unwrap_or(!production),
+            console: boolean(text(get("CONSOLE"), "CONSOLE")?, "CONSOLE")?,
             cors_origins: match get("CORS_ORIGINS") {
                 Some(value) => crate::http::cors::CorsOrigins::parse(value)
                     .map_err(|reason| ConfigError::Invalid { key: "CORS_ORIGINS", reason })?,

@@ -116,6 +116,7 @@ pub struct Application {
     state: AppState,
     api: bool,
     graphiql: bool,
+    console: bool,
     introspection: bool,
     cors: crate::http::cors::CorsOrigins,
     connections: crate::http::serve::ConnectionLimits,
@@ -236,6 +237,7 @@ impl Application {
             state,
             api: config.roles.api,
             graphiql: config.graphiql,
+            console: config.console,
             introspection: config.introspection,
             cors: config.cors_origins.clone(),
             connections: config.connections,
@@ -282,7 +284,8 @@ impl Application {
     /// WebSockets with 1001, lets in-flight requests finish, and only then stops the
     /// background tasks (the relay publishes what committed meanwhile and flushes).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { listener, state, api, graphiql, introspection, cors, connections, background } = self;
+        let Application { listener, state, api, graphiql, console, introspection, cors, connections, background } =
+            self;
         let shutdown = state.shutdown.clone();
         let background_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -319,7 +322,7 @@ impl Application {
         tasks.close();
 
         let metrics = state.metrics.clone();
-        let app = router(state, api, graphiql, introspection, &cors);
+        let app = router(state, api, graphiql, console, introspection, &cors);
         let served = crate::http::serve::serve(listener, app, connections, metrics, shutdown).await;
         background_stop.cancel();
         tasks.wait().await;

@@ -1,4 +1,4 @@
-//! GraphQL over HTTP: POST (single or batched JSON) and GET (queries only), plus GraphiQL.
+//! GraphQL over HTTP: POST (single or batched JSON) and GET (queries only).
 //!
 //! The handler owns the request envelope: it authenticates the bearer token, enforces the
 //! body and batch limits, resolves persisted queries and applies the query limits and
@@ -10,14 +10,12 @@
 
 use std::net::SocketAddr;
 
-use async_graphql::{
-    BatchRequest, BatchResponse, Request, ServerError, http::GraphiQLSource, parser::types::OperationType,
-};
+use async_graphql::{BatchRequest, BatchResponse, Request, ServerError, parser::types::OperationType};
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, State, ws::WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
 };
 use serde_json::json;
 use taskwire_domain::{ErrorCode, Principal};
@@ -187,11 +185,6 @@ fn parse_query_string(uri: &axum::http::Uri) -> Result<Request, String> {
 }
 
 const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-
-/// `GET /graphiql`.
-pub(crate) async fn graphiql() -> impl IntoResponse {
-    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").title("Taskwire").finish())
-}
 
 /// Authenticates, checks every operation (persisted query, limits), spends the caller's
 /// rate budget, then executes the operations in order, each with its own loaders.

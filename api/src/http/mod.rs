@@ -3,11 +3,13 @@
 //! | path | handler |
 //! |---|---|
 //! | `POST/GET /graphql` | [`graphql::post`], [`graphql::get`] |
-//! | `GET /graphiql` | [`graphql::graphiql`] (when enabled) |
+//! | `GET /graphiql`, `GET /graphiql/assets/{name}` | [`assets`]: GraphiQL and its embedded assets (when enabled) |
+//! | `GET /console`, `GET /console/assets/{name}` | [`assets`]: the operator console (when enabled) |
 //! | `GET /healthz`, `GET /readyz` | [`health`] |
 //! | `GET /schema.graphql` | the SDL |
 
 pub(crate) mod apq;
+pub(crate) mod assets;
 pub mod cors;
 pub(crate) mod graphql;
 pub(crate) mod health;
@@ -88,8 +90,9 @@ pub(crate) struct Limits {
     pub body_read_timeout: Duration,
 }
 
-/// The router. GraphiQL is mounted only when `graphiql` is true, the SDL only when
-/// `introspection` is (it is the same information).
+/// The router. GraphiQL is mounted only when `graphiql` is true, the operator console
+/// only when `console` is, the SDL only when `introspection` is (it is the same
+/// information).
 ///
 /// A process without the `api` role (`TASKWIRE_ROLES=dispatcher`) serves only the
 /// health, readiness and metrics endpoints.
@@ -99,6 +102,7 @@ pub(crate) fn router(
     state: AppState,
     api: bool,
     graphiql: bool,
+    console: bool,
     introspection: bool,
     cors: &cors::CorsOrigins,
 ) -> Router {
@@ -113,7 +117,14 @@ pub(crate) fn router(
         router = router.route("/schema.graphql", get(schema_sdl));
     }
     if api && graphiql {
-        router = router.route("/graphiql", get(graphql::graphiql));
+        router = router
+            .route("/graphiql", get(assets::graphiql_page))
+            .route("/graphiql/assets/{name}", get(assets::graphiql_asset));
+    }
+    if api && console {
+        router = router
+            .route("/console", get(assets::console_page))
+            .route("/console/assets/{name}", get(assets::console_asset));
     }
     let router = router.layer(DefaultBodyLimit::max(state.limits.max_body_bytes));
     // Outermost, so a preflight is answered before any other layer looks at it.
