@@ -175,6 +175,10 @@ fn banner(base: &str, graphiql: bool, console: bool, keys: &JwtKeys) -> String {
 
 async fn migrate(mut config: Config, action: MigrateAction) -> Result<(), String> {
     config.migrate = false;
+    // One connection: `fresh` drops every table on one pooled connection and creates them
+    // again on another, and a second SQLite connection could still plan with the schema it
+    // read before the drop ("index … already exists").
+    config.database.max_connections = 1;
     let topics = taskwire_store::Topics::new(&config.kafka.topic_prefix);
     let store = Store::connect(&config.database, topics).await.map_err(|e| e.to_string())?;
     let db = store.connection();

@@ -100,12 +100,30 @@ async fn a_client_watches_its_task_over_an_event_stream_and_resumes_with_after_s
 
 #[tokio::test]
 async fn an_event_stream_is_refused_like_any_request() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_RATE_LIMIT_OPERATIONS", "2")]).await;
+    let app = TestApp::spawn_with(&[("TASKWIRE_RATE_LIMIT_OPERATIONS", "3")]).await;
     let alice = app.token("alice", &["client"]);
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
 
     let (status, body) = open(&app, None, TASK_UPDATED, json!({ "id": id })).await.err().expect("refused");
     assert_eq!((status, body["errors"][0]["extensions"]["code"].as_str()), (401, Some("UNAUTHENTICATED")), "{body}");
+
+    // A persisted-query miss is answered in the stream too (the protocol's rule for errors
+    // about the request itself).
+    let miss = json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "0".repeat(64) } } });
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&alice)
+        .json(&miss)
+        .send()
+        .await
+        .expect("POST");
+    let mut missed = EventStream { response, buffer: String::new() };
+    let answer = missed.next_data().await;
+    assert_eq!(answer["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND", "{answer}");
+    assert!(answer["errors"][0].get("locations").is_none(), "{answer}");
+    assert_eq!(missed.next().await.map(|(name, _)| name).as_deref(), Some("complete"));
 
     // A document that fails validation is answered in the stream, like over a WebSocket.
     let mut invalid = open(&app, Some(&alice), "subscription { nope }", json!({})).await.expect("a stream");
@@ -116,6 +134,7 @@ async fn an_event_stream_is_refused_like_any_request() {
     let bob = app.token("bob", &["client"]);
     let _first = open(&app, Some(&bob), TASK_UPDATED, json!({ "id": id })).await;
     let _second = open(&app, Some(&bob), TASK_UPDATED, json!({ "id": id })).await;
+    let _third = open(&app, Some(&bob), TASK_UPDATED, json!({ "id": id })).await;
     let (status, body) = open(&app, Some(&bob), TASK_UPDATED, json!({ "id": id })).await.err().expect("over budget");
     assert_eq!((status, body["errors"][0]["extensions"]["code"].as_str()), (429, Some("RATE_LIMITED")), "{body}");
     assert!(body["errors"][0]["extensions"]["retryAfterMs"].as_u64().is_some(), "{body}");

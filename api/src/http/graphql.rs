@@ -417,7 +417,7 @@ fn invalid_argument_field(message: &str) -> Option<String> {
 }
 
 /// A request-level failure of `err`, with its extensions (e.g. `retryAfterMs`).
-pub(super) fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> Response {
+fn envelope_error_with(request_id: &str, status: StatusCode, err: &ApiError) -> Response {
     let mut error = err.to_request_error();
     stamp(&mut error, request_id);
     let body = json!({ "errors": [error] });

@@ -8,7 +8,8 @@
 //! | situation | outcome |
 //! |---|---|
 //! | no valid token in `Authorization` | 401, `UNAUTHENTICATED` |
-//! | a persisted-query miss, a query over the limits, a batch | 400 (`PERSISTED_QUERY_NOT_FOUND`, `QUERY_TOO_COMPLEX`, …) |
+//! | a persisted-query miss, a query over the limits | a `next` with the error (`PERSISTED_QUERY_NOT_FOUND`, `QUERY_TOO_COMPLEX`, …), then `complete` |
+//! | a batch, or no query | 400, `BAD_USER_INPUT` |
 //! | the caller's operations budget is spent | 429, `RATE_LIMITED`, `Retry-After` |
 //! | the process holds `TASKWIRE_WS_MAX_CONNECTIONS` streams and sockets | 503 |
 //! | the subject holds `TASKWIRE_WS_MAX_CONNECTIONS_PER_SUBJECT` of them | 429, `RATE_LIMITED` |
@@ -36,7 +37,7 @@ use taskwire_domain::ErrorCode;
 
 use super::{
     AppState,
-    graphql::{envelope_error, envelope_error_with, rate_limited, stamp},
+    graphql::{envelope_error, rate_limited, stamp},
     ws::SubjectSlot,
 };
 use crate::{
@@ -77,7 +78,16 @@ pub(crate) async fn stream(
     };
     let operation = match state.protection.prepare(&mut request).await {
         Ok(operation) => operation,
-        Err(err) => return envelope_error_with(&request_id, StatusCode::BAD_REQUEST, &err),
+        // The protocol wants errors about the request itself inside an accepted stream.
+        Err(err) => {
+            let mut error = err.to_request_error();
+            stamp(&mut error, &request_id);
+            let refusal = stream::iter([
+                event("next", &serde_json::json!({ "errors": [error] })),
+                Event::default().event("complete").data(""),
+            ]);
+            return sse_response(refusal.map(Ok::<_, Infallible>), &state, &request_id);
+        }
     };
     let mutations = u32::from(matches!(&operation, Some(op) if op.ty == OperationType::Mutation));
     if let Err(err) = state.protection.admit(&format!("sub:{}", principal.subject), 1, mutations).await {
@@ -129,8 +139,16 @@ pub(crate) async fn stream(
         let _ = &place;
         Ok::<_, Infallible>(event)
     });
+    sse_response(events, &state, &request_id)
+}
+
+fn sse_response(
+    events: impl futures::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    state: &AppState,
+    request_id: &str,
+) -> Response {
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(state.ws.keepalive)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
     // Proxies must not buffer an event stream.
