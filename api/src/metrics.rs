@@ -9,9 +9,22 @@ use prometheus::{
 };
 use taskwire_store::StoreMetrics;
 
-/// Every series Taskwire exports.
+/// Every series Taskwire exports. A shared handle: cloning it (once per request, per queued
+/// WebSocket message) is one reference count, not one per series.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<Series>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Series;
+
+    fn deref(&self) -> &Series {
+        &self.0
+    }
+}
+
+/// The series behind a [`Metrics`] handle.
+#[derive(Debug)]
+pub struct Series {
     registry: Registry,
     /// Outbox rows not yet published to Kafka.
     pub outbox_backlog: IntGauge,
@@ -122,7 +135,7 @@ pub struct Metrics {
     pub tasks_by_status: IntGaugeVec,
     /// The store's series (lock conflicts, queue limits, SQLite's write gate and WAL).
     pub store: StoreMetrics,
-    operation_names: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    operation_names: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// Distinct operation names kept as label values; later names are reported as `other`,
@@ -164,7 +177,7 @@ impl Metrics {
                 &["operation", "type"],
             ),
         );
-        Metrics {
+        Metrics(std::sync::Arc::new(Series {
             operations: counter_vec(
                 "graphql_operations_total",
                 "GraphQL operations by name, type and result code",
@@ -265,7 +278,7 @@ impl Metrics {
             ),
             ws_outbound_bytes: gauge("ws_outbound_bytes", "Bytes of subscription results queued for WebSocket writers"),
             registry,
-        }
+        }))
     }
 
     /// The label value for a client-chosen operation name: the name while fewer than
