@@ -340,6 +340,12 @@ impl Contract {
             "Me" => case(&client, json!({})),
             "GetTask" => case(&client, json!({ "id": self.task("q").await, "lastEvents": 5 })),
             "ListTasks" => case(&client, json!({ "filter": { "status": ["QUEUED"] }, "first": 5 })),
+            "GetNodes" => {
+                let id = self.task("q").await;
+                let read = self.app.gql(Some(&client), "query($id: ID!) { task(id: $id) { nodeId } }", json!({ "id": id }));
+                let node = read.await.data()["task"]["nodeId"].clone();
+                case(&client, json!({ "ids": [node, node] }))
+            }
             "CreateTask" => case(&client, json!({ "input": { "queue": "q", "kind": "k", "payload": { "n": 1 } } })),
             "CreateTasks" => case(&client, json!({ "inputs": [{ "queue": "q", "kind": "k" }] })),
             "CancelTask" => case(&client, json!({ "id": self.task("q").await, "reason": "contract test" })),
