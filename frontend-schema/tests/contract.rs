@@ -43,7 +43,8 @@ fn every_type_field_and_argument_of_the_sdl_has_a_description() {
     };
     let sdl = taskwire_api::graphql::sdl();
     let document = parse_schema(&sdl).expect("the SDL parses");
-    let described = |d: &Option<async_graphql::Positioned<String>>| d.as_ref().is_some_and(|d| !d.node.trim().is_empty());
+    let described =
+        |d: &Option<async_graphql::Positioned<String>>| d.as_ref().is_some_and(|d| !d.node.trim().is_empty());
     let mut missing = Vec::new();
     let mut counted = 0usize;
     let mut check = |ok: bool, what: String| {
@@ -63,13 +64,19 @@ fn every_type_field_and_argument_of_the_sdl_has_a_description() {
                     TypeKind::Interface(interface) => interface.fields.as_slice(),
                     TypeKind::InputObject(input) => {
                         for field in &input.fields {
-                            check(described(&field.node.description), format!("input field {name}.{}", field.node.name.node));
+                            check(
+                                described(&field.node.description),
+                                format!("input field {name}.{}", field.node.name.node),
+                            );
                         }
                         &[]
                     }
                     TypeKind::Enum(en) => {
                         for value in &en.values {
-                            check(described(&value.node.description), format!("enum value {name}.{}", value.node.value.node));
+                            check(
+                                described(&value.node.description),
+                                format!("enum value {name}.{}", value.node.value.node),
+                            );
                         }
                         &[]
                     }
@@ -98,7 +105,10 @@ fn every_type_field_and_argument_of_the_sdl_has_a_description() {
                 check(described(&directive.description), format!("directive @{name}"));
                 if !SPEC_DIRECTIVES.contains(&name) {
                     for argument in &directive.arguments {
-                        check(described(&argument.node.description), format!("argument @{name}({})", argument.node.name.node));
+                        check(
+                            described(&argument.node.description),
+                            format!("argument @{name}({})", argument.node.name.node),
+                        );
                     }
                 }
             }
@@ -342,7 +352,8 @@ impl Contract {
             "ListTasks" => case(&client, json!({ "filter": { "status": ["QUEUED"] }, "first": 5 })),
             "GetNodes" => {
                 let id = self.task("q").await;
-                let read = self.app.gql(Some(&client), "query($id: ID!) { task(id: $id) { nodeId } }", json!({ "id": id }));
+                let read =
+                    self.app.gql(Some(&client), "query($id: ID!) { task(id: $id) { nodeId } }", json!({ "id": id }));
                 let node = read.await.data()["task"]["nodeId"].clone();
                 case(&client, json!({ "ids": [node, node] }))
             }

@@ -127,12 +127,8 @@ impl Store {
         let Some(condition) = list_condition(query) else {
             return Ok(0);
         };
-        let inner = task::Entity::find()
-            .select_only()
-            .column(task::Column::Id)
-            .filter(condition)
-            .limit(cap)
-            .into_query();
+        let inner =
+            task::Entity::find().select_only().column(task::Column::Id).filter(condition).limit(cap).into_query();
         let count = sea_orm::sea_query::Query::select()
             .expr_as(sea_orm::sea_query::Expr::cust("COUNT(*)"), sea_orm::sea_query::Alias::new("n"))
             .from_subquery(inner, sea_orm::sea_query::Alias::new("capped"))

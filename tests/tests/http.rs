@@ -81,7 +81,10 @@ async fn the_sdl_is_served() {
     assert_eq!(status, 200);
     assert_eq!(sdl, taskwire_api::graphql::sdl());
     // Arguments carry descriptions, so each sits on lines of its own.
-    assert!(sdl.contains("\tcreateTask(\n") && sdl.contains("\t\tinput: CreateTaskInput!\n\t): CreateTaskPayload!"), "{sdl}");
+    assert!(
+        sdl.contains("\tcreateTask(\n") && sdl.contains("\t\tinput: CreateTaskInput!\n\t): CreateTaskPayload!"),
+        "{sdl}"
+    );
 }
 
 #[tokio::test]

@@ -5,12 +5,13 @@
 use serde_json::{Value, json};
 use taskwire_tests::TestApp;
 
-const NODE: &str = "query($id: ID!) { node(id: $id) { __typename nodeId ... on Task { id status } ... on Worker { id name } } }";
-const NODES: &str = "query($ids: [ID!]!) { nodes(ids: $ids) { __typename nodeId ... on Task { id } ... on Worker { id } } }";
+const NODE: &str =
+    "query($id: ID!) { node(id: $id) { __typename nodeId ... on Task { id status } ... on Worker { id name } } }";
+const NODES: &str =
+    "query($ids: [ID!]!) { nodes(ids: $ids) { __typename nodeId ... on Task { id } ... on Worker { id } } }";
 const TASK: &str = "query($id: ID!) { task(id: $id) { id nodeId } }";
 const WORKER: &str = "query($id: ID!) { worker(id: $id) { id nodeId } }";
-const REGISTER: &str =
-    "mutation($name: String!) { registerWorker(input: { name: $name, queues: [\"idle\"], capacity: 1 }) { id nodeId } }";
+const REGISTER: &str = "mutation($name: String!) { registerWorker(input: { name: $name, queues: [\"idle\"], capacity: 1 }) { id nodeId } }";
 const PAGE: &str = "query($filter: TaskFilter, $first: Int, $after: String, $last: Int, $before: String) {
   tasks(filter: $filter, first: $first, after: $after, last: $last, before: $before) {
     totalCount edges { cursor node { id } } pageInfo { hasPreviousPage hasNextPage startCursor endCursor }
@@ -115,11 +116,11 @@ async fn node_is_authorized_like_task_and_worker() {
     let other_courier = app.token("courier-2", &["worker"]);
     let task = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
     let task_node = node_id_of_task(&app, &alice, &task).await;
-    let worker_node = app.gql(Some(&courier), REGISTER, json!({ "name": "C1" })).await.data()["registerWorker"]
-        ["nodeId"]
-        .as_str()
-        .expect("nodeId")
-        .to_owned();
+    let worker_node =
+        app.gql(Some(&courier), REGISTER, json!({ "name": "C1" })).await.data()["registerWorker"]["nodeId"]
+            .as_str()
+            .expect("nodeId")
+            .to_owned();
     app.gql(Some(&other_courier), REGISTER, json!({ "name": "C2" })).await.data();
 
     // Another client's task looks exactly like a missing one, as through `task(id)`.
@@ -151,11 +152,11 @@ async fn node_is_authorized_like_task_and_worker() {
     assert_eq!(refused.code(), "FORBIDDEN");
     assert_eq!(app.gql(Some(&alice), WORKER, json!({ "id": "courier-1" })).await.code(), "FORBIDDEN");
     let courier_3 = app.token("courier-3", &["worker"]);
-    let no_such_worker = app.gql(Some(&courier_3), REGISTER, json!({ "name": "C3" })).await.data()["registerWorker"]
-        ["nodeId"]
-        .as_str()
-        .expect("nodeId")
-        .to_owned();
+    let no_such_worker =
+        app.gql(Some(&courier_3), REGISTER, json!({ "name": "C3" })).await.data()["registerWorker"]["nodeId"]
+            .as_str()
+            .expect("nodeId")
+            .to_owned();
     app.sql("DELETE FROM workers WHERE id = 'courier-3'").await;
     let operator = app.token("olga", &["operator"]);
     assert_eq!(app.gql(Some(&operator), NODE, json!({ "id": no_such_worker })).await.data()["node"], Value::Null);
@@ -185,7 +186,9 @@ async fn total_count_counts_what_the_caller_sees_whatever_the_page() {
 
     let first = app.gql(Some(&alice), PAGE, json!({ "first": 10 })).await;
     assert_eq!(first.data()["tasks"]["totalCount"], 25);
-    let later = app.gql(Some(&alice), PAGE, json!({ "first": 2, "after": first.data()["tasks"]["pageInfo"]["endCursor"] })).await;
+    let later = app
+        .gql(Some(&alice), PAGE, json!({ "first": 2, "after": first.data()["tasks"]["pageInfo"]["endCursor"] }))
+        .await;
     assert_eq!(later.data()["tasks"]["totalCount"], 25, "the cursor does not change the count");
     assert_eq!(app.gql(Some(&bob), PAGE, json!({})).await.data()["tasks"]["totalCount"], 3);
     assert_eq!(app.gql(Some(&operator), PAGE, json!({})).await.data()["tasks"]["totalCount"], 28);
@@ -249,13 +252,15 @@ async fn tasks_page_backwards_with_last_and_before() {
     assert_eq!(seen, all, "every task once, in the same order as forwards");
 
     // `first` with `before`: the newest of the tasks newer than the cursor.
-    let cursor = app.gql(Some(&alice), PAGE, json!({ "first": 20 })).await.data()["tasks"]["edges"][19]["cursor"].clone();
+    let cursor =
+        app.gql(Some(&alice), PAGE, json!({ "first": 20 })).await.data()["tasks"]["edges"][19]["cursor"].clone();
     let newest = app.gql(Some(&alice), PAGE, json!({ "first": 3, "before": cursor })).await;
     assert_eq!(ids(newest.data()), all[0..3].to_vec());
     assert_eq!(newest.data()["tasks"]["pageInfo"]["hasNextPage"], true);
     assert_eq!(newest.data()["tasks"]["pageInfo"]["hasPreviousPage"], false);
     // Both cursors: the range between them.
-    let after = app.gql(Some(&alice), PAGE, json!({ "first": 5 })).await.data()["tasks"]["pageInfo"]["endCursor"].clone();
+    let after =
+        app.gql(Some(&alice), PAGE, json!({ "first": 5 })).await.data()["tasks"]["pageInfo"]["endCursor"].clone();
     let between = app.gql(Some(&alice), PAGE, json!({ "after": after, "before": cursor, "last": 100 })).await;
     assert_eq!(ids(between.data()), all[5..19].to_vec());
     assert_eq!(between.data()["tasks"]["pageInfo"]["hasPreviousPage"], true);
@@ -290,7 +295,8 @@ async fn every_object_has_a_key_and_every_datetime_has_milliseconds() {
     // Tomorrow at 10:15:02.123456 in +02:00: answered in UTC, to the millisecond.
     let day = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
     let run_at = format!("{day}T10:15:02.123456+02:00");
-    let created = app.gql(Some(&alice), create, json!({ "input": { "queue": "q", "kind": "k", "runAt": run_at } })).await;
+    let created =
+        app.gql(Some(&alice), create, json!({ "input": { "queue": "q", "kind": "k", "runAt": run_at } })).await;
     let task = &created.data()["createTask"]["task"];
     assert_eq!(task["runAt"], format!("{day}T08:15:02.123Z"), "UTC, milliseconds");
     let id = task["id"].as_str().expect("id");

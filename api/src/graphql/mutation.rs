@@ -10,6 +10,7 @@ use taskwire_domain::{
     task::Task,
 };
 
+use super::scalars::JsonValue;
 use super::{
     context::{principal, store, traceparent},
     guards::RoleGuard,
@@ -18,7 +19,6 @@ use super::{
         RegisterWorkerInput, TaskObject, WorkerObject,
     },
 };
-use super::scalars::JsonValue;
 use crate::error::ApiError;
 use taskwire_store::{CreateMode, CreateOutcome, Leases, StoreError};
 
@@ -60,7 +60,9 @@ impl TaskMutation {
     async fn create_tasks(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The tasks to create, at most 500; answers come in the same order.")] inputs: Vec<CreateTaskInput>,
+        #[graphql(desc = "The tasks to create, at most 500; answers come in the same order.")] inputs: Vec<
+            CreateTaskInput,
+        >,
     ) -> Result<Vec<CreateTaskPayload>> {
         if inputs.len() > MAX_CREATE_BATCH {
             return Err(ApiError::from(DomainError::invalid("inputs", "at most 500 inputs per call")).into());
@@ -262,7 +264,11 @@ impl WorkerMutation {
 
     /// Stops new offers to a worker; its running tasks finish (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn drain_worker(&self, ctx: &Context<'_>, #[graphql(desc = "The worker's `id`.")] id: ID) -> Result<WorkerObject> {
+    async fn drain_worker(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The worker's `id`.")] id: ID,
+    ) -> Result<WorkerObject> {
         Ok(WorkerObject(store(ctx)?.drain_worker(&id).await.map_err(ApiError::from)?))
     }
 }
@@ -275,13 +281,21 @@ pub struct QueueMutation;
 impl QueueMutation {
     /// Stops offers from a queue; tasks keep arriving (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn pause_queue(&self, ctx: &Context<'_>, #[graphql(desc = "The queue's name.")] name: String) -> Result<QueueObject> {
+    async fn pause_queue(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue's name.")] name: String,
+    ) -> Result<QueueObject> {
         set_paused(ctx, &name, true).await
     }
 
     /// Resumes offers from a queue (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn resume_queue(&self, ctx: &Context<'_>, #[graphql(desc = "The queue's name.")] name: String) -> Result<QueueObject> {
+    async fn resume_queue(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue's name.")] name: String,
+    ) -> Result<QueueObject> {
         set_paused(ctx, &name, false).await
     }
 
@@ -313,7 +327,11 @@ impl QueueMutation {
     /// Requeues every `DEAD` task of a queue with a fresh attempt budget; returns how
     /// many (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn requeue_dead_tasks(&self, ctx: &Context<'_>, #[graphql(desc = "The queue's name.")] queue: String) -> Result<i32> {
+    async fn requeue_dead_tasks(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue's name.")] queue: String,
+    ) -> Result<i32> {
         QueueName::parse(&queue).map_err(|e| ApiError::from(e.in_field("queue")))?;
         let store = store(ctx)?;
         let mut requeued = 0i32;

@@ -7,7 +7,9 @@ use taskwire_domain::{DomainError, Principal, Role, TaskId};
 use super::{
     context::{loaders, principal, store},
     guards::RoleGuard,
-    types::{Node, NodeKind, QueueObject, TaskFilter, TaskObject, Viewer, WorkerObject, WorkerStatus, decode_global_id},
+    types::{
+        Node, NodeKind, QueueObject, TaskFilter, TaskObject, Viewer, WorkerObject, WorkerStatus, decode_global_id,
+    },
 };
 use crate::error::ApiError;
 use taskwire_store::{TaskListQuery, TaskScope};
@@ -51,7 +53,11 @@ pub struct TaskQuery;
 impl TaskQuery {
     /// A task by id; `null` when it does not exist or the caller may not see it.
     #[graphql(guard = "RoleGuard::authenticated()")]
-    async fn task(&self, ctx: &Context<'_>, #[graphql(desc = "The task's `id`.")] id: ID) -> Result<Option<TaskObject>> {
+    async fn task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The task's `id`.")] id: ID,
+    ) -> Result<Option<TaskObject>> {
         read_task(ctx, &id).await
     }
 
@@ -63,11 +69,11 @@ impl TaskQuery {
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Only tasks matching every given condition.")] filter: Option<TaskFilter>,
-        #[graphql(desc = "The newest `first` tasks of the range (0–100; 20 when `last` is absent too).")]
-        first: Option<i32>,
+        #[graphql(desc = "The newest `first` tasks of the range (0–100; 20 when `last` is absent too).")] first: Option<
+            i32,
+        >,
         #[graphql(desc = "Only tasks older than this cursor (an edge's `cursor`).")] after: Option<String>,
-        #[graphql(desc = "The oldest `last` tasks of the range (0–100), still listed newest first.")]
-        last: Option<i32>,
+        #[graphql(desc = "The oldest `last` tasks of the range (0–100), still listed newest first.")] last: Option<i32>,
         #[graphql(desc = "Only tasks newer than this cursor (an edge's `cursor`).")] before: Option<String>,
     ) -> Result<TaskConnection> {
         let caller = principal(ctx)?;
@@ -295,7 +301,11 @@ pub struct WorkerQuery;
 impl WorkerQuery {
     /// A worker by id; `null` when missing or not visible to the caller.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Operator, Role::Worker])")]
-    async fn worker(&self, ctx: &Context<'_>, #[graphql(desc = "The worker's `id`.")] id: ID) -> Result<Option<WorkerObject>> {
+    async fn worker(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The worker's `id`.")] id: ID,
+    ) -> Result<Option<WorkerObject>> {
         read_worker(ctx, &id).await
     }
 

@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(Timestamp(at).to_value(), Value::String("2026-12-06T08:15:02.123Z".into()));
         let whole = DateTime::parse_from_rfc3339("2026-12-06T10:15:02Z").unwrap().with_timezone(&Utc);
         assert_eq!(Timestamp(whole).to_value(), Value::String("2026-12-06T10:15:02.000Z".into()));
-        assert_eq!(Timestamp::parse(Value::String("2026-12-06T10:15:02.5+01:00".into())).unwrap().0.timestamp_millis(), 1_796_548_502_500);
+        assert_eq!(
+            Timestamp::parse(Value::String("2026-12-06T10:15:02.5+01:00".into())).unwrap().0.timestamp_millis(),
+            1_796_548_502_500
+        );
         assert!(Timestamp::parse(Value::String("yesterday".into())).is_err());
         assert!(Timestamp::parse(Value::Number(3.into())).is_err());
     }

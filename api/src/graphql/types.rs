@@ -77,6 +77,8 @@ pub struct Viewer {
 /// An object that `node(id)` and `nodes(ids)` fetch by its global id, `nodeId` (Relay
 /// object identification). `Task` and `Worker` implement it. A global id is opaque:
 /// clients pass it back unchanged and never build or parse it.
+// One value per `node` answer, short-lived: boxing the task would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Interface)]
 #[graphql(
     name = "Node",
