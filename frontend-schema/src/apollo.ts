@@ -18,11 +18,17 @@ import type { TokenSource } from "./ws.js";
  * Every type with an identity is normalised under it, so an event that carries a task
  * (`TaskEvent.task`), a mutation's answer and a list all update the same cache entry.
  * Types without one (payloads, page info, lease renewals) stay inside their parent.
+ *
+ * Every keyed type also has an `id` field (docs/CONTRACT.md, Object keys); the key
+ * fields below are the natural keys that `id` is made of, so operations written before
+ * `id` existed keep being normalised. `Task.nodeId` and `Worker.nodeId` are the global
+ * ids of `node`/`nodes`; the cache does not key by them.
  */
 export const typePolicies: TypePolicies = {
   Query: {
     fields: {
-      // One cached list per filter; `after` pages are appended (Relay cursors).
+      // One cached list per filter; `after` pages are appended and `before` pages
+      // prepended (Relay cursors).
       tasks: relayStylePagination(["filter"]),
       // `task(id)` first looks for the Task already in the cache (from a list, a
       // mutation or an event), so opening a task from a list shows it at once; fields
@@ -67,9 +73,17 @@ export const typePolicies: TypePolicies = {
   PageInfo: { keyFields: false },
 };
 
-/** An `InMemoryCache` with {@link typePolicies}. */
+/**
+ * The implementations of each interface, so fragments on `Task` and `Worker` inside
+ * `node`/`nodes` match (a test keeps this equal to schema.graphql).
+ */
+export const possibleTypes: Record<string, string[]> = {
+  Node: ["Task", "Worker"],
+};
+
+/** An `InMemoryCache` with {@link typePolicies} and {@link possibleTypes}. */
 export function createTaskwireCache(): InMemoryCache {
-  return new InMemoryCache({ typePolicies });
+  return new InMemoryCache({ typePolicies, possibleTypes });
 }
 
 /** What {@link createTaskwireApolloClient} needs. */

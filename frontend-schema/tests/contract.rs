@@ -32,6 +32,93 @@ fn the_checked_in_sdl_matches_the_server() {
     );
 }
 
+/// Directives the GraphQL specification defines: their arguments are described there.
+const SPEC_DIRECTIVES: [&str; 4] = ["include", "skip", "specifiedBy", "deprecated"];
+
+#[test]
+fn every_type_field_and_argument_of_the_sdl_has_a_description() {
+    use async_graphql::parser::{
+        parse_schema,
+        types::{TypeKind, TypeSystemDefinition},
+    };
+    let sdl = taskwire_api::graphql::sdl();
+    let document = parse_schema(&sdl).expect("the SDL parses");
+    let described =
+        |d: &Option<async_graphql::Positioned<String>>| d.as_ref().is_some_and(|d| !d.node.trim().is_empty());
+    let mut missing = Vec::new();
+    let mut counted = 0usize;
+    let mut check = |ok: bool, what: String| {
+        counted += 1;
+        if !ok {
+            missing.push(what);
+        }
+    };
+    for definition in &document.definitions {
+        match definition {
+            TypeSystemDefinition::Type(ty) => {
+                let ty = &ty.node;
+                let name = ty.name.node.as_str();
+                check(described(&ty.description), format!("type {name}"));
+                let fields = match &ty.kind {
+                    TypeKind::Object(object) => object.fields.as_slice(),
+                    TypeKind::Interface(interface) => interface.fields.as_slice(),
+                    TypeKind::InputObject(input) => {
+                        for field in &input.fields {
+                            check(
+                                described(&field.node.description),
+                                format!("input field {name}.{}", field.node.name.node),
+                            );
+                        }
+                        &[]
+                    }
+                    TypeKind::Enum(en) => {
+                        for value in &en.values {
+                            check(
+                                described(&value.node.description),
+                                format!("enum value {name}.{}", value.node.value.node),
+                            );
+                        }
+                        &[]
+                    }
+                    TypeKind::Scalar => {
+                        // Custom scalars say what they are by a specification.
+                        let specified = ty.directives.iter().any(|d| d.node.name.node == "specifiedBy");
+                        check(specified, format!("@specifiedBy on scalar {name}"));
+                        &[]
+                    }
+                    TypeKind::Union(_) => &[],
+                };
+                for field in fields {
+                    let field = &field.node;
+                    check(described(&field.description), format!("field {name}.{}", field.name.node));
+                    for argument in &field.arguments {
+                        check(
+                            described(&argument.node.description),
+                            format!("argument {name}.{}({})", field.name.node, argument.node.name.node),
+                        );
+                    }
+                }
+            }
+            TypeSystemDefinition::Directive(directive) => {
+                let directive = &directive.node;
+                let name = directive.name.node.as_str();
+                check(described(&directive.description), format!("directive @{name}"));
+                if !SPEC_DIRECTIVES.contains(&name) {
+                    for argument in &directive.arguments {
+                        check(
+                            described(&argument.node.description),
+                            format!("argument @{name}({})", argument.node.name.node),
+                        );
+                    }
+                }
+            }
+            TypeSystemDefinition::Schema(_) => {}
+        }
+    }
+    assert!(counted > 200, "the walk saw the schema ({counted} items)");
+    assert!(missing.is_empty(), "{} without a description:\n  {}", missing.len(), missing.join("\n  "));
+}
+
 #[test]
 fn every_operation_file_is_listed_in_operations() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("operations");
@@ -263,6 +350,13 @@ impl Contract {
             "Me" => case(&client, json!({})),
             "GetTask" => case(&client, json!({ "id": self.task("q").await, "lastEvents": 5 })),
             "ListTasks" => case(&client, json!({ "filter": { "status": ["QUEUED"] }, "first": 5 })),
+            "GetNodes" => {
+                let id = self.task("q").await;
+                let read =
+                    self.app.gql(Some(&client), "query($id: ID!) { task(id: $id) { nodeId } }", json!({ "id": id }));
+                let node = read.await.data()["task"]["nodeId"].clone();
+                case(&client, json!({ "ids": [node, node] }))
+            }
             "CreateTask" => case(&client, json!({ "input": { "queue": "q", "kind": "k", "payload": { "n": 1 } } })),
             "CreateTasks" => case(&client, json!({ "inputs": [{ "queue": "q", "kind": "k" }] })),
             "CancelTask" => case(&client, json!({ "id": self.task("q").await, "reason": "contract test" })),

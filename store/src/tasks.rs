@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement, TransactionTrait,
 };
 use taskwire_domain::{
     DomainError, EnvelopeType, MaxAttempts, NewTask, QueueSettings, TaskEnvelope, TaskId, TaskStatus,
@@ -39,7 +39,8 @@ pub enum TaskScope {
     },
 }
 
-/// A page request for [`Store::list_tasks`]. Results are ordered newest first (id desc).
+/// A page request for [`Store::list_tasks`]. Results are ordered newest first (id desc),
+/// or oldest first with `oldest_first`.
 #[derive(Debug, Clone)]
 pub struct TaskListQuery {
     /// Visibility.
@@ -58,6 +59,10 @@ pub struct TaskListQuery {
     pub created_before: Option<DateTime<Utc>>,
     /// Exclusive cursor: only tasks older than this one.
     pub after: Option<TaskId>,
+    /// Exclusive cursor: only tasks newer than this one.
+    pub before: Option<TaskId>,
+    /// Order oldest first (id asc) instead of newest first.
+    pub oldest_first: bool,
     /// Rows to return.
     pub limit: u64,
 }
@@ -101,52 +106,87 @@ impl Store {
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
-    /// A page of tasks, newest first.
+    /// A page of tasks, newest first (or oldest first).
     pub async fn list_tasks(&self, query: &TaskListQuery) -> StoreResult<Vec<Task>> {
-        let mut condition = Condition::all();
-        if let TaskScope::Restricted { created_by, worker_id } = &query.scope {
-            let mut visible = Condition::any();
-            if let Some(creator) = created_by {
-                visible = visible.add(task::Column::CreatedBy.eq(creator.as_str()));
-            }
-            if let Some(worker) = worker_id {
-                visible = visible.add(task::Column::WorkerId.eq(worker.as_str()));
-            }
-            if created_by.is_none() && worker_id.is_none() {
-                return Ok(vec![]);
-            }
-            condition = condition.add(visible);
-        }
-        if !query.statuses.is_empty() {
-            condition = condition.add(task::Column::Status.is_in(query.statuses.iter().map(|s| s.as_str())));
-        }
-        if let Some(queue) = &query.queue {
-            condition = condition.add(task::Column::Queue.eq(queue.as_str()));
-        }
-        if let Some(kind) = &query.kind {
-            condition = condition.add(task::Column::Kind.eq(kind.as_str()));
-        }
-        if let Some(creator) = &query.created_by {
-            condition = condition.add(task::Column::CreatedBy.eq(creator.as_str()));
-        }
-        if let Some(after) = query.created_after {
-            condition = condition.add(task::Column::CreatedAt.gte(convert::to_ms(after)));
-        }
-        if let Some(before) = query.created_before {
-            condition = condition.add(task::Column::CreatedAt.lt(convert::to_ms(before)));
-        }
-        if let Some(cursor) = query.after {
-            condition = condition.add(task::Column::Id.lt(cursor.to_string()));
-        }
-        let rows = task::Entity::find()
-            .filter(condition)
-            .order_by_desc(task::Column::Id)
-            .limit(query.limit)
-            .all(&self.db)
-            .await?;
+        let Some(condition) = list_condition(query) else {
+            return Ok(vec![]);
+        };
+        let select = task::Entity::find().filter(condition);
+        let select = if query.oldest_first {
+            select.order_by_asc(task::Column::Id)
+        } else {
+            select.order_by_desc(task::Column::Id)
+        };
+        let rows = select.limit(query.limit).all(&self.db).await?;
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
+    /// How many tasks match `query` (its scope, filters and cursors; not its order or
+    /// limit), counting at most `cap`: the database reads at most `cap` index entries.
+    pub async fn count_tasks(&self, query: &TaskListQuery, cap: u64) -> StoreResult<u64> {
+        let Some(condition) = list_condition(query) else {
+            return Ok(0);
+        };
+        let inner =
+            task::Entity::find().select_only().column(task::Column::Id).filter(condition).limit(cap).into_query();
+        let count = sea_orm::sea_query::Query::select()
+            .expr_as(sea_orm::sea_query::Expr::cust("COUNT(*)"), sea_orm::sea_query::Alias::new("n"))
+            .from_subquery(inner, sea_orm::sea_query::Alias::new("capped"))
+            .to_owned();
+        let stmt = self.backend().build(&count);
+        let row = self.db.query_one_raw(stmt).await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// The WHERE clause of a task list; `None` when the scope sees no task at all.
+fn list_condition(query: &TaskListQuery) -> Option<Condition> {
+    let mut condition = Condition::all();
+    if let TaskScope::Restricted { created_by, worker_id } = &query.scope {
+        let mut visible = Condition::any();
+        if let Some(creator) = created_by {
+            visible = visible.add(task::Column::CreatedBy.eq(creator.as_str()));
+        }
+        if let Some(worker) = worker_id {
+            visible = visible.add(task::Column::WorkerId.eq(worker.as_str()));
+        }
+        if created_by.is_none() && worker_id.is_none() {
+            return None;
+        }
+        condition = condition.add(visible);
+    }
+    if !query.statuses.is_empty() {
+        condition = condition.add(task::Column::Status.is_in(query.statuses.iter().map(|s| s.as_str())));
+    }
+    if let Some(queue) = &query.queue {
+        condition = condition.add(task::Column::Queue.eq(queue.as_str()));
+    }
+    if let Some(kind) = &query.kind {
+        condition = condition.add(task::Column::Kind.eq(kind.as_str()));
+    }
+    if let Some(creator) = &query.created_by {
+        condition = condition.add(task::Column::CreatedBy.eq(creator.as_str()));
+    }
+    if let Some(after) = query.created_after {
+        condition = condition.add(task::Column::CreatedAt.gte(convert::to_ms(after)));
+    }
+    if let Some(before) = query.created_before {
+        condition = condition.add(task::Column::CreatedAt.lt(convert::to_ms(before)));
+    }
+    if let Some(cursor) = query.after {
+        condition = condition.add(task::Column::Id.lt(cursor.to_string()));
+    }
+    if let Some(cursor) = query.before {
+        condition = condition.add(task::Column::Id.gt(cursor.to_string()));
+    }
+    Some(condition)
+}
+
+impl Store {
     /// The latest `last` events of each task, oldest first, in one statement.
     pub async fn latest_events(&self, ids: &[TaskId], last: u32) -> StoreResult<HashMap<TaskId, Vec<TaskEvent>>> {
         let mut out: HashMap<TaskId, Vec<TaskEvent>> = HashMap::new();
@@ -678,10 +718,7 @@ pub(super) async fn reserve_slots(
     shares: &BTreeMap<&str, i64>,
     now: i64,
 ) -> Result<bool, DbErr> {
-    use sea_orm::{
-        ConnectionTrait, QueryTrait,
-        sea_query::{CaseStatement, Expr, ExprTrait},
-    };
+    use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
     use taskwire_entity::worker;
     let shares: Vec<(&str, i64)> = shares.iter().map(|(id, n)| (*id, *n)).collect();
     for distinct in shares.chunks(shape::CASE_ROWS) {

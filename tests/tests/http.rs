@@ -80,7 +80,11 @@ async fn the_sdl_is_served() {
     let (status, sdl) = app.get("/schema.graphql").await;
     assert_eq!(status, 200);
     assert_eq!(sdl, taskwire_api::graphql::sdl());
-    assert!(sdl.contains("createTask(input: CreateTaskInput!): CreateTaskPayload!"), "{sdl}");
+    // Arguments carry descriptions, so each sits on lines of its own.
+    assert!(
+        sdl.contains("\tcreateTask(\n") && sdl.contains("\t\tinput: CreateTaskInput!\n\t): CreateTaskPayload!"),
+        "{sdl}"
+    );
 }
 
 #[tokio::test]

@@ -41,6 +41,10 @@ use crate::error::ApiError;
 /// Arguments that bound the length of the list a field returns (Relay pagination).
 const PAGE_SIZE_ARGUMENTS: [&str; 2] = ["first", "last"];
 
+/// List arguments whose length is the length of the list the field returns
+/// (`nodes(ids:)` answers one item per id).
+const LIST_LENGTH_ARGUMENTS: [&str; 1] = ["ids"];
+
 /// Root fields of a query that are exempt from depth and complexity (introspection).
 const INTROSPECTION_ROOT_FIELDS: [&str; 2] = ["__schema", "__type"];
 
@@ -237,7 +241,8 @@ fn named_type(ty: &Type) -> &Name {
 /// - Complexity: a selection set costs the sum over its fields of
 ///   `1 + multiplier × cost(sub-selection)`, where the multiplier is the field's
 ///   `first`/`last` argument when the schema field has one (literal, variable, or the
-///   schema default; negative counts as 0), else `default_list_size` for a list field,
+///   schema default; negative counts as 0), else for a list field the length of its
+///   `ids` list argument (`nodes(ids:)`) when given, else `default_list_size`,
 ///   else 1. The `edges` and `nodes` lists of a `…Connection` type count once: the
 ///   connection field's `first` already multiplied them. Arithmetic saturates.
 /// - Aliases and directives: every aliased field and every directive usage (on the
@@ -600,10 +605,34 @@ impl<'a> Walker<'a> {
                 .max()
                 // Paginated, but no size given and no default: as long as any list.
                 .unwrap_or(self.default_list_size),
-            Some(schema_field) if schema_field.is_list => self.default_list_size,
+            Some(schema_field) if schema_field.is_list => LIST_LENGTH_ARGUMENTS
+                .iter()
+                .filter_map(|name| self.list_length(field, name))
+                .max()
+                .unwrap_or(self.default_list_size),
             Some(_) => 1,
             // Unknown field: no type information, but an explicit page size still counts.
             None => PAGE_SIZE_ARGUMENTS.iter().filter_map(|name| self.page_size(field, name)).max().unwrap_or(1),
+        }
+    }
+
+    /// The length of the field's argument `name`, if it is a list (a literal, or a
+    /// variable of the request or with a default in the operation).
+    fn list_length(&self, field: &Field, name: &str) -> Option<usize> {
+        // Cloned once per field: linear in the document's (bounded) size.
+        let value = field.get_argument(name)?.node.clone();
+        let value = value
+            .into_const_with(|variable| {
+                self.variables
+                    .get(&variable)
+                    .or_else(|| self.variable_defaults.get(&variable).copied())
+                    .cloned()
+                    .ok_or(())
+            })
+            .ok()?;
+        match value {
+            ConstValue::List(items) => Some(items.len()),
+            _ => None,
         }
     }
 
@@ -850,6 +879,13 @@ mod tests {
                 2,
             ),
             ("__typename counts like any field", "{ __typename me { __typename } }", 3, 2),
+            ("nodes(ids:) counts one item per id", r#"{ nodes(ids: ["a", "b", "c"]) { nodeId } }"#, 4, 2),
+            (
+                "nodes(ids:) from a variable's default",
+                r#"query ($ids: [ID!]! = ["a", "b"]) { nodes(ids: $ids) { nodeId } }"#,
+                3,
+                2,
+            ),
         ];
         for (case, query, complexity, depth) in cases {
             let cost = check_query(query).unwrap_or_else(|err| panic!("{case}: {err:?}"));

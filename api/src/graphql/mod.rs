@@ -8,12 +8,13 @@ pub(crate) mod limits;
 pub(crate) mod loaders;
 pub(crate) mod mutation;
 pub(crate) mod query;
+pub(crate) mod scalars;
 pub(crate) mod subscription;
 pub(crate) mod types;
 
 use std::sync::Arc;
 
-use async_graphql::Schema;
+use async_graphql::{SDLExportOptions, Schema};
 
 pub(crate) use context::RequestContext;
 pub(crate) use loaders::{Loaders, SubscriptionLoaders};
@@ -61,5 +62,7 @@ pub(crate) fn build_schema(
 
 /// The SDL of the schema (what `taskwire schema` prints and `frontend-schema` checks in).
 pub fn sdl() -> String {
-    Schema::build(query::Query::default(), mutation::Mutation::default(), subscription::Subscription).finish().sdl()
+    Schema::build(query::Query::default(), mutation::Mutation::default(), subscription::Subscription)
+        .finish()
+        .sdl_with_options(SDLExportOptions::new().include_specified_by())
 }

@@ -2,15 +2,15 @@
 
 use std::collections::HashSet;
 
-use async_graphql::{Context, ID, Json, MergedObject, Object, Result};
+use async_graphql::{Context, ID, MergedObject, Object, Result};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use taskwire_domain::{
     DomainError, NewTask, Payload, QueueName, QueueSettings, Role, TaskId, WorkerRegistration,
     machine::{self, Command},
     task::Task,
 };
 
+use super::scalars::JsonValue;
 use super::{
     context::{principal, store, traceparent},
     guards::RoleGuard,
@@ -42,7 +42,11 @@ impl TaskMutation {
     /// Creates a task. Answers after the task, its first event and its outbox message
     /// are committed.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Client])")]
-    async fn create_task(&self, ctx: &Context<'_>, input: CreateTaskInput) -> Result<CreateTaskPayload> {
+    async fn create_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The task to create.")] input: CreateTaskInput,
+    ) -> Result<CreateTaskPayload> {
         let caller = principal(ctx)?;
         let new = NewTask::parse(input.into(), &caller.subject, Utc::now())
             .map_err(|e| ApiError::from(e.in_field("input")))?;
@@ -53,7 +57,13 @@ impl TaskMutation {
     /// Creates up to 500 tasks in one transaction. All or nothing: an invalid input or
     /// a conflicting idempotency key fails the whole call.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Client])")]
-    async fn create_tasks(&self, ctx: &Context<'_>, inputs: Vec<CreateTaskInput>) -> Result<Vec<CreateTaskPayload>> {
+    async fn create_tasks(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The tasks to create, at most 500; answers come in the same order.")] inputs: Vec<
+            CreateTaskInput,
+        >,
+    ) -> Result<Vec<CreateTaskPayload>> {
         if inputs.len() > MAX_CREATE_BATCH {
             return Err(ApiError::from(DomainError::invalid("inputs", "at most 500 inputs per call")).into());
         }
@@ -63,7 +73,12 @@ impl TaskMutation {
     /// Cancels a task that has not finished. Clients may cancel their own tasks,
     /// operators and admins any task.
     #[graphql(guard = "RoleGuard::authenticated()")]
-    async fn cancel_task(&self, ctx: &Context<'_>, id: ID, reason: Option<String>) -> Result<TaskObject> {
+    async fn cancel_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The task's `id`.")] id: ID,
+        #[graphql(desc = "Why, at most 1,000 characters; kept as the event's `message`.")] reason: Option<String>,
+    ) -> Result<TaskObject> {
         let caller = principal(ctx)?;
         if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
             return Err(ApiError::from(DomainError::invalid("reason", "at most 1000 characters")).into());
@@ -94,7 +109,11 @@ impl WorkerMutation {
     /// Registers the calling worker (its id is the token's subject) or updates its
     /// registration. A drained worker stays draining.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
-    async fn register_worker(&self, ctx: &Context<'_>, input: RegisterWorkerInput) -> Result<WorkerObject> {
+    async fn register_worker(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The worker's name, queues and capacity.")] input: RegisterWorkerInput,
+    ) -> Result<WorkerObject> {
         let caller = principal(ctx)?;
         let registration = WorkerRegistration::parse(&input.name, &input.queues, i64::from(input.capacity))
             .map_err(|e| ApiError::from(e.in_field("input")))?;
@@ -109,7 +128,12 @@ impl WorkerMutation {
     /// Without `tasks` (the legacy form) every running lease of the worker is extended,
     /// including those of tasks it forgot.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
-    async fn heartbeat(&self, ctx: &Context<'_>, tasks: Option<Vec<ID>>) -> Result<WorkerObject> {
+    async fn heartbeat(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Ids of the tasks the worker is running (at most 1,000); absent: all of them (legacy).")]
+        tasks: Option<Vec<ID>>,
+    ) -> Result<WorkerObject> {
         let caller = principal(ctx)?;
         let store = store(ctx)?;
         let record = match tasks {
@@ -125,7 +149,11 @@ impl WorkerMutation {
     /// whether the caller still holds it (`RENEWED`, with the new lease end) or not
     /// (`LEASE_LOST`).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
-    async fn renew_leases(&self, ctx: &Context<'_>, tasks: Vec<ID>) -> Result<Vec<LeaseRenewal>> {
+    async fn renew_leases(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Ids of the tasks the worker is running, at most 1,000.")] tasks: Vec<ID>,
+    ) -> Result<Vec<LeaseRenewal>> {
         let caller = principal(ctx)?;
         let parsed = named_tasks(&tasks)?;
         let (_, renewed) = store(ctx)?.renew_leases(&caller.subject, &parsed).await.map_err(ApiError::from)?;
@@ -138,7 +166,7 @@ impl WorkerMutation {
                 LeaseRenewal {
                     task_id: id,
                     outcome: if lease.is_some() { LeaseOutcome::Renewed } else { LeaseOutcome::LeaseLost },
-                    lease_expires_at: lease,
+                    lease_expires_at: lease.map(Into::into),
                 }
             })
             .collect())
@@ -148,7 +176,12 @@ impl WorkerMutation {
     /// lasts the queue's `leaseSeconds`; heartbeats extend it. `LEASE_LOST` unless the
     /// caller holds the current offer.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
-    async fn accept_task(&self, ctx: &Context<'_>, task_id: ID, lease_token: String) -> Result<TaskObject> {
+    async fn accept_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The task's `id`, as offered.")] task_id: ID,
+        #[graphql(desc = "The `leaseToken` of the offer.")] lease_token: String,
+    ) -> Result<TaskObject> {
         let worker_id = principal(ctx)?.subject.clone();
         with_lease(ctx, &task_id, move |_, queue, now| Command::Accept {
             worker_id: worker_id.clone(),
@@ -164,9 +197,9 @@ impl WorkerMutation {
     async fn complete_task(
         &self,
         ctx: &Context<'_>,
-        task_id: ID,
-        lease_token: String,
-        result: Option<Json<Value>>,
+        #[graphql(desc = "The task's `id`, as offered.")] task_id: ID,
+        #[graphql(desc = "The `leaseToken` of the offer.")] lease_token: String,
+        #[graphql(desc = "What the task produced: any JSON up to 64 KiB serialized.")] result: Option<JsonValue>,
     ) -> Result<TaskObject> {
         let worker_id = principal(ctx)?.subject.clone();
         let result = result
@@ -189,10 +222,10 @@ impl WorkerMutation {
     async fn fail_task(
         &self,
         ctx: &Context<'_>,
-        task_id: ID,
-        lease_token: String,
-        error: String,
-        #[graphql(default = true)] retryable: bool,
+        #[graphql(desc = "The task's `id`, as offered.")] task_id: ID,
+        #[graphql(desc = "The `leaseToken` of the offer.")] lease_token: String,
+        #[graphql(desc = "What went wrong, at most 4,000 characters; kept as `lastError`.")] error: String,
+        #[graphql(default = true, desc = "`false`: no retry, the task is `DEAD` at once.")] retryable: bool,
     ) -> Result<TaskObject> {
         let worker_id = principal(ctx)?.subject.clone();
         if error.chars().count() > MAX_ERROR_CHARS {
@@ -215,7 +248,12 @@ impl WorkerMutation {
     /// (a started run keeps its attempt counted). `LEASE_LOST` unless the caller holds
     /// the current lease.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
-    async fn release_task(&self, ctx: &Context<'_>, task_id: ID, lease_token: String) -> Result<TaskObject> {
+    async fn release_task(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The task's `id`, as offered.")] task_id: ID,
+        #[graphql(desc = "The `leaseToken` of the offer.")] lease_token: String,
+    ) -> Result<TaskObject> {
         let worker_id = principal(ctx)?.subject.clone();
         with_lease(ctx, &task_id, move |_, _, _| Command::Release {
             worker_id: worker_id.clone(),
@@ -226,7 +264,11 @@ impl WorkerMutation {
 
     /// Stops new offers to a worker; its running tasks finish (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn drain_worker(&self, ctx: &Context<'_>, id: ID) -> Result<WorkerObject> {
+    async fn drain_worker(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The worker's `id`.")] id: ID,
+    ) -> Result<WorkerObject> {
         Ok(WorkerObject(store(ctx)?.drain_worker(&id).await.map_err(ApiError::from)?))
     }
 }
@@ -239,19 +281,31 @@ pub struct QueueMutation;
 impl QueueMutation {
     /// Stops offers from a queue; tasks keep arriving (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn pause_queue(&self, ctx: &Context<'_>, name: String) -> Result<QueueObject> {
+    async fn pause_queue(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue's name.")] name: String,
+    ) -> Result<QueueObject> {
         set_paused(ctx, &name, true).await
     }
 
     /// Resumes offers from a queue (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn resume_queue(&self, ctx: &Context<'_>, name: String) -> Result<QueueObject> {
+    async fn resume_queue(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue's name.")] name: String,
+    ) -> Result<QueueObject> {
         set_paused(ctx, &name, false).await
     }
 
     /// Changes a queue's limits and retry settings (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn configure_queue(&self, ctx: &Context<'_>, input: ConfigureQueueInput) -> Result<QueueObject> {
+    async fn configure_queue(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue and the settings to change.")] input: ConfigureQueueInput,
+    ) -> Result<QueueObject> {
         let store = store(ctx)?;
         QueueName::parse(&input.name).map_err(|e| ApiError::from(e.in_field("input")))?;
         let current = store.queue_settings(&input.name).await.map_err(ApiError::from)?;
@@ -261,7 +315,7 @@ impl QueueMutation {
 
     /// Runs a `DEAD`, `CANCELLED` or backing-off task again now (operators).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Operator])")]
-    async fn retry_task(&self, ctx: &Context<'_>, id: ID) -> Result<TaskObject> {
+    async fn retry_task(&self, ctx: &Context<'_>, #[graphql(desc = "The task's `id`.")] id: ID) -> Result<TaskObject> {
         let id = TaskId::parse(&id).ok_or(ApiError::NotFound("task"))?;
         let task = store(ctx)?
             .transition(id, traceparent(ctx), |task| Ok(machine::transition(task, Command::Retry, Utc::now())?))
@@ -273,7 +327,11 @@ impl QueueMutation {
     /// Requeues every `DEAD` task of a queue with a fresh attempt budget; returns how
     /// many (admin).
     #[graphql(guard = "RoleGuard::any_of(&[Role::Admin])")]
-    async fn requeue_dead_tasks(&self, ctx: &Context<'_>, queue: String) -> Result<i32> {
+    async fn requeue_dead_tasks(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The queue's name.")] queue: String,
+    ) -> Result<i32> {
         QueueName::parse(&queue).map_err(|e| ApiError::from(e.in_field("queue")))?;
         let store = store(ctx)?;
         let mut requeued = 0i32;

@@ -74,6 +74,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 #[derive(Default, Debug)]
 pub struct Subscription;
 
+/// The root subscription type: live updates over WebSocket or Server-Sent Events.
 #[Subscription]
 impl Subscription {
     /// A task's events in `seq` order without gaps: those after `afterSeq` from the
@@ -82,7 +83,8 @@ impl Subscription {
     async fn task_updated(
         &self,
         ctx: &Context<'_>,
-        id: ID,
+        #[graphql(desc = "The task's `id`.")] id: ID,
+        #[graphql(desc = "Resume after this `seq` (0: the whole history); absent: from the latest event.")]
         after_seq: Option<i32>,
     ) -> Result<impl Stream<Item = Result<TaskEventObject>> + use<>> {
         let caller = principal(ctx)?.clone();
@@ -184,7 +186,7 @@ impl Subscription {
     async fn task_events(
         &self,
         ctx: &Context<'_>,
-        filter: Option<TaskEventFilter>,
+        #[graphql(desc = "Only events matching every given condition.")] filter: Option<TaskEventFilter>,
     ) -> Result<impl Stream<Item = Result<TaskEventObject>> + use<>> {
         let caller = principal(ctx)?.clone();
         let store = store(ctx)?.clone();
@@ -271,7 +273,7 @@ impl Subscription {
     async fn queue_stats(
         &self,
         ctx: &Context<'_>,
-        name: String,
+        #[graphql(desc = "The queue's name.")] name: String,
     ) -> Result<impl Stream<Item = Result<QueueStatsObject>> + use<>> {
         let store = store(ctx)?.clone();
         let (hub, metrics) = live(ctx)?;

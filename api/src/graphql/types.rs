@@ -1,15 +1,16 @@
 //! The public API types. They wrap domain values and are converted explicitly; entities
 //! never appear here.
 
-use async_graphql::{Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result, SimpleObject};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use taskwire_domain::{
     self as domain, DomainError,
     task::{Task, TaskEvent},
 };
 
 use super::context::{loaders, principal};
+use super::scalars::{JsonValue, Timestamp};
 use crate::error::ApiError;
 use taskwire_store::WorkerRecord;
 
@@ -62,38 +63,118 @@ pub enum WorkerStatus {
     Offline,
 }
 
-/// The authenticated caller.
+/// The authenticated caller. Its key is `id`, the token's subject.
 #[derive(SimpleObject, Debug)]
 pub struct Viewer {
+    /// The caller's key for client caches: equal to `subject`.
+    pub id: ID,
     /// The token's subject.
     pub subject: String,
     /// The recognised roles.
     pub roles: Vec<RoleGql>,
 }
 
-/// A unit of work.
+/// An object that `node(id)` and `nodes(ids)` fetch by its global id, `nodeId` (Relay
+/// object identification). `Task` and `Worker` implement it. A global id is opaque:
+/// clients pass it back unchanged and never build or parse it.
+// One value per `node` answer, short-lived: boxing the task would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Interface)]
+#[graphql(
+    name = "Node",
+    field(
+        name = "node_id",
+        ty = "ID",
+        desc = "The object's global id: unique across every type, stable for the object's lifetime. \
+                Differs from the type's own `id` (a task id, a worker id)."
+    )
+)]
+pub enum Node {
+    /// A task.
+    Task(TaskObject),
+    /// A worker.
+    Worker(WorkerObject),
+}
+
+/// The kinds of object a global id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `Task`: the key is a task id.
+    Task,
+    /// `Worker`: the key is a worker id.
+    Worker,
+}
+
+impl NodeKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            NodeKind::Task => "Task",
+            NodeKind::Worker => "Worker",
+        }
+    }
+}
+
+/// Longest global id `decode_global_id` looks at (a worker id is a token subject; the
+/// request's own size limits bound it too).
+const MAX_GLOBAL_ID_CHARS: usize = 1024;
+
+/// The global id of an object: base64url without padding of `<Type>:<key>`, e.g.
+/// `Task:01a1fca2-…` → `VGFzazowMWExZmNhMi0…`.
+pub fn global_id(kind: NodeKind, key: &str) -> ID {
+    ID(URL_SAFE_NO_PAD.encode(format!("{}:{key}", kind.prefix())))
+}
+
+/// The kind and key a global id names, if it is one this server made (canonical
+/// encoding, known type, non-empty key).
+pub fn decode_global_id(id: &str) -> Option<(NodeKind, String)> {
+    if id.len() > MAX_GLOBAL_ID_CHARS {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(id).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (prefix, key) = text.split_once(':')?;
+    let kind = match prefix {
+        "Task" => NodeKind::Task,
+        "Worker" => NodeKind::Worker,
+        _ => return None,
+    };
+    // One object, one id: a non-canonical spelling of the same bytes is not its id.
+    (!key.is_empty() && *global_id(kind, key) == *id).then(|| (kind, key.to_owned()))
+}
+
+/// A unit of work. Its key is `id`; its global id, `nodeId`.
 #[derive(Debug, Clone)]
 pub struct TaskObject(pub Task);
 
+/// A unit of work. Its key is `id`; its global id, `nodeId`.
 #[Object(name = "Task")]
 impl TaskObject {
-    /// Opaque, unguessable, time-ordered id.
+    /// Opaque, unguessable, time-ordered id (a UUIDv7): what `task(id)`, `cancelTask`
+    /// and the other task operations take.
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
+    /// The global id for `node(id)` (the `Node` interface); not the same string as `id`.
+    async fn node_id(&self) -> ID {
+        global_id(NodeKind::Task, &self.0.id.to_string())
+    }
+    /// The queue the task was created in.
     async fn queue(&self) -> &str {
         &self.0.queue
     }
+    /// What kind of work it is, for the worker (e.g. `send-welcome`).
     async fn kind(&self) -> &str {
         &self.0.kind
     }
-    async fn payload(&self) -> Option<Json<Value>> {
-        self.0.payload.clone().map(Json)
+    /// The creator's input for the worker, as given; `null` when none was given.
+    async fn payload(&self) -> Option<JsonValue> {
+        self.0.payload.clone().map(JsonValue)
     }
     /// 0–9; 9 is dispatched first.
     async fn priority(&self) -> i32 {
         i32::from(self.0.priority)
     }
+    /// Where the task is in its lifecycle.
     async fn status(&self) -> TaskStatusGql {
         self.0.status.into()
     }
@@ -101,15 +182,17 @@ impl TaskObject {
     async fn attempts(&self) -> i32 {
         self.0.attempts as i32
     }
+    /// Runs allowed before the task is `DEAD`.
     async fn max_attempts(&self) -> i32 {
         self.0.max_attempts as i32
     }
     /// When the task is (or becomes) ready.
-    async fn run_at(&self) -> DateTime<Utc> {
-        self.0.run_at
+    async fn run_at(&self) -> Timestamp {
+        self.0.run_at.into()
     }
-    async fn deadline(&self) -> Option<DateTime<Utc>> {
-        self.0.deadline
+    /// Past this instant the task is `DEAD` instead of run; `null` when it has none.
+    async fn deadline(&self) -> Option<Timestamp> {
+        self.0.deadline.map(Into::into)
     }
     /// Subject that created the task.
     async fn created_by(&self) -> &str {
@@ -124,17 +207,24 @@ impl TaskObject {
         Ok(worker.map(WorkerObject))
     }
     /// When the current offer or lease expires.
-    async fn lease_expires_at(&self) -> Option<DateTime<Utc>> {
-        self.0.lease_expires_at
+    async fn lease_expires_at(&self) -> Option<Timestamp> {
+        self.0.lease_expires_at.map(Into::into)
     }
-    async fn result(&self) -> Option<Json<Value>> {
-        self.0.result.clone().map(Json)
+    /// What the worker reported with `completeTask`; `null` until then or when it
+    /// reported none.
+    async fn result(&self) -> Option<JsonValue> {
+        self.0.result.clone().map(JsonValue)
     }
+    /// The error text of the latest failed attempt, if any.
     async fn last_error(&self) -> Option<&str> {
         self.0.last_error.as_deref()
     }
     /// The latest `last` events (at most 100), oldest first.
-    async fn events(&self, ctx: &Context<'_>, #[graphql(default = 20)] last: i32) -> Result<Vec<TaskEventObject>> {
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20, desc = "How many of the latest events, 0–100.")] last: i32,
+    ) -> Result<Vec<TaskEventObject>> {
         if !(0..=MAX_EVENTS_PER_TASK).contains(&last) {
             return Err(ApiError::from(DomainError::invalid("last", "must be between 0 and 100")).into());
         }
@@ -145,20 +235,29 @@ impl TaskObject {
     async fn version(&self) -> i32 {
         self.0.version as i32
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// When the task was created.
+    async fn created_at(&self) -> Timestamp {
+        self.0.created_at.into()
     }
-    async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.updated_at
+    /// When the task last changed.
+    async fn updated_at(&self) -> Timestamp {
+        self.0.updated_at.into()
     }
 }
 
-/// One entry of a task's history.
+/// One entry of a task's history. Its key is `id`, which is `taskId` and `seq` together.
 #[derive(Debug, Clone)]
 pub struct TaskEventObject(pub TaskEvent);
 
+/// One entry of a task's history. Its key is `id`, which is `taskId` and `seq` together.
 #[Object(name = "TaskEvent")]
 impl TaskEventObject {
+    /// The event's key for client caches: `<taskId>:<seq>`. The same event always has
+    /// the same id, whether it came from `Task.events` or a subscription.
+    async fn id(&self) -> ID {
+        ID(format!("{}:{}", self.0.task_id, self.0.seq))
+    }
+    /// The task the event belongs to (its `Task.id`).
     async fn task_id(&self) -> ID {
         ID(self.0.task_id.to_string())
     }
@@ -166,23 +265,29 @@ impl TaskEventObject {
     async fn seq(&self) -> i32 {
         self.0.seq as i32
     }
+    /// The task's status after the change.
     async fn status(&self) -> TaskStatusGql {
         self.0.status.into()
     }
+    /// The task's status before the change; `null` for the first event (creation).
     async fn previous_status(&self) -> Option<TaskStatusGql> {
         self.0.previous_status.map(Into::into)
     }
+    /// Runs started so far, after the change.
     async fn attempt(&self) -> i32 {
         self.0.attempt as i32
     }
+    /// The worker involved (its `Worker.id`), if any.
     async fn worker_id(&self) -> Option<ID> {
         self.0.worker_id.clone().map(ID)
     }
+    /// The cancel reason or failure text, if any.
     async fn message(&self) -> Option<&str> {
         self.0.message.as_deref()
     }
-    async fn at(&self) -> DateTime<Utc> {
-        self.0.at
+    /// When the change happened.
+    async fn at(&self) -> Timestamp {
+        self.0.at.into()
     }
     /// The task as it is now (events are only reachable through visible tasks).
     async fn task(&self, ctx: &Context<'_>) -> Result<TaskObject> {
@@ -196,16 +301,22 @@ impl TaskEventObject {
     }
 }
 
-/// A registered worker.
+/// A registered worker. Its key is `id`; its global id, `nodeId`.
 #[derive(Debug, Clone)]
 pub struct WorkerObject(pub WorkerRecord);
 
+/// A registered worker. Its key is `id`; its global id, `nodeId`.
 #[Object(name = "Worker")]
 impl WorkerObject {
-    /// The worker's id: its token's subject.
+    /// The worker's id: its token's subject. What `worker(id)` and `drainWorker` take.
     async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The global id for `node(id)` (the `Node` interface); not the same string as `id`.
+    async fn node_id(&self) -> ID {
+        global_id(NodeKind::Worker, &self.0.id)
+    }
+    /// Display name, from `registerWorker`.
     async fn name(&self) -> &str {
         &self.0.name
     }
@@ -221,11 +332,13 @@ impl WorkerObject {
     async fn active_tasks(&self) -> i32 {
         self.0.active as i32
     }
+    /// Whether it takes new tasks.
     async fn status(&self) -> WorkerStatus {
         domain::WorkerStatus::from_stored(&self.0.status).into()
     }
-    async fn last_seen_at(&self) -> DateTime<Utc> {
-        self.0.last_seen_at
+    /// Its latest sign of life: a call, a heartbeat or an open `assignments` stream.
+    async fn last_seen_at(&self) -> Timestamp {
+        self.0.last_seen_at.into()
     }
 }
 
@@ -245,9 +358,10 @@ pub enum LeaseOutcome {
 pub struct LeaseRenewal {
     /// The task id as named.
     pub task_id: ID,
+    /// Whether the caller still holds the task.
     pub outcome: LeaseOutcome,
     /// The lease's new end when `RENEWED`.
-    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub lease_expires_at: Option<Timestamp>,
 }
 
 /// Input of `createTask`.
@@ -258,14 +372,14 @@ pub struct CreateTaskInput {
     /// Task kind, same pattern as `queue`.
     pub kind: String,
     /// Any JSON up to 64 KiB serialized.
-    pub payload: Option<Json<Value>>,
+    pub payload: Option<JsonValue>,
     /// 0–9, 9 first.
     #[graphql(default = 0)]
     pub priority: Option<i32>,
     /// Earliest start, at most 30 days ahead; default now.
-    pub run_at: Option<DateTime<Utc>>,
+    pub run_at: Option<Timestamp>,
     /// Past this instant the task is `DEAD` instead of run.
-    pub deadline: Option<DateTime<Utc>>,
+    pub deadline: Option<Timestamp>,
     /// 1–100; default from the queue, else 5.
     pub max_attempts: Option<i32>,
     /// Up to 128 characters, unique per creator: a retry with the same key and input
@@ -280,8 +394,8 @@ impl From<CreateTaskInput> for domain::CreateTaskInput {
             kind: input.kind,
             payload: input.payload.map(|j| j.0),
             priority: Some(i64::from(input.priority.unwrap_or(0))),
-            run_at: input.run_at,
-            deadline: input.deadline,
+            run_at: input.run_at.map(|t| t.0),
+            deadline: input.deadline.map(|t| t.0),
             max_attempts: input.max_attempts.map(i64::from),
             idempotency_key: input.idempotency_key,
         }
@@ -302,14 +416,16 @@ pub struct CreateTaskPayload {
 pub struct TaskFilter {
     /// Any of these statuses.
     pub status: Option<Vec<TaskStatusGql>>,
+    /// Only tasks of this queue.
     pub queue: Option<String>,
+    /// Only tasks of this kind.
     pub kind: Option<String>,
     /// Only tasks of this creator (operators; clients may only name themselves).
     pub created_by: Option<String>,
     /// Created at or after.
-    pub created_after: Option<DateTime<Utc>>,
+    pub created_after: Option<Timestamp>,
     /// Created before.
-    pub created_before: Option<DateTime<Utc>>,
+    pub created_before: Option<Timestamp>,
 }
 
 /// Filters of the `taskEvents` subscription.
@@ -321,23 +437,33 @@ pub struct TaskEventFilter {
     pub status: Option<Vec<TaskStatusGql>>,
 }
 
-/// A queue's tasks by status.
+/// A queue's tasks by status, as read at `at`. Its key is `id`, the queue's name: a
+/// newer reading of a queue replaces the older one in a client cache.
 #[derive(SimpleObject, Debug, Clone)]
 #[graphql(name = "QueueStats")]
 pub struct QueueStatsObject {
+    /// The key for client caches: the queue's name (the same as `name`).
+    pub id: ID,
     /// The queue.
     pub name: String,
+    /// Tasks `SCHEDULED`.
     pub scheduled: i32,
+    /// Tasks `QUEUED`.
     pub queued: i32,
+    /// Tasks `ASSIGNED`.
     pub assigned: i32,
+    /// Tasks `RUNNING`.
     pub running: i32,
+    /// Tasks `SUCCEEDED` (still stored).
     pub succeeded: i32,
+    /// Tasks `CANCELLED` (still stored).
     pub cancelled: i32,
+    /// Tasks `DEAD` (still stored).
     pub dead: i32,
     /// Milliseconds the oldest queued task has been ready; `null` when none is queued.
     pub oldest_queued_age_ms: Option<i64>,
     /// When these numbers were read.
-    pub at: DateTime<Utc>,
+    pub at: Timestamp,
 }
 
 impl QueueStatsObject {
@@ -361,19 +487,30 @@ impl QueueStatsObject {
             cancelled: count(S::Cancelled),
             dead: count(S::Dead),
             oldest_queued_age_ms: stats.oldest_queued_run_at.map(|t| (at - t).num_milliseconds().max(0)),
-            at,
+            at: at.into(),
+            id: ID(name.clone()),
             name,
         }
     }
 }
 
 /// An offer to the calling worker: accept it with `acceptTask(taskId, leaseToken)`
-/// before `leaseExpiresAt`, or it goes to another worker.
+/// before `leaseExpiresAt`, or it goes to another worker. Its key is `id`: each offer of
+/// a task has its own.
 #[derive(Debug, Clone)]
 pub struct AssignmentObject(pub Task);
 
+/// An offer to the calling worker: accept it with `acceptTask(taskId, leaseToken)`
+/// before `leaseExpiresAt`, or it goes to another worker. Its key is `id`: each offer of
+/// a task has its own.
 #[Object(name = "Assignment")]
 impl AssignmentObject {
+    /// The offer's key for client caches: `<taskId>:<version>`, the task's id and its
+    /// version when offered (every offer changes the version). A repeated delivery of the
+    /// same offer has the same id.
+    async fn id(&self) -> ID {
+        ID(format!("{}:{}", self.0.id, self.0.version))
+    }
     /// The task offered.
     async fn task(&self) -> TaskObject {
         TaskObject(self.0.clone())
@@ -383,8 +520,8 @@ impl AssignmentObject {
         self.0.lease_token.as_ref().map(|t| t.as_str()).unwrap_or_default()
     }
     /// When the offer lapses unless accepted.
-    async fn lease_expires_at(&self) -> DateTime<Utc> {
-        self.0.lease_expires_at.unwrap_or(self.0.updated_at)
+    async fn lease_expires_at(&self) -> Timestamp {
+        self.0.lease_expires_at.unwrap_or(self.0.updated_at).into()
     }
 }
 
@@ -399,12 +536,18 @@ pub struct RegisterWorkerInput {
     pub capacity: i32,
 }
 
-/// A queue and its settings.
+/// A queue and its settings. Its key is `id`, the queue's name.
 #[derive(Debug, Clone)]
 pub struct QueueObject(pub domain::QueueSettings);
 
+/// A queue and its settings. Its key is `id`, the queue's name.
 #[Object(name = "Queue")]
 impl QueueObject {
+    /// The key for client caches: the queue's name (the same as `name`).
+    async fn id(&self) -> ID {
+        ID(self.0.name.to_string())
+    }
+    /// The queue's name, `^[a-z0-9][a-z0-9._-]{0,63}$`.
     async fn name(&self) -> &str {
         self.0.name.as_str()
     }
@@ -447,12 +590,19 @@ impl QueueObject {
 /// an optional limit.
 #[derive(InputObject, Debug, Clone)]
 pub struct ConfigureQueueInput {
+    /// The queue to configure.
     pub name: String,
+    /// Offers per second at most, above 0 and at most 100,000; `null` removes the limit.
     pub rate_limit_per_second: async_graphql::MaybeUndefined<f64>,
+    /// Tasks offered or running at once at most, 1–100,000; `null` removes the limit.
     pub max_concurrency: async_graphql::MaybeUndefined<i32>,
+    /// Default `maxAttempts` of new tasks, 1–100; `null` restores the default, 5.
     pub max_attempts: async_graphql::MaybeUndefined<i32>,
+    /// Lease length of offers and runs, in seconds, 1–86,400.
     pub lease_seconds: Option<i32>,
+    /// Ceiling of the first retry's delay, in milliseconds, 1–86,400,000; at most `backoffMaxMs`.
     pub backoff_base_ms: Option<i64>,
+    /// Largest retry delay, in milliseconds, 1–86,400,000.
     pub backoff_max_ms: Option<i64>,
 }
 
