@@ -94,6 +94,8 @@ async fn invalid_inputs_are_rejected_with_the_offending_field() {
         (json!({ "queue": "q", "kind": "k", "payload": big }), "input.payload", "payload over 64 KiB"),
         (json!({ "queue": "q", "kind": "k", "runAt": far }), "input.runAt", "runAt beyond 30 days"),
         (json!({ "queue": "q", "kind": "k", "deadline": past }), "input.deadline", "deadline in the past"),
+        (json!({ "queue": "q", "kind": "k", "runAt": "tomorrow" }), "input.runAt", "runAt not a DateTime"),
+        (json!({ "queue": "q", "kind": "k", "deadline": "2026-13-01T00:00:00Z" }), "input.deadline", "no month 13"),
         (
             json!({ "queue": "q", "kind": "k", "idempotencyKey": "k".repeat(129) }),
             "input.idempotencyKey",

@@ -22,6 +22,13 @@ impl ScalarType for Timestamp {
         }
     }
 
+    // Checked during validation, so a malformed value (in the document or in a variable)
+    // is refused before execution as `Invalid value for argument "input.runAt"`, which
+    // names the field; a parse failure at execution would only name the input type.
+    fn is_valid(value: &Value) -> bool {
+        matches!(value, Value::String(s) if s.parse::<DateTime<Utc>>().is_ok())
+    }
+
     fn to_value(&self) -> Value {
         Value::String(format_timestamp(self.0))
     }
