@@ -135,6 +135,8 @@ start_server() {
     # The load generator's thousands of connections all come from 127.0.0.1.
     TASKWIRE_MAX_CONNECTIONS_PER_IP=0
   )
+  # The server's runtime threads (tokio reads TOKIO_WORKER_THREADS; default: one per core).
+  [ -z "${TASKWIRE_BENCH_SERVER_THREADS:-}" ] || env+=(TOKIO_WORKER_THREADS="$TASKWIRE_BENCH_SERVER_THREADS")
   if [ "$stack" = real ]; then
     reset_database taskwire_bench
     mapfile -t -O "${#env[@]}" env < <(real_stack_env taskwire_bench bench)
