@@ -82,7 +82,7 @@ figures() { # figures SCENARIO JSON CPU_FILE
   awk '{ for (i = 1; i < NF; i++) if ($i == "server") print "server CPU s " $(i + 1) }' "$3"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "null"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "null"; else printf "%.6g\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 printf '\n%-12s %-28s %12s %12s %8s\n' scenario figure A B "B/A"
 for scenario in "${scenarios[@]}"; do
