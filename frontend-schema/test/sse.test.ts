@@ -2,68 +2,25 @@
  * Black-box: the real server binary and the `graphql-sse` client in distinct connections
  * mode (one `POST /graphql` with `Accept: text/event-stream` per subscription), as a
  * frontend behind a proxy that blocks WebSockets would use it.
- *
- * The binary is `$TASKWIRE_BIN`, else `$CARGO_TARGET_DIR/debug/taskwire` (build it with
- * `cargo build -p taskwire-api`). It runs on the embedded defaults (SQLite, in-process
- * Kafka) in a temp dir, on a free port, with an HS256 secret this test also signs its
- * tokens with (as in server.test.ts).
+ * The server is started by `harness.ts`.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 
 import type { TypedDocumentNode } from "@graphql-typed-document-node/core";
 import { print } from "graphql";
 import { type Client, type ExecutionResult, NetworkError, createClient } from "graphql-sse";
-import { SignJWT } from "jose";
 
 import { CancelTaskDocument, CreateTaskDocument, TaskUpdatedDocument } from "../src/index.js";
 import type { TaskUpdatedSubscription, TaskUpdatedSubscriptionVariables } from "../src/index.js";
+import { startServer, stopServer, token, within } from "./harness.js";
 
 /** Everything this file does must finish within this, or it fails saying what it waited for. */
 const DEADLINE_MS = 90_000;
 /** The longest any one step below may wait. */
 const PATIENCE_MS = 15_000;
 
-const secret = randomBytes(32).toString("hex");
-let server: ChildProcess | undefined;
 let baseUrl = "";
-let dataDir = "";
-const output: string[] = [];
-
-function serverBinary(): string {
-  const explicit = process.env["TASKWIRE_BIN"];
-  const target = process.env["CARGO_TARGET_DIR"];
-  const binary = explicit ?? (target ? join(target, "debug", "taskwire") : join("..", "target", "debug", "taskwire"));
-  assert.ok(existsSync(binary), `no server binary at ${binary}: set TASKWIRE_BIN or CARGO_TARGET_DIR (cargo build -p taskwire-api)`);
-  return binary;
-}
-
-/** Rejects saying `what` (read when the time is up) when `promise` does not settle within `ms`. */
-async function within<T>(ms: number, what: () => string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what()}\nserver output:\n${output.join("")}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function token(sub: string, roles: string[], expiresIn: string | number = "10m"): Promise<string> {
-  return new SignJWT({ roles })
-    .setProtectedHeader({ alg: "HS256" })
-    .setSubject(sub)
-    .setIssuedAt()
-    .setExpirationTime(expiresIn)
-    .sign(new TextEncoder().encode(secret));
-}
 
 /** A query or mutation over plain HTTP; fails on any GraphQL error. */
 async function gql<Data, Variables>(bearer: string, document: TypedDocumentNode<Data, Variables>, variables: Variables): Promise<Data> {
@@ -153,45 +110,10 @@ async function createTask(bearer: string): Promise<string> {
 }
 
 before(async () => {
-  dataDir = mkdtempSync(join(tmpdir(), "taskwire-node-sse-test-"));
-  const child = spawn(serverBinary(), [], {
-    env: {
-      PATH: process.env["PATH"] ?? "",
-      TASKWIRE_LISTEN: "127.0.0.1:0",
-      TASKWIRE_DATA_DIR: dataDir,
-      TASKWIRE_DATABASE_URL: `sqlite://${dataDir}/taskwire.db?mode=rwc`,
-      TASKWIRE_JWT_SECRET: secret,
-      RUST_LOG: process.env["TEST_LOG"] ? "info" : "warn",
-    },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  server = child;
-  child.stderr?.on("data", (chunk: Buffer) => output.push(chunk.toString()));
-  const listening = new Promise<string>((resolve, reject) => {
-    let stdout = "";
-    child.stdout?.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-      output.push(chunk.toString());
-      const match = /Taskwire is listening on (http:\/\/[^\s]+)/.exec(stdout);
-      if (match?.[1]) {
-        resolve(match[1]);
-      }
-    });
-    child.on("exit", (code, signal) => reject(new Error(`the server exited (${code ?? signal}) before listening:\n${output.join("")}`)));
-  });
-  baseUrl = await within(60_000, () => "the server's 'Taskwire is listening on' line", listening);
+  baseUrl = await startServer();
 });
 
-after(async () => {
-  if (server && server.exitCode === null) {
-    const exited = new Promise((resolve) => server?.once("exit", resolve));
-    server.kill("SIGTERM");
-    await within(20_000, () => "the server to stop after SIGTERM", exited);
-  }
-  if (dataDir) {
-    rmSync(dataDir, { recursive: true, force: true });
-  }
-});
+after(stopServer);
 
 describe("subscriptions over Server-Sent Events with the graphql-sse client", { timeout: DEADLINE_MS }, () => {
   test("follows a task from afterSeq 0 and resumes with afterSeq without a gap or a duplicate", async () => {
