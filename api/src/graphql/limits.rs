@@ -619,18 +619,7 @@ impl<'a> Walker<'a> {
     /// The length of the field's argument `name`, if it is a list (a literal, or a
     /// variable of the request or with a default in the operation).
     fn list_length(&self, field: &Field, name: &str) -> Option<usize> {
-        // Cloned once per field: linear in the document's (bounded) size.
-        let value = field.get_argument(name)?.node.clone();
-        let value = value
-            .into_const_with(|variable| {
-                self.variables
-                    .get(&variable)
-                    .or_else(|| self.variable_defaults.get(&variable).copied())
-                    .cloned()
-                    .ok_or(())
-            })
-            .ok()?;
-        match value {
+        match self.argument(field, name)? {
             ConstValue::List(items) => Some(items.len()),
             _ => None,
         }
@@ -639,10 +628,15 @@ impl<'a> Walker<'a> {
     /// The value of the field's argument `name` as a count, if given as an integer (a
     /// literal, or a variable of the request or with a default in the operation).
     fn page_size(&self, field: &Field, name: &str) -> Option<usize> {
-        // The argument is a number or a variable; the clone is that small (a stray list
-        // is cloned at most once per scope, which keeps the walk linear).
+        const_count(&self.argument(field, name)?)
+    }
+
+    /// The field's argument `name` with its variables resolved (from the request, else
+    /// from the operation's defaults). Cloned once per field and argument, which keeps
+    /// the walk linear in the document's (bounded) size.
+    fn argument(&self, field: &Field, name: &str) -> Option<ConstValue> {
         let value = field.get_argument(name)?.node.clone();
-        let value = value
+        value
             .into_const_with(|variable| {
                 self.variables
                     .get(&variable)
@@ -650,8 +644,7 @@ impl<'a> Walker<'a> {
                     .cloned()
                     .ok_or(())
             })
-            .ok()?;
-        const_count(&value)
+            .ok()
     }
 }
 
