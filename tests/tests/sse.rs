@@ -164,6 +164,17 @@ async fn event_streams_share_the_connection_caps_with_websockets() {
 }
 
 #[tokio::test]
+async fn past_the_process_cap_an_event_stream_answers_503() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_WS_MAX_CONNECTIONS", "1")]).await;
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    let _socket = app.ws_connected(taskwire_tests::ws::TRANSPORT_WS, &alice).await;
+    let (status, body) = open(&app, Some(&alice), TASK_UPDATED, json!({ "id": id })).await.err().expect("capped");
+    assert_eq!((status, body["errors"][0]["extensions"]["code"].as_str()), (503, Some("UNAVAILABLE")), "{body}");
+    assert_eq!(app.metric("taskwire_ws_refusals_total{reason=\"connections\"}").await, 1.0);
+}
+
+#[tokio::test]
 async fn an_event_stream_ends_when_its_token_expires_and_at_shutdown() {
     let app = TestApp::spawn().await;
     let alice = app.token("alice", &["client"]);
