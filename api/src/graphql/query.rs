@@ -121,34 +121,31 @@ impl TaskQuery {
             tasks.reverse();
         }
         // Beyond the range the cursors cut: one indexed `LIMIT 1` read each, only when a
-        // cursor bounds that side.
+        // cursor bounds that side, and only when the client asks (see `PageInfo`).
         let newest = tasks.first().map(|t| t.id);
         let oldest = tasks.last().map(|t| t.id);
-        let exists = |after: Option<TaskId>, before: Option<TaskId>| {
-            let probe = TaskListQuery { after, before, limit: 1, ..all.clone() };
-            async move { store.list_tasks(&probe).await.map(|found| !found.is_empty()).map_err(ApiError::from) }
-        };
-        let has_previous_page = if backward && has_more {
-            true
+        let previous = if backward && has_more {
+            Beyond::Known(true)
         } else if after.is_some() {
-            exists(None, newest.or(if backward { before } else { None }).or(after)).await?
+            Beyond::Probe { after: None, before: newest.or(if backward { before } else { None }).or(after) }
         } else {
-            false
+            Beyond::Known(false)
         };
-        let has_next_page = if !backward && has_more {
-            true
+        let next = if !backward && has_more {
+            Beyond::Known(true)
         } else if before.is_some() {
-            exists(oldest.or(if backward { None } else { after }).or(before), None).await?
+            Beyond::Probe { after: oldest.or(if backward { None } else { after }).or(before), before: None }
         } else {
-            false
+            Beyond::Known(false)
         };
         // Nested fields (`TaskEvent.task`) find these without another query.
         loaders(ctx)?.tasks.feed_many(tasks.iter().map(|t| (t.id, t.clone()))).await;
         let edges: Vec<TaskEdge> =
             tasks.into_iter().map(|t| TaskEdge { cursor: encode_cursor(t.id), node: TaskObject(t) }).collect();
         let page_info = PageInfo {
-            has_previous_page,
-            has_next_page,
+            all: all.clone(),
+            previous,
+            next,
             start_cursor: edges.first().map(|e| e.cursor.clone()),
             end_cursor: edges.last().map(|e| e.cursor.clone()),
         };
@@ -198,23 +195,60 @@ pub struct TaskEdge {
     cursor: String,
 }
 
-/// Where a page is in the whole list (Relay `PageInfo`).
-#[derive(SimpleObject)]
+/// What a page knows of its place in the whole list; see the `#[Object]` impl.
 pub struct PageInfo {
+    /// Every task of the connection, for the reads past the cursors.
+    all: TaskListQuery,
+    previous: Beyond,
+    next: Beyond,
+    start_cursor: Option<String>,
+    end_cursor: Option<String>,
+}
+
+/// Whether tasks lie beyond one side of a page: known from the page's extra row, or
+/// found, when a client asks, by reading one task past the cursor.
+enum Beyond {
+    Known(bool),
+    Probe { after: Option<TaskId>, before: Option<TaskId> },
+}
+
+impl PageInfo {
+    async fn beyond(&self, ctx: &Context<'_>, side: &Beyond) -> Result<bool> {
+        match side {
+            Beyond::Known(known) => Ok(*known),
+            Beyond::Probe { after, before } => {
+                let probe = TaskListQuery { after: *after, before: *before, limit: 1, ..self.all.clone() };
+                Ok(!store(ctx)?.list_tasks(&probe).await.map_err(ApiError::from)?.is_empty())
+            }
+        }
+    }
+}
+
+/// Where a page is in the whole list (Relay `PageInfo`).
+#[Object]
+impl PageInfo {
     /// Whether a task newer than this page's first edge matches (with `after` on an
     /// empty page: newer than `after`). False when neither `after` nor `last` is given:
     /// the page then starts at the newest task.
-    has_previous_page: bool,
+    async fn has_previous_page(&self, ctx: &Context<'_>) -> Result<bool> {
+        self.beyond(ctx, &self.previous).await
+    }
     /// Whether a task older than this page's last edge matches (with `before` on an
     /// empty page: older than `before`). False when `last` is given without `before`:
     /// the page then ends at the oldest task.
-    has_next_page: bool,
+    async fn has_next_page(&self, ctx: &Context<'_>) -> Result<bool> {
+        self.beyond(ctx, &self.next).await
+    }
     /// The first edge's cursor; `null` when the page is empty. Pass it as `before` for
     /// the previous page.
-    start_cursor: Option<String>,
+    async fn start_cursor(&self) -> Option<&str> {
+        self.start_cursor.as_deref()
+    }
     /// The last edge's cursor; `null` when the page is empty. Pass it as `after` for
     /// the next page.
-    end_cursor: Option<String>,
+    async fn end_cursor(&self) -> Option<&str> {
+        self.end_cursor.as_deref()
+    }
 }
 
 /// Object identification (Relay): any `Node` by its global id.
