@@ -20,7 +20,7 @@ use crate::{
     config::{Config, ConfigError},
     dispatch::{DispatchSettings, DispatcherId, LocalDispatcher, matcher::Matcher, reaper},
     graphql::{SchemaOptions, build_schema, sdl},
-    http::{AppState, Limits, apq::PersistedQueries, protect::Protection, router},
+    http::{AppState, Limits, Shared, apq::PersistedQueries, protect::Protection, router},
     kafka::{ClosesAside, EmbeddedCluster, Kafka, consumer, relay::OutboxRelay},
     live::{Hub, sweep::Sweeper},
     metrics::Metrics,
@@ -210,7 +210,7 @@ impl Application {
             metrics.clone(),
         )
         .map_err(StartupError::Schema)?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             protection: Arc::new(protection),
             schema,
             store: store.clone(),
@@ -231,7 +231,7 @@ impl Application {
             ws_open: Arc::new(AtomicUsize::new(0)),
             ws_subjects: Arc::default(),
             shutdown: CancellationToken::new(),
-        };
+        });
         Ok(Application {
             listener,
             state,

@@ -20,6 +20,43 @@ real_stack_env() { # real_stack_env DATABASE TAG
   echo "TASKWIRE_REDIS_KEY_PREFIX=$2$RANDOM$RANDOM"
 }
 
+# Prints the directory of release binaries to run: TASKWIRE_BENCH_BIN when set (prebuilt
+# binaries, to compare two builds on the same machine state), else this checkout's
+# target directory after building the binaries named.
+bench_binaries() { # bench_binaries BINARY...
+  if [ -n "${TASKWIRE_BENCH_BIN:-}" ]; then
+    echo "$TASKWIRE_BENCH_BIN"
+    return
+  fi
+  local target=${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target} name bins=()
+  for name in "$@"; do bins+=(--bin "$name"); done
+  CARGO_TARGET_DIR=$target cargo build --release --quiet -p taskwire-api -p taskwire-tools "${bins[@]}" >&2
+  echo "$target/release"
+}
+
+# KEY=VALUE lines for one bench server: listening on 127.0.0.1:PORT, tokens signed with
+# SECRET, data in DIR, rate limits off (the load generators drive one subject hard on
+# purpose), no per-address connection cap (every load connection comes from 127.0.0.1),
+# and its database: a fresh MariaDB database `taskwire_bench` on the real stack (with
+# real_stack_env), a SQLite file in DIR on the embedded one. TASKWIRE_BENCH_SERVER_THREADS
+# sets the runtime's worker threads (tokio reads TOKIO_WORKER_THREADS; default one per core).
+bench_server_env() { # bench_server_env embedded|real PORT SECRET DIR TAG
+  echo "TASKWIRE_LISTEN=127.0.0.1:$2"
+  echo "TASKWIRE_JWT_SECRET=$3"
+  echo "RUST_LOG=warn"
+  echo "TASKWIRE_RATE_LIMIT_OPERATIONS=0"
+  echo "TASKWIRE_RATE_LIMIT_MUTATIONS=0"
+  echo "TASKWIRE_DATA_DIR=$4"
+  echo "TASKWIRE_MAX_CONNECTIONS_PER_IP=0"
+  [ -z "${TASKWIRE_BENCH_SERVER_THREADS:-}" ] || echo "TOKIO_WORKER_THREADS=$TASKWIRE_BENCH_SERVER_THREADS"
+  if [ "$1" = real ]; then
+    reset_database taskwire_bench
+    real_stack_env taskwire_bench "$5"
+  else
+    echo "TASKWIRE_DATABASE_URL=sqlite://$4/taskwire.db?mode=rwc"
+  fi
+}
+
 # Waits until URL/readyz answers 200 (and, with `joined`, until the dispatcher has joined
 # its consumer group: the group assigns its first member only after the broker's initial
 # rebalance delay, and until then the matcher dispatches by polling the database).

@@ -43,14 +43,8 @@ if [ ${#scenarios[@]} -eq 0 ]; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskwire/target}"
-# TASKWIRE_BENCH_BIN: a directory holding prebuilt `taskwire` and `loadgen` binaries, used
-# instead of building this checkout (to compare two builds on the same machine state).
-if [ -n "${TASKWIRE_BENCH_BIN:-}" ]; then
-  bin=$TASKWIRE_BENCH_BIN
-else
-  cargo build --release --quiet -p taskwire-api -p taskwire-tools --bin taskwire --bin loadgen
-  bin="$CARGO_TARGET_DIR/release"
-fi
+# TASKWIRE_BENCH_BIN: a directory holding prebuilt `taskwire` and `loadgen` binaries.
+bin=$(bench_binaries taskwire loadgen)
 out="${TASKWIRE_BENCH_OUT:-$CARGO_TARGET_DIR/bench}"
 mkdir -p "$out"
 port=18100
@@ -128,21 +122,10 @@ fi
 start_server() {
   local data
   data=$(mktemp -d /tmp/taskwire-bench.XXXXXX)
-  local env=(
-    TASKWIRE_LISTEN=127.0.0.1:$port TASKWIRE_JWT_SECRET=$secret RUST_LOG=warn
-    TASKWIRE_RATE_LIMIT_OPERATIONS=0 TASKWIRE_RATE_LIMIT_MUTATIONS=0 TASKWIRE_DATA_DIR="$data"
-    TASKWIRE_WS_MAX_CONNECTIONS=20000
-    # The load generator's thousands of connections all come from 127.0.0.1.
-    TASKWIRE_MAX_CONNECTIONS_PER_IP=0
-  )
-  # The server's runtime threads (tokio reads TOKIO_WORKER_THREADS; default: one per core).
-  [ -z "${TASKWIRE_BENCH_SERVER_THREADS:-}" ] || env+=(TOKIO_WORKER_THREADS="$TASKWIRE_BENCH_SERVER_THREADS")
-  if [ "$stack" = real ]; then
-    reset_database taskwire_bench
-    mapfile -t -O "${#env[@]}" env < <(real_stack_env taskwire_bench bench)
-  else
-    env+=(TASKWIRE_DATABASE_URL="sqlite://$data/taskwire.db?mode=rwc")
-  fi
+  local env
+  mapfile -t env < <(bench_server_env "$stack" "$port" "$secret" "$data" bench)
+  # The load generator's fan-out scenarios open thousands of WebSockets.
+  env+=(TASKWIRE_WS_MAX_CONNECTIONS=20000)
   env "${env[@]}" "$bin/taskwire" >"$data/server.log" 2>&1 &
   server_pid=$!
   # Ready, and the dispatcher has joined its consumer group: a fresh group assigns its

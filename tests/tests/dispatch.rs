@@ -392,9 +392,20 @@ async fn resuming_with_after_seq_while_events_keep_coming_misses_and_repeats_not
     let mut worker = ManualWorker::start(&app, "w-resume", &["resume"], 1).await;
     let id = app.create_task(&alice, json!({ "queue": "resume", "kind": "k", "maxAttempts": 50 })).await;
     let done = std::sync::atomic::AtomicBool::new(false);
+    let joins = std::sync::atomic::AtomicUsize::new(0);
 
     let work = async {
         for cycle in 0..=CYCLES {
+            // Every fourth cycle waits for one more subscriber to have joined, so that
+            // subscribers join all along the run however fast the server answers.
+            if cycle > 0 && cycle % 4 == 0 {
+                let wanted = cycle / 4;
+                let waited = std::time::Instant::now();
+                while joins.load(std::sync::atomic::Ordering::Acquire) < wanted {
+                    assert!(waited.elapsed() < std::time::Duration::from_secs(20), "subscriber {wanted} never joined");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
             let (offered, lease, _) = worker.next_offer().await;
             assert_eq!(offered, id);
             worker.call(&app, ACCEPT, json!({ "id": id, "lease": lease })).await.data();
@@ -415,6 +426,7 @@ async fn resuming_with_after_seq_while_events_keep_coming_misses_and_repeats_not
             let mut ws = app.ws_connected(TRANSPORT_WS, &alice).await;
             ws.subscribe("t", TASK_UPDATED, json!({ "id": id, "afterSeq": after })).await;
             joined.push((after, ws));
+            joins.fetch_add(1, std::sync::atomic::Ordering::Release);
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         }
         joined

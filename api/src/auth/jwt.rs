@@ -38,6 +38,10 @@ pub struct KeyError {
 
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY_SECS: u64 = 30;
+/// Tokens whose verification is remembered, at most (see [`JwtKeys::verify_with_expiry`]).
+const VERIFIED_TOKENS: u64 = 10_000;
+/// How long a remembered verification lasts without being used.
+const VERIFIED_IDLE: Duration = Duration::from_secs(600);
 /// File in the data dir holding the embedded-mode dev secret.
 const DEV_SECRET_FILE: &str = "jwt-secret";
 
@@ -105,6 +109,18 @@ pub struct JwtKeys {
     /// Whether the key is the embedded development secret generated into the data dir
     /// (not one the operator configured).
     generated_dev_secret: bool,
+    /// Tokens that passed verification, by their exact text (bounded, LRU-ish).
+    verified: moka::sync::Cache<Box<str>, Verified>,
+}
+
+/// What a token's successful verification found: everything a later use of the same
+/// token needs, and its `exp` to refuse it once it has expired.
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    expires: Option<SystemTime>,
+    /// `exp` in seconds since the epoch (required, so always present once verified).
+    exp: f64,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -167,6 +183,7 @@ impl JwtKeys {
             audience: config.audience.clone(),
             max_ttl: config.max_ttl,
             generated_dev_secret,
+            verified: moka::sync::Cache::builder().max_capacity(VERIFIED_TOKENS).time_to_idle(VERIFIED_IDLE).build(),
         })
     }
 
@@ -187,7 +204,31 @@ impl JwtKeys {
     }
 
     /// Like [`JwtKeys::verify`], also returning when the token expires.
+    ///
+    /// A client sends the same token with every request until it expires, and checking
+    /// its signature and claims again each time was a large share of a cached read's CPU
+    /// (docs/BENCHMARKS.md). So a token that passed is remembered by its exact text
+    /// ([`VERIFIED_TOKENS`] at most) and, until its `exp` (plus the leeway) passes, is
+    /// accepted again without decoding. Nothing else can change the verdict: the keys
+    /// and rules are fixed for the process's life, `nbf` only moves from refused to
+    /// accepted, and the lifetime check (`exp - iat`, or `exp - now`) only relaxes with
+    /// time. Refused tokens are never remembered.
     pub fn verify_with_expiry(&self, token: &str) -> Result<(Principal, Option<SystemTime>), AuthError> {
+        if let Some(known) = self.verified.get(token) {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+            if now <= known.exp + LEEWAY_SECS as f64 {
+                return Ok((known.principal, known.expires));
+            }
+            // Expired: forget it, and let the full check below say why it is refused.
+            self.verified.invalidate(token);
+        }
+        let verified = self.verify_uncached(token)?;
+        let answer = (verified.principal.clone(), verified.expires);
+        self.verified.insert(token.into(), verified);
+        Ok(answer)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Verified, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)?;
         if data.claims.sub.trim().is_empty() {
             // `sub` becomes a creator or worker id: an empty one would be a shared identity.
@@ -200,7 +241,9 @@ impl JwtKeys {
             .exp
             .filter(|e| e.is_finite() && *e >= 0.0)
             .map(|e| UNIX_EPOCH + Duration::from_secs_f64(e.min(1e12)));
-        Ok((Principal::new(data.claims.sub, roles), expires))
+        // `exp` is a required claim: a token without it was refused above.
+        let exp = data.claims.exp.unwrap_or(f64::NEG_INFINITY);
+        Ok(Verified { principal: Principal::new(data.claims.sub, roles), expires, exp })
     }
 
     /// Refuses a token whose lifetime, `exp - iat` (or `exp - now` when it has no `iat`),
@@ -369,5 +412,35 @@ mod tests {
         }
         let minted = keys.mint("a", &[Role::Client], Duration::from_secs(day)).expect("mint");
         assert!(keys.verify(&minted).is_ok(), "a minted token of the maximum lifetime is accepted");
+    }
+
+    #[test]
+    fn accepted_tokens_are_remembered_and_refused_ones_are_not() {
+        let keys = keys(None, None);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = signed(serde_json::json!({ "sub": "a", "roles": ["client"], "iat": now, "exp": now + 60 }));
+        let first = keys.verify_with_expiry(&token).expect("accepted");
+        assert_eq!(keys.verified.get(token.as_str()).map(|v| v.principal), Some(first.0.clone()), "remembered");
+        assert_eq!(keys.verify_with_expiry(&token).expect("accepted again"), first, "the same answer from memory");
+        let expired = signed(serde_json::json!({ "sub": "a", "iat": now - 100, "exp": now - LEEWAY_SECS - 10 }));
+        assert!(matches!(keys.verify(&expired), Err(AuthError::Rejected(_))), "an expired token is refused");
+        let long = signed(serde_json::json!({ "sub": "a", "exp": now + 365 * 24 * 3600 }));
+        assert!(keys.verify(&long).is_err(), "too long a lifetime is refused");
+        assert!(keys.verified.get(expired.as_str()).is_none(), "refused tokens are not remembered");
+        assert!(keys.verified.get(long.as_str()).is_none(), "refused tokens are not remembered");
+    }
+
+    #[test]
+    fn a_remembered_token_past_its_exp_is_checked_again() {
+        let keys = keys(None, None);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = signed(serde_json::json!({ "sub": "a", "iat": now - 200, "exp": now - LEEWAY_SECS - 5 }));
+        assert!(keys.verify(&token).is_err(), "already expired");
+        // Pretend it had been remembered while it was still valid.
+        let principal = Principal::new("a", []);
+        let stale = Verified { principal, expires: None, exp: (now - LEEWAY_SECS - 5) as f64 };
+        keys.verified.insert(token.as_str().into(), stale);
+        assert!(matches!(keys.verify(&token), Err(AuthError::Rejected(_))), "memory does not outlive exp");
+        assert!(keys.verified.get(token.as_str()).is_none(), "and the entry is gone");
     }
 }

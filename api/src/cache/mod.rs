@@ -358,6 +358,19 @@ impl TaskCache {
         self.l1_put(task.id, Entry::task(Arc::new(task.clone())));
     }
 
+    /// Task `id` if L1 holds it (counted as an L1 hit); `None` on anything else (a miss,
+    /// a tombstone, "no such task"), which the caller then loads through
+    /// [`TaskCache::get_many`] (counted there).
+    pub fn local(&self, id: TaskId) -> Option<Arc<Task>> {
+        match self.0.l1.get(&id)?.value {
+            Value::Task(task) => {
+                self.0.metrics.cache_hits.with_label_values(&["l1"]).inc();
+                Some(task)
+            }
+            _ => None,
+        }
+    }
+
     /// Version `version` of task `id`, if L1 holds exactly that version (L2 and the
     /// database are not asked): for a caller that has just heard of the change this
     /// process committed, and would otherwise query for it.

@@ -19,15 +19,17 @@ use taskwire_domain::{
 use crate::{cache::TaskCache, error::ApiError};
 use taskwire_store::{Store, WorkerRecord};
 
-/// The loaders of one request.
+/// The loaders of one request, each made on first use: most operations need one kind or
+/// none (a `task(id)` that L1 holds needs none), and making all three for every request
+/// showed in the cached-read profile (docs/BENCHMARKS.md).
 pub struct Loaders {
-    /// Tasks by id, cached for the request (lists prime it, so nested `TaskEvent.task`
-    /// fields cost nothing).
-    pub tasks: DataLoader<TaskLoader, HashMapCache>,
-    /// The latest N events by (task, N).
-    pub events: DataLoader<EventsLoader>,
-    /// Workers by id.
-    pub workers: DataLoader<WorkerLoader>,
+    store: Store,
+    /// The task cache, for requests; `None` for a subscription's loaders, which read the
+    /// database and keep nothing between loads.
+    cache: Option<TaskCache>,
+    tasks: OnceLock<DataLoader<TaskLoader, HashMapCache>>,
+    events: OnceLock<DataLoader<EventsLoader>>,
+    workers: OnceLock<DataLoader<WorkerLoader>>,
 }
 
 impl std::fmt::Debug for Loaders {
@@ -40,9 +42,7 @@ impl Loaders {
     /// A set for one subscription: it lives as long as the stream, so nothing is cached
     /// (each event must see the task as it is then), but loads are still batched.
     pub fn uncached(store: &Store) -> Arc<Loaders> {
-        let loaders = Loaders::build(store, None);
-        loaders.tasks.enable_all_cache(false);
-        loaders
+        Loaders::build(store, None)
     }
 
     /// A fresh set for one request over `store`, reading tasks through `cache`.
@@ -52,14 +52,47 @@ impl Loaders {
 
     fn build(store: &Store, cache: Option<TaskCache>) -> Arc<Loaders> {
         Arc::new(Loaders {
-            tasks: DataLoader::with_cache(
-                TaskLoader { store: store.clone(), cache },
+            store: store.clone(),
+            cache,
+            tasks: OnceLock::new(),
+            events: OnceLock::new(),
+            workers: OnceLock::new(),
+        })
+    }
+
+    /// Tasks by id, cached for the request (lists prime it, so nested `TaskEvent.task`
+    /// fields cost nothing); uncached for a subscription.
+    pub fn tasks(&self) -> &DataLoader<TaskLoader, HashMapCache> {
+        self.tasks.get_or_init(|| {
+            let loader = DataLoader::with_cache(
+                TaskLoader { store: self.store.clone(), cache: self.cache.clone() },
                 tokio::spawn,
                 HashMapCache::default(),
-            ),
-            events: DataLoader::new(EventsLoader(store.clone()), tokio::spawn),
-            workers: DataLoader::new(WorkerLoader(store.clone()), tokio::spawn),
+            );
+            if self.cache.is_none() {
+                loader.enable_all_cache(false);
+            }
+            loader
         })
+    }
+
+    /// The latest N events by (task, N).
+    pub fn events(&self) -> &DataLoader<EventsLoader> {
+        self.events.get_or_init(|| DataLoader::new(EventsLoader(self.store.clone()), tokio::spawn))
+    }
+
+    /// Workers by id.
+    pub fn workers(&self) -> &DataLoader<WorkerLoader> {
+        self.workers.get_or_init(|| DataLoader::new(WorkerLoader(self.store.clone()), tokio::spawn))
+    }
+
+    /// Task `id` as this process's L1 cache holds it, without waiting: for a request's
+    /// top-level `task(id)`, which has nothing to batch with. A DataLoader load waits for
+    /// its batch window (1 ms, on a timer thread) before it even looks at L1; a hit here
+    /// answers at once. `None` on a miss (then load through [`Loaders::tasks`]) and for a
+    /// subscription's loaders.
+    pub fn local_task(&self, id: TaskId) -> Option<Task> {
+        self.cache.as_ref()?.local(id).map(|task| Task::clone(&task))
     }
 }
 

@@ -139,7 +139,7 @@ impl TaskQuery {
             Beyond::Known(false)
         };
         // Nested fields (`TaskEvent.task`) find these without another query.
-        loaders(ctx)?.tasks.feed_many(tasks.iter().map(|t| (t.id, t.clone()))).await;
+        loaders(ctx)?.tasks().feed_many(tasks.iter().map(|t| (t.id, t.clone()))).await;
         let edges: Vec<TaskEdge> =
             tasks.into_iter().map(|t| TaskEdge { cursor: encode_cursor(t.id), node: TaskObject(t) }).collect();
         let page_info = PageInfo {
@@ -301,7 +301,11 @@ async fn read_task(ctx: &Context<'_>, id: &str) -> Result<Option<TaskObject>> {
     let Some(id) = TaskId::parse(id) else {
         return Ok(None);
     };
-    let task = loaders(ctx)?.tasks.load_one(id).await?;
+    let loaders = loaders(ctx)?;
+    let task = match loaders.local_task(id) {
+        Some(task) => Some(task),
+        None => loaders.tasks().load_one(id).await?,
+    };
     Ok(task.filter(|t| caller.can_read_task(&t.created_by, t.worker_id.as_deref())).map(TaskObject))
 }
 
@@ -314,7 +318,7 @@ async fn read_worker(ctx: &Context<'_>, id: &str) -> Result<Option<WorkerObject>
     if !caller.has(Role::Operator) && caller.subject != id {
         return Ok(None);
     }
-    Ok(loaders(ctx)?.workers.load_one(id.to_owned()).await?.map(WorkerObject))
+    Ok(loaders(ctx)?.workers().load_one(id.to_owned()).await?.map(WorkerObject))
 }
 
 /// `node(id)`: a global id read as its type's own query reads it.

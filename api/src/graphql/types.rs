@@ -203,7 +203,7 @@ impl TaskObject {
         let Some(worker_id) = &self.0.worker_id else {
             return Ok(None);
         };
-        let worker = loaders(ctx)?.workers.load_one(worker_id.clone()).await?;
+        let worker = loaders(ctx)?.workers().load_one(worker_id.clone()).await?;
         Ok(worker.map(WorkerObject))
     }
     /// When the current offer or lease expires.
@@ -228,7 +228,7 @@ impl TaskObject {
         if !(0..=MAX_EVENTS_PER_TASK).contains(&last) {
             return Err(ApiError::from(DomainError::invalid("last", "must be between 0 and 100")).into());
         }
-        let events = loaders(ctx)?.events.load_one((self.0.id, last as u32)).await?;
+        let events = loaders(ctx)?.events().load_one((self.0.id, last as u32)).await?;
         Ok(events.unwrap_or_default().into_iter().map(TaskEventObject).collect())
     }
     /// Optimistic-lock version; grows with every change.
@@ -292,7 +292,7 @@ impl TaskEventObject {
     /// The task as it is now (events are only reachable through visible tasks).
     async fn task(&self, ctx: &Context<'_>) -> Result<TaskObject> {
         let caller = principal(ctx)?;
-        let task = loaders(ctx)?.tasks.load_one(self.0.task_id).await?;
+        let task = loaders(ctx)?.tasks().load_one(self.0.task_id).await?;
         // A subscription's event resolves the task later than the subscription was
         // allowed: by then a worker may have let go of it, and the creator's payload
         // and result are no longer its to read.

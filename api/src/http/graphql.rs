@@ -442,14 +442,17 @@ fn set_request_id(response: &mut Response, request_id: &str) {
     }
 }
 
-/// The caller's `x-request-id` when it is short and printable, else a fresh one.
+/// The caller's `x-request-id` when it is short and printable, else a fresh one: a
+/// random UUID from the thread's user-space generator. Request ids are labels, not
+/// secrets, and asking the kernel for randomness on every request showed in the
+/// cached-read profile (docs/BENCHMARKS.md).
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid().simple().to_string())
 }
 
 #[cfg(test)]

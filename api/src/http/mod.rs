@@ -36,9 +36,28 @@ use tokio_util::sync::CancellationToken;
 use crate::{auth::JwtKeys, graphql::TaskwireSchema, kafka::Kafka, metrics::Metrics};
 use taskwire_store::Store;
 
-/// Everything the handlers share. Cheap to clone.
+/// Everything the handlers share: one pointer, so that the clones axum makes for every
+/// request and extractor cost one reference count, not one per field (which showed in
+/// the cached-read profile, docs/BENCHMARKS.md).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub(crate) fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+pub(crate) struct Shared {
     /// The executable schema.
     pub schema: TaskwireSchema,
     /// The repository.
@@ -71,9 +90,9 @@ pub(crate) struct AppState {
     pub shutdown: CancellationToken,
 }
 
-impl std::fmt::Debug for AppState {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("store", &self.store).field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Shared").field("store", &self.store).field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
