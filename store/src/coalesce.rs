@@ -18,8 +18,8 @@
 //! transitions keep up at all (every write transaction waits for the previous one); on
 //! MySQL it turns ~8 round trips and a commit per transition into a few statements per
 //! transition and one commit per batch. SQLite has one transition committer (it has one
-//! writer); MySQL has [`TRANSITION_COMMITTERS_MYSQL`](super::TRANSITION_COMMITTERS_MYSQL),
-//! so that one batch's statements run while another waits for its commit. A batch
+//! writer), and so has MySQL ([`TRANSITION_COMMITTERS_MYSQL`](super::TRANSITION_COMMITTERS_MYSQL)
+//! says why); other processes' committers still write beside it. A batch
 //! written all at once locks its task rows in id order, then the worker rows whose slots
 //! it frees in worker-id order, as an offer round made all at once does: such writers
 //! wait for each other's rows but do not deadlock. The paths that go one transition or
@@ -482,7 +482,8 @@ mod tests {
     }
 
     /// Two batches in flight at once (on MySQL, two transactions whose statements
-    /// interleave: what two committers do), completing tasks spread over shared workers.
+    /// interleave: what two processes' committers do), completing tasks spread over
+    /// shared workers.
     /// Every transition commits once, and every worker slot taken is freed once.
     async fn concurrent_batches_commit_every_transition_once(store: &Store) {
         let mut tasks = Vec::new();

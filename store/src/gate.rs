@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio::sync::MutexGuard;
 
 use super::Store;
@@ -76,14 +76,13 @@ impl Writing<'_> {
     /// At MySQL's default REPEATABLE READ a locking read or an `UPDATE` takes next-key
     /// locks on every row and gap it scans (InnoDB plans a multi-row update on a small
     /// table as a scan), which blocked concurrent task inserts into deadlocks; `SKIP
-    /// LOCKED` claims take no gap locks either. Every write of the callers is conditional
-    /// on a version read before it (or claims its rows with a lock), so the weaker
-    /// isolation loses nothing.
+    /// LOCKED` claims take no gap locks either. Every write of the store is conditional
+    /// on a version read before it, claims its rows with a lock, or is guarded by a
+    /// unique index, so the weaker isolation loses nothing. It is every MySQL
+    /// connection's session default (set when the pool opens it, `read_committed` in
+    /// `lib.rs`), so this is a plain `BEGIN`: the name says what the caller relies on.
     pub(crate) async fn begin_read_committed(&self) -> Result<DatabaseTransaction, DbErr> {
-        match self.db.get_database_backend() {
-            DbBackend::MySql => self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await,
-            _ => self.db.begin().await,
-        }
+        self.db.begin().await
     }
 }
 
@@ -157,5 +156,30 @@ mod tests {
         let Some(store) = crate::testing::mysql_test_store("mysql_has_no_gate").await else { return };
         let writing = store.write_lock(super::Writer::Create).await;
         assert!(writing._held.is_none(), "row locks serialise MySQL writers");
+    }
+
+    #[tokio::test]
+    async fn mysql_transactions_run_at_read_committed() {
+        use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+        let Some(store) = crate::testing::mysql_test_store("mysql_transactions_run_at_read_committed").await else {
+            return;
+        };
+        // Every pooled connection, not only the first: hold several at once.
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let txn = store.db.begin().await.expect("begin");
+            // MariaDB names the variable `tx_isolation`; MySQL 8 only `transaction_isolation`.
+            let mut level = None;
+            for variable in ["@@session.tx_isolation", "@@session.transaction_isolation"] {
+                let sql = format!("SELECT {variable} AS level");
+                let statement = Statement::from_string(txn.get_database_backend(), sql);
+                if let Ok(Some(row)) = txn.query_one_raw(statement).await {
+                    level = row.try_get::<String>("", "level").ok();
+                    break;
+                }
+            }
+            assert_eq!(level.as_deref(), Some("READ-COMMITTED"), "a plain BEGIN runs at READ COMMITTED");
+            open.push(txn);
+        }
     }
 }

@@ -88,6 +88,16 @@ pub use wal::run_checkpointer;
 
 use taskwire_domain::machine::Transition;
 
+/// Makes READ COMMITTED the isolation level of a new MySQL/MariaDB connection's
+/// transactions (see [`gate::Writing::begin_read_committed`] for why every transaction
+/// of the store runs at it). Set once per connection instead of with a `SET TRANSACTION`
+/// before each transaction: that was one statement in eleven under dispatch load
+/// (docs/BENCHMARKS.md).
+async fn read_committed(conn: &mut sea_orm::sqlx::MySqlConnection) -> Result<(), sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Executor;
+    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await.map(|_| ())
+}
+
 /// Counters about the database traffic of this process.
 #[derive(Debug, Default)]
 pub struct DbStats {
@@ -230,13 +240,19 @@ pub fn is_mysql_url(url: &str) -> bool {
 /// second after its last use fails one statement, and the pool then replaces it.
 pub(crate) const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// Transition committers on MySQL/MariaDB (SQLite has one: it has one writer). Two
-/// batches in flight overlap one's commit (the redo-log flush) and round trips with the
-/// other's statements. A batch written all at once locks its task rows, then its worker
-/// rows, each in id order, so two such batches wait for each other but do not deadlock;
-/// the rarer paths that go one transition or offer at a time can, and InnoDB then rolls
-/// one side back and a batch is run again (see `coalesce`).
-pub(crate) const TRANSITION_COMMITTERS_MYSQL: usize = 2;
+/// Transition committers on MySQL/MariaDB (SQLite has one: it has one writer). One: while
+/// its batch commits, the next workers' calls queue up and go together in the next batch,
+/// so batches grow with load. A second committer overlapped one batch's commit with the
+/// other's statements, but under dispatch load it mostly took the calls that arrived
+/// during the first one's commit as batches of one: at 500 tasks/s one committer made
+/// about a tenth fewer transactions and statements per task and cost MariaDB about a
+/// tenth less CPU per task, at the same latency (docs/BENCHMARKS.md). Transitions come
+/// from a bounded number of workers' calls, not from a closed loop of clients, so the
+/// second committer's extra throughput was not needed. A batch written all at once
+/// locks its task rows, then its worker rows, each in id order; the rarer paths that go
+/// one transition or offer at a time can deadlock with it, and InnoDB then rolls one
+/// side back and the batch is run again (see `coalesce`).
+pub(crate) const TRANSITION_COMMITTERS_MYSQL: usize = 1;
 
 /// Create committers on MySQL/MariaDB, at most (and at most one per two pooled
 /// connections; SQLite has one). Two are enough to overlap one batch's commit with the
@@ -275,6 +291,7 @@ impl Store {
             let cache = settings.statement_cache;
             options
                 .map_sqlx_mysql_opts(move |o| o.statement_cache_capacity(cache))
+                .map_sqlx_mysql_pool_opts(|pool| pool.after_connect(|conn, _| Box::pin(read_committed(conn))))
                 .test_before_acquire_if_idle_for(MYSQL_PING_IF_IDLE_FOR);
         }
         let stats = Arc::new(DbStats::default());

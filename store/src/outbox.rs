@@ -6,8 +6,8 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect,
-    Statement, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    TransactionTrait, Value,
     sea_query::{LockBehavior, LockType},
 };
 use taskwire_entity::outbox;
@@ -67,9 +67,10 @@ impl Store {
     {
         let pending = outbox::Entity::find().order_by_asc(outbox::Column::Id).limit(limit);
         if self.backend() == DbBackend::MySql {
-            // READ COMMITTED: the locking read takes record locks only, no gap locks, so
-            // task transactions keep inserting new outbox rows while this batch is out.
-            let txn = self.db.begin_with_config(Some(IsolationLevel::ReadCommitted), None).await?;
+            // READ COMMITTED (every connection's session default, see `gate`): the locking
+            // read takes record locks only, no gap locks, so task transactions keep
+            // inserting new outbox rows while this batch is out.
+            let txn = self.db.begin().await?;
             let rows = pending.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked).all(&txn).await?;
             let count = rows.len();
             if count > 0 {
