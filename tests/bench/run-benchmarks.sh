@@ -9,7 +9,8 @@
 # `real` needs MariaDB on 127.0.0.1:3306 (root, no password), Redis on 6379 and a
 # Kafka-compatible broker on 9092 (see .ci/run). Rate limits are off: the load generator
 # drives one subject hard on purpose. Results: one line per scenario on stdout, JSON in
-# $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json (or $TASKWIRE_BENCH_OUT/…).
+# $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json (or $TASKWIRE_BENCH_OUT/…). `dispatch`
+# creates TASKWIRE_BENCH_RATE tasks/s (default 500).
 #
 #   tests/bench/run-benchmarks.sh cluster [N…]
 #
@@ -197,7 +198,7 @@ for scenario in "${scenarios[@]}"; do
     query-uniform) lg query --connections 64 --duration 15 --distribution uniform --working-set 10000 --out "$json" ;;
     create) lg create --connections 64 --duration 15 --out "$json" ;;
     create-batch) lg create --connections 16 --duration 15 --batch 50 --out "$json" ;;
-    dispatch) lg dispatch --workers 50 --capacity 4 --rate 500 --connections 32 --duration 20 --out "$json" ;;
+    dispatch) lg dispatch --workers 50 --capacity 4 --rate "${TASKWIRE_BENCH_RATE:-500}" --connections 32 --duration 20 --out "$json" ;;
     fanout) lg fanout --subscribers 1000 --events 100 --rate 20 --pid "$server_pid" --out "$json" ;;
     fanout-10k) lg fanout --subscribers 10000 --events 20 --rate 5 --pid "$server_pid" --out "$json" ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
