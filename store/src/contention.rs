@@ -35,7 +35,13 @@ pub enum ConflictPath {
     Worker,
 }
 
+/// The `outcome` label values of `db_lock_conflicts_total`.
+pub(crate) const OUTCOMES: [&str; 2] = ["retried", "exhausted"];
+
 impl ConflictPath {
+    /// The `path` label value of every path.
+    pub(crate) const LABELS: [&'static str; 4] = ["offer", "transition", "sweep", "worker"];
+
     fn label(self) -> &'static str {
         match self {
             ConflictPath::Offer => "offer",
@@ -68,11 +74,11 @@ impl Store {
             match attempt().await {
                 Err(StoreError::LockConflict) if retry + 1 < LOCK_CONFLICT_ATTEMPTS => {
                     retry += 1;
-                    self.count_lock_conflict(path, "retried");
+                    self.count_lock_conflict(path, OUTCOMES[0]);
                     tokio::time::sleep(backoff(retry)).await;
                 }
                 Err(StoreError::LockConflict) => {
-                    self.count_lock_conflict(path, "exhausted");
+                    self.count_lock_conflict(path, OUTCOMES[1]);
                     tracing::warn!(
                         path = path.label(),
                         attempts = LOCK_CONFLICT_ATTEMPTS,
@@ -153,5 +159,18 @@ mod tests {
             .await;
         assert!(matches!(other, Err(StoreError::Unavailable)));
         assert_eq!(calls.load(Ordering::Relaxed), 1, "other errors are not retried");
+    }
+
+    #[test]
+    fn every_path_and_outcome_is_exported_at_zero_from_the_start() {
+        let paths = [ConflictPath::Offer, ConflictPath::Transition, ConflictPath::Sweep, ConflictPath::Worker];
+        assert_eq!(paths.map(ConflictPath::label), ConflictPath::LABELS, "LABELS names every path, in order");
+        let text = TestMetrics::new().render();
+        for path in ConflictPath::LABELS {
+            for outcome in OUTCOMES {
+                let series = format!("taskwire_db_lock_conflicts_total{{outcome=\"{outcome}\",path=\"{path}\"}} 0");
+                assert!(text.contains(&series), "{series} in {text}");
+            }
+        }
     }
 }

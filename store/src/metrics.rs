@@ -51,7 +51,7 @@ impl StoreMetrics {
         let seconds_vec = |name: &str, help: &str, labels: &[&str]| {
             register(registry, name, CounterVec::new(Opts::new(name, help), labels))
         };
-        StoreMetrics {
+        let metrics = StoreMetrics {
             db_lock_conflicts: counter_vec(
                 "db_lock_conflicts_total",
                 "MySQL deadlocks and lock-wait time-outs met by the store's writers",
@@ -102,7 +102,15 @@ impl StoreMetrics {
                 "sqlite_wal_frames",
                 IntGauge::new("sqlite_wal_frames", "Frames in SQLite's WAL at its last checkpoint"),
             ),
+        };
+        // Every path and outcome from the start, at 0: "no conflict yet" reads as 0 on a
+        // dashboard and in the cluster benchmark, not as a missing series.
+        for path in crate::contention::ConflictPath::LABELS {
+            for outcome in crate::contention::OUTCOMES {
+                metrics.db_lock_conflicts.with_label_values(&[path, outcome]);
+            }
         }
+        metrics
     }
 }
 
