@@ -230,6 +230,10 @@ impl Store {
                 outcomes[i] = OfferOutcome::WorkerUnavailable;
             }
         }
+        // In the matcher's order (priority first), not the task-id order the rows were
+        // locked in: the events, and so the offers a worker receives, follow it.
+        let mut made = made;
+        made.sort_by_key(|(i, _)| *i);
         for (i, outcome) in made {
             if let (OfferOutcome::Offered(_), Some((before, transition))) = (&outcome, &planned[i]) {
                 changes.push((before.clone(), transition.clone(), offers[i].traceparent.as_deref()));
@@ -768,6 +772,37 @@ mod tests {
         assert_eq!(store.events_after(tasks[2].id, 0, 10).await.expect("events").len(), 1, "no event for it");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 1, "exactly one slot reserved");
+    }
+
+    /// The offers of one round are announced (events, listeners, and so the offers a
+    /// worker receives) in the matcher's order, which puts higher priorities first, not
+    /// in the task-id order their rows are locked in.
+    #[tokio::test]
+    async fn offers_are_announced_in_the_order_planned_not_the_lock_order() {
+        #[derive(Debug, Default)]
+        struct Heard(std::sync::Mutex<Vec<TaskId>>);
+        impl crate::CommitListener for Heard {
+            fn committed(&self, change: &machine::Transition, _: Option<&str>) {
+                if change.task.status == TaskStatus::Assigned {
+                    self.0.lock().expect("not poisoned").push(change.task.id);
+                }
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let (tasks, mut offers) = workers_and_offers(&store, 1, 4, 4).await;
+        // Planned against id order, as a priority order can be.
+        offers.sort_by_key(|offer| std::cmp::Reverse(offer.id));
+        let heard = std::sync::Arc::new(Heard::default());
+        store.subscribe(heard.clone());
+
+        let outcomes =
+            store.offer_many(&offers, &[], Utc::now() + chrono::Duration::seconds(10)).await.expect("offers").outcomes;
+
+        assert!(outcomes.iter().all(|o| matches!(o, OfferOutcome::Offered(_))), "{outcomes:?}");
+        let planned: Vec<TaskId> = offers.iter().map(|offer| offer.id).collect();
+        assert_ne!(planned, tasks.iter().map(|t| t.id).collect::<Vec<_>>(), "the plan is not in id order");
+        assert_eq!(*heard.0.lock().expect("not poisoned"), planned, "announced as planned");
     }
 
     /// Workers `w1` … `w<workers>` (each of `capacity`) on `store`, and `n` queued tasks,
