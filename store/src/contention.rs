@@ -35,14 +35,19 @@ pub enum ConflictPath {
     Worker,
 }
 
-/// The `outcome` label values of `db_lock_conflicts_total`.
-pub(crate) const OUTCOMES: [&str; 2] = ["retried", "exhausted"];
+/// `outcome` of a conflict that was run again.
+const RETRIED: &str = "retried";
+/// `outcome` of a conflict met on every attempt (the caller got it).
+const EXHAUSTED: &str = "exhausted";
+/// Every `outcome` label value of `db_lock_conflicts_total`.
+pub(crate) const OUTCOMES: [&str; 2] = [RETRIED, EXHAUSTED];
 
 impl ConflictPath {
-    /// The `path` label value of every path.
-    pub(crate) const LABELS: [&'static str; 4] = ["offer", "transition", "sweep", "worker"];
+    /// Every path, for series that must exist before the first conflict.
+    pub(crate) const ALL: [ConflictPath; 4] =
+        [ConflictPath::Offer, ConflictPath::Transition, ConflictPath::Sweep, ConflictPath::Worker];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ConflictPath::Offer => "offer",
             ConflictPath::Transition => "transition",
@@ -74,11 +79,11 @@ impl Store {
             match attempt().await {
                 Err(StoreError::LockConflict) if retry + 1 < LOCK_CONFLICT_ATTEMPTS => {
                     retry += 1;
-                    self.count_lock_conflict(path, OUTCOMES[0]);
+                    self.count_lock_conflict(path, RETRIED);
                     tokio::time::sleep(backoff(retry)).await;
                 }
                 Err(StoreError::LockConflict) => {
-                    self.count_lock_conflict(path, OUTCOMES[1]);
+                    self.count_lock_conflict(path, EXHAUSTED);
                     tracing::warn!(
                         path = path.label(),
                         attempts = LOCK_CONFLICT_ATTEMPTS,
@@ -163,10 +168,10 @@ mod tests {
 
     #[test]
     fn every_path_and_outcome_is_exported_at_zero_from_the_start() {
-        let paths = [ConflictPath::Offer, ConflictPath::Transition, ConflictPath::Sweep, ConflictPath::Worker];
-        assert_eq!(paths.map(ConflictPath::label), ConflictPath::LABELS, "LABELS names every path, in order");
+        let labels = ConflictPath::ALL.map(ConflictPath::label);
+        assert_eq!(labels, ["offer", "transition", "sweep", "worker"], "ALL names every path, in order");
         let text = TestMetrics::new().render();
-        for path in ConflictPath::LABELS {
+        for path in labels {
             for outcome in OUTCOMES {
                 let series = format!("taskwire_db_lock_conflicts_total{{outcome=\"{outcome}\",path=\"{path}\"}} 0");
                 assert!(text.contains(&series), "{series} in {text}");

@@ -105,9 +105,9 @@ impl StoreMetrics {
         };
         // Every path and outcome from the start, at 0: "no conflict yet" reads as 0 on a
         // dashboard and in the cluster benchmark, not as a missing series.
-        for path in crate::contention::ConflictPath::LABELS {
+        for path in crate::contention::ConflictPath::ALL {
             for outcome in crate::contention::OUTCOMES {
-                metrics.db_lock_conflicts.with_label_values(&[path, outcome]);
+                metrics.db_lock_conflicts.with_label_values(&[path.label(), outcome]);
             }
         }
         metrics
