@@ -1,23 +1,28 @@
 //! Identifiers.
 //!
 //! Task ids are UUIDv7: time-ordered (so listing by id is listing by creation time and
-//! B-tree inserts stay append-mostly) and unguessable (74 random bits), never sequential.
+//! B-tree inserts stay append-mostly) and unguessable, never sequential. Within one
+//! millisecond the ids one process makes still follow the order they were made in: the
+//! 42 bits after the time are a counter reseeded at random every millisecond and counted
+//! up within it (RFC 9562's monotonic method), and the last 32 bits stay random. Ids of
+//! different processes within one millisecond sort in no particular order.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Mutex};
 
 use chrono::{DateTime, Utc};
 use rand::RngCore;
-use uuid::Uuid;
+use uuid::{ContextV7, Uuid};
 
 /// The opaque identifier of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(Uuid);
 
 impl TaskId {
-    /// A fresh id whose time prefix is `now`.
+    /// A fresh id whose time prefix is `now`, after every id this process made before
+    /// for the same millisecond.
     pub fn generate(now: DateTime<Utc>) -> Self {
-        let ts =
-            uuid::Timestamp::from_unix(uuid::NoContext, now.timestamp().max(0) as u64, now.timestamp_subsec_nanos());
+        static CONTEXT: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+        let ts = uuid::Timestamp::from_unix(&CONTEXT, now.timestamp().max(0) as u64, now.timestamp_subsec_nanos());
         TaskId(Uuid::new_v7(ts))
     }
 
@@ -84,6 +89,14 @@ mod tests {
         let later = TaskId::generate(DateTime::from_timestamp(1_700_000_001, 0).unwrap_or_default());
         assert!(earlier < later);
         assert!(earlier.to_string() < later.to_string(), "string order matches time order");
+    }
+
+    #[test]
+    fn task_ids_made_in_one_millisecond_follow_the_order_they_were_made_in() {
+        let now = Utc::now();
+        let ids: Vec<TaskId> = (0..1_000).map(|_| TaskId::generate(now)).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "strictly increasing");
+        assert!(ids.iter().all(|id| id.as_uuid().get_version_num() == 7));
     }
 
     #[test]
