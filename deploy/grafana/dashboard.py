@@ -343,6 +343,22 @@ ROWS = [
                 unit="percentunit",
                 minimum=0,
             ),
+            timeseries(
+                "Write transactions per second by writer",
+                "taskwire_db_writes_total by writer (create, transition, offer, relay, sweep, worker, admin), "
+                "on both backends, and MySQL lock conflicts (taskwire_db_lock_conflicts_total) by outcome. "
+                "Divided by creates per second this is what a task costs the database: batches grow with "
+                "load, so transactions per task fall as the rate rises (docs/BENCHMARKS.md).",
+                [
+                    (f"sum by (writer) (rate(taskwire_db_writes_total{sel()}[{RATE}]))", "{{writer}}"),
+                    (
+                        f"sum by (outcome) (rate(taskwire_db_lock_conflicts_total{sel()}[{RATE}]))",
+                        "lock conflicts {{outcome}}",
+                    ),
+                ],
+                unit="ops",
+                stack=False,
+            ),
         ],
     ),
 ]

@@ -35,6 +35,17 @@ pub(crate) enum Writer {
 }
 
 impl Writer {
+    /// Every writer, for series that exist from the start.
+    pub(crate) const ALL: [Writer; 7] = [
+        Writer::Create,
+        Writer::Transition,
+        Writer::Offer,
+        Writer::Sweep,
+        Writer::Worker,
+        Writer::Admin,
+        Writer::Relay,
+    ];
+
     /// The metrics label.
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -97,6 +108,7 @@ impl Drop for Writing<'_> {
 impl Store {
     /// Takes the right to write for `writer`: on SQLite waits for the gate.
     pub(crate) async fn write_lock(&self, writer: Writer) -> Writing<'_> {
+        self.count_write(writer);
         let since = Instant::now();
         let Some(gate) = &self.write_gate else {
             return Writing { db: &self.db, _held: None, since, observed: None };
@@ -109,6 +121,13 @@ impl Store {
             metrics.wait.with_label_values(&[writer.label()]).inc_by((now - since).as_secs_f64());
         }
         Writing { db: &self.writer, _held: Some(held), since: now, observed }
+    }
+
+    /// Counts one write transaction of `writer` (`db_writes_total`).
+    pub(crate) fn count_write(&self, writer: Writer) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.db_writes.with_label_values(&[writer.label()]).inc();
+        }
     }
 
     /// Counts the write gate's use, lock conflicts and offers held back by queue limits
@@ -147,15 +166,23 @@ mod tests {
         assert!(gate.held.with_label_values(&["relay"]).get() >= 0.03, "the first writer held it ≥ 30 ms");
         assert!(gate.wait.with_label_values(&["offer"]).get() >= 0.02, "the second writer waited for it");
         assert_eq!(gate.acquired.with_label_values(&["create"]).get(), 0);
+        let writes = &metrics.store.db_writes;
+        assert_eq!(writes.with_label_values(&["relay"]).get(), 1);
+        assert_eq!(writes.with_label_values(&["offer"]).get(), 1);
         let text = metrics.render();
+        assert!(text.contains("taskwire_db_writes_total{writer=\"create\"} 0"), "every writer's series exists: {text}");
         assert!(text.contains("taskwire_sqlite_write_gate_held_seconds_total{writer=\"relay\"}"), "{text}");
     }
 
     #[tokio::test]
     async fn mysql_has_no_gate() {
         let Some(store) = crate::testing::mysql_test_store("mysql_has_no_gate").await else { return };
+        let metrics = TestMetrics::new();
+        store.observe(metrics.store.clone());
         let writing = store.write_lock(super::Writer::Create).await;
         assert!(writing._held.is_none(), "row locks serialise MySQL writers");
+        // Write transactions are counted on MySQL too: they are what a task costs.
+        assert_eq!(metrics.store.db_writes.with_label_values(&["create"]).get(), 1);
     }
 
     #[tokio::test]

@@ -10,6 +10,11 @@ pub struct StoreMetrics {
     /// (`offer`, `transition`, `sweep`, `worker`) and outcome (`retried`; `exhausted`
     /// when every retry lost too and the caller got a conflict).
     pub db_lock_conflicts: IntCounterVec,
+    /// Write transactions begun, by writer (`create`, `transition`, `offer`, `sweep`,
+    /// `worker`, `admin`, `relay`), on either backend. Against the tasks created it tells
+    /// how well writes are batched: transactions per task is what a task costs the
+    /// database most (docs/BENCHMARKS.md).
+    pub db_writes: IntCounterVec,
     /// Offers a queue's global limits held back in the offer transaction, by limit
     /// (`concurrency`, `rate`).
     pub dispatch_queue_limited: IntCounterVec,
@@ -57,6 +62,7 @@ impl StoreMetrics {
                 "MySQL deadlocks and lock-wait time-outs met by the store's writers",
                 &["path", "outcome"],
             ),
+            db_writes: counter_vec("db_writes_total", "Write transactions begun, by writer", &["writer"]),
             dispatch_queue_limited: counter_vec(
                 "dispatch_queue_limited_total",
                 "Offers held back by a queue's global limits in the offer transaction",
@@ -109,6 +115,9 @@ impl StoreMetrics {
             for outcome in crate::contention::OUTCOMES {
                 metrics.db_lock_conflicts.with_label_values(&[path.label(), outcome]);
             }
+        }
+        for writer in crate::gate::Writer::ALL {
+            metrics.db_writes.with_label_values(&[writer.label()]);
         }
         metrics
     }

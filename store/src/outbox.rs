@@ -70,6 +70,7 @@ impl Store {
             // READ COMMITTED (every connection's session default, see `gate`): the locking
             // read takes record locks only, no gap locks, so task transactions keep
             // inserting new outbox rows while this batch is out.
+            self.count_write(Writer::Relay);
             let txn = self.db.begin().await?;
             let rows = pending.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked).all(&txn).await?;
             let count = rows.len();

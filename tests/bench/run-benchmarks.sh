@@ -25,7 +25,7 @@
 # mariadbd and tansu (from /proc/<pid>/stat), InnoDB deadlocks (`Innodb_deadlocks`, a
 # server-wide counter: anything else using this MariaDB adds to it) and lock-conflict
 # retries (`taskwire_db_lock_conflicts_total` summed over processes, when the build has
-# it) per 10,000 tasks. JSON in <out>/cluster-<N>-dispatch.json, the line in
+# it) per 10,000 tasks, and write transactions per task by writer (`taskwire_db_writes_total`). JSON in <out>/cluster-<N>-dispatch.json, the line in
 # <out>/cluster-<N>.txt, each process's /metrics in <out>/cluster-<N>-<I>.metrics.
 set -euo pipefail
 
@@ -60,13 +60,31 @@ lock_conflicts() { # lock_conflicts FILES…
   awk '/^taskwire_db_lock_conflicts_total[{ ]/ { seen = 1; sum += $NF } END { print seen ? sum : "-" }' "$@"
 }
 
+# Write transactions per created task, by writer, summed over the cluster's processes:
+# `taskwire_db_writes_total` in the /metrics saved as AFTER and BEFORE files (one pair per
+# process), divided by TASKS; `-` when the build does not count them.
+writes_per_task() { # writes_per_task TASKS FILE_AFTER FILE_BEFORE…
+  local tasks=$1; shift
+  awk -v tasks="$tasks" '
+    /^taskwire_db_writes_total[{]/ {
+      match($0, /writer="[a-z]+"/); w = substr($0, RSTART + 8, RLENGTH - 9)
+      seen = 1; sum[w] += (FILENAME ~ /before$/ ? -$NF : $NF)
+    }
+    END {
+      if (!seen) { print "-"; exit }
+      n = split("create transition offer relay sweep worker admin", order, " ")
+      for (i = 1; i <= n; i++) { total += sum[order[i]]; out = out sprintf("%s %.2f, ", order[i], sum[order[i]] / tasks) }
+      printf "%stotal %.2f\n", out, total / tasks
+    }' "$@"
+}
+
 innodb_deadlocks() { bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'" | awk '{ print $2 }'; }
 
 cluster_bench() { # cluster_bench N…
   local rate=${TASKWIRE_BENCH_RATE:-500} seconds=${TASKWIRE_BENCH_SECONDS:-20} observers=${TASKWIRE_BENCH_OBSERVERS:-3}
   local n i pid urls pids json line metrics_before metrics_after
   local servers_before servers_after mariadb_before mariadb_after tansu_before tansu_after
-  local deadlocks_before deadlocks_after conflicts_before conflicts_after
+  local deadlocks_before deadlocks_after conflicts_before conflicts_after writes
   export TASKWIRE_BENCH_BIN="$bin" TASKWIRE_CLUSTER_SECRET="$secret"
   trap 'tests/bench/cluster.sh stop' EXIT
   for n in "$@"; do
@@ -93,6 +111,7 @@ cluster_bench() { # cluster_bench N…
     "$bin/loadgen" dispatch --url "$urls" --secret "$secret" --workers 50 --capacity 4 --rate "$rate" \
       --observers "$observers" --connections 32 --duration "$seconds" --out "$json" >"$out/cluster-$n-loadgen.txt"
     snapshot after
+    writes=$(writes_per_task "$(jq .tasks.created "$json")" "$out"/cluster-"$n"-*.metrics.after "$out"/cluster-"$n"-*.metrics.before)
     for i in $(seq "$n"); do mv "$out/cluster-$n-$i.metrics.after" "$out/cluster-$n-$i.metrics"; done
     rm -f "$out"/cluster-"$n"-*.metrics.before
     line=$(jq -r --argjson n "$n" --arg rate "$rate" --arg seconds "$seconds" \
@@ -100,6 +119,7 @@ cluster_bench() { # cluster_bench N…
       --argjson mariadb "$(awk -v a="$mariadb_after" -v b="$mariadb_before" 'BEGIN { print a - b }')" \
       --argjson tansu "$(awk -v a="$tansu_after" -v b="$tansu_before" 'BEGIN { print a - b }')" \
       --argjson deadlocks "$((deadlocks_after - deadlocks_before))" \
+      --arg writes "$writes" \
       --arg conflicts "$([ "$conflicts_after" = - ] && echo - || awk -v a="$conflicts_after" -v b="${conflicts_before/-/0}" 'BEGIN { print a - b }')" \
       '.tasks.created as $t | ($t | if . > 0 then . else 1 end) as $d
        | def ms: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
@@ -109,7 +129,7 @@ cluster_bench() { # cluster_bench N…
        + "CPU ms/task: servers \($servers * 1000 / $d | ms2), mariadbd \($mariadb * 1000 / $d | ms2), tansu \($tansu * 1000 / $d | ms2); "
        + "per 10k tasks: InnoDB deadlocks \($deadlocks * 10000 / $d | ms), lock-conflict retries "
        + (if $conflicts == "-" then "- (no taskwire_db_lock_conflicts_total)" else ($conflicts | tonumber) * 10000 / $d | ms end)
-       + "; errors \(.errors | tostring)"' "$json")
+       + "; write transactions per task: \($writes); errors \(.errors | tostring)"' "$json")
     echo "$line" | tee "$out/cluster-$n.txt"
     tests/bench/cluster.sh stop
   done
