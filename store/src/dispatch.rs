@@ -107,6 +107,42 @@ pub enum Due {
     HeldByOfflineWorkers,
 }
 
+/// The index the matcher's read of its workers goes through (migration
+/// `m20261207_000007_workers_dispatcher_index`).
+const WORKERS_DISPATCHER_INDEX: &str = "idx_workers_status_connected";
+
+/// `ONLINE` workers seen since `cutoff` with free capacity that `dispatcher` may offer to:
+/// those whose stream it holds and those no dispatcher holds, in id order.
+///
+/// The query names `(status, connected_to)` as its index (`FORCE INDEX` on MySQL; SQLite
+/// ignores the hint and picks its own plan): MariaDB's optimizer otherwise walks the
+/// primary key for the `ORDER BY id` and examines every worker of every process, so a
+/// round's cost grows with the whole fleet instead of this process's share of it.
+fn available_workers_query(cutoff: DateTime<Utc>, dispatcher: &str) -> sea_orm::Select<worker::Entity> {
+    use sea_orm::{
+        QueryTrait,
+        sea_query::{
+            Alias,
+            extension::mysql::{IndexHintScope, MySqlSelectStatementExt},
+        },
+    };
+    let mut select = worker::Entity::find()
+        .filter(worker::Column::Status.eq(WorkerStatus::Online.as_str()))
+        .filter(
+            Condition::any().add(worker::Column::ConnectedTo.eq(dispatcher)).add(worker::Column::ConnectedTo.is_null()),
+        )
+        .filter(worker::Column::LastSeenAt.gte(convert::to_ms(cutoff)))
+        .filter(Expr::col(worker::Column::Active).lt(Expr::col(worker::Column::Capacity)))
+        .order_by_asc(worker::Column::Id)
+        .limit(10_000);
+    MySqlSelectStatementExt::force_index(
+        QueryTrait::query(&mut select),
+        Alias::new(WORKERS_DISPATCHER_INDEX),
+        IndexHintScope::All,
+    );
+    select
+}
+
 impl Store {
     /// Makes `offers` (each task to its worker, until `expires_at`, under a new lease
     /// token) in one transaction, and answers one outcome per offer, in order.
@@ -455,19 +491,7 @@ impl Store {
     /// dispatcher is that dispatcher's alone, so two never plan against one worker's
     /// capacity.
     pub async fn available_workers(&self, cutoff: DateTime<Utc>, dispatcher: &str) -> StoreResult<Vec<WorkerRecord>> {
-        let rows = worker::Entity::find()
-            .filter(worker::Column::Status.eq(WorkerStatus::Online.as_str()))
-            .filter(
-                Condition::any()
-                    .add(worker::Column::ConnectedTo.eq(dispatcher))
-                    .add(worker::Column::ConnectedTo.is_null()),
-            )
-            .filter(worker::Column::LastSeenAt.gte(convert::to_ms(cutoff)))
-            .filter(Expr::col(worker::Column::Active).lt(Expr::col(worker::Column::Capacity)))
-            .order_by_asc(worker::Column::Id)
-            .limit(10_000)
-            .all(&self.db)
-            .await?;
+        let rows = available_workers_query(cutoff, dispatcher).all(&self.db).await?;
         rows.into_iter().map(convert::worker_from_row).collect()
     }
 
@@ -1087,4 +1111,41 @@ mod tests {
         a_dispatcher_sees_its_own_and_unheld_workers_on_sqlite,
         a_dispatcher_sees_its_own_and_unheld_workers_on_mysql
     );
+
+    /// A matcher's read of its workers goes through `(status, connected_to)`, reading its
+    /// own and the unheld workers, not every worker of every process.
+    #[tokio::test]
+    async fn a_dispatchers_read_of_its_workers_uses_the_dispatcher_index_on_mysql() {
+        use sea_orm::{ConnectionTrait, QueryTrait, Statement};
+        assert_eq!(WORKERS_DISPATCHER_INDEX, taskwire_migration::WORKERS_DISPATCHER_INDEX);
+        let Some(store) =
+            crate::testing::mysql_test_store("a_dispatchers_read_of_its_workers_uses_the_dispatcher_index_on_mysql")
+                .await
+        else {
+            return;
+        };
+        // 200 workers held by 4 dispatchers: enough that, unhinted, MariaDB walks the
+        // primary key for the `ORDER BY id` (all 200) rather than reading d1's 50.
+        let rows: Vec<String> = (0..200)
+            .map(|i| format!("('w{i:03}', 'n', '[\"q\"]', 4, 0, 'ONLINE', 1000, 1, 0, 0, 'd{}')", i % 4))
+            .collect();
+        let insert = format!(
+            "INSERT INTO workers (id, name, queues, capacity, active, status, last_seen_at, version, created_at, \
+             updated_at, connected_to) VALUES {}",
+            rows.join(", ")
+        );
+        store.connection().execute_unprepared(&insert).await.expect("workers");
+        store.connection().execute_unprepared("ANALYZE TABLE workers").await.expect("statistics");
+        let query = available_workers_query(Utc::now(), "d1").build(sea_orm::DbBackend::MySql);
+        let explain = Statement::from_sql_and_values(
+            sea_orm::DbBackend::MySql,
+            format!("EXPLAIN {}", query.sql),
+            query.values.map(|v| v.0).unwrap_or_default(),
+        );
+        let plan = store.connection().query_one_raw(explain).await.expect("explain").expect("a plan row");
+        let key: Option<String> = plan.try_get("", "key").expect("the key column");
+        let access: String = plan.try_get("", "type").expect("the type column");
+        assert_eq!(key.as_deref(), Some(WORKERS_DISPATCHER_INDEX), "{}", query.sql);
+        assert_eq!(access, "ref_or_null", "its own workers and the unheld ones, by key");
+    }
 }
