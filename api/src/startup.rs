@@ -41,6 +41,18 @@ pub enum StartupError {
     /// The database could not be reached or migrated.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// Migrations are off (`TASKWIRE_MIGRATE=false`) and the database lacks some of this
+    /// release's: its queries would fail (some name the indexes those migrations add).
+    #[error(
+        "database: {pending} migration(s) of this release are not applied (the first: {first}); run \
+         `taskwire migrate up`, or start one process with TASKWIRE_MIGRATE=true"
+    )]
+    SchemaBehind {
+        /// How many are missing.
+        pending: usize,
+        /// The oldest missing one.
+        first: String,
+    },
     /// The listener could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -129,15 +141,38 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// Brings the schema up to this release, or with `migrate` off checks that it is.
+///
+/// A schema newer than this binary (migrations of a later release applied: an older
+/// process restarting during a rolling upgrade) is served as it is, whatever `migrate`
+/// says: later releases only add to the schema, and running this release's migrations
+/// against it would fail on the ones it does not know. A schema older than the binary
+/// with migrations off refuses to start: some queries name the indexes its migrations add.
+async fn prepare_schema(db: &sea_orm::DatabaseConnection, migrate: bool) -> Result<(), StartupError> {
+    let pending = match Migrator::get_pending_migrations_read_only(db).await {
+        Ok(pending) => pending,
+        // sea-orm-migration's words for a migration applied in the database that this
+        // binary does not have (a test pins them).
+        Err(sea_orm::DbErr::Custom(message)) if message.contains("has been applied but its file is missing") => {
+            tracing::warn!(%message, "the database has migrations of a later release; serving it as it is");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match pending.first() {
+        None => Ok(()),
+        Some(_) if migrate => Ok(Migrator::up(db, None).await?),
+        Some(first) => Err(StartupError::SchemaBehind { pending: pending.len(), first: first.name().to_owned() }),
+    }
+}
+
 impl Application {
     /// Connects, migrates (unless disabled), loads keys and binds the listener.
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         config.check_serving()?;
         let keys = JwtKeys::load(&config.jwt, &config.data_dir)?;
         let store = Store::connect(&config.database, Topics::new(&config.kafka.topic_prefix)).await?;
-        if config.migrate {
-            Migrator::up(store.connection(), None).await?;
-        }
+        prepare_schema(store.connection(), config.migrate).await?;
         let redis =
             config.redis_target.as_ref().map(|target| RedisClient::open(target, config.redis.timeout)).transpose()?;
         let metrics = Metrics::new();
@@ -357,5 +392,42 @@ mod tests {
         let other =
             kafka_step(&settings, "a step", async { Err::<(), _>(KafkaError::AdminOp(RDKafkaErrorCode::Fail)) });
         assert!(matches!(other.await, Err(StartupError::Kafka(_))), "other errors stay themselves");
+    }
+
+    /// An empty database is migrated; with migrations off, a schema older than the binary
+    /// stops start-up with a clear error; a schema newer than the binary (an older process
+    /// in a rolling upgrade) starts whether migrations are on or off.
+    #[tokio::test]
+    async fn the_schema_is_migrated_checked_or_left_newer() {
+        use sea_orm::{ConnectionTrait, Database};
+        use sea_orm_migration::MigratorTrait;
+
+        let db = Database::connect("sqlite::memory:").await.expect("sqlite");
+        match prepare_schema(&db, false).await {
+            Err(StartupError::SchemaBehind { pending, first }) => {
+                assert_eq!(pending, Migrator::migrations().len());
+                assert!(first.contains("initial_schema"), "{first}");
+            }
+            other => panic!("an empty database with migrations off refuses, not {other:?}"),
+        }
+        prepare_schema(&db, true).await.expect("migrated");
+        prepare_schema(&db, false).await.expect("a migrated database is current");
+
+        Migrator::down(&db, Some(1)).await.expect("the newest migration undone");
+        match prepare_schema(&db, false).await {
+            Err(StartupError::SchemaBehind { pending: 1, first }) => {
+                assert!(first.contains("workers_dispatcher_index"), "{first}")
+            }
+            other => panic!("refused for one pending migration, not {other:?}"),
+        }
+        prepare_schema(&db, true).await.expect("migrated again");
+
+        db.execute_unprepared(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000099_future', 0)",
+        )
+        .await
+        .expect("a migration of a later release");
+        prepare_schema(&db, false).await.expect("a newer schema starts with migrations off");
+        prepare_schema(&db, true).await.expect("and with migrations on");
     }
 }
