@@ -1124,8 +1124,8 @@ mod tests {
         else {
             return;
         };
-        // 200 workers held by 4 dispatchers: enough that, unhinted, MariaDB walks the
-        // primary key for the `ORDER BY id` (all 200) rather than reading d1's 50.
+        // 200 workers held by 4 dispatchers: enough that, unhinted, MariaDB reads all 200
+        // (through the primary key or `(status, last_seen_at)`) rather than d1's 50.
         let rows: Vec<String> = (0..200)
             .map(|i| format!("('w{i:03}', 'n', '[\"q\"]', 4, 0, 'ONLINE', 1000, 1, 0, 0, 'd{}')", i % 4))
             .collect();
