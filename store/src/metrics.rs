@@ -10,10 +10,13 @@ pub struct StoreMetrics {
     /// (`offer`, `transition`, `sweep`, `worker`) and outcome (`retried`; `exhausted`
     /// when every retry lost too and the caller got a conflict).
     pub db_lock_conflicts: IntCounterVec,
-    /// Write transactions begun, by writer (`create`, `transition`, `offer`, `sweep`,
-    /// `worker`, `admin`, `relay`), on either backend. Against the tasks created it tells
-    /// how well writes are batched: transactions per task is what a task costs the
-    /// database most (docs/BENCHMARKS.md).
+    /// Write transactions, by writer (`create`, `transition`, `offer`, `sweep`, `worker`,
+    /// `admin`, `relay`), on either backend: counted when a writer takes its turn to write
+    /// (`Store::write_lock`), so a transaction run again under the same turn (after a lost
+    /// optimistic race, or a coalesced batch redone transition by transition) counts
+    /// once; those are rare. Against the tasks created it tells how well writes are
+    /// batched: transactions per task is what a task costs the database most
+    /// (docs/BENCHMARKS.md).
     pub db_writes: IntCounterVec,
     /// Offers a queue's global limits held back in the offer transaction, by limit
     /// (`concurrency`, `rate`).
@@ -62,7 +65,11 @@ impl StoreMetrics {
                 "MySQL deadlocks and lock-wait time-outs met by the store's writers",
                 &["path", "outcome"],
             ),
-            db_writes: counter_vec("db_writes_total", "Write transactions begun, by writer", &["writer"]),
+            db_writes: counter_vec(
+                "db_writes_total",
+                "Write transactions by writer (a rerun in the same turn counts once)",
+                &["writer"],
+            ),
             dispatch_queue_limited: counter_vec(
                 "dispatch_queue_limited_total",
                 "Offers held back by a queue's global limits in the offer transaction",

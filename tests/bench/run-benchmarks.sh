@@ -25,7 +25,8 @@
 # mariadbd and tansu (from /proc/<pid>/stat), InnoDB deadlocks (`Innodb_deadlocks`, a
 # server-wide counter: anything else using this MariaDB adds to it) and lock-conflict
 # retries (`taskwire_db_lock_conflicts_total` summed over processes, when the build has
-# it) per 10,000 tasks, and write transactions per task by writer (`taskwire_db_writes_total`). JSON in <out>/cluster-<N>-dispatch.json, the line in
+# it) per 10,000 tasks, and write transactions per task by writer
+# (`taskwire_db_writes_total`). JSON in <out>/cluster-<N>-dispatch.json, the line in
 # <out>/cluster-<N>.txt, each process's /metrics in <out>/cluster-<N>-<I>.metrics.
 set -euo pipefail
 
@@ -62,10 +63,12 @@ lock_conflicts() { # lock_conflicts FILES…
 
 # Write transactions per created task, by writer, summed over the cluster's processes:
 # `taskwire_db_writes_total` in the /metrics saved as AFTER and BEFORE files (one pair per
-# process), divided by TASKS; `-` when the build does not count them.
+# process), divided by TASKS (at least 1); `-` when the build does not count them. The
+# writers the server has today come in a fixed order, any other after them.
 writes_per_task() { # writes_per_task TASKS FILE_AFTER FILE_BEFORE…
   local tasks=$1; shift
   awk -v tasks="$tasks" '
+    BEGIN { if (tasks < 1) tasks = 1 }
     /^taskwire_db_writes_total[{]/ {
       match($0, /writer="[a-z]+"/); w = substr($0, RSTART + 8, RLENGTH - 9)
       seen = 1; sum[w] += (FILENAME ~ /before$/ ? -$NF : $NF)
@@ -73,6 +76,8 @@ writes_per_task() { # writes_per_task TASKS FILE_AFTER FILE_BEFORE…
     END {
       if (!seen) { print "-"; exit }
       n = split("create transition offer relay sweep worker admin", order, " ")
+      for (i = 1; i <= n; i++) known[order[i]] = 1
+      for (w in sum) if (!(w in known)) order[++n] = w
       for (i = 1; i <= n; i++) { total += sum[order[i]]; out = out sprintf("%s %.2f, ", order[i], sum[order[i]] / tasks) }
       printf "%stotal %.2f\n", out, total / tasks
     }' "$@"
