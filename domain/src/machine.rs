@@ -28,6 +28,17 @@ pub enum Command {
         /// When the offer lapses if not accepted.
         expires_at: DateTime<Utc>,
     },
+    /// Offer a `QUEUED` task to a worker that takes its offers as they come (registered
+    /// with `autoAccept`): the offer and its acceptance in one step, `QUEUED` →
+    /// `RUNNING` under a fresh lease token; counts an attempt.
+    Start {
+        /// Receiving worker.
+        worker_id: String,
+        /// Newly minted fencing token.
+        lease_token: LeaseToken,
+        /// When the lease lapses unless heartbeats extend it.
+        lease_expires_at: DateTime<Utc>,
+    },
     /// The worker accepts its offer: `ASSIGNED` → `RUNNING`; counts an attempt. The
     /// holder accepting a task it already runs changes nothing (a retry whose first
     /// answer was lost).
@@ -111,6 +122,9 @@ impl Command {
             Command::Offer { worker_id, lease_token, expires_at } => {
                 Command::Offer { worker_id, lease_token, expires_at: p(expires_at) }
             }
+            Command::Start { worker_id, lease_token, lease_expires_at } => {
+                Command::Start { worker_id, lease_token, lease_expires_at: p(lease_expires_at) }
+            }
             Command::Accept { worker_id, lease_token, lease_expires_at } => {
                 Command::Accept { worker_id, lease_token, lease_expires_at: p(lease_expires_at) }
             }
@@ -131,6 +145,7 @@ impl Command {
         match self {
             Command::Promote => "promote",
             Command::Offer { .. } => "offer",
+            Command::Start { .. } => "start",
             Command::Accept { .. } => "accept",
             Command::Heartbeat { .. } => "heartbeat",
             Command::Complete { .. } => "complete",
@@ -237,6 +252,16 @@ pub fn transition(task: &Task, command: Command, now: DateTime<Utc>) -> Result<T
                 next.task.lease_token = Some(lease_token.clone());
                 next.task.lease_expires_at = Some(expires_at);
                 next.to(Assigned);
+            }
+            _ => return Err(invalid(&command)),
+        },
+        Command::Start { ref worker_id, ref lease_token, lease_expires_at } => match task.status {
+            Queued => {
+                next.task.worker_id = Some(worker_id.clone());
+                next.task.lease_token = Some(lease_token.clone());
+                next.task.lease_expires_at = Some(lease_expires_at);
+                next.task.attempts += 1;
+                next.to(Running);
             }
             _ => return Err(invalid(&command)),
         },

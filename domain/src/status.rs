@@ -16,7 +16,8 @@ pub enum TaskStatus {
     Queued,
     /// Offered to one worker under a lease; must be accepted before the offer expires.
     Assigned,
-    /// Accepted by a worker; heartbeats extend the lease.
+    /// Accepted by a worker (or started by the offer, for a worker registered with
+    /// `autoAccept`); heartbeats extend the lease.
     Running,
     /// Completed by a worker. Terminal.
     Succeeded,

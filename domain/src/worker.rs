@@ -49,6 +49,10 @@ pub struct WorkerRegistration {
     pub queues: Vec<QueueName>,
     /// Concurrent tasks accepted (1–1000).
     pub capacity: u32,
+    /// Whether the worker takes its offers as they come: the dispatcher then offers
+    /// tasks already `RUNNING` and the worker sends no `acceptTask` (`false` after
+    /// [`WorkerRegistration::parse`]).
+    pub auto_accept: bool,
 }
 
 impl WorkerRegistration {
@@ -72,7 +76,7 @@ impl WorkerRegistration {
             .ok()
             .filter(|c| (1..=MAX_WORKER_CAPACITY).contains(c))
             .ok_or_else(|| DomainError::invalid("capacity", "must be between 1 and 1000"))?;
-        Ok(WorkerRegistration { name: name.to_owned(), queues: parsed, capacity })
+        Ok(WorkerRegistration { name: name.to_owned(), queues: parsed, capacity, auto_accept: false })
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Model {
     /// The dispatcher process holding the worker's `assignments` stream (it alone offers
     /// to the worker); NULL when no dispatcher holds it.
     pub connected_to: Option<String>,
+    /// The worker takes its offers as they come: an offer starts the task (`RUNNING`).
+    pub auto_accept: bool,
     pub version: i32,
     pub created_at: i64,
     pub updated_at: i64,

@@ -18,6 +18,7 @@ mod m20261122_000004_task_worker_status_index;
 mod m20261206_000005_outbox_delete_on_publish;
 mod m20261206_000006_dispatch_ownership;
 mod m20261207_000007_workers_dispatcher_index;
+mod m20261207_000008_worker_auto_accept;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000005_outbox_delete_on_publish::Migration),
             Box::new(m20261206_000006_dispatch_ownership::Migration),
             Box::new(m20261207_000007_workers_dispatcher_index::Migration),
+            Box::new(m20261207_000008_worker_auto_accept::Migration),
         ]
     }
 }

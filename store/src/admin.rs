@@ -54,6 +54,7 @@ impl Store {
                     active.name = Set(registration.name.clone());
                     active.queues = Set(queues.clone());
                     active.capacity = Set(registration.capacity as i32);
+                    active.auto_accept = Set(registration.auto_accept);
                     active.status = Set(status.as_str().to_owned());
                     active.last_seen_at = Set(now);
                     active.version = Set(row.version + 1);
@@ -70,6 +71,7 @@ impl Store {
                         status: Set(WorkerStatus::Online.as_str().to_owned()),
                         last_seen_at: Set(now),
                         connected_to: Set(None),
+                        auto_accept: Set(registration.auto_accept),
                         version: Set(1),
                         created_at: Set(now),
                         updated_at: Set(now),
@@ -427,7 +429,7 @@ mod tests {
         let store = test_store(dir.path()).await;
         let now = Utc::now();
         let heartbeat = extend_leases("w1", "default", now, now + chrono::Duration::seconds(30));
-        let offers = crate::dispatch::offers_for_query("w1");
+        let offers = crate::dispatch::offers_for_query("w1", true);
         let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate(now)).collect();
         let queues = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let named = NamedLeases::new("w1", &ids, &queues, now).update().expect("an update");

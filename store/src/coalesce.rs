@@ -249,7 +249,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 CreateOutcome::Created(task) => {
-                    PlannedOffer { id: task.id, worker_id: worker.into(), traceparent: None }
+                    PlannedOffer { id: task.id, worker_id: worker.into(), traceparent: None, lease: None }
                 }
                 other => panic!("created, not {other:?}"),
             })

@@ -138,6 +138,7 @@ pub(super) fn worker_from_row(row: worker::Model) -> StoreResult<WorkerRecord> {
         active: count(row.active),
         status: row.status,
         last_seen_at: from_ms(row.last_seen_at),
+        auto_accept: row.auto_accept,
         name: row.name,
         id: row.id,
     })

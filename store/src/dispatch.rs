@@ -90,6 +90,9 @@ pub struct PlannedOffer {
     pub worker_id: String,
     /// W3C trace context the offer continues.
     pub traceparent: Option<String>,
+    /// `Some(length)` when the worker takes its offers as they come (`autoAccept`): the
+    /// offer starts the task (`RUNNING`) under a lease this long, and counts an attempt.
+    pub lease: Option<chrono::Duration>,
 }
 
 /// Which tasks a sweep claims.
@@ -145,7 +148,8 @@ fn available_workers_query(cutoff: DateTime<Utc>, dispatcher: &str) -> sea_orm::
 
 impl Store {
     /// Makes `offers` (each task to its worker, until `expires_at`, under a new lease
-    /// token) in one transaction, and answers one outcome per offer, in order.
+    /// token; or, for a worker that takes its offers as they come, started under its
+    /// lease) in one transaction, and answers one outcome per offer, in order.
     ///
     /// Each offer is the usual conditional task update (on its version) plus a slot of
     /// the worker's capacity (conditional on the worker being `ONLINE` with room). The
@@ -203,10 +207,10 @@ impl Store {
             .iter()
             .map(|offer| {
                 let before = current.remove(&offer.id)?;
-                let command = Command::Offer {
-                    worker_id: offer.worker_id.clone(),
-                    lease_token: LeaseToken::generate(),
-                    expires_at,
+                let (worker_id, lease_token) = (offer.worker_id.clone(), LeaseToken::generate());
+                let command = match offer.lease {
+                    Some(lease) => Command::Start { worker_id, lease_token, lease_expires_at: now + lease },
+                    None => Command::Offer { worker_id, lease_token, expires_at },
                 };
                 let transition = machine::transition(&before, command, now).ok()?;
                 Some((before, transition))
@@ -516,9 +520,10 @@ impl Store {
     }
 
     /// The tasks currently offered to worker `id` (not yet accepted), in dispatch order
-    /// (priority desc, `runAt` asc, id asc).
-    pub async fn offers_for(&self, id: &str) -> StoreResult<Vec<Task>> {
-        let rows = offers_for_query(id).all(&self.db).await?;
+    /// (priority desc, `runAt` asc, id asc); with `running`, its `RUNNING` tasks too (a
+    /// worker that takes its offers as they come is offered tasks already started).
+    pub async fn offers_for(&self, id: &str, running: bool) -> StoreResult<Vec<Task>> {
+        let rows = offers_for_query(id, running).all(&self.db).await?;
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
@@ -548,11 +553,13 @@ impl Store {
 }
 
 /// The query of [`Store::offers_for`]: it reads through `idx_tasks_worker_status`, the
-/// worker's `ASSIGNED` tasks, not every task it ever held.
-pub(super) fn offers_for_query(id: &str) -> sea_orm::Select<task::Entity> {
+/// worker's `ASSIGNED` (and with `running`, `RUNNING`) tasks, not every task it ever held.
+pub(super) fn offers_for_query(id: &str, running: bool) -> sea_orm::Select<task::Entity> {
+    let statuses: &[TaskStatus] =
+        if running { &[TaskStatus::Assigned, TaskStatus::Running] } else { &[TaskStatus::Assigned] };
     task::Entity::find()
         .filter(task::Column::WorkerId.eq(id))
-        .filter(task::Column::Status.eq(TaskStatus::Assigned.as_str()))
+        .filter(task::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
         .order_by_desc(task::Column::Priority)
         .order_by_asc(task::Column::RunAt)
         .order_by_asc(task::Column::Id)
@@ -778,8 +785,10 @@ mod tests {
         let tasks = queued(&store, 3).await;
         let cancel = |t: &Task| Ok(machine::transition(t, Command::Cancel { reason: None }, Utc::now())?);
         store.transition(tasks[1].id, None, cancel).await.expect("cancelled");
-        let offers: Vec<PlannedOffer> =
-            tasks.iter().map(|t| PlannedOffer { id: t.id, worker_id: "w1".into(), traceparent: None }).collect();
+        let offers: Vec<PlannedOffer> = tasks
+            .iter()
+            .map(|t| PlannedOffer { id: t.id, worker_id: "w1".into(), traceparent: None, lease: None })
+            .collect();
 
         let outcomes =
             store.offer_many(&offers, &[], Utc::now() + chrono::Duration::seconds(10)).await.expect("offers").outcomes;
@@ -845,7 +854,12 @@ mod tests {
         let offers = tasks
             .iter()
             .enumerate()
-            .map(|(i, t)| PlannedOffer { id: t.id, worker_id: format!("w{}", 1 + i % workers), traceparent: None })
+            .map(|(i, t)| PlannedOffer {
+                id: t.id,
+                worker_id: format!("w{}", 1 + i % workers),
+                traceparent: None,
+                lease: None,
+            })
             .collect();
         (tasks, offers)
     }
@@ -890,7 +904,7 @@ mod tests {
     async fn a_worker_without_room_for_its_share_fails_only_the_offers_that_do_not_fit(store: &Store) {
         let (tasks, offers) = workers_and_offers(store, 3, 2, 6).await;
         let seed = queued(store, 1).await;
-        let filler = PlannedOffer { id: seed[0].id, worker_id: "w2".into(), traceparent: None };
+        let filler = PlannedOffer { id: seed[0].id, worker_id: "w2".into(), traceparent: None, lease: None };
         let expires = Utc::now() + chrono::Duration::seconds(10);
         store.offer_many(&[filler], &[], expires).await.expect("w2 has one slot taken");
 
@@ -953,7 +967,7 @@ mod tests {
         let offers: Vec<PlannedOffer> = tasks
             .iter()
             .zip(&ids)
-            .map(|(t, w)| PlannedOffer { id: t.id, worker_id: w.clone(), traceparent: None })
+            .map(|(t, w)| PlannedOffer { id: t.id, worker_id: w.clone(), traceparent: None, lease: None })
             .collect();
 
         let outcomes = store.offer_many(&offers, &[], expires).await.expect("offers").outcomes;
@@ -1007,7 +1021,10 @@ mod tests {
     }
 
     fn offers_to(tasks: &[Task], worker: &str) -> Vec<PlannedOffer> {
-        tasks.iter().map(|t| PlannedOffer { id: t.id, worker_id: worker.into(), traceparent: None }).collect()
+        tasks
+            .iter()
+            .map(|t| PlannedOffer { id: t.id, worker_id: worker.into(), traceparent: None, lease: None })
+            .collect()
     }
 
     async fn limited_queue(store: &Store, rate: Option<f64>, cap: Option<i64>) {

@@ -160,6 +160,8 @@ pub struct WorkerRecord {
     pub status: String,
     /// Last heartbeat or connection.
     pub last_seen_at: chrono::DateTime<chrono::Utc>,
+    /// Takes its offers as they come: the matcher starts the tasks it offers to it.
+    pub auto_accept: bool,
 }
 
 /// Handle to the database. Cheap to clone.

@@ -177,6 +177,7 @@ mod tests {
             status: Set("ONLINE".into()),
             last_seen_at: Set(7),
             connected_to: Set(None),
+            auto_accept: Set(false),
             version: Set(1),
             created_at: Set(8),
             updated_at: Set(9),

@@ -11,6 +11,8 @@
 # spread over them, which must fail over to another instance and resume without a gap or
 # a duplicate in any task's seq). Default: every drill of the stack.
 # Results: verdict lines on stdout, JSON in $CARGO_TARGET_DIR/bench/drill-<stack>-<drill>.json.
+# With TASKWIRE_BENCH_AUTO_ACCEPT=1 the drills' workers register with `autoAccept` (offers
+# arrive started; the guarantees checked are the same).
 # Exit status: 0 when every drill passed.
 set -euo pipefail
 
@@ -113,6 +115,7 @@ for name in "${drills[@]}"; do
     fresh_server
   fi
   args=(--url "$urls" --secret "$secret" --out "$out/drill-$stack-$name.json")
+  if [ "${TASKWIRE_BENCH_AUTO_ACCEPT:-0}" = 1 ]; then args+=(--auto-accept); fi
   # Under the cluster drills: 12 workers (4 per instance) and 6 watchers following every
   # 5th acknowledged task with taskUpdated.
   cluster_load=(--rate 200 --workers 12 --work-ms 50 --lease-seconds 10 --settle 120 --watchers 6 --watch-every 5

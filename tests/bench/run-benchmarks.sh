@@ -10,7 +10,9 @@
 # Kafka-compatible broker on 9092 (see .ci/run). Rate limits are off: the load generator
 # drives one subject hard on purpose. Results: one line per scenario on stdout, JSON in
 # $CARGO_TARGET_DIR/bench/<stack>-<scenario>.json (or $TASKWIRE_BENCH_OUT/…). `dispatch`
-# creates TASKWIRE_BENCH_RATE tasks/s (default 500).
+# creates TASKWIRE_BENCH_RATE tasks/s (default 500). With TASKWIRE_BENCH_AUTO_ACCEPT=1 its
+# workers (here and in `cluster`) register with `autoAccept`: offers arrive started and no
+# `acceptTask` is sent.
 #
 #   tests/bench/run-benchmarks.sh cluster [N…]
 #
@@ -52,6 +54,9 @@ mkdir -p "$out"
 port=18100
 url="http://127.0.0.1:$port"
 secret=bench-secret
+# The dispatch workers' protocol: accept each offer (default), or take offers as they come.
+auto_accept=()
+if [ "${TASKWIRE_BENCH_AUTO_ACCEPT:-0}" = 1 ]; then auto_accept=(--auto-accept); fi
 
 # --- several instances -------------------------------------------------------------------
 
@@ -113,7 +118,7 @@ cluster_bench() { # cluster_bench N…
     }
     snapshot before
     json="$out/cluster-$n-dispatch.json"
-    "$bin/loadgen" dispatch --url "$urls" --secret "$secret" --workers 50 --capacity 4 --rate "$rate" \
+    "$bin/loadgen" dispatch --url "$urls" --secret "$secret" --workers 50 --capacity 4 "${auto_accept[@]}" --rate "$rate" \
       --observers "$observers" --connections 32 --duration "$seconds" --out "$json" >"$out/cluster-$n-loadgen.txt"
     snapshot after
     writes=$(writes_per_task "$(jq .tasks.created "$json")" "$out"/cluster-"$n"-*.metrics.after "$out"/cluster-"$n"-*.metrics.before)
@@ -129,7 +134,7 @@ cluster_bench() { # cluster_bench N…
       '.tasks.created as $t | ($t | if . > 0 then . else 1 end) as $d
        | def ms: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
        def ms2: (. * 100 | round / 100 | tostring);
-       "cluster N=\($n) rate \($rate)/s for \($seconds) s: created \($t), succeeded \(.tasks.succeeded), not finished \(.tasks.not_finished), worker duplicates \(.workers.duplicates); "
+       "cluster N=\($n)\(if .workers.auto_accept then " auto-accept" else "" end) rate \($rate)/s for \($seconds) s: created \($t), succeeded \(.tasks.succeeded), not finished \(.tasks.not_finished), worker duplicates \(.workers.duplicates); "
        + "p99 created→assigned \(.latency_ms.created_to_assigned.p99 | ms) ms, created→succeeded \(.latency_ms.created_to_succeeded.p99 | ms) ms; "
        + "CPU ms/task: servers \($servers * 1000 / $d | ms2), mariadbd \($mariadb * 1000 / $d | ms2), tansu \($tansu * 1000 / $d | ms2); "
        + "per 10k tasks: InnoDB deadlocks \($deadlocks * 10000 / $d | ms), lock-conflict retries "
@@ -223,7 +228,7 @@ for scenario in "${scenarios[@]}"; do
     query-uniform) lg query --connections 64 --duration 15 --distribution uniform --working-set 10000 --out "$json" ;;
     create) lg create --connections 64 --duration 15 --out "$json" ;;
     create-batch) lg create --connections 16 --duration 15 --batch 50 --out "$json" ;;
-    dispatch) lg dispatch --workers 50 --capacity 4 --rate "${TASKWIRE_BENCH_RATE:-500}" --connections 32 --duration 20 --out "$json" ;;
+    dispatch) lg dispatch --workers 50 --capacity 4 "${auto_accept[@]}" --rate "${TASKWIRE_BENCH_RATE:-500}" --connections 32 --duration 20 --out "$json" ;;
     fanout) lg fanout --subscribers 1000 --events 100 --rate 20 --pid "$server_pid" --out "$json" ;;
     fanout-10k) lg fanout --subscribers 10000 --events 20 --rate 5 --pid "$server_pid" --out "$json" ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;

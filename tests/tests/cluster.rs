@@ -23,7 +23,7 @@ use taskwire_tests::{
 };
 
 const REGISTER: &str = "mutation($input: RegisterWorkerInput!) { registerWorker(input: $input) { id } }";
-const ASSIGNMENTS: &str = "subscription { assignments { leaseToken task { id queue } } }";
+const ASSIGNMENTS: &str = "subscription { assignments { leaseToken started task { id queue } } }";
 const ACCEPT: &str =
     "mutation($id: ID!, $lease: String!) { acceptTask(taskId: $id, leaseToken: $lease) { id status } }";
 const COMPLETE: &str =
@@ -43,8 +43,14 @@ struct Worker {
 
 impl Worker {
     async fn connect(app: &TestApp, id: &str, queue: &str, capacity: i32) -> Worker {
+        Self::connect_taking(app, id, queue, capacity, false).await
+    }
+
+    /// [`Worker::connect`], registered with `autoAccept` when `auto_accept`.
+    async fn connect_taking(app: &TestApp, id: &str, queue: &str, capacity: i32, auto_accept: bool) -> Worker {
         let token = app.token(id, &["worker"]);
-        let input = json!({ "input": { "name": id, "queues": [queue], "capacity": capacity } });
+        let input =
+            json!({ "input": { "name": id, "queues": [queue], "capacity": capacity, "autoAccept": auto_accept } });
         app.gql(Some(&token), REGISTER, input).await.data();
         let mut ws = app.ws(TRANSPORT_WS).await;
         ws.init(json!({ "authorization": format!("Bearer {token}") })).await;
@@ -54,9 +60,16 @@ impl Worker {
 
     /// The next offer, `(task id, lease token)`, within [`PATIENCE`].
     async fn next_offer(&mut self) -> (String, String) {
+        let (id, lease, _) = self.next_offer_started().await;
+        (id, lease)
+    }
+
+    /// The next offer, `(task id, lease token, whether it started the task)`.
+    async fn next_offer_started(&mut self) -> (String, String, bool) {
         let data = tokio::time::timeout(PATIENCE, self.ws.next_data("a")).await.expect("an offer within the patience");
         let a = &data["assignments"];
-        (a["task"]["id"].as_str().expect("id").to_owned(), a["leaseToken"].as_str().expect("lease").to_owned())
+        let started = a["started"].as_bool().expect("started");
+        (a["task"]["id"].as_str().expect("id").to_owned(), a["leaseToken"].as_str().expect("lease").to_owned(), started)
     }
 
     /// Accepts and completes `id` through `app`.
@@ -174,6 +187,50 @@ async fn events_and_offers_made_by_one_process_reach_subscribers_and_workers_on_
     assert_eq!(b.metric("taskwire_live_events_recovered_total").await, 0.0, "none came from the history sweep");
     assert_eq!(b.metric("taskwire_dispatch_offers_total").await, 0.0, "B runs no dispatcher");
     assert_eq!(a.metric("taskwire_dispatch_offers_total").await, TASKS as f64);
+}
+
+/// An offer is started (for a worker registered with `autoAccept`) only by the process
+/// where the worker's stream is open, which delivers it at once. With the worker on B,
+/// which runs no dispatcher, A's dispatcher makes plain offers (B's stream is not open on
+/// A), and the worker accepts them as usual. With the worker on B running a dispatcher,
+/// B's dispatcher starts the tasks queued through A: `QUEUED` → `RUNNING` → `SUCCEEDED`,
+/// no `acceptTask`.
+#[tokio::test]
+async fn offers_are_started_only_where_the_auto_accepting_workers_stream_is_open() {
+    let test = "offers_are_started_only_where_the_auto_accepting_workers_stream_is_open";
+    for b_dispatches in [false, true] {
+        let b_vars: &[(&str, &str)] = if b_dispatches { &[] } else { &[("TASKWIRE_ROLES", "api")] };
+        let Some((a, b)) = two_processes(test, b_vars).await else { return };
+        let queue = if b_dispatches { "taken-on-b" } else { "taken-from-a" };
+        let mut worker = Worker::connect_taking(&b, "w-takes", queue, 4, true).await;
+        let alice = a.token("alice", &["client"]);
+        const TASKS: usize = 6;
+        let mut ids = Vec::new();
+        for _ in 0..TASKS {
+            ids.push(a.create_task(&alice, json!({ "queue": queue, "kind": "k" })).await);
+        }
+        for _ in 0..TASKS {
+            let (id, lease, started) = worker.next_offer_started().await;
+            assert_eq!(started, b_dispatches, "started only by the process holding the stream");
+            if started {
+                b.gql(Some(&worker.token), COMPLETE, json!({ "id": id, "lease": lease })).await.data();
+            } else {
+                worker.run(&b, &id, &lease).await;
+            }
+        }
+        let (offering, idle) = if b_dispatches { (&b, &a) } else { (&a, &b) };
+        assert_eq!(offering.metric("taskwire_dispatch_offers_total").await, TASKS as f64);
+        assert_eq!(idle.metric("taskwire_dispatch_offers_total").await, 0.0);
+        let expected: &[&str] = if b_dispatches {
+            &["QUEUED", "RUNNING", "SUCCEEDED"]
+        } else {
+            &["QUEUED", "ASSIGNED", "RUNNING", "SUCCEEDED"]
+        };
+        for (id, events) in histories(&a, &ids).await {
+            let statuses: Vec<&str> = events.iter().map(|(_, s, _)| s.as_str()).collect();
+            assert_eq!(statuses, expected, "task {id}");
+        }
+    }
 }
 
 /// A dispatcher offers only to the workers whose stream its process holds: tasks queued

@@ -42,6 +42,7 @@ async fn workers_and_watchers_fail_over_and_resume_without_gaps() {
         queues: vec!["q".into()],
         capacity: TASKS as u32,
         heartbeat_every: Duration::from_millis(200),
+        auto_accept: false,
     };
     let worker = Worker::start(config, handler).await.expect("worker starts");
     assert_eq!(worker.url(), base(&first));

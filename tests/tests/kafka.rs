@@ -428,6 +428,7 @@ async fn a_dead_task_is_published_to_the_dead_letter_topic() {
         queues: vec!["q".into()],
         capacity: 1,
         heartbeat_every: Duration::from_secs(1),
+        auto_accept: false,
     };
     let fatal =
         std::sync::Arc::new(|_| async { Outcome::Fail { error: "bad input".into(), retryable: false } }.boxed());

@@ -8,7 +8,7 @@ use futures::FutureExt;
 use rand::Rng;
 use serde_json::{Value, json};
 use taskwire_tests::TestApp;
-use taskwire_worker::{Handler, Outcome, Worker, WorkerConfig};
+use taskwire_worker::{Assignment, Handler, Outcome, Worker, WorkerConfig};
 
 const CONFIGURE: &str = "mutation($input: ConfigureQueueInput!) { configureQueue(input: $input) { name } }";
 
@@ -20,6 +20,7 @@ fn config(app: &TestApp, id: &str, capacity: u32) -> WorkerConfig {
         queues: vec!["q".to_owned()],
         capacity,
         heartbeat_every: Duration::from_millis(200),
+        auto_accept: false,
     }
 }
 
@@ -104,6 +105,12 @@ fn assert_one_lease_at_a_time(task: &Value) {
                 holder = worker;
                 assert!(holder.is_some(), "an offer names its worker");
             }
+            // An offer to a worker that takes its offers as they come starts the task.
+            "RUNNING" if event["previousStatus"] == "QUEUED" => {
+                assert!(holder.is_none(), "{}: started for {worker:?} while {holder:?} held it", task["id"]);
+                holder = worker;
+                assert!(holder.is_some(), "a started offer names its worker");
+            }
             "RUNNING" => assert_eq!(worker, holder, "{}: run by the offer's holder", task["id"]),
             _ => {
                 if holder.is_some() {
@@ -113,6 +120,75 @@ fn assert_one_lease_at_a_time(task: &Value) {
             }
         }
     }
+}
+
+/// A worker registered with `autoAccept` runs its tasks without accepting them: each
+/// offer arrives started, and the history goes `QUEUED` → `RUNNING` → `SUCCEEDED`, one
+/// attempt each.
+#[tokio::test]
+async fn a_worker_that_takes_offers_as_they_come_never_accepts() {
+    let app = TestApp::spawn().await;
+    fast_queue(&app, 3).await;
+    let taking = WorkerConfig { auto_accept: true, ..config(&app, "taker", 4) };
+    let worker = Worker::start(taking, completing(Duration::ZERO)).await.expect("start");
+    let alice = app.token("alice", &["client"]);
+    for n in 0..8 {
+        app.create_task(&alice, json!({ "queue": "q", "kind": "k", "payload": { "n": n } })).await;
+    }
+    let tasks = wait_until_all_end(&app, 8, Duration::from_secs(30)).await;
+    for task in &tasks {
+        let statuses: Vec<&str> =
+            task["events"].as_array().expect("events").iter().filter_map(|e| e["status"].as_str()).collect();
+        assert_eq!(statuses, ["QUEUED", "RUNNING", "SUCCEEDED"], "{}", task["id"]);
+        assert_eq!((task["status"].as_str(), task["attempts"].as_i64()), (Some("SUCCEEDED"), Some(1)));
+        assert_one_lease_at_a_time(task);
+    }
+    assert!(worker.log().iter().all(|r| r.accepted && r.accept.is_none()), "no acceptTask was sent");
+    let ops = app.token("ops", &["operator"]);
+    let workers = app.gql(Some(&ops), "{ workers { id autoAccept } }", json!({})).await;
+    assert_eq!(workers.data()["workers"][0]["autoAccept"], true);
+    worker.stop().await;
+}
+
+/// An offer that started the task but that the worker does not take (its filter refuses
+/// it) goes back to the queue at once, its attempt counted, and another worker runs it.
+#[tokio::test]
+async fn a_started_offer_the_worker_refuses_is_handed_back() {
+    let app = TestApp::spawn().await;
+    fast_queue(&app, 3).await;
+    let alice = app.token("alice", &["client"]);
+    // Both idle, the picky one first in id order: it is offered the task first, hands it
+    // back, and the dispatcher gives it to the other, avoiding the worker that let go.
+    let picky = WorkerConfig { auto_accept: true, ..config(&app, "a-picky", 4) };
+    let refuses = Worker::start_with_filter(picky, Arc::new(|_: &Assignment| false), completing(Duration::ZERO))
+        .await
+        .expect("start");
+    let other = Worker::start(config(&app, "z-other", 1), completing(Duration::ZERO)).await.expect("start");
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "refused" })).await;
+    let tasks = wait_until_all_end(&app, 1, Duration::from_secs(30)).await;
+    let task = tasks.iter().find(|t| t["id"] == id).expect("the refused task");
+    let events: Vec<(&str, &str)> = task["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| (e["status"].as_str().unwrap_or_default(), e["workerId"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("QUEUED", ""),
+            ("RUNNING", "a-picky"),
+            ("QUEUED", "a-picky"),
+            ("ASSIGNED", "z-other"),
+            ("RUNNING", "z-other"),
+            ("SUCCEEDED", "z-other")
+        ]
+    );
+    assert_eq!(task["attempts"], 2, "the handed-back run kept its attempt");
+    assert_one_lease_at_a_time(task);
+    assert_eq!(refuses.stats().released, 1);
+    refuses.stop().await;
+    other.stop().await;
 }
 
 #[tokio::test]
@@ -197,8 +273,8 @@ async fn a_worker_that_drops_off_goes_offline_and_its_tasks_are_reclaimed() {
     backup.stop().await;
 }
 
-/// A thousand tasks, five workers that fail, hang past their lease and drop off the
-/// network at random: every task ends, attempts stay within `maxAttempts`, no task is
+/// A thousand tasks, five workers (two of them taking their offers as they come) that
+/// fail, hang past their lease and drop off the network at random: every task ends, attempts stay within `maxAttempts`, no task is
 /// ever leased to two workers at once, and no task is completed twice.
 #[tokio::test]
 async fn a_thousand_tasks_survive_workers_that_fail_hang_and_disconnect() {
@@ -226,7 +302,8 @@ async fn a_thousand_tasks_survive_workers_that_fail_hang_and_disconnect() {
     });
     let mut workers = vec![];
     for i in 0..5 {
-        workers.push(Worker::start(config(&app, &format!("w{i}"), 8), chaos.clone()).await.expect("start"));
+        let config = WorkerConfig { auto_accept: i >= 3, ..config(&app, &format!("w{i}"), 8) };
+        workers.push(Worker::start(config, chaos.clone()).await.expect("start"));
     }
     let alice = app.token("alice", &["client"]);
     let create = "mutation($inputs: [CreateTaskInput!]!) { createTasks(inputs: $inputs) { created } }";

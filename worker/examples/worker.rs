@@ -40,6 +40,9 @@ struct Args {
     /// Heartbeat period, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
+    /// Register with `autoAccept`: offers arrive started, no `acceptTask` round trip.
+    #[arg(long)]
+    auto_accept: bool,
 }
 
 fn fraction(value: &str) -> Result<f64, String> {
@@ -56,6 +59,7 @@ impl Args {
             queues: self.queues.iter().filter(|q| !q.is_empty()).cloned().collect(),
             capacity: self.capacity,
             heartbeat_every: Duration::from_millis(self.heartbeat_ms),
+            auto_accept: self.auto_accept,
         }
     }
 }

@@ -22,6 +22,13 @@ pub struct WorkerConfig {
     /// Period of the `heartbeat` mutation; keep it well under the queues' lease length
     /// (30 s by default). Values under 10 ms are raised to 10 ms.
     pub heartbeat_every: Duration,
+    /// Registers with `autoAccept`: the server starts each task as it offers it (the
+    /// attempt counted, under the queue's lease), so the worker sends no `acceptTask`,
+    /// and a task costs one call and one write fewer. An offer the worker cannot take
+    /// (filtered out, or no handler free) is then handed back with `releaseTask`, which
+    /// keeps its attempt counted. `false`: every offer is accepted first, and one not
+    /// taken lapses at no cost.
+    pub auto_accept: bool,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -33,6 +40,7 @@ impl fmt::Debug for WorkerConfig {
             .field("queues", &self.queues)
             .field("capacity", &self.capacity)
             .field("heartbeat_every", &self.heartbeat_every)
+            .field("auto_accept", &self.auto_accept)
             .finish()
     }
 }

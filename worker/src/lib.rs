@@ -6,7 +6,8 @@
 //! the token needs the `worker` role), opens the `assignments` subscription over a
 //! `graphql-transport-ws` WebSocket, and for every offer it receives:
 //!
-//! 1. accepts it with `acceptTask(taskId, leaseToken)` (`ASSIGNED` → `RUNNING`);
+//! 1. accepts it with `acceptTask(taskId, leaseToken)` (`ASSIGNED` → `RUNNING`), unless
+//!    it registered with [`WorkerConfig::auto_accept`], when the offer arrives `RUNNING`;
 //! 2. runs your [`Handler`], which returns an [`Outcome`];
 //! 3. reports the outcome with `completeTask`, `failTask` or `releaseTask`, always
 //!    presenting the offer's lease token (the fencing token: a stale one answers
@@ -19,7 +20,8 @@
 //! ([`WorkerConfig::url`]), it moves to the next one whenever its connection dies or
 //! cannot be opened, and its HTTP calls follow. Offers that arrive
 //! twice (same lease token, e.g. replayed after a reconnect) are handled once. At most
-//! [`WorkerConfig::capacity`] handlers run at a time; an offer beyond that is left to lapse.
+//! [`WorkerConfig::capacity`] handlers run at a time; an offer beyond that is left to lapse
+//! (or, started by the server, handed back with `releaseTask`).
 //! [`Worker::stop`] drains: no new offers, running tasks finish and report.
 //!
 //! ```no_run
@@ -37,6 +39,7 @@
 //!     queues: vec!["images".into()],
 //!     capacity: 4,
 //!     heartbeat_every: Duration::from_secs(5),
+//!     auto_accept: true, // offers arrive RUNNING: no acceptTask round trip
 //! };
 //! let handler: Handler = Arc::new(|assignment| {
 //!     async move {

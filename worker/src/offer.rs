@@ -26,6 +26,9 @@ pub struct Assignment {
     pub attempts: i64,
     /// Attempts allowed before the task is `DEAD`.
     pub max_attempts: i64,
+    /// The offer started the task (the worker registered with `auto_accept`): it is
+    /// `RUNNING` already and needs no `acceptTask`.
+    pub started: bool,
 }
 
 /// What the handler decided; the worker reports it to the server.
@@ -58,7 +61,9 @@ pub enum Outcome {
 pub type Handler = Arc<dyn Fn(Assignment) -> BoxFuture<'static, Outcome> + Send + Sync>;
 
 /// Decides before acceptance whether to take an offer: `false` leaves it unaccepted, so the
-/// offer lapses and the server offers the task again (to this or another worker).
+/// offer lapses and the server offers the task again (to this or another worker). An offer
+/// that started the task ([`Assignment::started`]) is handed back with `releaseTask`
+/// instead, its attempt counted.
 pub type OfferFilter = Arc<dyn Fn(&Assignment) -> bool + Send + Sync>;
 
 /// Reads one `assignments` item; what is missing when it cannot.
@@ -75,6 +80,7 @@ pub(crate) fn parse_assignment(value: &Value) -> Result<Assignment, &'static str
         priority: task["priority"].as_i64().unwrap_or_default(),
         attempts: task["attempts"].as_i64().unwrap_or_default(),
         max_attempts: task["maxAttempts"].as_i64().unwrap_or_default(),
+        started: value["started"].as_bool().unwrap_or(false),
     })
 }
 
@@ -96,6 +102,9 @@ mod tests {
         assert_eq!(assignment.lease_token, "lt-1");
         assert_eq!(assignment.payload, json!({ "a": 1 }));
         assert_eq!((assignment.priority, assignment.attempts, assignment.max_attempts), (3, 1, 5));
+        assert!(!assignment.started, "an offer that does not say it started did not");
+        let started = parse_assignment(&json!({ "leaseToken": "lt-2", "started": true, "task": { "id": "t-1" } }));
+        assert!(started.expect("parses").started);
         assert!(parse_assignment(&json!({ "task": { "id": "t" } })).is_err());
     }
 }

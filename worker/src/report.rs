@@ -42,9 +42,10 @@ pub struct TaskRecord {
     /// When the offer arrived.
     pub offered_at: Stamp,
     /// The answer to `acceptTask`; `None` when the worker did not try (offer filtered out
-    /// or capacity full).
+    /// or capacity full, or an offer that started the task, which needs none).
     pub accept: Option<Answer>,
-    /// Whether `acceptTask` succeeded.
+    /// Whether the worker holds the run: `acceptTask` succeeded, or the offer started the
+    /// task.
     pub accepted: bool,
     /// When `acceptTask` succeeded.
     pub accepted_at: Option<Stamp>,
@@ -66,9 +67,10 @@ pub struct WorkerStats {
     pub offered: u64,
     /// Deliveries of an offer already received (same lease token), dropped.
     pub duplicates: u64,
-    /// Offers left to lapse: filtered out, or beyond capacity.
+    /// Offers not taken: filtered out, or beyond capacity (left to lapse, or handed back
+    /// when the offer started the task).
     pub ignored: u64,
-    /// Successful `acceptTask` calls.
+    /// Offers taken: successful `acceptTask` calls, and offers that started the task.
     pub accepted: u64,
     /// Successful `completeTask` calls.
     pub completed: u64,

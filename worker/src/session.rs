@@ -242,6 +242,23 @@ impl Shared {
         let permit = if wanted { self.permits.clone().try_acquire_owned().ok() } else { None };
         let Some(permit) = permit else {
             bump(&self.counters.ignored);
+            if assignment.started {
+                // Already running on this worker: left alone, its lease would lapse as a
+                // failed attempt; handed back, it goes to the queue at once.
+                let shared = self.clone();
+                handlers.spawn(async move {
+                    let ids = json!({ "taskId": assignment.task_id, "leaseToken": assignment.lease_token });
+                    let answer = shared.task_mutation(RELEASE, ids, &shared.counters.released).await;
+                    let finished_at = Some(Stamp::now());
+                    shared.record(TaskRecord {
+                        outcome: Some(Outcome::Release),
+                        answer: Some(answer),
+                        finished_at,
+                        ..record
+                    });
+                });
+                return;
+            }
             self.record(TaskRecord { outcome: Some(Outcome::Ignore), finished_at: Some(Stamp::now()), ..record });
             return;
         };
@@ -278,9 +295,15 @@ impl Shared {
 
     async fn handle_in_hand(&self, assignment: Assignment, mut record: TaskRecord, _permit: OwnedSemaphorePermit) {
         let ids = json!({ "taskId": assignment.task_id, "leaseToken": assignment.lease_token });
-        let accept = self.task_mutation(ACCEPT, ids.clone(), &self.counters.accepted).await;
-        record.accepted = accept.is_ok();
-        record.accept = Some(accept);
+        if assignment.started {
+            // The server started the task as it offered it: there is nothing to accept.
+            bump(&self.counters.accepted);
+            record.accepted = true;
+        } else {
+            let accept = self.task_mutation(ACCEPT, ids.clone(), &self.counters.accepted).await;
+            record.accepted = accept.is_ok();
+            record.accept = Some(accept);
+        }
         if !record.accepted {
             record.finished_at = Some(Stamp::now());
             self.record(record);

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The `assignments` subscription the worker sends (operation name `Assignments`).
-const ASSIGNMENTS_SUBSCRIPTION: &str = "subscription Assignments { assignments { leaseToken leaseExpiresAt \
+const ASSIGNMENTS_SUBSCRIPTION: &str = "subscription Assignments { assignments { leaseToken leaseExpiresAt started \
      task { id queue kind payload priority attempts maxAttempts } } }";
 const REGISTER: &str = "mutation RegisterWorker($input: RegisterWorkerInput!) { registerWorker(input: $input) { id } }";
 pub(crate) const HEARTBEAT: &str = "mutation Heartbeat($tasks: [ID!]) { heartbeat(tasks: $tasks) { id } }";
@@ -243,6 +243,7 @@ impl Shared {
             "name": self.config.name,
             "queues": self.config.queues,
             "capacity": self.config.capacity,
+            "autoAccept": self.config.auto_accept,
         });
         let data = self.graphql(REGISTER, json!({ "input": input })).await.map_err(Error::Register)?;
         Ok(data["registerWorker"]["id"].as_str().unwrap_or_default().to_owned())

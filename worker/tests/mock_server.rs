@@ -191,6 +191,7 @@ fn config(url: &str, capacity: u32) -> WorkerConfig {
         queues: vec!["q".to_owned()],
         capacity,
         heartbeat_every: Duration::from_millis(50),
+        auto_accept: false,
     }
 }
 

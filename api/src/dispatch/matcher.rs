@@ -62,7 +62,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DispatchSettings, DispatcherId,
+    DispatchSettings, DispatcherId, OpenStreams,
     ready::{Entry, ReadySet, Source},
 };
 use taskwire_store::{CommitListener, Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord};
@@ -206,6 +206,9 @@ pub(crate) struct Matcher {
     feed: LocalFeed,
     handled: Handled,
     pacer: Pacer,
+    /// The workers whose `assignments` stream is open on this process: the only ones
+    /// offers are started for.
+    streams: OpenStreams,
 }
 
 /// When the next round may run: at once, unless the last one offered nothing; then after
@@ -336,7 +339,13 @@ impl Matcher {
             feed,
             handled: Handled::default(),
             pacer: Pacer::default(),
+            streams: OpenStreams::default(),
         }
+    }
+
+    /// Where this process's `assignments` streams register themselves (see [`OpenStreams`]).
+    pub(crate) fn open_streams(&self) -> OpenStreams {
+        self.streams.clone()
     }
 
     /// The feed through which this process's commits hand newly `QUEUED` tasks to this
@@ -641,8 +650,17 @@ impl Matcher {
                 let Some(worker) = least_loaded(&mut snapshot.workers, queue, entry.avoid.as_deref()) else { break };
                 worker.active += 1;
                 budget -= 1;
-                let offer =
-                    PlannedOffer { id: entry.id, worker_id: worker.id.clone(), traceparent: entry.traceparent.clone() };
+                // A worker that takes its offers as they come gets the task started,
+                // under the queue's lease (its acceptance is not waited for), when its
+                // stream is open here to deliver it at once.
+                let starts = worker.auto_accept && self.streams.is_open(&worker.id);
+                let lease = starts.then(|| chrono::Duration::seconds(i64::from(settings.lease_seconds)));
+                let offer = PlannedOffer {
+                    id: entry.id,
+                    worker_id: worker.id.clone(),
+                    traceparent: entry.traceparent.clone(),
+                    lease,
+                };
                 plan.push((offer, entry.queued_at));
             }
         }
@@ -895,6 +913,7 @@ mod tests {
             active,
             status: "ONLINE".into(),
             last_seen_at: Utc::now(),
+            auto_accept: false,
         }
     }
 

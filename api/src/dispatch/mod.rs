@@ -20,7 +20,11 @@ pub(crate) mod matcher;
 mod ready;
 pub(crate) mod reaper;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 /// This process's name among dispatchers: the workers whose `assignments` stream it holds
 /// are marked with it (`workers.connected_to`), and only this process offers them tasks.
@@ -50,10 +54,59 @@ impl DispatcherId {
     }
 }
 
-/// The dispatcher of this process, if it runs one: what an `assignments` stream marks
-/// its worker with (schema data).
+/// The dispatcher of this process, if it runs one (schema data): what an `assignments`
+/// stream marks its worker with, and where it registers itself as open.
 #[derive(Debug, Clone, Default)]
-pub struct LocalDispatcher(pub(crate) Option<DispatcherId>);
+pub struct LocalDispatcher {
+    pub(crate) id: Option<DispatcherId>,
+    pub(crate) streams: OpenStreams,
+}
+
+/// The workers whose `assignments` stream is open on this process, with how many each
+/// has open. The matcher starts an offer (for a worker registered with `autoAccept`) only
+/// for a worker in here: a started offer counts an attempt, so it must go where it is
+/// delivered at once. Workers whose stream is not open here (it closed, moved to another
+/// process, or the worker only heartbeats) get plain offers, which lapse at no cost. At
+/// most one entry per open stream, and the streams are bounded by the WebSocket limits.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenStreams(Arc<Mutex<HashMap<String, u32>>>);
+
+impl OpenStreams {
+    /// Registers an open stream of `worker`, until the guard is dropped.
+    pub(crate) fn open(&self, worker: &str) -> OpenStream {
+        *self.streams().entry(worker.to_owned()).or_default() += 1;
+        OpenStream { streams: self.clone(), worker: worker.to_owned() }
+    }
+
+    /// Whether `worker` has a stream open on this process.
+    pub(crate) fn is_open(&self, worker: &str) -> bool {
+        self.streams().contains_key(worker)
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // The map stays consistent whatever a panicking holder was doing: plain counts.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One open `assignments` stream in [`OpenStreams`]; dropping it closes it there.
+#[derive(Debug)]
+pub(crate) struct OpenStream {
+    streams: OpenStreams,
+    worker: String,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut streams = self.streams.streams();
+        if let Some(open) = streams.get_mut(&self.worker) {
+            *open -= 1;
+            if *open == 0 {
+                streams.remove(&self.worker);
+            }
+        }
+    }
+}
 
 /// Dispatcher settings from the configuration.
 #[derive(Debug, Clone)]
@@ -72,6 +125,19 @@ pub struct DispatchSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_counts_as_open_while_any_of_its_streams_is() {
+        let streams = OpenStreams::default();
+        let first = streams.open("w1");
+        let second = streams.open("w1");
+        assert!(streams.is_open("w1") && !streams.is_open("w2"));
+        drop(first);
+        assert!(streams.is_open("w1"), "one stream is still open");
+        drop(second);
+        assert!(!streams.is_open("w1"));
+        assert!(streams.streams().is_empty(), "closed workers leave nothing behind");
+    }
 
     #[test]
     fn dispatcher_ids_are_unique_per_start_and_fit_the_column() {

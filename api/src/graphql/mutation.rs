@@ -117,6 +117,7 @@ impl WorkerMutation {
         let caller = principal(ctx)?;
         let registration = WorkerRegistration::parse(&input.name, &input.queues, i64::from(input.capacity))
             .map_err(|e| ApiError::from(e.in_field("input")))?;
+        let registration = WorkerRegistration { auto_accept: input.auto_accept, ..registration };
         Ok(WorkerObject(store(ctx)?.register_worker(&caller.subject, &registration).await.map_err(ApiError::from)?))
     }
 
@@ -174,7 +175,8 @@ impl WorkerMutation {
 
     /// Accepts an offer: `ASSIGNED` → `RUNNING`, counting an attempt. The lease then
     /// lasts the queue's `leaseSeconds`; heartbeats extend it. `LEASE_LOST` unless the
-    /// caller holds the current offer.
+    /// caller holds the current offer. Accepting a task the caller already runs (a
+    /// retried call, or an offer that `started` it) changes nothing.
     #[graphql(guard = "RoleGuard::any_of(&[Role::Worker])")]
     async fn accept_task(
         &self,

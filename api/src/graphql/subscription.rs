@@ -31,12 +31,12 @@ use super::{
 };
 use crate::{
     cache::TaskCache,
-    dispatch::{DispatcherId, LocalDispatcher},
+    dispatch::{DispatcherId, LocalDispatcher, OpenStream},
     error::ApiError,
     live::{Generations, Hub, Next, Route},
     metrics::Metrics,
 };
-use taskwire_store::{EventScope, Store};
+use taskwire_store::{EventScope, Store, WorkerRecord};
 
 // Every database read inside a stream below is boxed: a stream's state is as large as
 // its largest await point, and an inline query future would make every idle
@@ -169,16 +169,24 @@ impl Subscription {
         let store = store(ctx)?.clone();
         let (hub, metrics) = live(ctx)?;
         let ttl = ctx.data_opt::<super::SchemaOptions>().map(|o| o.worker_ttl).unwrap_or(Duration::from_secs(30));
-        let dispatcher = ctx.data_opt::<LocalDispatcher>().and_then(|d| d.0.clone());
+        let local = ctx.data_opt::<LocalDispatcher>();
+        let dispatcher = local.and_then(|d| d.id.clone());
         // Registered before the first read, so no offer slips between the two.
         let live = hub.subscribe(Route::Worker(worker_id.clone()));
+        // Open before the worker is claimed: from the claim on, this process's matcher
+        // may start the worker's offers, which this stream then delivers.
+        let open = local.map(|d| d.streams.open(&worker_id));
         // From now on this process's dispatcher (if any) alone offers to the worker.
-        store.touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str)).await.map_err(ApiError::from)?;
+        let worker = store
+            .touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str))
+            .await
+            .map_err(ApiError::from)?;
         metrics.subscriptions.inc();
         let cache = ctx.data_opt::<TaskCache>().cloned();
         let gauge = GaugeGuard(metrics.clone());
         let refresh = (ttl / 3).max(Duration::from_millis(100));
-        Ok(assignment_stream(AssignmentSource { store, cache, metrics, dispatcher }, live, worker_id, refresh, gauge))
+        let source = AssignmentSource { store, cache, metrics, dispatcher };
+        Ok(assignment_stream(source, live, worker, refresh, (gauge, open)))
     }
 
     /// Events of many tasks: a client's own tasks, or (operators) any queue's.
@@ -322,7 +330,7 @@ impl AssignmentSource {
     /// exactly that version (written through at commit, before the event was routed).
     fn committed_offer(&self, envelope: &TaskEnvelope) -> Option<Task> {
         let task = self.cache.as_ref()?.local_version(envelope.id()?, envelope.version)?;
-        (task.status == TaskStatus::Assigned && task.lease_token.is_some()).then(|| (*task).clone())
+        (task.status.is_leased() && task.lease_token.is_some()).then(|| (*task).clone())
     }
 
     fn delivered(&self, source: &str) {
@@ -330,21 +338,24 @@ impl AssignmentSource {
     }
 }
 
-/// The `assignments` stream of worker `worker_id`: outstanding offers (read from the
-/// database, which alone holds lease tokens), then each new one. An `ASSIGNED` event
-/// routed to the worker delivers its offer: from the task this process just committed
-/// when L1 holds that very version (no query), otherwise by a re-read of the worker's
-/// offers, as a lag and the periodic liveness refresh do. Offers are delivered once
-/// each (by lease token).
+/// The `assignments` stream of `worker`: outstanding offers (read from the database,
+/// which alone holds lease tokens), then each new one. An offer event routed to the
+/// worker (see [`is_offer`]) delivers its offer: from the task this process just
+/// committed when L1 holds that very version (no query), otherwise by a re-read of the
+/// worker's offers, as a lag and the periodic liveness refresh do. Offers are delivered
+/// once each (by lease token). For a worker that takes its offers as they come, the
+/// tasks it runs count as offers: started by the dispatcher, they were never accepted.
 fn assignment_stream(
     source: AssignmentSource,
     mut live: crate::live::Subscription,
-    worker_id: String,
+    worker: WorkerRecord,
     refresh: Duration,
-    gauge: GaugeGuard,
+    guards: (GaugeGuard, Option<OpenStream>),
 ) -> impl Stream<Item = Result<AssignmentObject>> {
     async_stream::stream! {
-        let _gauge = gauge;
+        let _guards = guards;
+        let worker_id = worker.id;
+        let mut started = worker.auto_accept;
         let store = &source.store;
         let mut delivered: HashSet<String> = HashSet::new();
         let mut offers_heard = SeqTracker::bounded(OFFERS_TRACKED);
@@ -360,7 +371,7 @@ fn assignment_stream(
                 yield Ok(AssignmentObject(task));
             }
             if check || live.take_lagged() {
-                match Box::pin(store.offers_for(&worker_id)).await {
+                match Box::pin(store.offers_for(&worker_id, started)).await {
                     Ok(offers) => {
                         let current: HashSet<&str> =
                             offers.iter().filter_map(|t| t.lease_token.as_ref().map(|l| l.as_str())).collect();
@@ -382,7 +393,7 @@ fn assignment_stream(
                     Next::Event(envelope) => {
                         // An offer event can come twice (the hub drops most second copies,
                         // not all): only the first copy is acted on.
-                        let offer = envelope.status == TaskStatus::Assigned
+                        let offer = is_offer(&envelope)
                             && envelope.worker_id.as_deref() == Some(worker_id.as_str())
                             && offers_heard.accept(&event_of(&envelope));
                         if offer {
@@ -396,8 +407,10 @@ fn assignment_stream(
                 _ = ticks.tick() => {
                     // An open subscription keeps the worker ONLINE.
                     let dispatcher = source.dispatcher.as_ref().map(DispatcherId::as_str);
-                    if let Err(e) = Box::pin(store.touch_worker(&worker_id, dispatcher)).await {
-                        tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness");
+                    match Box::pin(store.touch_worker(&worker_id, dispatcher)).await {
+                        // A re-registration may have changed how the worker takes offers.
+                        Ok(record) => started = record.auto_accept,
+                        Err(e) => tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness"),
                     }
                     check = true;
                 }
@@ -421,6 +434,14 @@ fn live(ctx: &Context<'_>) -> Result<(Arc<Hub>, Metrics), ApiError> {
             Err(ApiError::Internal)
         }
     }
+}
+
+/// Whether `envelope` announces an offer: the task `ASSIGNED` to a worker, or started
+/// straight from `QUEUED` for a worker that takes its offers as they come (an accepted
+/// offer is `RUNNING` from `ASSIGNED`).
+fn is_offer(envelope: &TaskEnvelope) -> bool {
+    envelope.status == TaskStatus::Assigned
+        || (envelope.status == TaskStatus::Running && envelope.previous_status == Some(TaskStatus::Queued))
 }
 
 /// Who holds the task after `event`: the worker it names, unless the task went back to
@@ -523,11 +544,13 @@ mod tests {
 
     /// Every event of every transition names, through [`holder_after`], exactly the
     /// worker the task is held by after it: the visibility check of each live event
-    /// depends on that, and so must change with the state machine.
+    /// depends on that, and so must change with the state machine. And [`is_offer`]
+    /// recognises exactly the events of offers (plain or started), which the
+    /// `assignments` stream delivers.
     #[test]
     fn an_event_tells_who_holds_the_task_after_it() {
         use taskwire_domain::{
-            CreateTaskInput, LeaseToken, MaxAttempts, NewTask,
+            CreateTaskInput, EnvelopeType, LeaseToken, MaxAttempts, NewTask,
             machine::{Command, create, transition},
         };
         let start = Utc::now();
@@ -537,6 +560,11 @@ mod tests {
             vec![
                 Command::Promote,
                 Command::Offer { worker_id: "other".into(), lease_token: LeaseToken::generate(), expires_at: later },
+                Command::Start {
+                    worker_id: "other".into(),
+                    lease_token: LeaseToken::generate(),
+                    lease_expires_at: later,
+                },
                 Command::Accept { worker_id: worker.into(), lease_token: "tok".into(), lease_expires_at: later },
                 Command::Heartbeat { worker_id: worker.into(), lease_token: "tok".into(), lease_expires_at: later },
                 Command::Complete { worker_id: worker.into(), lease_token: "tok".into(), result: None },
@@ -593,6 +621,12 @@ mod tests {
                             holder_after(event.status, event.worker_id.as_deref()),
                             change.task.worker_id.as_deref(),
                             "{status:?} after {command:?} at {now}",
+                        );
+                        let envelope = TaskEnvelope::new(EnvelopeType::Status, &change.task, &event);
+                        assert_eq!(
+                            is_offer(&envelope),
+                            matches!(command, Command::Offer { .. } | Command::Start { .. }),
+                            "{status:?} after {command:?}: an offer event exactly when the command offers",
                         );
                     }
                 }

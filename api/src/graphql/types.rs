@@ -27,7 +27,7 @@ pub enum TaskStatusGql {
     Queued,
     /// Offered to one worker under a lease.
     Assigned,
-    /// Accepted by a worker.
+    /// Accepted by a worker, or started by an offer to a worker that takes offers as they come.
     Running,
     /// Done.
     Succeeded,
@@ -340,6 +340,10 @@ impl WorkerObject {
     async fn last_seen_at(&self) -> Timestamp {
         self.0.last_seen_at.into()
     }
+    /// Whether it takes its offers as they come (`RegisterWorkerInput.autoAccept`).
+    async fn auto_accept(&self) -> bool {
+        self.0.auto_accept
+    }
 }
 
 /// What `renewLeases` did with one named task.
@@ -495,14 +499,16 @@ impl QueueStatsObject {
 }
 
 /// An offer to the calling worker: accept it with `acceptTask(taskId, leaseToken)`
-/// before `leaseExpiresAt`, or it goes to another worker. Its key is `id`: each offer of
-/// a task has its own.
+/// before `leaseExpiresAt`, or it goes to another worker. For a worker registered with
+/// `autoAccept` the offer has already started the task (`started`). Its key is `id`:
+/// each offer of a task has its own.
 #[derive(Debug, Clone)]
 pub struct AssignmentObject(pub Task);
 
 /// An offer to the calling worker: accept it with `acceptTask(taskId, leaseToken)`
-/// before `leaseExpiresAt`, or it goes to another worker. Its key is `id`: each offer of
-/// a task has its own.
+/// before `leaseExpiresAt`, or it goes to another worker. For a worker registered with
+/// `autoAccept` the offer has already started the task (`started`). Its key is `id`:
+/// each offer of a task has its own.
 #[Object(name = "Assignment")]
 impl AssignmentObject {
     /// The offer's key for client caches: `<taskId>:<version>`, the task's id and its
@@ -519,9 +525,15 @@ impl AssignmentObject {
     async fn lease_token(&self) -> &str {
         self.0.lease_token.as_ref().map(|t| t.as_str()).unwrap_or_default()
     }
-    /// When the offer lapses unless accepted.
+    /// When the offer lapses unless accepted; for a started offer, when its lease lapses
+    /// unless heartbeats extend it.
     async fn lease_expires_at(&self) -> Timestamp {
         self.0.lease_expires_at.unwrap_or(self.0.updated_at).into()
+    }
+    /// `true` when the offer started the task (the worker registered with `autoAccept`):
+    /// it is `RUNNING` under this lease and needs no `acceptTask`.
+    async fn started(&self) -> bool {
+        self.0.status == domain::TaskStatus::Running
     }
 }
 
@@ -534,6 +546,14 @@ pub struct RegisterWorkerInput {
     pub queues: Vec<String>,
     /// Concurrent tasks accepted (1–1000).
     pub capacity: i32,
+    /// `true`: the worker takes its offers as they come. Each offer then arrives already
+    /// `RUNNING` (the attempt counted, under the queue's lease), and the worker sends no
+    /// `acceptTask`: a task makes one call, one write and one event fewer. An offer it
+    /// cannot take must be handed back with `releaseTask`, which keeps the attempt
+    /// counted; left alone, its lease lapses as a failed attempt. Default `false`: offers
+    /// are `ASSIGNED` until accepted, and one left unaccepted lapses at no cost.
+    #[graphql(default = false)]
+    pub auto_accept: bool,
 }
 
 /// A queue and its settings. Its key is `id`, the queue's name.

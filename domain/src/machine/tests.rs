@@ -55,6 +55,7 @@ fn every_command() -> Vec<Command> {
         Command::Retry,
         Command::Requeue,
         Command::ExpireDeadline,
+        Command::Start { worker_id: WORKER.into(), lease_token: LeaseToken::generate(), lease_expires_at: later },
     ]
 }
 
@@ -66,8 +67,8 @@ fn every_status_and_command_has_the_specified_outcome() {
     type Outcome = Result<TaskStatus, crate::ErrorCode>;
     let ok = Ok;
     // Columns follow every_command(): promote offer accept heartbeat complete fail release
-    // expire-offer expire-lease reclaim cancel retry requeue expire-deadline.
-    let table: [(TaskStatus, [Outcome; 14]); 7] = [
+    // expire-offer expire-lease reclaim cancel retry requeue expire-deadline start.
+    let table: [(TaskStatus, [Outcome; 15]); 7] = [
         (
             Scheduled,
             [
@@ -83,6 +84,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(C),
                 ok(Cancelled),
                 ok(Queued),
+                Err(C),
                 Err(C),
                 Err(C),
             ],
@@ -104,6 +106,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(C),
                 Err(C),
                 Err(C),
+                ok(Running),
             ],
         ),
         (
@@ -120,6 +123,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(C),
                 ok(Queued),
                 ok(Cancelled),
+                Err(C),
                 Err(C),
                 Err(C),
                 Err(C),
@@ -142,6 +146,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(C),
                 Err(C),
                 Err(C),
+                Err(C),
             ],
         ),
         (
@@ -154,6 +159,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(L),
                 Err(L),
                 Err(L),
+                Err(C),
                 Err(C),
                 Err(C),
                 Err(C),
@@ -180,6 +186,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 ok(Queued),
                 Err(C),
                 Err(C),
+                Err(C),
             ],
         ),
         (
@@ -198,6 +205,7 @@ fn every_status_and_command_has_the_specified_outcome() {
                 Err(C),
                 ok(Queued),
                 ok(Queued),
+                Err(C),
                 Err(C),
             ],
         ),
@@ -338,6 +346,27 @@ fn expiry_commands_only_apply_once_the_lease_has_lapsed() {
 }
 
 #[test]
+fn a_started_offer_is_a_run_under_a_fresh_lease() {
+    let queued = task_in(Queued);
+    let until = now() + Duration::seconds(30);
+    let token = LeaseToken::generate();
+    let start = Command::Start { worker_id: WORKER.into(), lease_token: token.clone(), lease_expires_at: until };
+    let t = transition(&queued, start, now()).expect("start");
+    assert_eq!((t.task.status, t.task.attempts), (Running, 1), "starting counts an attempt");
+    assert_eq!((t.task.worker_id.as_deref(), t.task.lease_token.as_ref()), (Some(WORKER), Some(&token)));
+    assert_eq!(t.task.lease_expires_at, Some(until));
+    let event = t.event.expect("an event");
+    assert_eq!((event.previous_status, event.status, event.attempt), (Some(Queued), Running, 1));
+    assert!(t.effects.is_empty());
+    // The holder's acceptTask, sent anyway, changes nothing; its report completes the task.
+    let accept =
+        Command::Accept { worker_id: WORKER.into(), lease_token: token.as_str().into(), lease_expires_at: until };
+    assert!(transition(&t.task, accept, now()).expect("accept").event.is_none());
+    let complete = Command::Complete { worker_id: WORKER.into(), lease_token: token.as_str().into(), result: None };
+    assert_eq!(transition(&t.task, complete, now()).expect("complete").task.status, Succeeded);
+}
+
+#[test]
 fn a_scheduled_task_is_promoted_only_when_due() {
     let mut task = task_in(Scheduled);
     task.run_at = now() + Duration::seconds(1);
@@ -356,7 +385,7 @@ fn requeue_gives_a_dead_task_a_fresh_attempt_budget() {
 /// One step of a random history.
 fn arb_command() -> impl Strategy<Value = (u8, bool, bool, i64)> {
     // (which command, use the right token?, retryable?, seconds to advance the clock)
-    (0u8..14, any::<bool>(), any::<bool>(), 0i64..60)
+    (0u8..15, any::<bool>(), any::<bool>(), 0i64..60)
 }
 
 proptest! {
@@ -389,6 +418,7 @@ proptest! {
                 10 => Command::Retry,
                 11 => Command::Requeue,
                 12 => Command::Reclaim { retry_at: clock + Duration::seconds(2) },
+                13 => Command::Start { worker_id: WORKER.into(), lease_token: LeaseToken::generate(), lease_expires_at: later },
                 _ => Command::ExpireDeadline,
             };
             let Ok(t) = transition(&task, command, clock) else { continue };

@@ -40,6 +40,9 @@ pub(crate) struct Args {
     /// Tasks each worker handles at once (1–1000).
     #[arg(long, default_value_t = 4)]
     capacity: u64,
+    /// The workers register with `autoAccept`: offers arrive started, no `acceptTask`.
+    #[arg(long)]
+    auto_accept: bool,
     /// How long each task takes, in milliseconds (at most 60000).
     #[arg(long, default_value_t = 20)]
     work_ms: u64,
@@ -104,6 +107,7 @@ pub(crate) struct Options {
     pub(crate) connections: usize,
     pub(crate) workers: usize,
     pub(crate) capacity: u32,
+    pub(crate) auto_accept: bool,
     pub(crate) work: Duration,
     pub(crate) stall_every: u64,
     pub(crate) stall_for: Duration,
@@ -140,6 +144,7 @@ impl Args {
             connections: size(self.connections, 1, 1000),
             workers: size(self.workers, 1, 1000),
             capacity: self.capacity.clamp(1, 1000) as u32,
+            auto_accept: self.auto_accept,
             work: Duration::from_millis(self.work_ms.min(60_000)),
             stall_every: self.stall_every,
             stall_for: seconds(self.stall_for),

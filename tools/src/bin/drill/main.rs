@@ -171,6 +171,7 @@ async fn start_workers(o: &Options, lifetime: Duration) -> Result<Vec<Worker>, S
             queues: vec![o.queue.clone()],
             capacity: o.capacity,
             heartbeat_every,
+            auto_accept: o.auto_accept,
         });
     }
     let (workers, failures) = load::start_workers(configs, handler, WORKER_START_CONCURRENCY).await;

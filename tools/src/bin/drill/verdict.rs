@@ -132,7 +132,7 @@ impl Findings {
             "strict": o.strict,
             "options": {
                 "duration_s": o.duration.as_secs(), "rate": o.rate, "connections": o.connections,
-                "workers": o.workers, "capacity": o.capacity, "work_ms": o.work.as_millis() as u64,
+                "workers": o.workers, "capacity": o.capacity, "auto_accept": o.auto_accept, "work_ms": o.work.as_millis() as u64,
                 "stall_every": o.stall_every, "stall_for_s": o.stall_for.as_secs(), "lease_seconds": o.lease_seconds,
                 "readers": o.readers, "working_set": o.working_set, "settle_s": o.settle.as_secs(),
             },

@@ -61,6 +61,9 @@ pub(crate) struct Args {
     /// Tasks each worker handles at once (1–1000).
     #[arg(long, default_value_t = 4, help_heading = "dispatch")]
     capacity: u64,
+    /// The workers register with `autoAccept`: offers arrive started, no `acceptTask`.
+    #[arg(long, help_heading = "dispatch")]
+    auto_accept: bool,
     /// Queue-wide subscriptions recording the run, observer i on URL i mod N
     /// (1–64; default one per URL).
     #[arg(long, help_heading = "dispatch")]
@@ -144,6 +147,7 @@ pub(crate) struct Options {
     pub(crate) grace: Duration,
     pub(crate) workers: usize,
     pub(crate) capacity: u32,
+    pub(crate) auto_accept: bool,
     /// `dispatch`: queue-wide subscriptions recording the run, observer i on URL i mod N
     /// (`None`: one per URL). A fixed count keeps the subscriber load equal whatever N is.
     pub(crate) observers: Option<usize>,
@@ -185,6 +189,7 @@ impl Args {
             grace: Duration::from_secs(self.grace),
             workers: size(self.workers.max(1)),
             capacity: self.capacity.clamp(1, 1000) as u32,
+            auto_accept: self.auto_accept,
             observers: self.observers.map(|n| size(n.clamp(1, 64))),
             subscribers: size(self.subscribers),
             events: self.events,

@@ -38,9 +38,11 @@ struct TaskTimes {
     acked: Option<i64>,
     /// Server: the first event (`seq` 1, the creation).
     created: Option<i64>,
-    /// Server: the first `ASSIGNED` event.
+    /// Server: the first offer event: `ASSIGNED`, or `RUNNING` for an offer that started
+    /// the task (`--auto-accept` workers).
     assigned: Option<i64>,
-    /// Server: the first `RUNNING` event (the worker accepted the offer).
+    /// Server: the first `RUNNING` event (the worker accepted the offer, or the offer
+    /// started the task).
     running: Option<i64>,
     /// Server: the `SUCCEEDED` event.
     succeeded: Option<i64>,
@@ -83,7 +85,12 @@ impl Ledger {
         }
         match event.status.as_str() {
             "ASSIGNED" if times.assigned.is_none() => times.assigned = Some(event.at),
-            "RUNNING" if times.running.is_none() => times.running = Some(event.at),
+            "RUNNING" if times.running.is_none() => {
+                times.running = Some(event.at);
+                // An accepted offer's ASSIGNED came first (events of a task arrive in
+                // order); without one, the offer started the task.
+                times.assigned.get_or_insert(event.at);
+            }
             "SUCCEEDED" if times.succeeded.is_none() => {
                 times.succeeded = Some(event.at);
                 times.succeeded_received = Some(received);
@@ -259,6 +266,7 @@ async fn start_workers(o: &Options) -> Result<(Vec<Worker>, BTreeMap<String, u64
             queues,
             capacity: o.capacity,
             heartbeat_every: HEARTBEAT,
+            auto_accept: o.auto_accept,
         });
     }
     let (workers, failures) = load::start_workers(configs, handler, WORKER_START_CONCURRENCY).await;
@@ -428,6 +436,7 @@ impl DispatchRun {
             "requested": o.workers,
             "started": self.stopped.len(),
             "capacity": o.capacity,
+            "auto_accept": o.auto_accept,
             "offered": sum(|s| s.offered),
             "accepted": sum(|s| s.accepted),
             "completed": sum(|s| s.completed),
@@ -508,10 +517,11 @@ impl DispatchRun {
         let unfinished = self.unfinished();
         let unfinished_line = if unfinished.is_empty() { String::new() } else { format!(" {}", json!(unfinished)) };
         format!(
-            "dispatch workers={}x{} rate={}/s c={}: created {} ({:.0}/s), assigned {}, succeeded {} ({:.0}/s), not finished {}{}; \
+            "dispatch workers={}x{}{} rate={}/s c={}: created {} ({:.0}/s), assigned {}, succeeded {} ({:.0}/s), not finished {}{}; \
              p50/p95/p99/max created→assigned {}, created→succeeded {}, ack→SUCCEEDED received {}; errors {}",
             self.stopped.len(),
             o.capacity,
+            if o.auto_accept { " (auto-accept)" } else { "" },
             o.rate,
             o.connections,
             s.created,
@@ -585,7 +595,7 @@ fn history(task: &Value) -> Result<History, String> {
             history.created = at;
         }
         match event["status"].as_str() {
-            Some("ASSIGNED") if history.assigned.is_none() => history.assigned = at,
+            Some("ASSIGNED" | "RUNNING") if history.assigned.is_none() => history.assigned = at,
             Some("SUCCEEDED") => history.succeeded = at,
             _ => {}
         }
