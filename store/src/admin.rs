@@ -429,7 +429,7 @@ mod tests {
         let store = test_store(dir.path()).await;
         let now = Utc::now();
         let heartbeat = extend_leases("w1", "default", now, now + chrono::Duration::seconds(30));
-        let offers = crate::dispatch::offers_for_query("w1", true);
+        let offers = crate::dispatch::offers_for_query("w1");
         let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate(now)).collect();
         let queues = BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let named = NamedLeases::new("w1", &ids, &queues, now).update().expect("an update");

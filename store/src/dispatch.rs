@@ -27,7 +27,8 @@ use crate::error::{StoreError, StoreResult};
 /// What became of an offer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OfferOutcome {
-    /// The task is `ASSIGNED` to the worker under a new lease token.
+    /// The task is `ASSIGNED` to the worker under a new lease token (`RUNNING`, when the
+    /// offer started it).
     Offered(Box<Task>),
     /// The task is no longer `QUEUED` (cancelled, offered by another dispatcher, gone).
     NotQueued,
@@ -519,11 +520,12 @@ impl Store {
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
-    /// The tasks currently offered to worker `id` (not yet accepted), in dispatch order
-    /// (priority desc, `runAt` asc, id asc); with `running`, its `RUNNING` tasks too (a
-    /// worker that takes its offers as they come is offered tasks already started).
-    pub async fn offers_for(&self, id: &str, running: bool) -> StoreResult<Vec<Task>> {
-        let rows = offers_for_query(id, running).all(&self.db).await?;
+    /// The tasks worker `id` holds: offered (`ASSIGNED`) or running (`RUNNING`: accepted,
+    /// or started by the offer for a worker that takes its offers as they come), in
+    /// dispatch order (priority desc, `runAt` asc, id asc). The `assignments` stream
+    /// decides which of them are offers to deliver.
+    pub async fn offers_for(&self, id: &str) -> StoreResult<Vec<Task>> {
+        let rows = offers_for_query(id).all(&self.db).await?;
         rows.into_iter().map(convert::task_from_row).collect()
     }
 
@@ -553,13 +555,11 @@ impl Store {
 }
 
 /// The query of [`Store::offers_for`]: it reads through `idx_tasks_worker_status`, the
-/// worker's `ASSIGNED` (and with `running`, `RUNNING`) tasks, not every task it ever held.
-pub(super) fn offers_for_query(id: &str, running: bool) -> sea_orm::Select<task::Entity> {
-    let statuses: &[TaskStatus] =
-        if running { &[TaskStatus::Assigned, TaskStatus::Running] } else { &[TaskStatus::Assigned] };
+/// worker's `ASSIGNED` and `RUNNING` tasks, not every task it ever held.
+pub(super) fn offers_for_query(id: &str) -> sea_orm::Select<task::Entity> {
     task::Entity::find()
         .filter(task::Column::WorkerId.eq(id))
-        .filter(task::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+        .filter(task::Column::Status.is_in([TaskStatus::Assigned.as_str(), TaskStatus::Running.as_str()]))
         .order_by_desc(task::Column::Priority)
         .order_by_asc(task::Column::RunAt)
         .order_by_asc(task::Column::Id)
@@ -805,6 +805,50 @@ mod tests {
         assert_eq!(store.events_after(tasks[2].id, 0, 10).await.expect("events").len(), 1, "no event for it");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 1, "exactly one slot reserved");
+    }
+
+    /// An offer with a lease starts its task (`RUNNING`, an attempt, the lease from now)
+    /// in the same transaction as a plain offer beside it, each taking a worker slot, and
+    /// a queue's `maxConcurrency` counts both.
+    #[tokio::test]
+    async fn started_and_plain_offers_share_one_round_and_the_queue_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let registration = WorkerRegistration::parse("w", &["q".to_owned()], 4).expect("registration");
+        store.register_worker("w1", &registration).await.expect("registered");
+        limited_queue(&store, None, Some(2)).await;
+        let tasks = queued(&store, 3).await;
+        let lease = chrono::Duration::seconds(30);
+        let offers: Vec<PlannedOffer> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PlannedOffer {
+                id: t.id,
+                worker_id: "w1".into(),
+                traceparent: None,
+                lease: (i != 1).then_some(lease),
+            })
+            .collect();
+
+        let before = Utc::now();
+        let made = store.offer_many(&offers, &["q"], before + chrono::Duration::seconds(10)).await.expect("offers");
+
+        assert!(
+            matches!(made.outcomes[0], OfferOutcome::Offered(_))
+                && matches!(made.outcomes[1], OfferOutcome::Offered(_))
+        );
+        assert_eq!(made.outcomes[2], OfferOutcome::QueueLimited, "the cap of 2 counts the started offer");
+        let after = store.tasks_by_ids(&[tasks[0].id, tasks[1].id]).await.expect("read");
+        let by_id: HashMap<TaskId, &Task> = after.iter().map(|t| (t.id, t)).collect();
+        let started = by_id[&tasks[0].id];
+        assert_eq!((started.status, started.attempts), (TaskStatus::Running, 1), "started: one attempt");
+        assert!(started.lease_expires_at.is_some_and(|at| at >= before + lease - chrono::Duration::seconds(1)));
+        assert_eq!((by_id[&tasks[1].id].status, by_id[&tasks[1].id].attempts), (TaskStatus::Assigned, 0));
+        let events = store.events_after(tasks[0].id, 0, 10).await.expect("events");
+        let statuses: Vec<_> = events.iter().map(|e| (e.previous_status, e.status)).collect();
+        assert_eq!(statuses, [(None, TaskStatus::Queued), (Some(TaskStatus::Queued), TaskStatus::Running)]);
+        let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
+        assert_eq!(worker[0].active, 2, "a slot each");
     }
 
     /// The offers of one round are announced (events, listeners, and so the offers a

@@ -150,6 +150,31 @@ async fn a_worker_that_takes_offers_as_they_come_never_accepts() {
     worker.stop().await;
 }
 
+/// A worker process that restarts (same worker id, a new stream) is not handed the tasks
+/// its previous life was running: it would run them again under the same token and
+/// attempt. Their leases lapse, counting the attempt, and they run again from the queue.
+#[tokio::test]
+async fn a_restarted_worker_is_not_handed_its_earlier_runs() {
+    let app = TestApp::spawn().await;
+    fast_queue(&app, 5).await;
+    let taking = || WorkerConfig { auto_accept: true, ..config(&app, "phoenix", 1) };
+    let first = Worker::start(taking(), completing(Duration::from_secs(3600))).await.expect("start");
+    let alice = app.token("alice", &["client"]);
+    let id = app.create_task(&alice, json!({ "queue": "q", "kind": "k" })).await;
+    assert!(first.wait_until(Duration::from_secs(15), |s| s.accepted == 1).await, "the first life runs it");
+    first.kill();
+    let second = Worker::start(taking(), completing(Duration::ZERO)).await.expect("start");
+    let tasks = wait_until_all_end(&app, 1, Duration::from_secs(30)).await;
+    let task = &tasks[0];
+    assert_eq!((&task["id"], task["status"].as_str()), (&json!(id), Some("SUCCEEDED")));
+    assert_eq!(task["attempts"], 2, "the earlier run's lease lapsed, counting its attempt");
+    let messages: Vec<&str> =
+        task["events"].as_array().expect("events").iter().filter_map(|e| e["message"].as_str()).collect();
+    assert!(messages.contains(&"lease expired"), "{messages:?}");
+    assert_one_lease_at_a_time(task);
+    second.stop().await;
+}
+
 /// An offer that started the task but that the worker does not take (its filter refuses
 /// it) goes back to the queue at once, its attempt counted, and another worker runs it.
 #[tokio::test]

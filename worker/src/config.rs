@@ -25,9 +25,10 @@ pub struct WorkerConfig {
     /// Registers with `autoAccept`: the server starts each task as it offers it (the
     /// attempt counted, under the queue's lease), so the worker sends no `acceptTask`,
     /// and a task costs one call and one write fewer. An offer the worker cannot take
-    /// (filtered out, or no handler free) is then handed back with `releaseTask`, which
-    /// keeps its attempt counted. `false`: every offer is accepted first, and one not
-    /// taken lapses at no cost.
+    /// (refused by the filter, or no handler free within 5 s and a quarter of its lease)
+    /// is then handed back with `releaseTask`, which keeps its attempt counted (`DEAD` if
+    /// it was the last). `false`: every offer is accepted first, and one not taken lapses
+    /// at no cost. Needs a server that knows `autoAccept` (upgrade servers first).
     pub auto_accept: bool,
 }
 

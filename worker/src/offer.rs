@@ -63,7 +63,7 @@ pub type Handler = Arc<dyn Fn(Assignment) -> BoxFuture<'static, Outcome> + Send 
 /// Decides before acceptance whether to take an offer: `false` leaves it unaccepted, so the
 /// offer lapses and the server offers the task again (to this or another worker). An offer
 /// that started the task ([`Assignment::started`]) is handed back with `releaseTask`
-/// instead, its attempt counted.
+/// instead, its attempt counted (`DEAD` if it was the last).
 pub type OfferFilter = Arc<dyn Fn(&Assignment) -> bool + Send + Sync>;
 
 /// Reads one `assignments` item; what is missing when it cannot.

@@ -17,7 +17,8 @@ use crate::{
     Assignment, Outcome, Stamp, TaskRecord,
     offer::parse_assignment,
     shared::{
-        ACCEPT, BACKOFF_MAX, BACKOFF_MIN, COMPLETE, FAIL, HEARTBEAT, RELEASE, SUBSCRIPTION_ID, Shared, bump, lock,
+        ACCEPT, BACKOFF_MAX, BACKOFF_MIN, COMPLETE, FAIL, HEARTBEAT, RELEASE, STARTED_PERMIT_WAIT, SUBSCRIPTION_ID,
+        Shared, bump, lock,
     },
     transport::{self, Socket, describe_close},
 };
@@ -239,26 +240,13 @@ impl Shared {
             finished_at: None,
         };
         let wanted = std::panic::catch_unwind(AssertUnwindSafe(|| (self.filter)(&assignment))).unwrap_or(false);
+        if assignment.started {
+            self.take_started(assignment, record, wanted, root, handlers);
+            return;
+        }
         let permit = if wanted { self.permits.clone().try_acquire_owned().ok() } else { None };
         let Some(permit) = permit else {
             bump(&self.counters.ignored);
-            if assignment.started {
-                // Already running on this worker: left alone, its lease would lapse as a
-                // failed attempt; handed back, it goes to the queue at once.
-                let shared = self.clone();
-                handlers.spawn(async move {
-                    let ids = json!({ "taskId": assignment.task_id, "leaseToken": assignment.lease_token });
-                    let answer = shared.task_mutation(RELEASE, ids, &shared.counters.released).await;
-                    let finished_at = Some(Stamp::now());
-                    shared.record(TaskRecord {
-                        outcome: Some(Outcome::Release),
-                        answer: Some(answer),
-                        finished_at,
-                        ..record
-                    });
-                });
-                return;
-            }
             self.record(TaskRecord { outcome: Some(Outcome::Ignore), finished_at: Some(Stamp::now()), ..record });
             return;
         };
@@ -266,6 +254,61 @@ impl Shared {
         let root = root.clone();
         bump(&self.counters.in_flight);
         handlers.spawn(async move {
+            tokio::select! {
+                _ = root.cancelled() => {}
+                _ = shared.handle(assignment, record, permit) => {}
+            }
+            shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Takes an offer that started the task (already `RUNNING` on this worker). The
+    /// server reserved a slot for it, so a handler is about to be free when none is: the
+    /// one whose report freed that slot still holds its permit until the answer arrives.
+    /// So it waits for a handler, for at most [`STARTED_PERMIT_WAIT`] and a quarter of the
+    /// lease. An offer refused by the filter, or still without a handler then, is handed
+    /// back with `releaseTask` (its attempt stays counted): left alone, its lease would
+    /// lapse as a failed attempt after the whole lease.
+    fn take_started(
+        self: &Arc<Self>,
+        assignment: Assignment,
+        record: TaskRecord,
+        wanted: bool,
+        root: &CancellationToken,
+        handlers: &TaskTracker,
+    ) {
+        let shared = self.clone();
+        let root = root.clone();
+        handlers.spawn(async move {
+            let lease_left = chrono::DateTime::parse_from_rfc3339(&assignment.lease_expires_at)
+                .ok()
+                .and_then(|at| (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok())
+                .unwrap_or_default();
+            let wait = STARTED_PERMIT_WAIT.min(lease_left / 4);
+            let permit = if wanted {
+                tokio::select! {
+                    _ = root.cancelled() => return,
+                    permit = tokio::time::timeout(wait, shared.permits.clone().acquire_owned()) => {
+                        permit.ok().and_then(Result::ok)
+                    }
+                }
+            } else {
+                None
+            };
+            let Some(permit) = permit else {
+                bump(&shared.counters.ignored);
+                let ids = json!({ "taskId": assignment.task_id, "leaseToken": assignment.lease_token });
+                let answer = shared.task_mutation(RELEASE, ids, &shared.counters.released).await;
+                let finished_at = Some(Stamp::now());
+                shared.record(TaskRecord {
+                    outcome: Some(Outcome::Release),
+                    answer: Some(answer),
+                    finished_at,
+                    ..record
+                });
+                return;
+            };
+            bump(&shared.counters.in_flight);
             tokio::select! {
                 _ = root.cancelled() => {}
                 _ = shared.handle(assignment, record, permit) => {}

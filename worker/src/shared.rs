@@ -18,8 +18,13 @@ use crate::{
     transport::{self, Socket},
 };
 
-/// The `assignments` subscription the worker sends (operation name `Assignments`).
-const ASSIGNMENTS_SUBSCRIPTION: &str = "subscription Assignments { assignments { leaseToken leaseExpiresAt started \
+/// The `assignments` subscription the worker sends (operation name `Assignments`), and
+/// the same asking whether each offer `started` the task (sent only by a worker registered
+/// with `autoAccept`, so that a worker that does not opt in works with servers that
+/// predate the field).
+const ASSIGNMENTS_SUBSCRIPTION: &str = "subscription Assignments { assignments { leaseToken leaseExpiresAt \
+     task { id queue kind payload priority attempts maxAttempts } } }";
+const ASSIGNMENTS_STARTED_SUBSCRIPTION: &str = "subscription Assignments { assignments { leaseToken leaseExpiresAt started \
      task { id queue kind payload priority attempts maxAttempts } } }";
 const REGISTER: &str = "mutation RegisterWorker($input: RegisterWorkerInput!) { registerWorker(input: $input) { id } }";
 pub(crate) const HEARTBEAT: &str = "mutation Heartbeat($tasks: [ID!]) { heartbeat(tasks: $tasks) { id } }";
@@ -44,6 +49,9 @@ pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const SEEN_LIMIT: usize = 100_000;
 /// How many records [`Worker::log`](crate::Worker::log) keeps (the oldest are dropped first).
 const LOG_LIMIT: usize = 100_000;
+/// Longest wait for a free handler for an offer that started the task (see
+/// `Shared::take_started`); never more than a quarter of its lease.
+pub(crate) const STARTED_PERMIT_WAIT: Duration = Duration::from_secs(5);
 /// How long a task mutation whose answer was lost is retried.
 const REPORT_RETRY_LIMIT: Duration = Duration::from_secs(60);
 
@@ -243,8 +251,12 @@ impl Shared {
             "name": self.config.name,
             "queues": self.config.queues,
             "capacity": self.config.capacity,
-            "autoAccept": self.config.auto_accept,
         });
+        let mut input = input;
+        if self.config.auto_accept {
+            // Only when opted in: servers that predate the field refuse it.
+            input["autoAccept"] = json!(true);
+        }
         let data = self.graphql(REGISTER, json!({ "input": input })).await.map_err(Error::Register)?;
         Ok(data["registerWorker"]["id"].as_str().unwrap_or_default().to_owned())
     }
@@ -288,10 +300,11 @@ impl Shared {
     /// Opens the WebSocket, initialises it and subscribes to `assignments`.
     pub(crate) async fn connect(&self) -> Result<Socket, Error> {
         let mut socket = transport::connect(&self.endpoint().ws, &self.config.token).await?;
+        let query = if self.config.auto_accept { ASSIGNMENTS_STARTED_SUBSCRIPTION } else { ASSIGNMENTS_SUBSCRIPTION };
         let subscribe = json!({
             "id": SUBSCRIPTION_ID,
             "type": "subscribe",
-            "payload": { "query": ASSIGNMENTS_SUBSCRIPTION, "variables": {}, "operationName": "Assignments" },
+            "payload": { "query": query, "variables": {}, "operationName": "Assignments" },
         });
         transport::send(&mut socket, subscribe).await?;
         self.connected.send_replace(Some(Instant::now()));

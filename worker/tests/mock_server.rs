@@ -154,9 +154,15 @@ impl Mock {
 
     /// Sends an offer once a subscription is open.
     async fn offer(&self, task: &str, lease: &str) {
+        self.offer_as(task, lease, false).await;
+    }
+
+    /// Sends an offer, `started` or not, once a subscription is open.
+    async fn offer_as(&self, task: &str, lease: &str, started: bool) {
         let assignment = json!({
             "leaseToken": lease,
             "leaseExpiresAt": "2030-01-01T00:00:00Z",
+            "started": started,
             "task": { "id": task, "queue": "q", "kind": "k", "payload": null, "priority": 0, "attempts": 0, "maxAttempts": 5 },
         });
         self.send(Some(assignment)).await;
@@ -274,6 +280,30 @@ async fn capacity_filter_and_kill() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(mock.count("completeTask"), 0, "a killed worker reports nothing");
     assert_eq!(mock.received("complete"), 0);
+}
+
+/// An `auto_accept` worker registers so, asks whether offers started, never accepts a
+/// started offer, waits for its one handler to finish rather than hand back the next
+/// started offer, and hands back one its filter refuses.
+#[tokio::test]
+async fn started_offers_wait_for_a_handler_and_refusals_are_handed_back() {
+    let (mock, url) = Mock::start().await;
+    let filter: OfferFilter = Arc::new(|a: &Assignment| a.task_id != "skip");
+    let config = WorkerConfig { auto_accept: true, ..config(&url, 1) };
+    let worker = Worker::start_with_filter(config, filter, handler()).await.expect("starts");
+    mock.offer_as("slow-1", "l1", true).await;
+    mock.offer_as("t2", "l2", true).await;
+    mock.offer_as("skip", "l3", true).await;
+    assert!(worker.wait_until(WAIT, |s| s.completed == 2 && s.released == 1).await, "{:?}", worker.stats());
+    assert_eq!(mock.count("acceptTask"), 0, "started offers are not accepted");
+    let released: Vec<Value> =
+        lock(&mock.calls).iter().filter(|(f, _)| f == "releaseTask").map(|(_, v)| v["taskId"].clone()).collect();
+    assert_eq!(released, [json!("skip")], "only the refused offer goes back");
+    let register = lock(&mock.calls).iter().find(|(f, _)| f == "registerWorker").map(|(_, v)| v.clone());
+    assert_eq!(register.expect("registered")["input"]["autoAccept"], true);
+    let subscribe = lock(&mock.received).iter().find(|m| m["type"] == "subscribe").cloned().expect("subscribed");
+    assert!(subscribe["payload"]["query"].as_str().unwrap_or_default().contains("started"));
+    worker.stop().await;
 }
 
 #[tokio::test]

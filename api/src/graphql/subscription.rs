@@ -36,7 +36,7 @@ use crate::{
     live::{Generations, Hub, Next, Route},
     metrics::Metrics,
 };
-use taskwire_store::{EventScope, Store, WorkerRecord};
+use taskwire_store::{EventScope, Store};
 
 // Every database read inside a stream below is boxed: a stream's state is as large as
 // its largest await point, and an inline query future would make every idle
@@ -173,20 +173,26 @@ impl Subscription {
         let dispatcher = local.and_then(|d| d.id.clone());
         // Registered before the first read, so no offer slips between the two.
         let live = hub.subscribe(Route::Worker(worker_id.clone()));
+        // What the worker runs already, read before this stream counts as open: no offer
+        // started for this stream is among these, and none of these is delivered by it.
+        let running_before: HashSet<String> = Box::pin(store.offers_for(&worker_id))
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|task| task.status == TaskStatus::Running)
+            .filter_map(|task| task.lease_token.map(|token| token.as_str().to_owned()))
+            .collect();
         // Open before the worker is claimed: from the claim on, this process's matcher
         // may start the worker's offers, which this stream then delivers.
         let open = local.map(|d| d.streams.open(&worker_id));
         // From now on this process's dispatcher (if any) alone offers to the worker.
-        let worker = store
-            .touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str))
-            .await
-            .map_err(ApiError::from)?;
+        store.touch_worker(&worker_id, dispatcher.as_ref().map(DispatcherId::as_str)).await.map_err(ApiError::from)?;
         metrics.subscriptions.inc();
         let cache = ctx.data_opt::<TaskCache>().cloned();
         let gauge = GaugeGuard(metrics.clone());
         let refresh = (ttl / 3).max(Duration::from_millis(100));
         let source = AssignmentSource { store, cache, metrics, dispatcher };
-        Ok(assignment_stream(source, live, worker, refresh, (gauge, open)))
+        Ok(assignment_stream(source, live, (worker_id, running_before), refresh, (gauge, open)))
     }
 
     /// Events of many tasks: a client's own tasks, or (operators) any queue's.
@@ -343,19 +349,24 @@ impl AssignmentSource {
 /// worker (see [`is_offer`]) delivers its offer: from the task this process just
 /// committed when L1 holds that very version (no query), otherwise by a re-read of the
 /// worker's offers, as a lag and the periodic liveness refresh do. Offers are delivered
-/// once each (by lease token). For a worker that takes its offers as they come, the
-/// tasks it runs count as offers: started by the dispatcher, they were never accepted.
+/// once each (by lease token).
+///
+/// A `RUNNING` task of the worker is an offer when the dispatcher started it for this
+/// stream (a worker that takes its offers as they come): one the stream has not
+/// delivered (an accepted offer was delivered `ASSIGNED`, under the same token) and that
+/// was not running before the stream opened (`running_before`). Those earlier runs are
+/// never delivered again: a restarted worker process would run them a second time under
+/// the same token and attempt, and a task that crashes its worker would never use up its
+/// attempts. Their leases lapse unless the worker still names them in its heartbeats.
 fn assignment_stream(
     source: AssignmentSource,
     mut live: crate::live::Subscription,
-    worker: WorkerRecord,
+    (worker_id, mut running_before): (String, HashSet<String>),
     refresh: Duration,
     guards: (GaugeGuard, Option<OpenStream>),
 ) -> impl Stream<Item = Result<AssignmentObject>> {
     async_stream::stream! {
         let _guards = guards;
-        let worker_id = worker.id;
-        let mut started = worker.auto_accept;
         let store = &source.store;
         let mut delivered: HashSet<String> = HashSet::new();
         let mut offers_heard = SeqTracker::bounded(OFFERS_TRACKED);
@@ -371,14 +382,16 @@ fn assignment_stream(
                 yield Ok(AssignmentObject(task));
             }
             if check || live.take_lagged() {
-                match Box::pin(store.offers_for(&worker_id, started)).await {
+                match Box::pin(store.offers_for(&worker_id)).await {
                     Ok(offers) => {
                         let current: HashSet<&str> =
                             offers.iter().filter_map(|t| t.lease_token.as_ref().map(|l| l.as_str())).collect();
                         delivered.retain(|token| current.contains(token.as_str()));
+                        running_before.retain(|token| current.contains(token.as_str()));
                         for task in offers {
                             let Some(token) = task.lease_token.as_ref().map(|t| t.as_str().to_owned()) else { continue };
-                            if delivered.insert(token) {
+                            let earlier_run = task.status == TaskStatus::Running && running_before.contains(&token);
+                            if !earlier_run && delivered.insert(token) {
                                 source.delivered("database");
                                 yield Ok(AssignmentObject(task));
                             }
@@ -407,10 +420,8 @@ fn assignment_stream(
                 _ = ticks.tick() => {
                     // An open subscription keeps the worker ONLINE.
                     let dispatcher = source.dispatcher.as_ref().map(DispatcherId::as_str);
-                    match Box::pin(store.touch_worker(&worker_id, dispatcher)).await {
-                        // A re-registration may have changed how the worker takes offers.
-                        Ok(record) => started = record.auto_accept,
-                        Err(e) => tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness"),
+                    if let Err(e) = Box::pin(store.touch_worker(&worker_id, dispatcher)).await {
+                        tracing::warn!(worker = %worker_id, error = ?e, "cannot refresh worker liveness");
                     }
                     check = true;
                 }

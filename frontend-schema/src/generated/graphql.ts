@@ -67,8 +67,10 @@ export type RegisterWorkerInput = {
    * `RUNNING` (the attempt counted, under the queue's lease), and the worker sends no
    * `acceptTask`: a task makes one call, one write and one event fewer. An offer it
    * cannot take must be handed back with `releaseTask`, which keeps the attempt
-   * counted; left alone, its lease lapses as a failed attempt. Default `false`: offers
-   * are `ASSIGNED` until accepted, and one left unaccepted lapses at no cost.
+   * counted (`DEAD` if it was the last); left alone, its lease lapses as a failed
+   * attempt. Name the tasks in `heartbeat(tasks:)`: the legacy form would keep an offer
+   * the worker never received leased. Default `false`: offers are `ASSIGNED` until
+   * accepted, and one left unaccepted lapses at no cost.
    */
   autoAccept?: boolean;
   /** Concurrent tasks accepted (1–1000). */
