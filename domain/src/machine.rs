@@ -248,18 +248,14 @@ pub fn transition(task: &Task, command: Command, now: DateTime<Utc>) -> Result<T
         },
         Command::Offer { ref worker_id, ref lease_token, expires_at } => match task.status {
             Queued => {
-                next.task.worker_id = Some(worker_id.clone());
-                next.task.lease_token = Some(lease_token.clone());
-                next.task.lease_expires_at = Some(expires_at);
+                next.lease_to(worker_id, lease_token, expires_at);
                 next.to(Assigned);
             }
             _ => return Err(invalid(&command)),
         },
         Command::Start { ref worker_id, ref lease_token, lease_expires_at } => match task.status {
             Queued => {
-                next.task.worker_id = Some(worker_id.clone());
-                next.task.lease_token = Some(lease_token.clone());
-                next.task.lease_expires_at = Some(lease_expires_at);
+                next.lease_to(worker_id, lease_token, lease_expires_at);
                 next.task.attempts += 1;
                 next.to(Running);
             }
@@ -424,6 +420,13 @@ impl<'a> Change<'a> {
 
     fn to(&mut self, status: TaskStatus) {
         self.task.status = status;
+    }
+
+    /// Leases the task to `worker` under `token` until `until` (an offer, or a started run).
+    fn lease_to(&mut self, worker: &str, token: &LeaseToken, until: DateTime<Utc>) {
+        self.task.worker_id = Some(worker.to_owned());
+        self.task.lease_token = Some(token.clone());
+        self.task.lease_expires_at = Some(until);
     }
 
     fn clear_lease(&mut self) {

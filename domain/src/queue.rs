@@ -39,6 +39,12 @@ impl QueueSettings {
             retry: RetryPolicy::default(),
         }
     }
+
+    /// The lease length (`lease_seconds`): how long an accepted or started run, or a
+    /// heartbeat's extension, lasts.
+    pub fn lease(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.lease_seconds))
+    }
 }
 
 /// A queue's rate-limit bucket as its row stores it, shared by every dispatcher: it

@@ -155,12 +155,8 @@ impl Store {
         // Leases are extended in place: the lease token (not the row version) is what
         // fences a worker, and extending a lease changes no visible state. A lease that
         // already lapsed stays lapsed: the reaper counts it as a failed attempt.
-        let until: BTreeMap<String, i64> = settings
-            .into_iter()
-            .map(|(queue, settings)| {
-                (queue, convert::to_ms(now + chrono::Duration::seconds(i64::from(settings.lease_seconds))))
-            })
-            .collect();
+        let until: BTreeMap<String, i64> =
+            settings.into_iter().map(|(queue, settings)| (queue, convert::to_ms(now + settings.lease()))).collect();
         let renewed = match leases {
             Leases::All => {
                 for (queue, until) in &until {

@@ -278,7 +278,7 @@ mod tests {
         let (worker, token) = (worker.to_owned(), token.to_owned());
         move |task, queue| {
             let now = Utc::now();
-            let expires = now + chrono::Duration::seconds(i64::from(queue.lease_seconds));
+            let expires = now + queue.lease();
             let command =
                 Command::Accept { worker_id: worker.clone(), lease_token: token.clone(), lease_expires_at: expires };
             Ok(machine::transition(task, command, now)?)

@@ -250,16 +250,23 @@ impl Shared {
             self.record(TaskRecord { outcome: Some(Outcome::Ignore), finished_at: Some(Stamp::now()), ..record });
             return;
         };
-        let shared = self.clone();
-        let root = root.clone();
+        handlers.spawn(self.clone().run(assignment, record, permit, root.clone()));
+    }
+
+    /// Handles a taken offer until it is done or the worker is killed, counted in flight.
+    async fn run(
+        self: Arc<Self>,
+        assignment: Assignment,
+        record: TaskRecord,
+        permit: OwnedSemaphorePermit,
+        root: CancellationToken,
+    ) {
         bump(&self.counters.in_flight);
-        handlers.spawn(async move {
-            tokio::select! {
-                _ = root.cancelled() => {}
-                _ = shared.handle(assignment, record, permit) => {}
-            }
-            shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
+        tokio::select! {
+            _ = root.cancelled() => {}
+            _ = self.handle(assignment, record, permit) => {}
+        }
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Takes an offer that started the task (already `RUNNING` on this worker). The
@@ -308,12 +315,7 @@ impl Shared {
                 });
                 return;
             };
-            bump(&shared.counters.in_flight);
-            tokio::select! {
-                _ = root.cancelled() => {}
-                _ = shared.handle(assignment, record, permit) => {}
-            }
-            shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            shared.run(assignment, record, permit, root).await;
         });
     }
 

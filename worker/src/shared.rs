@@ -247,12 +247,11 @@ impl Shared {
 
     /// `registerWorker`; the worker id.
     pub(crate) async fn register(&self) -> Result<String, Error> {
-        let input = json!({
+        let mut input = json!({
             "name": self.config.name,
             "queues": self.config.queues,
             "capacity": self.config.capacity,
         });
-        let mut input = input;
         if self.config.auto_accept {
             // Only when opted in: servers that predate the field refuse it.
             input["autoAccept"] = json!(true);

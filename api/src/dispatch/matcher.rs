@@ -654,7 +654,7 @@ impl Matcher {
                 // under the queue's lease (its acceptance is not waited for), when its
                 // stream is open here to deliver it at once.
                 let starts = worker.auto_accept && self.streams.is_open(&worker.id);
-                let lease = starts.then(|| chrono::Duration::seconds(i64::from(settings.lease_seconds)));
+                let lease = starts.then(|| settings.lease());
                 let offer = PlannedOffer {
                     id: entry.id,
                     worker_id: worker.id.clone(),

@@ -188,7 +188,7 @@ impl WorkerMutation {
         with_lease(ctx, &task_id, move |_, queue, now| Command::Accept {
             worker_id: worker_id.clone(),
             lease_token: lease_token.clone(),
-            lease_expires_at: now + chrono::Duration::seconds(i64::from(queue.lease_seconds)),
+            lease_expires_at: now + queue.lease(),
         })
         .await
     }
