@@ -58,6 +58,31 @@ pub struct Task {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Task {
+    /// Roughly the bytes this task holds in memory, for caches bounded by memory rather
+    /// than by a count of tasks whose payloads range from nothing to 64 KiB.
+    pub fn approximate_size(&self) -> usize {
+        let strings = [&self.queue, &self.kind, &self.created_by].iter().map(|s| s.len()).sum::<usize>()
+            + [&self.idempotency_key, &self.worker_id, &self.last_error]
+                .iter()
+                .filter_map(|s| s.as_ref())
+                .map(String::len)
+                .sum::<usize>();
+        let json = [&self.payload, &self.result].iter().filter_map(|v| v.as_ref()).map(json_size).sum::<usize>();
+        std::mem::size_of::<Task>() + strings + json
+    }
+}
+
+/// Roughly the bytes a JSON value holds.
+fn json_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 16,
+        Value::String(s) => 24 + s.len(),
+        Value::Array(items) => 24 + items.iter().map(json_size).sum::<usize>(),
+        Value::Object(fields) => 48 + fields.iter().map(|(k, v)| 32 + k.len() + json_size(v)).sum::<usize>(),
+    }
+}
+
 /// One entry of a task's history (`task_events`): what changed, in `seq` order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskEvent {

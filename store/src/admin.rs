@@ -82,6 +82,7 @@ impl Store {
             };
             match result {
                 Ok(row) => {
+                    self.roster.changed();
                     self.dispatch_signal.notify_one();
                     return convert::worker_from_row(row);
                 }
@@ -143,6 +144,7 @@ impl Store {
         let row = active.update(writing.db()).await?;
         let record = convert::worker_from_row(row)?;
         if came_back {
+            self.roster.changed();
             self.dispatch_signal.notify_one();
         }
         if matches!(leases, Leases::Named(tasks) if tasks.is_empty()) {
@@ -185,7 +187,9 @@ impl Store {
         active.status = Set(WorkerStatus::Draining.as_str().to_owned());
         active.version = Set(row.version + 1);
         active.updated_at = Set(convert::to_ms(Utc::now()));
-        convert::worker_from_row(active.update(writing.db()).await?)
+        let row = active.update(writing.db()).await?;
+        self.roster.changed();
+        convert::worker_from_row(row)
     }
 
     /// Workers, optionally only those serving `queue` and/or in `status`, by id.

@@ -322,6 +322,110 @@ mod tests {
         running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect()
     }
 
+    /// Another handle on the database of `dir` (see `testing::test_store`), with nothing
+    /// remembered: what another process is to `test_store(dir)`.
+    async fn another_process(dir: &std::path::Path) -> Store {
+        let settings = crate::DatabaseSettings {
+            url: format!("sqlite://{}/t.db?mode=rwc", dir.display()),
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(2),
+            statement_cache: 512,
+        };
+        Store::connect(&settings, crate::Topics::new("taskwire")).await.expect("second handle")
+    }
+
+    /// A decision that applies `command` to the task as if the time were `at`.
+    fn at_time(command: Command, at: chrono::DateTime<Utc>) -> Decide {
+        Box::new(move |task, _| Ok(machine::transition(task, command.clone(), at)?))
+    }
+
+    #[tokio::test]
+    async fn a_batch_on_tasks_this_process_wrote_last_does_not_read_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let elsewhere = another_process(dir.path()).await;
+        let running = running_on_two_workers(&store).await;
+        let (here, there) = running.split_at(2);
+
+        let before = store.stats().statements();
+        let steps = store.transition_many(&completing(here)).await.expect("committed here");
+        let remembered = store.stats().statements() - before;
+        let before = elsewhere.stats().statements();
+        let steps_there = elsewhere.transition_many(&completing(there)).await.expect("committed elsewhere");
+        let read = elsewhere.stats().statements() - before;
+
+        for step in steps.iter().chain(&steps_there) {
+            assert!(matches!(step, Step::Done(t) if t.status == TaskStatus::Succeeded), "{step:?}");
+        }
+        // The same batch, on tasks the handle committed last and on tasks it never saw:
+        // the second reads the tasks (and its queue settings) first.
+        assert!(remembered < read, "{remembered} statements from memory, {read} with the read");
+    }
+
+    #[tokio::test]
+    async fn a_lease_a_heartbeat_extended_elsewhere_is_not_taken_from_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let elsewhere = another_process(dir.path()).await;
+        let tasks = offered_to(&store, "w1", 2).await;
+        let mut remembered_end = Vec::new();
+        for (id, token) in &tasks {
+            let accepted = store.transition_in_queue(*id, None, accept(token)).await.expect("accepted");
+            remembered_end.push(accepted.lease_expires_at.expect("leased"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let ids: Vec<TaskId> = tasks.iter().map(|(id, _)| *id).collect();
+        let (_, renewed) = elsewhere.renew_leases("w1", &ids).await.expect("heartbeat through another process");
+        let extended: Vec<_> = ids.iter().map(|id| renewed[id]).collect();
+        assert!(extended[0] > remembered_end[0] + chrono::Duration::milliseconds(40), "{extended:?}");
+
+        // A late `completeTask` between the remembered lease end and the extended one, and
+        // a repeated `acceptTask` (it changes nothing but the row version).
+        let ((a, token_a), (b, token_b)) = (&tasks[0], &tasks[1]);
+        let late = remembered_end[0] + (extended[0] - remembered_end[0]) / 2;
+        let complete = Command::Complete { worker_id: "w1".into(), lease_token: token_a.clone(), result: None };
+        let batch = vec![pending(*a, at_time(complete, late)), pending(*b, Box::new(accept(token_b)))];
+        let steps = store.transition_many(&batch).await.expect("committed");
+
+        assert!(matches!(&steps[0], Step::Done(t) if t.status == TaskStatus::Succeeded), "not LEASE_LOST: {steps:?}");
+        assert!(matches!(&steps[1], Step::Done(t) if t.status == TaskStatus::Running), "{steps:?}");
+        let stored = elsewhere.task(*b).await.expect("read").expect("exists");
+        assert_eq!(
+            stored.lease_expires_at.map(|at| at.timestamp_millis()),
+            Some(extended[1].timestamp_millis()),
+            "the repeated accept kept the extended lease, not the remembered one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_changed_elsewhere_is_not_offered_from_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let elsewhere = another_process(dir.path()).await;
+        let registration = WorkerRegistration::parse("w", &["q".to_owned()], 1).expect("registration");
+        store.register_worker("w1", &registration).await.expect("registered");
+        let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+        let new = NewTask::parse(input, "alice", Utc::now()).expect("valid input");
+        let CreateOutcome::Created(task) = store.create_task(new, None).await.expect("created") else {
+            panic!("created")
+        };
+        assert!(store.recent.get(task.id).is_some(), "the create is remembered");
+        elsewhere
+            .transition(task.id, None, |t| Ok(machine::transition(t, Command::Cancel { reason: None }, Utc::now())?))
+            .await
+            .expect("cancelled through another process");
+
+        let offer = PlannedOffer { id: task.id, worker_id: "w1".into(), traceparent: None, lease: None };
+        let made = store.offer_many(&[offer], &[], Utc::now() + chrono::Duration::seconds(30)).await.expect("ran");
+
+        assert_eq!(made.outcomes, [OfferOutcome::NotQueued]);
+        let stored = store.task(task.id).await.expect("read").expect("exists");
+        assert_eq!((stored.status, stored.last_seq), (TaskStatus::Cancelled, 2), "nothing written over the cancel");
+        assert!(store.recent.get(task.id).is_none(), "the stale state is forgotten");
+        let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
+        assert_eq!(worker[0].active, 0, "no slot taken");
+    }
+
     #[tokio::test]
     async fn a_batch_of_distinct_tasks_is_one_task_update_and_one_slot_release() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -334,10 +438,11 @@ mod tests {
         let statements = store.stats().statements() - before;
 
         assert!(steps.iter().all(|s| matches!(s, Step::Done(t) if t.status == TaskStatus::Succeeded)), "{steps:?}");
-        // Two reads, then BEGIN, the tasks, one call freeing the workers' slots and
-        // inserting events and outbox rows, COMMIT; one statement per task and per worker
-        // would make 12, and one call per statement 8.
-        assert!(statements <= 6, "{statements} statements for 4 transitions");
+        // No read of the tasks (their accepts are remembered, see `recent`), at most one
+        // of their queue's settings, then BEGIN, the tasks, one call freeing the workers'
+        // slots and inserting events and outbox rows, COMMIT; one statement per task and
+        // per worker would make 12, and one call per statement 8.
+        assert!(statements <= 5, "{statements} statements for 4 transitions");
         let workers = store.workers_by_ids(&["w1".to_owned(), "w2".to_owned()]).await.expect("workers");
         assert!(workers.iter().all(|w| w.active == 0), "each worker freed both its slots: {workers:?}");
         for (id, _, _) in &running {

@@ -115,14 +115,14 @@ pub enum Due {
 /// `m20261207_000007_workers_dispatcher_index`).
 const WORKERS_DISPATCHER_INDEX: &str = "idx_workers_status_connected";
 
-/// `ONLINE` workers seen since `cutoff` with free capacity that `dispatcher` may offer to:
-/// those whose stream it holds and those no dispatcher holds, in id order.
+/// `ONLINE` workers seen since `cutoff` that `dispatcher` may offer to, full or not: those
+/// whose stream it holds and those no dispatcher holds, in id order.
 ///
 /// The query names `(status, connected_to)` as its index (`FORCE INDEX` on MySQL; SQLite
 /// ignores the hint and picks its own plan): MariaDB's optimizer otherwise walks the
 /// primary key for the `ORDER BY id` and examines every worker of every process, so a
 /// round's cost grows with the whole fleet instead of this process's share of it.
-fn available_workers_query(cutoff: DateTime<Utc>, dispatcher: &str) -> sea_orm::Select<worker::Entity> {
+fn dispatcher_workers_query(cutoff: DateTime<Utc>, dispatcher: &str) -> sea_orm::Select<worker::Entity> {
     use sea_orm::{
         QueryTrait,
         sea_query::{
@@ -136,7 +136,6 @@ fn available_workers_query(cutoff: DateTime<Utc>, dispatcher: &str) -> sea_orm::
             Condition::any().add(worker::Column::ConnectedTo.eq(dispatcher)).add(worker::Column::ConnectedTo.is_null()),
         )
         .filter(worker::Column::LastSeenAt.gte(convert::to_ms(cutoff)))
-        .filter(Expr::col(worker::Column::Active).lt(Expr::col(worker::Column::Capacity)))
         .order_by_asc(worker::Column::Id)
         .limit(10_000);
     MySqlSelectStatementExt::force_index(
@@ -178,28 +177,41 @@ impl Store {
         limited: &[&str],
         expires_at: DateTime<Utc>,
     ) -> StoreResult<Offers> {
-        if offers.is_empty() {
-            return Ok(Offers::default());
-        }
-        self.retry_lock_conflicts(ConflictPath::Offer, || self.offer_many_once(offers, limited, expires_at)).await
+        self.offer_many_as(None, offers, limited, expires_at).await
     }
 
-    async fn offer_many_once(
+    /// [`Store::offer_many`] made by `dispatcher` (a matcher's id): a worker whose stream
+    /// another dispatcher holds gets none of them (`WorkerUnavailable`), whatever the
+    /// caller read of it. The database keeps the ownership rule the way it keeps capacity:
+    /// a matcher plans against workers it read a while ago, and a worker it read unheld
+    /// may have opened its stream on another process since.
+    pub async fn offer_many_as(
         &self,
+        dispatcher: Option<&str>,
         offers: &[PlannedOffer],
         limited: &[&str],
         expires_at: DateTime<Utc>,
     ) -> StoreResult<Offers> {
-        // Read before the gate: every offer is conditional on the version read.
-        let rows = task::Entity::find()
-            .filter(task::Column::Id.is_in(shape::padded(offers.iter().map(|o| o.id.to_string()))))
-            .all(&self.db)
-            .await?;
-        let mut current = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let task = convert::task_from_row(row)?;
-            current.insert(task.id, task);
+        if offers.is_empty() {
+            return Ok(Offers::default());
         }
+        self.retry_lock_conflicts(ConflictPath::Offer, || self.offer_many_once(dispatcher, offers, limited, expires_at))
+            .await
+    }
+
+    async fn offer_many_once(
+        &self,
+        dispatcher: Option<&str>,
+        offers: &[PlannedOffer],
+        limited: &[&str],
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<Offers> {
+        // Read before the gate: every offer is conditional on the version read. A task
+        // this process committed last as `QUEUED` is not read at all (see `recent`); one
+        // remembered in another state is read, since the matcher holds it as `QUEUED`.
+        let current = self.current_tasks(offers.iter().map(|o| o.id), |t| t.status == TaskStatus::Queued).await?;
+        let remembered = current.remembered;
+        let mut current = current.tasks;
         let now = Utc::now();
         let now_ms = convert::to_ms(now);
         // Each offer's change, or `None` when its task is no longer `QUEUED` (a task
@@ -241,7 +253,7 @@ impl Store {
             // Counted in every attempt: another dispatcher may have offered meanwhile.
             let mut rooms = lock_rooms(&txn, &limited, now_ms).await?;
             let (fitting, held_back) = fit(&candidates, &mut rooms);
-            let outcome = offer_at_once(&txn, offers, &fitting, now_ms).await?;
+            let outcome = offer_at_once(&txn, offers, &fitting, now_ms, dispatcher).await?;
             if let AtOnce::Made(made) = outcome {
                 break (txn, made, held_back, rooms);
             }
@@ -257,8 +269,12 @@ impl Store {
             // at once: making offers one by one would take task and worker locks
             // interleaved, against the lock order, and deadlock with other writers.
             match outcome {
-                AtOnce::TaskChanged => mark_raced(writing.db(), &fitting, &mut raced).await?,
-                _ => mark_no_room(writing.db(), offers, &fitting, &mut no_room).await?,
+                AtOnce::TaskChanged => {
+                    mark_raced(writing.db(), &fitting, &mut raced).await?;
+                    let stale = offers.iter().zip(&raced).filter(|(_, raced)| **raced).map(|(offer, _)| offer.id);
+                    self.recent.forget(stale.filter(|id| remembered.contains(id)));
+                }
+                _ => mark_no_room(writing.db(), offers, &fitting, &mut no_room, dispatcher).await?,
             }
         };
         // Every planned offer has its outcome in `made` or `held_back`; the others were
@@ -456,6 +472,9 @@ impl Store {
             .filter(stale)
             .exec(writing.db())
             .await?;
+        if result.rows_affected > 0 {
+            self.roster.changed();
+        }
         Ok(result.rows_affected)
     }
 
@@ -485,18 +504,19 @@ impl Store {
         active.updated_at = sea_orm::ActiveValue::Set(now);
         let record = convert::worker_from_row(sea_orm::ActiveModelTrait::update(active, writing.db()).await?)?;
         if came_back || moved {
+            self.roster.changed();
             self.dispatch_signal.notify_one();
         }
         Ok(record)
     }
 
-    /// `ONLINE` workers seen since `cutoff` with free capacity that `dispatcher` may
-    /// offer to: those whose `assignments` stream it holds, and those no dispatcher holds
-    /// (their stream is on a process without a dispatcher). A worker held by another
-    /// dispatcher is that dispatcher's alone, so two never plan against one worker's
-    /// capacity.
-    pub async fn available_workers(&self, cutoff: DateTime<Utc>, dispatcher: &str) -> StoreResult<Vec<WorkerRecord>> {
-        let rows = available_workers_query(cutoff, dispatcher).all(&self.db).await?;
+    /// `ONLINE` workers seen since `cutoff` that `dispatcher` may offer to, with free
+    /// capacity or not (the matcher keeps them between rounds and counts their slots):
+    /// those whose `assignments` stream it holds, and those no dispatcher holds (their
+    /// stream is on a process without a dispatcher). A worker held by another dispatcher
+    /// is that dispatcher's alone, so two never plan against one worker's capacity.
+    pub async fn dispatcher_workers(&self, cutoff: DateTime<Utc>, dispatcher: &str) -> StoreResult<Vec<WorkerRecord>> {
+        let rows = dispatcher_workers_query(cutoff, dispatcher).all(&self.db).await?;
         rows.into_iter().map(convert::worker_from_row).collect()
     }
 
@@ -682,6 +702,7 @@ async fn offer_at_once(
     offers: &[PlannedOffer],
     planned: &[Option<(Task, Transition)>],
     now: i64,
+    dispatcher: Option<&str>,
 ) -> Result<AtOnce, DbErr> {
     let mut order = decided(planned);
     order.sort_by_key(|(_, before, _)| before.id);
@@ -695,7 +716,7 @@ async fn offer_at_once(
         *shares.entry(offers[i].worker_id.as_str()).or_default() += 1;
         made.push((i, OfferOutcome::Offered(Box::new(transition.task.clone()))));
     }
-    if !reserve_slots(txn, &shares, now).await? {
+    if !reserve_slots(txn, &shares, now, dispatcher).await? {
         return Ok(AtOnce::NoRoom);
     }
     Ok(AtOnce::Made(made))
@@ -730,6 +751,7 @@ async fn mark_no_room(
     offers: &[PlannedOffer],
     fitting: &[Option<(Task, Transition)>],
     no_room: &mut [bool],
+    dispatcher: Option<&str>,
 ) -> Result<(), DbErr> {
     let order = decided(fitting);
     let ids = order.iter().map(|(i, _, _)| offers[*i].worker_id.clone());
@@ -738,7 +760,8 @@ async fn mark_no_room(
         .into_iter()
         .map(|w| {
             let online = w.status == WorkerStatus::Online.as_str();
-            (w.id, if online { i64::from(w.capacity) - i64::from(w.active) } else { 0 })
+            let ours = dispatcher.is_none() || w.connected_to.is_none() || w.connected_to.as_deref() == dispatcher;
+            (w.id, if online && ours { i64::from(w.capacity) - i64::from(w.active) } else { 0 })
         })
         .collect();
     for (i, _, _) in order {
@@ -1161,11 +1184,43 @@ mod tests {
         store.touch_worker("nobodys", None).await.expect("held by no dispatcher");
         let cutoff = Utc::now() - chrono::Duration::seconds(30);
         let ids = |workers: Vec<WorkerRecord>| workers.into_iter().map(|w| w.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.available_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys"]);
-        assert_eq!(ids(store.available_workers(cutoff, "d2").await.expect("read")), ["nobodys", "theirs"]);
+        assert_eq!(ids(store.dispatcher_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys"]);
+        assert_eq!(ids(store.dispatcher_workers(cutoff, "d2").await.expect("read")), ["nobodys", "theirs"]);
         store.touch_worker("theirs", Some("d1")).await.expect("moved to d1");
-        assert_eq!(ids(store.available_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys", "theirs"]);
+        assert_eq!(ids(store.dispatcher_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys", "theirs"]);
     }
+
+    /// The database keeps the ownership rule: a dispatcher's offer to a worker another
+    /// dispatcher holds is refused, whatever the dispatcher read of it before.
+    async fn a_dispatcher_cannot_offer_to_another_dispatchers_worker(store: &Store) {
+        for worker in ["mine", "theirs", "nobodys"] {
+            let registration = WorkerRegistration::parse(worker, &["q".to_owned()], 2).expect("registration");
+            store.register_worker(worker, &registration).await.expect("registered");
+        }
+        store.touch_worker("mine", Some("d1")).await.expect("held by d1");
+        store.touch_worker("theirs", Some("d2")).await.expect("held by d2");
+        let tasks = queued(store, 3).await;
+        let mut offers = offers_to(&tasks[..1], "mine");
+        offers.extend(offers_to(&tasks[1..2], "theirs"));
+        offers.extend(offers_to(&tasks[2..], "nobodys"));
+        let expires = Utc::now() + chrono::Duration::seconds(10);
+
+        let outcomes = store.offer_many_as(Some("d1"), &offers, &[], expires).await.expect("offers").outcomes;
+
+        assert!(matches!(outcomes[0], OfferOutcome::Offered(_)), "{outcomes:?}");
+        assert_eq!(outcomes[1], OfferOutcome::WorkerUnavailable, "d2 holds it");
+        assert!(matches!(outcomes[2], OfferOutcome::Offered(_)), "{outcomes:?}");
+        let theirs = store.workers_by_ids(&["theirs".to_owned()]).await.expect("read");
+        assert_eq!(theirs[0].active, 0, "no slot of d2's worker taken");
+        let left = store.task(tasks[1].id).await.expect("read").expect("exists");
+        assert_eq!(left.status, TaskStatus::Queued);
+    }
+
+    on_both_backends!(
+        a_dispatcher_cannot_offer_to_another_dispatchers_worker,
+        a_dispatcher_cannot_offer_to_another_dispatchers_worker_on_sqlite,
+        a_dispatcher_cannot_offer_to_another_dispatchers_worker_on_mysql
+    );
 
     on_both_backends!(
         a_dispatcher_sees_its_own_and_unheld_workers,
@@ -1197,7 +1252,7 @@ mod tests {
         );
         store.connection().execute_unprepared(&insert).await.expect("workers");
         store.connection().execute_unprepared("ANALYZE TABLE workers").await.expect("statistics");
-        let query = available_workers_query(Utc::now(), "d1").build(sea_orm::DbBackend::MySql);
+        let query = dispatcher_workers_query(Utc::now(), "d1").build(sea_orm::DbBackend::MySql);
         let explain = Statement::from_sql_and_values(
             sea_orm::DbBackend::MySql,
             format!("EXPLAIN {}", query.sql),

@@ -48,6 +48,8 @@ mod events;
 mod gate;
 mod metrics;
 mod outbox;
+mod recent;
+mod roster;
 mod settings;
 mod shape;
 mod tasks;
@@ -83,6 +85,7 @@ pub use events::{EventHead, EventScope, QueueStats};
 pub(crate) use gate::{Writer, Writing};
 pub use metrics::{StoreMetrics, WriteGateMetrics};
 pub use outbox::{BACKLOG_EXACT_UP_TO, OutboxMessage};
+pub use roster::RosterChanges;
 pub use tasks::{CreateMode, CreateOutcome, TaskListQuery, TaskScope};
 pub use wal::run_checkpointer;
 
@@ -191,6 +194,10 @@ pub struct Store {
     listeners: Arc<std::sync::RwLock<Listeners>>,
     /// Queue settings for the task paths (see `settings`).
     settings: settings::SettingsCache,
+    /// The tasks as this process last committed them (see `recent`).
+    recent: recent::RecentTasks,
+    /// What this process changed about workers, for its dispatcher (see `roster`).
+    roster: RosterChanges,
 }
 
 /// The commit listeners at one moment; replaced whole when one is added.
@@ -328,6 +335,8 @@ impl Store {
             transitions: None,
             listeners: Arc::new(std::sync::RwLock::new(Arc::new([]))),
             settings: settings::SettingsCache::new(QUEUE_SETTINGS_TTL),
+            recent: recent::RecentTasks::default(),
+            roster: RosterChanges::default(),
         };
         let committers =
             if sqlite { 1 } else { (settings.max_connections as usize / 2).clamp(1, CREATE_COMMITTERS_MYSQL) };
@@ -355,6 +364,12 @@ impl Store {
     /// worker came online, a queue was resumed or reconfigured.
     pub fn dispatch_signal(&self) -> Arc<Notify> {
         self.dispatch_signal.clone()
+    }
+
+    /// What this process changes about workers: slots freed, workers registered, moved,
+    /// drained or gone offline (see [`RosterChanges`]).
+    pub fn roster_changes(&self) -> RosterChanges {
+        self.roster.clone()
     }
 
     /// Adds `listener` to those told about every change (creation or transition)

@@ -16,7 +16,7 @@ use taskwire_entity::{outbox, task, task_event};
 
 use super::{
     ConflictPath, Store, Writer, Writing,
-    coalesce::{PendingTransition, Step},
+    coalesce::{Decide, PendingTransition, Step},
     convert, shape,
     shape::Writes,
 };
@@ -411,19 +411,24 @@ impl Store {
 
     async fn transition_many_once(&self, batch: &[PendingTransition]) -> StoreResult<Vec<Step>> {
         // Read before the gate (every write below is conditional on the version read), so
-        // that the writers queued behind this batch wait only for its writes.
-        let ids: HashSet<String> = batch.iter().map(|p| p.id.to_string()).collect();
-        let rows = task::Entity::find().filter(task::Column::Id.is_in(shape::padded(ids))).all(&self.db).await?;
-        let mut current = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let task = convert::task_from_row(row)?;
-            current.insert(task.id, task);
-        }
-        let settings = self.settings.get_many(&self.db, current.values().map(|t| t.queue.as_str())).await?;
+        // that the writers queued behind this batch wait only for its writes. Tasks this
+        // process committed last are not read at all (see `recent`).
+        let mut current = self.current_tasks(batch.iter().map(|p| p.id), |_| true).await?;
+        let settings = self.settings.get_many(&self.db, current.tasks.values().map(|t| t.queue.as_str())).await?;
+        let doubtful: Vec<TaskId> = batch
+            .iter()
+            .filter(|p| current.remembered.contains(&p.id))
+            .filter(|p| current.tasks.get(&p.id).is_some_and(|task| doubtful(task, &settings, &p.decide)))
+            .map(|p| p.id)
+            .collect();
+        current.read(&self.db, doubtful).await?;
         let writing = self.write_lock(Writer::Transition).await;
-        if let Some(steps) = self.transition_all_at_once(&writing, batch, &current, &settings).await? {
+        if let Some(steps) = self.transition_all_at_once(&writing, batch, &current.tasks, &settings).await? {
             return Ok(steps);
         }
+        // One of the remembered states may be what made the batch fail at once.
+        self.reread_remembered(&mut current).await?;
+        let mut current = current.tasks;
         let txn = writing.db().begin().await?;
         let mut steps: Vec<Option<Step>> = (0..batch.len()).map(|_| None).collect();
         let mut made: Vec<(Task, Transition, Option<&str>)> = Vec::new();
@@ -586,11 +591,15 @@ impl Store {
         let listeners = self.listeners();
         let (mut events, mut freed) = (false, false);
         for (before, transition, traceparent) in changes {
+            self.recent.remember(&transition.task);
             for listener in listeners.iter() {
                 listener.committed(transition, traceparent);
             }
             events |= transition.event.is_some();
-            freed |= before.is_some_and(|b| b.status.is_leased()) && !transition.task.status.is_leased();
+            if let Some(holder) = before.filter(|b| b.status.is_leased() && !transition.task.status.is_leased()) {
+                self.roster.freed(holder.worker_id.as_deref().unwrap_or_default());
+                freed = true;
+            }
         }
         if events {
             self.outbox_signal.notify_one();
@@ -645,6 +654,17 @@ impl Store {
     }
 }
 
+/// Whether a batch must not act on `before`, a remembered state (see `recent`): its
+/// decision fails (a heartbeat elsewhere may have extended a lease that looks lapsed
+/// here), or it would write the remembered lease end back over one a heartbeat extended.
+fn doubtful(before: &Task, settings: &HashMap<String, QueueSettings>, decide: &Decide) -> bool {
+    let Some(queue) = settings.get(&before.queue) else { return true };
+    match decide(before, queue) {
+        Ok(next) => before.status.is_leased() && next.task.lease_expires_at == before.lease_expires_at,
+        Err(_) => true,
+    }
+}
+
 /// What applying one transition inside a transaction found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Applied {
@@ -675,7 +695,7 @@ pub(super) async fn apply(
     match (before.status.is_leased(), next.task.status.is_leased()) {
         (false, true) => {
             let worker_id = next.task.worker_id.as_deref().unwrap_or_default();
-            if !reserve_slots(txn, &[(worker_id, 1)].into(), now).await? {
+            if !reserve_slots(txn, &[(worker_id, 1)].into(), now, None).await? {
                 return Ok(Applied::NoCapacity);
             }
         }
@@ -709,7 +729,8 @@ pub(super) async fn update_if_unchanged(
 
 /// Reserves slots of several workers at once: `n` slots of each worker of `shares`,
 /// conditionally on that worker being `ONLINE` with room for all `n` of them (`active + n
-/// <= capacity`), in one statement per [`shape::CASE_ROWS`] workers. `true` when every
+/// <= capacity`) and, for a `dispatcher`, held by it or by none, in one statement per
+/// [`shape::CASE_ROWS`] workers. `true` when every
 /// worker had room; `false` when one did not, and then others may have been reserved:
 /// the caller rolls the transaction (or savepoint) back. The rows are locked in
 /// worker-id order (the primary key's), the lock order of every writer.
@@ -717,6 +738,7 @@ pub(super) async fn reserve_slots(
     txn: &DatabaseTransaction,
     shares: &BTreeMap<&str, i64>,
     now: i64,
+    dispatcher: Option<&str>,
 ) -> Result<bool, DbErr> {
     use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait};
     use taskwire_entity::worker;
@@ -731,12 +753,20 @@ pub(super) async fn reserve_slots(
         // Every row the statement reaches has an arm; the fallback only keeps the
         // expression total.
         let taken = taken.finally(Expr::col(worker::Column::Active));
-        let update = worker::Entity::update_many()
+        let mut update = worker::Entity::update_many()
             .col_expr(worker::Column::Active, taken.clone().into())
             .col_expr(worker::Column::UpdatedAt, Expr::value(now))
             .filter(worker::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
             .filter(worker::Column::Status.eq(taskwire_domain::WorkerStatus::Online.as_str()))
             .filter(Expr::expr(taken).lte(Expr::col(worker::Column::Capacity)));
+        if let Some(dispatcher) = dispatcher {
+            // Only workers this dispatcher holds, or no dispatcher does.
+            update = update.filter(
+                Condition::any()
+                    .add(worker::Column::ConnectedTo.is_null())
+                    .add(worker::Column::ConnectedTo.eq(dispatcher)),
+            );
+        }
         let reserved = txn.execute_raw(update.build(txn.get_database_backend())).await?;
         if reserved.rows_affected() != distinct.len() as u64 {
             return Ok(false);

@@ -27,8 +27,9 @@
 # mariadbd and tansu (from /proc/<pid>/stat), InnoDB deadlocks (`Innodb_deadlocks`, a
 # server-wide counter: anything else using this MariaDB adds to it) and lock-conflict
 # retries (`taskwire_db_lock_conflicts_total` summed over processes, when the build has
-# it) per 10,000 tasks, and write transactions per task by writer
-# (`taskwire_db_writes_total`). JSON in <out>/cluster-<N>-dispatch.json, the line in
+# it) per 10,000 tasks, write transactions per task by writer
+# (`taskwire_db_writes_total`), and the statements MariaDB executed per task by kind
+# (`Com_*`, `Questions`: server-wide, like the deadlocks). JSON in <out>/cluster-<N>-dispatch.json, the line in
 # <out>/cluster-<N>.txt, each process's /metrics in <out>/cluster-<N>-<I>.metrics.
 set -euo pipefail
 
@@ -90,11 +91,31 @@ writes_per_task() { # writes_per_task TASKS FILE_AFTER FILE_BEFORE…
 
 innodb_deadlocks() { bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'" | awk '{ print $2 }'; }
 
+# MariaDB's statement counters, as `name value` lines: what the database executed, by kind
+# (prepared executions count under their kind too), and in all (`Questions`).
+statement_counters() {
+  bench_mysql -N -e "SHOW GLOBAL STATUS WHERE Variable_name IN
+    ('Com_select', 'Com_insert', 'Com_update', 'Com_delete', 'Com_delete_multi', 'Com_commit', 'Questions')"
+}
+
+# Statements per created task, by kind, from the counters saved in BEFORE and AFTER.
+statements_per_task() { # statements_per_task TASKS BEFORE AFTER
+  awk -v tasks="$1" '
+    BEGIN { if (tasks < 1) tasks = 1 }
+    FNR == NR { before[$1] = $2; next }
+    { diff[$1] = $2 - before[$1] }
+    END {
+      printf "select %.2f, insert %.2f, update %.2f, delete %.2f, commit %.2f, all %.2f\n",
+        diff["Com_select"] / tasks, diff["Com_insert"] / tasks, diff["Com_update"] / tasks,
+        (diff["Com_delete"] + diff["Com_delete_multi"]) / tasks, diff["Com_commit"] / tasks, diff["Questions"] / tasks
+    }' "$2" "$3"
+}
+
 cluster_bench() { # cluster_bench N…
   local rate=${TASKWIRE_BENCH_RATE:-500} seconds=${TASKWIRE_BENCH_SECONDS:-20} observers=${TASKWIRE_BENCH_OBSERVERS:-3}
   local n i pid urls pids json line metrics_before metrics_after
   local servers_before servers_after mariadb_before mariadb_after tansu_before tansu_after
-  local deadlocks_before deadlocks_after conflicts_before conflicts_after writes
+  local deadlocks_before deadlocks_after conflicts_before conflicts_after writes statements
   export TASKWIRE_BENCH_BIN="$bin" TASKWIRE_CLUSTER_SECRET="$secret"
   trap 'tests/bench/cluster.sh stop' EXIT
   for n in "$@"; do
@@ -109,6 +130,7 @@ cluster_bench() { # cluster_bench N…
       printf -v "mariadb_$1" '%s' "$(cpu_of "$(pgrep -o -x mariadbd || echo 0)")"
       printf -v "tansu_$1" '%s' "$(cpu_of "$(tansu_pid || echo 0)")"
       printf -v "deadlocks_$1" '%s' "$(innodb_deadlocks)"
+      statement_counters >"$out/cluster-$n.statements.$1"
       local files=()
       for i in $(seq "$n"); do
         curl -fs "$(tests/bench/cluster.sh urls | cut -d, -f"$i")/metrics" >"$out/cluster-$n-$i.metrics.$1" || true
@@ -122,6 +144,8 @@ cluster_bench() { # cluster_bench N…
       --observers "$observers" --connections 32 --duration "$seconds" --out "$json" >"$out/cluster-$n-loadgen.txt"
     snapshot after
     writes=$(writes_per_task "$(jq .tasks.created "$json")" "$out"/cluster-"$n"-*.metrics.after "$out"/cluster-"$n"-*.metrics.before)
+    statements=$(statements_per_task "$(jq .tasks.created "$json")" "$out/cluster-$n.statements.before" "$out/cluster-$n.statements.after")
+    rm -f "$out/cluster-$n.statements.before" "$out/cluster-$n.statements.after"
     for i in $(seq "$n"); do mv "$out/cluster-$n-$i.metrics.after" "$out/cluster-$n-$i.metrics"; done
     rm -f "$out"/cluster-"$n"-*.metrics.before
     line=$(jq -r --argjson n "$n" --arg rate "$rate" --arg seconds "$seconds" \
@@ -129,7 +153,7 @@ cluster_bench() { # cluster_bench N…
       --argjson mariadb "$(awk -v a="$mariadb_after" -v b="$mariadb_before" 'BEGIN { print a - b }')" \
       --argjson tansu "$(awk -v a="$tansu_after" -v b="$tansu_before" 'BEGIN { print a - b }')" \
       --argjson deadlocks "$((deadlocks_after - deadlocks_before))" \
-      --arg writes "$writes" \
+      --arg writes "$writes" --arg statements "$statements" \
       --arg conflicts "$([ "$conflicts_after" = - ] && echo - || awk -v a="$conflicts_after" -v b="${conflicts_before/-/0}" 'BEGIN { print a - b }')" \
       '.tasks.created as $t | ($t | if . > 0 then . else 1 end) as $d
        | def ms: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
@@ -139,7 +163,7 @@ cluster_bench() { # cluster_bench N…
        + "CPU ms/task: servers \($servers * 1000 / $d | ms2), mariadbd \($mariadb * 1000 / $d | ms2), tansu \($tansu * 1000 / $d | ms2); "
        + "per 10k tasks: InnoDB deadlocks \($deadlocks * 10000 / $d | ms), lock-conflict retries "
        + (if $conflicts == "-" then "- (no taskwire_db_lock_conflicts_total)" else ($conflicts | tonumber) * 10000 / $d | ms end)
-       + "; write transactions per task: \($writes); errors \(.errors | tostring)"' "$json")
+       + "; write transactions per task: \($writes); statements per task: \($statements); errors \(.errors | tostring)"' "$json")
     echo "$line" | tee "$out/cluster-$n.txt"
     tests/bench/cluster.sh stop
   done

@@ -110,25 +110,7 @@ impl Entry {
 fn estimated_size(entry: &Entry) -> usize {
     const OVERHEAD: usize = 256;
     let Value::Task(task) = &entry.value else { return OVERHEAD };
-    let strings = [&task.queue, &task.kind, &task.created_by].iter().map(|s| s.len()).sum::<usize>()
-        + [&task.idempotency_key, &task.worker_id, &task.last_error]
-            .iter()
-            .filter_map(|s| s.as_ref())
-            .map(String::len)
-            .sum::<usize>();
-    let json = [&task.payload, &task.result].iter().filter_map(|v| v.as_ref()).map(json_size).sum::<usize>();
-    OVERHEAD + std::mem::size_of::<Task>() + strings + json
-}
-
-fn json_size(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => 16,
-        serde_json::Value::String(s) => 24 + s.len(),
-        serde_json::Value::Array(items) => 24 + items.iter().map(json_size).sum::<usize>(),
-        serde_json::Value::Object(fields) => {
-            48 + fields.iter().map(|(k, v)| 32 + k.len() + json_size(v)).sum::<usize>()
-        }
-    }
+    OVERHEAD + task.approximate_size()
 }
 
 /// Per-entry L1 lifetimes.

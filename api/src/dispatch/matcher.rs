@@ -65,7 +65,7 @@ use super::{
     DispatchSettings, DispatcherId, OpenStreams,
     ready::{Entry, ReadySet, Source},
 };
-use taskwire_store::{CommitListener, Limited, OfferOutcome, PlannedOffer, Store, WorkerRecord};
+use taskwire_store::{CommitListener, Limited, OfferOutcome, PlannedOffer, RosterChanges, Store, WorkerRecord};
 
 use crate::{
     kafka::{ClosesAside, GroupContext, RebalanceListener, leave_group},
@@ -84,6 +84,10 @@ const LEAVE_GROUP_LIMIT: Duration = Duration::from_secs(5);
 /// an offer possible, so they need not each cost a read of the workers. Capacity freed by
 /// another process is noticed within this.
 const IDLE_RECHECK: Duration = Duration::from_millis(25);
+/// How long the matcher plans against the workers it read without reading them again (see
+/// [`Roster`]): how long a change made through another process (a worker drained there)
+/// can go unseen here.
+const ROSTER_MAX_AGE: Duration = Duration::from_secs(1);
 /// How long a queue at its concurrency cap sits out the rounds unless a local wake-up
 /// comes first: the latency of noticing room freed through another process.
 const CAP_RECHECK: Duration = Duration::from_millis(100);
@@ -209,6 +213,45 @@ pub(crate) struct Matcher {
     /// The workers whose `assignments` stream is open on this process: the only ones
     /// offers are started for.
     streams: OpenStreams,
+    /// This dispatcher's workers, kept between rounds.
+    roster: Roster,
+    /// What this process changes about workers (slots freed, roster changed).
+    changes: RosterChanges,
+}
+
+/// This dispatcher's workers as last read, with the slots it has planned since and those
+/// freed by this process's commits counted in: what a round plans against. Reading them
+/// for every round cost a query returning every local worker, several hundred times a
+/// second under load.
+///
+/// Read again when older than [`ROSTER_MAX_AGE`], when this process changed the roster
+/// (a worker registered, came back, moved, was drained or went offline: see
+/// [`RosterChanges`]), after an offer found a worker other than held here or a round's
+/// offers failed, and before a round concludes that no worker is free: slots freed
+/// through another process are not counted here. The offer transaction checks every
+/// worker's state and capacity whatever this holds.
+#[derive(Debug, Default)]
+struct Roster {
+    workers: Vec<WorkerRecord>,
+    /// When read; `None`: read before the next round.
+    read_at: Option<Instant>,
+    /// [`RosterChanges::generation`] when read.
+    generation: u64,
+}
+
+impl Roster {
+    fn stale(&self, generation: u64) -> bool {
+        generation != self.generation || self.read_at.is_none_or(|at| at.elapsed() >= ROSTER_MAX_AGE)
+    }
+
+    /// Counts in `freed` slots by worker.
+    fn free(&mut self, freed: HashMap<String, u32>) {
+        for (id, slots) in freed {
+            if let Some(worker) = self.workers.iter_mut().find(|w| w.id == id) {
+                worker.active = worker.active.saturating_sub(slots);
+            }
+        }
+    }
 }
 
 /// When the next round may run: at once, unless the last one offered nothing; then after
@@ -321,6 +364,8 @@ impl Matcher {
         topic: String,
     ) -> Self {
         let wake = store.dispatch_signal();
+        let changes = store.roster_changes();
+        changes.track();
         let ready = ReadySet::new(settings.ready_capacity);
         let (tx, local) = mpsc::channel(LOCAL_FEED_CAPACITY);
         let feed = LocalFeed { tx, metrics: metrics.clone() };
@@ -340,6 +385,8 @@ impl Matcher {
             handled: Handled::default(),
             pacer: Pacer::default(),
             streams: OpenStreams::default(),
+            roster: Roster::default(),
+            changes,
         }
     }
 
@@ -593,42 +640,78 @@ impl Matcher {
     /// read, then makes the offers in as few transactions as possible.
     async fn round(&mut self) -> usize {
         self.idle.clear();
+        self.roster.free(self.changes.take_freed());
         if self.ready.is_empty() {
             return 0;
         }
         self.metrics.dispatch_rounds.inc();
         let now = Utc::now();
-        let Some(mut snapshot) = self.read_snapshot(now).await else { return 0 };
+        let Some(mut snapshot) = self.read_snapshot(now, false).await else { return 0 };
         let clock = Instant::now();
         self.held.retain(|_, (until, _)| *until > clock);
-        let plan = self.plan(&mut snapshot);
+        let mut plan = self.plan(&mut snapshot);
+        if plan.is_empty() && !snapshot.fresh {
+            // No free slot as counted here: read the workers before concluding so (slots
+            // freed through another process are not counted).
+            let Some(fresh) = self.read_snapshot(now, true).await else { return 0 };
+            snapshot = fresh;
+            plan = self.plan(&mut snapshot);
+        }
+        let mut workers = std::mem::take(&mut snapshot.workers);
         let limited = snapshot.limited_queues();
         let expires_at = now + self.settings.offer_timeout;
         let mut settled = 0;
         for chunk in plan.chunks(OFFERS_PER_TRANSACTION) {
-            let Some(settled_now) = self.offer(chunk, &limited, expires_at, clock).await else { return settled };
-            settled += settled_now;
+            match self.offer(chunk, &limited, expires_at, clock, &mut workers).await {
+                Some(settled_now) => settled += settled_now,
+                None => {
+                    // What the failed transaction left is unknown: read the workers next round.
+                    self.roster.read_at = None;
+                    break;
+                }
+            }
         }
-        self.idle = self.idle_queues(&snapshot.workers);
+        self.idle = self.idle_queues(&workers);
+        self.roster.workers = workers;
         settled
     }
 
     /// What a round plans against: the queues the ready set holds tasks of, their
-    /// settings, and the workers this dispatcher may offer to. `None` when there is no
-    /// worker, or when they or the settings cannot be read.
-    async fn read_snapshot(&self, now: DateTime<Utc>) -> Option<Snapshot> {
-        let workers = self.local_workers(now).await?;
-        if workers.is_empty() {
+    /// settings, and the workers this dispatcher may offer to, as held (see [`Roster`])
+    /// or, with `fresh` or when those are stale, read. `None` when there is no worker, or
+    /// when they or the settings cannot be read.
+    async fn read_snapshot(&mut self, now: DateTime<Utc>, fresh: bool) -> Option<Snapshot> {
+        let fresh = fresh || self.roster.stale(self.changes.generation());
+        if fresh && !self.read_roster(now).await {
+            return None;
+        }
+        if self.roster.workers.is_empty() {
             return None;
         }
         let queues = self.ready.queues();
         match self.store.queue_settings_many(queues.iter().map(String::as_str)).await {
-            Ok(settings) => Some(Snapshot { queues, settings, workers }),
+            Ok(settings) => {
+                Some(Snapshot { queues, settings, workers: std::mem::take(&mut self.roster.workers), fresh })
+            }
             Err(e) => {
                 tracing::warn!(error = ?e, "cannot load queue settings; retrying");
                 None
             }
         }
+    }
+
+    /// Reads this dispatcher's workers into the roster; `false` when they cannot be read.
+    async fn read_roster(&mut self, now: DateTime<Utc>) -> bool {
+        // Before the read: a change made while it runs is read again next time, and the
+        // slots freed so far are in what it reads.
+        let generation = self.changes.generation();
+        self.changes.take_freed();
+        let Some(workers) = self.local_workers(now).await else {
+            self.roster.read_at = None;
+            return false;
+        };
+        self.roster = Roster { workers, read_at: Some(Instant::now()), generation };
+        true
     }
 
     /// The round's offers, in dispatch order within each queue: each ready task goes to
@@ -669,16 +752,18 @@ impl Matcher {
 
     /// Makes `planned` offers (with when each task was queued) in one transaction, holds
     /// back the queues whose limits refused some, and records each outcome; returns how
-    /// many ready tasks it settled, or `None` when the transaction failed.
+    /// many ready tasks it settled, or `None` when the transaction failed. `workers` (the
+    /// round's, its planned offers counted in) gets back the slots of offers not made.
     async fn offer(
         &mut self,
         planned: &[(PlannedOffer, DateTime<Utc>)],
         limited: &[&str],
         expires_at: DateTime<Utc>,
         clock: Instant,
+        workers: &mut [WorkerRecord],
     ) -> Option<usize> {
         let offers: Vec<PlannedOffer> = planned.iter().map(|(offer, _)| offer.clone()).collect();
-        let made = match self.store.offer_many(&offers, limited, expires_at).await {
+        let made = match self.store.offer_many_as(Some(self.id.as_str()), &offers, limited, expires_at).await {
             Ok(made) => made,
             Err(e) => {
                 tracing::warn!(error = ?e, offers = offers.len(), "offers failed; retrying");
@@ -690,6 +775,15 @@ impl Matcher {
         }
         let mut settled = 0;
         for ((offer, queued_at), outcome) in planned.iter().zip(made.outcomes) {
+            if !matches!(outcome, OfferOutcome::Offered(_))
+                && let Some(worker) = workers.iter_mut().find(|w| w.id == offer.worker_id)
+            {
+                worker.active = worker.active.saturating_sub(1);
+            }
+            if outcome == OfferOutcome::WorkerUnavailable {
+                // Drained, offline, or full through another process: not as held here.
+                self.roster.read_at = None;
+            }
             if self.record(offer, *queued_at, outcome) {
                 settled += 1;
             }
@@ -734,10 +828,10 @@ impl Matcher {
         self.held.insert(queue, (now + wait, limited));
     }
 
-    /// The workers this dispatcher may offer to (see `Store::available_workers`); `None`
+    /// The workers this dispatcher may offer to (see `Store::dispatcher_workers`); `None`
     /// when they cannot be read.
     async fn local_workers(&self, now: DateTime<Utc>) -> Option<Vec<WorkerRecord>> {
-        match self.store.available_workers(now - self.settings.worker_ttl, self.id.as_str()).await {
+        match self.store.dispatcher_workers(now - self.settings.worker_ttl, self.id.as_str()).await {
             Ok(workers) => Some(workers),
             Err(e) => {
                 tracing::warn!(error = ?e, "cannot load workers; retrying");
@@ -765,12 +859,15 @@ impl Matcher {
     }
 
     /// Takes over tasks that have waited [`PULL_GRACE`] in the queues local workers have
-    /// free slots for (as the last round found them; with nothing ready, as the workers
-    /// are now); returns how many it added to the ready set.
+    /// free slots for (as the last round found them; with nothing ready, as the roster
+    /// holds them, read again when stale); returns how many it added to the ready set.
     async fn pull(&mut self) -> usize {
         if self.ready.is_empty() {
-            let Some(workers) = self.local_workers(Utc::now()).await else { return 0 };
-            self.idle = self.idle_queues(&workers);
+            self.roster.free(self.changes.take_freed());
+            if self.roster.stale(self.changes.generation()) && !self.read_roster(Utc::now()).await {
+                return 0;
+            }
+            self.idle = self.idle_queues(&self.roster.workers);
         }
         let idle = std::mem::take(&mut self.idle);
         if idle.is_empty() {
@@ -843,6 +940,8 @@ struct Snapshot {
     /// The workers this dispatcher may offer to; planning counts its offers into their
     /// `active`.
     workers: Vec<WorkerRecord>,
+    /// Whether `workers` were read for this round (not held from an earlier one).
+    fresh: bool,
 }
 
 impl Snapshot {
@@ -902,6 +1001,8 @@ impl Announcement {
 
 #[cfg(test)]
 mod tests {
+    use taskwire_domain::machine::{self, Command};
+
     use super::*;
 
     fn worker(id: &str, active: u32, capacity: u32, queues: &[&str]) -> WorkerRecord {
@@ -1006,25 +1107,30 @@ mod tests {
         Announcement { source, envelope: Some(envelope), traceparent: None }
     }
 
-    #[tokio::test]
-    async fn kafka_copies_of_local_announcements_are_placed_without_a_query() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = taskwire_store::testing::test_store(dir.path()).await;
-        // Never contacted: `ingest` reads nothing from Kafka.
+    /// A matcher on `store` whose consumer is never contacted (the tests call `ingest`
+    /// and `round` themselves).
+    fn quiet_matcher(store: &Store, metrics: &Metrics) -> Matcher {
         let consumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:9")
             .set("group.id", "matcher-test")
             .create_with_context(GroupContext::default())
             .expect("consumer");
-        let metrics = Metrics::new();
-        let mut matcher = Matcher::new(
+        Matcher::new(
             store.clone(),
             crate::config::Config::defaults().dispatch,
             metrics.clone(),
             DispatcherId::generate(),
             consumer,
             "dispatch".into(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn kafka_copies_of_local_announcements_are_placed_without_a_query() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = taskwire_store::testing::test_store(dir.path()).await;
+        let metrics = Metrics::new();
+        let mut matcher = quiet_matcher(&store, &metrics);
         let statements = || store.stats().statements();
         let outcomes = |outcome: &str| metrics.dispatch_messages.with_label_values(&[outcome]).get();
         let (held, offered) = (TaskId::generate(Utc::now()), TaskId::generate(Utc::now()));
@@ -1051,6 +1157,102 @@ mod tests {
         let before = statements();
         matcher.ingest(vec![announcement(held, 1, Some((0, 10)))]).await;
         assert!(statements() > before, "a forgotten announcement is checked");
+    }
+
+    /// `n` tasks created `QUEUED` in queue `q`, announced to `matcher` as from this
+    /// process.
+    async fn queued(store: &Store, matcher: &mut Matcher, n: usize) -> Vec<TaskId> {
+        let inputs = (0..n)
+            .map(|_| {
+                let input =
+                    taskwire_domain::CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+                taskwire_domain::NewTask::parse(input, "alice", Utc::now()).expect("valid input")
+            })
+            .collect();
+        let created =
+            store.create_tasks(inputs, taskwire_store::CreateMode::AllOrNothing, None).await.expect("created");
+        let ids: Vec<TaskId> = created
+            .into_iter()
+            .map(|c| match c {
+                taskwire_store::CreateOutcome::Created(task) => task.id,
+                other => panic!("created, not {other:?}"),
+            })
+            .collect();
+        matcher.ingest(ids.iter().map(|id| announcement(*id, 1, None)).collect()).await;
+        ids
+    }
+
+    /// Worker `w1` hands task `id`, offered to it, back (through `store`).
+    async fn release_by_w1(store: &Store, id: TaskId) {
+        let token = store.task(id).await.expect("read").expect("exists").lease_token.expect("offered");
+        store
+            .transition(id, None, move |task| {
+                let release = Command::Release { worker_id: "w1".into(), lease_token: token.as_str().to_owned() };
+                Ok(machine::transition(task, release, Utc::now())?)
+            })
+            .await
+            .expect("released");
+    }
+
+    #[tokio::test]
+    async fn rounds_plan_against_the_held_workers_and_read_them_when_they_may_be_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = taskwire_store::testing::test_store(dir.path()).await;
+        let metrics = Metrics::new();
+        let mut matcher = quiet_matcher(&store, &metrics);
+        let registration = |capacity| {
+            taskwire_domain::WorkerRegistration::parse("w", &["q".to_owned()], capacity).expect("registration")
+        };
+        store.register_worker("w1", &registration(2)).await.expect("registered");
+        store.touch_worker("w1", Some(matcher.id.as_str())).await.expect("held here");
+        let read_at = |matcher: &Matcher| matcher.roster.read_at;
+
+        let first = queued(&store, &mut matcher, 1).await;
+        assert_eq!(matcher.round().await, 1, "offered");
+        let read = read_at(&matcher).expect("the first round read the workers");
+        queued(&store, &mut matcher, 1).await;
+        assert_eq!(matcher.round().await, 1, "offered");
+        assert_eq!(read_at(&matcher), Some(read), "the second planned against what the first read");
+
+        // w1 is full: a round with a task waiting reads the workers before concluding so.
+        let third = queued(&store, &mut matcher, 1).await;
+        assert_eq!(matcher.round().await, 0);
+        assert!(read_at(&matcher) > Some(read), "read again: slots may have been freed elsewhere");
+        let read = read_at(&matcher).expect("read");
+
+        // A slot freed through this process is counted in: offered without a read.
+        release_by_w1(&store, first[0]).await;
+        assert_eq!(matcher.round().await, 1, "the third task offered in the freed slot");
+        assert_eq!(read_at(&matcher), Some(read), "no read: the freed slot was counted in");
+        assert_eq!(store.task(third[0]).await.expect("read").expect("exists").status, TaskStatus::Assigned);
+
+        // A change to the roster made here (a worker registered) is read at the next round.
+        store.register_worker("w2", &registration(1)).await.expect("registered");
+        store.touch_worker("w2", Some(matcher.id.as_str())).await.expect("held here");
+        queued(&store, &mut matcher, 1).await;
+        assert_eq!(matcher.round().await, 1, "offered to w2");
+        assert!(read_at(&matcher) > Some(read), "read again after the roster changed");
+        let read = read_at(&matcher).expect("read");
+
+        // A worker drained through another process is not seen here until an offer to it
+        // is refused; the roster is then read again.
+        let settings = taskwire_store::DatabaseSettings {
+            url: format!("sqlite://{}/t.db?mode=rwc", dir.path().display()),
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(2),
+            statement_cache: 64,
+        };
+        let elsewhere =
+            Store::connect(&settings, taskwire_store::Topics::new("taskwire")).await.expect("another process");
+        release_by_w1(&store, third[0]).await;
+        elsewhere.drain_worker("w1").await.expect("drained elsewhere");
+        queued(&store, &mut matcher, 1).await;
+        assert_eq!(matcher.round().await, 0, "refused: w1 is draining");
+        assert_eq!(read_at(&matcher), None, "to be read again");
+        assert_eq!(matcher.round().await, 0, "w2 is full");
+        assert!(read_at(&matcher) > Some(read));
+        let held: Vec<&str> = matcher.roster.workers.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(held, ["w2"], "the draining worker is out of the roster");
     }
 
     #[test]
