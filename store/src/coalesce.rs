@@ -424,6 +424,51 @@ mod tests {
         assert!(store.recent.get(task.id).is_none(), "the stale state is forgotten");
         let worker = store.workers_by_ids(&["w1".to_owned()]).await.expect("worker");
         assert_eq!(worker[0].active, 0, "no slot taken");
+
+        // Offered through the other process and handed back there: `QUEUED` again, at a
+        // version this process never saw. Offered here from a fresh read, not dropped.
+        let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+        let new = NewTask::parse(input, "alice", Utc::now()).expect("valid input");
+        let CreateOutcome::Created(task) = store.create_task(new, None).await.expect("created") else {
+            panic!("created")
+        };
+        let there = PlannedOffer { id: task.id, worker_id: "w1".into(), traceparent: None, lease: None };
+        let expires = Utc::now() + chrono::Duration::seconds(30);
+        let made = elsewhere.offer_many(std::slice::from_ref(&there), &[], expires).await.expect("offered there");
+        let OfferOutcome::Offered(offered) = &made.outcomes[0] else { panic!("{made:?}") };
+        let token = offered.lease_token.clone().expect("leased");
+        elsewhere
+            .transition(task.id, None, move |t| {
+                let release = Command::Release { worker_id: "w1".into(), lease_token: token.as_str().to_owned() };
+                Ok(machine::transition(t, release, Utc::now())?)
+            })
+            .await
+            .expect("handed back there");
+
+        let made = store.offer_many(&[there], &[], expires).await.expect("ran");
+
+        assert!(matches!(&made.outcomes[0], OfferOutcome::Offered(t) if t.version == 4), "{made:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_a_remembered_state_is_not_final() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = test_store(dir.path()).await;
+        let running = running_on_two_workers(&store).await;
+        let (id, _, _) = &running[0];
+        let ids = [*id];
+        let current: HashMap<TaskId, Task> =
+            store.tasks_by_ids(&ids).await.expect("read").into_iter().map(|t| (t.id, t)).collect();
+        let settings = store.queue_settings_many(["q"]).await.expect("settings");
+        let batch = vec![pending(*id, Box::new(complete_as("w1", "not-the-token")))];
+
+        let writing = store.write_lock(Writer::Transition).await;
+        let remembered = std::collections::HashSet::from(ids);
+        let at_once = store.transition_all_at_once(&writing, &batch, &current, &remembered, &settings).await;
+        assert!(at_once.expect("no error").is_none(), "left to the fresh read of the slow path");
+        let read = store.transition_all_at_once(&writing, &batch, &current, &Default::default(), &settings).await;
+        let steps = read.expect("no error").expect("answered at once");
+        assert!(matches!(&steps[0], Step::Failed(e) if e.code().as_str() == "LEASE_LOST"), "{steps:?}");
     }
 
     #[tokio::test]
@@ -466,7 +511,10 @@ mod tests {
         store.transition_in_queue(*changed, None, complete_as(worker, token)).await.expect("completed elsewhere");
 
         let writing = store.write_lock(Writer::Transition).await;
-        let all_at_once = store.transition_all_at_once(&writing, &batch, &current, &settings).await.expect("no error");
+        let all_at_once = store
+            .transition_all_at_once(&writing, &batch, &current, &Default::default(), &settings)
+            .await
+            .expect("no error");
         assert!(all_at_once.is_none(), "one stale row makes the statement refuse the whole batch");
         drop(writing);
         for id in &ids[1..] {

@@ -210,30 +210,19 @@ impl Store {
         // this process committed last as `QUEUED` is not read at all (see `recent`); one
         // remembered in another state is read, since the matcher holds it as `QUEUED`.
         let current = self.current_tasks(offers.iter().map(|o| o.id), |t| t.status == TaskStatus::Queued).await?;
-        let remembered = current.remembered;
+        let mut remembered = current.remembered;
         let mut current = current.tasks;
         let now = Utc::now();
         let now_ms = convert::to_ms(now);
         // Each offer's change, or `None` when its task is no longer `QUEUED` (a task
         // planned twice is offered once).
-        let planned: Vec<Option<(Task, Transition)>> = offers
+        let mut planned: Vec<Option<(Task, Transition)>> =
+            offers.iter().map(|offer| planned_offer(offer, current.remove(&offer.id)?, now, expires_at)).collect();
+        // (A task planned again below keeps its queue.)
+        let limited: BTreeSet<&str> = limited
             .iter()
-            .map(|offer| {
-                let before = current.remove(&offer.id)?;
-                let (worker_id, lease_token) = (offer.worker_id.clone(), LeaseToken::generate());
-                let command = match offer.lease {
-                    Some(lease) => Command::Start { worker_id, lease_token, lease_expires_at: now + lease },
-                    None => Command::Offer { worker_id, lease_token, expires_at },
-                };
-                let transition = machine::transition(&before, command, now).ok()?;
-                Some((before, transition))
-            })
-            .collect();
-        let limited: BTreeSet<&str> = planned
-            .iter()
-            .flatten()
-            .map(|(before, _)| before.queue.as_str())
-            .filter(|queue| limited.contains(queue))
+            .copied()
+            .filter(|queue| planned.iter().flatten().any(|(before, _)| before.queue == *queue))
             .collect();
         let writing = self.write_lock(Writer::Offer).await;
         // Offers left out of the next attempt: their task changed since it was read
@@ -271,8 +260,23 @@ impl Store {
             match outcome {
                 AtOnce::TaskChanged => {
                     mark_raced(writing.db(), &fitting, &mut raced).await?;
-                    let stale = offers.iter().zip(&raced).filter(|(_, raced)| **raced).map(|(offer, _)| offer.id);
-                    self.recent.forget(stale.filter(|id| remembered.contains(id)));
+                    // A remembered state that turned out stale says nothing about the
+                    // task now (another process may have offered it and had it handed
+                    // back): read it, and offer it again if it is still `QUEUED`.
+                    let stale: Vec<usize> =
+                        (0..offers.len()).filter(|i| raced[*i] && remembered.contains(&offers[*i].id)).collect();
+                    if !stale.is_empty() {
+                        let ids: Vec<TaskId> = stale.iter().map(|i| offers[*i].id).collect();
+                        self.recent.forget(ids.iter().copied());
+                        let mut fresh = crate::recent::Current::default();
+                        fresh.read(writing.db(), ids).await?;
+                        for i in stale {
+                            remembered.remove(&offers[i].id);
+                            let before = fresh.tasks.get(&offers[i].id).cloned();
+                            planned[i] = before.and_then(|before| planned_offer(&offers[i], before, now, expires_at));
+                            raced[i] = planned[i].is_none();
+                        }
+                    }
                 }
                 _ => mark_no_room(writing.db(), offers, &fitting, &mut no_room, dispatcher).await?,
             }
@@ -584,6 +588,24 @@ pub(super) fn offers_for_query(id: &str) -> sea_orm::Select<task::Entity> {
         .order_by_asc(task::Column::RunAt)
         .order_by_asc(task::Column::Id)
         .limit(1_000)
+}
+
+/// The change that makes `offer` of `before` (`None` when the task is not `QUEUED`): an
+/// offer until `expires_at`, or, for a worker that takes its offers as they come, a start
+/// under the offer's lease.
+fn planned_offer(
+    offer: &PlannedOffer,
+    before: Task,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Option<(Task, Transition)> {
+    let (worker_id, lease_token) = (offer.worker_id.clone(), LeaseToken::generate());
+    let command = match offer.lease {
+        Some(lease) => Command::Start { worker_id, lease_token, lease_expires_at: now + lease },
+        None => Command::Offer { worker_id, lease_token, expires_at },
+    };
+    let transition = machine::transition(&before, command, now).ok()?;
+    Some((before, transition))
 }
 
 /// Locks the rows of the `limited` queues (MySQL: `FOR UPDATE`, in name order; SQLite:

@@ -71,10 +71,13 @@ impl RecentTasks {
     /// Remembers `task` as committed, unless a newer version of it is remembered already
     /// (two committers of this process can tell their commits in either order).
     pub(crate) fn remember(&self, task: &Task) {
-        let newer = self.tasks.get(&task.id).is_some_and(|known| known.version > task.version);
-        if !newer {
-            self.tasks.insert(task.id, Arc::new(task.clone()));
-        }
+        use moka::ops::compute::Op;
+        // One call per key at a time: a check then an insert could let two committers
+        // leave the older version.
+        self.tasks.entry(task.id).and_compute_with(|known| match known {
+            Some(known) if known.value().version > task.version => Op::Nop,
+            _ => Op::Put(Arc::new(task.clone())),
+        });
     }
 
     /// The remembered state of `id`, if any.

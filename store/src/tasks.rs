@@ -423,7 +423,9 @@ impl Store {
             .collect();
         current.read(&self.db, doubtful).await?;
         let writing = self.write_lock(Writer::Transition).await;
-        if let Some(steps) = self.transition_all_at_once(&writing, batch, &current.tasks, &settings).await? {
+        if let Some(steps) =
+            self.transition_all_at_once(&writing, batch, &current.tasks, &current.remembered, &settings).await?
+        {
             return Ok(steps);
         }
         // One of the remembered states may be what made the batch fail at once.
@@ -496,14 +498,17 @@ impl Store {
     }
 
     /// A coalesced batch applied with multi-row updates ([`update_all_if_unchanged`]) and
-    /// releases of worker slots (one statement per 32 rows each), when it can be: each task appears once, none of
-    /// the transitions takes a worker slot, and no task changed since `current` was read.
-    /// `None` (nothing written) otherwise: the caller then goes transition by transition.
+    /// releases of worker slots (one statement per 32 rows each), when it can be: each
+    /// task appears once, none of the transitions takes a worker slot, none is refused on
+    /// a `remembered` state (see `recent`: the refusal may be the memory's, a lease a
+    /// heartbeat extended since), and no task changed since `current` was read. `None`
+    /// (nothing written) otherwise: the caller then goes transition by transition.
     pub(super) async fn transition_all_at_once(
         &self,
         writing: &Writing<'_>,
         batch: &[PendingTransition],
         current: &HashMap<TaskId, Task>,
+        remembered: &HashSet<TaskId>,
         settings: &HashMap<String, QueueSettings>,
     ) -> StoreResult<Option<Vec<Step>>> {
         let mut seen = HashSet::with_capacity(batch.len());
@@ -529,6 +534,7 @@ impl Store {
                     changes.push((i, before, transition));
                     steps.push(None);
                 }
+                Err(_) if remembered.contains(&pending.id) => return Ok(None),
                 Err(e) => steps.push(Some(Step::Failed(e))),
             }
         }

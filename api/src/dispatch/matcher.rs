@@ -82,7 +82,8 @@ const LEAVE_GROUP_LIMIT: Duration = Duration::from_secs(5);
 /// rate-limited), the next round waits this long unless a local wake-up comes first
 /// (capacity freed, a worker came online, a queue changed): new tasks alone cannot make
 /// an offer possible, so they need not each cost a read of the workers. Capacity freed by
-/// another process is noticed within this.
+/// another process is noticed within this when no worker here has a free slot (a round
+/// that finds none reads the workers), within [`ROSTER_MAX_AGE`] otherwise.
 const IDLE_RECHECK: Duration = Duration::from_millis(25);
 /// How long the matcher plans against the workers it read without reading them again (see
 /// [`Roster`]): how long a change made through another process (a worker drained there)
@@ -702,14 +703,17 @@ impl Matcher {
 
     /// Reads this dispatcher's workers into the roster; `false` when they cannot be read.
     async fn read_roster(&mut self, now: DateTime<Utc>) -> bool {
-        // Before the read: a change made while it runs is read again next time, and the
-        // slots freed so far are in what it reads.
+        // The generation before the read: a change made while it runs is read again next
+        // time. The slots freed so far are in what it reads, and so may be some freed
+        // while it runs: all are dropped after it, since counting a slot twice would
+        // plan offers a worker has no room for (a whole transaction refused), while a
+        // slot missed is found by the next read.
         let generation = self.changes.generation();
-        self.changes.take_freed();
         let Some(workers) = self.local_workers(now).await else {
             self.roster.read_at = None;
             return false;
         };
+        self.changes.take_freed();
         self.roster = Roster { workers, read_at: Some(Instant::now()), generation };
         true
     }
