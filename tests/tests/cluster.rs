@@ -52,9 +52,14 @@ impl Worker {
         let input =
             json!({ "input": { "name": id, "queues": [queue], "capacity": capacity, "autoAccept": auto_accept } });
         app.gql(Some(&token), REGISTER, input).await.data();
+        let streams = app.metric("taskwire_subscriptions").await;
         let mut ws = app.ws(TRANSPORT_WS).await;
         ws.init(json!({ "authorization": format!("Bearer {token}") })).await;
         ws.subscribe("a", ASSIGNMENTS, json!({})).await;
+        // Until the stream is open (the gauge moves once the worker is marked as held by
+        // this process): before that the worker is nobody's, and any dispatcher may offer
+        // to it, which the tests below would take for a broken ownership rule.
+        app.wait_for_metric("taskwire_subscriptions", |open| open > streams).await;
         Worker { token, ws }
     }
 
