@@ -226,7 +226,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{OfferOutcome, PlannedOffer, Writer, testing::test_store};
+    use crate::{
+        OfferOutcome, PlannedOffer, Writer,
+        testing::{another_process, test_store},
+    };
 
     /// Two tasks offered to worker `w1` (capacity 2); their lease tokens.
     async fn offered(store: &Store) -> Vec<(TaskId, String)> {
@@ -320,18 +323,6 @@ mod tests {
     /// A batch completing every task of `running`, each by its own worker.
     fn completing(running: &[(TaskId, &'static str, String)]) -> Vec<PendingTransition> {
         running.iter().map(|(id, worker, token)| pending(*id, Box::new(complete_as(worker, token)))).collect()
-    }
-
-    /// Another handle on the database of `dir` (see `testing::test_store`), with nothing
-    /// remembered: what another process is to `test_store(dir)`.
-    async fn another_process(dir: &std::path::Path) -> Store {
-        let settings = crate::DatabaseSettings {
-            url: format!("sqlite://{}/t.db?mode=rwc", dir.display()),
-            max_connections: 4,
-            acquire_timeout: std::time::Duration::from_secs(2),
-            statement_cache: 512,
-        };
-        Store::connect(&settings, crate::Topics::new("taskwire")).await.expect("second handle")
     }
 
     /// A decision that applies `command` to the task as if the time were `at`.

@@ -269,7 +269,7 @@ impl Store {
                         let ids: Vec<TaskId> = stale.iter().map(|i| offers[*i].id).collect();
                         self.recent.forget(ids.iter().copied());
                         let mut fresh = crate::recent::Current::default();
-                        fresh.read(writing.db(), ids).await?;
+                        self.read_into(&mut fresh, ids).await?;
                         for i in stale {
                             remembered.remove(&offers[i].id);
                             let before = fresh.tasks.get(&offers[i].id).cloned();
@@ -1194,9 +1194,9 @@ mod tests {
         the_rate_bucket_is_shared_through_the_queue_row_on_mysql
     );
 
-    /// A dispatcher sees the workers whose stream its process holds and those no
-    /// dispatcher holds, never another dispatcher's.
-    async fn a_dispatcher_sees_its_own_and_unheld_workers(store: &Store) {
+    /// Workers `mine` (stream held by dispatcher `d1`), `theirs` (held by `d2`) and
+    /// `nobodys` (held by none), each serving `q` with 2 slots.
+    async fn workers_of_two_dispatchers(store: &Store) {
         for worker in ["mine", "theirs", "nobodys"] {
             let registration = WorkerRegistration::parse(worker, &["q".to_owned()], 2).expect("registration");
             store.register_worker(worker, &registration).await.expect("registered");
@@ -1204,6 +1204,12 @@ mod tests {
         store.touch_worker("mine", Some("d1")).await.expect("held by d1");
         store.touch_worker("theirs", Some("d2")).await.expect("held by d2");
         store.touch_worker("nobodys", None).await.expect("held by no dispatcher");
+    }
+
+    /// A dispatcher sees the workers whose stream its process holds and those no
+    /// dispatcher holds, never another dispatcher's.
+    async fn a_dispatcher_sees_its_own_and_unheld_workers(store: &Store) {
+        workers_of_two_dispatchers(store).await;
         let cutoff = Utc::now() - chrono::Duration::seconds(30);
         let ids = |workers: Vec<WorkerRecord>| workers.into_iter().map(|w| w.id).collect::<Vec<_>>();
         assert_eq!(ids(store.dispatcher_workers(cutoff, "d1").await.expect("read")), ["mine", "nobodys"]);
@@ -1215,12 +1221,7 @@ mod tests {
     /// The database keeps the ownership rule: a dispatcher's offer to a worker another
     /// dispatcher holds is refused, whatever the dispatcher read of it before.
     async fn a_dispatcher_cannot_offer_to_another_dispatchers_worker(store: &Store) {
-        for worker in ["mine", "theirs", "nobodys"] {
-            let registration = WorkerRegistration::parse(worker, &["q".to_owned()], 2).expect("registration");
-            store.register_worker(worker, &registration).await.expect("registered");
-        }
-        store.touch_worker("mine", Some("d1")).await.expect("held by d1");
-        store.touch_worker("theirs", Some("d2")).await.expect("held by d2");
+        workers_of_two_dispatchers(store).await;
         let tasks = queued(store, 3).await;
         let mut offers = offers_to(&tasks[..1], "mine");
         offers.extend(offers_to(&tasks[1..2], "theirs"));

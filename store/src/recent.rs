@@ -13,13 +13,13 @@
 //! conditional on the version the decision was made from, so a state that another process
 //! (or a path of this one that does not pass through `after_commit`) has changed since
 //! cannot be written over: the statement refuses, and the batch goes on from a fresh read.
-//! Two things change a task without a new version, and both are handled where a batch
-//! uses a remembered state (`tasks::Current`):
+//! Only a heartbeat changes a task without a new version, and it is handled where a batch
+//! uses a remembered state (`Store::transition_many` and `tasks::doubtful`):
 //! - a heartbeat extends a lease in place: a remembered lease end can be too early. A
 //!   decision that fails on a remembered state is therefore made again on a fresh read
 //!   (a lease that looked lapsed is not `LEASE_LOST`), and a decision that would write
-//!   the remembered lease end back (a repeated `acceptTask`) is too;
-//! - nothing else: every other write of a task row goes through `after_commit`.
+//!   the remembered lease end back (a repeated `acceptTask`) is too. Every other write
+//!   of a task row goes through `after_commit`.
 //!
 //! Bounded by an estimate of the bytes held ([`MAX_BYTES`]; payloads range from nothing
 //! to 64 KiB), entries idle for [`IDLE`] are dropped, and an entry never replaces a
@@ -31,15 +31,13 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use taskwire_domain::{TaskId, task::Task};
-use taskwire_entity::task;
 
-use super::{Store, convert, shape};
+use super::Store;
 use crate::error::StoreResult;
 
 /// The bytes the remembered tasks may hold, estimated.
-pub(crate) const MAX_BYTES: u64 = 32 * 1024 * 1024;
+const MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// What an entry costs beside the task itself, estimated.
 const OVERHEAD: usize = 128;
 /// How long a task nobody wrote or used stays remembered.
@@ -127,7 +125,7 @@ impl Store {
                 }
             }
         }
-        current.read(&self.db, missing).await?;
+        self.read_into(&mut current, missing).await?;
         Ok(current)
     }
 
@@ -136,30 +134,22 @@ impl Store {
     pub(crate) async fn reread_remembered(&self, current: &mut Current) -> StoreResult<()> {
         let stale: Vec<TaskId> = current.remembered.iter().copied().collect();
         self.recent.forget(stale.iter().copied());
-        current.read(&self.db, stale).await
+        self.read_into(current, stale).await
     }
-}
 
-impl Current {
-    /// Reads `ids` from the database in one statement, replacing what is held for them.
-    pub(crate) async fn read(
-        &mut self,
-        db: &impl ConnectionTrait,
+    /// Reads the tasks `ids` into `current` in one statement, in place of what it held
+    /// for them.
+    pub(crate) async fn read_into(
+        &self,
+        current: &mut Current,
         ids: impl IntoIterator<Item = TaskId>,
     ) -> StoreResult<()> {
         let ids: Vec<TaskId> = ids.into_iter().collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
         for id in &ids {
-            self.tasks.remove(id);
-            self.remembered.remove(id);
+            current.tasks.remove(id);
+            current.remembered.remove(id);
         }
-        let names = shape::padded(ids.iter().map(TaskId::to_string));
-        for row in task::Entity::find().filter(task::Column::Id.is_in(names)).all(db).await? {
-            let task = convert::task_from_row(row)?;
-            self.tasks.insert(task.id, task);
-        }
+        current.tasks.extend(self.tasks_by_ids(&ids).await?.into_iter().map(|task| (task.id, task)));
         Ok(())
     }
 }

@@ -421,7 +421,7 @@ impl Store {
             .filter(|p| current.tasks.get(&p.id).is_some_and(|task| doubtful(task, &settings, &p.decide)))
             .map(|p| p.id)
             .collect();
-        current.read(&self.db, doubtful).await?;
+        self.read_into(&mut current, doubtful).await?;
         let writing = self.write_lock(Writer::Transition).await;
         if let Some(steps) =
             self.transition_all_at_once(&writing, batch, &current.tasks, &current.remembered, &settings).await?
@@ -736,10 +736,10 @@ pub(super) async fn update_if_unchanged(
 /// Reserves slots of several workers at once: `n` slots of each worker of `shares`,
 /// conditionally on that worker being `ONLINE` with room for all `n` of them (`active + n
 /// <= capacity`) and, for a `dispatcher`, held by it or by none, in one statement per
-/// [`shape::CASE_ROWS`] workers. `true` when every
-/// worker had room; `false` when one did not, and then others may have been reserved:
-/// the caller rolls the transaction (or savepoint) back. The rows are locked in
-/// worker-id order (the primary key's), the lock order of every writer.
+/// [`shape::CASE_ROWS`] workers. `true` when every worker had room; `false` when one did
+/// not, and then others may have been reserved: the caller rolls the transaction (or
+/// savepoint) back. The rows are locked in worker-id order (the primary key's), the lock
+/// order of every writer.
 pub(super) async fn reserve_slots(
     txn: &DatabaseTransaction,
     shares: &BTreeMap<&str, i64>,

@@ -16,8 +16,17 @@ pub const DATABASE_URL_VAR: &str = "TASKWIRE_TEST_DATABASE_URL";
 
 /// A migrated SQLite store in `dir`.
 pub async fn test_store(dir: &Path) -> Store {
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.display());
-    migrated(settings(url)).await
+    migrated(settings(sqlite_url(dir))).await
+}
+
+/// Another handle on the store [`test_store`] made in `dir`, sharing nothing with it
+/// but the database: what a second process is to the first.
+pub async fn another_process(dir: &Path) -> Store {
+    Store::connect(&settings(sqlite_url(dir)), Topics::new("taskwire")).await.expect("another handle")
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}/t.db?mode=rwc", dir.display())
 }
 
 /// A migrated store on a fresh schema of the server named by `TASKWIRE_TEST_DATABASE_URL`

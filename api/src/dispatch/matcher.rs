@@ -641,7 +641,6 @@ impl Matcher {
     /// read, then makes the offers in as few transactions as possible.
     async fn round(&mut self) -> usize {
         self.idle.clear();
-        self.roster.free(self.changes.take_freed());
         if self.ready.is_empty() {
             return 0;
         }
@@ -682,10 +681,7 @@ impl Matcher {
     /// or, with `fresh` or when those are stale, read. `None` when there is no worker, or
     /// when they or the settings cannot be read.
     async fn read_snapshot(&mut self, now: DateTime<Utc>, fresh: bool) -> Option<Snapshot> {
-        let fresh = fresh || self.roster.stale(self.changes.generation());
-        if fresh && !self.read_roster(now).await {
-            return None;
-        }
+        let fresh = self.refresh_roster(now, fresh).await?;
         if self.roster.workers.is_empty() {
             return None;
         }
@@ -699,6 +695,16 @@ impl Matcher {
                 None
             }
         }
+    }
+
+    /// Brings the roster up to date: reads it again with `fresh` or when it is stale, else
+    /// counts in the slots this process freed. Whether it read; `None` when a read failed.
+    async fn refresh_roster(&mut self, now: DateTime<Utc>, fresh: bool) -> Option<bool> {
+        if fresh || self.roster.stale(self.changes.generation()) {
+            return self.read_roster(now).await.then_some(true);
+        }
+        self.roster.free(self.changes.take_freed());
+        Some(false)
     }
 
     /// Reads this dispatcher's workers into the roster; `false` when they cannot be read.
@@ -867,8 +873,7 @@ impl Matcher {
     /// holds them, read again when stale); returns how many it added to the ready set.
     async fn pull(&mut self) -> usize {
         if self.ready.is_empty() {
-            self.roster.free(self.changes.take_freed());
-            if self.roster.stale(self.changes.generation()) && !self.read_roster(Utc::now()).await {
+            if self.refresh_roster(Utc::now(), false).await.is_none() {
                 return 0;
             }
             self.idle = self.idle_queues(&self.roster.workers);
@@ -1240,14 +1245,7 @@ mod tests {
 
         // A worker drained through another process is not seen here until an offer to it
         // is refused; the roster is then read again.
-        let settings = taskwire_store::DatabaseSettings {
-            url: format!("sqlite://{}/t.db?mode=rwc", dir.path().display()),
-            max_connections: 2,
-            acquire_timeout: std::time::Duration::from_secs(2),
-            statement_cache: 64,
-        };
-        let elsewhere =
-            Store::connect(&settings, taskwire_store::Topics::new("taskwire")).await.expect("another process");
+        let elsewhere = taskwire_store::testing::another_process(dir.path()).await;
         release_by_w1(&store, third[0]).await;
         elsewhere.drain_worker("w1").await.expect("drained elsewhere");
         queued(&store, &mut matcher, 1).await;
