@@ -129,18 +129,90 @@ async fn delete_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> R
     if ids.is_empty() {
         return Ok(());
     }
-    let ids = shape::padded(ids.iter().copied());
     if db.get_database_backend() == DbBackend::MySql {
-        // The outbox is small (rows go as they are published), so for a long id list the
-        // optimizer prefers scanning the whole table, and a DELETE's scan waits for every
-        // row it passes: the rows another relay holds. Two relays then deadlocked on each
-        // other's batches. Forcing the primary key makes it look up exactly its own rows.
-        let marks = vec!["?"; ids.len()].join(", ");
-        let sql = format!("DELETE outbox FROM outbox FORCE INDEX (PRIMARY) WHERE outbox.id IN ({marks})");
-        let values = ids.into_iter().map(sea_orm::Value::from);
-        db.execute_raw(Statement::from_sql_and_values(DbBackend::MySql, sql, values)).await?;
+        // `WHERE id IN (…)` is planned from the table's statistics. The outbox is a queue,
+        // often empty when they were taken, and with too few rows on record the optimizer
+        // scans the whole table whatever the index hint. A DELETE's scan waits for every
+        // row it passes, so two relays each waited for the other's claimed rows: deadlock.
+        // Driving the delete from the id list (`STRAIGHT_JOIN` keeps that order) makes it
+        // look up each of its own rows by primary key, whatever the statistics say.
+        let list = serde_json::to_string(ids).map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
+        db.execute_raw(Statement::from_sql_and_values(DbBackend::MySql, DELETE_BY_ID_LIST, [Value::from(list)]))
+            .await?;
         return Ok(());
     }
+    let ids = shape::padded(ids.iter().copied());
     outbox::Entity::delete_many().filter(outbox::Column::Id.is_in(ids)).exec(db).await?;
     Ok(())
+}
+
+/// MySQL/MariaDB: deletes the outbox rows whose ids the one parameter lists (a JSON array).
+const DELETE_BY_ID_LIST: &str = "DELETE outbox FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS ids \
+     STRAIGHT_JOIN outbox ON outbox.id = ids.id";
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use sea_orm::{ConnectionTrait, Database, QueryOrder, TransactionTrait};
+    use taskwire_domain::{CreateTaskInput, NewTask};
+
+    use super::*;
+    use crate::CreateMode;
+
+    /// Ids claimed the way the relay claims them: the oldest `n` rows nobody holds.
+    async fn claim<C: ConnectionTrait>(conn: &C, n: u64) -> Vec<i64> {
+        let rows = outbox::Entity::find()
+            .order_by_asc(outbox::Column::Id)
+            .limit(n)
+            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+            .all(conn)
+            .await
+            .expect("claimed");
+        rows.into_iter().map(|r| r.id).collect()
+    }
+
+    /// Two relays hold a batch each; one deletes what it published while the other still
+    /// holds its rows. In a fresh schema the outbox's statistics say it is empty, which
+    /// made MariaDB scan the whole table for `id IN (…)` despite an index hint: the
+    /// delete then waited for the other relay's rows (and, with both deleting, deadlocked).
+    #[tokio::test]
+    async fn on_mysql_a_relay_deletes_its_rows_without_waiting_for_rows_another_relay_holds() {
+        let Some(store) =
+            crate::testing::mysql_test_store("on_mysql_a_relay_deletes_its_rows_without_waiting_for_rows_another")
+                .await
+        else {
+            return;
+        };
+        let inputs = (0..3)
+            .map(|_| {
+                let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+                NewTask::parse(input, "alice", Utc::now()).expect("valid input")
+            })
+            .collect();
+        store.create_tasks(inputs, CreateMode::AllOrNothing, None).await.expect("created");
+
+        let first = Database::connect(store.schema().url()).await.expect("first relay's connection");
+        let second = Database::connect(store.schema().url()).await.expect("second relay's connection");
+        let holder = first.begin().await.expect("begin");
+        let held = claim(&holder, 3).await;
+        let deleter = second.begin().await.expect("begin");
+        // A wait for the other relay's rows fails within a second instead of 50.
+        deleter.execute_unprepared("SET SESSION innodb_lock_wait_timeout = 1").await.expect("timeout");
+        let own = claim(&deleter, 10).await;
+        assert_eq!((held.len(), own.len()), (3, 3), "three status and three dispatch rows, split: {held:?} {own:?}");
+
+        let deleted = delete_published(&deleter, &own).await;
+        assert!(deleted.is_ok(), "the delete looked up its own rows only: {deleted:?}");
+        deleter.commit().await.expect("commit");
+        holder.rollback().await.expect("rollback");
+        let left: Vec<i64> = outbox::Entity::find()
+            .order_by_asc(outbox::Column::Id)
+            .all(store.connection())
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, held, "exactly the deleting relay's rows went");
+    }
 }
