@@ -134,9 +134,10 @@ async fn delete_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> R
         // often empty when they were taken, and with too few rows on record the optimizer
         // scans the whole table whatever the index hint. A DELETE's scan waits for every
         // row it passes, so two relays each waited for the other's claimed rows: deadlock.
-        // Driving the delete from the id list (`STRAIGHT_JOIN` keeps that order) makes it
-        // look up each of its own rows by primary key, whatever the statistics say.
-        let list = serde_json::to_string(ids).map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
+        // Driving the delete from the id list (`STRAIGHT_JOIN` keeps that order, the hint
+        // the access) makes it look up each of its own rows by primary key, whatever the
+        // statistics say.
+        let list = serde_json::to_string(ids).map_err(|e| sea_orm::DbErr::Json(e.to_string()))?;
         db.execute_raw(Statement::from_sql_and_values(DbBackend::MySql, DELETE_BY_ID_LIST, [Value::from(list)]))
             .await?;
         return Ok(());
@@ -148,7 +149,7 @@ async fn delete_published<C: sea_orm::ConnectionTrait>(db: &C, ids: &[i64]) -> R
 
 /// MySQL/MariaDB: deletes the outbox rows whose ids the one parameter lists (a JSON array).
 const DELETE_BY_ID_LIST: &str = "DELETE outbox FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS ids \
-     STRAIGHT_JOIN outbox ON outbox.id = ids.id";
+     STRAIGHT_JOIN outbox FORCE INDEX (PRIMARY) ON outbox.id = ids.id";
 
 #[cfg(test)]
 mod tests {
@@ -177,9 +178,10 @@ mod tests {
     /// delete then waited for the other relay's rows (and, with both deleting, deadlocked).
     #[tokio::test]
     async fn on_mysql_a_relay_deletes_its_rows_without_waiting_for_rows_another_relay_holds() {
-        let Some(store) =
-            crate::testing::mysql_test_store("on_mysql_a_relay_deletes_its_rows_without_waiting_for_rows_another")
-                .await
+        let Some(store) = crate::testing::mysql_test_store(
+            "on_mysql_a_relay_deletes_its_rows_without_waiting_for_rows_another_relay_holds",
+        )
+        .await
         else {
             return;
         };
@@ -191,28 +193,32 @@ mod tests {
             .collect();
         store.create_tasks(inputs, CreateMode::AllOrNothing, None).await.expect("created");
 
-        let first = Database::connect(store.schema().url()).await.expect("first relay's connection");
-        let second = Database::connect(store.schema().url()).await.expect("second relay's connection");
-        let holder = first.begin().await.expect("begin");
-        let held = claim(&holder, 3).await;
-        let deleter = second.begin().await.expect("begin");
-        // A wait for the other relay's rows fails within a second instead of 50.
-        deleter.execute_unprepared("SET SESSION innodb_lock_wait_timeout = 1").await.expect("timeout");
-        let own = claim(&deleter, 10).await;
-        assert_eq!((held.len(), own.len()), (3, 3), "three status and three dispatch rows, split: {held:?} {own:?}");
+        // Two relays' connections, set up as the store's are (READ COMMITTED), and one
+        // connection each, so the second round below reuses the prepared delete.
+        let relay = || async {
+            let options = sea_orm::ConnectOptions::new(store.schema().url()).max_connections(1).to_owned();
+            let db = Database::connect(options).await.expect("a relay's connection");
+            db.execute_unprepared("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await.expect("isolation");
+            // A wait for the other relay's rows fails within a second instead of 50.
+            db.execute_unprepared("SET SESSION innodb_lock_wait_timeout = 1").await.expect("timeout");
+            db
+        };
+        let (first, second) = (relay().await, relay().await);
+        for round in 0..2 {
+            let holder = first.begin().await.expect("begin");
+            let held = claim(&holder, 1).await;
+            let deleter = second.begin().await.expect("begin");
+            let own = claim(&deleter, 2).await;
+            assert_eq!((held.len(), own.len()), (1, 2), "round {round}: rows split: {held:?} {own:?}");
 
-        let deleted = delete_published(&deleter, &own).await;
-        assert!(deleted.is_ok(), "the delete looked up its own rows only: {deleted:?}");
-        deleter.commit().await.expect("commit");
-        holder.rollback().await.expect("rollback");
-        let left: Vec<i64> = outbox::Entity::find()
-            .order_by_asc(outbox::Column::Id)
-            .all(store.connection())
-            .await
-            .expect("read")
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(left, held, "exactly the deleting relay's rows went");
+            let deleted = delete_published(&deleter, &own).await;
+            assert!(deleted.is_ok(), "round {round}: the delete looked up its own rows only: {deleted:?}");
+            deleter.commit().await.expect("commit");
+            holder.rollback().await.expect("rollback");
+            let left = outbox::Entity::find().order_by_asc(outbox::Column::Id).all(store.connection()).await;
+            let left: Vec<i64> = left.expect("read").into_iter().map(|r| r.id).collect();
+            assert_eq!(left.first(), held.first(), "round {round}: the holding relay's row stayed");
+            assert!(own.iter().all(|id| !left.contains(id)), "round {round}: the deleting relay's rows went");
+        }
     }
 }
