@@ -1,41 +1,46 @@
 //! Commit coalescing for single creates and for workers' task transitions.
 //!
-//! Concurrent `createTask` calls queue here; one task takes everything waiting and
-//! commits it as one transaction with multi-row inserts, answering each caller only
-//! after that commit. Nothing is delayed on purpose: while one batch commits, the next
-//! callers queue up and go together in the next batch, so batches grow with load and a
-//! lone caller pays no extra latency. Inputs are independent (`CreateMode::PerInput`): an
-//! idempotency conflict answers only its own caller.
+//! Concurrent `createTask` calls and workers' lease transitions (`acceptTask`,
+//! `completeTask`, `failTask`, `releaseTask`) queue here, in one queue. A committer takes
+//! everything waiting and commits it, answering each caller only after that commit.
+//! Nothing is delayed on purpose: while one batch commits, the next callers queue up and
+//! go together in the next batch, so batches grow with load and a lone caller pays no
+//! extra latency.
+//!
+//! Creates are independent (`CreateMode::PerInput`): an idempotency conflict answers only
+//! its own caller. Transitions are applied the way `Store::transition_many` says: the
+//! batch reads its tasks and queue settings once (or not at all, for tasks this process
+//! wrote last), applies each decision conditionally on the task's version, and commits
+//! once. A decision that fails answers its own caller; one that lost a race to another
+//! writer is retried alone. Creates and transitions taken together share one transaction
+//! (`Store::create_and_transition`: one `BEGIN`, one insert of events, one of outbox rows,
+//! one `COMMIT`) when the transitions can be written all at once, and commit apart
+//! otherwise. That matters most with several processes: each sees only its share of the
+//! load, so each kind of write alone rarely finds company.
+//!
+//! On SQLite this is what lets writes keep up at all (every write transaction waits for
+//! the previous one); on MySQL it turns ~8 round trips and a commit per transition into a
+//! few statements per transition and one commit per batch. SQLite has one committer (it
+//! has one writer), MySQL two ([`COMMITTERS_MYSQL`](super::COMMITTERS_MYSQL)); other
+//! processes' committers write beside them. A batch written all at once locks its task
+//! rows in id order, then the worker rows whose slots it frees in worker-id order, as an
+//! offer round made all at once does: such writers wait for each other's rows but do not
+//! deadlock. The paths that go one transition or offer at a time (after a race), and the
+//! reaper (it claims tasks in the order they fell due), can still deadlock with a batch;
+//! InnoDB rolls one side back, and a batch that lost is run again.
 //!
 //! The queue is bounded ([`QUEUE`]): when full, callers wait (and their request timeout
-//! bounds the wait). The task ends when the last `Store` handle is dropped.
-//!
-//! Workers' lease transitions (`acceptTask`, `completeTask`, `failTask`, `releaseTask`)
-//! are coalesced the same way: a batch reads its tasks and queue settings once, applies
-//! each decision conditionally on the task's version, and commits once
-//! (`Store::transition_many`). A decision that fails answers its own caller; one that
-//! lost a race to another writer is retried alone. On SQLite this is what lets a worker's
-//! transitions keep up at all (every write transaction waits for the previous one); on
-//! MySQL it turns ~8 round trips and a commit per transition into a few statements per
-//! transition and one commit per batch. SQLite has one transition committer (it has one
-//! writer), and so has MySQL ([`TRANSITION_COMMITTERS_MYSQL`](super::TRANSITION_COMMITTERS_MYSQL)
-//! says why); other processes' committers still write beside it. A batch
-//! written all at once locks its task rows in id order, then the worker rows whose slots
-//! it frees in worker-id order, as an offer round made all at once does: such writers
-//! wait for each other's rows but do not deadlock. The paths that go one transition or
-//! offer at a time (after a race), and the reaper (it claims tasks in the order they fell
-//! due), can still deadlock with a batch; InnoDB rolls one side back, and a batch that
-//! lost is run again.
+//! bounds the wait). The committers end when the last `Store` handle is dropped.
 
 use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task::Task};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CreateMode, CreateOutcome, Store};
+use super::{CreateMode, CreateOutcome, Store, tasks::Together};
 use crate::error::{StoreError, StoreResult};
 
-/// Creates waiting to be committed, at most.
+/// Writes waiting to be committed, at most.
 pub(super) const QUEUE: usize = 10_000;
-/// Creates committed together, at most.
+/// Writes committed together, at most.
 const MAX_BATCH: usize = 250;
 
 pub(super) struct Pending {
@@ -50,49 +55,102 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// Starts `committers` coalescing tasks for `store` (a handle without a coalescer of its
-/// own, so the tasks do not keep their own queue open). SQLite has one writer, so one
-/// committer; MySQL commits several batches in parallel (its group commit shares fsyncs).
-pub(super) fn start(store: Store, committers: usize) -> mpsc::Sender<Pending> {
-    spawn_committers(store, committers, commit_creates)
+/// The committers' two queues, creates and transitions, each bounded at [`QUEUE`].
+#[derive(Debug, Clone)]
+pub(super) struct Queues {
+    pub(super) creates: mpsc::Sender<Pending>,
+    pub(super) transitions: mpsc::Sender<PendingTransition>,
 }
 
-/// Starts `committers` tasks that take turns at one bounded queue ([`QUEUE`]) and hand
-/// each batch they take to `commit`; returns the queue's sender. Each task ends when the
-/// queue closes: when the last sender (the last outside `Store` handle) is dropped.
-fn spawn_committers<T, F, Fut>(store: Store, committers: usize, commit: F) -> mpsc::Sender<T>
-where
-    T: Send + 'static,
-    F: Fn(Store, Vec<T>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+/// What the committers take from: workers' transitions first (a lease or an offer waits
+/// on them, and a burst of creates must not hold them up), then creates.
+struct Waiting {
+    creates: mpsc::Receiver<Pending>,
+    transitions: mpsc::Receiver<PendingTransition>,
+}
+
+/// Starts `committers` coalescing tasks for `store` (a handle without queues of its own,
+/// so the tasks do not keep their own queues open); they take turns at both queues.
+/// SQLite has one writer, so one committer; MySQL commits several batches in parallel
+/// (its group commit shares fsyncs). Each task ends when the queues close: when the last
+/// outside `Store` handle is dropped.
+pub(super) fn start(store: Store, committers: usize) -> Queues {
+    let (creates, creates_rx) = mpsc::channel(QUEUE);
+    let (transitions, transitions_rx) = mpsc::channel(QUEUE);
+    let waiting =
+        std::sync::Arc::new(tokio::sync::Mutex::new(Waiting { creates: creates_rx, transitions: transitions_rx }));
     for _ in 0..committers.max(1) {
-        let (store, queue, commit) = (store.clone(), queue.clone(), commit.clone());
+        let (store, waiting) = (store.clone(), waiting.clone());
         tokio::spawn(async move {
-            while let Some(batch) = next_batch(&queue).await {
-                commit(store.clone(), batch).await;
+            while let Some((creates, transitions)) = next_batch(&waiting).await {
+                commit_writes(store.clone(), creates, transitions).await;
             }
         });
     }
-    tx
+    Queues { creates, transitions }
 }
 
-/// Takes whatever is waiting (at least one, at most [`MAX_BATCH`]); `None` once closed.
-/// Committers sharing a queue take turns: one waits for the next item while the others
-/// commit what they took.
-async fn next_batch<T>(queue: &tokio::sync::Mutex<mpsc::Receiver<T>>) -> Option<Vec<T>> {
-    let mut queue = queue.lock().await;
-    let first = queue.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match queue.try_recv() {
-            Ok(next) => batch.push(next),
+/// Takes whatever is waiting (at least one write, at most [`MAX_BATCH`], transitions
+/// first); `None` once both queues are closed. Committers take turns: one waits for the
+/// next write while the others commit what they took.
+async fn next_batch(waiting: &tokio::sync::Mutex<Waiting>) -> Option<(Vec<Pending>, Vec<PendingTransition>)> {
+    let mut waiting = waiting.lock().await;
+    let Waiting { creates: creates_rx, transitions: transitions_rx } = &mut *waiting;
+    let (mut creates, mut transitions) = (Vec::new(), Vec::new());
+    tokio::select! {
+        biased;
+        Some(first) = transitions_rx.recv() => transitions.push(first),
+        Some(first) = creates_rx.recv() => creates.push(first),
+        else => return None,
+    }
+    while transitions.len() + creates.len() < MAX_BATCH {
+        match transitions_rx.try_recv() {
+            Ok(next) => transitions.push(next),
             Err(_) => break,
         }
     }
-    Some(batch)
+    while transitions.len() + creates.len() < MAX_BATCH {
+        match creates_rx.try_recv() {
+            Ok(next) => creates.push(next),
+            Err(_) => break,
+        }
+    }
+    Some((creates, transitions))
+}
+
+/// Commits what one committer took: creates and transitions that waited together go in
+/// one transaction when they can ([`Store::create_and_transition`]), else apart.
+async fn commit_writes(store: Store, creates: Vec<Pending>, transitions: Vec<PendingTransition>) {
+    if !creates.is_empty() && !transitions.is_empty() {
+        let inputs: Vec<NewTask> = creates.iter().map(|p| p.task.clone()).collect();
+        let traces: Vec<Option<&str>> = creates.iter().map(|p| p.traceparent.as_deref()).collect();
+        match store.create_and_transition(&inputs, &traces, &transitions).await {
+            Together::Committed(outcomes, steps) => {
+                for (pending, outcome) in creates.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+                answer_transitions(&store, transitions, steps).await;
+                return;
+            }
+            Together::Failed(e) => {
+                for pending in creates {
+                    let _ = pending.reply.send(Err(e.clone()));
+                }
+                for pending in transitions {
+                    let _ = pending.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+            Together::Apart => {}
+        }
+    }
+    // Transitions first, as they were taken.
+    if !transitions.is_empty() {
+        commit_transitions(&store, transitions).await;
+    }
+    if !creates.is_empty() {
+        commit_creates(store, creates).await;
+    }
 }
 
 async fn commit_creates(store: Store, batch: Vec<Pending>) {
@@ -115,13 +173,13 @@ async fn commit_creates(store: Store, batch: Vec<Pending>) {
 impl Store {
     /// Creates one task, committed together with concurrent creates.
     pub async fn create_task(&self, task: NewTask, traceparent: Option<&str>) -> StoreResult<CreateOutcome> {
-        let Some(queue) = &self.coalescer else {
+        let Some(queues) = &self.writes else {
             let mut outcomes = self.create_tasks(vec![task], CreateMode::PerInput, traceparent).await?;
             return outcomes.pop().ok_or(StoreError::Internal);
         };
         let (reply, answer) = oneshot::channel();
         let pending = Pending { task, traceparent: traceparent.map(str::to_owned), reply };
-        queue.send(pending).await.map_err(|_| StoreError::Unavailable)?;
+        queues.creates.send(pending).await.map_err(|_| StoreError::Unavailable)?;
         answer.await.map_err(|_| StoreError::Internal)?
     }
 }
@@ -158,12 +216,6 @@ pub(super) enum Step {
     Raced,
 }
 
-/// Starts `committers` transition committers for `store`, sharing one queue (see the
-/// module docs for why SQLite has one and MySQL two).
-pub(super) fn start_transitions(store: Store, committers: usize) -> mpsc::Sender<PendingTransition> {
-    spawn_committers(store, committers, |store: Store, batch| async move { commit_transitions(&store, batch).await })
-}
-
 async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
     let steps = match store.transition_many(&batch).await {
         Ok(steps) => steps,
@@ -174,6 +226,12 @@ async fn commit_transitions(store: &Store, batch: Vec<PendingTransition>) {
             return;
         }
     };
+    answer_transitions(store, batch, steps).await;
+}
+
+/// Answers each transition of a committed batch; one that raced another writer is run
+/// again alone.
+async fn answer_transitions(store: &Store, batch: Vec<PendingTransition>, steps: Vec<Step>) {
     for (pending, step) in batch.into_iter().zip(steps) {
         let answer = match step {
             Step::Done(task) => Ok(*task),
@@ -200,7 +258,7 @@ impl Store {
     where
         F: Fn(&Task, &QueueSettings) -> StoreResult<Transition> + Send + Sync + 'static,
     {
-        let Some(queue) = &self.transitions else {
+        let Some(queues) = &self.writes else {
             return self
                 .transition_inner(id, traceparent, true, |task, settings| {
                     decide(task, settings.ok_or(StoreError::Internal)?)
@@ -210,7 +268,7 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let pending =
             PendingTransition { id, traceparent: traceparent.map(str::to_owned), decide: Box::new(decide), reply };
-        queue.send(pending).await.map_err(|_| StoreError::Unavailable)?;
+        queues.transitions.send(pending).await.map_err(|_| StoreError::Unavailable)?;
         answer.await.map_err(|_| StoreError::Internal)?
     }
 }
@@ -529,7 +587,7 @@ mod tests {
     async fn concurrent_lease_transitions_commit_together_and_a_refusal_answers_only_its_caller() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = test_store(dir.path()).await;
-        assert!(store.transitions.is_some(), "SQLite coalesces transitions");
+        assert!(store.writes.is_some(), "SQLite coalesces transitions");
         let tasks = offered(&store).await;
         let ((a, token_a), (b, token_b)) = (tasks[0].clone(), tasks[1].clone());
 
@@ -666,6 +724,110 @@ mod tests {
         concurrent_batches_commit_every_transition_once,
         sqlite_concurrent_batches_commit_every_transition_once,
         mysql_concurrent_batches_commit_every_transition_once
+    );
+
+    /// A create waiting for the committer, with its answer.
+    fn create_waiting() -> (Pending, oneshot::Receiver<StoreResult<CreateOutcome>>) {
+        let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+        let task = NewTask::parse(input, "alice", Utc::now()).expect("valid input");
+        let (reply, answer) = oneshot::channel();
+        (Pending { task, traceparent: None, reply }, answer)
+    }
+
+    /// A transition waiting for the committer, with its answer.
+    fn transition_waiting(id: TaskId, decide: Decide) -> (PendingTransition, oneshot::Receiver<StoreResult<Task>>) {
+        let (reply, answer) = oneshot::channel();
+        (PendingTransition { id, traceparent: None, decide, reply }, answer)
+    }
+
+    /// Write transactions counted for `writer` so far.
+    fn writes(metrics: &crate::metrics::TestMetrics, writer: &str) -> u64 {
+        metrics.store.db_writes.with_label_values(&[writer]).get()
+    }
+
+    /// A burst of creates does not hold workers' transitions up: a committer takes the
+    /// waiting transitions first, then creates up to the batch's bound.
+    #[tokio::test]
+    async fn a_committer_takes_waiting_transitions_before_creates() {
+        let (creates, creates_rx) = mpsc::channel(QUEUE);
+        let (transitions, transitions_rx) = mpsc::channel(QUEUE);
+        let waiting = tokio::sync::Mutex::new(Waiting { creates: creates_rx, transitions: transitions_rx });
+        for _ in 0..MAX_BATCH + 50 {
+            creates.send(create_waiting().0).await.expect("queued");
+        }
+        let (transition, _answer) = transition_waiting(TaskId::generate(Utc::now()), Box::new(accept("t")));
+        transitions.send(transition).await.expect("queued");
+
+        let (first_creates, first_transitions) = next_batch(&waiting).await.expect("a batch");
+        assert_eq!((first_creates.len(), first_transitions.len()), (MAX_BATCH - 1, 1));
+        let (rest, none) = next_batch(&waiting).await.expect("a batch");
+        assert_eq!((rest.len(), none.len()), (51, 0));
+        drop((creates, transitions));
+        assert!(next_batch(&waiting).await.is_none(), "both queues closed");
+    }
+
+    /// Creates and transitions that waited for a committer together commit in one
+    /// transaction (counted once, as `create`), each caller answered as if alone.
+    async fn creates_and_transitions_waiting_together_commit_in_one_transaction(store: &Store) {
+        let metrics = crate::metrics::TestMetrics::new();
+        store.observe(metrics.store.clone());
+        let tasks = offered(store).await;
+        let before = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        let (first, first_created) = create_waiting();
+        let (second, second_created) = create_waiting();
+        let (accept_a, a_accepted) = transition_waiting(tasks[0].0, Box::new(accept(&tasks[0].1)));
+        let (accept_b, b_accepted) = transition_waiting(tasks[1].0, Box::new(accept(&tasks[1].1)));
+
+        commit_writes(store.clone(), vec![first, second], vec![accept_a, accept_b]).await;
+
+        for created in [first_created, second_created] {
+            let outcome = created.await.expect("answered").expect("created");
+            let CreateOutcome::Created(task) = outcome else { panic!("created, not {outcome:?}") };
+            let stored = store.task(task.id).await.expect("read").expect("stored");
+            assert_eq!((stored.status, stored.version), (TaskStatus::Queued, task.version));
+        }
+        for accepted in [a_accepted, b_accepted] {
+            let task = accepted.await.expect("answered").expect("accepted");
+            assert_eq!(task.status, TaskStatus::Running);
+            let events = store.events_after(task.id, 0, 10).await.expect("events");
+            assert_eq!(events.len(), 3, "QUEUED, ASSIGNED, RUNNING: {events:?}");
+        }
+        let after = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0), "one transaction for all four");
+    }
+
+    on_both_backends!(
+        creates_and_transitions_waiting_together_commit_in_one_transaction,
+        sqlite_creates_and_transitions_waiting_together_commit_in_one_transaction,
+        mysql_creates_and_transitions_waiting_together_commit_in_one_transaction
+    );
+
+    /// When the transitions cannot go all at once (here one task twice), the creates and
+    /// the transitions that waited together commit apart, and every caller is answered.
+    async fn creates_and_transitions_that_cannot_go_together_commit_apart(store: &Store) {
+        let metrics = crate::metrics::TestMetrics::new();
+        store.observe(metrics.store.clone());
+        let tasks = offered(store).await;
+        let (a, token) = tasks[0].clone();
+        let before = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        let (create, created) = create_waiting();
+        let (accept_a, accepted) = transition_waiting(a, Box::new(accept(&token)));
+        let (complete_a, completed) = transition_waiting(a, Box::new(complete(&token)));
+
+        commit_writes(store.clone(), vec![create], vec![accept_a, complete_a]).await;
+
+        let outcome = created.await.expect("answered").expect("created");
+        assert!(matches!(outcome, CreateOutcome::Created(_)), "{outcome:?}");
+        assert_eq!(accepted.await.expect("answered").expect("accepted").status, TaskStatus::Running);
+        assert_eq!(completed.await.expect("answered").expect("completed").status, TaskStatus::Succeeded);
+        let after = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "the creates and the transitions apart");
+    }
+
+    on_both_backends!(
+        creates_and_transitions_that_cannot_go_together_commit_apart,
+        sqlite_creates_and_transitions_that_cannot_go_together_commit_apart,
+        mysql_creates_and_transitions_that_cannot_go_together_commit_apart
     );
 
     #[tokio::test]

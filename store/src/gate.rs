@@ -18,9 +18,10 @@ use crate::metrics::{StoreMetrics, WriteGateMetrics};
 /// Who takes the write gate: a label of the gate's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Writer {
-    /// Task creations (the commit coalescer).
+    /// Task creations (the committers of `coalesce`), and creations committed together
+    /// with workers' transitions.
     Create,
-    /// Task transitions: workers' and clients' mutations (the transition coalescer).
+    /// Task transitions: workers' and clients' mutations (the committers of `coalesce`).
     Transition,
     /// The matcher's offers.
     Offer,

@@ -183,12 +183,9 @@ pub struct Store {
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
     dispatch_signal: Arc<Notify>,
-    /// Queue of the commit-coalescing task (see `coalesce`); `None` in the handle that
-    /// task itself uses.
-    coalescer: Option<tokio::sync::mpsc::Sender<coalesce::Pending>>,
-    /// Queue of the transition-coalescing task (see `coalesce`); `None` in the handle
-    /// that task itself uses.
-    transitions: Option<tokio::sync::mpsc::Sender<coalesce::PendingTransition>>,
+    /// Queue of the committers of creates and transitions (see `coalesce`); `None` in
+    /// the handle the committers themselves use.
+    writes: Option<coalesce::Queues>,
     /// Told about every change committed (the cache's write-through, the local hub and
     /// the local matcher).
     listeners: Arc<std::sync::RwLock<Listeners>>,
@@ -249,26 +246,15 @@ pub fn is_mysql_url(url: &str) -> bool {
 /// second after its last use fails one statement, and the pool then replaces it.
 pub(crate) const MYSQL_PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// Transition committers on MySQL/MariaDB (SQLite has one: it has one writer). One: while
-/// its batch commits, the next workers' calls queue up and go together in the next batch,
-/// so batches grow with load. A second committer overlapped one batch's commit with the
-/// other's statements, but under dispatch load it mostly took the calls that arrived
-/// during the first one's commit as batches of one: at 500 tasks/s one committer made
-/// about a tenth fewer transactions and statements per task and cost MariaDB about a
-/// tenth less CPU per task, at the same latency (docs/BENCHMARKS.md). Transitions come
-/// from a bounded number of workers' calls, not from a closed loop of clients, so the
-/// second committer's extra throughput was not needed. A batch written all at once
-/// locks its task rows, then its worker rows, each in id order; the rarer paths that go
-/// one transition or offer at a time can deadlock with it, and InnoDB then rolls one
-/// side back and the batch is run again (see `coalesce`).
-pub(crate) const TRANSITION_COMMITTERS_MYSQL: usize = 1;
-
-/// Create committers on MySQL/MariaDB, at most (and at most one per two pooled
-/// connections; SQLite has one). Two are enough to overlap one batch's commit with the
-/// next batch's inserts; more only split the waiting creates into smaller batches, and
-/// every batch costs the same five round trips and one commit whatever its size (the
-/// measurement is in docs/benchmarks-history.md).
-pub(crate) const CREATE_COMMITTERS_MYSQL: usize = 2;
+/// Committers of creates and transitions on MySQL/MariaDB, at most (and at most one per
+/// two pooled connections; SQLite has one: it has one writer). They take turns at both
+/// queues (transitions first), and creates and workers' transitions that waited together
+/// commit in one transaction (see `coalesce`). Two overlap one batch's commit with the next
+/// batch's statements, as two create committers did; a second committer of transitions
+/// alone once cost MariaDB about a tenth more CPU per task, while the shared two measured
+/// the same CPU as before and fewer transactions per task (docs/benchmarks-history.md,
+/// thirteenth session).
+pub(crate) const COMMITTERS_MYSQL: usize = 2;
 
 impl Store {
     /// Connects with the configured pool; creates the SQLite file's directory if needed.
@@ -331,21 +317,16 @@ impl Store {
             stats,
             outbox_signal: Arc::new(Notify::new()),
             dispatch_signal: Arc::new(Notify::new()),
-            coalescer: None,
-            transitions: None,
+            writes: None,
             listeners: Arc::new(std::sync::RwLock::new(Arc::new([]))),
             settings: settings::SettingsCache::new(QUEUE_SETTINGS_TTL),
             recent: recent::RecentTasks::default(),
             roster: RosterChanges::default(),
         };
-        let committers =
-            if sqlite { 1 } else { (settings.max_connections as usize / 2).clamp(1, CREATE_COMMITTERS_MYSQL) };
-        // The committers get handles without queues of their own, so that each queue
-        // closes (and its committer ends) when the last outside handle is dropped.
-        let base = store.clone();
-        store.coalescer = Some(coalesce::start(base.clone(), committers));
-        store.transitions =
-            Some(coalesce::start_transitions(base, if sqlite { 1 } else { TRANSITION_COMMITTERS_MYSQL }));
+        let committers = if sqlite { 1 } else { (settings.max_connections as usize / 2).clamp(1, COMMITTERS_MYSQL) };
+        // The committers get a handle without a queue of its own, so that the queue
+        // closes (and the committers end) when the last outside handle is dropped.
+        store.writes = Some(coalesce::start(store.clone(), committers));
         Ok(store)
     }
 

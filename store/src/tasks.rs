@@ -274,22 +274,52 @@ impl Store {
         mode: CreateMode,
         traces: &[Option<&str>],
     ) -> Result<StoreResult<Vec<CreateOutcome>>, DbErr> {
-        let now = Utc::now();
         let txn = writing.db().begin().await?;
-        let defaults = match self.queue_max_attempts(&txn, batch).await {
-            Ok(defaults) => defaults,
+        let planned = match self.plan_creates(&txn, batch, traces).await? {
+            Ok(planned) => planned,
             // Not a conflict to retry: the transaction is dropped (rolled back).
             Err(e) => return Ok(Err(e)),
         };
-        let mut existing = existing_by_key(&txn, batch).await?;
+        if mode == CreateMode::AllOrNothing && planned.outcomes.contains(&CreateOutcome::Conflict) {
+            txn.rollback().await?;
+            return Ok(Err(DomainError::IdempotencyConflict.into()));
+        }
+        let mut writes = Writes::new(self.backend());
+        if !planned.rows.is_empty() {
+            writes.insert_all(planned.rows);
+            self.history_into(&mut writes, &planned.transitions)?;
+        }
+        writes.run(&txn).await?;
+        txn.commit().await?;
+        self.after_commit(planned.transitions.iter().map(|(t, trace)| (None, t, *trace)));
+        Ok(Ok(planned.outcomes))
+    }
 
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut transitions = Vec::with_capacity(batch.len());
+    /// Decides, inside `txn`, what a batch of creates writes: each input's outcome (a new
+    /// task, the task an idempotency key already names, or a conflict), the rows to insert
+    /// and the creations to record. `Ok(Err(_))` for an error that is not the database's.
+    async fn plan_creates<'t>(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &[NewTask],
+        traces: &[Option<&'t str>],
+    ) -> Result<StoreResult<PlannedCreates<'t>>, DbErr> {
+        let now = Utc::now();
+        let defaults = match self.queue_max_attempts(txn, batch).await {
+            Ok(defaults) => defaults,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut existing = existing_by_key(txn, batch).await?;
+
+        let mut planned = PlannedCreates {
+            outcomes: Vec::with_capacity(batch.len()),
+            rows: Vec::with_capacity(batch.len()),
+            transitions: Vec::with_capacity(batch.len()),
+        };
         for (new, trace) in batch.iter().zip(traces.iter().chain(std::iter::repeat(&None))) {
             let key = new.idempotency_key.as_ref().map(|k| (new.created_by.clone(), k.as_str().to_owned()));
             if let Some((hash, task)) = key.as_ref().and_then(|k| existing.get(k)) {
-                outcomes.push(if *hash == new.fingerprint {
+                planned.outcomes.push(if *hash == new.fingerprint {
                     CreateOutcome::Existing(task.clone())
                 } else {
                     CreateOutcome::Conflict
@@ -302,23 +332,11 @@ impl Store {
                 // A repeat of the key later in this same batch resolves to this task.
                 existing.insert(key, (new.fingerprint.clone(), transition.task.clone()));
             }
-            rows.push(convert::task_to_row(&transition.task, &new.fingerprint));
-            outcomes.push(CreateOutcome::Created(transition.task.clone()));
-            transitions.push((transition, *trace));
+            planned.rows.push(convert::task_to_row(&transition.task, &new.fingerprint));
+            planned.outcomes.push(CreateOutcome::Created(transition.task.clone()));
+            planned.transitions.push((transition, *trace));
         }
-        if mode == CreateMode::AllOrNothing && outcomes.contains(&CreateOutcome::Conflict) {
-            txn.rollback().await?;
-            return Ok(Err(DomainError::IdempotencyConflict.into()));
-        }
-        if !rows.is_empty() {
-            let mut writes = Writes::new(self.backend());
-            writes.insert_all(rows);
-            self.history_into(&mut writes, &transitions)?;
-            writes.run(&txn).await?;
-        }
-        txn.commit().await?;
-        self.after_commit(transitions.iter().map(|(t, trace)| (None, t, *trace)));
-        Ok(Ok(outcomes))
+        Ok(Ok(planned))
     }
 
     /// Applies a state change to one task under the optimistic lock.
@@ -409,10 +427,14 @@ impl Store {
         self.retry_lock_conflicts(ConflictPath::Transition, || self.transition_many_once(batch)).await
     }
 
-    async fn transition_many_once(&self, batch: &[PendingTransition]) -> StoreResult<Vec<Step>> {
-        // Read before the gate (every write below is conditional on the version read), so
-        // that the writers queued behind this batch wait only for its writes. Tasks this
-        // process committed last are not read at all (see `recent`).
+    /// The tasks of `batch` and their queues' settings, read before a batch takes the
+    /// write gate (every write is conditional on the version read, so the writers queued
+    /// behind the batch wait only for its writes). Tasks this process committed last are
+    /// not read at all (see `recent`), unless acting on the remembered state is doubtful.
+    async fn transitions_before(
+        &self,
+        batch: &[PendingTransition],
+    ) -> StoreResult<(crate::recent::Current, HashMap<String, QueueSettings>)> {
         let mut current = self.current_tasks(batch.iter().map(|p| p.id), |_| true).await?;
         let settings = self.settings.get_many(&self.db, current.tasks.values().map(|t| t.queue.as_str())).await?;
         let doubtful: Vec<TaskId> = batch
@@ -422,6 +444,11 @@ impl Store {
             .map(|p| p.id)
             .collect();
         self.read_into(&mut current, doubtful).await?;
+        Ok((current, settings))
+    }
+
+    async fn transition_many_once(&self, batch: &[PendingTransition]) -> StoreResult<Vec<Step>> {
+        let (mut current, settings) = self.transitions_before(batch).await?;
         let writing = self.write_lock(Writer::Transition).await;
         if let Some(steps) =
             self.transition_all_at_once(&writing, batch, &current.tasks, &current.remembered, &settings).await?
@@ -511,59 +538,80 @@ impl Store {
         remembered: &HashSet<TaskId>,
         settings: &HashMap<String, QueueSettings>,
     ) -> StoreResult<Option<Vec<Step>>> {
-        let mut seen = HashSet::with_capacity(batch.len());
-        if !batch.iter().all(|p| seen.insert(p.id)) {
+        let Some(plan) = AllAtOnce::plan(batch, current, remembered, settings) else {
             return Ok(None);
-        }
-        let mut steps: Vec<Option<Step>> = Vec::with_capacity(batch.len());
-        let mut changes: Vec<(usize, &Task, Transition)> = Vec::with_capacity(batch.len());
-        for (i, pending) in batch.iter().enumerate() {
-            let Some(before) = current.get(&pending.id) else {
-                steps.push(Some(Step::Failed(StoreError::NotFound("task"))));
-                continue;
-            };
-            let Some(queue) = settings.get(&before.queue) else {
-                steps.push(Some(Step::Failed(StoreError::Internal)));
-                continue;
-            };
-            match (pending.decide)(before, queue) {
-                Ok(transition) if !before.status.is_leased() && transition.task.status.is_leased() => {
-                    return Ok(None);
-                }
-                Ok(transition) => {
-                    changes.push((i, before, transition));
-                    steps.push(None);
-                }
-                Err(_) if remembered.contains(&pending.id) => return Ok(None),
-                Err(e) => steps.push(Some(Step::Failed(e))),
-            }
-        }
-        // Task rows in id order, then worker rows: the lock order of every writer.
-        changes.sort_by_key(|(_, before, _)| before.id);
+        };
         let txn = writing.begin_read_committed().await?;
-        let rows: Vec<(&Task, &Transition)> = changes.iter().map(|(_, before, t)| (*before, t)).collect();
-        if !update_all_if_unchanged(&txn, &rows).await? {
+        let mut writes = Writes::new(self.backend());
+        if !plan.write(&txn, &mut writes).await? {
             txn.rollback().await?;
             return Ok(None);
         }
-        let mut releases: BTreeMap<String, i64> = BTreeMap::new();
-        for (_, before, transition) in &changes {
-            if before.status.is_leased() && !transition.task.status.is_leased() {
-                *releases.entry(before.worker_id.clone().unwrap_or_default()).or_default() += 1;
-            }
-        }
-        let mut writes = Writes::new(self.backend());
-        writes.extend(release_slots_statements(self.backend(), releases, convert::to_ms(Utc::now())));
-        let made: Vec<(Task, Transition, Option<&str>)> = changes
-            .iter()
-            .map(|(i, before, transition)| ((*before).clone(), transition.clone(), batch[*i].traceparent.as_deref()))
-            .collect();
+        let made = plan.made(batch);
         self.commit_changes(txn, writes, &made).await?;
-        for (i, _, transition) in changes {
-            steps[i] = Some(Step::Done(Box::new(transition.task)));
+        Ok(Some(plan.steps()))
+    }
+
+    /// Creates and workers' transitions that waited for the same committer, in one
+    /// transaction: one `BEGIN`, one insert of events and one of outbox rows, one
+    /// `COMMIT` for both. Only when the transitions can go all at once (the conditions of
+    /// [`Store::transition_all_at_once`]); see [`Together`] for what else can happen.
+    pub(super) async fn create_and_transition(
+        &self,
+        creates: &[NewTask],
+        traces: &[Option<&str>],
+        batch: &[PendingTransition],
+    ) -> Together {
+        let (current, settings) = match self.transitions_before(batch).await {
+            Ok(read) => read,
+            Err(_) => return Together::Apart,
+        };
+        let Some(plan) = AllAtOnce::plan(batch, &current.tasks, &current.remembered, &settings) else {
+            return Together::Apart;
+        };
+        let writing = self.write_lock(Writer::Create).await;
+        let prepared = async {
+            let txn = writing.begin_read_committed().await?;
+            let Ok(mut planned) = self.plan_creates(&txn, creates, traces).await? else {
+                return Ok(None);
+            };
+            let mut writes = Writes::new(self.backend());
+            if !plan.write(&txn, &mut writes).await? {
+                txn.rollback().await?;
+                return Ok(None);
+            }
+            let made = plan.made(batch);
+            let mut history = planned.transitions.clone();
+            history.extend(made.iter().map(|(_, t, trace)| (t.clone(), *trace)));
+            writes.insert_all(std::mem::take(&mut planned.rows));
+            self.history_into(&mut writes, &history)?;
+            writes.run(&txn).await?;
+            Ok::<_, DbErr>(Some((txn, planned, made)))
+        };
+        let (txn, planned, made) = match prepared.await {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => return Together::Apart,
+            // Nothing is committed: the paths apart retry a lock conflict or an
+            // idempotency race as they always do, and answer anything else themselves.
+            Err(e) => {
+                tracing::debug!(error = %e, "creates and transitions together failed; committing them apart");
+                return Together::Apart;
+            }
+        };
+        // A failed `COMMIT` may have committed all the same (the connection broke while
+        // it ran): running the creates again could create them twice, so everyone gets
+        // the error, as the paths apart would answer it.
+        if let Err(e) = txn.commit().await {
+            return Together::Failed(e.into());
         }
-        // Every index got its step above; `Internal` cannot be reached.
-        Ok(Some(steps.into_iter().map(|step| step.unwrap_or(Step::Failed(StoreError::Internal))).collect()))
+        self.after_commit(
+            planned
+                .transitions
+                .iter()
+                .map(|(t, trace)| (None, t, *trace))
+                .chain(made.iter().map(|(before, t, trace)| (Some(before), t, *trace))),
+        );
+        Together::Committed(planned.outcomes, plan.steps())
     }
 
     /// Commits a batch of applied changes (`(before, transition, traceparent)`) with
@@ -657,6 +705,115 @@ impl Store {
         writes.insert_all(events);
         writes.insert_all(messages);
         Ok(())
+    }
+}
+
+/// What became of creates and transitions tried in one transaction
+/// ([`Store::create_and_transition`]).
+pub(super) enum Together {
+    /// Committed: each create's outcome and each transition's step, in order.
+    Committed(Vec<CreateOutcome>, Vec<Step>),
+    /// Nothing committed, and they can go apart: the transitions could not be written all
+    /// at once, a task changed since it was read, or a statement failed (a lock
+    /// conflict, an idempotency race, an outage the paths apart answer themselves).
+    Apart,
+    /// The `COMMIT` failed, so whether anything committed is unknown: every caller gets
+    /// this error.
+    Failed(StoreError),
+}
+
+/// What a batch of creates writes (see [`Store::plan_creates`]).
+struct PlannedCreates<'t> {
+    /// One per input, in order.
+    outcomes: Vec<CreateOutcome>,
+    /// The new tasks' rows.
+    rows: Vec<task::ActiveModel>,
+    /// The creations, with each input's trace context.
+    transitions: Vec<(Transition, Option<&'t str>)>,
+}
+
+/// A transition batch decided for writing all at once (see
+/// [`Store::transition_all_at_once`]).
+struct AllAtOnce<'b> {
+    /// Per transition: its answer when decided without writing (a refusal).
+    steps: Vec<Option<Step>>,
+    /// `(index in the batch, state before, transition)`, in task-id order: the lock order
+    /// of every writer.
+    changes: Vec<(usize, &'b Task, Transition)>,
+}
+
+impl<'b> AllAtOnce<'b> {
+    /// `None` when the batch cannot go all at once: a task appears twice, a transition
+    /// takes a worker slot, or one is refused on a remembered state.
+    fn plan(
+        batch: &[PendingTransition],
+        current: &'b HashMap<TaskId, Task>,
+        remembered: &HashSet<TaskId>,
+        settings: &HashMap<String, QueueSettings>,
+    ) -> Option<AllAtOnce<'b>> {
+        let mut seen = HashSet::with_capacity(batch.len());
+        if !batch.iter().all(|p| seen.insert(p.id)) {
+            return None;
+        }
+        let mut steps: Vec<Option<Step>> = Vec::with_capacity(batch.len());
+        let mut changes: Vec<(usize, &Task, Transition)> = Vec::with_capacity(batch.len());
+        for (i, pending) in batch.iter().enumerate() {
+            let Some(before) = current.get(&pending.id) else {
+                steps.push(Some(Step::Failed(StoreError::NotFound("task"))));
+                continue;
+            };
+            let Some(queue) = settings.get(&before.queue) else {
+                steps.push(Some(Step::Failed(StoreError::Internal)));
+                continue;
+            };
+            match (pending.decide)(before, queue) {
+                Ok(transition) if !before.status.is_leased() && transition.task.status.is_leased() => return None,
+                Ok(transition) => {
+                    changes.push((i, before, transition));
+                    steps.push(None);
+                }
+                Err(_) if remembered.contains(&pending.id) => return None,
+                Err(e) => steps.push(Some(Step::Failed(e))),
+            }
+        }
+        changes.sort_by_key(|(_, before, _)| before.id);
+        Some(AllAtOnce { steps, changes })
+    }
+
+    /// Updates the task rows (`false`, nothing usable written, when one changed since it
+    /// was read) and adds the release of the freed worker slots to `writes`.
+    async fn write(&self, txn: &DatabaseTransaction, writes: &mut Writes) -> Result<bool, DbErr> {
+        let rows: Vec<(&Task, &Transition)> = self.changes.iter().map(|(_, before, t)| (*before, t)).collect();
+        if !update_all_if_unchanged(txn, &rows).await? {
+            return Ok(false);
+        }
+        let mut releases: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, before, transition) in &self.changes {
+            if before.status.is_leased() && !transition.task.status.is_leased() {
+                *releases.entry(before.worker_id.clone().unwrap_or_default()).or_default() += 1;
+            }
+        }
+        let now = convert::to_ms(Utc::now());
+        writes.extend(release_slots_statements(txn.get_database_backend(), releases, now));
+        Ok(true)
+    }
+
+    /// The changes as `(before, transition, traceparent)`, for history and listeners.
+    fn made<'p>(&self, batch: &'p [PendingTransition]) -> Vec<(Task, Transition, Option<&'p str>)> {
+        self.changes
+            .iter()
+            .map(|(i, before, transition)| ((*before).clone(), transition.clone(), batch[*i].traceparent.as_deref()))
+            .collect()
+    }
+
+    /// Every transition's answer once the changes committed.
+    fn steps(self) -> Vec<Step> {
+        let mut steps = self.steps;
+        for (i, _, transition) in self.changes {
+            steps[i] = Some(Step::Done(Box::new(transition.task)));
+        }
+        // Every index got its step above; `Internal` cannot be reached.
+        steps.into_iter().map(|step| step.unwrap_or(Step::Failed(StoreError::Internal))).collect()
     }
 }
 
