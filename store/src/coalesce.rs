@@ -1,8 +1,8 @@
 //! Commit coalescing for single creates and for workers' task transitions.
 //!
 //! Concurrent `createTask` calls and workers' lease transitions (`acceptTask`,
-//! `completeTask`, `failTask`, `releaseTask`) queue here, in one queue. A committer takes
-//! everything waiting and commits it, answering each caller only after that commit.
+//! `completeTask`, `failTask`, `releaseTask`) queue here, each kind in a queue of its own.
+//! A committer takes everything waiting in both, transitions first, and commits it, answering each caller only after that commit.
 //! Nothing is delayed on purpose: while one batch commits, the next callers queue up and
 //! go together in the next batch, so batches grow with load and a lone caller pays no
 //! extra latency.
@@ -29,7 +29,7 @@
 //! reaper (it claims tasks in the order they fell due), can still deadlock with a batch;
 //! InnoDB rolls one side back, and a batch that lost is run again.
 //!
-//! The queue is bounded ([`QUEUE`]): when full, callers wait (and their request timeout
+//! Each queue is bounded ([`QUEUE`]): when full, callers wait (and their request timeout
 //! bounds the wait). The committers end when the last `Store` handle is dropped.
 
 use taskwire_domain::{NewTask, QueueSettings, TaskId, machine::Transition, task::Task};
@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{CreateMode, CreateOutcome, Store, tasks::Together};
 use crate::error::{StoreError, StoreResult};
 
-/// Writes waiting to be committed, at most.
+/// Writes of one kind waiting to be committed, at most.
 pub(super) const QUEUE: usize = 10_000;
 /// Writes committed together, at most.
 const MAX_BATCH: usize = 250;
@@ -103,19 +103,19 @@ async fn next_batch(waiting: &tokio::sync::Mutex<Waiting>) -> Option<(Vec<Pendin
         Some(first) = creates_rx.recv() => creates.push(first),
         else => return None,
     }
-    while transitions.len() + creates.len() < MAX_BATCH {
-        match transitions_rx.try_recv() {
-            Ok(next) => transitions.push(next),
-            Err(_) => break,
-        }
-    }
-    while transitions.len() + creates.len() < MAX_BATCH {
-        match creates_rx.try_recv() {
-            Ok(next) => creates.push(next),
-            Err(_) => break,
-        }
-    }
+    take_waiting(transitions_rx, &mut transitions, MAX_BATCH - creates.len());
+    take_waiting(creates_rx, &mut creates, MAX_BATCH - transitions.len());
     Some((creates, transitions))
+}
+
+/// Moves what waits in `queue` into `taken`, until `taken` holds `up_to`.
+fn take_waiting<T>(queue: &mut mpsc::Receiver<T>, taken: &mut Vec<T>, up_to: usize) {
+    while taken.len() < up_to {
+        match queue.try_recv() {
+            Ok(next) => taken.push(next),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Commits what one committer took: creates and transitions that waited together go in
@@ -740,9 +740,10 @@ mod tests {
         (PendingTransition { id, traceparent: None, decide, reply }, answer)
     }
 
-    /// Write transactions counted for `writer` so far.
-    fn writes(metrics: &crate::metrics::TestMetrics, writer: &str) -> u64 {
-        metrics.store.db_writes.with_label_values(&[writer]).get()
+    /// Write transactions counted so far: `(create, transition)`.
+    fn writes(metrics: &crate::metrics::TestMetrics) -> (u64, u64) {
+        let counted = |writer: &str| metrics.store.db_writes.with_label_values(&[writer]).get();
+        (counted("create"), counted("transition"))
     }
 
     /// A burst of creates does not hold workers' transitions up: a committer takes the
@@ -772,7 +773,7 @@ mod tests {
         let metrics = crate::metrics::TestMetrics::new();
         store.observe(metrics.store.clone());
         let tasks = offered(store).await;
-        let before = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        let before = writes(&metrics);
         let (first, first_created) = create_waiting();
         let (second, second_created) = create_waiting();
         let (accept_a, a_accepted) = transition_waiting(tasks[0].0, Box::new(accept(&tasks[0].1)));
@@ -792,7 +793,7 @@ mod tests {
             let events = store.events_after(task.id, 0, 10).await.expect("events");
             assert_eq!(events.len(), 3, "QUEUED, ASSIGNED, RUNNING: {events:?}");
         }
-        let after = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        let after = writes(&metrics);
         assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0), "one transaction for all four");
     }
 
@@ -809,7 +810,7 @@ mod tests {
         store.observe(metrics.store.clone());
         let tasks = offered(store).await;
         let (a, token) = tasks[0].clone();
-        let before = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        let before = writes(&metrics);
         let (create, created) = create_waiting();
         let (accept_a, accepted) = transition_waiting(a, Box::new(accept(&token)));
         let (complete_a, completed) = transition_waiting(a, Box::new(complete(&token)));
@@ -820,7 +821,7 @@ mod tests {
         assert!(matches!(outcome, CreateOutcome::Created(_)), "{outcome:?}");
         assert_eq!(accepted.await.expect("answered").expect("accepted").status, TaskStatus::Running);
         assert_eq!(completed.await.expect("answered").expect("completed").status, TaskStatus::Succeeded);
-        let after = (writes(&metrics, "create"), writes(&metrics, "transition"));
+        let after = writes(&metrics);
         assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "the creates and the transitions apart");
     }
 

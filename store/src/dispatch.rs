@@ -432,8 +432,7 @@ impl Store {
         }
         let mut writes = Writes::new(self.backend());
         writes.extend(release_slots_statements(self.backend(), releases, convert::to_ms(now)));
-        let history: Vec<(Transition, Option<&str>)> = changes.iter().map(|(_, t)| (t.clone(), None)).collect();
-        self.history_into(&mut writes, &history)?;
+        self.history_into(&mut writes, changes.iter().map(|(_, t)| (t, None)))?;
         writes.run(&txn).await?;
         txn.commit().await?;
         self.after_commit(changes.iter().map(|(b, t)| (Some(b), t, None)));

@@ -183,7 +183,7 @@ pub struct Store {
     stats: Arc<DbStats>,
     outbox_signal: Arc<Notify>,
     dispatch_signal: Arc<Notify>,
-    /// Queue of the committers of creates and transitions (see `coalesce`); `None` in
+    /// Queues of the committers of creates and transitions (see `coalesce`); `None` in
     /// the handle the committers themselves use.
     writes: Option<coalesce::Queues>,
     /// Told about every change committed (the cache's write-through, the local hub and
@@ -324,8 +324,8 @@ impl Store {
             roster: RosterChanges::default(),
         };
         let committers = if sqlite { 1 } else { (settings.max_connections as usize / 2).clamp(1, COMMITTERS_MYSQL) };
-        // The committers get a handle without a queue of its own, so that the queue
-        // closes (and the committers end) when the last outside handle is dropped.
+        // The committers get a handle without queues of its own, so that the queues
+        // close (and the committers end) when the last outside handle is dropped.
         store.writes = Some(coalesce::start(store.clone(), committers));
         Ok(store)
     }

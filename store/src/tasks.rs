@@ -287,7 +287,7 @@ impl Store {
         let mut writes = Writes::new(self.backend());
         if !planned.rows.is_empty() {
             writes.insert_all(planned.rows);
-            self.history_into(&mut writes, &planned.transitions)?;
+            self.history_into(&mut writes, planned.transitions.iter().map(|(t, trace)| (t, *trace)))?;
         }
         writes.run(&txn).await?;
         txn.commit().await?;
@@ -406,7 +406,7 @@ impl Store {
                     return Err(StoreError::Conflict("the worker has no free capacity".into()));
                 }
             }
-            self.append_history(&txn, &[(transition.clone(), traceparent)]).await?;
+            self.append_history(&txn, [(&transition, traceparent)]).await?;
             txn.commit().await?;
             self.after_commit([(Some(&current), &transition, traceparent)]);
             return Ok(transition.task);
@@ -581,10 +581,9 @@ impl Store {
                 return Ok(None);
             }
             let made = plan.made(batch);
-            let mut history = planned.transitions.clone();
-            history.extend(made.iter().map(|(_, t, trace)| (t.clone(), *trace)));
             writes.insert_all(std::mem::take(&mut planned.rows));
-            self.history_into(&mut writes, &history)?;
+            let created = planned.transitions.iter().map(|(t, trace)| (t, *trace));
+            self.history_into(&mut writes, created.chain(made.iter().map(|(_, t, trace)| (t, *trace))))?;
             writes.run(&txn).await?;
             Ok::<_, DbErr>(Some((txn, planned, made)))
         };
@@ -624,11 +623,7 @@ impl Store {
         mut writes: Writes,
         made: &[(Task, Transition, Option<&str>)],
     ) -> Result<(), DbErr> {
-        if !made.is_empty() {
-            let history: Vec<(Transition, Option<&str>)> =
-                made.iter().map(|(_, t, trace)| (t.clone(), *trace)).collect();
-            self.history_into(&mut writes, &history)?;
-        }
+        self.history_into(&mut writes, made.iter().map(|(_, t, trace)| (t, *trace)))?;
         writes.run(&txn).await?;
         txn.commit().await?;
         self.after_commit(made.iter().map(|(before, t, trace)| (Some(before), t, *trace)));
@@ -664,10 +659,10 @@ impl Store {
     }
 
     /// Appends the events and outbox rows of `transitions` (multi-row inserts).
-    pub(super) async fn append_history(
+    pub(super) async fn append_history<'a>(
         &self,
         txn: &DatabaseTransaction,
-        transitions: &[(Transition, Option<&str>)],
+        transitions: impl IntoIterator<Item = (&'a Transition, Option<&'a str>)>,
     ) -> Result<(), DbErr> {
         let mut writes = Writes::new(self.backend());
         self.history_into(&mut writes, transitions)?;
@@ -675,13 +670,14 @@ impl Store {
     }
 
     /// Adds the inserts of the events and outbox rows of `transitions` to `writes`.
-    pub(super) fn history_into(
+    pub(super) fn history_into<'a>(
         &self,
         writes: &mut Writes,
-        transitions: &[(Transition, Option<&str>)],
+        transitions: impl IntoIterator<Item = (&'a Transition, Option<&'a str>)>,
     ) -> Result<(), DbErr> {
-        let mut events = Vec::with_capacity(transitions.len());
-        let mut messages = Vec::with_capacity(transitions.len() * 2);
+        let transitions = transitions.into_iter();
+        let mut events = Vec::with_capacity(transitions.size_hint().0);
+        let mut messages = Vec::with_capacity(transitions.size_hint().0 * 2);
         for (t, traceparent) in transitions {
             let Some(event) = &t.event else { continue };
             events.push(convert::event_to_row(event));
