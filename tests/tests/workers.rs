@@ -49,6 +49,16 @@ async fn fast_queue(app: &TestApp, max_attempts: i64) {
     app.gql(Some(&admin), CONFIGURE, input).await.data();
 }
 
+/// Waits until the server holds `n` open subscriptions (here: the workers' `assignments`
+/// streams). `Worker::start` returns once it has sent its subscribe, before the server
+/// counts the stream as open; until then the dispatcher offers to a worker registered
+/// with `autoAccept` plainly (see `OpenStreams`), so a test about started offers creates
+/// its tasks only after this.
+async fn wait_for_streams(app: &TestApp, n: usize) {
+    let open = app.wait_for_metric("taskwire_subscriptions", |open| open >= n as f64).await;
+    assert!(open >= n as f64, "{open} of the workers' {n} streams open");
+}
+
 /// Every task with its full history, via the API (pages of 10: with up to 100 events
 /// each, a page costs about 5,000, within the default complexity limit).
 async fn all_tasks(app: &TestApp) -> Vec<Value> {
@@ -131,6 +141,7 @@ async fn a_worker_that_takes_offers_as_they_come_never_accepts() {
     fast_queue(&app, 3).await;
     let taking = WorkerConfig { auto_accept: true, ..config(&app, "taker", 4) };
     let worker = Worker::start(taking, completing(Duration::ZERO)).await.expect("start");
+    wait_for_streams(&app, 1).await;
     let alice = app.token("alice", &["client"]);
     for n in 0..8 {
         app.create_task(&alice, json!({ "queue": "q", "kind": "k", "payload": { "n": n } })).await;
@@ -189,6 +200,7 @@ async fn a_started_offer_the_worker_refuses_is_handed_back() {
         .await
         .expect("start");
     let other = Worker::start(config(&app, "z-other", 1), completing(Duration::ZERO)).await.expect("start");
+    wait_for_streams(&app, 2).await;
     let id = app.create_task(&alice, json!({ "queue": "q", "kind": "refused" })).await;
     let tasks = wait_until_all_end(&app, 1, Duration::from_secs(30)).await;
     let task = tasks.iter().find(|t| t["id"] == id).expect("the refused task");
