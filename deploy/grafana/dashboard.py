@@ -345,7 +345,7 @@ ROWS = [
             ),
             timeseries(
                 "Write transactions per second by writer",
-                "taskwire_db_writes_total by writer (create, transition, offer, relay, sweep, worker, admin), "
+                "taskwire_db_writes_total by writer (create, transition, together, offer, relay, sweep, worker, admin), "
                 "on both backends, and MySQL lock conflicts (taskwire_db_lock_conflicts_total) by outcome. "
                 "Divided by creates per second this is what a task costs the database: batches grow with "
                 "load, so transactions per task fall as the rate rises (docs/BENCHMARKS.md).",

@@ -18,11 +18,13 @@ use crate::metrics::{StoreMetrics, WriteGateMetrics};
 /// Who takes the write gate: a label of the gate's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Writer {
-    /// Task creations (the committers of `coalesce`), and creations committed together
-    /// with workers' transitions.
+    /// Task creations (the committers of `coalesce`).
     Create,
     /// Task transitions: workers' and clients' mutations (the committers of `coalesce`).
     Transition,
+    /// Creations and workers' transitions committed in one transaction by a committer of
+    /// `coalesce` (`Store::create_and_transition`).
+    Together,
     /// The matcher's offers.
     Offer,
     /// The reaper and scheduler.
@@ -37,9 +39,10 @@ pub(crate) enum Writer {
 
 impl Writer {
     /// Every writer, for series that exist from the start.
-    pub(crate) const ALL: [Writer; 7] = [
+    pub(crate) const ALL: [Writer; 8] = [
         Writer::Create,
         Writer::Transition,
+        Writer::Together,
         Writer::Offer,
         Writer::Sweep,
         Writer::Worker,
@@ -52,6 +55,7 @@ impl Writer {
         match self {
             Writer::Create => "create",
             Writer::Transition => "transition",
+            Writer::Together => "together",
             Writer::Offer => "offer",
             Writer::Sweep => "sweep",
             Writer::Worker => "worker",

@@ -569,7 +569,7 @@ impl Store {
         let Some(plan) = AllAtOnce::plan(batch, &current.tasks, &current.remembered, &settings) else {
             return Together::Apart;
         };
-        let writing = self.write_lock(Writer::Create).await;
+        let writing = self.write_lock(Writer::Together).await;
         let prepared = async {
             let txn = writing.begin_read_committed().await?;
             let Ok(mut planned) = self.plan_creates(&txn, creates, traces).await? else {

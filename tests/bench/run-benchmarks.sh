@@ -31,16 +31,24 @@
 # (`taskwire_db_writes_total`), and the statements MariaDB executed per task by kind
 # (`Com_*`, `Questions`: server-wide, like the deadlocks). JSON in <out>/cluster-<N>-dispatch.json, the line in
 # <out>/cluster-<N>.txt, each process's /metrics in <out>/cluster-<N>-<I>.metrics.
+#
+#   tests/bench/run-benchmarks.sh cluster-idle [N…]
+#
+# What N idle instances cost with no load at all (no workers, no subscribers, no tasks):
+# after 5 s of settling, the CPU of the servers (summed), mariadbd and tansu, and the
+# statements MariaDB executed, over TASKWIRE_BENCH_SECONDS (default 20), per second. That
+# is the fixed price of each instance, paid however little load it carries. One line per N
+# on stdout and in <out>/cluster-idle-<N>.txt.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
 . tests/bench/lib.sh
-stack=${1:?usage: run-benchmarks.sh embedded|real [scenario…] | cluster [N…]}
+stack=${1:?usage: run-benchmarks.sh embedded|real [scenario…] | cluster [N…] | cluster-idle [N…]}
 shift
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-  if [ "$stack" = cluster ]; then
+  if [ "$stack" = cluster ] || [ "$stack" = cluster-idle ]; then
     scenarios=(1 2 3)
   else
     scenarios=(query-hot query-uniform create create-batch dispatch fanout)
@@ -81,7 +89,7 @@ writes_per_task() { # writes_per_task TASKS FILE_AFTER FILE_BEFORE…
     }
     END {
       if (!seen) { print "-"; exit }
-      n = split("create transition offer relay sweep worker admin", order, " ")
+      n = split("create transition together offer relay sweep worker admin", order, " ")
       for (i = 1; i <= n; i++) known[order[i]] = 1
       for (w in sum) if (!(w in known)) order[++n] = w
       for (i = 1; i <= n; i++) { total += sum[order[i]]; out = out sprintf("%s %.2f, ", order[i], sum[order[i]] / tasks) }
@@ -169,8 +177,40 @@ cluster_bench() { # cluster_bench N…
   done
 }
 
+cluster_idle() { # cluster_idle N…
+  local seconds=${TASKWIRE_BENCH_SECONDS:-20} n pid
+  export TASKWIRE_BENCH_BIN="$bin" TASKWIRE_CLUSTER_SECRET="$secret"
+  trap 'tests/bench/cluster.sh stop' EXIT
+  for n in "$@"; do
+    [[ "$n" =~ ^[1-4]$ ]] || { echo "cluster size must be 1 to 4: $n" >&2; exit 2; }
+    tests/bench/cluster.sh start "$n" >/dev/null
+    read -ra pids <<<"$(tests/bench/cluster.sh pids)"
+    sleep 5
+    sample() { # sample: servers mariadbd tansu questions, CPU in seconds
+      local total=0
+      for pid in "${pids[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_of "$pid")" 'BEGIN { print a + b }'); done
+      echo "$total $(cpu_of "$(pgrep -o -x mariadbd || echo 0)") $(cpu_of "$(tansu_pid || echo 0)") \
+        $(bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }')"
+    }
+    local before after
+    before=$(sample)
+    sleep "$seconds"
+    after=$(sample)
+    awk -v n="$n" -v s="$seconds" -v before="$before" -v after="$after" 'BEGIN {
+      split(before, b, " "); split(after, a, " ")
+      printf "cluster-idle N=%d for %d s: CPU ms per second: servers %.1f, mariadbd %.1f, tansu %.1f; statements per second %.1f\n",
+        n, s, (a[1] - b[1]) * 1000 / s, (a[2] - b[2]) * 1000 / s, (a[3] - b[3]) * 1000 / s, (a[4] - b[4]) / s
+    }' | tee "$out/cluster-idle-$n.txt"
+    tests/bench/cluster.sh stop
+  done
+}
+
 if [ "$stack" = cluster ]; then
   cluster_bench "${scenarios[@]}"
+  exit
+fi
+if [ "$stack" = cluster-idle ]; then
+  cluster_idle "${scenarios[@]}"
   exit
 fi
 
