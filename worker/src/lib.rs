@@ -21,7 +21,10 @@
 //! cannot be opened, and its HTTP calls follow. Offers that arrive
 //! twice (same lease token, e.g. replayed after a reconnect) are handled once. At most
 //! [`WorkerConfig::capacity`] handlers run at a time; an offer beyond that is left to lapse
-//! (or, started by the server, handed back with `releaseTask`).
+//! (or, started by the server, handed back with `releaseTask`). A handler's slot is free
+//! as soon as it returns, while its report is still on its way (the server, freeing the
+//! slot at the report's commit, may offer the next task before the answer arrives); at
+//! most as many reports as handlers are in flight.
 //! [`Worker::stop`] drains: no new offers, running tasks finish and report.
 //!
 //! ```no_run

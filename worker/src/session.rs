@@ -271,7 +271,8 @@ impl Shared {
 
     /// Takes an offer that started the task (already `RUNNING` on this worker). The
     /// server reserved a slot for it, so a handler is about to be free when none is: the
-    /// one whose report freed that slot still holds its permit until the answer arrives.
+    /// one whose report freed that slot is waiting for a report permit (reports are held up),
+    /// or its task was offered again while an earlier handler still runs it.
     /// So it waits for a handler, for at most [`STARTED_PERMIT_WAIT`] and a quarter of the
     /// lease. An offer refused by the filter, or still without a handler then, is handed
     /// back with `releaseTask` (its attempt stays counted): left alone, its lease would
@@ -338,7 +339,7 @@ impl Shared {
         lock(&self.in_hand).keys().cloned().collect()
     }
 
-    async fn handle_in_hand(&self, assignment: Assignment, mut record: TaskRecord, _permit: OwnedSemaphorePermit) {
+    async fn handle_in_hand(&self, assignment: Assignment, mut record: TaskRecord, permit: OwnedSemaphorePermit) {
         let ids = json!({ "taskId": assignment.task_id, "leaseToken": assignment.lease_token });
         if assignment.started {
             // The server started the task as it offered it: there is nothing to accept.
@@ -357,6 +358,19 @@ impl Shared {
         record.accepted_at = Some(Stamp::now());
         let outcome = self.run_handler(assignment).await;
         record.outcome = Some(outcome.clone());
+        // The server frees this slot when the report commits and may offer the next task
+        // at once, over the WebSocket, before the report's answer arrives here. So the
+        // handler's permit goes as soon as a report permit is held: a plain offer that
+        // found no handler would be ignored and wait out the whole offer timeout. A stall
+        // is a hung handler, which keeps its slot until it reports.
+        let _reporting = match outcome {
+            Outcome::Stall(_) => Some(permit),
+            _ => {
+                let reporting = self.reports.clone().acquire_owned().await.ok();
+                drop(permit);
+                reporting
+            }
+        };
         record.answer = self.report(ids, outcome).await;
         record.finished_at = Some(Stamp::now());
         self.record(record);

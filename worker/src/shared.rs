@@ -63,7 +63,13 @@ pub(crate) struct Shared {
     pub(crate) current: AtomicUsize,
     pub(crate) http: reqwest::Client,
     pub(crate) worker_id: String,
+    /// One per handler: a taken offer holds one until its handler returns.
     pub(crate) permits: std::sync::Arc<Semaphore>,
+    /// One per report in flight (as many as handlers): a finished handler trades its
+    /// handler permit for one of these, so the next offer finds a free handler while the
+    /// report's answer is on its way, and reports held up by a failing network stop new
+    /// work instead of piling up.
+    pub(crate) reports: std::sync::Arc<Semaphore>,
     pub(crate) filter: OfferFilter,
     pub(crate) handler: Handler,
     pub(crate) counters: Counters,
@@ -72,7 +78,8 @@ pub(crate) struct Shared {
     pub(crate) seen: Mutex<Seen>,
     /// Tasks being accepted, worked on or reported, with how many handlers have each
     /// (a task offered again while an earlier handler still reports it has two): what
-    /// every heartbeat names. At most `capacity` entries, one per handler permit.
+    /// every heartbeat names. At most twice `capacity` entries, one per handler permit and
+    /// one per report permit.
     pub(crate) in_hand: Mutex<HashMap<String, u32>>,
     /// Heartbeats pause until then (a stalled handler).
     pub(crate) stall_until: Mutex<Option<Instant>>,

@@ -69,6 +69,7 @@ impl Worker {
             http,
             worker_id: String::new(),
             permits: Arc::new(Semaphore::new(capacity)),
+            reports: Arc::new(Semaphore::new(capacity)),
             filter,
             handler,
             counters: Counters::default(),

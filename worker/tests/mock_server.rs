@@ -45,6 +45,9 @@ struct Mock {
     received: Mutex<Vec<Value>>,
     /// Pushes to the open subscription (`None` drops the connection).
     push: Mutex<Option<mpsc::UnboundedSender<Option<Value>>>>,
+    /// Lease tokens whose report (`completeTask`) is answered only after this long, as a
+    /// server does when its answer travels behind the offer its commit made possible.
+    slow_answers: Mutex<Vec<(String, Duration)>>,
 }
 
 impl Mock {
@@ -104,6 +107,14 @@ impl Mock {
         }
         let body: Value = serde_json::from_slice(&request[body_at..]).expect("JSON");
         let answer = self.answer(&body).to_string();
+        let token = body["variables"]["leaseToken"].as_str().unwrap_or_default().to_owned();
+        let delay = lock(&self.slow_answers).iter().find(|(t, _)| *t == token).map(|(_, d)| *d);
+        let reports = ["completeTask", "failTask", "releaseTask"];
+        if let Some(delay) =
+            delay.filter(|_| reports.iter().any(|r| body["query"].as_str().unwrap_or_default().contains(r)))
+        {
+            tokio::time::sleep(delay).await;
+        }
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
             answer.len()
@@ -280,6 +291,34 @@ async fn capacity_filter_and_kill() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(mock.count("completeTask"), 0, "a killed worker reports nothing");
     assert_eq!(mock.received("complete"), 0);
+}
+
+/// The server frees a worker's slot when its report commits, and may offer the next task
+/// at once: that offer can arrive before the report's answer. The handler that finished
+/// no longer holds the worker's one slot while its report is in flight, so the offer is
+/// accepted rather than ignored (an ignored plain offer waits out the whole offer timeout).
+#[tokio::test]
+async fn an_offer_that_overtakes_the_previous_reports_answer_is_taken() {
+    let (mock, url) = Mock::start().await;
+    lock(&mock.slow_answers).push(("l1".to_owned(), Duration::from_millis(500)));
+    let worker = Worker::start(config(&url, 1), handler()).await.expect("starts");
+    mock.offer("t1", "l1").await;
+    let reported = async {
+        while mock.count("completeTask") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, reported).await.expect("t1 reported");
+    mock.offer("t2", "l2").await;
+    assert!(worker.wait_until(WAIT, |s| s.completed == 2).await, "{:?}", worker.stats());
+    let stats = worker.stats();
+    assert_eq!((stats.accepted, stats.ignored), (2, 0), "{stats:?}");
+    let log = worker.log();
+    let first = log.iter().find(|r| r.task_id == "t1").expect("t1 recorded");
+    let second = log.iter().find(|r| r.task_id == "t2").expect("t2 recorded");
+    let (accepted, answered) = (second.accepted_at.map(|s| s.instant), first.finished_at.map(|s| s.instant));
+    assert!(accepted.is_some() && accepted < answered, "t2 ran while t1's answer was on its way: {log:?}");
+    worker.stop().await;
 }
 
 /// An `auto_accept` worker registers so, asks whether offers started, never accepts a
