@@ -23,8 +23,9 @@
 //! [`WorkerConfig::capacity`] handlers run at a time; an offer beyond that is left to lapse
 //! (or, started by the server, handed back with `releaseTask`). A handler's slot is free
 //! as soon as it returns, while its report is still on its way (the server, freeing the
-//! slot at the report's commit, may offer the next task before the answer arrives); at
-//! most as many reports as handlers are in flight.
+//! slot at the report's commit, may offer the next task before the answer arrives). At
+//! most as many reports as handlers wait for their answers that way, so at most twice
+//! `capacity` tasks are in hand (`WorkerStats::in_flight`).
 //! [`Worker::stop`] drains: no new offers, running tasks finish and report.
 //!
 //! ```no_run

@@ -91,7 +91,9 @@ pub struct WorkerStats {
     pub reconnects: u64,
     /// Moves to the next URL of a fail-over list ([`WorkerConfig::url`](crate::WorkerConfig::url)).
     pub failovers: u64,
-    /// Handlers running now (accepting, working or reporting).
+    /// Tasks in hand now (accepting, working, or reporting after the handler returned):
+    /// at most twice the capacity, since a report's answer may still be on its way when the
+    /// next task arrives.
     pub in_flight: u64,
     /// A description of the latest problem seen (failed request, dropped connection,
     /// subscription error), for people to read.

@@ -270,10 +270,10 @@ impl Shared {
     }
 
     /// Takes an offer that started the task (already `RUNNING` on this worker). The
-    /// server reserved a slot for it, so a handler is about to be free when none is: the
-    /// one whose report freed that slot is waiting for a report permit (reports are held up),
-    /// or its task was offered again while an earlier handler still runs it.
-    /// So it waits for a handler, for at most [`STARTED_PERMIT_WAIT`] and a quarter of the
+    /// server reserved a slot for it, so a handler is about to be free when none is: a
+    /// stalled handler keeps its slot until its report is answered, an earlier handler may
+    /// still run a task that was offered again, or the server freed a slot without a report
+    /// (a lapsed lease, a cancel) while that handler still runs. So it waits for a handler, for at most [`STARTED_PERMIT_WAIT`] and a quarter of the
     /// lease. An offer refused by the filter, or still without a handler then, is handed
     /// back with `releaseTask` (its attempt stays counted): left alone, its lease would
     /// lapse as a failed attempt after the whole lease.
@@ -362,9 +362,11 @@ impl Shared {
         // at once, over the WebSocket, before the report's answer arrives here. So the
         // handler's permit goes as soon as a report permit is held: a plain offer that
         // found no handler would be ignored and wait out the whole offer timeout. A stall
-        // is a hung handler, which keeps its slot until it reports.
+        // is a hung handler, which keeps its slot until it reports; an ignored task reports
+        // nothing.
         let _reporting = match outcome {
             Outcome::Stall(_) => Some(permit),
+            Outcome::Ignore => None,
             _ => {
                 let reporting = self.reports.clone().acquire_owned().await.ok();
                 drop(permit);

@@ -45,7 +45,7 @@ struct Mock {
     received: Mutex<Vec<Value>>,
     /// Pushes to the open subscription (`None` drops the connection).
     push: Mutex<Option<mpsc::UnboundedSender<Option<Value>>>>,
-    /// Lease tokens whose report (`completeTask`) is answered only after this long, as a
+    /// Lease tokens whose reports are answered only after this long, as a
     /// server does when its answer travels behind the offer its commit made possible.
     slow_answers: Mutex<Vec<(String, Duration)>>,
 }
@@ -300,7 +300,7 @@ async fn capacity_filter_and_kill() {
 #[tokio::test]
 async fn an_offer_that_overtakes_the_previous_reports_answer_is_taken() {
     let (mock, url) = Mock::start().await;
-    lock(&mock.slow_answers).push(("l1".to_owned(), Duration::from_millis(500)));
+    lock(&mock.slow_answers).push(("l1".to_owned(), Duration::from_secs(1)));
     let worker = Worker::start(config(&url, 1), handler()).await.expect("starts");
     mock.offer("t1", "l1").await;
     let reported = async {
