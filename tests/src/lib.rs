@@ -20,7 +20,7 @@ use taskwire_store::DbStats;
 use taskwire_store::testing::{MysqlTestSchema, server_url};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::proxy::TcpProxy;
+pub use crate::proxy::{CommitCut, TcpProxy};
 
 /// Variable naming the MySQL/MariaDB server the suite may use.
 pub use taskwire_store::testing::DATABASE_URL_VAR;
@@ -149,7 +149,7 @@ impl TestApp {
     /// With `TASKWIRE_TEST_DATABASE_URL` set: starts the app on MySQL/MariaDB reached
     /// through a [`TcpProxy`] the test can cut and restore. `None` (and a skip notice)
     /// otherwise.
-    pub async fn spawn_with_database_proxy(test: &str) -> Option<(TestApp, TcpProxy)> {
+    pub async fn spawn_with_database_proxy(test: &str, vars: &[(&str, &str)]) -> Option<(TestApp, TcpProxy)> {
         let server = require_service(DATABASE_URL_VAR, test)?;
         let authority = server_url(&server);
         let host_port = authority.rsplit('@').next().and_then(|a| a.split_once("://").map(|(_, r)| r).or(Some(a)));
@@ -161,7 +161,7 @@ impl TestApp {
             .and_then(|mut addresses| addresses.next())
             .unwrap_or_else(|| panic!("{DATABASE_URL_VAR}: cannot resolve {host_port:?}"));
         let proxy = TcpProxy::start(upstream).await;
-        let app = TestApp::spawn_inner(&[], Some(proxy.port()), None, false).await;
+        let app = TestApp::spawn_inner(vars, Some(proxy.port()), None, false).await;
         Some((app, proxy))
     }
 

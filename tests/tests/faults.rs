@@ -2,12 +2,13 @@
 //! without a restart (README, Testing: the fault test).
 
 use serde_json::json;
-use taskwire_tests::TestApp;
+use taskwire_tests::{CommitCut, TestApp};
 
 #[tokio::test]
 async fn database_outage_answers_unavailable_and_recovers_without_restart() {
     let Some((app, proxy)) =
-        TestApp::spawn_with_database_proxy("database_outage_answers_unavailable_and_recovers_without_restart").await
+        TestApp::spawn_with_database_proxy("database_outage_answers_unavailable_and_recovers_without_restart", &[])
+            .await
     else {
         return;
     };
@@ -47,6 +48,59 @@ async fn database_outage_answers_unavailable_and_recovers_without_restart() {
         Some(1),
         "the failed create left nothing behind"
     );
+}
+
+/// A create whose `COMMIT` is cut, before the database got it or after it applied it,
+/// is answered `UNAVAILABLE` (the server cannot tell which happened) and never run again
+/// behind the caller's back: the task exists once or not at all, and retrying with the
+/// idempotency key ends with exactly one task. Only the API runs here (no dispatcher), so
+/// the create's transaction is the one the proxy recognises by its queue.
+#[tokio::test]
+async fn a_create_whose_commit_is_cut_answers_unavailable_and_is_never_doubled() {
+    let test = "a_create_whose_commit_is_cut_answers_unavailable_and_is_never_doubled";
+    let Some((app, proxy)) = TestApp::spawn_with_database_proxy(test, &[("TASKWIRE_ROLES", "api")]).await else {
+        return;
+    };
+    let alice = app.token("alice", &["client"]);
+    let create = "mutation($input: CreateTaskInput!) { createTask(input: $input) { created task { id } } }";
+    let in_queue = |queue: &str| {
+        let (app, alice, queue) = (&app, &alice, queue.to_owned());
+        async move {
+            let listed = app
+                .gql(
+                    Some(alice),
+                    "query($q: String) { tasks(filter: { queue: $q }) { edges { node { id } } } }",
+                    json!({ "q": queue }),
+                )
+                .await;
+            listed.data()["tasks"]["edges"].as_array().map_or(0, Vec::len)
+        }
+    };
+    for (mode, committed) in [(CommitCut::Before, 0), (CommitCut::After, 1)] {
+        for keyed in [false, true] {
+            let queue = format!(
+                "cut-{}-{}",
+                if committed == 0 { "before" } else { "after" },
+                if keyed { "keyed" } else { "plain" }
+            );
+            let mut input = json!({ "queue": queue, "kind": "k" });
+            if keyed {
+                input["idempotencyKey"] = json!(format!("key-{queue}"));
+            }
+            let cuts = proxy.commits_cut();
+            proxy.cut_next_commit(&queue, mode);
+            let answer = app.gql(Some(&alice), create, json!({ "input": input })).await;
+            assert_eq!(proxy.commits_cut(), cuts + 1, "{queue}: the create's COMMIT was cut");
+            assert_eq!(answer.codes(), ["UNAVAILABLE"], "{queue}: {}", answer.body);
+            assert_eq!(in_queue(&queue).await, committed, "{queue}: committed once or not at all, never run again");
+            if keyed {
+                let retried = app.gql(Some(&alice), create, json!({ "input": input })).await;
+                assert!(retried.errors().is_empty(), "{queue}: {}", retried.body);
+                assert_eq!(retried.data()["createTask"]["created"], committed == 0, "{queue}: {}", retried.body);
+                assert_eq!(in_queue(&queue).await, 1, "{queue}: one task after the retry");
+            }
+        }
+    }
 }
 
 /// Redis cut for several seconds while writes, reads by persisted-query hash and rate
