@@ -186,19 +186,20 @@ cluster_idle() { # cluster_idle N…
     tests/bench/cluster.sh start "$n" >/dev/null
     read -ra pids <<<"$(tests/bench/cluster.sh pids)"
     sleep 5
-    sample() { # sample: servers mariadbd tansu questions, CPU in seconds
-      local total=0
+    sample() { # sample: servers mariadbd tansu questions seconds, CPU in seconds
+      local total=0 questions
       for pid in "${pids[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_of "$pid")" 'BEGIN { print a + b }'); done
-      echo "$total $(cpu_of "$(pgrep -o -x mariadbd || echo 0)") $(cpu_of "$(tansu_pid || echo 0)") \
-        $(bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }')"
+      questions=$(bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }')
+      [ -n "$questions" ] || { echo "cluster-idle: cannot read MariaDB's Questions" >&2; exit 1; }
+      echo "$total $(cpu_of "$(pgrep -o -x mariadbd || echo 0)") $(cpu_of "$(tansu_pid || echo 0)") $questions $(date +%s.%N)"
     }
     local before after
     before=$(sample)
     sleep "$seconds"
     after=$(sample)
-    awk -v n="$n" -v s="$seconds" -v before="$before" -v after="$after" 'BEGIN {
-      split(before, b, " "); split(after, a, " ")
-      printf "cluster-idle N=%d for %d s: CPU ms per second: servers %.1f, mariadbd %.1f, tansu %.1f; statements per second %.1f\n",
+    awk -v n="$n" -v before="$before" -v after="$after" 'BEGIN {
+      split(before, b, " "); split(after, a, " "); s = a[5] - b[5]
+      printf "cluster-idle N=%d for %.1f s: CPU ms per second: servers %.1f, mariadbd %.1f, tansu %.1f; statements per second %.1f\n",
         n, s, (a[1] - b[1]) * 1000 / s, (a[2] - b[2]) * 1000 / s, (a[3] - b[3]) * 1000 / s, (a[4] - b[4]) / s
     }' | tee "$out/cluster-idle-$n.txt"
     tests/bench/cluster.sh stop
