@@ -1,8 +1,12 @@
 //! Dependency failures: what clients see while the database is down, and recovery
 //! without a restart (README, Testing: the fault test).
 
-use serde_json::json;
+use std::{sync::Arc, time::Duration};
+
+use futures::FutureExt;
+use serde_json::{Value, json};
 use taskwire_tests::{CommitCut, TestApp};
+use taskwire_worker::{Handler, Outcome, Worker, WorkerConfig};
 
 #[tokio::test]
 async fn database_outage_answers_unavailable_and_recovers_without_restart() {
@@ -100,6 +104,71 @@ async fn a_create_whose_commit_is_cut_answers_unavailable_and_is_never_doubled()
                 assert_eq!(in_queue(&queue).await, 1, "{queue}: one task after the retry");
             }
         }
+    }
+}
+
+/// A worker's report whose `COMMIT` is cut is applied exactly once. The server answers
+/// `UNAVAILABLE` (it cannot tell whether the commit applied) and the Rust SDK sends the
+/// report again, as it does for every `UNAVAILABLE`. Cut before the database got it, the
+/// first report rolled back and the second one completes the task (`Ok`). Cut after the
+/// database applied it, the task succeeded with the first, and the second answers
+/// `LEASE_LOST` (the lease ended with the report). Either way: one attempt, one
+/// `SUCCEEDED` in the history, the worker's result kept. The result carries the marker the
+/// proxy recognises.
+#[tokio::test]
+async fn a_report_whose_commit_is_cut_is_applied_exactly_once() {
+    let test = "a_report_whose_commit_is_cut_is_applied_exactly_once";
+    let Some((app, proxy)) = TestApp::spawn_with_database_proxy(test, &[]).await else { return };
+    let alice = app.token("alice", &["client"]);
+    for (n, (mode, answer)) in
+        [(CommitCut::Before, None), (CommitCut::After, Some("LEASE_LOST"))].into_iter().enumerate()
+    {
+        let marker = format!("result-of-a-cut-{n}");
+        let result = json!({ "marker": marker });
+        let handler: Handler = Arc::new({
+            let result = result.clone();
+            move |_| {
+                let result = result.clone();
+                async move { Outcome::Complete(Some(result)) }.boxed()
+            }
+        });
+        let worker_id = format!("w{n}");
+        let config = WorkerConfig {
+            url: app.address.clone(),
+            token: app.token(&worker_id, &["worker"]),
+            name: worker_id.clone(),
+            queues: vec![format!("q{n}")],
+            capacity: 1,
+            heartbeat_every: Duration::from_millis(200),
+            auto_accept: false,
+        };
+        let worker = Worker::start(config, handler).await.expect("start");
+        let cuts = proxy.commits_cut();
+        proxy.cut_next_commit(&marker, mode);
+        let id = app.create_task(&alice, json!({ "queue": format!("q{n}"), "kind": "k" })).await;
+        let query = "query($id: ID!) { task(id: $id) { status attempts result events(last: 50) { status } } }";
+        let mut task = Value::Null;
+        for _ in 0..150 {
+            task = app.gql(Some(&alice), query, json!({ "id": id })).await.data()["task"].clone();
+            if task["status"] == "SUCCEEDED" && worker.stats().in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(proxy.commits_cut(), cuts + 1, "{mode:?}: the report's COMMIT was cut");
+        assert_eq!(
+            (task["status"].as_str(), task["attempts"].as_i64()),
+            (Some("SUCCEEDED"), Some(1)),
+            "{mode:?}: {task}"
+        );
+        assert_eq!(task["result"], result, "{mode:?}: the worker's result is kept");
+        let succeeded =
+            task["events"].as_array().expect("events").iter().filter(|e| e["status"] == "SUCCEEDED").count();
+        assert_eq!(succeeded, 1, "{mode:?}: {task}");
+        let record = worker.log().into_iter().find(|r| r.task_id == id).expect("the run is logged");
+        let code = record.answer.as_ref().and_then(|a| a.as_ref().err()).map(|e| e.code().into_owned());
+        assert_eq!(code.as_deref(), answer, "{mode:?}: {record:?}");
+        worker.stop().await;
     }
 }
 
