@@ -2,7 +2,8 @@
 //!
 //! Concurrent `createTask` calls and workers' lease transitions (`acceptTask`,
 //! `completeTask`, `failTask`, `releaseTask`) queue here, each kind in a queue of its own.
-//! A committer takes everything waiting in both, transitions first, and commits it, answering each caller only after that commit.
+//! A committer takes everything waiting in both, transitions first, and commits it,
+//! answering each caller only after that commit.
 //! Nothing is delayed on purpose: while one batch commits, the next callers queue up and
 //! go together in the next batch, so batches grow with load and a lone caller pays no
 //! extra latency.

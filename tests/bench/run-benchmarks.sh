@@ -97,6 +97,14 @@ writes_per_task() { # writes_per_task TASKS FILE_AFTER FILE_BEFORE…
     }' "$@"
 }
 
+# CPU seconds so far of the PIDS summed (the cluster's servers), of mariadbd and of tansu,
+# as `servers mariadbd tansu`.
+cluster_cpu() { # cluster_cpu PID…
+  local total=0 pid
+  for pid in "$@"; do total=$(awk -v a="$total" -v b="$(cpu_of "$pid")" 'BEGIN { print a + b }'); done
+  echo "$total $(cpu_of "$(pgrep -o -x mariadbd || echo 0)") $(cpu_of "$(tansu_pid || echo 0)")"
+}
+
 innodb_deadlocks() { bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'" | awk '{ print $2 }'; }
 
 # MariaDB's statement counters, as `name value` lines: what the database executed, by kind
@@ -132,11 +140,11 @@ cluster_bench() { # cluster_bench N…
     urls=$(tests/bench/cluster.sh urls)
     read -ra pids <<<"$(tests/bench/cluster.sh pids)"
     snapshot() { # snapshot SUFFIX: CPU of the servers, mariadbd and tansu; counters; /metrics
-      local total=0
-      for pid in "${pids[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_of "$pid")" 'BEGIN { print a + b }'); done
-      printf -v "servers_$1" '%s' "$total"
-      printf -v "mariadb_$1" '%s' "$(cpu_of "$(pgrep -o -x mariadbd || echo 0)")"
-      printf -v "tansu_$1" '%s' "$(cpu_of "$(tansu_pid || echo 0)")"
+      local cpu
+      read -ra cpu <<<"$(cluster_cpu "${pids[@]}")"
+      printf -v "servers_$1" '%s' "${cpu[0]}"
+      printf -v "mariadb_$1" '%s' "${cpu[1]}"
+      printf -v "tansu_$1" '%s' "${cpu[2]}"
       printf -v "deadlocks_$1" '%s' "$(innodb_deadlocks)"
       statement_counters >"$out/cluster-$n.statements.$1"
       local files=()
@@ -178,7 +186,7 @@ cluster_bench() { # cluster_bench N…
 }
 
 cluster_idle() { # cluster_idle N…
-  local seconds=${TASKWIRE_BENCH_SECONDS:-20} n pid
+  local seconds=${TASKWIRE_BENCH_SECONDS:-20} n
   export TASKWIRE_BENCH_BIN="$bin" TASKWIRE_CLUSTER_SECRET="$secret"
   trap 'tests/bench/cluster.sh stop' EXIT
   for n in "$@"; do
@@ -187,11 +195,10 @@ cluster_idle() { # cluster_idle N…
     read -ra pids <<<"$(tests/bench/cluster.sh pids)"
     sleep 5
     sample() { # sample: servers mariadbd tansu questions seconds, CPU in seconds
-      local total=0 questions
-      for pid in "${pids[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_of "$pid")" 'BEGIN { print a + b }'); done
-      questions=$(bench_mysql -N -e "SHOW GLOBAL STATUS LIKE 'Questions'" | awk '{ print $2 }')
+      local questions
+      questions=$(statement_counters | awk '$1 == "Questions" { print $2 }')
       [ -n "$questions" ] || { echo "cluster-idle: cannot read MariaDB's Questions" >&2; exit 1; }
-      echo "$total $(cpu_of "$(pgrep -o -x mariadbd || echo 0)") $(cpu_of "$(tansu_pid || echo 0)") $questions $(date +%s.%N)"
+      echo "$(cluster_cpu "${pids[@]}") $questions $(date +%s.%N)"
     }
     local before after
     before=$(sample)

@@ -162,12 +162,13 @@ async fn forward(
                 return;
             }
             let chunk = &buffer[..n];
+            let commit = contains(chunk, COMMIT);
             let armed = {
                 let mut arm = arm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 marked |= arm.as_ref().is_some_and(|a| contains(chunk, &a.marker));
-                if marked && contains(chunk, COMMIT) { arm.take().map(|a| a.mode) } else { None }
+                if marked && commit { arm.take().map(|a| a.mode) } else { None }
             };
-            if contains(chunk, COMMIT) || contains(chunk, ROLLBACK) {
+            if commit || contains(chunk, ROLLBACK) {
                 marked = false;
             }
             match armed {

@@ -272,11 +272,12 @@ impl Shared {
     /// Takes an offer that started the task (already `RUNNING` on this worker). The
     /// server reserved a slot for it, so a handler is about to be free when none is: a
     /// stalled handler keeps its slot until its report is answered, an earlier handler may
-    /// still run a task that was offered again, or the server freed a slot without a report
-    /// (a lapsed lease, a cancel) while that handler still runs. So it waits for a handler, for at most [`STARTED_PERMIT_WAIT`] and a quarter of the
-    /// lease. An offer refused by the filter, or still without a handler then, is handed
-    /// back with `releaseTask` (its attempt stays counted): left alone, its lease would
-    /// lapse as a failed attempt after the whole lease.
+    /// still run a task that was offered again, or the server freed a slot without a
+    /// report (a lapsed lease, a cancel) while that handler still runs. So it waits for a
+    /// handler, for at most [`STARTED_PERMIT_WAIT`] and a quarter of the lease. An offer
+    /// refused by the filter, or still without a handler then, is handed back with
+    /// `releaseTask` (its attempt stays counted): left alone, its lease would lapse as a
+    /// failed attempt after the whole lease.
     fn take_started(
         self: &Arc<Self>,
         assignment: Assignment,

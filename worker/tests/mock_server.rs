@@ -321,6 +321,35 @@ async fn an_offer_that_overtakes_the_previous_reports_answer_is_taken() {
     worker.stop().await;
 }
 
+/// Reports in flight are bounded by the capacity: while t1's report waits for its answer,
+/// t2 takes the one handler and, done, waits for a report permit still holding it, so t3
+/// finds no handler and is ignored. Once t1's answer arrives, t2 reports too.
+#[tokio::test]
+async fn reports_waiting_for_answers_hold_up_new_work_at_the_capacity() {
+    let (mock, url) = Mock::start().await;
+    lock(&mock.slow_answers).push(("l1".to_owned(), Duration::from_secs(2)));
+    let worker = Worker::start(config(&url, 1), handler()).await.expect("starts");
+    let calls = |field: &'static str, n: usize| {
+        let mock = mock.clone();
+        async move {
+            while mock.count(field) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    mock.offer("t1", "l1").await;
+    tokio::time::timeout(WAIT, calls("completeTask", 1)).await.expect("t1 reported");
+    mock.offer("t2", "l2").await;
+    tokio::time::timeout(WAIT, calls("acceptTask", 2)).await.expect("t2 accepted");
+    tokio::time::sleep(Duration::from_millis(100)).await; // t2's handler returns
+    assert_eq!(mock.count("completeTask"), 1, "t2 waits for t1's report permit");
+    mock.offer("t3", "l3").await;
+    assert!(worker.wait_until(WAIT, |s| s.offered == 3 && s.ignored == 1).await, "{:?}", worker.stats());
+    assert!(worker.wait_until(WAIT, |s| s.completed == 2).await, "{:?}", worker.stats());
+    assert_eq!(mock.count("acceptTask"), 2, "t3 was never accepted");
+    worker.stop().await;
+}
+
 /// An `auto_accept` worker registers so, asks whether offers started, never accepts a
 /// started offer, waits for its one handler to finish rather than hand back the next
 /// started offer, and hands back one its filter refuses.
