@@ -145,6 +145,12 @@ pub const KEYS: &[Key] = &[
     value("WORKER_TTL_MS", "30000", "a worker neither subscribed nor heartbeating for this long goes OFFLINE"),
     value("DISPATCH_READY_CAPACITY", "100000", "tasks the matcher holds in memory; when full it stops reading Kafka"),
     value("REAPER_INTERVAL_MS", "500", "how often lapsed offers, leases, deadlines and offline workers are reaped"),
+    value(
+        "RETENTION_FINISHED",
+        "7d",
+        "SUCCEEDED and CANCELLED tasks are deleted with their history this long after their last change; 0 keeps them",
+    ),
+    value("RETENTION_DEAD", "30d", "DEAD tasks are deleted with their history this long after they died; 0 keeps them"),
     derived(
         "OTLP_ENDPOINT",
         "unset",
@@ -463,6 +469,10 @@ impl Config {
                 worker_ttl: millis(get("WORKER_TTL_MS"), "WORKER_TTL_MS")?,
                 ready_capacity: parse(get("DISPATCH_READY_CAPACITY"), "DISPATCH_READY_CAPACITY")?,
                 reaper_interval: millis(get("REAPER_INTERVAL_MS"), "REAPER_INTERVAL_MS")?,
+                retention: crate::dispatch::retention::Retention {
+                    finished: retention(get("RETENTION_FINISHED"), "RETENTION_FINISHED")?,
+                    dead: retention(get("RETENTION_DEAD"), "RETENTION_DEAD")?,
+                },
             },
             connections: crate::http::serve::ConnectionLimits {
                 header_read_timeout: millis(get("HEADER_READ_TIMEOUT_MS"), "HEADER_READ_TIMEOUT_MS")?,
@@ -559,6 +569,14 @@ fn duration(raw: Option<&str>, key: &'static str) -> Result<Duration, ConfigErro
     match parse_duration(text(raw, key)?) {
         Ok(value) if value.is_zero() => Err(ConfigError::Invalid { key, reason: "must be greater than 0".into() }),
         Ok(value) => Ok(value),
+        Err(reason) => Err(ConfigError::Invalid { key, reason }),
+    }
+}
+
+/// A retention given like a [`duration`]; `0` means keep forever (`None`).
+fn retention(raw: Option<&str>, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+    match parse_duration(text(raw, key)?) {
+        Ok(value) => Ok((!value.is_zero()).then_some(value)),
         Err(reason) => Err(ConfigError::Invalid { key, reason }),
     }
 }

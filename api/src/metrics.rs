@@ -131,8 +131,10 @@ pub struct Series {
     pub db_pool_connections: IntGaugeVec,
     /// Kafka consumer lag in messages, by consumer (`status`, `dispatch`).
     pub consumer_lag: IntGaugeVec,
-    /// Tasks by status, sampled periodically from the database.
+    /// Tasks by status, sampled periodically from the database (unfinished and `DEAD`).
     pub tasks_by_status: IntGaugeVec,
+    /// Finished tasks deleted by retention, by the status they had.
+    pub tasks_purged: IntCounterVec,
     /// The store's series (lock conflicts, queue limits, SQLite's write gate and WAL).
     pub store: StoreMetrics,
     operation_names: std::sync::RwLock<std::collections::HashSet<String>>,
@@ -212,7 +214,12 @@ impl Metrics {
             persisted_queries: counter_vec("persisted_queries_total", "Automatic persisted queries", &["outcome"]),
             db_pool_connections: gauge_vec("db_pool_connections", "Database pool connections", &["state"]),
             consumer_lag: gauge_vec("kafka_consumer_lag", "Kafka consumer lag in messages", &["consumer"]),
-            tasks_by_status: gauge_vec("tasks", "Tasks by status (sampled)", &["status"]),
+            tasks_by_status: gauge_vec("tasks", "Unfinished and dead tasks by status (sampled)", &["status"]),
+            tasks_purged: counter_vec(
+                "tasks_purged_total",
+                "Finished tasks deleted with their history by retention, by status",
+                &["status"],
+            ),
             store: StoreMetrics::register(&registry),
             operation_names: Default::default(),
             dispatch_ready: gauge("dispatch_ready", "Tasks the matcher holds, ready to offer"),

@@ -347,7 +347,14 @@ impl Application {
             lagging.push(("dispatch", matcher.consumer()));
             let (store, metrics) = (state.store.clone(), state.metrics.clone());
             tasks.spawn(matcher.run(background_stop.clone()));
+            let retention = settings.retention;
             tasks.spawn(reaper::run_reaper(store.clone(), settings, metrics.clone(), background_stop.clone()));
+            tasks.spawn(crate::dispatch::retention::run_retention(
+                store.clone(),
+                retention,
+                metrics.clone(),
+                background_stop.clone(),
+            ));
             tasks.spawn(reaper::run_status_sampler(store.clone(), metrics.clone(), background_stop.clone()));
             tasks.spawn(reaper::run_scheduler(store, metrics, background_stop.clone()));
         }

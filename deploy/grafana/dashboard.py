@@ -203,16 +203,22 @@ ROWS = [
                 ],
             ),
             timeseries(
-                "Tasks by status",
+                "Unfinished and dead tasks by status",
                 "taskwire_tasks, sampled from the database every 15 s by each dispatcher (every replica reports "
-                "the same numbers, hence max).",
+                "the same numbers, hence max). SUCCEEDED and CANCELLED are not counted: see the next panel.",
                 [(f"max by (status) (taskwire_tasks{sel()})", "{{status}}")],
             ),
             timeseries(
+                "Tasks entering each status per second",
+                "taskwire_task_transitions_total: every process counts the changes it committed, hence sum. "
+                "SUCCEEDED is the throughput; DEAD the dead-letter rate (alert TaskwireDeadLettersGrowing).",
+                [(f"sum by (status) (rate(taskwire_task_transitions_total{sel()}[{RATE}]))", "{{status}}")],
+            ),
+            timeseries(
                 "Dead letters per minute",
-                "Growth of the DEAD count (taskwire_tasks{status=\"DEAD\"}); negative while dead tasks are "
-                "requeued. Alert TaskwireDeadLettersGrowing.",
-                [(f"max(deriv(taskwire_tasks{DEAD}[15m])) * 60", "DEAD per minute")],
+                "Tasks that became DEAD (taskwire_task_transitions_total{status=\"DEAD\"}), summed over the "
+                "replicas. Alert TaskwireDeadLettersGrowing.",
+                [(f"sum(rate(taskwire_task_transitions_total{DEAD}[15m])) * 60", "DEAD per minute")],
             ),
             timeseries(
                 "Reaped and promoted per second",

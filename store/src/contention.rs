@@ -33,6 +33,8 @@ pub enum ConflictPath {
     Sweep,
     /// Worker registration, liveness and heartbeats.
     Worker,
+    /// Retention deleting finished tasks.
+    Purge,
 }
 
 /// `outcome` of a conflict that was run again.
@@ -44,8 +46,8 @@ pub(crate) const OUTCOMES: [&str; 2] = [RETRIED, EXHAUSTED];
 
 impl ConflictPath {
     /// Every path, for series that must exist before the first conflict.
-    pub(crate) const ALL: [ConflictPath; 4] =
-        [ConflictPath::Offer, ConflictPath::Transition, ConflictPath::Sweep, ConflictPath::Worker];
+    pub(crate) const ALL: [ConflictPath; 5] =
+        [ConflictPath::Offer, ConflictPath::Transition, ConflictPath::Sweep, ConflictPath::Worker, ConflictPath::Purge];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -53,6 +55,7 @@ impl ConflictPath {
             ConflictPath::Transition => "transition",
             ConflictPath::Sweep => "sweep",
             ConflictPath::Worker => "worker",
+            ConflictPath::Purge => "purge",
         }
     }
 }
@@ -169,7 +172,7 @@ mod tests {
     #[test]
     fn every_path_and_outcome_is_exported_at_zero_from_the_start() {
         let labels = ConflictPath::ALL.map(ConflictPath::label);
-        assert_eq!(labels, ["offer", "transition", "sweep", "worker"], "ALL names every path, in order");
+        assert_eq!(labels, ["offer", "transition", "sweep", "worker", "purge"], "ALL names every path, in order");
         let text = TestMetrics::new().render();
         for path in labels {
             for outcome in OUTCOMES {

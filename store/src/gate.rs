@@ -35,11 +35,13 @@ pub(crate) enum Writer {
     Admin,
     /// The outbox relay deleting the rows Kafka acknowledged.
     Relay,
+    /// Retention deleting finished tasks (`Store::purge_finished`).
+    Purge,
 }
 
 impl Writer {
     /// Every writer, for series that exist from the start.
-    pub(crate) const ALL: [Writer; 8] = [
+    pub(crate) const ALL: [Writer; 9] = [
         Writer::Create,
         Writer::Transition,
         Writer::Together,
@@ -48,6 +50,7 @@ impl Writer {
         Writer::Worker,
         Writer::Admin,
         Writer::Relay,
+        Writer::Purge,
     ];
 
     /// The metrics label.
@@ -61,6 +64,7 @@ impl Writer {
             Writer::Worker => "worker",
             Writer::Admin => "admin",
             Writer::Relay => "relay",
+            Writer::Purge => "purge",
         }
     }
 }

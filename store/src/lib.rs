@@ -49,6 +49,7 @@ mod gate;
 mod metrics;
 mod outbox;
 mod recent;
+mod retention;
 mod roster;
 mod settings;
 mod shape;

@@ -7,11 +7,11 @@ use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, 
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
     /// MySQL deadlocks and lock-wait time-outs met by the store's writers, by path
-    /// (`offer`, `transition`, `sweep`, `worker`) and outcome (`retried`; `exhausted`
+    /// (`offer`, `transition`, `sweep`, `worker`, `purge`) and outcome (`retried`; `exhausted`
     /// when every retry lost too and the caller got a conflict).
     pub db_lock_conflicts: IntCounterVec,
-    /// Write transactions, by writer (`create`, `transition`, `offer`, `sweep`, `worker`,
-    /// `admin`, `relay`), on either backend: counted when a writer takes its turn to write
+    /// Write transactions, by writer (`create`, `transition`, `together`, `offer`, `sweep`,
+    /// `worker`, `admin`, `relay`, `purge`), on either backend: counted when a writer takes its turn to write
     /// (`Store::write_lock`), so a transaction run again under the same turn (after a lost
     /// optimistic race, or a coalesced batch redone transition by transition) counts
     /// once; those are rare. Against the tasks created it tells how well writes are
@@ -25,6 +25,11 @@ pub struct StoreMetrics {
     /// key)` between reading the keys and inserting (a unique-index violation), by
     /// outcome: `retried` (run again, which finds the other task), `exhausted`.
     pub idempotency_races: IntCounterVec,
+    /// Task changes this process committed, by the status the task entered (a creation
+    /// counts as entering `QUEUED` or `SCHEDULED`). Summed over the processes, `rate()` of
+    /// `SUCCEEDED` is the throughput and of `DEAD` the dead-letter rate, without counting
+    /// rows in the database.
+    pub task_transitions: IntCounterVec,
     /// SQLite's write gate, by writer (absent on MySQL).
     pub write_gate: WriteGateMetrics,
     /// SQLite WAL checkpoints (see [`crate::run_checkpointer`]), by outcome (`complete`,
@@ -37,7 +42,8 @@ pub struct StoreMetrics {
 }
 
 /// The use of SQLite's write gate (the mutex serialising write transactions), by
-/// `writer`: `create`, `transition`, `offer`, `sweep`, `worker`, `admin`, `relay`.
+/// `writer`: `create`, `transition`, `together`, `offer`, `sweep`, `worker`, `admin`,
+/// `relay`, `purge`.
 #[derive(Debug, Clone)]
 pub struct WriteGateMetrics {
     /// Times the gate was taken.
@@ -79,6 +85,11 @@ impl StoreMetrics {
                 "idempotency_races_total",
                 "Creates that raced another insert of the same idempotency key, by outcome",
                 &["outcome"],
+            ),
+            task_transitions: counter_vec(
+                "task_transitions_total",
+                "Task changes committed by this process, by the status entered",
+                &["status"],
             ),
             write_gate: WriteGateMetrics {
                 acquired: counter_vec(
@@ -125,6 +136,9 @@ impl StoreMetrics {
         }
         for writer in crate::gate::Writer::ALL {
             metrics.db_writes.with_label_values(&[writer.label()]);
+        }
+        for status in taskwire_domain::TaskStatus::ALL {
+            metrics.task_transitions.with_label_values(&[status.as_str()]);
         }
         metrics
     }

@@ -638,13 +638,19 @@ impl Store {
         changes: impl IntoIterator<Item = (Option<&'a Task>, &'a Transition, Option<&'a str>)>,
     ) {
         let listeners = self.listeners();
+        let metrics = self.metrics.get();
         let (mut events, mut freed) = (false, false);
         for (before, transition, traceparent) in changes {
             self.recent.remember(&transition.task);
             for listener in listeners.iter() {
                 listener.committed(transition, traceparent);
             }
-            events |= transition.event.is_some();
+            if transition.event.is_some() {
+                events = true;
+                if let Some(metrics) = metrics {
+                    metrics.task_transitions.with_label_values(&[transition.task.status.as_str()]).inc();
+                }
+            }
             if let Some(holder) = before.filter(|b| b.status.is_leased() && !transition.task.status.is_leased()) {
                 self.roster.freed(holder.worker_id.as_deref().unwrap_or_default());
                 freed = true;

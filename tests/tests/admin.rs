@@ -255,3 +255,34 @@ async fn an_admin_requeues_every_dead_task_of_a_queue() {
     let operator = app.token("olga", &["operator"]);
     assert_eq!(app.gql(Some(&operator), requeue, json!({ "q": "q" })).await.code(), "FORBIDDEN");
 }
+
+/// Retention (`TASKWIRE_RETENTION_FINISHED`): a cancelled task is deleted with its history
+/// once it has been finished for longer than the retention, while a queued one of the same
+/// age stays; the `tasks` gauge counts only what is unfinished or dead, and the purge is
+/// counted by status.
+#[tokio::test]
+async fn finished_tasks_are_deleted_with_their_history_after_their_retention() {
+    let app = TestApp::spawn_with(&[("TASKWIRE_RETENTION_FINISHED", "1s"), ("TASKWIRE_RETENTION_DEAD", "0")]).await;
+    let alice = app.token("alice", &["client"]);
+    let cancelled = app.create_task(&alice, json!({ "queue": "kept", "kind": "k" })).await;
+    let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";
+    assert_eq!(
+        app.gql(Some(&alice), cancel, json!({ "id": cancelled })).await.data()["cancelTask"]["status"],
+        "CANCELLED"
+    );
+    let queued = app.create_task(&alice, json!({ "queue": "kept", "kind": "k" })).await;
+
+    let purged = r#"taskwire_tasks_purged_total{status="CANCELLED"}"#;
+    assert_eq!(app.wait_for_metric(purged, |n| n >= 1.0).await, 1.0, "the cancelled task, once");
+    let list = "{ tasks(filter: { queue: \"kept\" }) { edges { node { id status events { seq } } } } }";
+    let listed = app.gql(Some(&alice), list, json!({})).await;
+    assert_eq!(
+        listed.data()["tasks"]["edges"],
+        json!([{ "node": { "id": queued, "status": "QUEUED", "events": [{ "seq": 1 }] } }]),
+        "only the unfinished task is left"
+    );
+    let left = app.get("/metrics").await.1;
+    assert!(!left.contains(r#"taskwire_tasks{status="CANCELLED"}"#), "finished statuses are not counted: {left}");
+    assert!(left.contains(r#"taskwire_tasks{status="QUEUED"}"#), "unfinished ones are: {left}");
+    assert!(app.metric(r#"taskwire_task_transitions_total{status="CANCELLED"}"#).await >= 1.0);
+}

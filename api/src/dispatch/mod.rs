@@ -19,6 +19,7 @@
 pub(crate) mod matcher;
 mod ready;
 pub(crate) mod reaper;
+pub(crate) mod retention;
 
 use std::{
     collections::HashMap,
@@ -120,6 +121,8 @@ pub struct DispatchSettings {
     pub ready_capacity: usize,
     /// How often the reaper runs.
     pub reaper_interval: Duration,
+    /// How long finished tasks are kept.
+    pub retention: retention::Retention,
 }
 
 #[cfg(test)]

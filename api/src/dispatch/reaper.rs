@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use taskwire_domain::{QueueSettings, TaskStatus, machine::Command, task::Task};
+use taskwire_domain::{QueueSettings, machine::Command, task::Task};
 use tokio_util::sync::CancellationToken;
 
 use super::DispatchSettings;
@@ -125,12 +125,13 @@ async fn promote_due(store: &Store, metrics: &Metrics) -> crate::error::ApiResul
 const STATUS_SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Refreshes the `tasks{status}` gauge from the database until `shutdown`: at once, then
-/// every 15 s. One `GROUP BY` over the status index per round; runs with the dispatcher.
+/// every 15 s. One `GROUP BY` over the status index per round, counting the unfinished
+/// and dead tasks only (`Store::COUNTED_STATUSES`); runs with the dispatcher.
 pub(crate) async fn run_status_sampler(store: Store, metrics: Metrics, shutdown: CancellationToken) {
     loop {
         let pause = match store.status_counts().await {
             Ok(counts) => {
-                for status in TaskStatus::ALL {
+                for status in Store::COUNTED_STATUSES {
                     let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
                     metrics
                         .tasks_by_status

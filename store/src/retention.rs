@@ -1,0 +1,143 @@
+//! Retention: finished tasks are deleted, with their history, once they are old enough.
+//!
+//! Without it `tasks` and `task_events` grow with every task ever created, and so do the
+//! indexes every transition updates. A task is old enough when it has been in its
+//! finished status longer than the retention its caller chose; the task and its events go
+//! in one transaction, so a task is never left without its history or the other way round.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{LockBehavior, LockType},
+};
+use taskwire_domain::TaskStatus;
+use taskwire_entity::{task, task_event};
+
+use super::{ConflictPath, Store, Writer, convert, shape};
+use crate::error::StoreResult;
+
+impl Store {
+    /// Deletes up to `limit` tasks that are `status` (a finished one) and have not
+    /// changed since before `before`, with their events, in one transaction; returns how
+    /// many tasks were deleted.
+    ///
+    /// The tasks are found through `(status, run_at)`, the index the reaper and scheduler
+    /// already keep, instead of a new index on `updated_at` that every transition would
+    /// have to update: a task's `run_at` is never later than its last change, so
+    /// `run_at < before` bounds the range and `updated_at < before` decides. Tasks that
+    /// ran past `before` after a `run_at` before it (a long lease) are read and skipped
+    /// until they are old enough themselves.
+    ///
+    /// On MySQL/MariaDB the rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
+    /// dispatchers purge side by side and an operator's concurrent `retryTask` either
+    /// waits for the purge (and then finds no task) or holds its row and is skipped. On
+    /// SQLite the write gate serialises the purge with every other writer.
+    pub async fn purge_finished(&self, status: TaskStatus, before: DateTime<Utc>, limit: u64) -> StoreResult<u64> {
+        debug_assert!(status.is_terminal(), "only finished tasks are purged");
+        self.retry_lock_conflicts(ConflictPath::Purge, || self.purge_once(status, before, limit)).await
+    }
+
+    async fn purge_once(&self, status: TaskStatus, before: DateTime<Utc>, limit: u64) -> StoreResult<u64> {
+        let before_ms = convert::to_ms(before);
+        let old = || {
+            task::Entity::find()
+                .select_only()
+                .column(task::Column::Id)
+                .filter(task::Column::Status.eq(status.as_str()))
+                .filter(task::Column::RunAt.lt(before_ms))
+                .filter(task::Column::UpdatedAt.lt(before_ms))
+        };
+        // Nearly every pass finds nothing new: a plain read says so without a transaction
+        // or (on SQLite) the write gate.
+        if old().limit(1).into_tuple::<String>().one(&self.db).await?.is_none() {
+            return Ok(0);
+        }
+        let writing = self.write_lock(Writer::Purge).await;
+        let txn = writing.begin_read_committed().await?;
+        let select = old().order_by_asc(task::Column::RunAt).limit(limit);
+        let ids: Vec<String> = if self.backend() == DbBackend::MySql {
+            select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked).into_tuple().all(&txn).await?
+        } else {
+            select.into_tuple().all(&txn).await?
+        };
+        if ids.is_empty() {
+            txn.rollback().await?;
+            return Ok(0);
+        }
+        let padded = shape::padded(ids.iter().cloned());
+        task_event::Entity::delete_many().filter(task_event::Column::TaskId.is_in(padded.clone())).exec(&txn).await?;
+        let deleted = task::Entity::delete_many()
+            .filter(task::Column::Id.is_in(padded))
+            .filter(task::Column::Status.eq(status.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        txn.commit().await?;
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use taskwire_domain::{CreateTaskInput, NewTask, TaskId, machine, task::Task};
+
+    use super::*;
+    use crate::{CreateMode, CreateOutcome};
+
+    async fn created(store: &Store) -> Task {
+        let input = CreateTaskInput { queue: "q".into(), kind: "k".into(), ..Default::default() };
+        let new = NewTask::parse(input, "alice", Utc::now()).expect("valid input");
+        match store.create_tasks(vec![new], CreateMode::AllOrNothing, None).await.expect("created").pop() {
+            Some(CreateOutcome::Created(task)) => task,
+            other => panic!("created, not {other:?}"),
+        }
+    }
+
+    async fn cancelled(store: &Store) -> TaskId {
+        let task = created(store).await;
+        let cancel = |t: &Task| Ok(machine::transition(t, machine::Command::Cancel { reason: None }, Utc::now())?);
+        store.transition(task.id, None, cancel).await.expect("cancelled");
+        task.id
+    }
+
+    async fn exists(store: &Store, id: TaskId) -> bool {
+        !store.tasks_by_ids(&[id]).await.expect("read").is_empty()
+    }
+
+    async fn history(store: &Store, id: TaskId) -> usize {
+        store.events_after(id, 0, 10).await.expect("events").len()
+    }
+
+    /// Only tasks of the given finished status whose last change is older than the
+    /// cutoff go, each with its whole history, a batch at a time; newer and unfinished
+    /// tasks stay.
+    async fn purges_finished_tasks_older_than_the_cutoff_with_their_history(store: &Store) {
+        let old = [cancelled(store).await, cancelled(store).await, cancelled(store).await];
+        let queued = created(store).await.id;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cutoff = Utc::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let young = cancelled(store).await;
+
+        assert_eq!(store.purge_finished(TaskStatus::Dead, cutoff, 100).await.expect("purge"), 0, "another status");
+        assert_eq!(store.purge_finished(TaskStatus::Cancelled, cutoff, 2).await.expect("purge"), 2, "one batch");
+        assert_eq!(store.purge_finished(TaskStatus::Cancelled, cutoff, 2).await.expect("purge"), 1, "the rest");
+        assert_eq!(store.purge_finished(TaskStatus::Cancelled, cutoff, 2).await.expect("purge"), 0, "none left");
+        for id in old {
+            assert!(!exists(store, id).await, "the old cancelled task is gone");
+            assert_eq!(history(store, id).await, 0, "and so is its history");
+        }
+        assert!(exists(store, young).await, "a task finished after the cutoff stays");
+        assert_eq!(history(store, young).await, 2, "with its history");
+        assert!(exists(store, queued).await, "an unfinished task stays, however old");
+    }
+
+    on_both_backends!(
+        purges_finished_tasks_older_than_the_cutoff_with_their_history,
+        purges_finished_tasks_older_than_the_cutoff_with_their_history_on_sqlite,
+        purges_finished_tasks_older_than_the_cutoff_with_their_history_on_mysql
+    );
+}
