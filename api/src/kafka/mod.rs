@@ -8,6 +8,7 @@
 mod close;
 pub(crate) mod consumer;
 pub(crate) mod embedded;
+pub(crate) mod producer;
 mod rebalance;
 pub(crate) mod relay;
 
@@ -20,7 +21,6 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::Headers,
-    producer::FutureProducer,
 };
 use taskwire_domain::EnvelopeType;
 use tokio_util::sync::CancellationToken;
@@ -110,8 +110,8 @@ impl Kafka {
     }
 
     /// The outbox producer: idempotent, `acks=all`, tuned for latency (`linger.ms` 1).
-    pub(crate) fn producer(&self) -> Result<FutureProducer, KafkaError> {
-        ClientConfig::new()
+    pub(crate) fn producer(&self) -> Result<producer::OutboxProducer, KafkaError> {
+        let config = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -121,7 +121,8 @@ impl Kafka {
             // outbox row and retries later.
             .set("message.timeout.ms", "10000")
             .set("queue.buffering.max.messages", "100000")
-            .create()
+            .clone();
+        producer::OutboxProducer::new(&config)
     }
 
     /// A consumer with group id `group`, never committing (an api process

@@ -25,13 +25,12 @@ use futures::future::join_all;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer},
-    util::Timeout,
 };
 use taskwire_domain::TaskId;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::producer::OutboxProducer;
 use crate::{cache::TaskCache, metrics::Metrics, telemetry};
 use taskwire_store::{OutboxMessage, Store};
 
@@ -45,12 +44,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const BACKLOG_SAMPLE: Duration = Duration::from_secs(1);
 
 /// Builds the relay's producer (again, after a fatal error).
-pub(crate) type MakeProducer = Box<dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync>;
+pub(crate) type MakeProducer = Box<dyn Fn() -> Result<OutboxProducer, KafkaError> + Send + Sync>;
 
 /// The relay task's state.
 pub(crate) struct OutboxRelay {
     store: Store,
-    producer: FutureProducer,
+    producer: OutboxProducer,
     make_producer: MakeProducer,
     cache: TaskCache,
     /// Messages to this topic announce a new task version (see [`announced_versions`]).
@@ -119,7 +118,7 @@ impl OutboxRelay {
         // Last round: what committed just before shutdown goes out now if Kafka is up.
         let _ = self.publish_round().await;
         let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
         tracing::info!("outbox relay stopped");
     }
 
@@ -142,7 +141,7 @@ impl OutboxRelay {
                 }
                 let published = publish(producer, metrics, messages).await;
                 *failed_ref = published.delivered.len() < attempted;
-                *fatal_ref = published.fatal || producer.client().fatal_error().is_some();
+                *fatal_ref = published.fatal || producer.fatal_error().is_some();
                 published.delivered
             })
             .await;
@@ -159,7 +158,7 @@ impl OutboxRelay {
     /// Swaps in a new producer after a fatal error (the old one is dropped: everything
     /// it held failed already). Keeps the old one if a new one cannot be built.
     fn replace_producer(&mut self) {
-        let reason = self.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"));
+        let reason = self.producer.fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"));
         match (self.make_producer)() {
             Ok(producer) => {
                 self.producer = producer;
@@ -181,7 +180,7 @@ impl OutboxRelay {
 /// (the request that committed it). The message carries that stored `traceparent`; when
 /// spans are exported it carries the publish span's own context instead (same trace id),
 /// so the consumers' spans hang under the publish in the exported trace.
-async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<OutboxMessage>) -> Published {
+async fn publish(producer: &OutboxProducer, metrics: &Metrics, messages: Vec<OutboxMessage>) -> Published {
     let attempted = messages.len();
     let sends = messages.iter().map(|message| {
         // No ambient parent: the relay's spans belong to the requests that wrote the rows.
@@ -197,26 +196,17 @@ async fn publish(producer: &FutureProducer, metrics: &Metrics, messages: Vec<Out
             telemetry::set_remote_parent(&span, stored);
         }
         let exported = telemetry::span_traceparent(&span);
-        let mut record = FutureRecord::to(&message.topic).key(&message.key).payload(&message.payload);
-        if let Some(traceparent) = exported.as_ref().or(message.traceparent.as_ref()) {
-            record = record
-                .headers(OwnedHeaders::new().insert(Header { key: telemetry::TRACEPARENT, value: Some(traceparent) }));
-        }
+        let headers = exported.as_ref().or(message.traceparent.as_ref()).map(|traceparent| {
+            OwnedHeaders::new().insert(Header { key: telemetry::TRACEPARENT, value: Some(traceparent) })
+        });
         let id = message.id;
         let created_at = message.created_at;
-        let delivery = producer.send_result(record);
+        let delivery = producer.send(&message.topic, &message.key, &message.payload, headers);
         async move {
-            match delivery {
-                Ok(future) => match future.await {
-                    Ok(Ok(_)) => Ok((id, created_at)),
-                    Ok(Err((e, _))) => {
-                        tracing::debug!(error = %e, id, "outbox message not delivered");
-                        Err(is_fatal(&e))
-                    }
-                    Err(_) => Err(false),
-                },
-                Err((e, _)) => {
-                    tracing::debug!(error = %e, id, "outbox message not queued");
+            match delivery.await {
+                Ok(()) => Ok((id, created_at)),
+                Err(e) => {
+                    tracing::debug!(error = %e, id, "outbox message not delivered");
                     Err(is_fatal(&e))
                 }
             }
