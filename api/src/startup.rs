@@ -351,6 +351,7 @@ impl Application {
             tasks.spawn(reaper::run_reaper(store.clone(), settings, metrics.clone(), background_stop.clone()));
             tasks.spawn(crate::dispatch::retention::run_retention(
                 store.clone(),
+                state.cache.clone(),
                 retention,
                 metrics.clone(),
                 background_stop.clone(),

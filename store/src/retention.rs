@@ -10,7 +10,7 @@ use sea_orm::{
     ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{LockBehavior, LockType},
 };
-use taskwire_domain::TaskStatus;
+use taskwire_domain::{TaskId, TaskStatus};
 use taskwire_entity::{task, task_event};
 
 use super::{ConflictPath, Store, Writer, convert, shape};
@@ -18,8 +18,8 @@ use crate::error::StoreResult;
 
 impl Store {
     /// Deletes up to `limit` tasks that are `status` (a finished one) and have not
-    /// changed since before `before`, with their events, in one transaction; returns how
-    /// many tasks were deleted.
+    /// changed since before `before`, with their events, in one transaction; returns the
+    /// ids of the tasks deleted.
     ///
     /// The tasks are found through `(status, run_at)`, the index the reaper and scheduler
     /// already keep, instead of a new index on `updated_at` that every transition would
@@ -32,12 +32,17 @@ impl Store {
     /// dispatchers purge side by side and an operator's concurrent `retryTask` either
     /// waits for the purge (and then finds no task) or holds its row and is skipped. On
     /// SQLite the write gate serialises the purge with every other writer.
-    pub async fn purge_finished(&self, status: TaskStatus, before: DateTime<Utc>, limit: u64) -> StoreResult<u64> {
+    pub async fn purge_finished(
+        &self,
+        status: TaskStatus,
+        before: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<TaskId>> {
         debug_assert!(status.is_terminal(), "only finished tasks are purged");
         self.retry_lock_conflicts(ConflictPath::Purge, || self.purge_once(status, before, limit)).await
     }
 
-    async fn purge_once(&self, status: TaskStatus, before: DateTime<Utc>, limit: u64) -> StoreResult<u64> {
+    async fn purge_once(&self, status: TaskStatus, before: DateTime<Utc>, limit: u64) -> StoreResult<Vec<TaskId>> {
         let before_ms = convert::to_ms(before);
         let old = || {
             task::Entity::find()
@@ -50,7 +55,7 @@ impl Store {
         // Nearly every pass finds nothing new: a plain read says so without a transaction
         // or (on SQLite) the write gate.
         if old().limit(1).into_tuple::<String>().one(&self.db).await?.is_none() {
-            return Ok(0);
+            return Ok(vec![]);
         }
         let writing = self.write_lock(Writer::Purge).await;
         let txn = writing.begin_read_committed().await?;
@@ -62,18 +67,19 @@ impl Store {
         };
         if ids.is_empty() {
             txn.rollback().await?;
-            return Ok(0);
+            return Ok(vec![]);
         }
         let padded = shape::padded(ids.iter().cloned());
         task_event::Entity::delete_many().filter(task_event::Column::TaskId.is_in(padded.clone())).exec(&txn).await?;
-        let deleted = task::Entity::delete_many()
+        // The rows are locked (MySQL) or the gate is held (SQLite): every one claimed is
+        // deleted.
+        task::Entity::delete_many()
             .filter(task::Column::Id.is_in(padded))
             .filter(task::Column::Status.eq(status.as_str()))
             .exec(&txn)
-            .await?
-            .rows_affected;
+            .await?;
         txn.commit().await?;
-        Ok(deleted)
+        Ok(ids.iter().filter_map(|id| TaskId::parse(id)).collect())
     }
 }
 
@@ -82,7 +88,7 @@ mod tests {
     use std::time::Duration;
 
     use chrono::Utc;
-    use taskwire_domain::{CreateTaskInput, NewTask, TaskId, machine, task::Task};
+    use taskwire_domain::{CreateTaskInput, NewTask, machine, task::Task};
 
     use super::*;
     use crate::{CreateMode, CreateOutcome};
@@ -122,10 +128,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let young = cancelled(store).await;
 
-        assert_eq!(store.purge_finished(TaskStatus::Dead, cutoff, 100).await.expect("purge"), 0, "another status");
-        assert_eq!(store.purge_finished(TaskStatus::Cancelled, cutoff, 2).await.expect("purge"), 2, "one batch");
-        assert_eq!(store.purge_finished(TaskStatus::Cancelled, cutoff, 2).await.expect("purge"), 1, "the rest");
-        assert_eq!(store.purge_finished(TaskStatus::Cancelled, cutoff, 2).await.expect("purge"), 0, "none left");
+        let purge = |status, limit| store.purge_finished(status, cutoff, limit);
+        assert_eq!(purge(TaskStatus::Dead, 100).await.expect("purge"), vec![], "another status");
+        let mut purged = purge(TaskStatus::Cancelled, 2).await.expect("purge");
+        assert_eq!(purged.len(), 2, "one batch");
+        purged.extend(purge(TaskStatus::Cancelled, 2).await.expect("purge"));
+        purged.sort();
+        let mut expected = old.to_vec();
+        expected.sort();
+        assert_eq!(purged, expected, "the rest, and the ids of all three");
+        assert_eq!(purge(TaskStatus::Cancelled, 2).await.expect("purge"), vec![], "none left");
         for id in old {
             assert!(!exists(store, id).await, "the old cancelled task is gone");
             assert_eq!(history(store, id).await, 0, "and so is its history");

@@ -258,8 +258,9 @@ async fn an_admin_requeues_every_dead_task_of_a_queue() {
 
 /// Retention (`TASKWIRE_RETENTION_FINISHED`): a cancelled task is deleted with its history
 /// once it has been finished for longer than the retention, while a queued one of the same
-/// age stays; the `tasks` gauge counts only what is unfinished or dead, and the purge is
-/// counted by status.
+/// age stays; a read by id answers `null` at once, though the cache held the task (the
+/// cancel wrote it through); the `tasks` gauge counts only what is unfinished or dead,
+/// and the purge is counted by status.
 #[tokio::test]
 async fn finished_tasks_are_deleted_with_their_history_after_their_retention() {
     let app = TestApp::spawn_with(&[("TASKWIRE_RETENTION_FINISHED", "1s"), ("TASKWIRE_RETENTION_DEAD", "0")]).await;
@@ -271,9 +272,12 @@ async fn finished_tasks_are_deleted_with_their_history_after_their_retention() {
         "CANCELLED"
     );
     let queued = app.create_task(&alice, json!({ "queue": "kept", "kind": "k" })).await;
+    let read = "query($id: ID!) { task(id: $id) { id } }";
+    assert_eq!(app.gql(Some(&alice), read, json!({ "id": cancelled })).await.data()["task"]["id"], cancelled);
 
     let purged = r#"taskwire_tasks_purged_total{status="CANCELLED"}"#;
     assert_eq!(app.wait_for_metric(purged, |n| n >= 1.0).await, 1.0, "the cancelled task, once");
+    assert_eq!(app.gql(Some(&alice), read, json!({ "id": cancelled })).await.data()["task"], Value::Null, "not cached");
     let list = "{ tasks(filter: { queue: \"kept\" }) { edges { node { id status events { seq } } } } }";
     let listed = app.gql(Some(&alice), list, json!({})).await;
     assert_eq!(

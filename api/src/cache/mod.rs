@@ -103,6 +103,12 @@ impl Entry {
     fn tombstone(version: u32) -> Entry {
         Entry { rank: (2 * u64::from(version)).saturating_sub(1), value: Value::Tombstone }
     }
+
+    /// The task was deleted (retention): ranked above every version a task can have, so
+    /// no load that read it before the deletion can put it back.
+    fn deleted() -> Entry {
+        Entry { rank: 2 * u64::from(u32::MAX) + 1, value: Value::Missing }
+    }
 }
 
 /// Roughly the bytes an entry holds, so L1 is bounded by memory rather than by a count
@@ -373,6 +379,19 @@ impl TaskCache {
         if self.0.l1.contains_key(&id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(&id)) {
             self.l1_put(id, Entry::tombstone(version));
         }
+    }
+
+    /// Tasks deleted for good (retention): from now on this process's L1 and the shared
+    /// L2 answer that they do not exist, in one round trip to Redis. Other processes' L1
+    /// entries lapse within `TASKWIRE_CACHE_L1_TTL_MS`. L1 is written only where it holds
+    /// the task, so a purge does not fill it with entries nobody reads.
+    pub async fn forget(&self, ids: &[TaskId]) {
+        for id in ids {
+            if self.0.l1.contains_key(id) {
+                self.l1_put(*id, Entry::deleted());
+            }
+        }
+        self.l2_put(ids.iter().map(|&id| (id, Entry::deleted())).collect()).await;
     }
 
     /// Whether there is an L2 for [`TaskCache::announce`] to write to (Redis configured).

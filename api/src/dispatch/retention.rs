@@ -12,7 +12,7 @@ use taskwire_domain::TaskStatus;
 use taskwire_store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{cache::TaskCache, metrics::Metrics};
 
 /// How long finished tasks are kept; `None` keeps them forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,23 +50,31 @@ impl Retention {
 
 /// Deletes finished tasks past their retention until `shutdown`; returns at once when
 /// every status is kept forever.
-pub(crate) async fn run_retention(store: Store, retention: Retention, metrics: Metrics, shutdown: CancellationToken) {
+pub(crate) async fn run_retention(
+    store: Store,
+    cache: TaskCache,
+    retention: Retention,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     let Some(pause) = retention.between_passes() else { return };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
         }
-        if let Err(e) = purge(&store, retention, &metrics, &shutdown).await {
+        if let Err(e) = purge(&store, &cache, retention, &metrics, &shutdown).await {
             tracing::warn!(error = ?e, "retention pass failed; retrying on the next pass");
         }
     }
     tracing::info!("retention stopped");
 }
 
-/// One pass: every kept status, batch after batch until fewer than a batch is left.
+/// One pass: every kept status, batch after batch until fewer than a batch is left. The
+/// cache forgets each batch's tasks, so a read by id stops answering with a deleted task.
 async fn purge(
     store: &Store,
+    cache: &TaskCache,
     retention: Retention,
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -75,6 +83,8 @@ async fn purge(
         let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
         loop {
             let deleted = store.purge_finished(status, before, PURGE_BATCH).await?;
+            cache.forget(&deleted).await;
+            let deleted = deleted.len() as u64;
             metrics.tasks_purged.with_label_values(&[status.as_str()]).inc_by(deleted);
             if deleted < PURGE_BATCH || shutdown.is_cancelled() {
                 break;
