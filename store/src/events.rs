@@ -158,8 +158,10 @@ impl Store {
     /// Task counts of the [`Store::COUNTED_STATUSES`] (for the `tasks` gauge), through the
     /// status index: the cost follows the backlog, not the table.
     pub async fn status_counts(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
-        let sql = "SELECT status, COUNT(*) AS n, NULL AS oldest FROM tasks \
-                   WHERE status IN ('SCHEDULED', 'QUEUED', 'ASSIGNED', 'RUNNING', 'DEAD') GROUP BY status";
+        let statuses = Store::COUNTED_STATUSES.map(|s| format!("'{}'", s.as_str())).join(", ");
+        let sql = format!(
+            "SELECT status, COUNT(*) AS n, NULL AS oldest FROM tasks WHERE status IN ({statuses}) GROUP BY status"
+        );
         let rows = StatusCount::find_by_statement(Statement::from_string(self.backend(), sql)).all(&self.db).await?;
         Ok(rows
             .into_iter()

@@ -23,10 +23,12 @@ impl Store {
     ///
     /// The tasks are found through `(status, run_at)`, the index the reaper and scheduler
     /// already keep, instead of a new index on `updated_at` that every transition would
-    /// have to update: a task's `run_at` is never later than its last change, so
-    /// `run_at < before` bounds the range and `updated_at < before` decides. Tasks that
-    /// ran past `before` after a `run_at` before it (a long lease) are read and skipped
-    /// until they are old enough themselves.
+    /// have to update: `run_at < before` bounds the range and `updated_at < before`
+    /// decides. A task that ran to the end is never stamped later than its `run_at`, so it
+    /// goes once its last change is old enough; tasks that ran past `before` after a
+    /// `run_at` before it (a long lease) are read and skipped until then. A task
+    /// cancelled while `SCHEDULED` keeps the `run_at` it was waiting for, which may lie
+    /// ahead (up to 30 days, or a retry's backoff): it goes once that is old enough too.
     ///
     /// On MySQL/MariaDB the rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
     /// dispatchers purge side by side and an operator's concurrent `retryTask` either

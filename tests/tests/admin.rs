@@ -263,7 +263,7 @@ async fn an_admin_requeues_every_dead_task_of_a_queue() {
 /// and the purge is counted by status.
 #[tokio::test]
 async fn finished_tasks_are_deleted_with_their_history_after_their_retention() {
-    let app = TestApp::spawn_with(&[("TASKWIRE_RETENTION_FINISHED", "1s"), ("TASKWIRE_RETENTION_DEAD", "0")]).await;
+    let app = TestApp::spawn_with(&[("TASKWIRE_RETENTION_FINISHED", "3s"), ("TASKWIRE_RETENTION_DEAD", "0")]).await;
     let alice = app.token("alice", &["client"]);
     let cancelled = app.create_task(&alice, json!({ "queue": "kept", "kind": "k" })).await;
     let cancel = "mutation($id: ID!) { cancelTask(id: $id) { status } }";

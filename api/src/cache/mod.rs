@@ -382,12 +382,14 @@ impl TaskCache {
     }
 
     /// Tasks deleted for good (retention): from now on this process's L1 and the shared
-    /// L2 answer that they do not exist, in one round trip to Redis. Other processes' L1
-    /// entries lapse within `TASKWIRE_CACHE_L1_TTL_MS`. L1 is written only where it holds
-    /// the task, so a purge does not fill it with entries nobody reads.
+    /// L2 answer that they do not exist, in one round trip to Redis (skipped while Redis
+    /// is unreachable, like every L2 write). Other processes' L1 entries lapse within
+    /// `TASKWIRE_CACHE_L1_TTL_MS`. L1 is written only where it holds the task or a load of
+    /// it is in flight (as [`TaskCache::invalidate_local`] does), so a purge does not fill
+    /// it with entries nobody reads.
     pub async fn forget(&self, ids: &[TaskId]) {
         for id in ids {
-            if self.0.l1.contains_key(id) {
+            if self.0.l1.contains_key(id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(id)) {
                 self.l1_put(*id, Entry::deleted());
             }
         }

@@ -57,7 +57,15 @@ pub(crate) async fn run_retention(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let Some(pause) = retention.between_passes() else { return };
+    let Some(pause) = retention.between_passes() else {
+        tracing::info!("retention off: finished tasks are kept forever");
+        return;
+    };
+    tracing::info!(
+        finished = ?retention.finished,
+        dead = ?retention.dead,
+        "retention on: finished tasks older than this are deleted with their history"
+    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -72,6 +80,10 @@ pub(crate) async fn run_retention(
 
 /// One pass: every kept status, batch after batch until fewer than a batch is left. The
 /// cache forgets each batch's tasks, so a read by id stops answering with a deleted task.
+///
+/// After each full batch the pass pauses as long as the batch took: a large backlog
+/// (retention turned on over months of history) is deleted at half the pace the database
+/// could take, leaving it (and on SQLite the one writer) to the live traffic in between.
 async fn purge(
     store: &Store,
     cache: &TaskCache,
@@ -80,23 +92,42 @@ async fn purge(
     shutdown: &CancellationToken,
 ) -> crate::error::ApiResult<()> {
     for (status, keep) in retention.rules() {
-        let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let Some(before) = cutoff(keep, Utc::now()) else { continue };
         loop {
+            let started = std::time::Instant::now();
             let deleted = store.purge_finished(status, before, PURGE_BATCH).await?;
             cache.forget(&deleted).await;
             let deleted = deleted.len() as u64;
             metrics.tasks_purged.with_label_values(&[status.as_str()]).inc_by(deleted);
-            if deleted < PURGE_BATCH || shutdown.is_cancelled() {
+            if deleted < PURGE_BATCH {
                 break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(started.elapsed()) => {}
             }
         }
     }
     Ok(())
 }
 
+/// Tasks whose last change is older than this have outlived `keep`; `None` when `keep`
+/// reaches back past the calendar (`9999999999d`): nothing is old enough.
+fn cutoff(keep: Duration, now: chrono::DateTime<Utc>) -> Option<chrono::DateTime<Utc>> {
+    now.checked_sub_signed(chrono::Duration::from_std(keep).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retention_past_the_calendar_keeps_everything_instead_of_failing() {
+        let now = Utc::now();
+        assert_eq!(cutoff(Duration::from_secs(60), now), Some(now - chrono::Duration::seconds(60)));
+        assert_eq!(cutoff(Duration::from_secs(9_999_999_999 * 86_400), now), None);
+        assert_eq!(cutoff(Duration::MAX, now), None);
+    }
 
     #[test]
     fn passes_come_at_a_quarter_of_the_shortest_retention_within_bounds() {

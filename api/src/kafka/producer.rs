@@ -7,8 +7,9 @@
 //! until the window is over. That is a busy loop of up to a millisecond ten times a
 //! second, about 1 % of a core in every process whether it publishes or not (half of an
 //! idle instance's CPU; docs/BENCHMARKS.md). Polling in windows of a second spins ten
-//! times less; delivery reports still complete their futures as they arrive, because a
-//! window ends early for nothing but the stop flag.
+//! times less; delivery reports still complete their futures as they arrive (the poll
+//! serves each report as it comes and waits on for the rest of its window), and the stop
+//! flag is read between windows.
 
 use std::{
     future::Future,
