@@ -46,22 +46,15 @@ impl Store {
 
     async fn purge_once(&self, status: TaskStatus, before: DateTime<Utc>, limit: u64) -> StoreResult<Vec<TaskId>> {
         let before_ms = convert::to_ms(before);
-        let old = || {
-            task::Entity::find()
-                .select_only()
-                .column(task::Column::Id)
-                .filter(task::Column::Status.eq(status.as_str()))
-                .filter(task::Column::RunAt.lt(before_ms))
-                .filter(task::Column::UpdatedAt.lt(before_ms))
-        };
         // Nearly every pass finds nothing new: a plain read says so without a transaction
         // or (on SQLite) the write gate.
-        if old().limit(1).into_tuple::<String>().one(&self.db).await?.is_none() {
+        let probe = finished_before(status, before_ms).limit(1);
+        if probe.into_tuple::<String>().one(&self.db).await?.is_none() {
             return Ok(vec![]);
         }
         let writing = self.write_lock(Writer::Purge).await;
         let txn = writing.begin_read_committed().await?;
-        let select = old().order_by_asc(task::Column::RunAt).limit(limit);
+        let select = finished_before(status, before_ms).order_by_asc(task::Column::RunAt).limit(limit);
         let ids: Vec<String> = if self.backend() == DbBackend::MySql {
             select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked).into_tuple().all(&txn).await?
         } else {
@@ -83,6 +76,17 @@ impl Store {
         txn.commit().await?;
         Ok(ids.iter().filter_map(|id| TaskId::parse(id)).collect())
     }
+}
+
+/// The ids of tasks that are `status` and have not changed since `before_ms`, through
+/// `(status, run_at)` (see [`Store::purge_finished`]).
+fn finished_before(status: TaskStatus, before_ms: i64) -> sea_orm::Select<task::Entity> {
+    task::Entity::find()
+        .select_only()
+        .column(task::Column::Id)
+        .filter(task::Column::Status.eq(status.as_str()))
+        .filter(task::Column::RunAt.lt(before_ms))
+        .filter(task::Column::UpdatedAt.lt(before_ms))
 }
 
 #[cfg(test)]
@@ -147,6 +151,50 @@ mod tests {
         assert!(exists(store, young).await, "a task finished after the cutoff stays");
         assert_eq!(history(store, young).await, 2, "with its history");
         assert!(exists(store, queued).await, "an unfinished task stays, however old");
+    }
+
+    /// MariaDB reads a purge batch through `(status, run_at)`, the index the design relies
+    /// on instead of one on `updated_at`, and stops at the batch: a range, not a scan of
+    /// every finished task.
+    #[tokio::test]
+    async fn mysql_finds_a_purge_batch_through_the_status_and_run_at_index() {
+        use sea_orm::{ConnectionTrait, QueryTrait, Statement};
+        let test = "mysql_finds_a_purge_batch_through_the_status_and_run_at_index";
+        let Some(store) = crate::testing::mysql_test_store(test).await else { return };
+        // 400 tasks, a tenth of them cancelled long ago.
+        let rows: Vec<String> = (0..400)
+            .map(|i| {
+                let status = if i % 10 == 0 { "CANCELLED" } else { "QUEUED" };
+                format!("('t{i:04}', 'q', 'k', 0, '{status}', 0, 5, {i}, 'alice', 'h', 1, 1, {i}, {i})")
+            })
+            .collect();
+        let insert = format!(
+            "INSERT INTO tasks (id, queue, kind, priority, status, attempts, max_attempts, run_at, created_by, \
+             input_hash, version, last_seq, created_at, updated_at) VALUES {}",
+            rows.join(", ")
+        );
+        store.connection().execute_unprepared(&insert).await.expect("tasks");
+        store.connection().execute_unprepared("ANALYZE TABLE tasks").await.expect("statistics");
+        let query = finished_before(TaskStatus::Cancelled, 1_000)
+            .order_by_asc(task::Column::RunAt)
+            .limit(500)
+            .build(DbBackend::MySql);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::MySql,
+            format!("EXPLAIN {}", query.sql),
+            query.values.map(|v| v.0).unwrap_or_default(),
+        );
+        let plan = store.connection().query_one_raw(explain).await.expect("explain").expect("a plan row");
+        let key: Option<String> = plan.try_get("", "key").expect("the key column");
+        let access: String = plan.try_get("", "type").expect("the type column");
+        assert_eq!(key.as_deref(), Some("idx_tasks_status_run_at"), "{}", query.sql);
+        assert_eq!(access, "range", "the cancelled tasks before the cutoff, in run_at order");
+        store.purge_finished(TaskStatus::Cancelled, convert::from_ms(1_000), 500).await.expect("purge");
+        let count = "SELECT COUNT(*) AS n FROM tasks GROUP BY status ORDER BY status";
+        let left =
+            store.connection().query_all_raw(Statement::from_string(DbBackend::MySql, count)).await.expect("count");
+        let left: Vec<i64> = left.iter().map(|row| row.try_get("", "n").expect("a count")).collect();
+        assert_eq!(left, vec![360], "the 40 cancelled tasks are gone, the queued ones stay");
     }
 
     on_both_backends!(
