@@ -376,7 +376,7 @@ impl TaskCache {
         // in flight. A load that starts after this check reads after the commit the event
         // announces, so it cannot be stale; skipping the rest keeps a burst of creations
         // from filling L1 with tombstones nobody reads.
-        if self.0.l1.contains_key(&id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(&id)) {
+        if self.may_hold(id) {
             self.l1_put(id, Entry::tombstone(version));
         }
     }
@@ -384,16 +384,20 @@ impl TaskCache {
     /// Tasks deleted for good (retention): from now on this process's L1 and the shared
     /// L2 answer that they do not exist, in one round trip to Redis (skipped while Redis
     /// is unreachable, like every L2 write). Other processes' L1 entries lapse within
-    /// `TASKWIRE_CACHE_L1_TTL_MS`. L1 is written only where it holds the task or a load of
-    /// it is in flight (as [`TaskCache::invalidate_local`] does), so a purge does not fill
-    /// it with entries nobody reads.
+    /// `TASKWIRE_CACHE_L1_TTL_MS`. L1 is written only where it may hold the task, so a
+    /// purge does not fill it with entries nobody reads.
     pub async fn forget(&self, ids: &[TaskId]) {
-        for id in ids {
-            if self.0.l1.contains_key(id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(id)) {
-                self.l1_put(*id, Entry::deleted());
+        for &id in ids {
+            if self.may_hold(id) {
+                self.l1_put(id, Entry::deleted());
             }
         }
         self.l2_put(ids.iter().map(|&id| (id, Entry::deleted())).collect()).await;
+    }
+
+    /// Whether L1 holds `id` or a load of it is in flight: where a stale value could land.
+    fn may_hold(&self, id: TaskId) -> bool {
+        self.0.l1.contains_key(&id) || self.0.inflight.lock().map_or(true, |inflight| inflight.contains_key(&id))
     }
 
     /// Whether there is an L2 for [`TaskCache::announce`] to write to (Redis configured).
