@@ -5,7 +5,7 @@
 //!
 //! - `loadgen`: bounded load scenarios (`query`, `create`, `dispatch`, `fanout`);
 //! - `drill`: one fault drill with a PASS/FAIL verdict;
-//! - `plot`: the PNG figures of docs/BENCHMARKS.md from their JSON results.
+//! - `plot`: the PNG figures of docs/benchmarks-analysis.md from their JSON results.
 //!
 //! This library holds what they share: [`load`] (GraphQL calls, tokens, latency
 //! summaries) and [`watch`] (task watchers following `taskUpdated` across fail-overs, also

@@ -1,5 +1,5 @@
 //! `bare`: the ceiling a GraphQL server on this machine is measured against
-//! (docs/BENCHMARKS.md, "Queries against bare axum").
+//! (docs/benchmarks-analysis.md, "Queries against bare axum").
 //!
 //! A bare axum endpoint that does what any JSON-over-HTTP handler must and nothing more:
 //! it reads a POST body, parses it as JSON, and answers a JSON object built from the

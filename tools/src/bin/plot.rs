@@ -1,4 +1,4 @@
-//! `plot`: draws the PNG figures of docs/BENCHMARKS.md from the JSON that `loadgen` and
+//! `plot`: draws the PNG figures of docs/benchmarks-analysis.md from the JSON that `loadgen` and
 //! `drill` write.
 //!
 //! ```text
@@ -30,7 +30,7 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 /// A named latency curve: `(series name, [(nines, ms)])`.
 type Curve = (String, Vec<(f64, f64)>);
 
-/// Draws the PNG figures of docs/BENCHMARKS.md from the JSON results of `loadgen` and
+/// Draws the PNG figures of docs/benchmarks-analysis.md from the JSON results of `loadgen` and
 /// `drill`.
 #[derive(Parser)]
 struct Args {
